@@ -1,0 +1,341 @@
+//! Layered configuration: compiled defaults → a TOML file (`--config FILE`) →
+//! `LIANDAN_*` environment variables (`__` for nesting) → command-line flags,
+//! then `validate()`. Every error names the key and the expected form, and the
+//! binaries exit with [`crate::exit::CONFIG`] (78) on it.
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+/// A configuration that cannot be used. `Display` is one line.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {path}: {message}")]
+    File { path: PathBuf, message: String },
+    #[error("config file {path}: unknown key `{key}`; known keys are: {known}")]
+    UnknownKey { path: PathBuf, key: String, known: String },
+    #[error("config: {0}")]
+    Invalid(String),
+    #[error("config key `{key}`: {message}")]
+    Key { key: String, message: String },
+}
+
+/// Loads `T` from its defaults, an optional TOML file, `LIANDAN_*` variables and
+/// flag overrides (`(key, value)` pairs, applied last).
+pub fn load<T>(file: Option<&Path>, overrides: &[(&str, String)]) -> Result<T, ConfigError>
+where
+    T: DeserializeOwned + Serialize + Default,
+{
+    let defaults = config::Config::try_from(&T::default()).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+    let mut builder = config::Config::builder().add_source(defaults);
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+            path: path.to_path_buf(),
+            message: format!("cannot read it ({e}); check the path given to --config"),
+        })?;
+        check_known_keys::<T>(path, &text)?;
+        builder = builder.add_source(config::File::from_str(&text, config::FileFormat::Toml));
+    }
+    builder = builder.add_source(
+        config::Environment::with_prefix("LIANDAN")
+            .prefix_separator("_")
+            .separator("__")
+            .try_parsing(true)
+            .list_separator(",")
+            .with_list_parse_key("labels")
+            .ignore_empty(true),
+    );
+    for (key, value) in overrides {
+        builder = builder.set_override(*key, value.clone()).map_err(|e| ConfigError::Key { key: key.to_string(), message: e.to_string() })?;
+    }
+    let cfg = builder.build().map_err(|e| ConfigError::Invalid(one_line(&e.to_string())))?;
+    cfg.try_deserialize::<T>().map_err(|e| ConfigError::Invalid(one_line(&e.to_string())))
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Rejects keys in the file that `T` does not have (a typo must not be silently ignored).
+fn check_known_keys<T: Serialize + Default>(path: &Path, text: &str) -> Result<(), ConfigError> {
+    let file: toml::Table = toml::from_str(text).map_err(|e| ConfigError::File { path: path.to_path_buf(), message: one_line(&e.to_string()) })?;
+    let known = serde_json::to_value(T::default()).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+    let mut known_keys = BTreeSet::new();
+    collect_keys(&known, "", &mut known_keys);
+    let mut file_keys = BTreeSet::new();
+    collect_toml_keys(&toml::Value::Table(file), "", &mut file_keys, &known);
+    for key in file_keys {
+        if !known_keys.contains(&key) {
+            let known = known_keys.iter().cloned().collect::<Vec<_>>().join(", ");
+            return Err(ConfigError::UnknownKey { path: path.to_path_buf(), key, known });
+        }
+    }
+    Ok(())
+}
+
+fn collect_keys(v: &serde_json::Value, prefix: &str, out: &mut BTreeSet<String>) {
+    if let serde_json::Value::Object(map) = v {
+        for (k, v) in map {
+            let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+            out.insert(key.clone());
+            collect_keys(v, &key, out);
+        }
+    }
+}
+
+fn collect_toml_keys(v: &toml::Value, prefix: &str, out: &mut BTreeSet<String>, known: &serde_json::Value) {
+    if let toml::Value::Table(t) = v {
+        for (k, v) in t {
+            let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+            out.insert(key.clone());
+            // Only descend into tables that are structs in T (maps of free keys stay opaque).
+            let sub = key.split('.').try_fold(known, |node, part| node.get(part));
+            if matches!(sub, Some(serde_json::Value::Object(_))) {
+                collect_toml_keys(v, &key, out, known);
+            }
+        }
+    }
+}
+
+/// Renders a config as TOML with every key whose name mentions a secret redacted.
+pub fn render_redacted<T: Serialize>(cfg: &T) -> String {
+    let mut v = serde_json::to_value(cfg).unwrap_or(serde_json::Value::Null);
+    redact(&mut v);
+    let as_toml: Result<toml::Value, _> = serde_json::from_value(v);
+    match as_toml.map(|t| toml::to_string_pretty(&t)) {
+        Ok(Ok(s)) => s,
+        _ => String::from("# (config could not be rendered)\n"),
+    }
+}
+
+fn redact(v: &mut serde_json::Value) {
+    if let serde_json::Value::Object(map) = v {
+        for (k, v) in map.iter_mut() {
+            let secret = ["token", "secret", "password"].iter().any(|s| k.contains(s)) && !k.ends_with("_file");
+            if secret && !v.is_null() {
+                *v = serde_json::Value::String("<redacted>".into());
+            } else {
+                redact(v);
+            }
+        }
+    }
+}
+
+fn default_data_root() -> PathBuf {
+    let base = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    base.join("liandan")
+}
+
+/// The coordinator's default port.
+pub const DEFAULT_PORT: u16 = 7477;
+
+/// Configuration of `liandan-coordinator`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CoordinatorConfig {
+    /// Address to listen on (`host:port`); loopback by default.
+    pub listen: String,
+    /// Directory for the database, logs and checkpoints.
+    pub data_dir: PathBuf,
+    /// Seconds without a heartbeat after which a worker's attempts are lost.
+    pub lease_timeout_secs: f64,
+    /// Seconds workers get to reconnect after a coordinator restart.
+    pub restart_grace_secs: f64,
+    /// Seconds between worker heartbeats (told to workers).
+    pub heartbeat_interval_secs: f64,
+    /// First retry delay after a failed attempt; doubles per retry.
+    pub retry_backoff_secs: f64,
+    /// Upper bound of the retry delay.
+    pub retry_backoff_max_secs: f64,
+    /// Checkpoints kept per job (the newest K, plus the best by the sweep metric).
+    pub checkpoint_keep_last: u32,
+    /// Largest gRPC message accepted, in bytes.
+    pub max_message_bytes: usize,
+    /// Log format: "text" or "json".
+    pub log_format: String,
+}
+
+impl Default for CoordinatorConfig {
+    fn default() -> Self {
+        Self {
+            listen: format!("127.0.0.1:{DEFAULT_PORT}"),
+            data_dir: default_data_root().join("coordinator"),
+            lease_timeout_secs: 15.0,
+            restart_grace_secs: 20.0,
+            heartbeat_interval_secs: 2.0,
+            retry_backoff_secs: 1.0,
+            retry_backoff_max_secs: 60.0,
+            checkpoint_keep_last: 3,
+            max_message_bytes: 16 * 1024 * 1024,
+            log_format: "text".into(),
+        }
+    }
+}
+
+fn positive(key: &str, v: f64) -> Result<(), ConfigError> {
+    if v.is_finite() && v > 0.0 {
+        Ok(())
+    } else {
+        Err(ConfigError::Key { key: key.into(), message: format!("expected a positive number of seconds, found {v}") })
+    }
+}
+
+fn log_format(v: &str) -> Result<(), ConfigError> {
+    match v {
+        "text" | "json" => Ok(()),
+        other => Err(ConfigError::Key { key: "log_format".into(), message: format!("expected \"text\" or \"json\", found {other:?}") }),
+    }
+}
+
+impl CoordinatorConfig {
+    /// Checks every value; the error names the key and the expected form.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.listen.parse::<std::net::SocketAddr>().map_err(|_| ConfigError::Key {
+            key: "listen".into(),
+            message: format!("expected HOST:PORT with a numeric IP, e.g. 127.0.0.1:{DEFAULT_PORT}, found {:?}", self.listen),
+        })?;
+        positive("lease_timeout_secs", self.lease_timeout_secs)?;
+        positive("restart_grace_secs", self.restart_grace_secs)?;
+        positive("heartbeat_interval_secs", self.heartbeat_interval_secs)?;
+        positive("retry_backoff_secs", self.retry_backoff_secs)?;
+        positive("retry_backoff_max_secs", self.retry_backoff_max_secs)?;
+        if self.heartbeat_interval_secs >= self.lease_timeout_secs {
+            return Err(ConfigError::Key { key: "heartbeat_interval_secs".into(), message: "must be smaller than lease_timeout_secs".into() });
+        }
+        if self.checkpoint_keep_last == 0 {
+            return Err(ConfigError::Key { key: "checkpoint_keep_last".into(), message: "expected an integer >= 1".into() });
+        }
+        if self.max_message_bytes < 64 * 1024 {
+            return Err(ConfigError::Key { key: "max_message_bytes".into(), message: "expected at least 65536".into() });
+        }
+        log_format(&self.log_format)
+    }
+}
+
+/// Configuration of `liandan-worker`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default)]
+pub struct WorkerConfig {
+    /// The coordinator's URL.
+    pub coordinator: String,
+    /// Directory for the worker's identity, journal, spool and job directories.
+    pub state_dir: PathBuf,
+    /// CPU slots offered to jobs that need no GPU.
+    pub slots: u32,
+    /// GPU discovery: "auto" (NVML) or "none".
+    pub gpus: String,
+    /// Labels a job can require.
+    pub labels: Vec<String>,
+    /// Seconds a job gets between SIGTERM and SIGKILL.
+    pub grace_period_secs: f64,
+    /// Largest size of the local spool of unacknowledged records, in bytes. When
+    /// it is full, reading the job's output pauses (the job blocks on write)
+    /// until the coordinator acknowledges: nothing is dropped.
+    pub spool_max_bytes: u64,
+    /// Upper bound of the reconnect backoff, in seconds.
+    pub reconnect_max_secs: f64,
+    /// Path of `liandan-train`; empty means next to this binary, then PATH.
+    pub train_binary: String,
+    /// Log format: "text" or "json".
+    pub log_format: String,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            coordinator: format!("http://127.0.0.1:{DEFAULT_PORT}"),
+            state_dir: default_data_root().join("worker"),
+            slots: std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1),
+            gpus: "auto".into(),
+            labels: Vec::new(),
+            grace_period_secs: 10.0,
+            spool_max_bytes: 1 << 30,
+            reconnect_max_secs: 10.0,
+            train_binary: String::new(),
+            log_format: "text".into(),
+        }
+    }
+}
+
+impl WorkerConfig {
+    /// Checks every value; the error names the key and the expected form.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(self.coordinator.starts_with("http://") || self.coordinator.starts_with("https://")) {
+            return Err(ConfigError::Key {
+                key: "coordinator".into(),
+                message: format!("expected a URL like http://127.0.0.1:{DEFAULT_PORT}, found {:?}", self.coordinator),
+            });
+        }
+        if self.slots == 0 && self.gpus == "none" {
+            return Err(ConfigError::Key { key: "slots".into(), message: "expected an integer >= 1 (this worker would offer nothing)".into() });
+        }
+        if !matches!(self.gpus.as_str(), "auto" | "none") {
+            return Err(ConfigError::Key { key: "gpus".into(), message: format!("expected \"auto\" or \"none\", found {:?}", self.gpus) });
+        }
+        for l in &self.labels {
+            crate::names::validate("label", l).map_err(|e| ConfigError::Key { key: "labels".into(), message: e.to_string() })?;
+        }
+        positive("grace_period_secs", self.grace_period_secs)?;
+        positive("reconnect_max_secs", self.reconnect_max_secs)?;
+        if self.spool_max_bytes < 1 << 20 {
+            return Err(ConfigError::Key { key: "spool_max_bytes".into(), message: "expected at least 1048576".into() });
+        }
+        log_format(&self.log_format)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn file(text: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+        f
+    }
+
+    #[test]
+    fn layers_apply_in_order() {
+        let f = file("lease_timeout_secs = 30.0\nlisten = \"127.0.0.1:9000\"\n");
+        let c: CoordinatorConfig = load(Some(f.path()), &[("listen", "127.0.0.1:9001".into())]).unwrap();
+        assert_eq!(c.lease_timeout_secs, 30.0);
+        assert_eq!(c.listen, "127.0.0.1:9001");
+        assert_eq!(c.restart_grace_secs, 20.0);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let f = file("lease_timout_secs = 3\n");
+        let e = load::<CoordinatorConfig>(Some(f.path()), &[]).unwrap_err().to_string();
+        assert!(e.contains("unknown key `lease_timout_secs`"), "{e}");
+
+        let f = file("lease_timeout_secs = \"soon\"\n");
+        let e = load::<CoordinatorConfig>(Some(f.path()), &[]).unwrap_err().to_string();
+        assert!(e.contains("lease_timeout_secs"), "{e}");
+        assert!(!e.contains('\n'));
+
+        let c = CoordinatorConfig { listen: "localhost".into(), ..Default::default() };
+        let e = c.validate().unwrap_err().to_string();
+        assert_eq!(e, "config key `listen`: expected HOST:PORT with a numeric IP, e.g. 127.0.0.1:7477, found \"localhost\"");
+
+        let w = WorkerConfig { gpus: "some".into(), ..Default::default() };
+        assert_eq!(w.validate().unwrap_err().to_string(), "config key `gpus`: expected \"auto\" or \"none\", found \"some\"");
+    }
+
+    #[test]
+    fn print_config_redacts_secrets() {
+        #[derive(Serialize, Default)]
+        struct S {
+            token: Option<String>,
+            token_file: String,
+            listen: String,
+        }
+        let s = render_redacted(&S { token: Some("hunter2".into()), token_file: "/etc/t".into(), listen: "x".into() });
+        assert!(!s.contains("hunter2"), "{s}");
+        assert!(s.contains("/etc/t"));
+    }
+}

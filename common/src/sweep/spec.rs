@@ -1,0 +1,1008 @@
+//! The sweep spec: W&B's sweep format plus liandan's own section, parsed from
+//! YAML or TOML and validated with errors that name the key path and line.
+//!
+//! Parsing goes text → `serde_json::Value` (by the YAML or TOML crate) → typed
+//! [`SweepSpec`] by hand-written validation, so every error can say which key
+//! was wrong, what was expected and what was found.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::fmt;
+
+/// Input format of a spec file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Yaml,
+    Toml,
+}
+
+impl Format {
+    /// Picks the format from a file name (`.toml` → TOML, else YAML).
+    pub fn from_path(path: &str) -> Self {
+        if path.ends_with(".toml") {
+            Format::Toml
+        } else {
+            Format::Yaml
+        }
+    }
+
+    /// Parses the wire form ("yaml", "toml", or empty for YAML).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "" | "yaml" | "yml" => Some(Format::Yaml),
+            "toml" => Some(Format::Toml),
+            _ => None,
+        }
+    }
+}
+
+/// One thing wrong with a spec.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SpecError {
+    /// Key path such as `parameters.lr.min`; empty for the whole document.
+    pub path: String,
+    /// 1-based line in the source, when it could be found.
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for SpecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.path.is_empty(), self.line) {
+            (true, Some(l)) => write!(f, "line {l}: {}", self.message),
+            (true, None) => write!(f, "{}", self.message),
+            (false, Some(l)) => write!(f, "{} (line {l}): {}", self.path, self.message),
+            (false, None) => write!(f, "{}: {}", self.path, self.message),
+        }
+    }
+}
+
+impl std::error::Error for SpecError {}
+
+/// Search method.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    Grid,
+    Random,
+    Bayes,
+}
+
+impl Method {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Grid => "grid",
+            Method::Random => "random",
+            Method::Bayes => "bayes",
+        }
+    }
+}
+
+/// Whether a smaller or larger metric is better.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Goal {
+    Minimize,
+    Maximize,
+}
+
+impl Goal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Goal::Minimize => "minimize",
+            Goal::Maximize => "maximize",
+        }
+    }
+
+    /// True when `a` is better than `b` under this goal.
+    pub fn better(self, a: f64, b: f64) -> bool {
+        match self {
+            Goal::Minimize => a < b,
+            Goal::Maximize => a > b,
+        }
+    }
+}
+
+/// The metric a sweep optimises and reports.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Metric {
+    pub name: String,
+    pub goal: Goal,
+    pub target: Option<f64>,
+}
+
+/// One parameter's distribution, with W&B's names and semantics.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "distribution", rename_all = "snake_case")]
+pub enum Param {
+    Constant { value: Value },
+    Categorical { values: Vec<Value> },
+    CategoricalWProbabilities { values: Vec<Value>, probabilities: Vec<f64> },
+    IntUniform { min: i64, max: i64 },
+    Uniform { min: f64, max: f64 },
+    QUniform { min: f64, max: f64, q: f64, integer: bool },
+    /// Bounds are exponents: X = exp(U(min, max)). Deprecated in W&B.
+    LogUniform { min: f64, max: f64 },
+    LogUniformValues { min: f64, max: f64 },
+    QLogUniform { min: f64, max: f64, q: f64 },
+    QLogUniformValues { min: f64, max: f64, q: f64 },
+    InvLogUniform { min: f64, max: f64 },
+    InvLogUniformValues { min: f64, max: f64 },
+    Normal { mu: f64, sigma: f64 },
+    QNormal { mu: f64, sigma: f64, q: f64 },
+    LogNormal { mu: f64, sigma: f64 },
+    QLogNormal { mu: f64, sigma: f64, q: f64 },
+    Beta { a: f64, b: f64 },
+    QBeta { a: f64, b: f64, q: f64 },
+    /// A parameter with its own `parameters:` (a dict-valued parameter).
+    Nested { parameters: Vec<(String, Param)> },
+}
+
+impl Param {
+    /// W&B's name of the distribution.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Param::Constant { .. } => "constant",
+            Param::Categorical { .. } => "categorical",
+            Param::CategoricalWProbabilities { .. } => "categorical_w_probabilities",
+            Param::IntUniform { .. } => "int_uniform",
+            Param::Uniform { .. } => "uniform",
+            Param::QUniform { .. } => "q_uniform",
+            Param::LogUniform { .. } => "log_uniform",
+            Param::LogUniformValues { .. } => "log_uniform_values",
+            Param::QLogUniform { .. } => "q_log_uniform",
+            Param::QLogUniformValues { .. } => "q_log_uniform_values",
+            Param::InvLogUniform { .. } => "inv_log_uniform",
+            Param::InvLogUniformValues { .. } => "inv_log_uniform_values",
+            Param::Normal { .. } => "normal",
+            Param::QNormal { .. } => "q_normal",
+            Param::LogNormal { .. } => "log_normal",
+            Param::QLogNormal { .. } => "q_log_normal",
+            Param::Beta { .. } => "beta",
+            Param::QBeta { .. } => "q_beta",
+            Param::Nested { .. } => "nested",
+        }
+    }
+}
+
+/// W&B's `early_terminate` (Hyperband). Parsed and validated; acted on by adaptive search.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EarlyTerminate {
+    pub min_iter: Option<u64>,
+    pub max_iter: Option<u64>,
+    pub s: Option<u64>,
+    pub eta: f64,
+    pub strict: bool,
+}
+
+impl EarlyTerminate {
+    /// The iterations at which Hyperband compares runs, ascending, as W&B
+    /// computes them: from `min_iter`, min_iter·eta^k for k < s (s defaults to 3
+    /// brackets... bounded by W&B's behaviour of growing geometrically); from
+    /// `max_iter`, max_iter/eta^k for k = 1..=s, dropping values below 1.
+    pub fn brackets(&self) -> Vec<u64> {
+        let eta = self.eta;
+        if let Some(max_iter) = self.max_iter {
+            let s = self.s.unwrap_or(0);
+            let mut band = max_iter as f64;
+            let mut out = Vec::new();
+            for _ in 0..s {
+                band /= eta;
+                if band < 1.0 {
+                    break;
+                }
+                out.push(band as u64);
+            }
+            out.sort_unstable();
+            out
+        } else if let Some(min_iter) = self.min_iter {
+            let s = self.s.unwrap_or(DEFAULT_MIN_ITER_BRACKETS);
+            let mut band = min_iter as f64;
+            let mut out = Vec::new();
+            for _ in 0..s {
+                out.push(band as u64);
+                band *= eta;
+            }
+            out
+        } else {
+            Vec::new()
+        }
+    }
+}
+
+/// Number of brackets computed from `min_iter` when `s` is not given.
+pub const DEFAULT_MIN_ITER_BRACKETS: u64 = 4;
+
+/// Resources one job needs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Resources {
+    pub gpus: u32,
+    pub cpus: u32,
+    pub memory_bytes: Option<u64>,
+    pub labels: Vec<String>,
+}
+
+impl Default for Resources {
+    fn default() -> Self {
+        Self { gpus: 0, cpus: 1, memory_bytes: None, labels: Vec::new() }
+    }
+}
+
+/// Which checkpoints the coordinator keeps.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointPolicy {
+    /// Newest checkpoints kept per job; `None` uses the coordinator's default.
+    pub keep_last: Option<u32>,
+    /// Also keep the checkpoint with the best value of the sweep metric.
+    pub keep_best: bool,
+}
+
+impl Default for CheckpointPolicy {
+    fn default() -> Self {
+        Self { keep_last: None, keep_best: true }
+    }
+}
+
+/// liandan's own section (`liandan:`), so a W&B file stays a valid W&B file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Extensions {
+    /// Every trial runs once per seed.
+    pub seeds: Vec<i64>,
+    /// The name under which the seed is passed to the program (`--seed=N`).
+    pub seed_param: String,
+    pub resources: Resources,
+    /// Most jobs of this sweep running at once.
+    pub concurrency: Option<u32>,
+    /// Retries after a failed attempt (lost workers and drains do not count).
+    pub retries: u32,
+    /// Seed of random sampling.
+    pub sweep_seed: u64,
+    pub priority: i32,
+    pub checkpoint: CheckpointPolicy,
+    /// Regex with named groups that picks metrics out of stdout lines.
+    pub metric_pattern: Option<String>,
+    /// Run the built-in trainer `liandan-train` with the parameters as flags.
+    pub trainer: bool,
+}
+
+impl Default for Extensions {
+    fn default() -> Self {
+        Self {
+            seeds: vec![0],
+            seed_param: "seed".into(),
+            resources: Resources::default(),
+            concurrency: None,
+            retries: 1,
+            sweep_seed: 0,
+            priority: 0,
+            checkpoint: CheckpointPolicy::default(),
+            metric_pattern: None,
+            trainer: false,
+        }
+    }
+}
+
+/// A validated sweep spec.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SweepSpec {
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub program: Option<String>,
+    /// The command template; W&B's default when the file gives none.
+    pub command: Vec<String>,
+    pub method: Method,
+    pub metric: Option<Metric>,
+    /// Parameters in declaration order.
+    pub parameters: Vec<(String, Param)>,
+    pub run_cap: Option<u64>,
+    pub early_terminate: Option<EarlyTerminate>,
+    pub liandan: Extensions,
+}
+
+/// W&B's default command.
+pub fn default_command() -> Vec<String> {
+    ["${env}", "${interpreter}", "${program}", "${args}"].iter().map(|s| s.to_string()).collect()
+}
+
+/// The built-in trainer's program name, resolved by the worker.
+pub const TRAINER_PROGRAM: &str = "liandan-train";
+
+/// A parsed spec with the warnings found on the way.
+#[derive(Clone, Debug)]
+pub struct Parsed {
+    pub spec: SweepSpec,
+    pub warnings: Vec<String>,
+}
+
+const TOP_KEYS: &[&str] = &[
+    "program", "command", "method", "metric", "parameters", "run_cap", "name", "description", "early_terminate", "project", "entity", "controller",
+    "liandan",
+];
+
+const COMMAND_MACROS: &[&str] = &[
+    "${env}", "${interpreter}", "${program}", "${args}", "${args_no_hyphens}", "${args_no_boolean_flags}", "${args_json}", "${args_json_file}",
+];
+
+struct Ctx<'a> {
+    text: &'a str,
+    format: Format,
+    warnings: Vec<String>,
+}
+
+impl Ctx<'_> {
+    fn err(&self, path: &str, message: impl Into<String>) -> SpecError {
+        let line = if self.format == Format::Yaml { locate_line(self.text, path) } else { None };
+        SpecError { path: path.to_string(), line, message: message.into() }
+    }
+}
+
+/// Parses and validates a spec.
+pub fn parse(text: &str, format: Format) -> Result<Parsed, SpecError> {
+    let root: Value = match format {
+        Format::Yaml => serde_saphyr::from_str_with_options::<Value>(text, yaml_options()).map_err(|e| SpecError {
+            path: String::new(),
+            line: None,
+            message: format!("not valid YAML: {}", e.to_string().lines().next().unwrap_or_default()),
+        })?,
+        Format::Toml => {
+            let t: toml::Table = toml::from_str(text).map_err(|e| SpecError {
+                path: String::new(),
+                line: None,
+                message: format!("not valid TOML: {}", e.to_string().split_whitespace().collect::<Vec<_>>().join(" ")),
+            })?;
+            serde_json::to_value(t).map_err(|e| SpecError { path: String::new(), line: None, message: e.to_string() })?
+        }
+    };
+    let mut ctx = Ctx { text, format, warnings: Vec::new() };
+    let spec = from_value(&root, &mut ctx)?;
+    Ok(Parsed { spec, warnings: ctx.warnings })
+}
+
+/// YAML 1.2 booleans only: `y`, `n`, `on`, `off` stay strings (a categorical
+/// value `y` must not turn into `true`).
+fn yaml_options() -> serde_saphyr::Options {
+    let mut o = serde_saphyr::Options::default();
+    o.strict_booleans = true;
+    o
+}
+
+fn describe(v: &Value) -> String {
+    match v {
+        Value::Null => "nothing (null)".into(),
+        Value::Bool(b) => format!("the boolean {b}"),
+        Value::Number(n) => format!("the number {n}"),
+        Value::String(s) => format!("the string {:?}", s.chars().take(60).collect::<String>()),
+        Value::Array(_) => "a list".into(),
+        Value::Object(_) => "a mapping".into(),
+    }
+}
+
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_string()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+fn as_map<'v>(ctx: &Ctx, path: &str, v: &'v Value) -> Result<&'v Map<String, Value>, SpecError> {
+    v.as_object().ok_or_else(|| ctx.err(path, format!("expected a mapping, found {}", describe(v))))
+}
+
+fn check_keys(ctx: &Ctx, path: &str, map: &Map<String, Value>, allowed: &[&str]) -> Result<(), SpecError> {
+    for k in map.keys() {
+        if !allowed.contains(&k.as_str()) {
+            return Err(ctx.err(&join(path, k), format!("unknown key; expected one of: {}", allowed.join(", "))));
+        }
+    }
+    Ok(())
+}
+
+fn get_f64(ctx: &Ctx, path: &str, map: &Map<String, Value>, key: &str) -> Result<Option<f64>, SpecError> {
+    match map.get(key) {
+        None => Ok(None),
+        Some(v) => {
+            let n = match v {
+                Value::Number(n) => n.as_f64(),
+                // A YAML 1.1 habit: `1e-3` written without a dot is still a number here.
+                Value::String(s) => s.trim().parse::<f64>().ok(),
+                _ => None,
+            };
+            match n {
+                Some(x) if x.is_finite() => Ok(Some(x)),
+                _ => Err(ctx.err(&join(path, key), format!("expected a number, found {}", describe(v)))),
+            }
+        }
+    }
+}
+
+fn req_f64(ctx: &Ctx, path: &str, map: &Map<String, Value>, key: &str, dist: &str) -> Result<f64, SpecError> {
+    get_f64(ctx, path, map, key)?.ok_or_else(|| ctx.err(&join(path, key), format!("distribution `{dist}` needs `{key}` (a number)")))
+}
+
+fn is_int(v: Option<&Value>) -> bool {
+    matches!(v, Some(Value::Number(n)) if n.is_i64() || n.is_u64())
+}
+
+fn get_u64(ctx: &Ctx, path: &str, map: &Map<String, Value>, key: &str) -> Result<Option<u64>, SpecError> {
+    match map.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v.as_u64().map(Some).ok_or_else(|| ctx.err(&join(path, key), format!("expected a non-negative integer, found {}", describe(v)))),
+    }
+}
+
+fn get_str(ctx: &Ctx, path: &str, map: &Map<String, Value>, key: &str) -> Result<Option<String>, SpecError> {
+    match map.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(v) => Err(ctx.err(&join(path, key), format!("expected a string, found {}", describe(v)))),
+    }
+}
+
+fn from_value(root: &Value, ctx: &mut Ctx) -> Result<SweepSpec, SpecError> {
+    let map = match root {
+        Value::Object(m) => m,
+        Value::Null => return Err(ctx.err("", "the sweep file is empty; it needs at least `method` and `parameters`")),
+        other => return Err(ctx.err("", format!("expected a mapping at the top of the file, found {}", describe(other)))),
+    };
+    for k in map.keys() {
+        if !TOP_KEYS.contains(&k.as_str()) {
+            return Err(ctx.err(k, format!("unknown top-level key; expected one of: {} (liandan's own settings go under `liandan:`)", TOP_KEYS.join(", "))));
+        }
+    }
+    let method = match map.get("method") {
+        None => return Err(ctx.err("method", "missing; expected one of: grid, random, bayes")),
+        Some(Value::String(s)) => match s.as_str() {
+            "grid" => Method::Grid,
+            "random" => Method::Random,
+            "bayes" => Method::Bayes,
+            other => return Err(ctx.err("method", format!("expected one of: grid, random, bayes; found {other:?}"))),
+        },
+        Some(v) => return Err(ctx.err("method", format!("expected one of: grid, random, bayes; found {}", describe(v)))),
+    };
+    let metric = match map.get("metric") {
+        None | Some(Value::Null) => None,
+        Some(v) => {
+            let m = as_map(ctx, "metric", v)?;
+            check_keys(ctx, "metric", m, &["name", "goal", "target", "impute", "impute_while_running"])?;
+            let name = get_str(ctx, "metric", m, "name")?.ok_or_else(|| ctx.err("metric.name", "missing; name the metric the program reports"))?;
+            if name.is_empty() {
+                return Err(ctx.err("metric.name", "must not be empty"));
+            }
+            let goal = match get_str(ctx, "metric", m, "goal")?.as_deref() {
+                None | Some("minimize") => Goal::Minimize,
+                Some("maximize") => Goal::Maximize,
+                Some(other) => return Err(ctx.err("metric.goal", format!("expected minimize or maximize, found {other:?}"))),
+            };
+            let target = get_f64(ctx, "metric", m, "target")?;
+            Some(Metric { name, goal, target })
+        }
+    };
+    if method == Method::Bayes && metric.is_none() {
+        return Err(ctx.err("metric", "method `bayes` needs a metric to optimise (metric.name and metric.goal)"));
+    }
+    let params_v = map.get("parameters").ok_or_else(|| ctx.err("parameters", "missing; a sweep needs at least one parameter"))?;
+    let parameters = parse_params(ctx, "parameters", params_v)?;
+    if parameters.is_empty() {
+        return Err(ctx.err("parameters", "empty; a sweep needs at least one parameter"));
+    }
+    let run_cap = get_u64(ctx, "", map, "run_cap")?;
+    if run_cap == Some(0) {
+        return Err(ctx.err("run_cap", "expected an integer >= 1"));
+    }
+    let early_terminate = match map.get("early_terminate") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(parse_early_terminate(ctx, v)?),
+    };
+    let liandan = match map.get("liandan") {
+        None | Some(Value::Null) => Extensions::default(),
+        Some(v) => parse_extensions(ctx, v)?,
+    };
+    let mut program = get_str(ctx, "", map, "program")?;
+    let command = match map.get("command") {
+        None | Some(Value::Null) => None,
+        Some(Value::Array(items)) => {
+            let mut out = Vec::new();
+            for (i, it) in items.iter().enumerate() {
+                let p = format!("command[{i}]");
+                let s = match it {
+                    Value::String(s) => s.clone(),
+                    Value::Number(n) => n.to_string(),
+                    other => return Err(ctx.err(&p, format!("expected a string, found {}", describe(other)))),
+                };
+                check_macros(ctx, &p, &s)?;
+                out.push(s);
+            }
+            if out.is_empty() {
+                return Err(ctx.err("command", "empty; leave it out to use the default `${env} ${interpreter} ${program} ${args}`"));
+            }
+            Some(out)
+        }
+        Some(v) => return Err(ctx.err("command", format!("expected a list of strings, found {}", describe(v)))),
+    };
+    let command = match (command, liandan.trainer) {
+        (Some(c), _) => c,
+        (None, true) => {
+            program.get_or_insert_with(|| TRAINER_PROGRAM.to_string());
+            vec!["${program}".into(), "${args}".into()]
+        }
+        (None, false) => default_command(),
+    };
+    if program.is_none() && command.iter().any(|c| c.contains("${program}")) {
+        return Err(ctx.err("program", "missing; the command uses ${program} (or set liandan.trainer: true to run the built-in trainer)"));
+    }
+    if let Some(name) = get_str(ctx, "", map, "name")? {
+        if crate::names::validate("sweep name", &name).is_err() {
+            ctx.warnings.push(format!("name {name:?} is not usable as a sweep id; submit with --name to choose one"));
+        }
+    }
+    let seed_param = &liandan.seed_param;
+    if parameters.iter().any(|(n, _)| n == seed_param) {
+        return Err(ctx.err(
+            &format!("parameters.{seed_param}"),
+            format!("collides with the seed liandan passes as `--{seed_param}`; list seeds under liandan.seeds, or set liandan.seed_param to another name"),
+        ));
+    }
+    if let (Some(pattern), _) = (&liandan.metric_pattern, ()) {
+        let re = regex::Regex::new(pattern).map_err(|e| ctx.err("liandan.metric_pattern", format!("not a valid regular expression: {e}")))?;
+        if re.capture_names().flatten().next().is_none() {
+            return Err(ctx.err("liandan.metric_pattern", "needs at least one named group, e.g. loss=(?P<loss>[0-9.eE+-]+)"));
+        }
+    }
+    if method == Method::Random && run_cap.is_none() {
+        return Err(ctx.err("run_cap", "method `random` needs run_cap (the number of runs liandan generates and schedules)"));
+    }
+    Ok(SweepSpec {
+        name: get_str(ctx, "", map, "name")?,
+        description: get_str(ctx, "", map, "description")?,
+        program,
+        command,
+        method,
+        metric,
+        parameters,
+        run_cap,
+        early_terminate,
+        liandan,
+    })
+}
+
+fn check_macros(ctx: &Ctx, path: &str, s: &str) -> Result<(), SpecError> {
+    let mut rest = s;
+    while let Some(start) = rest.find("${") {
+        let after = &rest[start..];
+        let end = after.find('}').ok_or_else(|| ctx.err(path, format!("unclosed macro in {s:?}")))?;
+        let mac = &after[..=end];
+        let known = COMMAND_MACROS.contains(&mac) || (mac.starts_with("${envvar:") && mac.len() > "${envvar:}".len());
+        if !known {
+            return Err(ctx.err(path, format!("unknown macro {mac}; expected one of: {}, ${{envvar:NAME}}", COMMAND_MACROS.join(", "))));
+        }
+        rest = &after[end + 1..];
+    }
+    Ok(())
+}
+
+fn parse_params(ctx: &mut Ctx, path: &str, v: &Value) -> Result<Vec<(String, Param)>, SpecError> {
+    let map = as_map(ctx, path, v)?;
+    let mut out = Vec::new();
+    for (name, pv) in map {
+        let p = join(path, name);
+        if name.is_empty() || name.contains(char::is_whitespace) || name.contains('=') {
+            return Err(ctx.err(&p, "a parameter name must be non-empty, without spaces or '='"));
+        }
+        out.push((name.clone(), parse_param(ctx, &p, pv)?));
+    }
+    Ok(out)
+}
+
+const DIST_NAMES: &[&str] = &[
+    "constant", "categorical", "categorical_w_probabilities", "int_uniform", "uniform", "q_uniform", "log_uniform", "log_uniform_values", "q_log_uniform",
+    "q_log_uniform_values", "inv_log_uniform", "inv_log_uniform_values", "normal", "q_normal", "log_normal", "q_log_normal", "beta", "q_beta",
+];
+
+fn parse_param(ctx: &mut Ctx, path: &str, v: &Value) -> Result<Param, SpecError> {
+    let map = as_map(ctx, path, v)?;
+    if let Some(nested) = map.get("parameters") {
+        check_keys(ctx, path, map, &["parameters"])?;
+        let parameters = parse_params(ctx, &join(path, "parameters"), nested)?;
+        if parameters.is_empty() {
+            return Err(ctx.err(&join(path, "parameters"), "empty; a nested parameter needs at least one parameter"));
+        }
+        return Ok(Param::Nested { parameters });
+    }
+    let dist = match get_str(ctx, path, map, "distribution")? {
+        Some(d) => {
+            if !DIST_NAMES.contains(&d.as_str()) {
+                return Err(ctx.err(&join(path, "distribution"), format!("unknown distribution {d:?}; expected one of: {}", DIST_NAMES.join(", "))));
+            }
+            d
+        }
+        // W&B's type inference.
+        None => {
+            if map.contains_key("value") {
+                "constant".into()
+            } else if map.contains_key("values") {
+                if map.contains_key("probabilities") {
+                    "categorical_w_probabilities".into()
+                } else {
+                    "categorical".into()
+                }
+            } else if map.contains_key("min") || map.contains_key("max") {
+                if map.contains_key("q") {
+                    "q_uniform".into()
+                } else if is_int(map.get("min")) && is_int(map.get("max")) {
+                    "int_uniform".into()
+                } else {
+                    "uniform".into()
+                }
+            } else if map.contains_key("mu") || map.contains_key("sigma") {
+                "normal".into()
+            } else if map.contains_key("a") || map.contains_key("b") {
+                "beta".into()
+            } else {
+                return Err(ctx.err(path, "cannot tell the distribution: give `value`, `values`, `min`/`max`, or `distribution`"));
+            }
+        }
+    };
+    let d = dist.as_str();
+    let allowed: &[&str] = match d {
+        "constant" => &["distribution", "value"],
+        "categorical" => &["distribution", "values"],
+        "categorical_w_probabilities" => &["distribution", "values", "probabilities"],
+        "int_uniform" | "uniform" | "log_uniform" | "log_uniform_values" | "inv_log_uniform" | "inv_log_uniform_values" => &["distribution", "min", "max"],
+        "q_uniform" | "q_log_uniform" | "q_log_uniform_values" => &["distribution", "min", "max", "q"],
+        "normal" | "log_normal" => &["distribution", "mu", "sigma"],
+        "q_normal" | "q_log_normal" => &["distribution", "mu", "sigma", "q"],
+        "beta" => &["distribution", "a", "b"],
+        _ => &["distribution", "a", "b", "q"],
+    };
+    check_keys(ctx, path, map, allowed)?;
+    let bounds = |ctx: &Ctx| -> Result<(f64, f64), SpecError> {
+        let lo = req_f64(ctx, path, map, "min", d)?;
+        let hi = req_f64(ctx, path, map, "max", d)?;
+        if lo >= hi {
+            return Err(ctx.err(&join(path, "max"), format!("must be greater than min ({lo}), found {hi}")));
+        }
+        Ok((lo, hi))
+    };
+    let q = |ctx: &Ctx| -> Result<f64, SpecError> {
+        let q = get_f64(ctx, path, map, "q")?.unwrap_or(1.0);
+        if q <= 0.0 {
+            return Err(ctx.err(&join(path, "q"), format!("must be greater than 0, found {q}")));
+        }
+        Ok(q)
+    };
+    let normal = |ctx: &Ctx| -> Result<(f64, f64), SpecError> {
+        let mu = get_f64(ctx, path, map, "mu")?.unwrap_or(0.0);
+        let sigma = get_f64(ctx, path, map, "sigma")?.unwrap_or(1.0);
+        if sigma <= 0.0 {
+            return Err(ctx.err(&join(path, "sigma"), format!("must be greater than 0, found {sigma}")));
+        }
+        Ok((mu, sigma))
+    };
+    let beta = |ctx: &Ctx| -> Result<(f64, f64), SpecError> {
+        let a = get_f64(ctx, path, map, "a")?.unwrap_or(1.0);
+        let b = get_f64(ctx, path, map, "b")?.unwrap_or(1.0);
+        for (k, x) in [("a", a), ("b", b)] {
+            if x <= 0.0 {
+                return Err(ctx.err(&join(path, k), format!("must be greater than 0, found {x}")));
+            }
+        }
+        Ok((a, b))
+    };
+    let positive_bounds = |ctx: &Ctx| -> Result<(f64, f64), SpecError> {
+        let (lo, hi) = bounds(ctx)?;
+        if lo <= 0.0 {
+            return Err(ctx.err(&join(path, "min"), format!("distribution `{d}` takes values, so min must be greater than 0, found {lo}")));
+        }
+        Ok((lo, hi))
+    };
+    let values = |ctx: &Ctx| -> Result<Vec<Value>, SpecError> {
+        match map.get("values") {
+            Some(Value::Array(a)) if !a.is_empty() => Ok(a.clone()),
+            Some(Value::Array(_)) => Err(ctx.err(&join(path, "values"), "empty; give at least one value")),
+            Some(v) => Err(ctx.err(&join(path, "values"), format!("expected a list, found {}", describe(v)))),
+            None => Err(ctx.err(&join(path, "values"), format!("distribution `{d}` needs `values` (a list)"))),
+        }
+    };
+    if matches!(d, "log_uniform" | "q_log_uniform" | "inv_log_uniform") {
+        ctx.warnings.push(format!("{path}: distribution `{d}` takes exponents as bounds and is deprecated in W&B; prefer `{d}_values`"));
+    }
+    Ok(match d {
+        "constant" => Param::Constant { value: map.get("value").cloned().unwrap_or(Value::Null) },
+        "categorical" => Param::Categorical { values: values(ctx)? },
+        "categorical_w_probabilities" => {
+            let vals = values(ctx)?;
+            let probs = match map.get("probabilities") {
+                Some(Value::Array(a)) => a
+                    .iter()
+                    .map(|x| x.as_f64().filter(|p| *p >= 0.0).ok_or_else(|| ctx.err(&join(path, "probabilities"), format!("expected non-negative numbers, found {}", describe(x)))))
+                    .collect::<Result<Vec<_>, _>>()?,
+                _ => return Err(ctx.err(&join(path, "probabilities"), "expected a list of numbers, one per value")),
+            };
+            if probs.len() != vals.len() {
+                return Err(ctx.err(&join(path, "probabilities"), format!("has {} entries but values has {}", probs.len(), vals.len())));
+            }
+            let sum: f64 = probs.iter().sum();
+            if (sum - 1.0).abs() > 1e-6 {
+                return Err(ctx.err(&join(path, "probabilities"), format!("must sum to 1, found {sum}")));
+            }
+            Param::CategoricalWProbabilities { values: vals, probabilities: probs }
+        }
+        "int_uniform" => {
+            let ints = |k: &str| -> Result<i64, SpecError> {
+                match map.get(k) {
+                    Some(Value::Number(n)) if n.is_i64() => Ok(n.as_i64().unwrap_or_default()),
+                    Some(v) => Err(ctx.err(&join(path, k), format!("int_uniform needs an integer, found {}", describe(v)))),
+                    None => Err(ctx.err(&join(path, k), "int_uniform needs `min` and `max` (integers)")),
+                }
+            };
+            let (min, max) = (ints("min")?, ints("max")?);
+            if min > max {
+                return Err(ctx.err(&join(path, "max"), format!("must be at least min ({min}), found {max}")));
+            }
+            Param::IntUniform { min, max }
+        }
+        "uniform" => {
+            let (min, max) = bounds(ctx)?;
+            Param::Uniform { min, max }
+        }
+        "q_uniform" => {
+            let (min, max) = bounds(ctx)?;
+            let integer = is_int(map.get("min")) && is_int(map.get("max")) && (map.get("q").is_none() || is_int(map.get("q")));
+            Param::QUniform { min, max, q: q(ctx)?, integer }
+        }
+        "log_uniform" => {
+            let (min, max) = bounds(ctx)?;
+            Param::LogUniform { min, max }
+        }
+        "log_uniform_values" => {
+            let (min, max) = positive_bounds(ctx)?;
+            Param::LogUniformValues { min, max }
+        }
+        "q_log_uniform" => {
+            let (min, max) = bounds(ctx)?;
+            Param::QLogUniform { min, max, q: q(ctx)? }
+        }
+        "q_log_uniform_values" => {
+            let (min, max) = positive_bounds(ctx)?;
+            Param::QLogUniformValues { min, max, q: q(ctx)? }
+        }
+        "inv_log_uniform" => {
+            let (min, max) = bounds(ctx)?;
+            Param::InvLogUniform { min, max }
+        }
+        "inv_log_uniform_values" => {
+            let (min, max) = positive_bounds(ctx)?;
+            Param::InvLogUniformValues { min, max }
+        }
+        "normal" => {
+            let (mu, sigma) = normal(ctx)?;
+            Param::Normal { mu, sigma }
+        }
+        "q_normal" => {
+            let (mu, sigma) = normal(ctx)?;
+            Param::QNormal { mu, sigma, q: q(ctx)? }
+        }
+        "log_normal" => {
+            let (mu, sigma) = normal(ctx)?;
+            Param::LogNormal { mu, sigma }
+        }
+        "q_log_normal" => {
+            let (mu, sigma) = normal(ctx)?;
+            Param::QLogNormal { mu, sigma, q: q(ctx)? }
+        }
+        "beta" => {
+            let (a, b) = beta(ctx)?;
+            Param::Beta { a, b }
+        }
+        _ => {
+            let (a, b) = beta(ctx)?;
+            Param::QBeta { a, b, q: q(ctx)? }
+        }
+    })
+}
+
+fn parse_early_terminate(ctx: &Ctx, v: &Value) -> Result<EarlyTerminate, SpecError> {
+    let p = "early_terminate";
+    let m = as_map(ctx, p, v)?;
+    check_keys(ctx, p, m, &["type", "min_iter", "max_iter", "s", "eta", "strict"])?;
+    match get_str(ctx, p, m, "type")?.as_deref() {
+        Some("hyperband") => {}
+        Some(other) => return Err(ctx.err("early_terminate.type", format!("expected hyperband, found {other:?}"))),
+        None => return Err(ctx.err("early_terminate.type", "missing; expected hyperband")),
+    }
+    let min_iter = get_u64(ctx, p, m, "min_iter")?;
+    let max_iter = get_u64(ctx, p, m, "max_iter")?;
+    let s = get_u64(ctx, p, m, "s")?;
+    let eta = get_f64(ctx, p, m, "eta")?.unwrap_or(3.0);
+    if eta <= 1.0 {
+        return Err(ctx.err("early_terminate.eta", format!("must be greater than 1, found {eta}")));
+    }
+    match (min_iter, max_iter) {
+        (None, None) => return Err(ctx.err(p, "hyperband needs min_iter, or max_iter with s")),
+        (Some(_), Some(_)) => return Err(ctx.err(p, "give min_iter or max_iter, not both")),
+        (_, Some(_)) if s.is_none() => return Err(ctx.err("early_terminate.s", "max_iter needs s (the number of brackets)")),
+        (Some(0), _) | (_, Some(0)) => return Err(ctx.err(p, "min_iter/max_iter must be at least 1")),
+        _ => {}
+    }
+    let strict = match m.get("strict") {
+        None => false,
+        Some(Value::Bool(b)) => *b,
+        Some(v) => return Err(ctx.err("early_terminate.strict", format!("expected true or false, found {}", describe(v)))),
+    };
+    Ok(EarlyTerminate { min_iter, max_iter, s, eta, strict })
+}
+
+fn parse_extensions(ctx: &Ctx, v: &Value) -> Result<Extensions, SpecError> {
+    let p = "liandan";
+    let m = as_map(ctx, p, v)?;
+    check_keys(
+        ctx,
+        p,
+        m,
+        &["seeds", "seed_param", "resources", "concurrency", "retries", "sweep_seed", "priority", "checkpoint", "metric_pattern", "trainer"],
+    )?;
+    let mut ext = Extensions::default();
+    match m.get("seeds") {
+        None | Some(Value::Null) => {}
+        Some(Value::Number(n)) => match n.as_u64() {
+            Some(c) if (1..=10_000).contains(&c) => ext.seeds = (0..c as i64).collect(),
+            _ => return Err(ctx.err("liandan.seeds", format!("expected a count from 1 to 10000 or a list of integers, found {n}"))),
+        },
+        Some(Value::Array(a)) => {
+            let mut seeds = Vec::new();
+            for (i, s) in a.iter().enumerate() {
+                let seed = s.as_i64().ok_or_else(|| ctx.err(&format!("liandan.seeds[{i}]"), format!("expected an integer, found {}", describe(s))))?;
+                if seeds.contains(&seed) {
+                    return Err(ctx.err(&format!("liandan.seeds[{i}]"), format!("seed {seed} is listed twice")));
+                }
+                seeds.push(seed);
+            }
+            if seeds.is_empty() {
+                return Err(ctx.err("liandan.seeds", "empty; give at least one seed"));
+            }
+            ext.seeds = seeds;
+        }
+        Some(v) => return Err(ctx.err("liandan.seeds", format!("expected a count or a list of integers, found {}", describe(v)))),
+    }
+    if let Some(sp) = get_str(ctx, p, m, "seed_param")? {
+        if sp.is_empty() || sp.contains(char::is_whitespace) || sp.contains('=') {
+            return Err(ctx.err("liandan.seed_param", "must be a non-empty name without spaces or '='"));
+        }
+        ext.seed_param = sp;
+    }
+    if let Some(r) = m.get("resources") {
+        let rp = "liandan.resources";
+        let rm = as_map(ctx, rp, r)?;
+        check_keys(ctx, rp, rm, &["gpus", "cpus", "memory", "labels"])?;
+        let small = |k: &str| -> Result<Option<u32>, SpecError> {
+            get_u64(ctx, rp, rm, k)?.map(|x| u32::try_from(x).map_err(|_| ctx.err(&join(rp, k), "too large"))).transpose()
+        };
+        if let Some(g) = small("gpus")? {
+            ext.resources.gpus = g;
+        }
+        if let Some(c) = small("cpus")? {
+            ext.resources.cpus = c;
+        }
+        if ext.resources.gpus == 0 && ext.resources.cpus == 0 {
+            return Err(ctx.err("liandan.resources.cpus", "a job needs at least one GPU or one CPU slot"));
+        }
+        ext.resources.memory_bytes = match rm.get("memory") {
+            None | Some(Value::Null) => None,
+            Some(Value::Number(n)) => Some(n.as_u64().ok_or_else(|| ctx.err("liandan.resources.memory", "expected bytes or a size like \"16GiB\""))?),
+            Some(Value::String(s)) => Some(parse_size(s).ok_or_else(|| ctx.err("liandan.resources.memory", format!("expected a size like \"16GiB\" or \"512MB\", found {s:?}")))?),
+            Some(v) => return Err(ctx.err("liandan.resources.memory", format!("expected a size like \"16GiB\", found {}", describe(v)))),
+        };
+        if let Some(l) = rm.get("labels") {
+            let arr = l.as_array().ok_or_else(|| ctx.err("liandan.resources.labels", "expected a list of labels"))?;
+            for (i, x) in arr.iter().enumerate() {
+                let s = x.as_str().ok_or_else(|| ctx.err(&format!("liandan.resources.labels[{i}]"), "expected a string"))?;
+                crate::names::validate("label", s).map_err(|e| ctx.err(&format!("liandan.resources.labels[{i}]"), e.to_string()))?;
+                ext.resources.labels.push(s.to_string());
+            }
+        }
+    }
+    if let Some(c) = get_u64(ctx, p, m, "concurrency")? {
+        if c == 0 || c > u32::MAX as u64 {
+            return Err(ctx.err("liandan.concurrency", "expected an integer >= 1"));
+        }
+        ext.concurrency = Some(c as u32);
+    }
+    if let Some(r) = get_u64(ctx, p, m, "retries")? {
+        ext.retries = u32::try_from(r.min(1000)).unwrap_or(1000);
+    }
+    if let Some(s) = get_u64(ctx, p, m, "sweep_seed")? {
+        ext.sweep_seed = s;
+    }
+    if let Some(v) = m.get("priority") {
+        ext.priority = v.as_i64().and_then(|x| i32::try_from(x).ok()).ok_or_else(|| ctx.err("liandan.priority", format!("expected an integer, found {}", describe(v))))?;
+    }
+    if let Some(c) = m.get("checkpoint") {
+        let cp = "liandan.checkpoint";
+        let cm = as_map(ctx, cp, c)?;
+        check_keys(ctx, cp, cm, &["keep_last", "keep_best"])?;
+        if let Some(k) = get_u64(ctx, cp, cm, "keep_last")? {
+            if k == 0 {
+                return Err(ctx.err("liandan.checkpoint.keep_last", "expected an integer >= 1"));
+            }
+            ext.checkpoint.keep_last = Some(k.min(1000) as u32);
+        }
+        match cm.get("keep_best") {
+            None => {}
+            Some(Value::Bool(b)) => ext.checkpoint.keep_best = *b,
+            Some(v) => return Err(ctx.err("liandan.checkpoint.keep_best", format!("expected true or false, found {}", describe(v)))),
+        }
+    }
+    ext.metric_pattern = get_str(ctx, p, m, "metric_pattern")?;
+    match m.get("trainer") {
+        None => {}
+        Some(Value::Bool(b)) => ext.trainer = *b,
+        Some(v) => return Err(ctx.err("liandan.trainer", format!("expected true or false, found {}", describe(v)))),
+    }
+    Ok(ext)
+}
+
+/// Parses sizes like "512MB", "16GiB", "1024".
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let idx = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let (num, unit) = s.split_at(idx);
+    let n: f64 = num.parse().ok()?;
+    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "kib" => 1024.0,
+        "m" | "mb" => 1e6,
+        "mib" => 1024.0 * 1024.0,
+        "g" | "gb" => 1e9,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        "t" | "tb" => 1e12,
+        "tib" => 1024f64.powi(4),
+        _ => return None,
+    };
+    Some((n * mult) as u64)
+}
+
+/// Finds the 1-based line of a key path (`parameters.lr.min`, `command[2]`) in
+/// block-style YAML, by following indentation. Best effort: `None` when the
+/// path cannot be followed (flow style, anchors).
+pub fn locate_line(text: &str, path: &str) -> Option<usize> {
+    if path.is_empty() {
+        return None;
+    }
+    let lines: Vec<&str> = text.lines().collect();
+    let mut start = 0usize;
+    let mut parent_indent: i64 = -1;
+    let mut found = None;
+    for seg in path.split('.') {
+        let key = seg.split('[').next().unwrap_or(seg);
+        let mut hit = None;
+        for (i, line) in lines.iter().enumerate().skip(start) {
+            let trimmed = line.trim_start();
+            if trimmed.is_empty() || trimmed.starts_with('#') {
+                continue;
+            }
+            let indent = (line.len() - trimmed.len()) as i64;
+            if indent <= parent_indent && i > start {
+                break;
+            }
+            let bare = trimmed.trim_start_matches("- ");
+            let matches = bare.strip_prefix(key).map(|r| r.trim_start().starts_with(':')).unwrap_or(false)
+                || bare.strip_prefix(&format!("\"{key}\"")).map(|r| r.trim_start().starts_with(':')).unwrap_or(false);
+            if matches && indent > parent_indent {
+                hit = Some((i, indent));
+                break;
+            }
+        }
+        let Some((i, indent)) = hit else {
+            // A key inside a flow mapping (`a: {values: [1], q: 2}`): the parent's line.
+            let parent_line = found?;
+            let pl: &str = lines.get(parent_line - 1).copied()?;
+            return (pl.contains(&format!("{key}:")) || pl.contains(&format!("{key} :"))).then_some(parent_line);
+        };
+        found = Some(i + 1);
+        start = i + 1;
+        parent_indent = indent;
+    }
+    found
+}
