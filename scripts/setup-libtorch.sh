@@ -31,6 +31,8 @@ if [ ! -f "$marker" ]; then
   touch "$marker"
 fi
 
+# torch-sys runs `python` when VIRTUAL_ENV is set, else `python3`.
 echo "export LIBTORCH_USE_PYTORCH=1"
-echo "export PYTHON_SYS_EXECUTABLE='$venv/bin/python'"
+echo "export VIRTUAL_ENV='$venv'"
+echo "export PATH='$venv/bin':\"\$PATH\""
 echo "export LIANDAN_TORCH_PYTHON='$venv/bin/python'"

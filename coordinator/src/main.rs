@@ -1,1 +1,101 @@
-fn main() {}
+//! `liandan-coordinator`: flags → config → logging → [`liandan_coordinator::run`].
+
+use clap::Parser;
+use liandan_common::config::{self, CoordinatorConfig};
+use liandan_common::exit;
+use std::path::PathBuf;
+
+/// The liandan coordinator: durable sweep state, scheduling and the user API.
+#[derive(Parser, Debug)]
+#[command(name = "liandan-coordinator", version, about)]
+struct Args {
+    /// TOML config file (defaults → file → LIANDAN_* env → flags).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Address to listen on, HOST:PORT [default: 127.0.0.1:7477].
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
+    /// Directory for the database, logs and checkpoints.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Seconds without a heartbeat before a worker's attempts are lost.
+    #[arg(long, value_name = "SECS")]
+    lease_timeout_secs: Option<f64>,
+    /// Seconds workers get to reconnect after a restart.
+    #[arg(long, value_name = "SECS")]
+    restart_grace_secs: Option<f64>,
+    /// Log format: text or json.
+    #[arg(long, value_name = "FORMAT")]
+    log_format: Option<String>,
+    /// Print the effective configuration (secrets redacted) and exit.
+    #[arg(long)]
+    print_config: bool,
+}
+
+fn main() {
+    let args = Args::parse();
+    let mut overrides: Vec<(&str, String)> = Vec::new();
+    if let Some(v) = &args.listen {
+        overrides.push(("listen", v.clone()));
+    }
+    if let Some(v) = &args.data_dir {
+        overrides.push(("data_dir", v.display().to_string()));
+    }
+    if let Some(v) = args.lease_timeout_secs {
+        overrides.push(("lease_timeout_secs", v.to_string()));
+    }
+    if let Some(v) = args.restart_grace_secs {
+        overrides.push(("restart_grace_secs", v.to_string()));
+    }
+    if let Some(v) = &args.log_format {
+        overrides.push(("log_format", v.clone()));
+    }
+    let cfg: CoordinatorConfig = match config::load(args.config.as_deref(), &overrides).and_then(|c: CoordinatorConfig| c.validate().map(|_| c)) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(exit::CONFIG);
+        }
+    };
+    if args.print_config {
+        print!("{}", config::render_redacted(&cfg));
+        return;
+    }
+    liandan_common::logging::init(&cfg.log_format, "info");
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            std::process::exit(exit::SOFTWARE);
+        }
+    };
+    let code = rt.block_on(async move {
+        let listener = match tokio::net::TcpListener::bind(&cfg.listen).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("error: cannot listen on {}: {e}; choose another address with --listen", cfg.listen);
+                return exit::UNAVAILABLE;
+            }
+        };
+        // Port 0 picks a free port; say which, for scripts and tests.
+        if let Ok(addr) = listener.local_addr() {
+            println!("listening on {addr}");
+        }
+        let shutdown = async {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
+            }
+            tracing::info!("shutting down");
+        };
+        match liandan_coordinator::run(cfg, listener, shutdown).await {
+            Ok(()) => exit::OK,
+            Err(e) => {
+                eprintln!("error: {e}");
+                exit::SOFTWARE
+            }
+        }
+    });
+    std::process::exit(code);
+}

@@ -1,1 +1,1 @@
-fn main() {}
+fn main() { println!("{}", tch::Cuda::is_available()); }

@@ -1,0 +1,1273 @@
+//! The state owner: every decision the coordinator makes happens here, under
+//! one lock, and is queued to the store in the same critical section (so the
+//! database sees decisions in the order they were made). Messages to workers
+//! and replies to callers go out only after the store says the batch is durable.
+//!
+//! Memory mirrors the database for scheduling speed; it is rebuilt from the
+//! database at start. A failed commit stops the process (see [`crate::store`]).
+
+use crate::model::{JobEvent, JobState, Outcome, SweepState};
+use crate::store::{CheckpointRow, JobRow, LogRow, MetricRow, Op, Store, StoreError};
+use liandan_common::config::CoordinatorConfig;
+use liandan_common::ids::{JobId, SweepId, TrialId, WorkerId};
+use liandan_common::sweep::{self, Format, SweepSpec};
+use liandan_common::time::now_secs;
+use liandan_proto::v1 as pb;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
+use std::cmp::Reverse;
+use std::sync::{Arc, Mutex};
+use tokio::sync::{mpsc, watch};
+use tokio::time::{Duration, Instant};
+
+/// A refusal or failure, mapped to a gRPC status at the edge.
+#[derive(Debug, thiserror::Error)]
+pub enum CoreError {
+    #[error("{kind} {id} not found; list them with `liandan {hint}`")]
+    NotFound { kind: &'static str, id: String, hint: &'static str },
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Counter of writes refused because they carried a stale attempt number.
+pub const REFUSED_STALE: &str = "refused_stale_writes";
+
+struct SweepMem {
+    name: String,
+    spec: Arc<SweepSpec>,
+    spec_json: Arc<str>,
+    spec_hash: String,
+    state: SweepState,
+    algorithm: String,
+    created_at: f64,
+    trials: u64,
+    jobs: Vec<JobId>,
+    ready: VecDeque<JobId>,
+    running: u32,
+}
+
+struct JobMem {
+    sweep: SweepId,
+    trial: TrialId,
+    ord: i64,
+    seed: i64,
+    state: JobState,
+    attempt: u64,
+    retries_used: u32,
+    worker: Option<WorkerId>,
+    cancel_requested: bool,
+    final_metric: Option<f64>,
+    best_metric: Option<f64>,
+    result_recorded: bool,
+    params_json: Arc<str>,
+    /// Resources reserved on `worker` while running.
+    gpus: Vec<String>,
+    cpus: u32,
+}
+
+impl JobMem {
+    fn row(&self, id: &JobId) -> JobRow {
+        JobRow {
+            id: id.to_string(),
+            sweep_id: self.sweep.to_string(),
+            trial_id: self.trial.to_string(),
+            ord: self.ord,
+            seed: self.seed,
+            state: self.state.as_str().into(),
+            attempt: self.attempt,
+            retries_used: self.retries_used,
+            worker_id: self.worker.as_ref().map(|w| w.to_string()),
+            cancel_requested: self.cancel_requested,
+            final_metric: self.final_metric,
+            best_metric: self.best_metric,
+            result_recorded: self.result_recorded,
+        }
+    }
+}
+
+struct Session {
+    id: u64,
+    tx: mpsc::UnboundedSender<pb::CoordinatorMessage>,
+}
+
+struct WorkerMem {
+    hostname: String,
+    resources: pb::Resources,
+    free_cpus: u32,
+    free_gpus: Vec<String>,
+    running: HashSet<JobId>,
+    session: Option<Session>,
+    lease_deadline: Instant,
+    draining: bool,
+    acked_seq: u64,
+    last_seen: f64,
+    /// Until the worker says hello after a coordinator restart, its capacity is unknown.
+    known: bool,
+}
+
+#[derive(Default)]
+struct State {
+    sweeps: BTreeMap<SweepId, SweepMem>,
+    jobs: HashMap<JobId, JobMem>,
+    workers: BTreeMap<WorkerId, WorkerMem>,
+    delayed: BinaryHeap<Reverse<(Instant, JobId)>>,
+    checkpoints: HashMap<JobId, Vec<CheckpointRow>>,
+    next_session: u64,
+    refused_stale: u64,
+}
+
+type Sends = Vec<(mpsc::UnboundedSender<pb::CoordinatorMessage>, pb::CoordinatorMessage)>;
+
+/// The coordinator's state owner.
+pub struct Core {
+    state: Mutex<State>,
+    store: Store,
+    cfg: CoordinatorConfig,
+    log_generation: watch::Sender<u64>,
+}
+
+fn secs(s: f64) -> Duration {
+    Duration::from_secs_f64(s)
+}
+
+impl Core {
+    /// Opens the database in the data dir and rebuilds memory from it. Running
+    /// attempts get `restart_grace_secs` for their workers to reconnect.
+    pub fn open(cfg: CoordinatorConfig) -> Result<Arc<Core>, CoreError> {
+        std::fs::create_dir_all(&cfg.data_dir).map_err(|e| {
+            CoreError::FailedPrecondition(format!("cannot create data dir {}: {e}; check the path and its permissions", cfg.data_dir.display()))
+        })?;
+        let store = Store::open(&cfg.data_dir.join("coordinator.db"))?;
+        let state = load(&store, &cfg)?;
+        let (log_generation, _) = watch::channel(0);
+        Ok(Arc::new(Core { state: Mutex::new(state), store, cfg, log_generation }))
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn config(&self) -> &CoordinatorConfig {
+        &self.cfg
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Subscribes to "new log lines are durable" notifications.
+    pub fn log_updates(&self) -> watch::Receiver<u64> {
+        self.log_generation.subscribe()
+    }
+
+    async fn finish(&self, fut: impl std::future::Future<Output = Result<(), StoreError>>, sends: Sends) -> Result<(), CoreError> {
+        fut.await?;
+        for (tx, msg) in sends {
+            let _ = tx.send(msg);
+        }
+        Ok(())
+    }
+
+    // ------------------------------------------------------------ sweeps
+
+    /// Validates, expands and stores a sweep in one transaction. The same spec
+    /// under the same name returns the existing sweep (`created = false`).
+    pub async fn submit(&self, text: &str, format: &str, name: &str) -> Result<(pb::Sweep, bool, Vec<String>), CoreError> {
+        let format = Format::parse(format).ok_or_else(|| CoreError::InvalidArgument(format!("unknown spec format {format:?}; use yaml or toml")))?;
+        let parsed = sweep::parse(text, format).map_err(|e| CoreError::InvalidArgument(format!("invalid sweep spec: {e}")))?;
+        let spec = parsed.spec;
+        let spec_json = serde_json::to_string(&spec).map_err(|e| CoreError::InvalidArgument(e.to_string()))?;
+        let spec_hash = blake3::hash(spec_json.as_bytes()).to_hex().to_string();
+        let name = if !name.is_empty() {
+            name.to_string()
+        } else if let Some(n) = spec.name.as_ref().filter(|n| liandan_common::names::validate("sweep name", n).is_ok()) {
+            n.clone()
+        } else {
+            format!("sweep-{}", &spec_hash[..8])
+        };
+        liandan_common::names::validate("sweep name", &name).map_err(|e| CoreError::InvalidArgument(e.to_string()))?;
+        let sweep_id = SweepId::for_name(&name);
+        let expansion = sweep::expand(&spec, &sweep_id).map_err(|e| CoreError::InvalidArgument(e.to_string()))?;
+        let mut warnings = parsed.warnings;
+        warnings.extend(expansion.warnings.iter().cloned());
+        let spec = Arc::new(spec);
+        let (fut, sends) = {
+            let mut st = self.lock();
+            if let Some(existing) = st.sweeps.get(&sweep_id) {
+                if existing.spec_hash == spec_hash {
+                    let info = sweep_info(&st, &sweep_id);
+                    return Ok((info, false, warnings));
+                }
+                return Err(CoreError::AlreadyExists(format!(
+                    "a different sweep named {name:?} exists ({sweep_id}); submit with --name to choose another name"
+                )));
+            }
+            let created_at = now_secs();
+            let mut ops = vec![Op::InsertSweep {
+                id: sweep_id.to_string(),
+                name: name.clone(),
+                spec_json: spec_json.clone(),
+                spec_hash: spec_hash.clone(),
+                method: spec.method.as_str().into(),
+                algorithm: liandan_common::rng::ALGORITHM.into(),
+                created_at,
+            }];
+            let mut params_by_trial = HashMap::new();
+            for t in &expansion.trials {
+                let pj: Arc<str> = t.params.to_string().into();
+                ops.push(Op::InsertTrial { id: t.id.to_string(), sweep_id: sweep_id.to_string(), idx: t.index as i64, params_json: pj.to_string() });
+                params_by_trial.insert(t.id.clone(), pj);
+            }
+            let mut job_ids = Vec::with_capacity(expansion.jobs.len());
+            for (ord, j) in expansion.jobs.iter().enumerate() {
+                let mem = JobMem {
+                    sweep: sweep_id.clone(),
+                    trial: j.trial.clone(),
+                    ord: ord as i64,
+                    seed: j.seed,
+                    state: JobState::Queued,
+                    attempt: 0,
+                    retries_used: 0,
+                    worker: None,
+                    cancel_requested: false,
+                    final_metric: None,
+                    best_metric: None,
+                    result_recorded: false,
+                    params_json: params_by_trial.get(&j.trial).cloned().unwrap_or_else(|| "{}".into()),
+                    gpus: Vec::new(),
+                    cpus: 0,
+                };
+                ops.push(Op::InsertJob(mem.row(&j.id)));
+                st.jobs.insert(j.id.clone(), mem);
+                job_ids.push(j.id.clone());
+            }
+            st.sweeps.insert(
+                sweep_id.clone(),
+                SweepMem {
+                    name,
+                    spec: spec.clone(),
+                    spec_json: spec_json.into(),
+                    spec_hash,
+                    state: SweepState::Active,
+                    algorithm: liandan_common::rng::ALGORITHM.into(),
+                    created_at,
+                    trials: expansion.trials.len() as u64,
+                    ready: job_ids.iter().cloned().collect(),
+                    jobs: job_ids,
+                    running: 0,
+                },
+            );
+            let mut sends = Vec::new();
+            self.dispatch(&mut st, &mut ops, &mut sends);
+            (self.store.enqueue(ops), sends)
+        };
+        self.finish(fut, sends).await?;
+        let info = sweep_info(&self.lock(), &sweep_id);
+        Ok((info, true, warnings))
+    }
+
+    fn sweep_id(&self, st: &State, id: &str) -> Result<SweepId, CoreError> {
+        let nf = || CoreError::NotFound { kind: "sweep", id: id.chars().take(80).collect(), hint: "status" };
+        let sid = match SweepId::parse(id) {
+            Ok(s) => s,
+            // Also accept the sweep's name.
+            Err(_) => st.sweeps.iter().find(|(_, s)| s.name == id).map(|(k, _)| k.clone()).ok_or_else(nf)?,
+        };
+        if st.sweeps.contains_key(&sid) {
+            Ok(sid)
+        } else {
+            Err(nf())
+        }
+    }
+
+    pub fn get_sweep(&self, id: &str) -> Result<pb::Sweep, CoreError> {
+        let st = self.lock();
+        let sid = self.sweep_id(&st, id)?;
+        Ok(sweep_info(&st, &sid))
+    }
+
+    pub fn list_sweeps(&self) -> Vec<pb::Sweep> {
+        let st = self.lock();
+        let mut v: Vec<pb::Sweep> = st.sweeps.keys().map(|k| sweep_info(&st, k)).collect();
+        v.sort_by(|a, b| a.created_at.total_cmp(&b.created_at));
+        v
+    }
+
+    /// Pauses, resumes or cancels a sweep.
+    pub async fn set_sweep_state(&self, id: &str, new: SweepState) -> Result<pb::Sweep, CoreError> {
+        let (fut, sends, sid) = {
+            let mut st = self.lock();
+            let sid = self.sweep_id(&st, id)?;
+            let cur = st.sweeps[&sid].state;
+            if cur == SweepState::Cancelled && new != SweepState::Cancelled {
+                return Err(CoreError::FailedPrecondition(format!("sweep {sid} was cancelled; submit it again under a new name to rerun it")));
+            }
+            let mut ops = vec![Op::SetSweepState { id: sid.to_string(), state: new.as_str().into() }];
+            let mut sends = Vec::new();
+            if let Some(s) = st.sweeps.get_mut(&sid) {
+                s.state = new;
+            }
+            if new == SweepState::Cancelled {
+                let jobs = st.sweeps[&sid].jobs.clone();
+                for j in jobs {
+                    self.cancel_job_locked(&mut st, &j, &mut ops, &mut sends);
+                }
+            }
+            self.dispatch(&mut st, &mut ops, &mut sends);
+            (self.store.enqueue(ops), sends, sid)
+        };
+        self.finish(fut, sends).await?;
+        Ok(sweep_info(&self.lock(), &sid))
+    }
+
+    fn cancel_job_locked(&self, st: &mut State, id: &JobId, ops: &mut Vec<Op>, sends: &mut Sends) {
+        let Some(job) = st.jobs.get_mut(id) else { return };
+        match job.state {
+            JobState::Queued => {
+                if let Some(next) = job.state.on(JobEvent::Cancel) {
+                    job.state = next;
+                    ops.push(Op::UpdateJob(job.row(id)));
+                }
+            }
+            JobState::Running if !job.cancel_requested => {
+                job.cancel_requested = true;
+                ops.push(Op::UpdateJob(job.row(id)));
+                let attempt = job.attempt;
+                if let Some(tx) = job.worker.as_ref().and_then(|w| st.workers.get(w)).and_then(|w| w.session.as_ref()).map(|s| s.tx.clone()) {
+                    sends.push((tx, cancel_msg(id, attempt, "cancelled")));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    pub async fn cancel_job(&self, id: &str) -> Result<pb::Job, CoreError> {
+        let jid = JobId::parse(id).map_err(|e| CoreError::InvalidArgument(e.to_string()))?;
+        let (fut, sends) = {
+            let mut st = self.lock();
+            if !st.jobs.contains_key(&jid) {
+                return Err(CoreError::NotFound { kind: "job", id: jid.to_string(), hint: "jobs SWEEP" });
+            }
+            let mut ops = Vec::new();
+            let mut sends = Vec::new();
+            self.cancel_job_locked(&mut st, &jid, &mut ops, &mut sends);
+            (self.store.enqueue(ops), sends)
+        };
+        self.finish(fut, sends).await?;
+        self.get_job(id).await
+    }
+
+    // -------------------------------------------------------------- jobs
+
+    pub fn list_jobs(&self, sweep: &str, state: &str) -> Result<Vec<pb::Job>, CoreError> {
+        let filter = if state.is_empty() {
+            None
+        } else {
+            Some(JobState::parse(state).ok_or_else(|| CoreError::InvalidArgument(format!("unknown job state {state:?}; use queued, running, succeeded, failed or cancelled")))?)
+        };
+        let st = self.lock();
+        let sid = self.sweep_id(&st, sweep)?;
+        Ok(st.sweeps[&sid]
+            .jobs
+            .iter()
+            .filter_map(|j| st.jobs.get(j).map(|m| (j, m)))
+            .filter(|(_, m)| filter.is_none_or(|f| m.state == f))
+            .map(|(j, m)| job_info(j, m))
+            .collect())
+    }
+
+    /// A job with its attempts.
+    pub async fn get_job(&self, id: &str) -> Result<pb::Job, CoreError> {
+        let jid = JobId::parse(id).map_err(|e| CoreError::InvalidArgument(e.to_string()))?;
+        let mut info = {
+            let st = self.lock();
+            let m = st.jobs.get(&jid).ok_or_else(|| CoreError::NotFound { kind: "job", id: jid.to_string(), hint: "jobs SWEEP" })?;
+            job_info(&jid, m)
+        };
+        let key = jid.to_string();
+        info.attempts = self
+            .store
+            .read(move |c| {
+                let mut st = c.prepare_cached("SELECT attempt, worker_id, state, started_at, ended_at, exit_code, signal, message FROM attempts WHERE job_id=?1 ORDER BY attempt")?;
+                let rows = st.query_map([key], |r| {
+                    Ok(pb::Attempt {
+                        attempt: r.get::<_, i64>(0)? as u64,
+                        worker_id: r.get(1)?,
+                        state: r.get(2)?,
+                        started_at: r.get(3)?,
+                        ended_at: r.get::<_, Option<f64>>(4)?.unwrap_or(0.0),
+                        exit_code: r.get::<_, Option<i32>>(5)?.unwrap_or(0),
+                        signal: r.get::<_, Option<i32>>(6)?.unwrap_or(0),
+                        message: r.get::<_, Option<String>>(7)?.unwrap_or_default(),
+                    })
+                })?;
+                rows.collect()
+            })
+            .await?;
+        Ok(info)
+    }
+
+    /// The current attempt of a job and whether it has ended (for log following).
+    pub fn job_progress(&self, id: &JobId) -> Option<(u64, bool)> {
+        let st = self.lock();
+        st.jobs.get(id).map(|m| (m.attempt, m.state.is_terminal()))
+    }
+
+    pub fn results(&self, sweep: &str) -> Result<pb::GetResultsResponse, CoreError> {
+        let st = self.lock();
+        let sid = self.sweep_id(&st, sweep)?;
+        let jobs = st.sweeps[&sid]
+            .jobs
+            .iter()
+            .filter_map(|j| st.jobs.get(j).map(|m| (j, m)))
+            .map(|(j, m)| pb::JobResult {
+                job_id: j.to_string(),
+                trial_id: m.trial.to_string(),
+                seed: m.seed,
+                state: m.state.as_str().into(),
+                params_json: m.params_json.to_string(),
+                final_metric: m.final_metric,
+                best_metric: m.best_metric,
+            })
+            .collect();
+        Ok(pb::GetResultsResponse { sweep: Some(sweep_info(&st, &sid)), jobs })
+    }
+
+    pub fn refused_stale(&self) -> u64 {
+        self.lock().refused_stale
+    }
+
+    // ----------------------------------------------------------- workers
+
+    pub fn list_workers(&self) -> Vec<pb::Worker> {
+        let st = self.lock();
+        st.workers.iter().map(|(id, w)| worker_info(id, w)).collect()
+    }
+
+    pub async fn drain(&self, id: &str) -> Result<pb::Worker, CoreError> {
+        let wid = WorkerId::parse(id).map_err(|e| CoreError::InvalidArgument(e.to_string()))?;
+        let (fut, sends) = {
+            let mut st = self.lock();
+            let w = st.workers.get_mut(&wid).ok_or_else(|| CoreError::NotFound { kind: "worker", id: wid.to_string(), hint: "workers" })?;
+            w.draining = true;
+            let mut sends = Vec::new();
+            if let Some(s) = &w.session {
+                sends.push((s.tx.clone(), pb::CoordinatorMessage { msg: Some(pb::coordinator_message::Msg::Drain(pb::Drain {})) }));
+            }
+            let ops = vec![worker_upsert(&wid, w)];
+            (self.store.enqueue(ops), sends)
+        };
+        self.finish(fut, sends).await?;
+        let st = self.lock();
+        Ok(st.workers.get(&wid).map(|w| worker_info(&wid, w)).unwrap_or_default())
+    }
+
+    /// A worker opened its stream. Returns the session id and the welcome.
+    pub async fn hello(&self, hello: pb::Hello, tx: mpsc::UnboundedSender<pb::CoordinatorMessage>) -> Result<(WorkerId, u64), CoreError> {
+        let wid = WorkerId::parse(&hello.worker_id).map_err(|e| CoreError::InvalidArgument(e.to_string()))?;
+        let resources = hello.resources.unwrap_or_default();
+        for l in &resources.labels {
+            liandan_common::names::validate("label", l).map_err(|e| CoreError::InvalidArgument(e.to_string()))?;
+        }
+        let (fut, sends, session) = {
+            let mut st = self.lock();
+            st.next_session += 1;
+            let session = st.next_session;
+            let now = Instant::now();
+            let lease = secs(self.cfg.lease_timeout_secs);
+            let w = st.workers.entry(wid.clone()).or_insert_with(|| WorkerMem {
+                hostname: String::new(),
+                resources: pb::Resources::default(),
+                free_cpus: 0,
+                free_gpus: Vec::new(),
+                running: HashSet::new(),
+                session: None,
+                lease_deadline: now + lease,
+                draining: false,
+                acked_seq: 0,
+                last_seen: 0.0,
+                known: false,
+            });
+            w.hostname = hello.hostname.chars().take(256).collect();
+            w.resources = resources;
+            w.session = Some(Session { id: session, tx: tx.clone() });
+            w.lease_deadline = now + lease;
+            w.last_seen = now_secs();
+            w.known = true;
+            let acked_seq = w.acked_seq;
+            let previously_running: Vec<JobId> = w.running.iter().cloned().collect();
+
+            let mut ops = Vec::new();
+            let mut sends = Vec::new();
+            let mut keep = Vec::new();
+            let mut kill = Vec::new();
+            let mut kept: HashSet<JobId> = HashSet::new();
+            for h in &hello.held {
+                let Ok(jid) = JobId::parse(&h.job_id) else { continue };
+                let current = st.jobs.get(&jid).is_some_and(|j| j.state == JobState::Running && j.attempt == h.attempt && j.worker.as_ref() == Some(&wid));
+                if current {
+                    if let Some(j) = st.jobs.get_mut(&jid) {
+                        j.gpus = h.gpu_uuids.clone();
+                    }
+                    let cancelled = st.jobs.get(&jid).is_some_and(|j| j.cancel_requested);
+                    if cancelled && h.running {
+                        kill.push(pb::Cancel { job_id: h.job_id.clone(), attempt: h.attempt, reason: "cancelled".into() });
+                    }
+                    keep.push(h.clone());
+                    kept.insert(jid);
+                } else if h.running {
+                    kill.push(pb::Cancel { job_id: h.job_id.clone(), attempt: h.attempt, reason: "stale".into() });
+                }
+            }
+            // Attempts we believed ran there that the worker no longer has are lost.
+            for jid in previously_running {
+                if !kept.contains(&jid) {
+                    let attempt = st.jobs.get(&jid).map(|j| j.attempt).unwrap_or(0);
+                    self.end_attempt(&mut st, &jid, attempt, Outcome::Lost, None, None, "the worker restarted without this attempt", &mut ops);
+                }
+            }
+            // Recompute free capacity from what it really runs.
+            if let Some(w) = st.workers.get_mut(&wid) {
+                w.running = kept.clone();
+                w.free_cpus = w.resources.cpu_slots;
+                w.free_gpus = w.resources.gpus.iter().map(|g| g.uuid.clone()).collect();
+            }
+            for jid in &kept {
+                let (cpus, gpus) = st.jobs.get(jid).map(|j| (j.cpus, j.gpus.clone())).unwrap_or_default();
+                if let Some(w) = st.workers.get_mut(&wid) {
+                    w.free_cpus = w.free_cpus.saturating_sub(cpus);
+                    w.free_gpus.retain(|g| !gpus.contains(g));
+                }
+            }
+            if let Some(w) = st.workers.get(&wid) {
+                ops.push(worker_upsert(&wid, w));
+            }
+            let welcome = pb::CoordinatorMessage {
+                msg: Some(pb::coordinator_message::Msg::Welcome(pb::Welcome {
+                    worker_id: wid.to_string(),
+                    acked_seq,
+                    heartbeat_interval_ms: (self.cfg.heartbeat_interval_secs * 1000.0) as u32,
+                    keep,
+                    kill,
+                })),
+            };
+            sends.push((tx.clone(), welcome));
+            if st.workers.get(&wid).is_some_and(|w| w.draining) {
+                sends.push((tx, pb::CoordinatorMessage { msg: Some(pb::coordinator_message::Msg::Drain(pb::Drain {})) }));
+            }
+            self.dispatch(&mut st, &mut ops, &mut sends);
+            (self.store.enqueue(ops), sends, session)
+        };
+        self.finish(fut, sends).await?;
+        tracing::info!(worker = %wid, session, "worker connected");
+        Ok((wid, session))
+    }
+
+    /// A heartbeat renews the worker's lease.
+    pub fn heartbeat(&self, wid: &WorkerId, session: u64) {
+        let mut st = self.lock();
+        if let Some(w) = st.workers.get_mut(wid) {
+            if w.session.as_ref().is_some_and(|s| s.id == session) {
+                w.lease_deadline = Instant::now() + secs(self.cfg.lease_timeout_secs);
+                w.last_seen = now_secs();
+            }
+        }
+    }
+
+    /// The worker's stream ended. Its lease keeps running down.
+    pub fn disconnected(&self, wid: &WorkerId, session: u64) {
+        let mut st = self.lock();
+        if let Some(w) = st.workers.get_mut(wid) {
+            if w.session.as_ref().is_some_and(|s| s.id == session) {
+                w.session = None;
+                tracing::info!(worker = %wid, session, "worker disconnected");
+            }
+        }
+    }
+
+    /// Stores a batch of records and returns the acknowledgement to send once
+    /// durable. Records at or below the worker's acknowledged sequence number
+    /// were stored before and are skipped; records of a stale attempt are
+    /// refused, counted and logged.
+    pub async fn records(&self, wid: &WorkerId, session: u64, records: Vec<pb::Record>) -> Result<pb::Ack, CoreError> {
+        let (fut, sends, ack, had_logs) = {
+            let mut st = self.lock();
+            let Some(w) = st.workers.get_mut(wid) else {
+                return Err(CoreError::FailedPrecondition("unknown worker; say hello first".into()));
+            };
+            if !w.session.as_ref().is_some_and(|s| s.id == session) {
+                return Err(CoreError::FailedPrecondition("this stream was replaced by a newer one from the same worker".into()));
+            }
+            w.lease_deadline = Instant::now() + secs(self.cfg.lease_timeout_secs);
+            w.last_seen = now_secs();
+            let mut acked = w.acked_seq;
+            let mut refused = 0u64;
+            let mut logs = Vec::new();
+            let mut metrics = Vec::new();
+            let mut ops = Vec::new();
+            for rec in records {
+                if rec.seq <= acked {
+                    continue;
+                }
+                acked = rec.seq;
+                let jid = match JobId::parse(&rec.job_id) {
+                    Ok(j) => j,
+                    Err(_) => {
+                        refused += 1;
+                        continue;
+                    }
+                };
+                let current = st.jobs.get(&jid).is_some_and(|j| j.state == JobState::Running && j.attempt == rec.attempt && j.worker.as_ref() == Some(wid));
+                if !current {
+                    refused += 1;
+                    tracing::warn!(worker = %wid, job = %jid, attempt = rec.attempt, "refused a write from a stale attempt");
+                    continue;
+                }
+                match rec.body {
+                    Some(pb::record::Body::Log(l)) => logs.push(LogRow {
+                        job_id: jid.to_string(),
+                        attempt: rec.attempt,
+                        line: l.line,
+                        stream: u8::from(l.stream == "stderr"),
+                        ts: l.ts,
+                        text: l.text,
+                    }),
+                    Some(pb::record::Body::Metric(m)) => {
+                        self.observe_metric(&mut st, &jid, &m.json);
+                        metrics.push(MetricRow { job_id: jid.to_string(), attempt: rec.attempt, step: m.step, ts: m.ts, json: m.json });
+                    }
+                    Some(pb::record::Body::Started(_)) | None => {}
+                    Some(pb::record::Body::Exited(e)) => {
+                        // Rows queued so far belong before the attempt's end.
+                        if !logs.is_empty() {
+                            ops.push(Op::Logs(std::mem::take(&mut logs)));
+                        }
+                        if !metrics.is_empty() {
+                            ops.push(Op::Metrics(std::mem::take(&mut metrics)));
+                        }
+                        let outcome = Outcome::parse(&e.outcome).unwrap_or(Outcome::Failed);
+                        let code = (outcome != Outcome::Signalled).then_some(e.exit_code);
+                        let signal = (e.signal != 0).then_some(e.signal);
+                        self.end_attempt(&mut st, &jid, rec.attempt, outcome, code, signal, &e.message, &mut ops);
+                    }
+                }
+            }
+            let had_logs = !logs.is_empty() || ops.iter().any(|o| matches!(o, Op::Logs(_)));
+            if !logs.is_empty() {
+                ops.push(Op::Logs(logs));
+            }
+            if !metrics.is_empty() {
+                ops.push(Op::Metrics(metrics));
+            }
+            if let Some(w) = st.workers.get_mut(wid) {
+                w.acked_seq = acked;
+            }
+            ops.push(Op::WorkerAcked { id: wid.to_string(), acked_seq: acked });
+            if refused > 0 {
+                st.refused_stale += refused;
+                ops.push(Op::AddCounter { name: REFUSED_STALE.into(), delta: refused as i64 });
+            }
+            let mut sends = Vec::new();
+            self.dispatch(&mut st, &mut ops, &mut sends);
+            (self.store.enqueue(ops), sends, pb::Ack { seq: acked, refused }, had_logs)
+        };
+        self.finish(fut, sends).await?;
+        if had_logs {
+            self.log_generation.send_modify(|g| *g += 1);
+        }
+        Ok(ack)
+    }
+
+    fn observe_metric(&self, st: &mut State, jid: &JobId, json: &str) {
+        let Some(job) = st.jobs.get(jid) else { return };
+        let Some(sweep) = st.sweeps.get(&job.sweep) else { return };
+        let Some(metric) = sweep.spec.metric.clone() else { return };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(json) else { return };
+        let Some(x) = v.get(&metric.name).and_then(|x| x.as_f64()).filter(|x| x.is_finite()) else { return };
+        if let Some(job) = st.jobs.get_mut(jid) {
+            job.final_metric = Some(x);
+            if job.best_metric.is_none_or(|b| metric.goal.better(x, b)) {
+                job.best_metric = Some(x);
+            }
+        }
+    }
+
+    /// Ends the current attempt of a job: records how, frees its resources and
+    /// moves the job on through the transition function.
+    #[allow(clippy::too_many_arguments)]
+    fn end_attempt(&self, st: &mut State, jid: &JobId, attempt: u64, outcome: Outcome, code: Option<i32>, signal: Option<i32>, message: &str, ops: &mut Vec<Op>) {
+        let Some(job) = st.jobs.get_mut(jid) else { return };
+        if job.state != JobState::Running || job.attempt != attempt {
+            return;
+        }
+        let retries = st.sweeps.get(&job.sweep).map(|s| s.spec.liandan.retries).unwrap_or(0);
+        let retries_left = job.retries_used < retries;
+        let Some(next) = job.state.on(JobEvent::Ended { outcome, cancel_requested: job.cancel_requested, retries_left }) else { return };
+        ops.push(Op::EndAttempt {
+            job_id: jid.to_string(),
+            attempt,
+            state: outcome.as_str().into(),
+            ended_at: now_secs(),
+            exit_code: code,
+            signal,
+            message: message.chars().take(4096).collect(),
+        });
+        let worker = job.worker.take();
+        let (cpus, gpus) = (std::mem::take(&mut job.cpus), std::mem::take(&mut job.gpus));
+        job.state = next;
+        let mut delay = None;
+        if next == JobState::Queued && outcome.counts_as_failure() {
+            job.retries_used += 1;
+            let backoff = (self.cfg.retry_backoff_secs * 2f64.powi(job.retries_used as i32 - 1)).min(self.cfg.retry_backoff_max_secs);
+            delay = Some(secs(backoff));
+        }
+        if next == JobState::Succeeded {
+            // Invariant 3: a result is recorded at most once per job.
+            job.result_recorded = true;
+        }
+        ops.push(Op::UpdateJob(job.row(jid)));
+        let sweep_id = job.sweep.clone();
+        if let Some(s) = st.sweeps.get_mut(&sweep_id) {
+            s.running = s.running.saturating_sub(1);
+        }
+        if let Some(w) = worker.as_ref().and_then(|w| st.workers.get_mut(w)) {
+            w.running.remove(jid);
+            w.free_cpus += cpus;
+            w.free_gpus.extend(gpus);
+        }
+        if next == JobState::Queued {
+            match delay {
+                Some(d) => st.delayed.push(Reverse((Instant::now() + d, jid.clone()))),
+                None => {
+                    if let Some(s) = st.sweeps.get_mut(&sweep_id) {
+                        // A requeued job goes first: it may already have progress.
+                        s.ready.push_front(jid.clone());
+                    }
+                }
+            }
+        }
+        tracing::info!(job = %jid, attempt, outcome = outcome.as_str(), state = next.as_str(), "attempt ended");
+    }
+
+    /// Expires leases, releases delayed retries and dispatches. Called by a
+    /// timer; time comes from tokio so tests can pause it.
+    pub async fn tick(&self) -> Result<(), CoreError> {
+        let (fut, sends) = {
+            let mut st = self.lock();
+            let now = Instant::now();
+            let mut ops = Vec::new();
+            let expired: Vec<WorkerId> = st.workers.iter().filter(|(_, w)| w.lease_deadline <= now && (!w.running.is_empty() || w.session.is_some())).map(|(k, _)| k.clone()).collect();
+            for wid in expired {
+                let running: Vec<JobId> = st.workers.get(&wid).map(|w| w.running.iter().cloned().collect()).unwrap_or_default();
+                if !running.is_empty() {
+                    tracing::warn!(worker = %wid, jobs = running.len(), "lease expired; requeueing its attempts");
+                }
+                for jid in running {
+                    let attempt = st.jobs.get(&jid).map(|j| j.attempt).unwrap_or(0);
+                    self.end_attempt(&mut st, &jid, attempt, Outcome::Lost, None, None, "the worker stopped heartbeating (lease expired)", &mut ops);
+                }
+                if let Some(w) = st.workers.get_mut(&wid) {
+                    // A silent stream is as good as gone; the worker reconnects with a fresh hello.
+                    w.session = None;
+                }
+            }
+            while let Some(Reverse((at, _))) = st.delayed.peek() {
+                if *at > now {
+                    break;
+                }
+                let Some(Reverse((_, jid))) = st.delayed.pop() else { break };
+                let sweep = st.jobs.get(&jid).filter(|j| j.state == JobState::Queued).map(|j| j.sweep.clone());
+                if let Some(s) = sweep.and_then(|s| st.sweeps.get_mut(&s)) {
+                    s.ready.push_back(jid);
+                }
+            }
+            let mut sends = Vec::new();
+            self.dispatch(&mut st, &mut ops, &mut sends);
+            if ops.is_empty() {
+                return Ok(());
+            }
+            (self.store.enqueue(ops), sends)
+        };
+        self.finish(fut, sends).await
+    }
+
+    /// Matches ready jobs to free capacity: whole GPUs on one worker, CPU slots
+    /// otherwise, required labels; fair between sweeps (fewest running first,
+    /// then priority), within each sweep's concurrency cap.
+    fn dispatch(&self, st: &mut State, ops: &mut Vec<Op>, sends: &mut Sends) {
+        let workers: Vec<WorkerId> = st.workers.iter().filter(|(_, w)| w.session.is_some() && w.known && !w.draining).map(|(k, _)| k.clone()).collect();
+        for wid in workers {
+            loop {
+                let Some(w) = st.workers.get(&wid) else { break };
+                if w.free_cpus == 0 && w.free_gpus.is_empty() {
+                    break;
+                }
+                let mut candidates: Vec<(i32, u32, f64, SweepId)> = st
+                    .sweeps
+                    .iter()
+                    .filter(|(_, s)| s.state == SweepState::Active && !s.ready.is_empty() && s.spec.liandan.concurrency.is_none_or(|c| s.running < c))
+                    .map(|(k, s)| (-s.spec.liandan.priority, s.running, s.created_at, k.clone()))
+                    .collect();
+                if candidates.is_empty() {
+                    return;
+                }
+                candidates.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)).then(a.2.total_cmp(&b.2)));
+                let mut assigned = false;
+                for (_, _, _, sid) in candidates {
+                    let (need_gpus, need_cpus, labels) = {
+                        let r = &st.sweeps[&sid].spec.liandan.resources;
+                        (r.gpus, if r.gpus == 0 { r.cpus } else { 0 }, r.labels.clone())
+                    };
+                    let fits = st.workers.get(&wid).is_some_and(|w| {
+                        w.free_gpus.len() as u32 >= need_gpus && w.free_cpus >= need_cpus && labels.iter().all(|l| w.resources.labels.contains(l))
+                    });
+                    if !fits {
+                        continue;
+                    }
+                    // Pop the next job that is still queued (cancelled ones are skipped lazily).
+                    let mut next = None;
+                    if let Some(s) = st.sweeps.get_mut(&sid) {
+                        while let Some(j) = s.ready.pop_front() {
+                            if st.jobs.get(&j).is_some_and(|m| m.state == JobState::Queued) {
+                                next = Some(j);
+                                break;
+                            }
+                        }
+                    }
+                    let Some(jid) = next else { continue };
+                    self.assign(st, &sid, &jid, &wid, need_gpus, need_cpus, ops, sends);
+                    assigned = true;
+                    break;
+                }
+                if !assigned {
+                    break;
+                }
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn assign(&self, st: &mut State, sid: &SweepId, jid: &JobId, wid: &WorkerId, gpus: u32, cpus: u32, ops: &mut Vec<Op>, sends: &mut Sends) {
+        let Some(w) = st.workers.get_mut(wid) else { return };
+        let taken: Vec<String> = w.free_gpus.drain(..gpus as usize).collect();
+        w.free_cpus -= cpus;
+        w.running.insert(jid.clone());
+        let tx = w.session.as_ref().map(|s| s.tx.clone());
+        let Some(job) = st.jobs.get_mut(jid) else { return };
+        let Some(next) = job.state.on(JobEvent::Assign) else { return };
+        job.state = next;
+        job.attempt += 1;
+        job.worker = Some(wid.clone());
+        job.gpus = taken.clone();
+        job.cpus = cpus;
+        ops.push(Op::InsertAttempt { job_id: jid.to_string(), attempt: job.attempt, worker_id: wid.to_string(), started_at: now_secs() });
+        ops.push(Op::UpdateJob(job.row(jid)));
+        let (attempt, seed, params_json, trial) = (job.attempt, job.seed, job.params_json.to_string(), job.trial.to_string());
+        let resume_from = st.checkpoints.get(jid).and_then(|v| v.iter().max_by_key(|c| c.step)).map(checkpoint_info);
+        let Some(s) = st.sweeps.get_mut(sid) else { return };
+        s.running += 1;
+        if let Some(tx) = tx {
+            sends.push((
+                tx,
+                pb::CoordinatorMessage {
+                    msg: Some(pb::coordinator_message::Msg::Assign(pb::Assignment {
+                        job_id: jid.to_string(),
+                        attempt,
+                        sweep_id: sid.to_string(),
+                        trial_id: trial,
+                        seed,
+                        params_json,
+                        spec_json: s.spec_json.to_string(),
+                        gpu_uuids: taken,
+                        resume_from,
+                        cpu_slots: cpus,
+                    })),
+                },
+            ));
+        }
+    }
+
+    // ------------------------------------------------------- checkpoints
+
+    /// Whether `attempt` is the current attempt of a running job (fencing for uploads).
+    pub fn is_current(&self, jid: &JobId, attempt: u64) -> bool {
+        let st = self.lock();
+        st.jobs.get(jid).is_some_and(|j| j.state == JobState::Running && j.attempt == attempt)
+    }
+
+    /// Records a durable checkpoint file and returns the files no longer kept.
+    pub async fn add_checkpoint(&self, row: CheckpointRow) -> Result<Vec<String>, CoreError> {
+        let jid = JobId::parse(&row.job_id).map_err(|e| CoreError::InvalidArgument(e.to_string()))?;
+        let row_attempt = row.attempt;
+        let (fut, removed) = {
+            let mut st = self.lock();
+            let current = st.jobs.get(&jid).is_some_and(|j| j.state == JobState::Running && j.attempt == row.attempt);
+            if !current {
+                st.refused_stale += 1;
+                tracing::warn!(job = %jid, attempt = row.attempt, "refused a checkpoint from a stale attempt");
+                (self.store.enqueue(vec![Op::AddCounter { name: REFUSED_STALE.into(), delta: 1 }]), None)
+            } else {
+            let (keep_last, keep_best, goal) = {
+                let j = &st.jobs[&jid];
+                let s = &st.sweeps[&j.sweep];
+                (s.spec.liandan.checkpoint.keep_last.unwrap_or(self.cfg.checkpoint_keep_last) as usize, s.spec.liandan.checkpoint.keep_best, s.spec.metric.as_ref().map(|m| m.goal))
+            };
+            let list = st.checkpoints.entry(jid.clone()).or_default();
+            list.retain(|c| c.step != row.step);
+            list.push(row.clone());
+            list.sort_by_key(|c| c.step);
+            let mut keep: HashSet<i64> = list.iter().rev().take(keep_last).map(|c| c.step).collect();
+            if keep_best {
+                if let Some(goal) = goal {
+                    let best = list.iter().filter(|c| c.metric.is_some()).fold(None::<&CheckpointRow>, |b, c| match b {
+                        Some(b) if !goal.better(c.metric.unwrap_or(f64::NAN), b.metric.unwrap_or(f64::NAN)) => Some(b),
+                        _ => Some(c),
+                    });
+                    if let Some(b) = best {
+                        keep.insert(b.step);
+                    }
+                }
+            }
+            let mut ops = vec![Op::InsertCheckpoint(row)];
+            let mut removed = Vec::new();
+            list.retain(|c| {
+                if keep.contains(&c.step) {
+                    true
+                } else {
+                    ops.push(Op::DeleteCheckpoint { job_id: c.job_id.clone(), step: c.step });
+                    removed.push(c.file.clone());
+                    false
+                }
+            });
+            (self.store.enqueue(ops), Some(removed))
+            }
+        };
+        fut.await?;
+        removed.ok_or_else(|| CoreError::FailedPrecondition(format!("attempt {} is not the current attempt of {jid}; checkpoint refused", row_attempt)))
+    }
+
+    pub fn checkpoints(&self, id: &str) -> Result<Vec<CheckpointRow>, CoreError> {
+        let jid = JobId::parse(id).map_err(|e| CoreError::InvalidArgument(e.to_string()))?;
+        let st = self.lock();
+        if !st.jobs.contains_key(&jid) {
+            return Err(CoreError::NotFound { kind: "job", id: jid.to_string(), hint: "jobs SWEEP" });
+        }
+        Ok(st.checkpoints.get(&jid).cloned().unwrap_or_default())
+    }
+
+    /// Forgets a checkpoint whose file failed verification, so it is never used.
+    pub async fn drop_checkpoint(&self, job_id: &str, step: i64) -> Result<(), CoreError> {
+        let fut = {
+            let mut st = self.lock();
+            if let Ok(jid) = JobId::parse(job_id) {
+                if let Some(l) = st.checkpoints.get_mut(&jid) {
+                    l.retain(|c| c.step != step);
+                }
+            }
+            self.store.enqueue(vec![Op::DeleteCheckpoint { job_id: job_id.to_string(), step }, Op::AddCounter { name: "corrupt_checkpoints".into(), delta: 1 }])
+        };
+        fut.await?;
+        Ok(())
+    }
+}
+
+fn cancel_msg(id: &JobId, attempt: u64, reason: &str) -> pb::CoordinatorMessage {
+    pb::CoordinatorMessage { msg: Some(pb::coordinator_message::Msg::Cancel(pb::Cancel { job_id: id.to_string(), attempt, reason: reason.into() })) }
+}
+
+pub(crate) fn checkpoint_info(c: &CheckpointRow) -> pb::Checkpoint {
+    pb::Checkpoint { job_id: c.job_id.clone(), attempt: c.attempt, step: c.step, size: c.size, blake3: c.blake3.clone(), metric: c.metric, created_at: c.created_at }
+}
+
+fn worker_upsert(id: &WorkerId, w: &WorkerMem) -> Op {
+    Op::UpsertWorker {
+        id: id.to_string(),
+        hostname: w.hostname.clone(),
+        resources_json: resources_to_json(&w.resources),
+        acked_seq: w.acked_seq,
+        draining: w.draining,
+        last_seen: w.last_seen,
+    }
+}
+
+fn resources_to_json(r: &pb::Resources) -> String {
+    serde_json::json!({
+        "cpu_slots": r.cpu_slots,
+        "memory_bytes": r.memory_bytes,
+        "labels": r.labels,
+        "gpus": r.gpus.iter().map(|g| serde_json::json!({"index": g.index, "uuid": g.uuid, "name": g.name, "memory_bytes": g.memory_bytes})).collect::<Vec<_>>(),
+    })
+    .to_string()
+}
+
+fn resources_from_json(s: &str) -> pb::Resources {
+    let v: serde_json::Value = serde_json::from_str(s).unwrap_or_default();
+    pb::Resources {
+        cpu_slots: v["cpu_slots"].as_u64().unwrap_or(0) as u32,
+        memory_bytes: v["memory_bytes"].as_u64().unwrap_or(0),
+        labels: v["labels"].as_array().map(|a| a.iter().filter_map(|x| x.as_str().map(String::from)).collect()).unwrap_or_default(),
+        gpus: v["gpus"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|g| pb::Gpu {
+                        index: g["index"].as_u64().unwrap_or(0) as u32,
+                        uuid: g["uuid"].as_str().unwrap_or_default().into(),
+                        name: g["name"].as_str().unwrap_or_default().into(),
+                        memory_bytes: g["memory_bytes"].as_u64().unwrap_or(0),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+    }
+}
+
+fn job_info(id: &JobId, m: &JobMem) -> pb::Job {
+    pb::Job {
+        id: id.to_string(),
+        sweep_id: m.sweep.to_string(),
+        trial_id: m.trial.to_string(),
+        seed: m.seed,
+        state: m.state.as_str().into(),
+        attempt: m.attempt,
+        retries_used: m.retries_used as u64,
+        params_json: m.params_json.to_string(),
+        attempts: Vec::new(),
+        final_metric: m.final_metric,
+        best_metric: m.best_metric,
+        worker_id: m.worker.as_ref().map(|w| w.to_string()).unwrap_or_default(),
+    }
+}
+
+fn worker_info(id: &WorkerId, w: &WorkerMem) -> pb::Worker {
+    let mut running: Vec<String> = w.running.iter().map(|j| j.to_string()).collect();
+    running.sort();
+    pb::Worker {
+        id: id.to_string(),
+        hostname: w.hostname.clone(),
+        connected: w.session.is_some(),
+        draining: w.draining,
+        resources: Some(w.resources.clone()),
+        running_jobs: running,
+        last_seen: w.last_seen,
+        free_cpu_slots: w.free_cpus,
+        free_gpus: w.free_gpus.len() as u32,
+    }
+}
+
+fn sweep_info(st: &State, id: &SweepId) -> pb::Sweep {
+    let Some(s) = st.sweeps.get(id) else { return pb::Sweep::default() };
+    let mut c = pb::JobCounts::default();
+    for j in s.jobs.iter().filter_map(|j| st.jobs.get(j)) {
+        match j.state {
+            JobState::Queued => c.queued += 1,
+            JobState::Running => c.running += 1,
+            JobState::Succeeded => c.succeeded += 1,
+            JobState::Failed => c.failed += 1,
+            JobState::Cancelled => c.cancelled += 1,
+        }
+    }
+    let state = match s.state {
+        SweepState::Cancelled => "cancelled",
+        SweepState::Paused => "paused",
+        SweepState::Active if c.queued == 0 && c.running == 0 => "finished",
+        SweepState::Active if c.running == 0 && c.succeeded + c.failed + c.cancelled == 0 => "queued",
+        SweepState::Active => "running",
+    };
+    pb::Sweep {
+        id: id.to_string(),
+        name: s.name.clone(),
+        state: state.into(),
+        method: s.spec.method.as_str().into(),
+        metric_name: s.spec.metric.as_ref().map(|m| m.name.clone()).unwrap_or_default(),
+        metric_goal: s.spec.metric.as_ref().map(|m| m.goal.as_str().to_string()).unwrap_or_default(),
+        trials: s.trials,
+        jobs: s.jobs.len() as u64,
+        counts: Some(c),
+        created_at: s.created_at,
+        spec_json: s.spec_json.to_string(),
+        algorithm: s.algorithm.clone(),
+    }
+}
+
+/// Rebuilds memory from the database.
+fn load(store: &Store, cfg: &CoordinatorConfig) -> Result<State, CoreError> {
+    let grace_deadline = Instant::now() + secs(cfg.restart_grace_secs);
+    store
+        .read_now(|c| {
+            let mut st = State::default();
+            {
+                let mut q = c.prepare("SELECT id, name, spec_json, spec_hash, state, algorithm, created_at FROM sweeps")?;
+                let rows = q.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?, r.get::<_, String>(4)?, r.get::<_, String>(5)?, r.get::<_, f64>(6)?)))?;
+                for row in rows {
+                    let (id, name, spec_json, spec_hash, state, algorithm, created_at) = row?;
+                    let (Ok(sid), Ok(spec)) = (SweepId::parse(&id), serde_json::from_str::<SweepSpec>(&spec_json)) else {
+                        tracing::error!(sweep = %id, "stored sweep cannot be read; skipping it");
+                        continue;
+                    };
+                    st.sweeps.insert(
+                        sid,
+                        SweepMem {
+                            name,
+                            spec: Arc::new(spec),
+                            spec_json: spec_json.into(),
+                            spec_hash,
+                            state: SweepState::parse(&state).unwrap_or(SweepState::Active),
+                            algorithm,
+                            created_at,
+                            trials: 0,
+                            jobs: Vec::new(),
+                            ready: VecDeque::new(),
+                            running: 0,
+                        },
+                    );
+                }
+            }
+            let mut params: HashMap<String, Arc<str>> = HashMap::new();
+            {
+                let mut q = c.prepare("SELECT id, sweep_id, params_json FROM trials")?;
+                let rows = q.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)))?;
+                for row in rows {
+                    let (id, sweep, p) = row?;
+                    if let Some(s) = SweepId::parse(&sweep).ok().and_then(|s| st.sweeps.get_mut(&s)) {
+                        s.trials += 1;
+                    }
+                    params.insert(id, p.into());
+                }
+            }
+            {
+                let mut q = c.prepare("SELECT id, sweep_id, trial_id, ord, seed, state, attempt, retries_used, worker_id, cancel_requested, final_metric, best_metric, result_recorded FROM jobs ORDER BY sweep_id, ord")?;
+                let rows = q.query_map([], |r| {
+                    Ok(JobRow {
+                        id: r.get(0)?,
+                        sweep_id: r.get(1)?,
+                        trial_id: r.get(2)?,
+                        ord: r.get(3)?,
+                        seed: r.get(4)?,
+                        state: r.get(5)?,
+                        attempt: r.get::<_, i64>(6)? as u64,
+                        retries_used: r.get(7)?,
+                        worker_id: r.get(8)?,
+                        cancel_requested: r.get(9)?,
+                        final_metric: r.get(10)?,
+                        best_metric: r.get(11)?,
+                        result_recorded: r.get(12)?,
+                    })
+                })?;
+                for row in rows {
+                    let j = row?;
+                    let (Ok(jid), Ok(sid), Ok(tid), Some(state)) = (JobId::parse(&j.id), SweepId::parse(&j.sweep_id), TrialId::parse(&j.trial_id), JobState::parse(&j.state)) else {
+                        continue;
+                    };
+                    let worker = j.worker_id.as_deref().and_then(|w| WorkerId::parse(w).ok());
+                    let Some(s) = st.sweeps.get_mut(&sid) else { continue };
+                    s.jobs.push(jid.clone());
+                    let mut cpus = 0;
+                    match state {
+                        JobState::Queued => s.ready.push_back(jid.clone()),
+                        JobState::Running => {
+                            s.running += 1;
+                            let r = &s.spec.liandan.resources;
+                            cpus = if r.gpus == 0 { r.cpus } else { 0 };
+                        }
+                        _ => {}
+                    }
+                    if let (JobState::Running, Some(w)) = (state, &worker) {
+                        st.workers
+                            .entry(w.clone())
+                            .or_insert_with(|| WorkerMem {
+                                hostname: String::new(),
+                                resources: pb::Resources::default(),
+                                free_cpus: 0,
+                                free_gpus: Vec::new(),
+                                running: HashSet::new(),
+                                session: None,
+                                lease_deadline: grace_deadline,
+                                draining: false,
+                                acked_seq: 0,
+                                last_seen: 0.0,
+                                known: false,
+                            })
+                            .running
+                            .insert(jid.clone());
+                    }
+                    st.jobs.insert(
+                        jid,
+                        JobMem {
+                            sweep: sid,
+                            trial: tid,
+                            ord: j.ord,
+                            seed: j.seed,
+                            state,
+                            attempt: j.attempt,
+                            retries_used: j.retries_used,
+                            worker,
+                            cancel_requested: j.cancel_requested,
+                            final_metric: j.final_metric,
+                            best_metric: j.best_metric,
+                            result_recorded: j.result_recorded,
+                            params_json: params.get(&j.trial_id).cloned().unwrap_or_else(|| "{}".into()),
+                            gpus: Vec::new(),
+                            cpus,
+                        },
+                    );
+                }
+            }
+            {
+                let mut q = c.prepare("SELECT id, hostname, resources_json, acked_seq, draining, last_seen FROM workers")?;
+                let rows = q.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, i64>(3)?, r.get::<_, bool>(4)?, r.get::<_, f64>(5)?)))?;
+                for row in rows {
+                    let (id, hostname, res, acked, draining, last_seen) = row?;
+                    let Ok(wid) = WorkerId::parse(&id) else { continue };
+                    let w = st.workers.entry(wid).or_insert_with(|| WorkerMem {
+                        hostname: String::new(),
+                        resources: pb::Resources::default(),
+                        free_cpus: 0,
+                        free_gpus: Vec::new(),
+                        running: HashSet::new(),
+                        session: None,
+                        lease_deadline: grace_deadline,
+                        draining: false,
+                        acked_seq: 0,
+                        last_seen: 0.0,
+                        known: false,
+                    });
+                    w.hostname = hostname;
+                    w.resources = resources_from_json(&res);
+                    w.acked_seq = acked as u64;
+                    w.draining = draining;
+                    w.last_seen = last_seen;
+                    w.lease_deadline = grace_deadline;
+                }
+            }
+            {
+                let mut q = c.prepare("SELECT job_id, attempt, step, size, blake3, metric, created_at, file FROM checkpoints ORDER BY job_id, step")?;
+                let rows = q.query_map([], |r| {
+                    Ok(CheckpointRow {
+                        job_id: r.get(0)?,
+                        attempt: r.get::<_, i64>(1)? as u64,
+                        step: r.get(2)?,
+                        size: r.get::<_, i64>(3)? as u64,
+                        blake3: r.get(4)?,
+                        metric: r.get(5)?,
+                        created_at: r.get(6)?,
+                        file: r.get(7)?,
+                    })
+                })?;
+                for row in rows {
+                    let row = row?;
+                    if let Ok(jid) = JobId::parse(&row.job_id) {
+                        st.checkpoints.entry(jid).or_default().push(row);
+                    }
+                }
+            }
+            st.refused_stale = crate::store::counter(c, REFUSED_STALE)? as u64;
+            Ok(st)
+        })
+        .map_err(CoreError::from)
+}

@@ -1,0 +1,230 @@
+//! Thin gRPC edges: decode, call [`Core`], encode. No decisions here. The one
+//! `From<CoreError> for Status` lives at the bottom.
+
+use crate::checkpoints::CheckpointStore;
+use crate::core::{Core, CoreError};
+use crate::model::SweepState;
+use liandan_common::ids::{JobId, WorkerId};
+use liandan_proto::v1 as pb;
+use pb::user_service_server::UserService;
+use pb::worker_service_server::WorkerService;
+use std::pin::Pin;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::{ReceiverStream, UnboundedReceiverStream};
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+/// Both services share the core; the core is set once the state is loaded, and
+/// until then every call answers UNAVAILABLE (health says NOT_SERVING).
+#[derive(Clone)]
+pub struct Api {
+    core: Arc<tokio::sync::OnceCell<Arc<Core>>>,
+    checkpoints: Arc<tokio::sync::OnceCell<Arc<CheckpointStore>>>,
+}
+
+impl Api {
+    pub fn new() -> Self {
+        Api { core: Arc::new(tokio::sync::OnceCell::new()), checkpoints: Arc::new(tokio::sync::OnceCell::new()) }
+    }
+
+    pub fn set_ready(&self, core: Arc<Core>, checkpoints: Arc<CheckpointStore>) {
+        let _ = self.core.set(core);
+        let _ = self.checkpoints.set(checkpoints);
+    }
+
+    fn core(&self) -> Result<Arc<Core>, Status> {
+        self.core.get().cloned().ok_or_else(|| Status::unavailable("the coordinator is still loading its state; retry in a moment"))
+    }
+
+    fn ckpt(&self) -> Result<Arc<CheckpointStore>, Status> {
+        self.checkpoints.get().cloned().ok_or_else(|| Status::unavailable("the coordinator is still loading its state; retry in a moment"))
+    }
+}
+
+impl Default for Api {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn job_id(s: &str) -> Result<JobId, Status> {
+    JobId::parse(s).map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
+#[tonic::async_trait]
+impl UserService for Api {
+    async fn submit_sweep(&self, req: Request<pb::SubmitSweepRequest>) -> Result<Response<pb::SubmitSweepResponse>, Status> {
+        let r = req.into_inner();
+        let (sweep, created, warnings) = self.core()?.submit(&r.spec, &r.format, &r.name).await?;
+        Ok(Response::new(pb::SubmitSweepResponse { sweep: Some(sweep), created, warnings }))
+    }
+
+    async fn get_sweep(&self, req: Request<pb::GetSweepRequest>) -> Result<Response<pb::Sweep>, Status> {
+        Ok(Response::new(self.core()?.get_sweep(&req.into_inner().sweep_id)?))
+    }
+
+    async fn list_sweeps(&self, _: Request<pb::ListSweepsRequest>) -> Result<Response<pb::ListSweepsResponse>, Status> {
+        Ok(Response::new(pb::ListSweepsResponse { sweeps: self.core()?.list_sweeps() }))
+    }
+
+    async fn cancel_sweep(&self, req: Request<pb::SweepRef>) -> Result<Response<pb::Sweep>, Status> {
+        Ok(Response::new(self.core()?.set_sweep_state(&req.into_inner().sweep_id, SweepState::Cancelled).await?))
+    }
+
+    async fn pause_sweep(&self, req: Request<pb::SweepRef>) -> Result<Response<pb::Sweep>, Status> {
+        Ok(Response::new(self.core()?.set_sweep_state(&req.into_inner().sweep_id, SweepState::Paused).await?))
+    }
+
+    async fn resume_sweep(&self, req: Request<pb::SweepRef>) -> Result<Response<pb::Sweep>, Status> {
+        Ok(Response::new(self.core()?.set_sweep_state(&req.into_inner().sweep_id, SweepState::Active).await?))
+    }
+
+    async fn cancel_job(&self, req: Request<pb::JobRef>) -> Result<Response<pb::Job>, Status> {
+        Ok(Response::new(self.core()?.cancel_job(&req.into_inner().job_id).await?))
+    }
+
+    async fn list_jobs(&self, req: Request<pb::ListJobsRequest>) -> Result<Response<pb::ListJobsResponse>, Status> {
+        let r = req.into_inner();
+        Ok(Response::new(pb::ListJobsResponse { jobs: self.core()?.list_jobs(&r.sweep_id, &r.state)? }))
+    }
+
+    async fn get_job(&self, req: Request<pb::JobRef>) -> Result<Response<pb::Job>, Status> {
+        Ok(Response::new(self.core()?.get_job(&req.into_inner().job_id).await?))
+    }
+
+    type ReadLogsStream = BoxStream<pb::LogLine>;
+
+    async fn read_logs(&self, req: Request<pb::ReadLogsRequest>) -> Result<Response<Self::ReadLogsStream>, Status> {
+        let r = req.into_inner();
+        let core = self.core()?;
+        let jid = job_id(&r.job_id)?;
+        let stream_filter: Option<u8> = match r.stream.as_str() {
+            "" | "all" => None,
+            "stdout" => Some(0),
+            "stderr" => Some(1),
+            other => return Err(Status::invalid_argument(format!("unknown stream {other:?}; use stdout, stderr or all"))),
+        };
+        let (current, _) = core.job_progress(&jid).ok_or_else(|| Status::not_found(format!("job {jid} not found; list them with `liandan jobs SWEEP`")))?;
+        let attempt = if r.attempt == 0 { current.max(1) } else { r.attempt };
+        let (tx, rx) = mpsc::channel(1024);
+        tokio::spawn(crate::logs::follow(core, jid, attempt, r.from_line.max(1), r.tail, r.follow, stream_filter, tx));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn get_metrics(&self, req: Request<pb::GetMetricsRequest>) -> Result<Response<pb::GetMetricsResponse>, Status> {
+        let r = req.into_inner();
+        let core = self.core()?;
+        let jid = job_id(&r.job_id)?;
+        core.job_progress(&jid).ok_or_else(|| Status::not_found(format!("job {jid} not found; list them with `liandan jobs SWEEP`")))?;
+        let records = crate::logs::metrics(&core, &jid, r.attempt).await?;
+        Ok(Response::new(pb::GetMetricsResponse { records }))
+    }
+
+    async fn get_results(&self, req: Request<pb::SweepRef>) -> Result<Response<pb::GetResultsResponse>, Status> {
+        Ok(Response::new(self.core()?.results(&req.into_inner().sweep_id)?))
+    }
+
+    async fn list_workers(&self, _: Request<pb::ListWorkersRequest>) -> Result<Response<pb::ListWorkersResponse>, Status> {
+        Ok(Response::new(pb::ListWorkersResponse { workers: self.core()?.list_workers() }))
+    }
+
+    async fn drain_worker(&self, req: Request<pb::DrainWorkerRequest>) -> Result<Response<pb::Worker>, Status> {
+        Ok(Response::new(self.core()?.drain(&req.into_inner().worker_id).await?))
+    }
+
+    async fn list_checkpoints(&self, req: Request<pb::JobRef>) -> Result<Response<pb::ListCheckpointsResponse>, Status> {
+        let rows = self.core()?.checkpoints(&req.into_inner().job_id)?;
+        Ok(Response::new(pb::ListCheckpointsResponse { checkpoints: rows.iter().map(crate::core::checkpoint_info).collect() }))
+    }
+
+    type DownloadCheckpointStream = BoxStream<pb::CheckpointChunk>;
+
+    async fn download_checkpoint(&self, req: Request<pb::DownloadCheckpointRequest>) -> Result<Response<Self::DownloadCheckpointStream>, Status> {
+        let s = self.ckpt()?.download(self.core()?, req.into_inner()).await?;
+        Ok(Response::new(s))
+    }
+}
+
+#[tonic::async_trait]
+impl WorkerService for Api {
+    type SessionStream = BoxStream<pb::CoordinatorMessage>;
+
+    async fn session(&self, req: Request<Streaming<pb::WorkerMessage>>) -> Result<Response<Self::SessionStream>, Status> {
+        let core = self.core()?;
+        let mut inbound = req.into_inner();
+        let hello = match inbound.message().await? {
+            Some(pb::WorkerMessage { msg: Some(pb::worker_message::Msg::Hello(h)) }) => h,
+            _ => return Err(Status::invalid_argument("the first message on a worker session must be hello")),
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (wid, session) = core.hello(hello, tx.clone()).await?;
+        // On cancel (the stream ends) the worker is marked disconnected and its
+        // lease runs down; on error the same, and the error is logged.
+        tokio::spawn(async move {
+            loop {
+                match inbound.message().await {
+                    Ok(Some(pb::WorkerMessage { msg: Some(pb::worker_message::Msg::Heartbeat(_)) })) => core.heartbeat(&wid, session),
+                    Ok(Some(pb::WorkerMessage { msg: Some(pb::worker_message::Msg::Records(r)) })) => match core.records(&wid, session, r.records).await {
+                        Ok(ack) => {
+                            if tx.send(pb::CoordinatorMessage { msg: Some(pb::coordinator_message::Msg::Ack(ack)) }).is_err() {
+                                break;
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(worker = %wid, error = %e, "closing worker session");
+                            break;
+                        }
+                    },
+                    Ok(Some(_)) => {
+                        tracing::warn!(worker = %wid, "unexpected message on worker session; closing it");
+                        break;
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::debug!(worker = %wid, error = %e, "worker stream ended");
+                        break;
+                    }
+                }
+            }
+            core.disconnected(&wid, session);
+        });
+        let out = UnboundedReceiverStream::new(rx).map(Ok);
+        Ok(Response::new(Box::pin(out)))
+    }
+
+    async fn upload_checkpoint(&self, req: Request<Streaming<pb::CheckpointUpload>>) -> Result<Response<pb::UploadCheckpointResponse>, Status> {
+        let r = self.ckpt()?.upload(self.core()?, req.into_inner()).await?;
+        Ok(Response::new(r))
+    }
+
+    async fn checkpoint_upload_status(&self, req: Request<pb::CheckpointUploadStatusRequest>) -> Result<Response<pb::CheckpointUploadStatusResponse>, Status> {
+        Ok(Response::new(self.ckpt()?.status(req.into_inner()).await?))
+    }
+
+    type FetchCheckpointStream = BoxStream<pb::CheckpointChunk>;
+
+    async fn fetch_checkpoint(&self, req: Request<pb::DownloadCheckpointRequest>) -> Result<Response<Self::FetchCheckpointStream>, Status> {
+        let s = self.ckpt()?.download(self.core()?, req.into_inner()).await?;
+        Ok(Response::new(s))
+    }
+}
+
+impl From<CoreError> for Status {
+    fn from(e: CoreError) -> Status {
+        match e {
+            CoreError::NotFound { .. } => Status::not_found(e.to_string()),
+            CoreError::InvalidArgument(m) => Status::invalid_argument(m),
+            CoreError::AlreadyExists(m) => Status::already_exists(m),
+            CoreError::FailedPrecondition(m) => Status::failed_precondition(m),
+            CoreError::Store(s) => Status::internal(s.to_string()),
+        }
+    }
+}
+
+/// Parses a worker id from a request field.
+pub fn worker_id(s: &str) -> Result<WorkerId, Status> {
+    WorkerId::parse(s).map_err(|e| Status::invalid_argument(e.to_string()))
+}

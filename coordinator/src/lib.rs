@@ -1,0 +1,139 @@
+//! The liandan coordinator: the one place that knows what must run.
+//!
+//! - [`store`]: durable state in SQLite with group commit.
+//! - [`model`]: the job state machine.
+//! - [`core`]: the state owner: scheduling, leases, fencing, retries.
+//! - [`grpc`]: thin gRPC edges for users and workers.
+//! - [`logs`], [`checkpoints`]: log following and checkpoint files.
+//!
+//! [`run`] serves on a given listener until a shutdown future resolves, so
+//! tests start the coordinator in-process on `127.0.0.1:0`.
+
+pub mod checkpoints;
+pub mod core;
+pub mod grpc;
+pub mod logs;
+pub mod model;
+pub mod store;
+
+use liandan_common::config::CoordinatorConfig;
+use liandan_proto::v1 as pb;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tonic_health::ServingStatus;
+
+/// Why the coordinator stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("{0}")]
+    Core(#[from] core::CoreError),
+    #[error("cannot prepare the checkpoint directory: {0}")]
+    Checkpoints(std::io::Error),
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Serves the coordinator on `listener` until `shutdown` resolves. Health is
+/// NOT_SERVING until the state is loaded, then SERVING.
+pub async fn run(cfg: CoordinatorConfig, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), RunError> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_service_status("", ServingStatus::NotServing).await;
+    health.set_not_serving::<pb::user_service_server::UserServiceServer<grpc::Api>>().await;
+    health.set_not_serving::<pb::worker_service_server::WorkerServiceServer<grpc::Api>>().await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    let api = grpc::Api::new();
+    let max = cfg.max_message_bytes;
+    let user = pb::user_service_server::UserServiceServer::new(api.clone()).max_decoding_message_size(max).max_encoding_message_size(max);
+    let worker = pb::worker_service_server::WorkerServiceServer::new(api.clone()).max_decoding_message_size(max).max_encoding_message_size(max);
+
+    let local = listener.local_addr().ok();
+    let server = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(user)
+        .add_service(worker)
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown);
+    let server = tokio::spawn(server);
+    tracing::info!(listen = ?local, data_dir = %cfg.data_dir.display(), "coordinator listening; loading state");
+
+    // Load the state off the runtime threads, then turn SERVING.
+    let cfg2 = cfg.clone();
+    let loaded = tokio::task::spawn_blocking(move || core::Core::open(cfg2)).await;
+    let core = match loaded {
+        Ok(Ok(core)) => core,
+        Ok(Err(e)) => {
+            server.abort();
+            return Err(e.into());
+        }
+        Err(e) => {
+            server.abort();
+            return Err(core::CoreError::FailedPrecondition(format!("loading state: {e}")).into());
+        }
+    };
+    let ckpts = Arc::new(checkpoints::CheckpointStore::new(&cfg.data_dir).map_err(RunError::Checkpoints)?);
+    api.set_ready(core.clone(), ckpts);
+    health.set_service_status("", ServingStatus::Serving).await;
+    health.set_serving::<pb::user_service_server::UserServiceServer<grpc::Api>>().await;
+    health.set_serving::<pb::worker_service_server::WorkerServiceServer<grpc::Api>>().await;
+
+    // The scheduler loop: leases, delayed retries, dispatch. Its progress feeds
+    // the systemd watchdog, so a wedged loop gets the service restarted.
+    let last_tick = Arc::new(AtomicU64::new(now_ms()));
+    let tick_core = core.clone();
+    let tick_seen = last_tick.clone();
+    let ticker = tokio::spawn(async move {
+        let mut iv = tokio::time::interval(Duration::from_millis(200));
+        iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            iv.tick().await;
+            if let Err(e) = tick_core.tick().await {
+                tracing::error!(error = %e, "scheduler tick failed");
+            }
+            tick_seen.store(now_ms(), Ordering::Relaxed);
+        }
+    });
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status("serving")]);
+    let mut watchdog_usec = 0u64;
+    let watchdog = if sd_notify::watchdog_enabled(false, &mut watchdog_usec) && watchdog_usec > 0 {
+        let period = Duration::from_micros(watchdog_usec / 2);
+        let seen = last_tick.clone();
+        Some(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(period).await;
+                if now_ms().saturating_sub(seen.load(Ordering::Relaxed)) < (watchdog_usec / 1000).max(1000) {
+                    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+                }
+            }
+        }))
+    } else {
+        None
+    };
+    tracing::info!("coordinator ready");
+    let result = server.await;
+    ticker.abort();
+    if let Some(w) = watchdog {
+        w.abort();
+    }
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    match result {
+        Ok(r) => r.map_err(RunError::from),
+        Err(e) => Err(core::CoreError::FailedPrecondition(format!("server task: {e}")).into()),
+    }
+}

@@ -1,0 +1,386 @@
+//! Durable state: embedded SQLite (bundled, WAL, `synchronous=FULL`) behind a
+//! narrow interface: [`Store::commit`] applies a batch of [`Op`]s durably, and a
+//! few read queries serve the user API and the start-up load.
+//!
+//! Group commit: one dedicated writer thread owns the write connection. It takes
+//! every batch waiting in its queue, applies them all in one transaction, fsyncs
+//! once, and only then answers each caller. So throughput grows with load instead
+//! of collapsing to one fsync per event, and nothing is acknowledged before it is
+//! durable (invariant 6). A failed commit is fatal to the coordinator: its memory
+//! could be ahead of the disk, so it exits and recovers from the database.
+//!
+//! Reads use a second connection on a blocking thread; no SQLite call ever runs
+//! on an async runtime thread.
+//!
+//! The interface is engine-neutral (ops in, rows out) so that the same suite can
+//! later run against PostgreSQL.
+
+use rusqlite::{params, Connection, OptionalExtension};
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc, Mutex};
+use tokio::sync::oneshot;
+
+/// The schema version this binary writes. Older databases are migrated forward;
+/// newer ones are refused.
+pub const SCHEMA_VERSION: i64 = 1;
+
+const MIGRATIONS: &[&str] = &[
+    // version 1
+    r#"
+    CREATE TABLE sweeps(
+        id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, spec_json TEXT NOT NULL, spec_hash TEXT NOT NULL,
+        state TEXT NOT NULL, method TEXT NOT NULL, algorithm TEXT NOT NULL, created_at REAL NOT NULL);
+    CREATE TABLE trials(id TEXT PRIMARY KEY, sweep_id TEXT NOT NULL, idx INTEGER NOT NULL, params_json TEXT NOT NULL);
+    CREATE TABLE jobs(
+        id TEXT PRIMARY KEY, sweep_id TEXT NOT NULL, trial_id TEXT NOT NULL, ord INTEGER NOT NULL, seed INTEGER NOT NULL,
+        state TEXT NOT NULL, attempt INTEGER NOT NULL, retries_used INTEGER NOT NULL, worker_id TEXT,
+        cancel_requested INTEGER NOT NULL, final_metric REAL, best_metric REAL, result_recorded INTEGER NOT NULL DEFAULT 0,
+        updated_at REAL NOT NULL);
+    CREATE INDEX jobs_by_sweep ON jobs(sweep_id, ord);
+    CREATE TABLE attempts(
+        job_id TEXT NOT NULL, attempt INTEGER NOT NULL, worker_id TEXT NOT NULL, state TEXT NOT NULL,
+        started_at REAL NOT NULL, ended_at REAL, exit_code INTEGER, signal INTEGER, message TEXT,
+        PRIMARY KEY(job_id, attempt)) WITHOUT ROWID;
+    CREATE TABLE workers(
+        id TEXT PRIMARY KEY, hostname TEXT NOT NULL, resources_json TEXT NOT NULL, acked_seq INTEGER NOT NULL,
+        draining INTEGER NOT NULL, last_seen REAL NOT NULL);
+    CREATE TABLE logs(
+        job_id TEXT NOT NULL, attempt INTEGER NOT NULL, line INTEGER NOT NULL, stream INTEGER NOT NULL,
+        ts REAL NOT NULL, text TEXT NOT NULL, PRIMARY KEY(job_id, attempt, line)) WITHOUT ROWID;
+    CREATE TABLE metrics(
+        id INTEGER PRIMARY KEY, job_id TEXT NOT NULL, attempt INTEGER NOT NULL, step INTEGER, ts REAL NOT NULL, json TEXT NOT NULL);
+    CREATE INDEX metrics_by_job ON metrics(job_id, id);
+    CREATE TABLE checkpoints(
+        job_id TEXT NOT NULL, attempt INTEGER NOT NULL, step INTEGER NOT NULL, size INTEGER NOT NULL,
+        blake3 TEXT NOT NULL, metric REAL, created_at REAL NOT NULL, file TEXT NOT NULL,
+        PRIMARY KEY(job_id, step));
+    CREATE TABLE counters(name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+    "#,
+];
+
+/// A store failure. Read failures go to the caller; write failures are fatal.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database {path}: {source}")]
+    Open { path: PathBuf, source: rusqlite::Error },
+    #[error("database schema version {found} is newer than this binary understands ({SCHEMA_VERSION}); upgrade liandan-coordinator")]
+    TooNew { found: i64 },
+    #[error("database: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("database writer stopped")]
+    WriterGone,
+    #[error("database commit failed: {0}")]
+    CommitFailed(String),
+}
+
+/// One stored log line.
+#[derive(Clone, Debug)]
+pub struct LogRow {
+    pub job_id: String,
+    pub attempt: u64,
+    pub line: u64,
+    /// 0 = stdout, 1 = stderr.
+    pub stream: u8,
+    pub ts: f64,
+    pub text: String,
+}
+
+/// One stored metric record.
+#[derive(Clone, Debug)]
+pub struct MetricRow {
+    pub job_id: String,
+    pub attempt: u64,
+    pub step: Option<i64>,
+    pub ts: f64,
+    pub json: String,
+}
+
+/// A job row's mutable fields.
+#[derive(Clone, Debug)]
+pub struct JobRow {
+    pub id: String,
+    pub sweep_id: String,
+    pub trial_id: String,
+    pub ord: i64,
+    pub seed: i64,
+    pub state: String,
+    pub attempt: u64,
+    pub retries_used: u32,
+    pub worker_id: Option<String>,
+    pub cancel_requested: bool,
+    pub final_metric: Option<f64>,
+    pub best_metric: Option<f64>,
+    pub result_recorded: bool,
+}
+
+/// A stored checkpoint.
+#[derive(Clone, Debug)]
+pub struct CheckpointRow {
+    pub job_id: String,
+    pub attempt: u64,
+    pub step: i64,
+    pub size: u64,
+    pub blake3: String,
+    pub metric: Option<f64>,
+    pub created_at: f64,
+    pub file: String,
+}
+
+/// One write. A batch of ops from one caller is applied in order, in one
+/// transaction shared with other callers' batches.
+#[derive(Clone, Debug)]
+pub enum Op {
+    InsertSweep { id: String, name: String, spec_json: String, spec_hash: String, method: String, algorithm: String, created_at: f64 },
+    InsertTrial { id: String, sweep_id: String, idx: i64, params_json: String },
+    InsertJob(JobRow),
+    SetSweepState { id: String, state: String },
+    UpdateJob(JobRow),
+    InsertAttempt { job_id: String, attempt: u64, worker_id: String, started_at: f64 },
+    EndAttempt { job_id: String, attempt: u64, state: String, ended_at: f64, exit_code: Option<i32>, signal: Option<i32>, message: String },
+    Logs(Vec<LogRow>),
+    Metrics(Vec<MetricRow>),
+    UpsertWorker { id: String, hostname: String, resources_json: String, acked_seq: u64, draining: bool, last_seen: f64 },
+    WorkerAcked { id: String, acked_seq: u64 },
+    AddCounter { name: String, delta: i64 },
+    InsertCheckpoint(CheckpointRow),
+    DeleteCheckpoint { job_id: String, step: i64 },
+}
+
+type Reply = oneshot::Sender<Result<(), StoreError>>;
+
+/// Handle to the database. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    tx: mpsc::Sender<(Vec<Op>, Reply)>,
+    reader: Arc<Mutex<Connection>>,
+    pub path: PathBuf,
+}
+
+fn open(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path).map_err(|source| StoreError::Open { path: path.to_path_buf(), source })?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    Ok(conn)
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::TooNew { found: version });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+impl Store {
+    /// Opens (creating and migrating) the database at `path` and starts the writer thread.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let mut writer = open(path)?;
+        migrate(&mut writer)?;
+        let reader = open(path)?;
+        let (tx, rx) = mpsc::channel::<(Vec<Op>, Reply)>();
+        std::thread::Builder::new()
+            .name("liandan-db-writer".into())
+            .spawn(move || writer_loop(writer, rx))
+            .map_err(|e| StoreError::CommitFailed(format!("cannot start the writer thread: {e}")))?;
+        Ok(Store { tx, reader: Arc::new(Mutex::new(reader)), path: path.to_path_buf() })
+    }
+
+    /// Queues a batch; the returned future resolves once it is durable. Queue
+    /// order is commit order, so callers that queue under a lock keep the
+    /// database in the order of their decisions.
+    pub fn enqueue(&self, ops: Vec<Op>) -> impl std::future::Future<Output = Result<(), StoreError>> + Send + 'static {
+        let (reply, rx) = oneshot::channel();
+        let sent = self.tx.send((ops, reply)).is_ok();
+        async move {
+            if !sent {
+                return Err(StoreError::WriterGone);
+            }
+            rx.await.map_err(|_| StoreError::WriterGone)?
+        }
+    }
+
+    /// Queues a batch and waits until it is durable.
+    pub async fn commit(&self, ops: Vec<Op>) -> Result<(), StoreError> {
+        self.enqueue(ops).await
+    }
+
+    /// Runs a read query on a blocking thread.
+    pub async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, rusqlite::Error> + Send + 'static,
+    {
+        let reader = self.reader.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = reader.lock().unwrap_or_else(|p| p.into_inner());
+            f(&conn).map_err(StoreError::from)
+        })
+        .await
+        .map_err(|e| StoreError::CommitFailed(format!("reader task: {e}")))?
+    }
+
+    /// Runs a read query on the calling thread (start-up only, before serving).
+    pub fn read_now<T>(&self, f: impl FnOnce(&Connection) -> Result<T, rusqlite::Error>) -> Result<T, StoreError> {
+        let conn = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+        f(&conn).map_err(StoreError::from)
+    }
+}
+
+/// Most batches merged into one transaction.
+const MAX_GROUP: usize = 512;
+
+fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<(Vec<Op>, Reply)>) {
+    while let Ok(first) = rx.recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(item) => group.push(item),
+                Err(_) => break,
+            }
+        }
+        let result = apply_group(&mut conn, &group);
+        match result {
+            Ok(()) => {
+                for (_, reply) in group {
+                    let _ = reply.send(Ok(()));
+                }
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                tracing::error!(error = %msg, "database commit failed; the coordinator stops so it can recover from the database");
+                for (_, reply) in group {
+                    let _ = reply.send(Err(StoreError::CommitFailed(msg.clone())));
+                }
+                // Memory may now be ahead of the disk: crash-only recovery.
+                std::process::exit(liandan_common::exit::IOERR);
+            }
+        }
+    }
+}
+
+fn apply_group(conn: &mut Connection, group: &[(Vec<Op>, Reply)]) -> Result<(), rusqlite::Error> {
+    let tx = conn.transaction()?;
+    for (ops, _) in group {
+        for op in ops {
+            apply(&tx, op)?;
+        }
+    }
+    tx.commit()
+}
+
+fn apply(tx: &rusqlite::Transaction, op: &Op) -> Result<(), rusqlite::Error> {
+    match op {
+        Op::InsertSweep { id, name, spec_json, spec_hash, method, algorithm, created_at } => {
+            tx.prepare_cached("INSERT INTO sweeps(id,name,spec_json,spec_hash,state,method,algorithm,created_at) VALUES(?1,?2,?3,?4,'active',?5,?6,?7)")?
+                .execute(params![id, name, spec_json, spec_hash, method, algorithm, created_at])?;
+        }
+        Op::InsertTrial { id, sweep_id, idx, params_json } => {
+            tx.prepare_cached("INSERT INTO trials(id,sweep_id,idx,params_json) VALUES(?1,?2,?3,?4)")?.execute(params![id, sweep_id, idx, params_json])?;
+        }
+        Op::InsertJob(j) => {
+            tx.prepare_cached(
+                "INSERT INTO jobs(id,sweep_id,trial_id,ord,seed,state,attempt,retries_used,worker_id,cancel_requested,final_metric,best_metric,result_recorded,updated_at)
+                 VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14)",
+            )?
+            .execute(params![
+                j.id, j.sweep_id, j.trial_id, j.ord, j.seed, j.state, j.attempt as i64, j.retries_used, j.worker_id, j.cancel_requested, j.final_metric, j.best_metric,
+                j.result_recorded, liandan_common::time::now_secs()
+            ])?;
+        }
+        Op::SetSweepState { id, state } => {
+            tx.prepare_cached("UPDATE sweeps SET state=?2 WHERE id=?1")?.execute(params![id, state])?;
+        }
+        Op::UpdateJob(j) => {
+            tx.prepare_cached(
+                "UPDATE jobs SET state=?2, attempt=?3, retries_used=?4, worker_id=?5, cancel_requested=?6, final_metric=?7, best_metric=?8, result_recorded=?9, updated_at=?10 WHERE id=?1",
+            )?
+            .execute(params![
+                j.id, j.state, j.attempt as i64, j.retries_used, j.worker_id, j.cancel_requested, j.final_metric, j.best_metric, j.result_recorded,
+                liandan_common::time::now_secs()
+            ])?;
+        }
+        Op::InsertAttempt { job_id, attempt, worker_id, started_at } => {
+            tx.prepare_cached("INSERT INTO attempts(job_id,attempt,worker_id,state,started_at) VALUES(?1,?2,?3,'running',?4)")?
+                .execute(params![job_id, *attempt as i64, worker_id, started_at])?;
+        }
+        Op::EndAttempt { job_id, attempt, state, ended_at, exit_code, signal, message } => {
+            tx.prepare_cached("UPDATE attempts SET state=?3, ended_at=?4, exit_code=?5, signal=?6, message=?7 WHERE job_id=?1 AND attempt=?2")?
+                .execute(params![job_id, *attempt as i64, state, ended_at, exit_code, signal, message])?;
+        }
+        Op::Logs(rows) => {
+            let mut st = tx.prepare_cached("INSERT OR IGNORE INTO logs(job_id,attempt,line,stream,ts,text) VALUES(?1,?2,?3,?4,?5,?6)")?;
+            for r in rows {
+                st.execute(params![r.job_id, r.attempt as i64, r.line as i64, r.stream, r.ts, r.text])?;
+            }
+        }
+        Op::Metrics(rows) => {
+            let mut st = tx.prepare_cached("INSERT INTO metrics(job_id,attempt,step,ts,json) VALUES(?1,?2,?3,?4,?5)")?;
+            for r in rows {
+                st.execute(params![r.job_id, r.attempt as i64, r.step, r.ts, r.json])?;
+            }
+        }
+        Op::UpsertWorker { id, hostname, resources_json, acked_seq, draining, last_seen } => {
+            tx.prepare_cached(
+                "INSERT INTO workers(id,hostname,resources_json,acked_seq,draining,last_seen) VALUES(?1,?2,?3,?4,?5,?6)
+                 ON CONFLICT(id) DO UPDATE SET hostname=?2, resources_json=?3, acked_seq=max(acked_seq, ?4), draining=?5, last_seen=?6",
+            )?
+            .execute(params![id, hostname, resources_json, *acked_seq as i64, draining, last_seen])?;
+        }
+        Op::WorkerAcked { id, acked_seq } => {
+            tx.prepare_cached("UPDATE workers SET acked_seq=max(acked_seq, ?2) WHERE id=?1")?.execute(params![id, *acked_seq as i64])?;
+        }
+        Op::AddCounter { name, delta } => {
+            tx.prepare_cached("INSERT INTO counters(name,value) VALUES(?1,?2) ON CONFLICT(name) DO UPDATE SET value=value+?2")?.execute(params![name, delta])?;
+        }
+        Op::InsertCheckpoint(c) => {
+            tx.prepare_cached("INSERT OR REPLACE INTO checkpoints(job_id,attempt,step,size,blake3,metric,created_at,file) VALUES(?1,?2,?3,?4,?5,?6,?7,?8)")?
+                .execute(params![c.job_id, c.attempt as i64, c.step, c.size as i64, c.blake3, c.metric, c.created_at, c.file])?;
+        }
+        Op::DeleteCheckpoint { job_id, step } => {
+            tx.prepare_cached("DELETE FROM checkpoints WHERE job_id=?1 AND step=?2")?.execute(params![job_id, step])?;
+        }
+    }
+    Ok(())
+}
+
+/// Reads a counter (0 when absent).
+pub fn counter(conn: &Connection, name: &str) -> Result<i64, rusqlite::Error> {
+    Ok(conn.query_row("SELECT value FROM counters WHERE name=?1", [name], |r| r.get(0)).optional()?.unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn commits_are_durable_and_visible_and_migrations_are_versioned() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        let store = Store::open(&path).unwrap();
+        let mut futs = Vec::new();
+        for i in 0..100 {
+            futs.push(store.enqueue(vec![Op::AddCounter { name: "c".into(), delta: i }]));
+        }
+        for f in futs {
+            f.await.unwrap();
+        }
+        assert_eq!(store.read(|c| counter(c, "c")).await.unwrap(), 4950);
+        drop(store);
+        // Reopening migrates nothing and keeps the data.
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.read(|c| counter(c, "c")).await.unwrap(), 4950);
+        // A database from the future is refused with a clear message.
+        let conn = Connection::open(&path).unwrap();
+        conn.pragma_update(None, "user_version", 99).unwrap();
+        let e = Store::open(&path).err().unwrap().to_string();
+        assert!(e.contains("newer than this binary"), "{e}");
+    }
+}
