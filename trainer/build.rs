@@ -5,8 +5,8 @@
 use std::path::Path;
 
 fn main() {
-    println!("cargo:rerun-if-env-changed=DEP_TORCH_SYS_LIBTORCH_LIB");
-    if let Ok(lib) = std::env::var("DEP_TORCH_SYS_LIBTORCH_LIB") {
+    println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
+    if let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") {
         println!("cargo:rustc-link-arg-bins=-Wl,-rpath,{lib}");
         if Path::new(&lib).join("libtorch_cuda.so").exists() {
             println!("cargo:rustc-link-arg-bins=-Wl,--no-as-needed,-ltorch_cuda,--as-needed");

@@ -1,1 +1,511 @@
-fn main() {}
+//! `liandan`: the user's client. Offline: `validate`, `expand`, `completions`.
+//! Everything else talks to the coordinator (`--coordinator` or
+//! `LIANDAN_COORDINATOR`). Errors are one line that says what to do; exit codes
+//! follow sysexits (see the README).
+//!
+//! Invariant: the CLI never depends on the coordinator crate, only on the wire
+//! contract (`liandan-proto`) and `liandan-common`.
+
+mod output;
+mod results;
+
+use clap::{CommandFactory, Parser, Subcommand};
+use liandan_common::exit;
+use liandan_common::sweep::{self, command, Format as SpecFormat};
+use liandan_proto::v1 as pb;
+use output::{num, opt_num, render, Format, Listing};
+use pb::user_service_client::UserServiceClient;
+use serde_json::json;
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::time::Duration;
+use tonic::transport::Channel;
+
+#[derive(Parser, Debug)]
+#[command(name = "liandan", version, about = "Run hyperparameter x seed sweeps on a liandan cluster and read honest results.")]
+struct Cli {
+    /// Coordinator URL.
+    #[arg(long, global = true, env = "LIANDAN_COORDINATOR", default_value = "http://127.0.0.1:7477")]
+    coordinator: String,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Check a sweep file (offline). Exit 0 when valid, 65 when not.
+    Validate { file: PathBuf },
+    /// List every job a sweep file expands to, with its command line (offline).
+    Expand {
+        file: PathBuf,
+        /// The sweep name the ids derive from (as `submit --name`).
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Format,
+    },
+    /// Submit a sweep file. The same file under the same name is not duplicated.
+    Submit {
+        file: PathBuf,
+        #[arg(long)]
+        name: Option<String>,
+        /// Wait for the sweep to finish, showing progress.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Sweeps and their progress, or one sweep.
+    Status {
+        sweep: Option<String>,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Format,
+    },
+    /// The jobs of a sweep.
+    Jobs {
+        sweep: String,
+        /// Only jobs in this state: queued, running, succeeded, failed, cancelled.
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Format,
+    },
+    /// A job's log (stdout and stderr in line order).
+    Logs {
+        job: String,
+        /// Keep following new lines until the attempt ends.
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// Attempt number (default: the current one).
+        #[arg(long)]
+        attempt: Option<u64>,
+        /// Only the last N lines.
+        #[arg(long)]
+        tail: Option<u64>,
+        /// Only stderr.
+        #[arg(long, conflicts_with = "stdout")]
+        stderr: bool,
+        /// Only stdout.
+        #[arg(long)]
+        stdout: bool,
+    },
+    /// A job's metric records.
+    Metrics {
+        job: String,
+        #[arg(long)]
+        attempt: Option<u64>,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Format,
+    },
+    /// Results per trial, aggregated over seeds, ranked by the sweep's metric.
+    Results {
+        sweep: String,
+        /// Use the best value over training instead of the final one.
+        #[arg(long)]
+        best: bool,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Format,
+    },
+    /// Cancel a sweep (sw-...) or a job (job-...).
+    Cancel { target: String },
+    /// Stop starting new jobs of a sweep (running ones continue).
+    Pause { sweep: String },
+    /// Start jobs of a paused sweep again.
+    Resume { sweep: String },
+    /// Wait for a sweep to finish. Exit 1 if a job failed, 130 on Ctrl-C (the sweep goes on).
+    Wait { sweep: String },
+    /// Workers, their resources and what they run.
+    Workers {
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Format,
+    },
+    /// Stop giving a worker new jobs; its running jobs finish.
+    Drain { worker: String },
+    /// A job's stored checkpoints.
+    Checkpoints {
+        job: String,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Format,
+    },
+    /// Download a job's checkpoint (the latest, or --step N).
+    Download {
+        job: String,
+        #[arg(long)]
+        step: Option<i64>,
+        /// Output file (default: JOB-step-N.ckpt).
+        #[arg(short = 'o', long)]
+        output: Option<PathBuf>,
+    },
+    /// Print shell completions.
+    Completions { shell: clap_complete::Shell },
+}
+
+/// A failure with the exit code it maps to.
+struct Fail(i32, String);
+
+impl From<tonic::Status> for Fail {
+    fn from(s: tonic::Status) -> Fail {
+        use tonic::Code::*;
+        let code = match s.code() {
+            NotFound => exit::NOTFOUND,
+            InvalidArgument | AlreadyExists | FailedPrecondition => exit::DATAERR,
+            Unavailable => exit::UNAVAILABLE,
+            PermissionDenied | Unauthenticated => exit::NOPERM,
+            DataLoss => exit::IOERR,
+            _ => exit::SOFTWARE,
+        };
+        let msg = if s.code() == Unavailable { format!("the coordinator is unavailable: {}", s.message()) } else { s.message().to_string() };
+        Fail(code, msg)
+    }
+}
+
+type R<T> = Result<T, Fail>;
+
+async fn connect(url: &str) -> R<UserServiceClient<Channel>> {
+    let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
+        .map_err(|e| Fail(exit::USAGE, format!("invalid coordinator URL {url:?} ({e}); use e.g. http://127.0.0.1:7477")))?
+        .connect_timeout(Duration::from_secs(5));
+    let channel = endpoint.connect().await.map_err(|e| {
+        Fail(exit::UNAVAILABLE, format!("cannot reach the coordinator at {url} ({e}); start it with `liandan-coordinator`, or point --coordinator / LIANDAN_COORDINATOR at it"))
+    })?;
+    Ok(UserServiceClient::new(channel).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20))
+}
+
+fn read_spec(file: &PathBuf) -> R<(String, SpecFormat)> {
+    let text = std::fs::read_to_string(file).map_err(|e| Fail(exit::NOINPUT, format!("cannot read {}: {e}", file.display())))?;
+    Ok((text, SpecFormat::from_path(&file.to_string_lossy())))
+}
+
+fn counts(s: &pb::Sweep) -> pb::JobCounts {
+    s.counts.unwrap_or_default()
+}
+
+fn sweep_listing(sweeps: &[pb::Sweep]) -> Listing {
+    let rows = sweeps
+        .iter()
+        .map(|s| {
+            let c = counts(s);
+            vec![s.id.clone(), s.name.clone(), s.state.clone(), s.method.clone(), s.trials.to_string(), s.jobs.to_string(), c.succeeded.to_string(), c.running.to_string(), c.queued.to_string(), c.failed.to_string(), c.cancelled.to_string()]
+        })
+        .collect();
+    let json = json!(sweeps
+        .iter()
+        .map(|s| {
+            let c = counts(s);
+            json!({"id": s.id, "name": s.name, "state": s.state, "method": s.method, "metric": s.metric_name, "goal": s.metric_goal, "trials": s.trials, "jobs": s.jobs,
+                   "succeeded": c.succeeded, "running": c.running, "queued": c.queued, "failed": c.failed, "cancelled": c.cancelled, "created_at": s.created_at})
+        })
+        .collect::<Vec<_>>());
+    Listing { columns: vec!["id", "name", "state", "method", "trials", "jobs", "done", "running", "queued", "failed", "cancelled"], rows, json }
+}
+
+fn print(s: String) {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(s.as_bytes());
+}
+
+async fn run(cli: Cli) -> R<i32> {
+    let url = cli.coordinator.clone();
+    match cli.cmd {
+        Cmd::Validate { file } => {
+            let (text, fmt) = read_spec(&file)?;
+            match sweep::parse(&text, fmt) {
+                Ok(p) => {
+                    for w in &p.warnings {
+                        eprintln!("warning: {w}");
+                    }
+                    eprintln!("{}: valid ({} sweep, {} parameter(s), {} seed(s))", file.display(), p.spec.method.as_str(), p.spec.parameters.len(), p.spec.liandan.seeds.len());
+                    Ok(exit::OK)
+                }
+                Err(e) => Err(Fail(exit::DATAERR, format!("{}: {e}", file.display()))),
+            }
+        }
+        Cmd::Expand { file, name, output } => {
+            let (text, fmt) = read_spec(&file)?;
+            let parsed = sweep::parse(&text, fmt).map_err(|e| Fail(exit::DATAERR, format!("{}: {e}", file.display())))?;
+            let spec = parsed.spec;
+            let name = sweep::resolve_name(&spec, name.as_deref().unwrap_or(""));
+            let sid = liandan_common::SweepId::for_name(&name);
+            let e = sweep::expand(&spec, &sid).map_err(|e| Fail(exit::DATAERR, format!("{}: {e}", file.display())))?;
+            for w in parsed.warnings.iter().chain(&e.warnings) {
+                eprintln!("warning: {w}");
+            }
+            let env = |k: &str| std::env::var(k).ok().or_else(|| Some(format!("${{{k}}}")));
+            let ctx = command::offline_context(&env);
+            let mut rows = Vec::new();
+            let mut js = Vec::new();
+            for j in &e.jobs {
+                let params = &e.trials[j.trial_index].params;
+                let argv = command::build_argv(&spec, params, j.seed, &ctx).map_err(|e| Fail(exit::DATAERR, e.to_string()))?;
+                rows.push(vec![j.id.to_string(), j.trial.to_string(), j.seed.to_string(), params.to_string(), argv.join(" ")]);
+                js.push(json!({"job_id": j.id, "trial_id": j.trial, "seed": j.seed, "params": params, "argv": argv}));
+            }
+            let l = Listing { columns: vec!["job", "trial", "seed", "params", "command"], rows, json: json!({"sweep_id": sid, "name": name, "jobs": js}) };
+            print(render(&l, output));
+            Ok(exit::OK)
+        }
+        Cmd::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "liandan", &mut std::io::stdout());
+            Ok(exit::OK)
+        }
+        Cmd::Submit { file, name, wait } => {
+            let (text, fmt) = read_spec(&file)?;
+            // Validate locally first: the same message as `validate`, without a round trip.
+            sweep::parse(&text, fmt).map_err(|e| Fail(exit::DATAERR, format!("{}: {e}", file.display())))?;
+            let mut c = connect(&url).await?;
+            let format = if fmt == SpecFormat::Toml { "toml" } else { "yaml" };
+            let r = c.submit_sweep(pb::SubmitSweepRequest { spec: text, format: format.into(), name: name.unwrap_or_default() }).await?.into_inner();
+            for w in &r.warnings {
+                eprintln!("warning: {w}");
+            }
+            let s = r.sweep.unwrap_or_default();
+            if r.created {
+                println!("submitted sweep {} ({}): {} trials, {} jobs", s.id, s.name, s.trials, s.jobs);
+            } else {
+                println!("sweep {} ({}) already exists with this spec; nothing was added", s.id, s.name);
+            }
+            if wait {
+                return wait_for(&mut c, &s.id).await;
+            }
+            Ok(exit::OK)
+        }
+        Cmd::Status { sweep, output } => {
+            let mut c = connect(&url).await?;
+            let sweeps = match sweep {
+                Some(id) => vec![c.get_sweep(pb::GetSweepRequest { sweep_id: id }).await?.into_inner()],
+                None => c.list_sweeps(pb::ListSweepsRequest {}).await?.into_inner().sweeps,
+            };
+            if sweeps.is_empty() && output == Format::Table {
+                println!("no sweeps yet; submit one with `liandan submit FILE`");
+                return Ok(exit::OK);
+            }
+            print(render(&sweep_listing(&sweeps), output));
+            Ok(exit::OK)
+        }
+        Cmd::Jobs { sweep, state, output } => {
+            let mut c = connect(&url).await?;
+            let jobs = c.list_jobs(pb::ListJobsRequest { sweep_id: sweep, state: state.unwrap_or_default() }).await?.into_inner().jobs;
+            let rows = jobs
+                .iter()
+                .map(|j| vec![j.id.clone(), j.trial_id.clone(), j.seed.to_string(), j.state.clone(), j.attempt.to_string(), j.worker_id.clone(), opt_num(j.final_metric), j.params_json.clone()])
+                .collect();
+            let json = json!(jobs
+                .iter()
+                .map(|j| json!({"id": j.id, "trial_id": j.trial_id, "seed": j.seed, "state": j.state, "attempt": j.attempt, "retries_used": j.retries_used,
+                               "worker_id": j.worker_id, "final_metric": j.final_metric, "best_metric": j.best_metric,
+                               "params": serde_json::from_str::<serde_json::Value>(&j.params_json).unwrap_or_default()}))
+                .collect::<Vec<_>>());
+            print(render(&Listing { columns: vec!["job", "trial", "seed", "state", "attempt", "worker", "metric", "params"], rows, json }, output));
+            Ok(exit::OK)
+        }
+        Cmd::Logs { job, follow, attempt, tail, stderr, stdout } => {
+            let mut c = connect(&url).await?;
+            let stream = if stderr {
+                "stderr"
+            } else if stdout {
+                "stdout"
+            } else {
+                "all"
+            };
+            let mut s = c
+                .read_logs(pb::ReadLogsRequest { job_id: job, attempt: attempt.unwrap_or(0), from_line: 1, tail: tail.unwrap_or(0), follow, stream: stream.into() })
+                .await?
+                .into_inner();
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            while let Some(line) = s.message().await? {
+                let _ = writeln!(out, "{}", line.text);
+                if follow {
+                    let _ = out.flush();
+                }
+            }
+            let _ = out.flush();
+            Ok(exit::OK)
+        }
+        Cmd::Metrics { job, attempt, output } => {
+            let mut c = connect(&url).await?;
+            let recs = c.get_metrics(pb::GetMetricsRequest { job_id: job, attempt: attempt.unwrap_or(0) }).await?.into_inner().records;
+            let rows = recs.iter().map(|r| vec![r.attempt.to_string(), r.step.map(|s| s.to_string()).unwrap_or_default(), num(r.ts), r.json.clone()]).collect();
+            let json = json!(recs
+                .iter()
+                .map(|r| json!({"attempt": r.attempt, "step": r.step, "ts": r.ts, "values": serde_json::from_str::<serde_json::Value>(&r.json).unwrap_or_default()}))
+                .collect::<Vec<_>>());
+            print(render(&Listing { columns: vec!["attempt", "step", "ts", "values"], rows, json }, output));
+            Ok(exit::OK)
+        }
+        Cmd::Results { sweep, best, output } => {
+            let mut c = connect(&url).await?;
+            let r = c.get_results(pb::SweepRef { sweep_id: sweep }).await?.into_inner();
+            let a = results::analyze(&r, best);
+            print(render(&results::listing(&a), output));
+            if output == Format::Table {
+                print(results::footer(&a));
+            }
+            Ok(exit::OK)
+        }
+        Cmd::Cancel { target } => {
+            let mut c = connect(&url).await?;
+            if target.starts_with("job-") {
+                let j = c.cancel_job(pb::JobRef { job_id: target }).await?.into_inner();
+                println!("job {}: {}", j.id, if j.state == "running" { "cancelling (SIGTERM, then SIGKILL after the grace period)" } else { &j.state });
+            } else {
+                let s = c.cancel_sweep(pb::SweepRef { sweep_id: target }).await?.into_inner();
+                println!("sweep {} cancelled; {} running job(s) are being stopped", s.id, counts(&s).running);
+            }
+            Ok(exit::OK)
+        }
+        Cmd::Pause { sweep } => {
+            let s = connect(&url).await?.pause_sweep(pb::SweepRef { sweep_id: sweep }).await?.into_inner();
+            println!("sweep {} paused; running jobs continue, no new ones start", s.id);
+            Ok(exit::OK)
+        }
+        Cmd::Resume { sweep } => {
+            let s = connect(&url).await?.resume_sweep(pb::SweepRef { sweep_id: sweep }).await?.into_inner();
+            println!("sweep {} resumed", s.id);
+            Ok(exit::OK)
+        }
+        Cmd::Wait { sweep } => {
+            let mut c = connect(&url).await?;
+            wait_for(&mut c, &sweep).await
+        }
+        Cmd::Workers { output } => {
+            let ws = connect(&url).await?.list_workers(pb::ListWorkersRequest {}).await?.into_inner().workers;
+            let rows = ws
+                .iter()
+                .map(|w| {
+                    let r = w.resources.clone().unwrap_or_default();
+                    let state = if w.draining { "draining" } else if w.connected { "connected" } else { "disconnected" };
+                    vec![w.id.clone(), w.hostname.clone(), state.into(), format!("{}/{}", w.free_cpu_slots, r.cpu_slots), format!("{}/{}", w.free_gpus, r.gpus.len()), w.running_jobs.len().to_string(), r.labels.join(",")]
+                })
+                .collect();
+            let json = json!(ws
+                .iter()
+                .map(|w| {
+                    let r = w.resources.clone().unwrap_or_default();
+                    json!({"id": w.id, "hostname": w.hostname, "connected": w.connected, "draining": w.draining, "cpu_slots": r.cpu_slots, "free_cpu_slots": w.free_cpu_slots,
+                           "gpus": r.gpus.iter().map(|g| json!({"index": g.index, "uuid": g.uuid, "name": g.name, "memory_bytes": g.memory_bytes})).collect::<Vec<_>>(),
+                           "free_gpus": w.free_gpus, "running_jobs": w.running_jobs, "labels": r.labels, "last_seen": w.last_seen})
+                })
+                .collect::<Vec<_>>());
+            print(render(&Listing { columns: vec!["worker", "host", "state", "cpu free", "gpu free", "jobs", "labels"], rows, json }, output));
+            Ok(exit::OK)
+        }
+        Cmd::Drain { worker } => {
+            let w = connect(&url).await?.drain_worker(pb::DrainWorkerRequest { worker_id: worker }).await?.into_inner();
+            println!("worker {} is draining: no new jobs; {} running job(s) finish", w.id, w.running_jobs.len());
+            Ok(exit::OK)
+        }
+        Cmd::Checkpoints { job, output } => {
+            let cs = connect(&url).await?.list_checkpoints(pb::JobRef { job_id: job }).await?.into_inner().checkpoints;
+            let rows = cs.iter().map(|c| vec![c.step.to_string(), c.attempt.to_string(), c.size.to_string(), opt_num(c.metric), num(c.created_at), c.blake3.clone()]).collect();
+            let json = json!(cs
+                .iter()
+                .map(|c| json!({"step": c.step, "attempt": c.attempt, "size": c.size, "metric": c.metric, "created_at": c.created_at, "blake3": c.blake3}))
+                .collect::<Vec<_>>());
+            print(render(&Listing { columns: vec!["step", "attempt", "bytes", "metric", "created", "blake3"], rows, json }, output));
+            Ok(exit::OK)
+        }
+        Cmd::Download { job, step, output } => {
+            let mut c = connect(&url).await?;
+            let mut s = c.download_checkpoint(pb::DownloadCheckpointRequest { job_id: job.clone(), step: step.unwrap_or(-1), offset: 0 }).await?.into_inner();
+            let mut meta = None;
+            let mut hasher = blake3::Hasher::new();
+            let mut data = Vec::new();
+            while let Some(chunk) = s.message().await? {
+                if chunk.meta.is_some() {
+                    meta = chunk.meta;
+                }
+                hasher.update(&chunk.data);
+                data.extend_from_slice(&chunk.data);
+            }
+            let meta = meta.ok_or_else(|| Fail(exit::SOFTWARE, "the coordinator sent no checkpoint metadata".into()))?;
+            if hasher.finalize().to_hex().as_str() != meta.blake3 {
+                return Err(Fail(exit::IOERR, "the downloaded checkpoint does not match its hash; try again".into()));
+            }
+            let path = output.unwrap_or_else(|| PathBuf::from(format!("{job}-step-{}.ckpt", meta.step)));
+            std::fs::write(&path, &data).map_err(|e| Fail(exit::IOERR, format!("cannot write {}: {e}", path.display())))?;
+            println!("wrote {} ({} bytes, step {}, blake3 verified)", path.display(), data.len(), meta.step);
+            Ok(exit::OK)
+        }
+    }
+}
+
+async fn wait_for(c: &mut UserServiceClient<Channel>, sweep: &str) -> R<i32> {
+    let tty = std::io::stderr().is_terminal();
+    let first = c.get_sweep(pb::GetSweepRequest { sweep_id: sweep.to_string() }).await?.into_inner();
+    let bar = tty.then(|| {
+        let b = indicatif::ProgressBar::new(first.jobs);
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} done  {msg}  {per_sec}  eta {eta}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        b
+    });
+    let start = std::time::Instant::now();
+    let mut last_print = std::time::Instant::now() - Duration::from_secs(60);
+    loop {
+        let s = tokio::select! {
+            r = c.get_sweep(pb::GetSweepRequest { sweep_id: sweep.to_string() }) => r?.into_inner(),
+            _ = tokio::signal::ctrl_c() => {
+                if let Some(b) = &bar { b.abandon(); }
+                eprintln!("interrupted; the sweep goes on (follow it with `liandan wait {sweep}`)");
+                return Ok(exit::INTERRUPTED);
+            }
+        };
+        let k = counts(&s);
+        let done = k.succeeded + k.failed + k.cancelled;
+        let msg = format!("running {}  queued {}  failed {}", k.running, k.queued, k.failed);
+        match &bar {
+            Some(b) => {
+                b.set_length(s.jobs);
+                b.set_position(done);
+                b.set_message(msg.clone());
+            }
+            None => {
+                if last_print.elapsed() >= Duration::from_secs(5) || s.state == "finished" || s.state == "cancelled" {
+                    let rate = done as f64 / start.elapsed().as_secs_f64().max(1e-3);
+                    eprintln!("{}: {done}/{} done, {msg}, {rate:.2} jobs/s", s.id, s.jobs);
+                    last_print = std::time::Instant::now();
+                }
+            }
+        }
+        if s.state == "finished" || s.state == "cancelled" {
+            if let Some(b) = &bar {
+                b.finish();
+            }
+            eprintln!("sweep {} {}: {} succeeded, {} failed, {} cancelled", s.id, s.state, k.succeeded, k.failed, k.cancelled);
+            return Ok(if k.failed > 0 { exit::FAILURE } else { exit::OK });
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = tokio::signal::ctrl_c() => {
+                if let Some(b) = &bar { b.abandon(); }
+                eprintln!("interrupted; the sweep goes on (follow it with `liandan wait {sweep}`)");
+                return Ok(exit::INTERRUPTED);
+            }
+        }
+    }
+}
+
+fn main() {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { exit::USAGE } else { exit::OK };
+            let _ = e.print();
+            std::process::exit(code);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            std::process::exit(exit::SOFTWARE);
+        }
+    };
+    let code = match rt.block_on(run(cli)) {
+        Ok(c) => c,
+        Err(Fail(code, msg)) => {
+            eprintln!("error: {msg}");
+            code
+        }
+    };
+    std::process::exit(code);
+}

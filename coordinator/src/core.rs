@@ -181,15 +181,8 @@ impl Core {
         let format = Format::parse(format).ok_or_else(|| CoreError::InvalidArgument(format!("unknown spec format {format:?}; use yaml or toml")))?;
         let parsed = sweep::parse(text, format).map_err(|e| CoreError::InvalidArgument(format!("invalid sweep spec: {e}")))?;
         let spec = parsed.spec;
-        let spec_json = serde_json::to_string(&spec).map_err(|e| CoreError::InvalidArgument(e.to_string()))?;
-        let spec_hash = blake3::hash(spec_json.as_bytes()).to_hex().to_string();
-        let name = if !name.is_empty() {
-            name.to_string()
-        } else if let Some(n) = spec.name.as_ref().filter(|n| liandan_common::names::validate("sweep name", n).is_ok()) {
-            n.clone()
-        } else {
-            format!("sweep-{}", &spec_hash[..8])
-        };
+        let (spec_json, spec_hash) = sweep::spec_identity(&spec);
+        let name = sweep::resolve_name(&spec, name);
         liandan_common::names::validate("sweep name", &name).map_err(|e| CoreError::InvalidArgument(e.to_string()))?;
         let sweep_id = SweepId::for_name(&name);
         let expansion = sweep::expand(&spec, &sweep_id).map_err(|e| CoreError::InvalidArgument(e.to_string()))?;

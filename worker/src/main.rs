@@ -1,1 +1,105 @@
-fn main() {}
+//! `liandan-worker`: flags → config → logging → [`liandan_worker::run`].
+
+use clap::Parser;
+use liandan_common::config::{self, WorkerConfig};
+use liandan_common::exit;
+use std::path::PathBuf;
+
+/// The liandan worker daemon: runs jobs and streams their output to the coordinator.
+#[derive(Parser, Debug)]
+#[command(name = "liandan-worker", version, about)]
+struct Args {
+    /// TOML config file (defaults → file → LIANDAN_* env → flags).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Coordinator URL [default: http://127.0.0.1:7477].
+    #[arg(long, value_name = "URL")]
+    coordinator: Option<String>,
+    /// Directory for identity, journal, spool and job directories.
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// CPU slots offered to jobs that need no GPU.
+    #[arg(long, value_name = "N")]
+    slots: Option<u32>,
+    /// GPU discovery: auto or none.
+    #[arg(long, value_name = "MODE")]
+    gpus: Option<String>,
+    /// Seconds between SIGTERM and SIGKILL when stopping a job.
+    #[arg(long, value_name = "SECS")]
+    grace_period_secs: Option<f64>,
+    /// Path of liandan-train.
+    #[arg(long, value_name = "PATH")]
+    train_binary: Option<String>,
+    /// Log format: text or json.
+    #[arg(long, value_name = "FORMAT")]
+    log_format: Option<String>,
+    /// Print the effective configuration (secrets redacted) and exit.
+    #[arg(long)]
+    print_config: bool,
+}
+
+fn main() {
+    let args = Args::parse();
+    let mut o: Vec<(&str, String)> = Vec::new();
+    if let Some(v) = &args.coordinator {
+        o.push(("coordinator", v.clone()));
+    }
+    if let Some(v) = &args.state_dir {
+        o.push(("state_dir", v.display().to_string()));
+    }
+    if let Some(v) = args.slots {
+        o.push(("slots", v.to_string()));
+    }
+    if let Some(v) = &args.gpus {
+        o.push(("gpus", v.clone()));
+    }
+    if let Some(v) = args.grace_period_secs {
+        o.push(("grace_period_secs", v.to_string()));
+    }
+    if let Some(v) = &args.train_binary {
+        o.push(("train_binary", v.clone()));
+    }
+    if let Some(v) = &args.log_format {
+        o.push(("log_format", v.clone()));
+    }
+    let cfg: WorkerConfig = match config::load(args.config.as_deref(), &o).and_then(|c: WorkerConfig| c.validate().map(|_| c)) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(exit::CONFIG);
+        }
+    };
+    if args.print_config {
+        print!("{}", config::render_redacted(&cfg));
+        return;
+    }
+    liandan_common::logging::init(&cfg.log_format, "info");
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            std::process::exit(exit::SOFTWARE);
+        }
+    };
+    let code = rt.block_on(async move {
+        let shutdown = async {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
+            }
+        };
+        match liandan_worker::run(cfg, shutdown).await {
+            Ok(()) => exit::OK,
+            Err(e @ liandan_worker::WorkerError::Locked(..)) => {
+                eprintln!("error: {e}");
+                exit::CONFIG
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                exit::SOFTWARE
+            }
+        }
+    });
+    std::process::exit(code);
+}

@@ -1,0 +1,145 @@
+//! Rendering listings as tables (fitted to the terminal width), JSON or CSV.
+
+use serde_json::Value;
+use std::io::IsTerminal;
+
+/// Output format of a listing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+    Csv,
+}
+
+/// A listing: column names and rows of cells; `json` is the stable JSON form.
+pub struct Listing {
+    pub columns: Vec<&'static str>,
+    pub rows: Vec<Vec<String>>,
+    pub json: Value,
+}
+
+/// The width tables must fit: `COLUMNS`, else the terminal's, else 120.
+pub fn terminal_width() -> usize {
+    if let Some(c) = std::env::var("COLUMNS").ok().and_then(|c| c.parse::<usize>().ok()) {
+        return c.max(40);
+    }
+    if std::io::stdout().is_terminal() {
+        let mut ws = nix::libc::winsize { ws_row: 0, ws_col: 0, ws_xpixel: 0, ws_ypixel: 0 };
+        // SAFETY: TIOCGWINSZ writes a winsize into the struct we pass; fd 1 is a terminal here.
+        let r = unsafe { nix::libc::ioctl(1, nix::libc::TIOCGWINSZ, &mut ws) };
+        if r == 0 && ws.ws_col > 0 {
+            return ws.ws_col as usize;
+        }
+    }
+    120
+}
+
+fn truncate(s: &str, w: usize) -> String {
+    let n = s.chars().count();
+    if n <= w {
+        s.to_string()
+    } else if w <= 1 {
+        "…".chars().take(w).collect()
+    } else {
+        let mut t: String = s.chars().take(w - 1).collect();
+        t.push('…');
+        t
+    }
+}
+
+/// Renders a table whose total width fits `width`, shrinking the widest columns first.
+pub fn table(columns: &[&str], rows: &[Vec<String>], width: usize) -> String {
+    let mut widths: Vec<usize> = columns.iter().map(|c| c.chars().count()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            if i < widths.len() {
+                widths[i] = widths[i].max(c.chars().count());
+            }
+        }
+    }
+    let sep = 2;
+    let total = |w: &[usize]| w.iter().sum::<usize>() + sep * w.len().saturating_sub(1);
+    while total(&widths) > width {
+        let (i, &m) = widths.iter().enumerate().max_by_key(|(_, w)| **w).unwrap_or((0, &0));
+        if m <= 6 {
+            break;
+        }
+        widths[i] = m - 1;
+    }
+    let mut out = String::new();
+    let line = |cells: Vec<String>| -> String {
+        let parts: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{:<w$}", truncate(c, *w), w = *w)).collect();
+        parts.join(&" ".repeat(sep)).trim_end().to_string()
+    };
+    out.push_str(&line(columns.iter().map(|c| c.to_uppercase()).collect()));
+    out.push('\n');
+    for r in rows {
+        out.push_str(&line(r.clone()));
+        out.push('\n');
+    }
+    out
+}
+
+fn csv_cell(s: &str) -> String {
+    if s.contains([',', '"', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+/// Renders a listing in the chosen format.
+pub fn render(l: &Listing, f: Format) -> String {
+    match f {
+        Format::Table => table(&l.columns, &l.rows, terminal_width()),
+        Format::Json => format!("{}\n", serde_json::to_string_pretty(&l.json).unwrap_or_default()),
+        Format::Csv => {
+            let mut out = l.columns.join(",");
+            out.push('\n');
+            for r in &l.rows {
+                out.push_str(&r.iter().map(|c| csv_cell(c)).collect::<Vec<_>>().join(","));
+                out.push('\n');
+            }
+            out
+        }
+    }
+}
+
+/// A number for a table cell, with a sensible number of digits.
+pub fn num(x: f64) -> String {
+    if !x.is_finite() {
+        return x.to_string();
+    }
+    let a = x.abs();
+    if a != 0.0 && !(1e-3..1e6).contains(&a) {
+        format!("{x:.3e}")
+    } else {
+        format!("{x:.4}")
+    }
+}
+
+pub fn opt_num(x: Option<f64>) -> String {
+    x.map(num).unwrap_or_else(|| "-".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_fits_width_and_truncates_long_cells() {
+        let rows = vec![vec!["job-1".to_string(), "x".repeat(100)], vec!["job-2".to_string(), "short".into()]];
+        let t = table(&["id", "params"], &rows, 40);
+        for line in t.lines() {
+            assert!(line.chars().count() <= 40, "{line:?}");
+        }
+        assert!(t.contains('…'));
+        assert_eq!(t.lines().next().unwrap(), format!("ID     {}", "PARAMS"));
+    }
+
+    #[test]
+    fn csv_quotes_what_needs_it() {
+        let l = Listing { columns: vec!["a", "b"], rows: vec![vec!["1,2".into(), "say \"hi\"".into()]], json: Value::Null };
+        assert_eq!(render(&l, Format::Csv), "a,b\n\"1,2\",\"say \"\"hi\"\"\"\n");
+    }
+}

@@ -1,0 +1,167 @@
+//! `liandan results`: one row per trial aggregated over its seeds, ranked by
+//! the sweep's goal, with what a one-seed report would hide: the interval,
+//! whether the winner is within seed noise, Welch's one-sided p-value of the
+//! winner against each trial, the variance shares, and each trial's seed luck.
+
+use crate::output::{num, opt_num, Listing};
+use liandan_common::stats::{self, Summary};
+use liandan_proto::v1 as pb;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+
+/// One trial's aggregate.
+pub struct TrialRow {
+    pub trial_id: String,
+    pub params: Value,
+    pub values: Vec<(i64, f64)>,
+    pub summary: Option<Summary>,
+    /// How far the best seed sits above the mean, in the goal's direction.
+    pub seed_luck: Option<f64>,
+    /// Welch's one-sided p-value that the top trial is not better than this one.
+    pub p_vs_top: Option<f64>,
+}
+
+/// The whole analysis.
+pub struct Analysis {
+    pub metric: String,
+    pub goal: String,
+    pub rows: Vec<TrialRow>,
+    pub within_noise: Option<bool>,
+    pub shares: Option<stats::VarianceShares>,
+    pub jobs_without_value: usize,
+}
+
+pub fn analyze(r: &pb::GetResultsResponse, best: bool) -> Analysis {
+    let sweep = r.sweep.clone().unwrap_or_default();
+    let maximize = sweep.metric_goal == "maximize";
+    let mut by_trial: BTreeMap<String, (Value, Vec<(i64, f64)>)> = BTreeMap::new();
+    let mut missing = 0;
+    for j in &r.jobs {
+        let entry = by_trial.entry(j.trial_id.clone()).or_insert_with(|| (serde_json::from_str(&j.params_json).unwrap_or(Value::Null), Vec::new()));
+        let v = if best { j.best_metric } else { j.final_metric };
+        match v {
+            Some(x) if j.state == "succeeded" => entry.1.push((j.seed, x)),
+            _ => missing += 1,
+        }
+    }
+    let mut rows: Vec<TrialRow> = by_trial
+        .into_iter()
+        .map(|(trial_id, (params, mut values))| {
+            values.sort_by_key(|v| v.0);
+            let xs: Vec<f64> = values.iter().map(|v| v.1).collect();
+            let summary = stats::summarize(&xs);
+            let seed_luck = summary.as_ref().map(|s| if maximize { s.max - s.mean } else { s.mean - s.min });
+            TrialRow { trial_id, params, values, summary, seed_luck, p_vs_top: None }
+        })
+        .collect();
+    rows.sort_by(|a, b| match (&a.summary, &b.summary) {
+        (Some(x), Some(y)) => {
+            if maximize {
+                y.mean.total_cmp(&x.mean)
+            } else {
+                x.mean.total_cmp(&y.mean)
+            }
+        }
+        (Some(_), None) => std::cmp::Ordering::Less,
+        (None, Some(_)) => std::cmp::Ordering::Greater,
+        (None, None) => a.trial_id.cmp(&b.trial_id),
+    });
+    let top: Vec<f64> = rows.first().map(|r| r.values.iter().map(|v| v.1).collect()).unwrap_or_default();
+    for r in rows.iter_mut().skip(1) {
+        let xs: Vec<f64> = r.values.iter().map(|v| v.1).collect();
+        let w = if maximize { stats::welch(&top, &xs) } else { stats::welch(&xs, &top) };
+        r.p_vs_top = w.map(|w| w.p_greater);
+    }
+    let within_noise = match (rows.first().and_then(|r| r.summary.as_ref()), rows.get(1).and_then(|r| r.summary.as_ref())) {
+        (Some(a), Some(b)) => match (a.ci95, b.ci95) {
+            (Some((alo, ahi)), Some((blo, bhi))) => Some(alo <= bhi && blo <= ahi),
+            _ => None,
+        },
+        _ => None,
+    };
+    let groups: Vec<Vec<f64>> = rows.iter().map(|r| r.values.iter().map(|v| v.1).collect()).collect();
+    Analysis { metric: sweep.metric_name, goal: sweep.metric_goal, rows, within_noise, shares: stats::variance_shares(&groups), jobs_without_value: missing }
+}
+
+fn params_short(v: &Value) -> String {
+    match v {
+        Value::Object(m) => m.iter().map(|(k, v)| format!("{k}={}", liandan_common::sweep::command::format_value(v))).collect::<Vec<_>>().join(" "),
+        other => other.to_string(),
+    }
+}
+
+pub fn listing(a: &Analysis) -> Listing {
+    let columns = vec!["rank", "trial", "n", "mean", "std", "ci95", "median", "iqm", "min", "max", "seed_luck", "p_vs_top", "params"];
+    let rows = a
+        .rows
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let s = r.summary.as_ref();
+            vec![
+                (i + 1).to_string(),
+                r.trial_id.clone(),
+                s.map(|s| s.n.to_string()).unwrap_or_else(|| "0".into()),
+                opt_num(s.map(|s| s.mean)),
+                opt_num(s.and_then(|s| s.std)),
+                s.and_then(|s| s.ci95).map(|(lo, hi)| format!("[{}, {}]", num(lo), num(hi))).unwrap_or_else(|| if s.is_some() { "n=1: none".into() } else { "-".into() }),
+                opt_num(s.map(|s| s.median)),
+                opt_num(s.map(|s| s.iqm)),
+                opt_num(s.map(|s| s.min)),
+                opt_num(s.map(|s| s.max)),
+                opt_num(r.seed_luck),
+                if i == 0 { "top".into() } else { r.p_vs_top.map(|p| format!("{p:.3}")).unwrap_or_else(|| "-".into()) },
+                params_short(&r.params),
+            ]
+        })
+        .collect();
+    let json = json!({
+        "metric": a.metric,
+        "goal": a.goal,
+        "within_seed_noise": a.within_noise,
+        "variance_share": a.shares.as_ref().map(|s| json!({"hyperparameters": s.hyperparameters, "seeds": s.seeds})),
+        "test": "welch_one_sided",
+        "jobs_without_value": a.jobs_without_value,
+        "trials": a.rows.iter().enumerate().map(|(i, r)| json!({
+            "rank": i + 1,
+            "trial_id": r.trial_id,
+            "params": r.params,
+            "n": r.summary.as_ref().map(|s| s.n).unwrap_or(0),
+            "mean": r.summary.as_ref().map(|s| s.mean),
+            "std": r.summary.as_ref().and_then(|s| s.std),
+            "ci95": r.summary.as_ref().and_then(|s| s.ci95).map(|(a, b)| vec![a, b]),
+            "median": r.summary.as_ref().map(|s| s.median),
+            "iqm": r.summary.as_ref().map(|s| s.iqm),
+            "min": r.summary.as_ref().map(|s| s.min),
+            "max": r.summary.as_ref().map(|s| s.max),
+            "seed_luck": r.seed_luck,
+            "p_vs_top": r.p_vs_top,
+            "seeds": r.values.iter().map(|(s, v)| json!({"seed": s, "value": v})).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+    });
+    Listing { columns, rows, json }
+}
+
+/// The lines printed under the table.
+pub fn footer(a: &Analysis) -> String {
+    let mut out = String::new();
+    if a.metric.is_empty() {
+        out.push_str("note: the sweep names no metric (metric.name); there is nothing to rank\n");
+        return out;
+    }
+    out.push_str(&format!("metric: {} ({}); per trial over seeds; ci95 = Student-t 95% interval of the mean\n", a.metric, a.goal));
+    match a.within_noise {
+        Some(true) => out.push_str("top vs runner-up: WITHIN SEED NOISE (their 95% intervals overlap); more seeds are needed to call a winner\n"),
+        Some(false) => out.push_str("top vs runner-up: separated (their 95% intervals do not overlap)\n"),
+        None => out.push_str("top vs runner-up: cannot tell (needs at least two seeds in each)\n"),
+    }
+    out.push_str("p_vs_top: Welch's t-test, one-sided p-value that the top trial is not better than this one\n");
+    if let Some(s) = &a.shares {
+        out.push_str(&format!("variance explained: hyperparameters {:.1}%, seeds {:.1}% (one-way decomposition over trials)\n", 100.0 * s.hyperparameters, 100.0 * s.seeds));
+    }
+    out.push_str("seed_luck: how far the best seed sits beyond its trial's mean: what a one-seed report would overstate\n");
+    if a.jobs_without_value > 0 {
+        out.push_str(&format!("{} job(s) have no value yet (not finished, failed, or never reported the metric)\n", a.jobs_without_value));
+    }
+    out
+}

@@ -1,0 +1,470 @@
+//! The liandan worker daemon.
+//!
+//! - [`spool`]: the durable local spool of records and the journal of attempts.
+//! - [`runner`]: one attempt as a supervised process group.
+//! - [`checkpoint`]: checkpoint uploads and resume downloads.
+//! - [`gpu`]: NVML discovery (the daemon never initialises CUDA).
+//!
+//! [`run`] owns the state dir (locked), recovers the journal, then keeps one
+//! bidirectional stream to the coordinator, reconnecting with backoff and
+//! jitter. Jobs keep running while disconnected; their records wait in the spool.
+
+pub mod checkpoint;
+pub mod gpu;
+pub mod runner;
+pub mod spool;
+
+use liandan_common::config::WorkerConfig;
+use liandan_common::ids::WorkerId;
+use liandan_proto::v1 as pb;
+use pb::worker_service_client::WorkerServiceClient;
+use runner::StopReason;
+use spool::Spool;
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch, Notify};
+use tonic::transport::{Channel, Endpoint};
+
+/// Why the worker cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("cannot use state dir {0}: {1}")]
+    StateDir(PathBuf, std::io::Error),
+    #[error("state dir {0} is in use by another liandan-worker (pid {1}); give each worker its own --state-dir")]
+    Locked(PathBuf, String),
+    #[error("{0}")]
+    Spool(#[from] spool::SpoolError),
+    #[error("coordinator URL {0:?}: {1}")]
+    Url(String, String),
+}
+
+struct Running {
+    stop: watch::Sender<Option<StopReason>>,
+    alive: bool,
+}
+
+/// State shared by the session, the runners and the uploader.
+pub struct WorkerCtx {
+    pub cfg: WorkerConfig,
+    pub spool: Spool,
+    pub worker_id: WorkerId,
+    pub resources: pb::Resources,
+    running: Mutex<HashMap<(String, u64), Running>>,
+    sinks: Mutex<HashMap<(String, u64), mpsc::Sender<(bool, String)>>>,
+    /// Woken when a checkpoint is published or an upload finished.
+    pub uploads: Notify,
+    upload_done: Notify,
+    draining: AtomicBool,
+    jobs_dir: PathBuf,
+    channel: Mutex<Option<Channel>>,
+}
+
+impl WorkerCtx {
+    fn running(&self) -> std::sync::MutexGuard<'_, HashMap<(String, u64), Running>> {
+        self.running.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn remove_running(&self, job: &str, attempt: u64) {
+        if let Some(r) = self.running().get_mut(&(job.to_string(), attempt)) {
+            r.alive = false;
+        }
+    }
+
+    pub(crate) fn register_notices(&self, job: &str, attempt: u64, tx: mpsc::Sender<(bool, String)>) {
+        self.sinks.lock().unwrap_or_else(|p| p.into_inner()).insert((job.to_string(), attempt), tx);
+    }
+
+    pub(crate) fn unregister_notices(&self, job: &str, attempt: u64) {
+        self.sinks.lock().unwrap_or_else(|p| p.into_inner()).remove(&(job.to_string(), attempt));
+    }
+
+    /// Adds a line from the worker itself to a job's stderr log.
+    pub(crate) async fn notice(&self, job: &str, attempt: u64, text: String) {
+        let tx = self.sinks.lock().unwrap_or_else(|p| p.into_inner()).get(&(job.to_string(), attempt)).cloned();
+        if let Some(tx) = tx {
+            let _ = tx.send((true, text)).await;
+        }
+    }
+
+    fn stop(&self, job: &str, attempt: u64, reason: StopReason) {
+        if let Some(r) = self.running().get(&(job.to_string(), attempt)) {
+            let _ = r.stop.send(Some(reason));
+        }
+    }
+
+    fn stop_all(&self, reason: StopReason) {
+        for r in self.running().values() {
+            let _ = r.stop.send(Some(reason));
+        }
+    }
+
+    fn alive_count(&self) -> usize {
+        self.running().values().filter(|r| r.alive).count()
+    }
+
+    /// Waits until this attempt's published checkpoints are uploaded (or refused), up to `max`.
+    pub(crate) async fn wait_uploads(&self, job: &str, attempt: u64, max: Duration) {
+        let deadline = tokio::time::Instant::now() + max;
+        loop {
+            let notified = self.upload_done.notified();
+            let pending = self.spool.uploads_pending().unwrap_or_default().iter().any(|u| u.job_id == job && u.attempt == attempt);
+            if !pending || self.channel.lock().unwrap_or_else(|p| p.into_inner()).is_none() {
+                return;
+            }
+            self.uploads.notify_one();
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// The attempts this worker holds, for hello.
+    fn held(&self) -> Vec<pb::HeldAttempt> {
+        let journal = self.spool.journal().unwrap_or_default();
+        let running = self.running();
+        journal
+            .into_iter()
+            .map(|e| {
+                let alive = running.get(&(e.job_id.clone(), e.attempt)).is_some_and(|r| r.alive);
+                pb::HeldAttempt { job_id: e.job_id, attempt: e.attempt, running: alive, gpu_uuids: e.gpus }
+            })
+            .collect()
+    }
+}
+
+fn lock_state_dir(dir: &std::path::Path) -> Result<nix::fcntl::Flock<std::fs::File>, WorkerError> {
+    use std::io::{Read, Seek, Write};
+    let path = dir.join("worker.lock");
+    let file = std::fs::OpenOptions::new().create(true).truncate(false).read(true).write(true).open(&path).map_err(|e| WorkerError::StateDir(dir.to_path_buf(), e))?;
+    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(mut lock) => {
+            let _ = lock.set_len(0);
+            let _ = lock.seek(std::io::SeekFrom::Start(0));
+            let _ = write!(lock, "{}", std::process::id());
+            let _ = lock.sync_all();
+            Ok(lock)
+        }
+        Err((mut file, _)) => {
+            let mut pid = String::new();
+            let _ = file.read_to_string(&mut pid);
+            Err(WorkerError::Locked(dir.to_path_buf(), pid.trim().to_string()))
+        }
+    }
+}
+
+fn new_worker_id() -> WorkerId {
+    let host = gethostname::gethostname().to_string_lossy().to_string();
+    let salt = format!("{host}-{}-{}", std::process::id(), liandan_common::time::now_secs());
+    WorkerId::from_suffix(&liandan_common::ids::short_hash(&[salt.as_bytes()], 6))
+}
+
+/// Opens the state dir and recovers; returns the context ready to connect.
+pub async fn prepare(mut cfg: WorkerConfig) -> Result<(Arc<WorkerCtx>, nix::fcntl::Flock<std::fs::File>), WorkerError> {
+    std::fs::create_dir_all(&cfg.state_dir).map_err(|e| WorkerError::StateDir(cfg.state_dir.clone(), e))?;
+    // Jobs run in their own directories: every path handed to them must be absolute.
+    cfg.state_dir = std::path::absolute(&cfg.state_dir).map_err(|e| WorkerError::StateDir(cfg.state_dir.clone(), e))?;
+    let lock = lock_state_dir(&cfg.state_dir)?;
+    let spool = Spool::open(&cfg.state_dir.join("worker.db"), cfg.spool_max_bytes)?;
+    let worker_id = match spool.meta("worker_id")?.and_then(|s| WorkerId::parse(&s).ok()) {
+        Some(id) => id,
+        None => {
+            let id = new_worker_id();
+            spool.set_meta("worker_id", id.to_string()).await?;
+            id
+        }
+    };
+    let gpus = if cfg.gpus == "auto" { gpu::discover() } else { Vec::new() };
+    let resources = pb::Resources { gpus, cpu_slots: cfg.slots, memory_bytes: 0, labels: cfg.labels.clone() };
+    let jobs_dir = cfg.state_dir.join("jobs");
+    std::fs::create_dir_all(&jobs_dir).map_err(|e| WorkerError::StateDir(jobs_dir.clone(), e))?;
+    let ctx = Arc::new(WorkerCtx {
+        cfg,
+        spool,
+        worker_id,
+        resources,
+        running: Mutex::new(HashMap::new()),
+        sinks: Mutex::new(HashMap::new()),
+        uploads: Notify::new(),
+        upload_done: Notify::new(),
+        draining: AtomicBool::new(false),
+        jobs_dir,
+        channel: Mutex::new(None),
+    });
+    recover(&ctx).await?;
+    Ok((ctx, lock))
+}
+
+/// Attempts that were running when the worker died: their processes cannot be
+/// re-attached (their output pipes died with us), so surviving ones are
+/// killed, and each is reported as interrupted (not failed): the coordinator
+/// requeues it without spending a retry, and it resumes from its checkpoint.
+async fn recover(ctx: &WorkerCtx) -> Result<(), WorkerError> {
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Status("recovering the journal")]);
+    for e in ctx.spool.journal()? {
+        if e.exit_seq.is_some() {
+            continue;
+        }
+        if let Some(pid) = e.pid {
+            let ours = e.start_ticks.is_some() && runner::process_start_ticks(pid) == e.start_ticks;
+            if ours {
+                tracing::warn!(job = %e.job_id, attempt = e.attempt, pid, "killing the orphaned process group of an attempt from before the restart");
+                let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            }
+        }
+        let rec = pb::Record {
+            seq: 0,
+            job_id: e.job_id.clone(),
+            attempt: e.attempt,
+            body: Some(pb::record::Body::Exited(pb::JobExited {
+                outcome: "interrupted".into(),
+                exit_code: -1,
+                signal: 0,
+                message: "the worker restarted while this attempt ran".into(),
+            })),
+        };
+        let seq = ctx.spool.append(vec![rec]).await;
+        ctx.spool.journal_set_exit(e.job_id.clone(), e.attempt, seq).await?;
+        tracing::info!(job = %e.job_id, attempt = e.attempt, "reported an interrupted attempt");
+    }
+    Ok(())
+}
+
+/// Runs the worker until `shutdown` resolves, then drains: running jobs get
+/// SIGTERM (their chance to checkpoint) and are reported as preempted.
+pub async fn run(cfg: WorkerConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), WorkerError> {
+    let endpoint = Endpoint::from_shared(cfg.coordinator.clone())
+        .map_err(|e| WorkerError::Url(cfg.coordinator.clone(), e.to_string()))?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(20));
+    let (ctx, _lock) = prepare(cfg).await?;
+    tracing::info!(worker = %ctx.worker_id, gpus = ctx.resources.gpus.len(), slots = ctx.resources.cpu_slots, "worker starting");
+    let uploader = tokio::spawn(upload_loop(ctx.clone()));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let sessions = tokio::spawn(connect_loop(ctx.clone(), endpoint, stop_rx));
+    shutdown.await;
+    tracing::info!("stopping: no new jobs; asking running jobs to checkpoint and exit");
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    ctx.draining.store(true, Ordering::SeqCst);
+    ctx.stop_all(StopReason::Preempt);
+    let grace = Duration::from_secs_f64(ctx.cfg.grace_period_secs) + Duration::from_secs(70);
+    let deadline = tokio::time::Instant::now() + grace;
+    while ctx.alive_count() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Let the session deliver what is in the spool, briefly.
+    let flush_deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while ctx.spool.unacked() > 0 && tokio::time::Instant::now() < flush_deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = stop_tx.send(true);
+    let _ = sessions.await;
+    uploader.abort();
+    Ok(())
+}
+
+async fn connect_loop(ctx: Arc<WorkerCtx>, endpoint: Endpoint, mut stop: watch::Receiver<bool>) {
+    let mut backoff = Duration::from_millis(100);
+    let max = Duration::from_secs_f64(ctx.cfg.reconnect_max_secs);
+    let mut ready_sent = false;
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let connected = tokio::select! {
+            c = endpoint.connect() => c,
+            _ = stop.changed() => return,
+        };
+        match connected {
+            Ok(channel) => {
+                *ctx.channel.lock().unwrap_or_else(|p| p.into_inner()) = Some(channel.clone());
+                let r = session(&ctx, channel, &mut stop, &mut ready_sent, &mut backoff).await;
+                *ctx.channel.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                match r {
+                    Ok(()) => return,
+                    Err(e) => tracing::warn!(error = %e, "session with the coordinator ended; reconnecting"),
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, coordinator = %ctx.cfg.coordinator, "cannot reach the coordinator; retrying"),
+        }
+        // Exponential backoff with jitter, so a fleet does not reconnect in lockstep.
+        let jitter = Duration::from_millis(liandan_common::rng::Rng::keyed("jitter", &[liandan_common::time::now_secs().to_bits()]).below(backoff.as_millis() as u64 / 2 + 1));
+        tokio::select! {
+            _ = tokio::time::sleep(backoff + jitter) => {}
+            _ = stop.changed() => return,
+        }
+        backoff = (backoff * 2).min(max);
+    }
+}
+
+async fn session(ctx: &Arc<WorkerCtx>, channel: Channel, stop: &mut watch::Receiver<bool>, ready_sent: &mut bool, backoff: &mut Duration) -> Result<(), String> {
+    let mut client = WorkerServiceClient::new(channel).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20);
+    let (out, out_rx) = mpsc::channel::<pb::WorkerMessage>(32);
+    let hello = pb::Hello {
+        worker_id: ctx.worker_id.to_string(),
+        hostname: gethostname::gethostname().to_string_lossy().to_string(),
+        resources: Some(ctx.resources.clone()),
+        held: ctx.held(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        last_seq: ctx.spool.last_seq(),
+    };
+    out.send(pb::WorkerMessage { msg: Some(pb::worker_message::Msg::Hello(hello)) }).await.map_err(|e| e.to_string())?;
+    let mut inbound = client.session(tokio_stream::wrappers::ReceiverStream::new(out_rx)).await.map_err(|e| e.to_string())?.into_inner();
+    let welcome = match inbound.message().await.map_err(|e| e.to_string())? {
+        Some(pb::CoordinatorMessage { msg: Some(pb::coordinator_message::Msg::Welcome(w)) }) => w,
+        _ => return Err("the coordinator did not answer hello with welcome".into()),
+    };
+    *backoff = Duration::from_millis(100);
+    ctx.spool.ack(welcome.acked_seq);
+    let _ = ctx.spool.journal_prune(welcome.acked_seq).await;
+    for k in &welcome.kill {
+        tracing::warn!(job = %k.job_id, attempt = k.attempt, reason = %k.reason, "coordinator says this attempt must stop");
+        ctx.stop(&k.job_id, k.attempt, if k.reason == "cancelled" { StopReason::Cancel } else { StopReason::Stale });
+    }
+    ctx.spool.rewind();
+    tracing::info!(worker = %ctx.worker_id, acked = welcome.acked_seq, unacked = ctx.spool.unacked(), "connected to the coordinator");
+    if !*ready_sent {
+        *ready_sent = true;
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status("connected")]);
+    }
+    let hb = Duration::from_millis(welcome.heartbeat_interval_ms.clamp(100, 60_000) as u64);
+    let mut heartbeat = tokio::time::interval(hb);
+    let mut flush = tokio::time::interval(Duration::from_millis(100));
+    let mut watchdog_usec = 0u64;
+    let watchdog = sd_notify::watchdog_enabled(false, &mut watchdog_usec);
+    ctx.spool.new_records.notify_one();
+    loop {
+        tokio::select! {
+            msg = inbound.message() => {
+                let msg = msg.map_err(|e| e.to_string())?.ok_or("the coordinator closed the session")?;
+                match msg.msg {
+                    Some(pb::coordinator_message::Msg::Ack(a)) => {
+                        ctx.spool.ack(a.seq);
+                        let _ = ctx.spool.journal_prune(a.seq).await;
+                        if a.refused > 0 {
+                            tracing::warn!(refused = a.refused, "the coordinator refused records from stale attempts");
+                        }
+                    }
+                    Some(pb::coordinator_message::Msg::Assign(a)) => start(ctx, a).await,
+                    Some(pb::coordinator_message::Msg::Cancel(c)) => {
+                        let reason = match c.reason.as_str() { "preempted" => StopReason::Preempt, "stale" => StopReason::Stale, _ => StopReason::Cancel };
+                        ctx.stop(&c.job_id, c.attempt, reason);
+                    }
+                    Some(pb::coordinator_message::Msg::Drain(_)) => {
+                        tracing::info!("draining: this worker takes no new jobs");
+                        ctx.draining.store(true, Ordering::SeqCst);
+                    }
+                    _ => {}
+                }
+            }
+            _ = heartbeat.tick() => {
+                out.send(pb::WorkerMessage { msg: Some(pb::worker_message::Msg::Heartbeat(pb::Heartbeat { held: Vec::new() })) }).await.map_err(|e| e.to_string())?;
+                if watchdog {
+                    // Liveness is the stream itself: we only ping while it works.
+                    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+                }
+            }
+            _ = ctx.spool.new_records.notified() => send_pending(ctx, &out).await?,
+            _ = flush.tick() => send_pending(ctx, &out).await?,
+            _ = stop.changed() => return Ok(()),
+        }
+    }
+}
+
+async fn send_pending(ctx: &WorkerCtx, out: &mpsc::Sender<pb::WorkerMessage>) -> Result<(), String> {
+    loop {
+        let batch = ctx.spool.next_batch(4096);
+        if batch.is_empty() {
+            return Ok(());
+        }
+        out.send(pb::WorkerMessage { msg: Some(pb::worker_message::Msg::Records(pb::Records { records: batch })) }).await.map_err(|e| e.to_string())?;
+    }
+}
+
+/// Starts an assigned attempt: journal, fetch its checkpoint, run.
+async fn start(ctx: &Arc<WorkerCtx>, a: pb::Assignment) {
+    let key = (a.job_id.clone(), a.attempt);
+    if liandan_common::ids::JobId::parse(&a.job_id).is_err() {
+        tracing::error!(job = %a.job_id, "refusing an assignment with an invalid job id");
+        return;
+    }
+    let (stop_tx, stop_rx) = watch::channel(None);
+    {
+        let mut running = ctx.running();
+        if running.contains_key(&key) {
+            return;
+        }
+        running.insert(key, Running { stop: stop_tx, alive: true });
+    }
+    let ctx = ctx.clone();
+    tokio::spawn(async move {
+        let job_dir = ctx.jobs_dir.join(&a.job_id);
+        let dir = job_dir.join(a.attempt.to_string());
+        if let Err(e) = runner::journal(&ctx, &a, &dir).await {
+            tracing::error!(error = %e, "cannot journal the attempt");
+        }
+        let spec = match serde_json::from_str::<liandan_common::sweep::SweepSpec>(&a.spec_json) {
+            Ok(s) => s,
+            Err(e) => {
+                let rec = pb::Record {
+                    seq: 0,
+                    job_id: a.job_id.clone(),
+                    attempt: a.attempt,
+                    body: Some(pb::record::Body::Exited(pb::JobExited { outcome: "spawn_failed".into(), exit_code: -1, signal: 0, message: format!("bad spec from coordinator: {e}") })),
+                };
+                let seq = ctx.spool.append(vec![rec]).await;
+                let _ = ctx.spool.journal_set_exit(a.job_id.clone(), a.attempt, seq).await;
+                ctx.remove_running(&a.job_id, a.attempt);
+                return;
+            }
+        };
+        let mut resume = None;
+        if let Some(c) = a.resume_from.clone() {
+            let channel = ctx.channel.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let fetched = match channel {
+                Some(ch) => checkpoint::fetch(&mut WorkerServiceClient::new(ch).max_decoding_message_size(64 << 20), &job_dir, &c).await,
+                None => Err("not connected".into()),
+            };
+            match fetched {
+                Ok(p) => resume = Some((p, c.step)),
+                Err(e) => tracing::error!(job = %a.job_id, error = %e, "cannot get the checkpoint to resume from; starting from scratch"),
+            }
+        }
+        runner::run_attempt(ctx.clone(), runner::Launch { assignment: a.clone(), spec, dir, resume }, stop_rx).await;
+        ctx.running().remove(&(a.job_id.clone(), a.attempt));
+    });
+}
+
+/// Uploads published checkpoints whenever connected; each upload resumes
+/// where the coordinator says an earlier one stopped.
+async fn upload_loop(ctx: Arc<WorkerCtx>) {
+    loop {
+        let notified = ctx.uploads.notified();
+        let channel = ctx.channel.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(ch) = channel {
+            let mut client = WorkerServiceClient::new(ch).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20);
+            for u in ctx.spool.uploads_pending().unwrap_or_default() {
+                match checkpoint::upload(&mut client, &ctx, &u).await {
+                    Ok(accepted) => {
+                        // Accepted, or refused for good (a stale attempt): either way done.
+                        let _ = ctx.spool.upload_done(u.job_id.clone(), u.attempt, u.step).await;
+                        if accepted {
+                            tracing::info!(job = %u.job_id, step = u.step, bytes = u.size, "checkpoint uploaded");
+                        }
+                        ctx.upload_done.notify_waiters();
+                    }
+                    Err(e) => {
+                        tracing::warn!(job = %u.job_id, step = u.step, error = %e, "checkpoint upload failed; will resume");
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), notified).await;
+    }
+}

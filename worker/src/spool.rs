@@ -1,0 +1,399 @@
+//! The local durable spool and journal (`worker.db`, SQLite).
+//!
+//! Spool: every record a job produces (log line, metric, start, exit) gets the
+//! next sequence number and goes into the spool first; the session sends the
+//! unacknowledged tail and deletes records only when the coordinator
+//! acknowledges them. After a reconnect or a restart the tail is sent again;
+//! the coordinator stores each sequence number once.
+//!
+//! Bound: when the spool holds `spool_max_bytes`, [`Spool::append`] waits for
+//! acknowledgements before accepting more, so a job's output reader stops
+//! reading and the job blocks on its next write. Nothing is dropped.
+//!
+//! Journal: the attempts this worker holds (written before the process starts),
+//! so a restarted worker knows what was running.
+
+use liandan_proto::v1 as pb;
+use prost::Message;
+use rusqlite::{params, Connection};
+use std::collections::VecDeque;
+use std::path::Path;
+use std::sync::{mpsc, Arc, Mutex};
+use tokio::sync::Notify;
+
+/// Version of the worker's on-disk format.
+pub const JOURNAL_VERSION: i64 = 1;
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS spool(seq INTEGER PRIMARY KEY, record BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS attempts(
+    job_id TEXT NOT NULL, attempt INTEGER NOT NULL, pid INTEGER, start_ticks INTEGER,
+    gpus TEXT NOT NULL, cpus INTEGER NOT NULL, dir TEXT NOT NULL, exit_seq INTEGER,
+    PRIMARY KEY(job_id, attempt));
+CREATE TABLE IF NOT EXISTS uploads(
+    job_id TEXT NOT NULL, attempt INTEGER NOT NULL, step INTEGER NOT NULL, path TEXT NOT NULL,
+    size INTEGER NOT NULL, blake3 TEXT NOT NULL, metric REAL, done INTEGER NOT NULL,
+    PRIMARY KEY(job_id, attempt, step));
+"#;
+
+/// A journaled attempt.
+#[derive(Clone, Debug)]
+pub struct JournalEntry {
+    pub job_id: String,
+    pub attempt: u64,
+    pub pid: Option<i32>,
+    pub start_ticks: Option<u64>,
+    pub gpus: Vec<String>,
+    pub cpus: u32,
+    pub dir: String,
+    /// Sequence number of its exit record, once it ended.
+    pub exit_seq: Option<u64>,
+}
+
+/// A checkpoint waiting for (or done with) upload.
+#[derive(Clone, Debug)]
+pub struct UploadEntry {
+    pub job_id: String,
+    pub attempt: u64,
+    pub step: i64,
+    pub path: String,
+    pub size: u64,
+    pub blake3: String,
+    pub metric: Option<f64>,
+    pub done: bool,
+}
+
+enum DbOp {
+    Insert(Vec<(u64, Vec<u8>)>),
+    DeleteUpTo(u64),
+    Exec(Box<dyn FnOnce(&Connection) -> rusqlite::Result<()> + Send>, tokio::sync::oneshot::Sender<rusqlite::Result<()>>),
+}
+
+struct Inner {
+    next_seq: u64,
+    pending: VecDeque<(u64, pb::Record, usize)>,
+    bytes: u64,
+    /// Records up to here were sent on the current session.
+    sent_up_to: u64,
+}
+
+/// The spool and journal. Cheap to clone.
+#[derive(Clone)]
+pub struct Spool {
+    inner: Arc<Mutex<Inner>>,
+    db: mpsc::Sender<DbOp>,
+    reader: Arc<Mutex<Connection>>,
+    /// Woken when records are appended.
+    pub new_records: Arc<Notify>,
+    space: Arc<Notify>,
+    max_bytes: u64,
+}
+
+/// Why the spool could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    #[error("worker database {0}: {1}")]
+    Open(String, rusqlite::Error),
+    #[error("worker database format {found} is newer than this binary ({JOURNAL_VERSION}); upgrade liandan-worker")]
+    TooNew { found: i64 },
+    #[error("worker database: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("worker database writer stopped")]
+    Gone,
+}
+
+impl Spool {
+    pub fn open(path: &Path, max_bytes: u64) -> Result<Spool, SpoolError> {
+        let open = || -> Result<Connection, SpoolError> {
+            let c = Connection::open(path).map_err(|e| SpoolError::Open(path.display().to_string(), e))?;
+            c.pragma_update(None, "journal_mode", "WAL")?;
+            // Survives a process crash; a power cut can lose only records not
+            // yet reported to the coordinator (invariant 4 is about reported ones).
+            c.pragma_update(None, "synchronous", "NORMAL")?;
+            c.busy_timeout(std::time::Duration::from_secs(10))?;
+            Ok(c)
+        };
+        let w = open()?;
+        w.execute_batch(SCHEMA)?;
+        let found: Option<i64> = w.query_row("SELECT value FROM meta WHERE key='version'", [], |r| r.get::<_, String>(0)).ok().and_then(|v| v.parse().ok());
+        match found {
+            Some(v) if v > JOURNAL_VERSION => return Err(SpoolError::TooNew { found: v }),
+            Some(_) => {}
+            None => {
+                w.execute("INSERT OR REPLACE INTO meta(key,value) VALUES('version', ?1)", [JOURNAL_VERSION.to_string()])?;
+            }
+        }
+        let mut pending = VecDeque::new();
+        let mut bytes = 0u64;
+        let mut max_seq: u64 = w.query_row("SELECT value FROM meta WHERE key='last_seq'", [], |r| r.get::<_, String>(0)).ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+        {
+            let mut q = w.prepare("SELECT seq, record FROM spool ORDER BY seq")?;
+            let rows = q.query_map([], |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, Vec<u8>>(1)?)))?;
+            for row in rows {
+                let (seq, blob) = row?;
+                if let Ok(rec) = pb::Record::decode(blob.as_slice()) {
+                    bytes += blob.len() as u64;
+                    pending.push_back((seq, rec, blob.len()));
+                }
+                max_seq = max_seq.max(seq);
+            }
+        }
+        let reader = open()?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::Builder::new().name("liandan-spool".into()).spawn(move || db_loop(w, rx)).map_err(|_| SpoolError::Gone)?;
+        Ok(Spool {
+            inner: Arc::new(Mutex::new(Inner { next_seq: max_seq + 1, pending, bytes, sent_up_to: 0 })),
+            db: tx,
+            reader: Arc::new(Mutex::new(reader)),
+            new_records: Arc::new(Notify::new()),
+            space: Arc::new(Notify::new()),
+            max_bytes,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Appends records (their `seq` is assigned here) and returns the last
+    /// sequence number. Waits while the spool is full.
+    pub async fn append(&self, records: Vec<pb::Record>) -> u64 {
+        loop {
+            let notified = self.space.notified();
+            {
+                let st = self.lock();
+                if st.bytes < self.max_bytes || st.pending.is_empty() {
+                    break;
+                }
+            }
+            notified.await;
+        }
+        let last = {
+            let mut st = self.lock();
+            let mut rows = Vec::with_capacity(records.len());
+            for mut rec in records {
+                rec.seq = st.next_seq;
+                st.next_seq += 1;
+                let blob = rec.encode_to_vec();
+                st.bytes += blob.len() as u64;
+                st.pending.push_back((rec.seq, rec, blob.len()));
+                rows.push((st.next_seq - 1, blob));
+            }
+            // Sent to the writer under the lock, so the database sees seq order.
+            let _ = self.db.send(DbOp::Insert(rows));
+            st.next_seq - 1
+        };
+        self.new_records.notify_one();
+        last
+    }
+
+    /// The highest sequence number assigned so far.
+    pub fn last_seq(&self) -> u64 {
+        self.lock().next_seq - 1
+    }
+
+    /// Drops records the coordinator acknowledged.
+    pub fn ack(&self, seq: u64) {
+        {
+            let mut st = self.lock();
+            while st.pending.front().is_some_and(|(s, _, _)| *s <= seq) {
+                if let Some((_, _, n)) = st.pending.pop_front() {
+                    st.bytes -= n as u64;
+                }
+            }
+            // Sequence numbers are never reused, even if the spool was emptied.
+            if st.next_seq <= seq {
+                st.next_seq = seq + 1;
+            }
+        }
+        let _ = self.db.send(DbOp::DeleteUpTo(seq));
+        self.space.notify_waiters();
+    }
+
+    /// Starts a new session: everything unacknowledged is to be sent again.
+    pub fn rewind(&self) {
+        self.lock().sent_up_to = 0;
+    }
+
+    /// Takes up to `max` records not yet sent on this session.
+    pub fn next_batch(&self, max: usize) -> Vec<pb::Record> {
+        let mut st = self.lock();
+        let from = st.sent_up_to;
+        let batch: Vec<pb::Record> = st.pending.iter().filter(|(s, _, _)| *s > from).take(max).map(|(_, r, _)| r.clone()).collect();
+        if let Some(last) = batch.last() {
+            st.sent_up_to = last.seq;
+        }
+        batch
+    }
+
+    /// Number of records not yet acknowledged.
+    pub fn unacked(&self) -> usize {
+        self.lock().pending.len()
+    }
+
+    /// Runs a journal write on the writer thread, after every earlier write.
+    pub async fn exec(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<()> + Send + 'static) -> Result<(), SpoolError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.db.send(DbOp::Exec(Box::new(f), tx)).map_err(|_| SpoolError::Gone)?;
+        rx.await.map_err(|_| SpoolError::Gone)?.map_err(SpoolError::from)
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, SpoolError> {
+        let c = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+        f(&c).map_err(SpoolError::from)
+    }
+
+    /// Persists the worker's identity.
+    pub async fn set_meta(&self, key: &'static str, value: String) -> Result<(), SpoolError> {
+        self.exec(move |c| c.execute("INSERT OR REPLACE INTO meta(key,value) VALUES(?1,?2)", params![key, value]).map(|_| ())).await
+    }
+
+    pub fn meta(&self, key: &str) -> Result<Option<String>, SpoolError> {
+        let key = key.to_string();
+        self.read(move |c| c.query_row("SELECT value FROM meta WHERE key=?1", [key], |r| r.get(0)).map(Some).or_else(|e| match e {
+            rusqlite::Error::QueryReturnedNoRows => Ok(None),
+            e => Err(e),
+        }))
+    }
+
+    pub async fn journal_insert(&self, e: JournalEntry) -> Result<(), SpoolError> {
+        self.exec(move |c| {
+            c.execute(
+                "INSERT OR REPLACE INTO attempts(job_id,attempt,pid,start_ticks,gpus,cpus,dir,exit_seq) VALUES(?1,?2,?3,?4,?5,?6,?7,?8)",
+                params![e.job_id, e.attempt as i64, e.pid, e.start_ticks.map(|t| t as i64), e.gpus.join(","), e.cpus, e.dir, e.exit_seq.map(|s| s as i64)],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
+    pub async fn journal_set_pid(&self, job: String, attempt: u64, pid: i32, start_ticks: Option<u64>) -> Result<(), SpoolError> {
+        self.exec(move |c| {
+            c.execute("UPDATE attempts SET pid=?3, start_ticks=?4 WHERE job_id=?1 AND attempt=?2", params![job, attempt as i64, pid, start_ticks.map(|t| t as i64)]).map(|_| ())
+        })
+        .await
+    }
+
+    pub async fn journal_set_exit(&self, job: String, attempt: u64, seq: u64) -> Result<(), SpoolError> {
+        self.exec(move |c| c.execute("UPDATE attempts SET exit_seq=?3 WHERE job_id=?1 AND attempt=?2", params![job, attempt as i64, seq as i64]).map(|_| ())).await
+    }
+
+    /// Forgets attempts whose exit record the coordinator acknowledged.
+    pub async fn journal_prune(&self, acked: u64) -> Result<(), SpoolError> {
+        self.exec(move |c| c.execute("DELETE FROM attempts WHERE exit_seq IS NOT NULL AND exit_seq <= ?1", [acked as i64]).map(|_| ())).await
+    }
+
+    pub fn journal(&self) -> Result<Vec<JournalEntry>, SpoolError> {
+        self.read(|c| {
+            let mut q = c.prepare("SELECT job_id, attempt, pid, start_ticks, gpus, cpus, dir, exit_seq FROM attempts ORDER BY job_id, attempt")?;
+            let rows = q.query_map([], |r| {
+                let gpus: String = r.get(4)?;
+                Ok(JournalEntry {
+                    job_id: r.get(0)?,
+                    attempt: r.get::<_, i64>(1)? as u64,
+                    pid: r.get(2)?,
+                    start_ticks: r.get::<_, Option<i64>>(3)?.map(|t| t as u64),
+                    gpus: gpus.split(',').filter(|s| !s.is_empty()).map(String::from).collect(),
+                    cpus: r.get(5)?,
+                    dir: r.get(6)?,
+                    exit_seq: r.get::<_, Option<i64>>(7)?.map(|s| s as u64),
+                })
+            })?;
+            rows.collect()
+        })
+    }
+
+    pub async fn upload_insert(&self, u: UploadEntry) -> Result<(), SpoolError> {
+        self.exec(move |c| {
+            c.execute(
+                "INSERT OR IGNORE INTO uploads(job_id,attempt,step,path,size,blake3,metric,done) VALUES(?1,?2,?3,?4,?5,?6,?7,?8)",
+                params![u.job_id, u.attempt as i64, u.step, u.path, u.size as i64, u.blake3, u.metric, u.done],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
+    pub async fn upload_done(&self, job: String, attempt: u64, step: i64) -> Result<(), SpoolError> {
+        self.exec(move |c| c.execute("UPDATE uploads SET done=1 WHERE job_id=?1 AND attempt=?2 AND step=?3", params![job, attempt as i64, step]).map(|_| ())).await
+    }
+
+    pub fn uploads_pending(&self) -> Result<Vec<UploadEntry>, SpoolError> {
+        self.read(|c| {
+            let mut q = c.prepare("SELECT job_id, attempt, step, path, size, blake3, metric, done FROM uploads WHERE done=0 ORDER BY job_id, attempt, step")?;
+            let rows = q.query_map([], |r| {
+                Ok(UploadEntry {
+                    job_id: r.get(0)?,
+                    attempt: r.get::<_, i64>(1)? as u64,
+                    step: r.get(2)?,
+                    path: r.get(3)?,
+                    size: r.get::<_, i64>(4)? as u64,
+                    blake3: r.get(5)?,
+                    metric: r.get(6)?,
+                    done: r.get(7)?,
+                })
+            })?;
+            rows.collect()
+        })
+    }
+
+    pub fn uploads_known(&self, job: &str, attempt: u64) -> Result<Vec<i64>, SpoolError> {
+        let job = job.to_string();
+        self.read(move |c| {
+            let mut q = c.prepare("SELECT step FROM uploads WHERE job_id=?1 AND attempt=?2")?;
+            let rows = q.query_map(params![job, attempt as i64], |r| r.get(0))?;
+            rows.collect()
+        })
+    }
+}
+
+fn db_loop(mut conn: Connection, rx: mpsc::Receiver<DbOp>) {
+    while let Ok(first) = rx.recv() {
+        let mut ops = vec![first];
+        while ops.len() < 1024 {
+            match rx.try_recv() {
+                Ok(op) => ops.push(op),
+                Err(_) => break,
+            }
+        }
+        let mut replies = Vec::new();
+        let result = (|| -> rusqlite::Result<()> {
+            let tx = conn.transaction()?;
+            let mut max_seq = 0u64;
+            for op in ops {
+                match op {
+                    DbOp::Insert(rows) => {
+                        let mut st = tx.prepare_cached("INSERT OR REPLACE INTO spool(seq, record) VALUES(?1, ?2)")?;
+                        for (seq, blob) in rows {
+                            st.execute(params![seq as i64, blob])?;
+                            max_seq = max_seq.max(seq);
+                        }
+                    }
+                    DbOp::DeleteUpTo(seq) => {
+                        tx.prepare_cached("DELETE FROM spool WHERE seq <= ?1")?.execute([seq as i64])?;
+                        max_seq = max_seq.max(seq);
+                    }
+                    DbOp::Exec(f, reply) => {
+                        let r = f(&tx);
+                        replies.push((reply, r));
+                    }
+                }
+            }
+            if max_seq > 0 {
+                tx.execute("INSERT INTO meta(key,value) VALUES('last_seq', ?1) ON CONFLICT(key) DO UPDATE SET value=max(CAST(value AS INTEGER), CAST(?1 AS INTEGER))", [max_seq.to_string()])?;
+            }
+            tx.commit()
+        })();
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "worker database write failed");
+        }
+        for (reply, r) in replies {
+            let r = match (&result, r) {
+                (Err(e), _) => Err(rusqlite::Error::ToSqlConversionFailure(e.to_string().into())),
+                (Ok(()), r) => r,
+            };
+            let _ = reply.send(r);
+        }
+    }
+}
