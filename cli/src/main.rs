@@ -22,10 +22,19 @@ use std::time::Duration;
 use tonic::transport::Channel;
 
 #[derive(Parser, Debug)]
-#[command(name = "liandan", version, about = "Run hyperparameter x seed sweeps on a liandan cluster and read honest results.")]
+#[command(
+    name = "liandan",
+    version,
+    about = "Run hyperparameter x seed sweeps on a liandan cluster and read honest results."
+)]
 struct Cli {
     /// Coordinator URL.
-    #[arg(long, global = true, env = "LIANDAN_COORDINATOR", default_value = "http://127.0.0.1:7477")]
+    #[arg(
+        long,
+        global = true,
+        env = "LIANDAN_COORDINATOR",
+        default_value = "http://127.0.0.1:7477"
+    )]
     coordinator: String,
     #[command(subcommand)]
     cmd: Cmd,
@@ -152,7 +161,11 @@ impl From<tonic::Status> for Fail {
             DataLoss => exit::IOERR,
             _ => exit::SOFTWARE,
         };
-        let msg = if s.code() == Unavailable { format!("the coordinator is unavailable: {}", s.message()) } else { s.message().to_string() };
+        let msg = if s.code() == Unavailable {
+            format!("the coordinator is unavailable: {}", s.message())
+        } else {
+            s.message().to_string()
+        };
         Fail(code, msg)
     }
 }
@@ -161,16 +174,28 @@ type R<T> = Result<T, Fail>;
 
 async fn connect(url: &str) -> R<UserServiceClient<Channel>> {
     let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
-        .map_err(|e| Fail(exit::USAGE, format!("invalid coordinator URL {url:?} ({e}); use e.g. http://127.0.0.1:7477")))?
+        .map_err(|e| {
+            Fail(
+                exit::USAGE,
+                format!("invalid coordinator URL {url:?} ({e}); use e.g. http://127.0.0.1:7477"),
+            )
+        })?
         .connect_timeout(Duration::from_secs(5));
     let channel = endpoint.connect().await.map_err(|e| {
         Fail(exit::UNAVAILABLE, format!("cannot reach the coordinator at {url} ({e}); start it with `liandan-coordinator`, or point --coordinator / LIANDAN_COORDINATOR at it"))
     })?;
-    Ok(UserServiceClient::new(channel).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20))
+    Ok(UserServiceClient::new(channel)
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20))
 }
 
 fn read_spec(file: &PathBuf) -> R<(String, SpecFormat)> {
-    let text = std::fs::read_to_string(file).map_err(|e| Fail(exit::NOINPUT, format!("cannot read {}: {e}", file.display())))?;
+    let text = std::fs::read_to_string(file).map_err(|e| {
+        Fail(
+            exit::NOINPUT,
+            format!("cannot read {}: {e}", file.display()),
+        )
+    })?;
     Ok((text, SpecFormat::from_path(&file.to_string_lossy())))
 }
 
@@ -183,7 +208,19 @@ fn sweep_listing(sweeps: &[pb::Sweep]) -> Listing {
         .iter()
         .map(|s| {
             let c = counts(s);
-            vec![s.id.clone(), s.name.clone(), s.state.clone(), s.method.clone(), s.trials.to_string(), s.jobs.to_string(), c.succeeded.to_string(), c.running.to_string(), c.queued.to_string(), c.failed.to_string(), c.cancelled.to_string()]
+            vec![
+                s.id.clone(),
+                s.name.clone(),
+                s.state.clone(),
+                s.method.clone(),
+                s.trials.to_string(),
+                s.jobs.to_string(),
+                c.succeeded.to_string(),
+                c.running.to_string(),
+                c.queued.to_string(),
+                c.failed.to_string(),
+                c.cancelled.to_string(),
+            ]
         })
         .collect();
     let json = json!(sweeps
@@ -194,7 +231,23 @@ fn sweep_listing(sweeps: &[pb::Sweep]) -> Listing {
                    "succeeded": c.succeeded, "running": c.running, "queued": c.queued, "failed": c.failed, "cancelled": c.cancelled, "created_at": s.created_at})
         })
         .collect::<Vec<_>>());
-    Listing { columns: vec!["id", "name", "state", "method", "trials", "jobs", "done", "running", "queued", "failed", "cancelled"], rows, json }
+    Listing {
+        columns: vec![
+            "id",
+            "name",
+            "state",
+            "method",
+            "trials",
+            "jobs",
+            "done",
+            "running",
+            "queued",
+            "failed",
+            "cancelled",
+        ],
+        rows,
+        json,
+    }
 }
 
 fn print(s: String) {
@@ -212,7 +265,13 @@ async fn run(cli: Cli) -> R<i32> {
                     for w in &p.warnings {
                         eprintln!("warning: {w}");
                     }
-                    eprintln!("{}: valid ({} sweep, {} parameter(s), {} seed(s))", file.display(), p.spec.method.as_str(), p.spec.parameters.len(), p.spec.liandan.seeds.len());
+                    eprintln!(
+                        "{}: valid ({} sweep, {} parameter(s), {} seed(s))",
+                        file.display(),
+                        p.spec.method.as_str(),
+                        p.spec.parameters.len(),
+                        p.spec.liandan.seeds.len()
+                    );
                     Ok(exit::OK)
                 }
                 Err(e) => Err(Fail(exit::DATAERR, format!("{}: {e}", file.display()))),
@@ -220,11 +279,13 @@ async fn run(cli: Cli) -> R<i32> {
         }
         Cmd::Expand { file, name, output } => {
             let (text, fmt) = read_spec(&file)?;
-            let parsed = sweep::parse(&text, fmt).map_err(|e| Fail(exit::DATAERR, format!("{}: {e}", file.display())))?;
+            let parsed = sweep::parse(&text, fmt)
+                .map_err(|e| Fail(exit::DATAERR, format!("{}: {e}", file.display())))?;
             let spec = parsed.spec;
             let name = sweep::resolve_name(&spec, name.as_deref().unwrap_or(""));
             let sid = liandan_common::SweepId::for_name(&name);
-            let e = sweep::expand(&spec, &sid).map_err(|e| Fail(exit::DATAERR, format!("{}: {e}", file.display())))?;
+            let e = sweep::expand(&spec, &sid)
+                .map_err(|e| Fail(exit::DATAERR, format!("{}: {e}", file.display())))?;
             for w in parsed.warnings.iter().chain(&e.warnings) {
                 eprintln!("warning: {w}");
             }
@@ -234,33 +295,67 @@ async fn run(cli: Cli) -> R<i32> {
             let mut js = Vec::new();
             for j in &e.jobs {
                 let params = &e.trials[j.trial_index].params;
-                let argv = command::build_argv(&spec, params, j.seed, &ctx).map_err(|e| Fail(exit::DATAERR, e.to_string()))?;
-                rows.push(vec![j.id.to_string(), j.trial.to_string(), j.seed.to_string(), params.to_string(), argv.join(" ")]);
+                let argv = command::build_argv(&spec, params, j.seed, &ctx)
+                    .map_err(|e| Fail(exit::DATAERR, e.to_string()))?;
+                rows.push(vec![
+                    j.id.to_string(),
+                    j.trial.to_string(),
+                    j.seed.to_string(),
+                    params.to_string(),
+                    argv.join(" "),
+                ]);
                 js.push(json!({"job_id": j.id, "trial_id": j.trial, "seed": j.seed, "params": params, "argv": argv}));
             }
-            let l = Listing { columns: vec!["job", "trial", "seed", "params", "command"], rows, json: json!({"sweep_id": sid, "name": name, "jobs": js}) };
+            let l = Listing {
+                columns: vec!["job", "trial", "seed", "params", "command"],
+                rows,
+                json: json!({"sweep_id": sid, "name": name, "jobs": js}),
+            };
             print(render(&l, output));
             Ok(exit::OK)
         }
         Cmd::Completions { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "liandan", &mut std::io::stdout());
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "liandan",
+                &mut std::io::stdout(),
+            );
             Ok(exit::OK)
         }
         Cmd::Submit { file, name, wait } => {
             let (text, fmt) = read_spec(&file)?;
             // Validate locally first: the same message as `validate`, without a round trip.
-            sweep::parse(&text, fmt).map_err(|e| Fail(exit::DATAERR, format!("{}: {e}", file.display())))?;
+            sweep::parse(&text, fmt)
+                .map_err(|e| Fail(exit::DATAERR, format!("{}: {e}", file.display())))?;
             let mut c = connect(&url).await?;
-            let format = if fmt == SpecFormat::Toml { "toml" } else { "yaml" };
-            let r = c.submit_sweep(pb::SubmitSweepRequest { spec: text, format: format.into(), name: name.unwrap_or_default() }).await?.into_inner();
+            let format = if fmt == SpecFormat::Toml {
+                "toml"
+            } else {
+                "yaml"
+            };
+            let r = c
+                .submit_sweep(pb::SubmitSweepRequest {
+                    spec: text,
+                    format: format.into(),
+                    name: name.unwrap_or_default(),
+                })
+                .await?
+                .into_inner();
             for w in &r.warnings {
                 eprintln!("warning: {w}");
             }
             let s = r.sweep.unwrap_or_default();
             if r.created {
-                println!("submitted sweep {} ({}): {} trials, {} jobs", s.id, s.name, s.trials, s.jobs);
+                println!(
+                    "submitted sweep {} ({}): {} trials, {} jobs",
+                    s.id, s.name, s.trials, s.jobs
+                );
             } else {
-                println!("sweep {} ({}) already exists with this spec; nothing was added", s.id, s.name);
+                println!(
+                    "sweep {} ({}) already exists with this spec; nothing was added",
+                    s.id, s.name
+                );
             }
             if wait {
                 return wait_for(&mut c, &s.id).await;
@@ -270,8 +365,16 @@ async fn run(cli: Cli) -> R<i32> {
         Cmd::Status { sweep, output } => {
             let mut c = connect(&url).await?;
             let sweeps = match sweep {
-                Some(id) => vec![c.get_sweep(pb::GetSweepRequest { sweep_id: id }).await?.into_inner()],
-                None => c.list_sweeps(pb::ListSweepsRequest {}).await?.into_inner().sweeps,
+                Some(id) => vec![c
+                    .get_sweep(pb::GetSweepRequest { sweep_id: id })
+                    .await?
+                    .into_inner()],
+                None => {
+                    c.list_sweeps(pb::ListSweepsRequest {})
+                        .await?
+                        .into_inner()
+                        .sweeps
+                }
             };
             if sweeps.is_empty() && output == Format::Table {
                 println!("no sweeps yet; submit one with `liandan submit FILE`");
@@ -280,12 +383,34 @@ async fn run(cli: Cli) -> R<i32> {
             print(render(&sweep_listing(&sweeps), output));
             Ok(exit::OK)
         }
-        Cmd::Jobs { sweep, state, output } => {
+        Cmd::Jobs {
+            sweep,
+            state,
+            output,
+        } => {
             let mut c = connect(&url).await?;
-            let jobs = c.list_jobs(pb::ListJobsRequest { sweep_id: sweep, state: state.unwrap_or_default() }).await?.into_inner().jobs;
+            let jobs = c
+                .list_jobs(pb::ListJobsRequest {
+                    sweep_id: sweep,
+                    state: state.unwrap_or_default(),
+                })
+                .await?
+                .into_inner()
+                .jobs;
             let rows = jobs
                 .iter()
-                .map(|j| vec![j.id.clone(), j.trial_id.clone(), j.seed.to_string(), j.state.clone(), j.attempt.to_string(), j.worker_id.clone(), opt_num(j.final_metric), j.params_json.clone()])
+                .map(|j| {
+                    vec![
+                        j.id.clone(),
+                        j.trial_id.clone(),
+                        j.seed.to_string(),
+                        j.state.clone(),
+                        j.attempt.to_string(),
+                        j.worker_id.clone(),
+                        opt_num(j.final_metric),
+                        j.params_json.clone(),
+                    ]
+                })
                 .collect();
             let json = json!(jobs
                 .iter()
@@ -293,10 +418,26 @@ async fn run(cli: Cli) -> R<i32> {
                                "worker_id": j.worker_id, "final_metric": j.final_metric, "best_metric": j.best_metric,
                                "params": serde_json::from_str::<serde_json::Value>(&j.params_json).unwrap_or_default()}))
                 .collect::<Vec<_>>());
-            print(render(&Listing { columns: vec!["job", "trial", "seed", "state", "attempt", "worker", "metric", "params"], rows, json }, output));
+            print(render(
+                &Listing {
+                    columns: vec![
+                        "job", "trial", "seed", "state", "attempt", "worker", "metric", "params",
+                    ],
+                    rows,
+                    json,
+                },
+                output,
+            ));
             Ok(exit::OK)
         }
-        Cmd::Logs { job, follow, attempt, tail, stderr, stdout } => {
+        Cmd::Logs {
+            job,
+            follow,
+            attempt,
+            tail,
+            stderr,
+            stdout,
+        } => {
             let mut c = connect(&url).await?;
             let stream = if stderr {
                 "stderr"
@@ -306,7 +447,14 @@ async fn run(cli: Cli) -> R<i32> {
                 "all"
             };
             let mut s = c
-                .read_logs(pb::ReadLogsRequest { job_id: job, attempt: attempt.unwrap_or(0), from_line: 1, tail: tail.unwrap_or(0), follow, stream: stream.into() })
+                .read_logs(pb::ReadLogsRequest {
+                    job_id: job,
+                    attempt: attempt.unwrap_or(0),
+                    from_line: 1,
+                    tail: tail.unwrap_or(0),
+                    follow,
+                    stream: stream.into(),
+                })
                 .await?
                 .into_inner();
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
@@ -319,20 +467,55 @@ async fn run(cli: Cli) -> R<i32> {
             let _ = out.flush();
             Ok(exit::OK)
         }
-        Cmd::Metrics { job, attempt, output } => {
+        Cmd::Metrics {
+            job,
+            attempt,
+            output,
+        } => {
             let mut c = connect(&url).await?;
-            let recs = c.get_metrics(pb::GetMetricsRequest { job_id: job, attempt: attempt.unwrap_or(0) }).await?.into_inner().records;
-            let rows = recs.iter().map(|r| vec![r.attempt.to_string(), r.step.map(|s| s.to_string()).unwrap_or_default(), num(r.ts), r.json.clone()]).collect();
+            let recs = c
+                .get_metrics(pb::GetMetricsRequest {
+                    job_id: job,
+                    attempt: attempt.unwrap_or(0),
+                })
+                .await?
+                .into_inner()
+                .records;
+            let rows = recs
+                .iter()
+                .map(|r| {
+                    vec![
+                        r.attempt.to_string(),
+                        r.step.map(|s| s.to_string()).unwrap_or_default(),
+                        num(r.ts),
+                        r.json.clone(),
+                    ]
+                })
+                .collect();
             let json = json!(recs
                 .iter()
                 .map(|r| json!({"attempt": r.attempt, "step": r.step, "ts": r.ts, "values": serde_json::from_str::<serde_json::Value>(&r.json).unwrap_or_default()}))
                 .collect::<Vec<_>>());
-            print(render(&Listing { columns: vec!["attempt", "step", "ts", "values"], rows, json }, output));
+            print(render(
+                &Listing {
+                    columns: vec!["attempt", "step", "ts", "values"],
+                    rows,
+                    json,
+                },
+                output,
+            ));
             Ok(exit::OK)
         }
-        Cmd::Results { sweep, best, output } => {
+        Cmd::Results {
+            sweep,
+            best,
+            output,
+        } => {
             let mut c = connect(&url).await?;
-            let r = c.get_results(pb::SweepRef { sweep_id: sweep }).await?.into_inner();
+            let r = c
+                .get_results(pb::SweepRef { sweep_id: sweep })
+                .await?
+                .into_inner();
             let a = results::analyze(&r, best);
             print(render(&results::listing(&a), output));
             if output == Format::Table {
@@ -343,21 +526,50 @@ async fn run(cli: Cli) -> R<i32> {
         Cmd::Cancel { target } => {
             let mut c = connect(&url).await?;
             if target.starts_with("job-") {
-                let j = c.cancel_job(pb::JobRef { job_id: target }).await?.into_inner();
-                println!("job {}: {}", j.id, if j.state == "running" { "cancelling (SIGTERM, then SIGKILL after the grace period)" } else { &j.state });
+                let j = c
+                    .cancel_job(pb::JobRef { job_id: target })
+                    .await?
+                    .into_inner();
+                println!(
+                    "job {}: {}",
+                    j.id,
+                    if j.state == "running" {
+                        "cancelling (SIGTERM, then SIGKILL after the grace period)"
+                    } else {
+                        &j.state
+                    }
+                );
             } else {
-                let s = c.cancel_sweep(pb::SweepRef { sweep_id: target }).await?.into_inner();
-                println!("sweep {} cancelled; {} running job(s) are being stopped", s.id, counts(&s).running);
+                let s = c
+                    .cancel_sweep(pb::SweepRef { sweep_id: target })
+                    .await?
+                    .into_inner();
+                println!(
+                    "sweep {} cancelled; {} running job(s) are being stopped",
+                    s.id,
+                    counts(&s).running
+                );
             }
             Ok(exit::OK)
         }
         Cmd::Pause { sweep } => {
-            let s = connect(&url).await?.pause_sweep(pb::SweepRef { sweep_id: sweep }).await?.into_inner();
-            println!("sweep {} paused; running jobs continue, no new ones start", s.id);
+            let s = connect(&url)
+                .await?
+                .pause_sweep(pb::SweepRef { sweep_id: sweep })
+                .await?
+                .into_inner();
+            println!(
+                "sweep {} paused; running jobs continue, no new ones start",
+                s.id
+            );
             Ok(exit::OK)
         }
         Cmd::Resume { sweep } => {
-            let s = connect(&url).await?.resume_sweep(pb::SweepRef { sweep_id: sweep }).await?.into_inner();
+            let s = connect(&url)
+                .await?
+                .resume_sweep(pb::SweepRef { sweep_id: sweep })
+                .await?
+                .into_inner();
             println!("sweep {} resumed", s.id);
             Ok(exit::OK)
         }
@@ -366,13 +578,32 @@ async fn run(cli: Cli) -> R<i32> {
             wait_for(&mut c, &sweep).await
         }
         Cmd::Workers { output } => {
-            let ws = connect(&url).await?.list_workers(pb::ListWorkersRequest {}).await?.into_inner().workers;
+            let ws = connect(&url)
+                .await?
+                .list_workers(pb::ListWorkersRequest {})
+                .await?
+                .into_inner()
+                .workers;
             let rows = ws
                 .iter()
                 .map(|w| {
                     let r = w.resources.clone().unwrap_or_default();
-                    let state = if w.draining { "draining" } else if w.connected { "connected" } else { "disconnected" };
-                    vec![w.id.clone(), w.hostname.clone(), state.into(), format!("{}/{}", w.free_cpu_slots, r.cpu_slots), format!("{}/{}", w.free_gpus, r.gpus.len()), w.running_jobs.len().to_string(), r.labels.join(",")]
+                    let state = if w.draining {
+                        "draining"
+                    } else if w.connected {
+                        "connected"
+                    } else {
+                        "disconnected"
+                    };
+                    vec![
+                        w.id.clone(),
+                        w.hostname.clone(),
+                        state.into(),
+                        format!("{}/{}", w.free_cpu_slots, r.cpu_slots),
+                        format!("{}/{}", w.free_gpus, r.gpus.len()),
+                        w.running_jobs.len().to_string(),
+                        r.labels.join(","),
+                    ]
                 })
                 .collect();
             let json = json!(ws
@@ -384,27 +615,75 @@ async fn run(cli: Cli) -> R<i32> {
                            "free_gpus": w.free_gpus, "running_jobs": w.running_jobs, "labels": r.labels, "last_seen": w.last_seen})
                 })
                 .collect::<Vec<_>>());
-            print(render(&Listing { columns: vec!["worker", "host", "state", "cpu free", "gpu free", "jobs", "labels"], rows, json }, output));
+            print(render(
+                &Listing {
+                    columns: vec![
+                        "worker", "host", "state", "cpu free", "gpu free", "jobs", "labels",
+                    ],
+                    rows,
+                    json,
+                },
+                output,
+            ));
             Ok(exit::OK)
         }
         Cmd::Drain { worker } => {
-            let w = connect(&url).await?.drain_worker(pb::DrainWorkerRequest { worker_id: worker }).await?.into_inner();
-            println!("worker {} is draining: no new jobs; {} running job(s) finish", w.id, w.running_jobs.len());
+            let w = connect(&url)
+                .await?
+                .drain_worker(pb::DrainWorkerRequest { worker_id: worker })
+                .await?
+                .into_inner();
+            println!(
+                "worker {} is draining: no new jobs; {} running job(s) finish",
+                w.id,
+                w.running_jobs.len()
+            );
             Ok(exit::OK)
         }
         Cmd::Checkpoints { job, output } => {
-            let cs = connect(&url).await?.list_checkpoints(pb::JobRef { job_id: job }).await?.into_inner().checkpoints;
-            let rows = cs.iter().map(|c| vec![c.step.to_string(), c.attempt.to_string(), c.size.to_string(), opt_num(c.metric), num(c.created_at), c.blake3.clone()]).collect();
+            let cs = connect(&url)
+                .await?
+                .list_checkpoints(pb::JobRef { job_id: job })
+                .await?
+                .into_inner()
+                .checkpoints;
+            let rows = cs
+                .iter()
+                .map(|c| {
+                    vec![
+                        c.step.to_string(),
+                        c.attempt.to_string(),
+                        c.size.to_string(),
+                        opt_num(c.metric),
+                        num(c.created_at),
+                        c.blake3.clone(),
+                    ]
+                })
+                .collect();
             let json = json!(cs
                 .iter()
                 .map(|c| json!({"step": c.step, "attempt": c.attempt, "size": c.size, "metric": c.metric, "created_at": c.created_at, "blake3": c.blake3}))
                 .collect::<Vec<_>>());
-            print(render(&Listing { columns: vec!["step", "attempt", "bytes", "metric", "created", "blake3"], rows, json }, output));
+            print(render(
+                &Listing {
+                    columns: vec!["step", "attempt", "bytes", "metric", "created", "blake3"],
+                    rows,
+                    json,
+                },
+                output,
+            ));
             Ok(exit::OK)
         }
         Cmd::Download { job, step, output } => {
             let mut c = connect(&url).await?;
-            let mut s = c.download_checkpoint(pb::DownloadCheckpointRequest { job_id: job.clone(), step: step.unwrap_or(-1), offset: 0 }).await?.into_inner();
+            let mut s = c
+                .download_checkpoint(pb::DownloadCheckpointRequest {
+                    job_id: job.clone(),
+                    step: step.unwrap_or(-1),
+                    offset: 0,
+                })
+                .await?
+                .into_inner();
             let mut meta = None;
             let mut hasher = blake3::Hasher::new();
             let mut data = Vec::new();
@@ -415,13 +694,28 @@ async fn run(cli: Cli) -> R<i32> {
                 hasher.update(&chunk.data);
                 data.extend_from_slice(&chunk.data);
             }
-            let meta = meta.ok_or_else(|| Fail(exit::SOFTWARE, "the coordinator sent no checkpoint metadata".into()))?;
+            let meta = meta.ok_or_else(|| {
+                Fail(
+                    exit::SOFTWARE,
+                    "the coordinator sent no checkpoint metadata".into(),
+                )
+            })?;
             if hasher.finalize().to_hex().as_str() != meta.blake3 {
-                return Err(Fail(exit::IOERR, "the downloaded checkpoint does not match its hash; try again".into()));
+                return Err(Fail(
+                    exit::IOERR,
+                    "the downloaded checkpoint does not match its hash; try again".into(),
+                ));
             }
-            let path = output.unwrap_or_else(|| PathBuf::from(format!("{job}-step-{}.ckpt", meta.step)));
-            std::fs::write(&path, &data).map_err(|e| Fail(exit::IOERR, format!("cannot write {}: {e}", path.display())))?;
-            println!("wrote {} ({} bytes, step {}, blake3 verified)", path.display(), data.len(), meta.step);
+            let path =
+                output.unwrap_or_else(|| PathBuf::from(format!("{job}-step-{}.ckpt", meta.step)));
+            std::fs::write(&path, &data)
+                .map_err(|e| Fail(exit::IOERR, format!("cannot write {}: {e}", path.display())))?;
+            println!(
+                "wrote {} ({} bytes, step {}, blake3 verified)",
+                path.display(),
+                data.len(),
+                meta.step
+            );
             Ok(exit::OK)
         }
     }
@@ -429,7 +723,12 @@ async fn run(cli: Cli) -> R<i32> {
 
 async fn wait_for(c: &mut UserServiceClient<Channel>, sweep: &str) -> R<i32> {
     let tty = std::io::stderr().is_terminal();
-    let first = c.get_sweep(pb::GetSweepRequest { sweep_id: sweep.to_string() }).await?.into_inner();
+    let first = c
+        .get_sweep(pb::GetSweepRequest {
+            sweep_id: sweep.to_string(),
+        })
+        .await?
+        .into_inner();
     let bar = tty.then(|| {
         let b = indicatif::ProgressBar::new(first.jobs);
         b.set_style(
@@ -451,7 +750,10 @@ async fn wait_for(c: &mut UserServiceClient<Channel>, sweep: &str) -> R<i32> {
         };
         let k = counts(&s);
         let done = k.succeeded + k.failed + k.cancelled;
-        let msg = format!("running {}  queued {}  failed {}", k.running, k.queued, k.failed);
+        let msg = format!(
+            "running {}  queued {}  failed {}",
+            k.running, k.queued, k.failed
+        );
         match &bar {
             Some(b) => {
                 b.set_length(s.jobs);
@@ -459,7 +761,10 @@ async fn wait_for(c: &mut UserServiceClient<Channel>, sweep: &str) -> R<i32> {
                 b.set_message(msg.clone());
             }
             None => {
-                if last_print.elapsed() >= Duration::from_secs(5) || s.state == "finished" || s.state == "cancelled" {
+                if last_print.elapsed() >= Duration::from_secs(5)
+                    || s.state == "finished"
+                    || s.state == "cancelled"
+                {
                     let rate = done as f64 / start.elapsed().as_secs_f64().max(1e-3);
                     eprintln!("{}: {done}/{} done, {msg}, {rate:.2} jobs/s", s.id, s.jobs);
                     last_print = std::time::Instant::now();
@@ -470,8 +775,15 @@ async fn wait_for(c: &mut UserServiceClient<Channel>, sweep: &str) -> R<i32> {
             if let Some(b) = &bar {
                 b.finish();
             }
-            eprintln!("sweep {} {}: {} succeeded, {} failed, {} cancelled", s.id, s.state, k.succeeded, k.failed, k.cancelled);
-            return Ok(if k.failed > 0 { exit::FAILURE } else { exit::OK });
+            eprintln!(
+                "sweep {} {}: {} succeeded, {} failed, {} cancelled",
+                s.id, s.state, k.succeeded, k.failed, k.cancelled
+            );
+            return Ok(if k.failed > 0 {
+                exit::FAILURE
+            } else {
+                exit::OK
+            });
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
@@ -488,12 +800,19 @@ fn main() {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
-            let code = if e.use_stderr() { exit::USAGE } else { exit::OK };
+            let code = if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            };
             let _ = e.print();
             std::process::exit(code);
         }
     };
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

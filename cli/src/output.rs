@@ -20,11 +20,19 @@ pub struct Listing {
 
 /// The width tables must fit: `COLUMNS`, else the terminal's, else 120.
 pub fn terminal_width() -> usize {
-    if let Some(c) = std::env::var("COLUMNS").ok().and_then(|c| c.parse::<usize>().ok()) {
+    if let Some(c) = std::env::var("COLUMNS")
+        .ok()
+        .and_then(|c| c.parse::<usize>().ok())
+    {
         return c.max(40);
     }
     if std::io::stdout().is_terminal() {
-        let mut ws = nix::libc::winsize { ws_row: 0, ws_col: 0, ws_xpixel: 0, ws_ypixel: 0 };
+        let mut ws = nix::libc::winsize {
+            ws_row: 0,
+            ws_col: 0,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
         // SAFETY: TIOCGWINSZ writes a winsize into the struct we pass; fd 1 is a terminal here.
         let r = unsafe { nix::libc::ioctl(1, nix::libc::TIOCGWINSZ, &mut ws) };
         if r == 0 && ws.ws_col > 0 {
@@ -60,7 +68,11 @@ pub fn table(columns: &[&str], rows: &[Vec<String>], width: usize) -> String {
     let sep = 2;
     let total = |w: &[usize]| w.iter().sum::<usize>() + sep * w.len().saturating_sub(1);
     while total(&widths) > width {
-        let (i, &m) = widths.iter().enumerate().max_by_key(|(_, w)| **w).unwrap_or((0, &0));
+        let (i, &m) = widths
+            .iter()
+            .enumerate()
+            .max_by_key(|(_, w)| **w)
+            .unwrap_or((0, &0));
         if m <= 6 {
             break;
         }
@@ -68,7 +80,11 @@ pub fn table(columns: &[&str], rows: &[Vec<String>], width: usize) -> String {
     }
     let mut out = String::new();
     let line = |cells: Vec<String>| -> String {
-        let parts: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{:<w$}", truncate(c, *w), w = *w)).collect();
+        let parts: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{:<w$}", truncate(c, *w), w = *w))
+            .collect();
         parts.join(&" ".repeat(sep)).trim_end().to_string()
     };
     out.push_str(&line(columns.iter().map(|c| c.to_uppercase()).collect()));
@@ -92,7 +108,10 @@ fn csv_cell(s: &str) -> String {
 pub fn render(l: &Listing, f: Format) -> String {
     match f {
         Format::Table => table(&l.columns, &l.rows, terminal_width()),
-        Format::Json => format!("{}\n", serde_json::to_string_pretty(&l.json).unwrap_or_default()),
+        Format::Json => format!(
+            "{}\n",
+            serde_json::to_string_pretty(&l.json).unwrap_or_default()
+        ),
         Format::Csv => {
             let mut out = l.columns.join(",");
             out.push('\n');
@@ -128,7 +147,10 @@ mod tests {
 
     #[test]
     fn table_fits_width_and_truncates_long_cells() {
-        let rows = vec![vec!["job-1".to_string(), "x".repeat(100)], vec!["job-2".to_string(), "short".into()]];
+        let rows = vec![
+            vec!["job-1".to_string(), "x".repeat(100)],
+            vec!["job-2".to_string(), "short".into()],
+        ];
         let t = table(&["id", "params"], &rows, 40);
         for line in t.lines() {
             assert!(line.chars().count() <= 40, "{line:?}");
@@ -139,7 +161,11 @@ mod tests {
 
     #[test]
     fn csv_quotes_what_needs_it() {
-        let l = Listing { columns: vec!["a", "b"], rows: vec![vec!["1,2".into(), "say \"hi\"".into()]], json: Value::Null };
+        let l = Listing {
+            columns: vec!["a", "b"],
+            rows: vec![vec!["1,2".into(), "say \"hi\"".into()]],
+            json: Value::Null,
+        };
         assert_eq!(render(&l, Format::Csv), "a,b\n\"1,2\",\"say \"\"hi\"\"\"\n");
     }
 }

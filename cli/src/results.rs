@@ -37,7 +37,12 @@ pub fn analyze(r: &pb::GetResultsResponse, best: bool) -> Analysis {
     let mut by_trial: BTreeMap<String, (Value, Vec<(i64, f64)>)> = BTreeMap::new();
     let mut missing = 0;
     for j in &r.jobs {
-        let entry = by_trial.entry(j.trial_id.clone()).or_insert_with(|| (serde_json::from_str(&j.params_json).unwrap_or(Value::Null), Vec::new()));
+        let entry = by_trial.entry(j.trial_id.clone()).or_insert_with(|| {
+            (
+                serde_json::from_str(&j.params_json).unwrap_or(Value::Null),
+                Vec::new(),
+            )
+        });
         let v = if best { j.best_metric } else { j.final_metric };
         match v {
             Some(x) if j.state == "succeeded" => entry.1.push((j.seed, x)),
@@ -50,8 +55,21 @@ pub fn analyze(r: &pb::GetResultsResponse, best: bool) -> Analysis {
             values.sort_by_key(|v| v.0);
             let xs: Vec<f64> = values.iter().map(|v| v.1).collect();
             let summary = stats::summarize(&xs);
-            let seed_luck = summary.as_ref().map(|s| if maximize { s.max - s.mean } else { s.mean - s.min });
-            TrialRow { trial_id, params, values, summary, seed_luck, p_vs_top: None }
+            let seed_luck = summary.as_ref().map(|s| {
+                if maximize {
+                    s.max - s.mean
+                } else {
+                    s.mean - s.min
+                }
+            });
+            TrialRow {
+                trial_id,
+                params,
+                values,
+                summary,
+                seed_luck,
+                p_vs_top: None,
+            }
         })
         .collect();
     rows.sort_by(|a, b| match (&a.summary, &b.summary) {
@@ -66,32 +84,70 @@ pub fn analyze(r: &pb::GetResultsResponse, best: bool) -> Analysis {
         (None, Some(_)) => std::cmp::Ordering::Greater,
         (None, None) => a.trial_id.cmp(&b.trial_id),
     });
-    let top: Vec<f64> = rows.first().map(|r| r.values.iter().map(|v| v.1).collect()).unwrap_or_default();
+    let top: Vec<f64> = rows
+        .first()
+        .map(|r| r.values.iter().map(|v| v.1).collect())
+        .unwrap_or_default();
     for r in rows.iter_mut().skip(1) {
         let xs: Vec<f64> = r.values.iter().map(|v| v.1).collect();
-        let w = if maximize { stats::welch(&top, &xs) } else { stats::welch(&xs, &top) };
+        let w = if maximize {
+            stats::welch(&top, &xs)
+        } else {
+            stats::welch(&xs, &top)
+        };
         r.p_vs_top = w.map(|w| w.p_greater);
     }
-    let within_noise = match (rows.first().and_then(|r| r.summary.as_ref()), rows.get(1).and_then(|r| r.summary.as_ref())) {
+    let within_noise = match (
+        rows.first().and_then(|r| r.summary.as_ref()),
+        rows.get(1).and_then(|r| r.summary.as_ref()),
+    ) {
         (Some(a), Some(b)) => match (a.ci95, b.ci95) {
             (Some((alo, ahi)), Some((blo, bhi))) => Some(alo <= bhi && blo <= ahi),
             _ => None,
         },
         _ => None,
     };
-    let groups: Vec<Vec<f64>> = rows.iter().map(|r| r.values.iter().map(|v| v.1).collect()).collect();
-    Analysis { metric: sweep.metric_name, goal: sweep.metric_goal, rows, within_noise, shares: stats::variance_shares(&groups), jobs_without_value: missing }
+    let groups: Vec<Vec<f64>> = rows
+        .iter()
+        .map(|r| r.values.iter().map(|v| v.1).collect())
+        .collect();
+    Analysis {
+        metric: sweep.metric_name,
+        goal: sweep.metric_goal,
+        rows,
+        within_noise,
+        shares: stats::variance_shares(&groups),
+        jobs_without_value: missing,
+    }
 }
 
 fn params_short(v: &Value) -> String {
     match v {
-        Value::Object(m) => m.iter().map(|(k, v)| format!("{k}={}", liandan_common::sweep::command::format_value(v))).collect::<Vec<_>>().join(" "),
+        Value::Object(m) => m
+            .iter()
+            .map(|(k, v)| format!("{k}={}", liandan_common::sweep::command::format_value(v)))
+            .collect::<Vec<_>>()
+            .join(" "),
         other => other.to_string(),
     }
 }
 
 pub fn listing(a: &Analysis) -> Listing {
-    let columns = vec!["rank", "trial", "n", "mean", "std", "ci95", "median", "iqm", "min", "max", "seed_luck", "p_vs_top", "params"];
+    let columns = vec![
+        "rank",
+        "trial",
+        "n",
+        "mean",
+        "std",
+        "ci95",
+        "median",
+        "iqm",
+        "min",
+        "max",
+        "seed_luck",
+        "p_vs_top",
+        "params",
+    ];
     let rows = a
         .rows
         .iter()
@@ -104,13 +160,27 @@ pub fn listing(a: &Analysis) -> Listing {
                 s.map(|s| s.n.to_string()).unwrap_or_else(|| "0".into()),
                 opt_num(s.map(|s| s.mean)),
                 opt_num(s.and_then(|s| s.std)),
-                s.and_then(|s| s.ci95).map(|(lo, hi)| format!("[{}, {}]", num(lo), num(hi))).unwrap_or_else(|| if s.is_some() { "n=1: none".into() } else { "-".into() }),
+                s.and_then(|s| s.ci95)
+                    .map(|(lo, hi)| format!("[{}, {}]", num(lo), num(hi)))
+                    .unwrap_or_else(|| {
+                        if s.is_some() {
+                            "n=1: none".into()
+                        } else {
+                            "-".into()
+                        }
+                    }),
                 opt_num(s.map(|s| s.median)),
                 opt_num(s.map(|s| s.iqm)),
                 opt_num(s.map(|s| s.min)),
                 opt_num(s.map(|s| s.max)),
                 opt_num(r.seed_luck),
-                if i == 0 { "top".into() } else { r.p_vs_top.map(|p| format!("{p:.3}")).unwrap_or_else(|| "-".into()) },
+                if i == 0 {
+                    "top".into()
+                } else {
+                    r.p_vs_top
+                        .map(|p| format!("{p:.3}"))
+                        .unwrap_or_else(|| "-".into())
+                },
                 params_short(&r.params),
             ]
         })
@@ -139,7 +209,11 @@ pub fn listing(a: &Analysis) -> Listing {
             "seeds": r.values.iter().map(|(s, v)| json!({"seed": s, "value": v})).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
     });
-    Listing { columns, rows, json }
+    Listing {
+        columns,
+        rows,
+        json,
+    }
 }
 
 /// The lines printed under the table.
@@ -149,7 +223,10 @@ pub fn footer(a: &Analysis) -> String {
         out.push_str("note: the sweep names no metric (metric.name); there is nothing to rank\n");
         return out;
     }
-    out.push_str(&format!("metric: {} ({}); per trial over seeds; ci95 = Student-t 95% interval of the mean\n", a.metric, a.goal));
+    out.push_str(&format!(
+        "metric: {} ({}); per trial over seeds; ci95 = Student-t 95% interval of the mean\n",
+        a.metric, a.goal
+    ));
     match a.within_noise {
         Some(true) => out.push_str("top vs runner-up: WITHIN SEED NOISE (their 95% intervals overlap); more seeds are needed to call a winner\n"),
         Some(false) => out.push_str("top vs runner-up: separated (their 95% intervals do not overlap)\n"),
@@ -161,7 +238,10 @@ pub fn footer(a: &Analysis) -> String {
     }
     out.push_str("seed_luck: how far the best seed sits beyond its trial's mean: what a one-seed report would overstate\n");
     if a.jobs_without_value > 0 {
-        out.push_str(&format!("{} job(s) have no value yet (not finished, failed, or never reported the metric)\n", a.jobs_without_value));
+        out.push_str(&format!(
+            "{} job(s) have no value yet (not finished, failed, or never reported the metric)\n",
+            a.jobs_without_value
+        ));
     }
     out
 }

@@ -13,7 +13,11 @@ pub enum ConfigError {
     #[error("config file {path}: {message}")]
     File { path: PathBuf, message: String },
     #[error("config file {path}: unknown key `{key}`; known keys are: {known}")]
-    UnknownKey { path: PathBuf, key: String, known: String },
+    UnknownKey {
+        path: PathBuf,
+        key: String,
+        known: String,
+    },
     #[error("config: {0}")]
     Invalid(String),
     #[error("config key `{key}`: {message}")]
@@ -26,7 +30,8 @@ pub fn load<T>(file: Option<&Path>, overrides: &[(&str, String)]) -> Result<T, C
 where
     T: DeserializeOwned + Serialize + Default,
 {
-    let defaults = config::Config::try_from(&T::default()).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+    let defaults =
+        config::Config::try_from(&T::default()).map_err(|e| ConfigError::Invalid(e.to_string()))?;
     let mut builder = config::Config::builder().add_source(defaults);
     if let Some(path) = file {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
@@ -46,10 +51,18 @@ where
             .ignore_empty(true),
     );
     for (key, value) in overrides {
-        builder = builder.set_override(*key, value.clone()).map_err(|e| ConfigError::Key { key: key.to_string(), message: e.to_string() })?;
+        builder = builder
+            .set_override(*key, value.clone())
+            .map_err(|e| ConfigError::Key {
+                key: key.to_string(),
+                message: e.to_string(),
+            })?;
     }
-    let cfg = builder.build().map_err(|e| ConfigError::Invalid(one_line(&e.to_string())))?;
-    cfg.try_deserialize::<T>().map_err(|e| ConfigError::Invalid(one_line(&e.to_string())))
+    let cfg = builder
+        .build()
+        .map_err(|e| ConfigError::Invalid(one_line(&e.to_string())))?;
+    cfg.try_deserialize::<T>()
+        .map_err(|e| ConfigError::Invalid(one_line(&e.to_string())))
 }
 
 fn one_line(s: &str) -> String {
@@ -58,8 +71,12 @@ fn one_line(s: &str) -> String {
 
 /// Rejects keys in the file that `T` does not have (a typo must not be silently ignored).
 fn check_known_keys<T: Serialize + Default>(path: &Path, text: &str) -> Result<(), ConfigError> {
-    let file: toml::Table = toml::from_str(text).map_err(|e| ConfigError::File { path: path.to_path_buf(), message: one_line(&e.to_string()) })?;
-    let known = serde_json::to_value(T::default()).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+    let file: toml::Table = toml::from_str(text).map_err(|e| ConfigError::File {
+        path: path.to_path_buf(),
+        message: one_line(&e.to_string()),
+    })?;
+    let known =
+        serde_json::to_value(T::default()).map_err(|e| ConfigError::Invalid(e.to_string()))?;
     let mut known_keys = BTreeSet::new();
     collect_keys(&known, "", &mut known_keys);
     let mut file_keys = BTreeSet::new();
@@ -67,7 +84,11 @@ fn check_known_keys<T: Serialize + Default>(path: &Path, text: &str) -> Result<(
     for key in file_keys {
         if !known_keys.contains(&key) {
             let known = known_keys.iter().cloned().collect::<Vec<_>>().join(", ");
-            return Err(ConfigError::UnknownKey { path: path.to_path_buf(), key, known });
+            return Err(ConfigError::UnknownKey {
+                path: path.to_path_buf(),
+                key,
+                known,
+            });
         }
     }
     Ok(())
@@ -76,17 +97,30 @@ fn check_known_keys<T: Serialize + Default>(path: &Path, text: &str) -> Result<(
 fn collect_keys(v: &serde_json::Value, prefix: &str, out: &mut BTreeSet<String>) {
     if let serde_json::Value::Object(map) = v {
         for (k, v) in map {
-            let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+            let key = if prefix.is_empty() {
+                k.clone()
+            } else {
+                format!("{prefix}.{k}")
+            };
             out.insert(key.clone());
             collect_keys(v, &key, out);
         }
     }
 }
 
-fn collect_toml_keys(v: &toml::Value, prefix: &str, out: &mut BTreeSet<String>, known: &serde_json::Value) {
+fn collect_toml_keys(
+    v: &toml::Value,
+    prefix: &str,
+    out: &mut BTreeSet<String>,
+    known: &serde_json::Value,
+) {
     if let toml::Value::Table(t) = v {
         for (k, v) in t {
-            let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+            let key = if prefix.is_empty() {
+                k.clone()
+            } else {
+                format!("{prefix}.{k}")
+            };
             out.insert(key.clone());
             // Only descend into tables that are structs in T (maps of free keys stay opaque).
             let sub = key.split('.').try_fold(known, |node, part| node.get(part));
@@ -111,7 +145,10 @@ pub fn render_redacted<T: Serialize>(cfg: &T) -> String {
 fn redact(v: &mut serde_json::Value) {
     if let serde_json::Value::Object(map) = v {
         for (k, v) in map.iter_mut() {
-            let secret = ["token", "secret", "password"].iter().any(|s| k.contains(s)) && !k.ends_with("_file");
+            let secret = ["token", "secret", "password"]
+                .iter()
+                .any(|s| k.contains(s))
+                && !k.ends_with("_file");
             if secret && !v.is_null() {
                 *v = serde_json::Value::String("<redacted>".into());
             } else {
@@ -179,14 +216,20 @@ fn positive(key: &str, v: f64) -> Result<(), ConfigError> {
     if v.is_finite() && v > 0.0 {
         Ok(())
     } else {
-        Err(ConfigError::Key { key: key.into(), message: format!("expected a positive number of seconds, found {v}") })
+        Err(ConfigError::Key {
+            key: key.into(),
+            message: format!("expected a positive number of seconds, found {v}"),
+        })
     }
 }
 
 fn log_format(v: &str) -> Result<(), ConfigError> {
     match v {
         "text" | "json" => Ok(()),
-        other => Err(ConfigError::Key { key: "log_format".into(), message: format!("expected \"text\" or \"json\", found {other:?}") }),
+        other => Err(ConfigError::Key {
+            key: "log_format".into(),
+            message: format!("expected \"text\" or \"json\", found {other:?}"),
+        }),
     }
 }
 
@@ -203,13 +246,22 @@ impl CoordinatorConfig {
         positive("retry_backoff_secs", self.retry_backoff_secs)?;
         positive("retry_backoff_max_secs", self.retry_backoff_max_secs)?;
         if self.heartbeat_interval_secs >= self.lease_timeout_secs {
-            return Err(ConfigError::Key { key: "heartbeat_interval_secs".into(), message: "must be smaller than lease_timeout_secs".into() });
+            return Err(ConfigError::Key {
+                key: "heartbeat_interval_secs".into(),
+                message: "must be smaller than lease_timeout_secs".into(),
+            });
         }
         if self.checkpoint_keep_last == 0 {
-            return Err(ConfigError::Key { key: "checkpoint_keep_last".into(), message: "expected an integer >= 1".into() });
+            return Err(ConfigError::Key {
+                key: "checkpoint_keep_last".into(),
+                message: "expected an integer >= 1".into(),
+            });
         }
         if self.max_message_bytes < 64 * 1024 {
-            return Err(ConfigError::Key { key: "max_message_bytes".into(), message: "expected at least 65536".into() });
+            return Err(ConfigError::Key {
+                key: "max_message_bytes".into(),
+                message: "expected at least 65536".into(),
+            });
         }
         log_format(&self.log_format)
     }
@@ -248,7 +300,9 @@ impl Default for WorkerConfig {
         Self {
             coordinator: format!("http://127.0.0.1:{DEFAULT_PORT}"),
             state_dir: default_data_root().join("worker"),
-            slots: std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1),
+            slots: std::thread::available_parallelism()
+                .map(|n| n.get() as u32)
+                .unwrap_or(1),
             gpus: "auto".into(),
             labels: Vec::new(),
             grace_period_secs: 10.0,
@@ -266,22 +320,37 @@ impl WorkerConfig {
         if !(self.coordinator.starts_with("http://") || self.coordinator.starts_with("https://")) {
             return Err(ConfigError::Key {
                 key: "coordinator".into(),
-                message: format!("expected a URL like http://127.0.0.1:{DEFAULT_PORT}, found {:?}", self.coordinator),
+                message: format!(
+                    "expected a URL like http://127.0.0.1:{DEFAULT_PORT}, found {:?}",
+                    self.coordinator
+                ),
             });
         }
         if self.slots == 0 && self.gpus == "none" {
-            return Err(ConfigError::Key { key: "slots".into(), message: "expected an integer >= 1 (this worker would offer nothing)".into() });
+            return Err(ConfigError::Key {
+                key: "slots".into(),
+                message: "expected an integer >= 1 (this worker would offer nothing)".into(),
+            });
         }
         if !matches!(self.gpus.as_str(), "auto" | "none") {
-            return Err(ConfigError::Key { key: "gpus".into(), message: format!("expected \"auto\" or \"none\", found {:?}", self.gpus) });
+            return Err(ConfigError::Key {
+                key: "gpus".into(),
+                message: format!("expected \"auto\" or \"none\", found {:?}", self.gpus),
+            });
         }
         for l in &self.labels {
-            crate::names::validate("label", l).map_err(|e| ConfigError::Key { key: "labels".into(), message: e.to_string() })?;
+            crate::names::validate("label", l).map_err(|e| ConfigError::Key {
+                key: "labels".into(),
+                message: e.to_string(),
+            })?;
         }
         positive("grace_period_secs", self.grace_period_secs)?;
         positive("reconnect_max_secs", self.reconnect_max_secs)?;
         if self.spool_max_bytes < 1 << 20 {
-            return Err(ConfigError::Key { key: "spool_max_bytes".into(), message: "expected at least 1048576".into() });
+            return Err(ConfigError::Key {
+                key: "spool_max_bytes".into(),
+                message: "expected at least 1048576".into(),
+            });
         }
         log_format(&self.log_format)
     }
@@ -301,7 +370,8 @@ mod tests {
     #[test]
     fn layers_apply_in_order() {
         let f = file("lease_timeout_secs = 30.0\nlisten = \"127.0.0.1:9000\"\n");
-        let c: CoordinatorConfig = load(Some(f.path()), &[("listen", "127.0.0.1:9001".into())]).unwrap();
+        let c: CoordinatorConfig =
+            load(Some(f.path()), &[("listen", "127.0.0.1:9001".into())]).unwrap();
         assert_eq!(c.lease_timeout_secs, 30.0);
         assert_eq!(c.listen, "127.0.0.1:9001");
         assert_eq!(c.restart_grace_secs, 20.0);
@@ -310,20 +380,33 @@ mod tests {
     #[test]
     fn errors_name_the_key() {
         let f = file("lease_timout_secs = 3\n");
-        let e = load::<CoordinatorConfig>(Some(f.path()), &[]).unwrap_err().to_string();
+        let e = load::<CoordinatorConfig>(Some(f.path()), &[])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("unknown key `lease_timout_secs`"), "{e}");
 
         let f = file("lease_timeout_secs = \"soon\"\n");
-        let e = load::<CoordinatorConfig>(Some(f.path()), &[]).unwrap_err().to_string();
+        let e = load::<CoordinatorConfig>(Some(f.path()), &[])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("lease_timeout_secs"), "{e}");
         assert!(!e.contains('\n'));
 
-        let c = CoordinatorConfig { listen: "localhost".into(), ..Default::default() };
+        let c = CoordinatorConfig {
+            listen: "localhost".into(),
+            ..Default::default()
+        };
         let e = c.validate().unwrap_err().to_string();
         assert_eq!(e, "config key `listen`: expected HOST:PORT with a numeric IP, e.g. 127.0.0.1:7477, found \"localhost\"");
 
-        let w = WorkerConfig { gpus: "some".into(), ..Default::default() };
-        assert_eq!(w.validate().unwrap_err().to_string(), "config key `gpus`: expected \"auto\" or \"none\", found \"some\"");
+        let w = WorkerConfig {
+            gpus: "some".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            w.validate().unwrap_err().to_string(),
+            "config key `gpus`: expected \"auto\" or \"none\", found \"some\""
+        );
     }
 
     #[test]
@@ -334,7 +417,11 @@ mod tests {
             token_file: String,
             listen: String,
         }
-        let s = render_redacted(&S { token: Some("hunter2".into()), token_file: "/etc/t".into(), listen: "x".into() });
+        let s = render_redacted(&S {
+            token: Some("hunter2".into()),
+            token_file: "/etc/t".into(),
+            listen: "x".into(),
+        });
         assert!(!s.contains("hunter2"), "{s}");
         assert!(s.contains("/etc/t"));
     }

@@ -7,7 +7,9 @@ use std::fmt;
 
 /// An id string that failed validation.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("invalid {kind} id {value:?}: expected `{prefix}` followed by 1-64 characters from [a-z0-9-]")]
+#[error(
+    "invalid {kind} id {value:?}: expected `{prefix}` followed by 1-64 characters from [a-z0-9-]"
+)]
 pub struct IdError {
     pub kind: &'static str,
     pub prefix: &'static str,
@@ -100,7 +102,10 @@ pub fn short_hash(parts: &[&[u8]], n: usize) -> String {
         h.update(&(p.len() as u64).to_le_bytes());
         h.update(p);
     }
-    h.finalize().as_bytes()[..n].iter().map(|b| format!("{b:02x}")).collect()
+    h.finalize().as_bytes()[..n]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 impl SweepId {
@@ -113,14 +118,24 @@ impl SweepId {
 impl TrialId {
     /// The id of the trial with these canonical parameters in this sweep.
     pub fn for_params(sweep: &SweepId, canonical_params: &str) -> Self {
-        Self::from_suffix(&short_hash(&[b"trial", sweep.as_str().as_bytes(), canonical_params.as_bytes()], 5))
+        Self::from_suffix(&short_hash(
+            &[
+                b"trial",
+                sweep.as_str().as_bytes(),
+                canonical_params.as_bytes(),
+            ],
+            5,
+        ))
     }
 }
 
 impl JobId {
     /// The id of the job running `trial` with `seed`.
     pub fn for_trial_seed(trial: &TrialId, seed: i64) -> Self {
-        Self::from_suffix(&short_hash(&[b"job", trial.as_str().as_bytes(), &seed.to_le_bytes()], 5))
+        Self::from_suffix(&short_hash(
+            &[b"job", trial.as_str().as_bytes(), &seed.to_le_bytes()],
+            5,
+        ))
     }
 }
 

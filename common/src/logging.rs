@@ -10,10 +10,14 @@ use tracing_subscriber::EnvFilter;
 /// `LIANDAN_LOG_FORMAT` variable wins when set. Safe to call once per process.
 pub fn init(format: &str, default_filter: &str) {
     let format = std::env::var("LIANDAN_LOG_FORMAT").unwrap_or_else(|_| format.to_string());
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let under_journal = std::env::var_os("JOURNAL_STREAM").is_some();
     let ansi = std::io::stderr().is_terminal() && !under_journal;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
     let _ = if format == "json" {
         builder.json().flatten_event(true).try_init()
     } else if under_journal {

@@ -13,7 +13,13 @@ pub struct NameError {
 /// Checks a name: 1-128 characters from letters, digits, `-`, `_`, `.`, not
 /// starting with `.`, and never `..`.
 pub fn validate(what: &'static str, value: &str) -> Result<(), NameError> {
-    let err = |why| Err(NameError { what, value: value.chars().take(140).collect(), why });
+    let err = |why| {
+        Err(NameError {
+            what,
+            value: value.chars().take(140).collect(),
+            why,
+        })
+    };
     if value.is_empty() {
         return err("it is empty");
     }
@@ -23,7 +29,10 @@ pub fn validate(what: &'static str, value: &str) -> Result<(), NameError> {
     if value.starts_with('.') || value.contains("..") {
         return err("it may not start with '.' or contain '..'");
     }
-    if !value.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
+    if !value
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
         return err("use only letters, digits, '-', '_' and '.'");
     }
     Ok(())
@@ -33,7 +42,16 @@ pub fn validate(what: &'static str, value: &str) -> Result<(), NameError> {
 mod tests {
     #[test]
     fn names_table() {
-        let cases = [("demo", true), ("my_sweep-1.2", true), ("", false), ("../x", false), ("a/b", false), (".hidden", false), ("a..b", false), ("sp ace", false)];
+        let cases = [
+            ("demo", true),
+            ("my_sweep-1.2", true),
+            ("", false),
+            ("../x", false),
+            ("a/b", false),
+            (".hidden", false),
+            ("a..b", false),
+            ("sp ace", false),
+        ];
         for (v, ok) in cases {
             assert_eq!(super::validate("sweep name", v).is_ok(), ok, "{v}");
         }

@@ -79,7 +79,9 @@ impl Rng {
                 continue;
             }
             let u = self.uniform01();
-            if u < 1.0 - 0.0331 * x.powi(4) || u.max(f64::MIN_POSITIVE).ln() < 0.5 * x * x + d * (1.0 - v + v.ln()) {
+            if u < 1.0 - 0.0331 * x.powi(4)
+                || u.max(f64::MIN_POSITIVE).ln() < 0.5 * x * x + d * (1.0 - v + v.ln())
+            {
                 return d * v;
             }
         }
@@ -122,7 +124,11 @@ mod tests {
         assert_eq!(got, PINNED.to_vec(), "the generator's output changed");
     }
 
-    const PINNED: [u64; 3] = [4308870100000427370, 15430622619463348985, 1790433605080046045];
+    const PINNED: [u64; 3] = [
+        4308870100000427370,
+        15430622619463348985,
+        1790433605080046045,
+    ];
 
     #[test]
     fn permutation_is_a_permutation() {

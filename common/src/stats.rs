@@ -32,7 +32,9 @@ fn sample_var(xs: &[f64]) -> f64 {
 
 /// Two-sided Student-t quantile for a 95% interval.
 pub fn t_quantile_975(df: f64) -> Option<f64> {
-    StudentsT::new(0.0, 1.0, df).ok().map(|t| t.inverse_cdf(0.975))
+    StudentsT::new(0.0, 1.0, df)
+        .ok()
+        .map(|t| t.inverse_cdf(0.975))
 }
 
 /// Summarises values; `None` when there are none (non-finite values are dropped).
@@ -44,7 +46,11 @@ pub fn summarize(values: &[f64]) -> Option<Summary> {
     xs.sort_by(f64::total_cmp);
     let n = xs.len();
     let m = mean(&xs);
-    let median = if n % 2 == 1 { xs[n / 2] } else { (xs[n / 2 - 1] + xs[n / 2]) / 2.0 };
+    let median = if n % 2 == 1 {
+        xs[n / 2]
+    } else {
+        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
+    };
     let cut = n / 4;
     let iqm = mean(&xs[cut..n - cut]);
     let (std, ci95) = if n >= 2 {
@@ -54,7 +60,16 @@ pub fn summarize(values: &[f64]) -> Option<Summary> {
     } else {
         (None, None)
     };
-    Some(Summary { n, mean: m, std, ci95, median, iqm, min: xs[0], max: xs[n - 1] })
+    Some(Summary {
+        n,
+        mean: m,
+        std,
+        ci95,
+        median,
+        iqm,
+        min: xs[0],
+        max: xs[n - 1],
+    })
 }
 
 /// Welch's unequal-variance t-test of mean(a) against mean(b).
@@ -85,7 +100,12 @@ pub fn welch(a: &[f64], b: &[f64]) -> Option<Welch> {
     let dist = StudentsT::new(0.0, 1.0, df).ok()?;
     let p_greater = 1.0 - dist.cdf(t);
     let p_two_sided = 2.0 * (1.0 - dist.cdf(t.abs()));
-    Some(Welch { t, df, p_two_sided, p_greater })
+    Some(Welch {
+        t,
+        df,
+        p_two_sided,
+        p_greater,
+    })
 }
 
 /// How the metric's total variance splits between trials (hyperparameters) and
@@ -117,7 +137,10 @@ pub fn variance_shares(groups: &[Vec<f64>]) -> Option<VarianceShares> {
             g.iter().map(|x| (x - m).powi(2)).sum::<f64>()
         })
         .sum();
-    Some(VarianceShares { hyperparameters: (total - within) / total, seeds: within / total })
+    Some(VarianceShares {
+        hyperparameters: (total - within) / total,
+        seeds: within / total,
+    })
 }
 
 #[cfg(test)]
@@ -139,7 +162,10 @@ mod tests {
         assert!(close(s.mean, REF_MEAN, 1e-12));
         assert!(close(s.std.unwrap(), REF_STD, 1e-9), "{:?}", s.std);
         let (lo, hi) = s.ci95.unwrap();
-        assert!(close(lo, REF_CI.0, 1e-9) && close(hi, REF_CI.1, 1e-9), "{lo} {hi}");
+        assert!(
+            close(lo, REF_CI.0, 1e-9) && close(hi, REF_CI.1, 1e-9),
+            "{lo} {hi}"
+        );
         assert!(close(s.iqm, REF_IQM, 1e-12), "{}", s.iqm);
         assert_eq!(s.median, 0.83);
         assert_eq!((s.min, s.max), (0.79, 0.88));
@@ -174,13 +200,19 @@ mod tests {
         assert!(close(w.p_greater, REF_WELCH.3, 1e-7), "{w:?}");
     }
 
-    const REF_WELCH: (f64, f64, f64, f64) = (2.685430777647864, 6.765990720950845, 0.03230960907587662, 0.01615480453793831);
+    const REF_WELCH: (f64, f64, f64, f64) = (
+        2.685430777647864,
+        6.765990720950845,
+        0.03230960907587662,
+        0.01615480453793831,
+    );
 
     // One-way ANOVA sums of squares computed by hand in NumPy:
     //   groups = [[1,2,3],[4,5,6],[10,11]]; ss_between/ss_total
     #[test]
     fn variance_shares_match_anova() {
-        let v = variance_shares(&[vec![1.0, 2.0, 3.0], vec![4.0, 5.0, 6.0], vec![10.0, 11.0]]).unwrap();
+        let v =
+            variance_shares(&[vec![1.0, 2.0, 3.0], vec![4.0, 5.0, 6.0], vec![10.0, 11.0]]).unwrap();
         assert!(close(v.hyperparameters, REF_SHARE, 1e-12), "{v:?}");
         assert!(close(v.hyperparameters + v.seeds, 1.0, 1e-12));
     }

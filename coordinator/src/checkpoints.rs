@@ -27,11 +27,17 @@ pub struct CheckpointStore {
 }
 
 fn is_hex64(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
 }
 
 fn io(e: std::io::Error, what: &str) -> Status {
-    let hint = if e.raw_os_error() == Some(28) { " (disk full: free space on the coordinator's data dir)" } else { "" };
+    let hint = if e.raw_os_error() == Some(28) {
+        " (disk full: free space on the coordinator's data dir)"
+    } else {
+        ""
+    };
     Status::internal(format!("{what}: {e}{hint}"))
 }
 
@@ -68,63 +74,123 @@ impl CheckpointStore {
     }
 
     fn partial(&self, job: &JobId, attempt: u64, step: i64, hash: &str) -> PathBuf {
-        self.root.join(".partial").join(format!("{job}-{attempt}-{step}-{}.part", &hash[..16]))
+        self.root
+            .join(".partial")
+            .join(format!("{job}-{attempt}-{step}-{}.part", &hash[..16]))
     }
 
-    pub async fn status(&self, r: pb::CheckpointUploadStatusRequest) -> Result<pb::CheckpointUploadStatusResponse, Status> {
+    pub async fn status(
+        &self,
+        r: pb::CheckpointUploadStatusRequest,
+    ) -> Result<pb::CheckpointUploadStatusResponse, Status> {
         let job = JobId::parse(&r.job_id).map_err(|e| Status::invalid_argument(e.to_string()))?;
         if !is_hex64(&r.blake3) {
-            return Err(Status::invalid_argument("blake3 must be 64 lowercase hex digits"));
+            return Err(Status::invalid_argument(
+                "blake3 must be 64 lowercase hex digits",
+            ));
         }
-        let received = tokio::fs::metadata(self.partial(&job, r.attempt, r.step, &r.blake3)).await.map(|m| m.len()).unwrap_or(0);
-        Ok(pb::CheckpointUploadStatusResponse { received, complete: false })
+        let received = tokio::fs::metadata(self.partial(&job, r.attempt, r.step, &r.blake3))
+            .await
+            .map(|m| m.len())
+            .unwrap_or(0);
+        Ok(pb::CheckpointUploadStatusResponse {
+            received,
+            complete: false,
+        })
     }
 
-    pub async fn upload(&self, core: Arc<Core>, mut stream: Streaming<pb::CheckpointUpload>) -> Result<pb::UploadCheckpointResponse, Status> {
-        let first = stream.message().await?.ok_or_else(|| Status::invalid_argument("empty upload"))?;
-        let h = first.header.clone().ok_or_else(|| Status::invalid_argument("the first upload message must carry a header"))?;
+    pub async fn upload(
+        &self,
+        core: Arc<Core>,
+        mut stream: Streaming<pb::CheckpointUpload>,
+    ) -> Result<pb::UploadCheckpointResponse, Status> {
+        let first = stream
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("empty upload"))?;
+        let h = first.header.clone().ok_or_else(|| {
+            Status::invalid_argument("the first upload message must carry a header")
+        })?;
         let job = JobId::parse(&h.job_id).map_err(|e| Status::invalid_argument(e.to_string()))?;
         if !is_hex64(&h.blake3) {
-            return Err(Status::invalid_argument("blake3 must be 64 lowercase hex digits"));
+            return Err(Status::invalid_argument(
+                "blake3 must be 64 lowercase hex digits",
+            ));
         }
         if h.size > MAX_SIZE {
-            return Err(Status::invalid_argument(format!("checkpoint of {} bytes is larger than the limit of {MAX_SIZE}", h.size)));
+            return Err(Status::invalid_argument(format!(
+                "checkpoint of {} bytes is larger than the limit of {MAX_SIZE}",
+                h.size
+            )));
         }
         if !core.is_current(&job, h.attempt) {
             // Counted by add_checkpoint's refusal path.
             let _ = core.add_checkpoint(row(&h, String::new())).await;
-            return Err(Status::failed_precondition(format!("attempt {} is not the current attempt of {job}; checkpoint refused", h.attempt)));
+            return Err(Status::failed_precondition(format!(
+                "attempt {} is not the current attempt of {job}; checkpoint refused",
+                h.attempt
+            )));
         }
         let part = self.partial(&job, h.attempt, h.step, &h.blake3);
-        let mut file = tokio::fs::OpenOptions::new().create(true).append(true).open(&part).await.map_err(|e| io(e, "opening the partial checkpoint"))?;
-        let mut len = file.metadata().await.map_err(|e| io(e, "reading the partial checkpoint"))?.len();
+        let mut file = tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&part)
+            .await
+            .map_err(|e| io(e, "opening the partial checkpoint"))?;
+        let mut len = file
+            .metadata()
+            .await
+            .map_err(|e| io(e, "reading the partial checkpoint"))?
+            .len();
         let mut msg = Some(first);
         while let Some(m) = msg.take() {
             if !m.data.is_empty() {
                 if m.offset != len {
-                    return Err(Status::invalid_argument(format!("upload chunk at offset {} but {len} bytes are stored; resume from {len}", m.offset)));
+                    return Err(Status::invalid_argument(format!(
+                        "upload chunk at offset {} but {len} bytes are stored; resume from {len}",
+                        m.offset
+                    )));
                 }
                 if len + m.data.len() as u64 > h.size {
                     drop(file);
                     let _ = tokio::fs::remove_file(&part).await;
-                    return Err(Status::invalid_argument("upload is longer than the size in its header"));
+                    return Err(Status::invalid_argument(
+                        "upload is longer than the size in its header",
+                    ));
                 }
-                file.write_all(&m.data).await.map_err(|e| io(e, "writing the checkpoint"))?;
+                file.write_all(&m.data)
+                    .await
+                    .map_err(|e| io(e, "writing the checkpoint"))?;
                 len += m.data.len() as u64;
             }
             msg = stream.message().await?;
         }
-        file.flush().await.map_err(|e| io(e, "writing the checkpoint"))?;
+        file.flush()
+            .await
+            .map_err(|e| io(e, "writing the checkpoint"))?;
         if len < h.size {
-            file.sync_data().await.map_err(|e| io(e, "fsync of the partial checkpoint"))?;
-            return Ok(pb::UploadCheckpointResponse { accepted: false, message: format!("incomplete: {len} of {} bytes; resume from {len}", h.size) });
+            file.sync_data()
+                .await
+                .map_err(|e| io(e, "fsync of the partial checkpoint"))?;
+            return Ok(pb::UploadCheckpointResponse {
+                accepted: false,
+                message: format!("incomplete: {len} of {} bytes; resume from {len}", h.size),
+            });
         }
-        file.sync_all().await.map_err(|e| io(e, "fsync of the checkpoint"))?;
+        file.sync_all()
+            .await
+            .map_err(|e| io(e, "fsync of the checkpoint"))?;
         drop(file);
-        let (hash, _) = hash_file(part.clone()).await.map_err(|e| io(e, "hashing the checkpoint"))?;
+        let (hash, _) = hash_file(part.clone())
+            .await
+            .map_err(|e| io(e, "hashing the checkpoint"))?;
         if hash != h.blake3 {
             let _ = tokio::fs::remove_file(&part).await;
-            return Err(Status::data_loss(format!("checkpoint hash mismatch: header says {}, content is {hash}; upload it again", h.blake3)));
+            return Err(Status::data_loss(format!(
+                "checkpoint hash mismatch: header says {}, content is {hash}; upload it again",
+                h.blake3
+            )));
         }
         let dir = self.root.join(job.as_str());
         let final_path = dir.join(format!("{}-{}.ckpt", h.step, &h.blake3[..16]));
@@ -138,14 +204,21 @@ impl CheckpointStore {
         .await
         .map_err(|e| Status::internal(e.to_string()))?;
         moved.map_err(|e| io(e, "storing the checkpoint"))?;
-        let rel = final_path.strip_prefix(&self.root).unwrap_or(&final_path).to_string_lossy().to_string();
+        let rel = final_path
+            .strip_prefix(&self.root)
+            .unwrap_or(&final_path)
+            .to_string_lossy()
+            .to_string();
         match core.add_checkpoint(row(&h, rel)).await {
             Ok(removed) => {
                 // Older checkpoints go only now that the newer one is durable.
                 for f in removed {
                     let _ = tokio::fs::remove_file(self.root.join(f)).await;
                 }
-                Ok(pb::UploadCheckpointResponse { accepted: true, message: String::new() })
+                Ok(pb::UploadCheckpointResponse {
+                    accepted: true,
+                    message: String::new(),
+                })
             }
             Err(e) => {
                 let _ = tokio::fs::remove_file(&final_path).await;
@@ -154,10 +227,29 @@ impl CheckpointStore {
         }
     }
 
-    pub async fn download(&self, core: Arc<Core>, r: pb::DownloadCheckpointRequest) -> Result<Pin<Box<dyn Stream<Item = Result<pb::CheckpointChunk, Status>> + Send>>, Status> {
+    pub async fn download(
+        &self,
+        core: Arc<Core>,
+        r: pb::DownloadCheckpointRequest,
+    ) -> Result<Pin<Box<dyn Stream<Item = Result<pb::CheckpointChunk, Status>> + Send>>, Status>
+    {
         let list = core.checkpoints(&r.job_id)?;
-        let c = if r.step < 0 { list.iter().max_by_key(|c| c.step) } else { list.iter().find(|c| c.step == r.step) };
-        let c = c.cloned().ok_or_else(|| Status::not_found(format!("no checkpoint{} for job {}; list them with `liandan checkpoints JOB`", if r.step < 0 { String::new() } else { format!(" at step {}", r.step) }, r.job_id)))?;
+        let c = if r.step < 0 {
+            list.iter().max_by_key(|c| c.step)
+        } else {
+            list.iter().find(|c| c.step == r.step)
+        };
+        let c = c.cloned().ok_or_else(|| {
+            Status::not_found(format!(
+                "no checkpoint{} for job {}; list them with `liandan checkpoints JOB`",
+                if r.step < 0 {
+                    String::new()
+                } else {
+                    format!(" at step {}", r.step)
+                },
+                r.job_id
+            ))
+        })?;
         let path = self.root.join(&c.file);
         let ok = match hash_file(path.clone()).await {
             Ok((hash, size)) => hash == c.blake3 && size == c.size,
@@ -166,13 +258,23 @@ impl CheckpointStore {
         if !ok {
             tracing::error!(job = %c.job_id, step = c.step, file = %path.display(), "stored checkpoint is corrupt or missing; it will not be used");
             core.drop_checkpoint(&c.job_id, c.step).await?;
-            return Err(Status::data_loss(format!("checkpoint at step {} of {} is corrupt (hash mismatch) and was discarded", c.step, c.job_id)));
+            return Err(Status::data_loss(format!(
+                "checkpoint at step {} of {} is corrupt (hash mismatch) and was discarded",
+                c.step, c.job_id
+            )));
         }
         if r.offset > c.size {
-            return Err(Status::out_of_range(format!("offset {} is past the checkpoint's size {}", r.offset, c.size)));
+            return Err(Status::out_of_range(format!(
+                "offset {} is past the checkpoint's size {}",
+                r.offset, c.size
+            )));
         }
-        let mut file = tokio::fs::File::open(&path).await.map_err(|e| io(e, "opening the checkpoint"))?;
-        file.seek(std::io::SeekFrom::Start(r.offset)).await.map_err(|e| io(e, "seeking the checkpoint"))?;
+        let mut file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| io(e, "opening the checkpoint"))?;
+        file.seek(std::io::SeekFrom::Start(r.offset))
+            .await
+            .map_err(|e| io(e, "seeking the checkpoint"))?;
         let meta = crate::core::checkpoint_info(&c);
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::spawn(async move {
@@ -191,7 +293,11 @@ impl CheckpointStore {
                     return;
                 }
                 buf.truncate(n);
-                let chunk = pb::CheckpointChunk { meta: first.then(|| meta.clone()), offset, data: buf };
+                let chunk = pb::CheckpointChunk {
+                    meta: first.then(|| meta.clone()),
+                    offset,
+                    data: buf,
+                };
                 first = false;
                 offset += n as u64;
                 if tx.send(Ok(chunk)).await.is_err() || n == 0 {

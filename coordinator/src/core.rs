@@ -13,8 +13,8 @@ use liandan_common::ids::{JobId, SweepId, TrialId, WorkerId};
 use liandan_common::sweep::{self, Format, SweepSpec};
 use liandan_common::time::now_secs;
 use liandan_proto::v1 as pb;
-use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
 use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Duration, Instant};
@@ -23,7 +23,11 @@ use tokio::time::{Duration, Instant};
 #[derive(Debug, thiserror::Error)]
 pub enum CoreError {
     #[error("{kind} {id} not found; list them with `liandan {hint}`")]
-    NotFound { kind: &'static str, id: String, hint: &'static str },
+    NotFound {
+        kind: &'static str,
+        id: String,
+        hint: &'static str,
+    },
     #[error("{0}")]
     InvalidArgument(String),
     #[error("{0}")]
@@ -121,7 +125,10 @@ struct State {
     refused_stale: u64,
 }
 
-type Sends = Vec<(mpsc::UnboundedSender<pb::CoordinatorMessage>, pb::CoordinatorMessage)>;
+type Sends = Vec<(
+    mpsc::UnboundedSender<pb::CoordinatorMessage>,
+    pb::CoordinatorMessage,
+)>;
 
 /// The coordinator's state owner.
 pub struct Core {
@@ -140,12 +147,20 @@ impl Core {
     /// attempts get `restart_grace_secs` for their workers to reconnect.
     pub fn open(cfg: CoordinatorConfig) -> Result<Arc<Core>, CoreError> {
         std::fs::create_dir_all(&cfg.data_dir).map_err(|e| {
-            CoreError::FailedPrecondition(format!("cannot create data dir {}: {e}; check the path and its permissions", cfg.data_dir.display()))
+            CoreError::FailedPrecondition(format!(
+                "cannot create data dir {}: {e}; check the path and its permissions",
+                cfg.data_dir.display()
+            ))
         })?;
         let store = Store::open(&cfg.data_dir.join("coordinator.db"))?;
         let state = load(&store, &cfg)?;
         let (log_generation, _) = watch::channel(0);
-        Ok(Arc::new(Core { state: Mutex::new(state), store, cfg, log_generation }))
+        Ok(Arc::new(Core {
+            state: Mutex::new(state),
+            store,
+            cfg,
+            log_generation,
+        }))
     }
 
     pub fn store(&self) -> &Store {
@@ -165,7 +180,11 @@ impl Core {
         self.log_generation.subscribe()
     }
 
-    async fn finish(&self, fut: impl std::future::Future<Output = Result<(), StoreError>>, sends: Sends) -> Result<(), CoreError> {
+    async fn finish(
+        &self,
+        fut: impl std::future::Future<Output = Result<(), StoreError>>,
+        sends: Sends,
+    ) -> Result<(), CoreError> {
         fut.await?;
         for (tx, msg) in sends {
             let _ = tx.send(msg);
@@ -177,15 +196,25 @@ impl Core {
 
     /// Validates, expands and stores a sweep in one transaction. The same spec
     /// under the same name returns the existing sweep (`created = false`).
-    pub async fn submit(&self, text: &str, format: &str, name: &str) -> Result<(pb::Sweep, bool, Vec<String>), CoreError> {
-        let format = Format::parse(format).ok_or_else(|| CoreError::InvalidArgument(format!("unknown spec format {format:?}; use yaml or toml")))?;
-        let parsed = sweep::parse(text, format).map_err(|e| CoreError::InvalidArgument(format!("invalid sweep spec: {e}")))?;
+    pub async fn submit(
+        &self,
+        text: &str,
+        format: &str,
+        name: &str,
+    ) -> Result<(pb::Sweep, bool, Vec<String>), CoreError> {
+        let format = Format::parse(format).ok_or_else(|| {
+            CoreError::InvalidArgument(format!("unknown spec format {format:?}; use yaml or toml"))
+        })?;
+        let parsed = sweep::parse(text, format)
+            .map_err(|e| CoreError::InvalidArgument(format!("invalid sweep spec: {e}")))?;
         let spec = parsed.spec;
         let (spec_json, spec_hash) = sweep::spec_identity(&spec);
         let name = sweep::resolve_name(&spec, name);
-        liandan_common::names::validate("sweep name", &name).map_err(|e| CoreError::InvalidArgument(e.to_string()))?;
+        liandan_common::names::validate("sweep name", &name)
+            .map_err(|e| CoreError::InvalidArgument(e.to_string()))?;
         let sweep_id = SweepId::for_name(&name);
-        let expansion = sweep::expand(&spec, &sweep_id).map_err(|e| CoreError::InvalidArgument(e.to_string()))?;
+        let expansion = sweep::expand(&spec, &sweep_id)
+            .map_err(|e| CoreError::InvalidArgument(e.to_string()))?;
         let mut warnings = parsed.warnings;
         warnings.extend(expansion.warnings.iter().cloned());
         let spec = Arc::new(spec);
@@ -213,7 +242,12 @@ impl Core {
             let mut params_by_trial = HashMap::new();
             for t in &expansion.trials {
                 let pj: Arc<str> = t.params.to_string().into();
-                ops.push(Op::InsertTrial { id: t.id.to_string(), sweep_id: sweep_id.to_string(), idx: t.index as i64, params_json: pj.to_string() });
+                ops.push(Op::InsertTrial {
+                    id: t.id.to_string(),
+                    sweep_id: sweep_id.to_string(),
+                    idx: t.index as i64,
+                    params_json: pj.to_string(),
+                });
                 params_by_trial.insert(t.id.clone(), pj);
             }
             let mut job_ids = Vec::with_capacity(expansion.jobs.len());
@@ -231,7 +265,10 @@ impl Core {
                     final_metric: None,
                     best_metric: None,
                     result_recorded: false,
-                    params_json: params_by_trial.get(&j.trial).cloned().unwrap_or_else(|| "{}".into()),
+                    params_json: params_by_trial
+                        .get(&j.trial)
+                        .cloned()
+                        .unwrap_or_else(|| "{}".into()),
                     gpus: Vec::new(),
                     cpus: 0,
                 };
@@ -265,11 +302,20 @@ impl Core {
     }
 
     fn sweep_id(&self, st: &State, id: &str) -> Result<SweepId, CoreError> {
-        let nf = || CoreError::NotFound { kind: "sweep", id: id.chars().take(80).collect(), hint: "status" };
+        let nf = || CoreError::NotFound {
+            kind: "sweep",
+            id: id.chars().take(80).collect(),
+            hint: "status",
+        };
         let sid = match SweepId::parse(id) {
             Ok(s) => s,
             // Also accept the sweep's name.
-            Err(_) => st.sweeps.iter().find(|(_, s)| s.name == id).map(|(k, _)| k.clone()).ok_or_else(nf)?,
+            Err(_) => st
+                .sweeps
+                .iter()
+                .find(|(_, s)| s.name == id)
+                .map(|(k, _)| k.clone())
+                .ok_or_else(nf)?,
         };
         if st.sweeps.contains_key(&sid) {
             Ok(sid)
@@ -298,9 +344,14 @@ impl Core {
             let sid = self.sweep_id(&st, id)?;
             let cur = st.sweeps[&sid].state;
             if cur == SweepState::Cancelled && new != SweepState::Cancelled {
-                return Err(CoreError::FailedPrecondition(format!("sweep {sid} was cancelled; submit it again under a new name to rerun it")));
+                return Err(CoreError::FailedPrecondition(format!(
+                    "sweep {sid} was cancelled; submit it again under a new name to rerun it"
+                )));
             }
-            let mut ops = vec![Op::SetSweepState { id: sid.to_string(), state: new.as_str().into() }];
+            let mut ops = vec![Op::SetSweepState {
+                id: sid.to_string(),
+                state: new.as_str().into(),
+            }];
             let mut sends = Vec::new();
             if let Some(s) = st.sweeps.get_mut(&sid) {
                 s.state = new;
@@ -319,7 +370,9 @@ impl Core {
     }
 
     fn cancel_job_locked(&self, st: &mut State, id: &JobId, ops: &mut Vec<Op>, sends: &mut Sends) {
-        let Some(job) = st.jobs.get_mut(id) else { return };
+        let Some(job) = st.jobs.get_mut(id) else {
+            return;
+        };
         match job.state {
             JobState::Queued => {
                 if let Some(next) = job.state.on(JobEvent::Cancel) {
@@ -331,7 +384,13 @@ impl Core {
                 job.cancel_requested = true;
                 ops.push(Op::UpdateJob(job.row(id)));
                 let attempt = job.attempt;
-                if let Some(tx) = job.worker.as_ref().and_then(|w| st.workers.get(w)).and_then(|w| w.session.as_ref()).map(|s| s.tx.clone()) {
+                if let Some(tx) = job
+                    .worker
+                    .as_ref()
+                    .and_then(|w| st.workers.get(w))
+                    .and_then(|w| w.session.as_ref())
+                    .map(|s| s.tx.clone())
+                {
                     sends.push((tx, cancel_msg(id, attempt, "cancelled")));
                 }
             }
@@ -344,7 +403,11 @@ impl Core {
         let (fut, sends) = {
             let mut st = self.lock();
             if !st.jobs.contains_key(&jid) {
-                return Err(CoreError::NotFound { kind: "job", id: jid.to_string(), hint: "jobs SWEEP" });
+                return Err(CoreError::NotFound {
+                    kind: "job",
+                    id: jid.to_string(),
+                    hint: "jobs SWEEP",
+                });
             }
             let mut ops = Vec::new();
             let mut sends = Vec::new();
@@ -379,7 +442,11 @@ impl Core {
         let jid = JobId::parse(id).map_err(|e| CoreError::InvalidArgument(e.to_string()))?;
         let mut info = {
             let st = self.lock();
-            let m = st.jobs.get(&jid).ok_or_else(|| CoreError::NotFound { kind: "job", id: jid.to_string(), hint: "jobs SWEEP" })?;
+            let m = st.jobs.get(&jid).ok_or_else(|| CoreError::NotFound {
+                kind: "job",
+                id: jid.to_string(),
+                hint: "jobs SWEEP",
+            })?;
             job_info(&jid, m)
         };
         let key = jid.to_string();
@@ -428,7 +495,10 @@ impl Core {
                 best_metric: m.best_metric,
             })
             .collect();
-        Ok(pb::GetResultsResponse { sweep: Some(sweep_info(&st, &sid)), jobs })
+        Ok(pb::GetResultsResponse {
+            sweep: Some(sweep_info(&st, &sid)),
+            jobs,
+        })
     }
 
     pub fn refused_stale(&self) -> u64 {
@@ -439,33 +509,58 @@ impl Core {
 
     pub fn list_workers(&self) -> Vec<pb::Worker> {
         let st = self.lock();
-        st.workers.iter().map(|(id, w)| worker_info(id, w)).collect()
+        st.workers
+            .iter()
+            .map(|(id, w)| worker_info(id, w))
+            .collect()
     }
 
     pub async fn drain(&self, id: &str) -> Result<pb::Worker, CoreError> {
         let wid = WorkerId::parse(id).map_err(|e| CoreError::InvalidArgument(e.to_string()))?;
         let (fut, sends) = {
             let mut st = self.lock();
-            let w = st.workers.get_mut(&wid).ok_or_else(|| CoreError::NotFound { kind: "worker", id: wid.to_string(), hint: "workers" })?;
+            let w = st
+                .workers
+                .get_mut(&wid)
+                .ok_or_else(|| CoreError::NotFound {
+                    kind: "worker",
+                    id: wid.to_string(),
+                    hint: "workers",
+                })?;
             w.draining = true;
             let mut sends = Vec::new();
             if let Some(s) = &w.session {
-                sends.push((s.tx.clone(), pb::CoordinatorMessage { msg: Some(pb::coordinator_message::Msg::Drain(pb::Drain {})) }));
+                sends.push((
+                    s.tx.clone(),
+                    pb::CoordinatorMessage {
+                        msg: Some(pb::coordinator_message::Msg::Drain(pb::Drain {})),
+                    },
+                ));
             }
             let ops = vec![worker_upsert(&wid, w)];
             (self.store.enqueue(ops), sends)
         };
         self.finish(fut, sends).await?;
         let st = self.lock();
-        Ok(st.workers.get(&wid).map(|w| worker_info(&wid, w)).unwrap_or_default())
+        Ok(st
+            .workers
+            .get(&wid)
+            .map(|w| worker_info(&wid, w))
+            .unwrap_or_default())
     }
 
     /// A worker opened its stream. Returns the session id and the welcome.
-    pub async fn hello(&self, hello: pb::Hello, tx: mpsc::UnboundedSender<pb::CoordinatorMessage>) -> Result<(WorkerId, u64), CoreError> {
-        let wid = WorkerId::parse(&hello.worker_id).map_err(|e| CoreError::InvalidArgument(e.to_string()))?;
+    pub async fn hello(
+        &self,
+        hello: pb::Hello,
+        tx: mpsc::UnboundedSender<pb::CoordinatorMessage>,
+    ) -> Result<(WorkerId, u64), CoreError> {
+        let wid = WorkerId::parse(&hello.worker_id)
+            .map_err(|e| CoreError::InvalidArgument(e.to_string()))?;
         let resources = hello.resources.unwrap_or_default();
         for l in &resources.labels {
-            liandan_common::names::validate("label", l).map_err(|e| CoreError::InvalidArgument(e.to_string()))?;
+            liandan_common::names::validate("label", l)
+                .map_err(|e| CoreError::InvalidArgument(e.to_string()))?;
         }
         let (fut, sends, session) = {
             let mut st = self.lock();
@@ -488,7 +583,10 @@ impl Core {
             });
             w.hostname = hello.hostname.chars().take(256).collect();
             w.resources = resources;
-            w.session = Some(Session { id: session, tx: tx.clone() });
+            w.session = Some(Session {
+                id: session,
+                tx: tx.clone(),
+            });
             w.lease_deadline = now + lease;
             w.last_seen = now_secs();
             w.known = true;
@@ -501,27 +599,50 @@ impl Core {
             let mut kill = Vec::new();
             let mut kept: HashSet<JobId> = HashSet::new();
             for h in &hello.held {
-                let Ok(jid) = JobId::parse(&h.job_id) else { continue };
-                let current = st.jobs.get(&jid).is_some_and(|j| j.state == JobState::Running && j.attempt == h.attempt && j.worker.as_ref() == Some(&wid));
+                let Ok(jid) = JobId::parse(&h.job_id) else {
+                    continue;
+                };
+                let current = st.jobs.get(&jid).is_some_and(|j| {
+                    j.state == JobState::Running
+                        && j.attempt == h.attempt
+                        && j.worker.as_ref() == Some(&wid)
+                });
                 if current {
                     if let Some(j) = st.jobs.get_mut(&jid) {
                         j.gpus = h.gpu_uuids.clone();
                     }
                     let cancelled = st.jobs.get(&jid).is_some_and(|j| j.cancel_requested);
                     if cancelled && h.running {
-                        kill.push(pb::Cancel { job_id: h.job_id.clone(), attempt: h.attempt, reason: "cancelled".into() });
+                        kill.push(pb::Cancel {
+                            job_id: h.job_id.clone(),
+                            attempt: h.attempt,
+                            reason: "cancelled".into(),
+                        });
                     }
                     keep.push(h.clone());
                     kept.insert(jid);
                 } else if h.running {
-                    kill.push(pb::Cancel { job_id: h.job_id.clone(), attempt: h.attempt, reason: "stale".into() });
+                    kill.push(pb::Cancel {
+                        job_id: h.job_id.clone(),
+                        attempt: h.attempt,
+                        reason: "stale".into(),
+                    });
                 }
             }
             // Attempts we believed ran there that the worker no longer has are lost.
             for jid in previously_running {
                 if !kept.contains(&jid) {
                     let attempt = st.jobs.get(&jid).map(|j| j.attempt).unwrap_or(0);
-                    self.end_attempt(&mut st, &jid, attempt, Outcome::Lost, None, None, "the worker restarted without this attempt", &mut ops);
+                    self.end_attempt(
+                        &mut st,
+                        &jid,
+                        attempt,
+                        Outcome::Lost,
+                        None,
+                        None,
+                        "the worker restarted without this attempt",
+                        &mut ops,
+                    );
                 }
             }
             // Recompute free capacity from what it really runs.
@@ -531,7 +652,11 @@ impl Core {
                 w.free_gpus = w.resources.gpus.iter().map(|g| g.uuid.clone()).collect();
             }
             for jid in &kept {
-                let (cpus, gpus) = st.jobs.get(jid).map(|j| (j.cpus, j.gpus.clone())).unwrap_or_default();
+                let (cpus, gpus) = st
+                    .jobs
+                    .get(jid)
+                    .map(|j| (j.cpus, j.gpus.clone()))
+                    .unwrap_or_default();
                 if let Some(w) = st.workers.get_mut(&wid) {
                     w.free_cpus = w.free_cpus.saturating_sub(cpus);
                     w.free_gpus.retain(|g| !gpus.contains(g));
@@ -551,7 +676,12 @@ impl Core {
             };
             sends.push((tx.clone(), welcome));
             if st.workers.get(&wid).is_some_and(|w| w.draining) {
-                sends.push((tx, pb::CoordinatorMessage { msg: Some(pb::coordinator_message::Msg::Drain(pb::Drain {})) }));
+                sends.push((
+                    tx,
+                    pb::CoordinatorMessage {
+                        msg: Some(pb::coordinator_message::Msg::Drain(pb::Drain {})),
+                    },
+                ));
             }
             self.dispatch(&mut st, &mut ops, &mut sends);
             (self.store.enqueue(ops), sends, session)
@@ -587,14 +717,23 @@ impl Core {
     /// durable. Records at or below the worker's acknowledged sequence number
     /// were stored before and are skipped; records of a stale attempt are
     /// refused, counted and logged.
-    pub async fn records(&self, wid: &WorkerId, session: u64, records: Vec<pb::Record>) -> Result<pb::Ack, CoreError> {
+    pub async fn records(
+        &self,
+        wid: &WorkerId,
+        session: u64,
+        records: Vec<pb::Record>,
+    ) -> Result<pb::Ack, CoreError> {
         let (fut, sends, ack, had_logs) = {
             let mut st = self.lock();
             let Some(w) = st.workers.get_mut(wid) else {
-                return Err(CoreError::FailedPrecondition("unknown worker; say hello first".into()));
+                return Err(CoreError::FailedPrecondition(
+                    "unknown worker; say hello first".into(),
+                ));
             };
             if !w.session.as_ref().is_some_and(|s| s.id == session) {
-                return Err(CoreError::FailedPrecondition("this stream was replaced by a newer one from the same worker".into()));
+                return Err(CoreError::FailedPrecondition(
+                    "this stream was replaced by a newer one from the same worker".into(),
+                ));
             }
             w.lease_deadline = Instant::now() + secs(self.cfg.lease_timeout_secs);
             w.last_seen = now_secs();
@@ -615,7 +754,11 @@ impl Core {
                         continue;
                     }
                 };
-                let current = st.jobs.get(&jid).is_some_and(|j| j.state == JobState::Running && j.attempt == rec.attempt && j.worker.as_ref() == Some(wid));
+                let current = st.jobs.get(&jid).is_some_and(|j| {
+                    j.state == JobState::Running
+                        && j.attempt == rec.attempt
+                        && j.worker.as_ref() == Some(wid)
+                });
                 if !current {
                     refused += 1;
                     tracing::warn!(worker = %wid, job = %jid, attempt = rec.attempt, "refused a write from a stale attempt");
@@ -632,7 +775,13 @@ impl Core {
                     }),
                     Some(pb::record::Body::Metric(m)) => {
                         self.observe_metric(&mut st, &jid, &m.json);
-                        metrics.push(MetricRow { job_id: jid.to_string(), attempt: rec.attempt, step: m.step, ts: m.ts, json: m.json });
+                        metrics.push(MetricRow {
+                            job_id: jid.to_string(),
+                            attempt: rec.attempt,
+                            step: m.step,
+                            ts: m.ts,
+                            json: m.json,
+                        });
                     }
                     Some(pb::record::Body::Started(_)) | None => {}
                     Some(pb::record::Body::Exited(e)) => {
@@ -646,7 +795,16 @@ impl Core {
                         let outcome = Outcome::parse(&e.outcome).unwrap_or(Outcome::Failed);
                         let code = (outcome != Outcome::Signalled).then_some(e.exit_code);
                         let signal = (e.signal != 0).then_some(e.signal);
-                        self.end_attempt(&mut st, &jid, rec.attempt, outcome, code, signal, &e.message, &mut ops);
+                        self.end_attempt(
+                            &mut st,
+                            &jid,
+                            rec.attempt,
+                            outcome,
+                            code,
+                            signal,
+                            &e.message,
+                            &mut ops,
+                        );
                     }
                 }
             }
@@ -660,14 +818,28 @@ impl Core {
             if let Some(w) = st.workers.get_mut(wid) {
                 w.acked_seq = acked;
             }
-            ops.push(Op::WorkerAcked { id: wid.to_string(), acked_seq: acked });
+            ops.push(Op::WorkerAcked {
+                id: wid.to_string(),
+                acked_seq: acked,
+            });
             if refused > 0 {
                 st.refused_stale += refused;
-                ops.push(Op::AddCounter { name: REFUSED_STALE.into(), delta: refused as i64 });
+                ops.push(Op::AddCounter {
+                    name: REFUSED_STALE.into(),
+                    delta: refused as i64,
+                });
             }
             let mut sends = Vec::new();
             self.dispatch(&mut st, &mut ops, &mut sends);
-            (self.store.enqueue(ops), sends, pb::Ack { seq: acked, refused }, had_logs)
+            (
+                self.store.enqueue(ops),
+                sends,
+                pb::Ack {
+                    seq: acked,
+                    refused,
+                },
+                had_logs,
+            )
         };
         self.finish(fut, sends).await?;
         if had_logs {
@@ -678,10 +850,22 @@ impl Core {
 
     fn observe_metric(&self, st: &mut State, jid: &JobId, json: &str) {
         let Some(job) = st.jobs.get(jid) else { return };
-        let Some(sweep) = st.sweeps.get(&job.sweep) else { return };
-        let Some(metric) = sweep.spec.metric.clone() else { return };
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(json) else { return };
-        let Some(x) = v.get(&metric.name).and_then(|x| x.as_f64()).filter(|x| x.is_finite()) else { return };
+        let Some(sweep) = st.sweeps.get(&job.sweep) else {
+            return;
+        };
+        let Some(metric) = sweep.spec.metric.clone() else {
+            return;
+        };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(json) else {
+            return;
+        };
+        let Some(x) = v
+            .get(&metric.name)
+            .and_then(|x| x.as_f64())
+            .filter(|x| x.is_finite())
+        else {
+            return;
+        };
         if let Some(job) = st.jobs.get_mut(jid) {
             job.final_metric = Some(x);
             if job.best_metric.is_none_or(|b| metric.goal.better(x, b)) {
@@ -693,14 +877,36 @@ impl Core {
     /// Ends the current attempt of a job: records how, frees its resources and
     /// moves the job on through the transition function.
     #[allow(clippy::too_many_arguments)]
-    fn end_attempt(&self, st: &mut State, jid: &JobId, attempt: u64, outcome: Outcome, code: Option<i32>, signal: Option<i32>, message: &str, ops: &mut Vec<Op>) {
-        let Some(job) = st.jobs.get_mut(jid) else { return };
+    fn end_attempt(
+        &self,
+        st: &mut State,
+        jid: &JobId,
+        attempt: u64,
+        outcome: Outcome,
+        code: Option<i32>,
+        signal: Option<i32>,
+        message: &str,
+        ops: &mut Vec<Op>,
+    ) {
+        let Some(job) = st.jobs.get_mut(jid) else {
+            return;
+        };
         if job.state != JobState::Running || job.attempt != attempt {
             return;
         }
-        let retries = st.sweeps.get(&job.sweep).map(|s| s.spec.liandan.retries).unwrap_or(0);
+        let retries = st
+            .sweeps
+            .get(&job.sweep)
+            .map(|s| s.spec.liandan.retries)
+            .unwrap_or(0);
         let retries_left = job.retries_used < retries;
-        let Some(next) = job.state.on(JobEvent::Ended { outcome, cancel_requested: job.cancel_requested, retries_left }) else { return };
+        let Some(next) = job.state.on(JobEvent::Ended {
+            outcome,
+            cancel_requested: job.cancel_requested,
+            retries_left,
+        }) else {
+            return;
+        };
         ops.push(Op::EndAttempt {
             job_id: jid.to_string(),
             attempt,
@@ -716,7 +922,8 @@ impl Core {
         let mut delay = None;
         if next == JobState::Queued && outcome.counts_as_failure() {
             job.retries_used += 1;
-            let backoff = (self.cfg.retry_backoff_secs * 2f64.powi(job.retries_used as i32 - 1)).min(self.cfg.retry_backoff_max_secs);
+            let backoff = (self.cfg.retry_backoff_secs * 2f64.powi(job.retries_used as i32 - 1))
+                .min(self.cfg.retry_backoff_max_secs);
             delay = Some(secs(backoff));
         }
         if next == JobState::Succeeded {
@@ -754,15 +961,35 @@ impl Core {
             let mut st = self.lock();
             let now = Instant::now();
             let mut ops = Vec::new();
-            let expired: Vec<WorkerId> = st.workers.iter().filter(|(_, w)| w.lease_deadline <= now && (!w.running.is_empty() || w.session.is_some())).map(|(k, _)| k.clone()).collect();
+            let expired: Vec<WorkerId> = st
+                .workers
+                .iter()
+                .filter(|(_, w)| {
+                    w.lease_deadline <= now && (!w.running.is_empty() || w.session.is_some())
+                })
+                .map(|(k, _)| k.clone())
+                .collect();
             for wid in expired {
-                let running: Vec<JobId> = st.workers.get(&wid).map(|w| w.running.iter().cloned().collect()).unwrap_or_default();
+                let running: Vec<JobId> = st
+                    .workers
+                    .get(&wid)
+                    .map(|w| w.running.iter().cloned().collect())
+                    .unwrap_or_default();
                 if !running.is_empty() {
                     tracing::warn!(worker = %wid, jobs = running.len(), "lease expired; requeueing its attempts");
                 }
                 for jid in running {
                     let attempt = st.jobs.get(&jid).map(|j| j.attempt).unwrap_or(0);
-                    self.end_attempt(&mut st, &jid, attempt, Outcome::Lost, None, None, "the worker stopped heartbeating (lease expired)", &mut ops);
+                    self.end_attempt(
+                        &mut st,
+                        &jid,
+                        attempt,
+                        Outcome::Lost,
+                        None,
+                        None,
+                        "the worker stopped heartbeating (lease expired)",
+                        &mut ops,
+                    );
                 }
                 if let Some(w) = st.workers.get_mut(&wid) {
                     // A silent stream is as good as gone; the worker reconnects with a fresh hello.
@@ -773,8 +1000,14 @@ impl Core {
                 if *at > now {
                     break;
                 }
-                let Some(Reverse((_, jid))) = st.delayed.pop() else { break };
-                let sweep = st.jobs.get(&jid).filter(|j| j.state == JobState::Queued).map(|j| j.sweep.clone());
+                let Some(Reverse((_, jid))) = st.delayed.pop() else {
+                    break;
+                };
+                let sweep = st
+                    .jobs
+                    .get(&jid)
+                    .filter(|j| j.state == JobState::Queued)
+                    .map(|j| j.sweep.clone());
                 if let Some(s) = sweep.and_then(|s| st.sweeps.get_mut(&s)) {
                     s.ready.push_back(jid);
                 }
@@ -793,7 +1026,12 @@ impl Core {
     /// otherwise, required labels; fair between sweeps (fewest running first,
     /// then priority), within each sweep's concurrency cap.
     fn dispatch(&self, st: &mut State, ops: &mut Vec<Op>, sends: &mut Sends) {
-        let workers: Vec<WorkerId> = st.workers.iter().filter(|(_, w)| w.session.is_some() && w.known && !w.draining).map(|(k, _)| k.clone()).collect();
+        let workers: Vec<WorkerId> = st
+            .workers
+            .iter()
+            .filter(|(_, w)| w.session.is_some() && w.known && !w.draining)
+            .map(|(k, _)| k.clone())
+            .collect();
         for wid in workers {
             loop {
                 let Some(w) = st.workers.get(&wid) else { break };
@@ -803,21 +1041,32 @@ impl Core {
                 let mut candidates: Vec<(i32, u32, f64, SweepId)> = st
                     .sweeps
                     .iter()
-                    .filter(|(_, s)| s.state == SweepState::Active && !s.ready.is_empty() && s.spec.liandan.concurrency.is_none_or(|c| s.running < c))
+                    .filter(|(_, s)| {
+                        s.state == SweepState::Active
+                            && !s.ready.is_empty()
+                            && s.spec.liandan.concurrency.is_none_or(|c| s.running < c)
+                    })
                     .map(|(k, s)| (-s.spec.liandan.priority, s.running, s.created_at, k.clone()))
                     .collect();
                 if candidates.is_empty() {
                     return;
                 }
-                candidates.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)).then(a.2.total_cmp(&b.2)));
+                candidates
+                    .sort_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)).then(a.2.total_cmp(&b.2)));
                 let mut assigned = false;
                 for (_, _, _, sid) in candidates {
                     let (need_gpus, need_cpus, labels) = {
                         let r = &st.sweeps[&sid].spec.liandan.resources;
-                        (r.gpus, if r.gpus == 0 { r.cpus } else { 0 }, r.labels.clone())
+                        (
+                            r.gpus,
+                            if r.gpus == 0 { r.cpus } else { 0 },
+                            r.labels.clone(),
+                        )
                     };
                     let fits = st.workers.get(&wid).is_some_and(|w| {
-                        w.free_gpus.len() as u32 >= need_gpus && w.free_cpus >= need_cpus && labels.iter().all(|l| w.resources.labels.contains(l))
+                        w.free_gpus.len() as u32 >= need_gpus
+                            && w.free_cpus >= need_cpus
+                            && labels.iter().all(|l| w.resources.labels.contains(l))
                     });
                     if !fits {
                         continue;
@@ -845,24 +1094,56 @@ impl Core {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn assign(&self, st: &mut State, sid: &SweepId, jid: &JobId, wid: &WorkerId, gpus: u32, cpus: u32, ops: &mut Vec<Op>, sends: &mut Sends) {
-        let Some(w) = st.workers.get_mut(wid) else { return };
+    fn assign(
+        &self,
+        st: &mut State,
+        sid: &SweepId,
+        jid: &JobId,
+        wid: &WorkerId,
+        gpus: u32,
+        cpus: u32,
+        ops: &mut Vec<Op>,
+        sends: &mut Sends,
+    ) {
+        let Some(w) = st.workers.get_mut(wid) else {
+            return;
+        };
         let taken: Vec<String> = w.free_gpus.drain(..gpus as usize).collect();
         w.free_cpus -= cpus;
         w.running.insert(jid.clone());
         let tx = w.session.as_ref().map(|s| s.tx.clone());
-        let Some(job) = st.jobs.get_mut(jid) else { return };
-        let Some(next) = job.state.on(JobEvent::Assign) else { return };
+        let Some(job) = st.jobs.get_mut(jid) else {
+            return;
+        };
+        let Some(next) = job.state.on(JobEvent::Assign) else {
+            return;
+        };
         job.state = next;
         job.attempt += 1;
         job.worker = Some(wid.clone());
         job.gpus = taken.clone();
         job.cpus = cpus;
-        ops.push(Op::InsertAttempt { job_id: jid.to_string(), attempt: job.attempt, worker_id: wid.to_string(), started_at: now_secs() });
+        ops.push(Op::InsertAttempt {
+            job_id: jid.to_string(),
+            attempt: job.attempt,
+            worker_id: wid.to_string(),
+            started_at: now_secs(),
+        });
         ops.push(Op::UpdateJob(job.row(jid)));
-        let (attempt, seed, params_json, trial) = (job.attempt, job.seed, job.params_json.to_string(), job.trial.to_string());
-        let resume_from = st.checkpoints.get(jid).and_then(|v| v.iter().max_by_key(|c| c.step)).map(checkpoint_info);
-        let Some(s) = st.sweeps.get_mut(sid) else { return };
+        let (attempt, seed, params_json, trial) = (
+            job.attempt,
+            job.seed,
+            job.params_json.to_string(),
+            job.trial.to_string(),
+        );
+        let resume_from = st
+            .checkpoints
+            .get(jid)
+            .and_then(|v| v.iter().max_by_key(|c| c.step))
+            .map(checkpoint_info);
+        let Some(s) = st.sweeps.get_mut(sid) else {
+            return;
+        };
         s.running += 1;
         if let Some(tx) = tx {
             sends.push((
@@ -890,65 +1171,109 @@ impl Core {
     /// Whether `attempt` is the current attempt of a running job (fencing for uploads).
     pub fn is_current(&self, jid: &JobId, attempt: u64) -> bool {
         let st = self.lock();
-        st.jobs.get(jid).is_some_and(|j| j.state == JobState::Running && j.attempt == attempt)
+        st.jobs
+            .get(jid)
+            .is_some_and(|j| j.state == JobState::Running && j.attempt == attempt)
     }
 
     /// Records a durable checkpoint file and returns the files no longer kept.
     pub async fn add_checkpoint(&self, row: CheckpointRow) -> Result<Vec<String>, CoreError> {
-        let jid = JobId::parse(&row.job_id).map_err(|e| CoreError::InvalidArgument(e.to_string()))?;
+        let jid =
+            JobId::parse(&row.job_id).map_err(|e| CoreError::InvalidArgument(e.to_string()))?;
         let row_attempt = row.attempt;
         let (fut, removed) = {
             let mut st = self.lock();
-            let current = st.jobs.get(&jid).is_some_and(|j| j.state == JobState::Running && j.attempt == row.attempt);
+            let current = st
+                .jobs
+                .get(&jid)
+                .is_some_and(|j| j.state == JobState::Running && j.attempt == row.attempt);
             if !current {
                 st.refused_stale += 1;
                 tracing::warn!(job = %jid, attempt = row.attempt, "refused a checkpoint from a stale attempt");
-                (self.store.enqueue(vec![Op::AddCounter { name: REFUSED_STALE.into(), delta: 1 }]), None)
+                (
+                    self.store.enqueue(vec![Op::AddCounter {
+                        name: REFUSED_STALE.into(),
+                        delta: 1,
+                    }]),
+                    None,
+                )
             } else {
-            let (keep_last, keep_best, goal) = {
-                let j = &st.jobs[&jid];
-                let s = &st.sweeps[&j.sweep];
-                (s.spec.liandan.checkpoint.keep_last.unwrap_or(self.cfg.checkpoint_keep_last) as usize, s.spec.liandan.checkpoint.keep_best, s.spec.metric.as_ref().map(|m| m.goal))
-            };
-            let list = st.checkpoints.entry(jid.clone()).or_default();
-            list.retain(|c| c.step != row.step);
-            list.push(row.clone());
-            list.sort_by_key(|c| c.step);
-            let mut keep: HashSet<i64> = list.iter().rev().take(keep_last).map(|c| c.step).collect();
-            if keep_best {
-                if let Some(goal) = goal {
-                    let best = list.iter().filter(|c| c.metric.is_some()).fold(None::<&CheckpointRow>, |b, c| match b {
-                        Some(b) if !goal.better(c.metric.unwrap_or(f64::NAN), b.metric.unwrap_or(f64::NAN)) => Some(b),
-                        _ => Some(c),
-                    });
-                    if let Some(b) = best {
-                        keep.insert(b.step);
+                let (keep_last, keep_best, goal) = {
+                    let j = &st.jobs[&jid];
+                    let s = &st.sweeps[&j.sweep];
+                    (
+                        s.spec
+                            .liandan
+                            .checkpoint
+                            .keep_last
+                            .unwrap_or(self.cfg.checkpoint_keep_last)
+                            as usize,
+                        s.spec.liandan.checkpoint.keep_best,
+                        s.spec.metric.as_ref().map(|m| m.goal),
+                    )
+                };
+                let list = st.checkpoints.entry(jid.clone()).or_default();
+                list.retain(|c| c.step != row.step);
+                list.push(row.clone());
+                list.sort_by_key(|c| c.step);
+                let mut keep: HashSet<i64> =
+                    list.iter().rev().take(keep_last).map(|c| c.step).collect();
+                if keep_best {
+                    if let Some(goal) = goal {
+                        let best = list.iter().filter(|c| c.metric.is_some()).fold(
+                            None::<&CheckpointRow>,
+                            |b, c| match b {
+                                Some(b)
+                                    if !goal.better(
+                                        c.metric.unwrap_or(f64::NAN),
+                                        b.metric.unwrap_or(f64::NAN),
+                                    ) =>
+                                {
+                                    Some(b)
+                                }
+                                _ => Some(c),
+                            },
+                        );
+                        if let Some(b) = best {
+                            keep.insert(b.step);
+                        }
                     }
                 }
-            }
-            let mut ops = vec![Op::InsertCheckpoint(row)];
-            let mut removed = Vec::new();
-            list.retain(|c| {
-                if keep.contains(&c.step) {
-                    true
-                } else {
-                    ops.push(Op::DeleteCheckpoint { job_id: c.job_id.clone(), step: c.step });
-                    removed.push(c.file.clone());
-                    false
-                }
-            });
-            (self.store.enqueue(ops), Some(removed))
+                let mut ops = vec![Op::InsertCheckpoint(row)];
+                let mut removed = Vec::new();
+                list.retain(|c| {
+                    if keep.contains(&c.step) {
+                        true
+                    } else {
+                        ops.push(Op::DeleteCheckpoint {
+                            job_id: c.job_id.clone(),
+                            step: c.step,
+                        });
+                        removed.push(c.file.clone());
+                        false
+                    }
+                });
+                (self.store.enqueue(ops), Some(removed))
             }
         };
         fut.await?;
-        removed.ok_or_else(|| CoreError::FailedPrecondition(format!("attempt {} is not the current attempt of {jid}; checkpoint refused", row_attempt)))
+        removed.ok_or_else(|| {
+            CoreError::FailedPrecondition(format!(
+                "attempt {} is not the current attempt of {jid}; checkpoint refused",
+                row_attempt
+            ))
+        })
     }
 
     pub fn checkpoints(&self, id: &str) -> Result<Vec<CheckpointRow>, CoreError> {
         let jid = JobId::parse(id).map_err(|e| CoreError::InvalidArgument(e.to_string()))?;
         let st = self.lock();
         if !st.jobs.contains_key(&jid) {
-            return Err(CoreError::NotFound { kind: "job", id: jid.to_string(), hint: "jobs SWEEP" });
+            return Err(CoreError::NotFound {
+                kind: "job",
+                id: jid.to_string(),
+                hint: "jobs SWEEP",
+            });
         }
         Ok(st.checkpoints.get(&jid).cloned().unwrap_or_default())
     }
@@ -962,7 +1287,16 @@ impl Core {
                     l.retain(|c| c.step != step);
                 }
             }
-            self.store.enqueue(vec![Op::DeleteCheckpoint { job_id: job_id.to_string(), step }, Op::AddCounter { name: "corrupt_checkpoints".into(), delta: 1 }])
+            self.store.enqueue(vec![
+                Op::DeleteCheckpoint {
+                    job_id: job_id.to_string(),
+                    step,
+                },
+                Op::AddCounter {
+                    name: "corrupt_checkpoints".into(),
+                    delta: 1,
+                },
+            ])
         };
         fut.await?;
         Ok(())
@@ -970,11 +1304,25 @@ impl Core {
 }
 
 fn cancel_msg(id: &JobId, attempt: u64, reason: &str) -> pb::CoordinatorMessage {
-    pb::CoordinatorMessage { msg: Some(pb::coordinator_message::Msg::Cancel(pb::Cancel { job_id: id.to_string(), attempt, reason: reason.into() })) }
+    pb::CoordinatorMessage {
+        msg: Some(pb::coordinator_message::Msg::Cancel(pb::Cancel {
+            job_id: id.to_string(),
+            attempt,
+            reason: reason.into(),
+        })),
+    }
 }
 
 pub(crate) fn checkpoint_info(c: &CheckpointRow) -> pb::Checkpoint {
-    pb::Checkpoint { job_id: c.job_id.clone(), attempt: c.attempt, step: c.step, size: c.size, blake3: c.blake3.clone(), metric: c.metric, created_at: c.created_at }
+    pb::Checkpoint {
+        job_id: c.job_id.clone(),
+        attempt: c.attempt,
+        step: c.step,
+        size: c.size,
+        blake3: c.blake3.clone(),
+        metric: c.metric,
+        created_at: c.created_at,
+    }
 }
 
 fn worker_upsert(id: &WorkerId, w: &WorkerMem) -> Op {
@@ -1003,7 +1351,14 @@ fn resources_from_json(s: &str) -> pb::Resources {
     pb::Resources {
         cpu_slots: v["cpu_slots"].as_u64().unwrap_or(0) as u32,
         memory_bytes: v["memory_bytes"].as_u64().unwrap_or(0),
-        labels: v["labels"].as_array().map(|a| a.iter().filter_map(|x| x.as_str().map(String::from)).collect()).unwrap_or_default(),
+        labels: v["labels"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default(),
         gpus: v["gpus"]
             .as_array()
             .map(|a| {
@@ -1054,7 +1409,9 @@ fn worker_info(id: &WorkerId, w: &WorkerMem) -> pb::Worker {
 }
 
 fn sweep_info(st: &State, id: &SweepId) -> pb::Sweep {
-    let Some(s) = st.sweeps.get(id) else { return pb::Sweep::default() };
+    let Some(s) = st.sweeps.get(id) else {
+        return pb::Sweep::default();
+    };
     let mut c = pb::JobCounts::default();
     for j in s.jobs.iter().filter_map(|j| st.jobs.get(j)) {
         match j.state {
@@ -1069,7 +1426,9 @@ fn sweep_info(st: &State, id: &SweepId) -> pb::Sweep {
         SweepState::Cancelled => "cancelled",
         SweepState::Paused => "paused",
         SweepState::Active if c.queued == 0 && c.running == 0 => "finished",
-        SweepState::Active if c.running == 0 && c.succeeded + c.failed + c.cancelled == 0 => "queued",
+        SweepState::Active if c.running == 0 && c.succeeded + c.failed + c.cancelled == 0 => {
+            "queued"
+        }
         SweepState::Active => "running",
     };
     pb::Sweep {
@@ -1077,8 +1436,18 @@ fn sweep_info(st: &State, id: &SweepId) -> pb::Sweep {
         name: s.name.clone(),
         state: state.into(),
         method: s.spec.method.as_str().into(),
-        metric_name: s.spec.metric.as_ref().map(|m| m.name.clone()).unwrap_or_default(),
-        metric_goal: s.spec.metric.as_ref().map(|m| m.goal.as_str().to_string()).unwrap_or_default(),
+        metric_name: s
+            .spec
+            .metric
+            .as_ref()
+            .map(|m| m.name.clone())
+            .unwrap_or_default(),
+        metric_goal: s
+            .spec
+            .metric
+            .as_ref()
+            .map(|m| m.goal.as_str().to_string())
+            .unwrap_or_default(),
         trials: s.trials,
         jobs: s.jobs.len() as u64,
         counts: Some(c),

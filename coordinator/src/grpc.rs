@@ -27,7 +27,10 @@ pub struct Api {
 
 impl Api {
     pub fn new() -> Self {
-        Api { core: Arc::new(tokio::sync::OnceCell::new()), checkpoints: Arc::new(tokio::sync::OnceCell::new()) }
+        Api {
+            core: Arc::new(tokio::sync::OnceCell::new()),
+            checkpoints: Arc::new(tokio::sync::OnceCell::new()),
+        }
     }
 
     pub fn set_ready(&self, core: Arc<Core>, checkpoints: Arc<CheckpointStore>) {
@@ -36,11 +39,15 @@ impl Api {
     }
 
     fn core(&self) -> Result<Arc<Core>, Status> {
-        self.core.get().cloned().ok_or_else(|| Status::unavailable("the coordinator is still loading its state; retry in a moment"))
+        self.core.get().cloned().ok_or_else(|| {
+            Status::unavailable("the coordinator is still loading its state; retry in a moment")
+        })
     }
 
     fn ckpt(&self) -> Result<Arc<CheckpointStore>, Status> {
-        self.checkpoints.get().cloned().ok_or_else(|| Status::unavailable("the coordinator is still loading its state; retry in a moment"))
+        self.checkpoints.get().cloned().ok_or_else(|| {
+            Status::unavailable("the coordinator is still loading its state; retry in a moment")
+        })
     }
 }
 
@@ -56,48 +63,95 @@ fn job_id(s: &str) -> Result<JobId, Status> {
 
 #[tonic::async_trait]
 impl UserService for Api {
-    async fn submit_sweep(&self, req: Request<pb::SubmitSweepRequest>) -> Result<Response<pb::SubmitSweepResponse>, Status> {
+    async fn submit_sweep(
+        &self,
+        req: Request<pb::SubmitSweepRequest>,
+    ) -> Result<Response<pb::SubmitSweepResponse>, Status> {
         let r = req.into_inner();
         let (sweep, created, warnings) = self.core()?.submit(&r.spec, &r.format, &r.name).await?;
-        Ok(Response::new(pb::SubmitSweepResponse { sweep: Some(sweep), created, warnings }))
+        Ok(Response::new(pb::SubmitSweepResponse {
+            sweep: Some(sweep),
+            created,
+            warnings,
+        }))
     }
 
-    async fn get_sweep(&self, req: Request<pb::GetSweepRequest>) -> Result<Response<pb::Sweep>, Status> {
-        Ok(Response::new(self.core()?.get_sweep(&req.into_inner().sweep_id)?))
+    async fn get_sweep(
+        &self,
+        req: Request<pb::GetSweepRequest>,
+    ) -> Result<Response<pb::Sweep>, Status> {
+        Ok(Response::new(
+            self.core()?.get_sweep(&req.into_inner().sweep_id)?,
+        ))
     }
 
-    async fn list_sweeps(&self, _: Request<pb::ListSweepsRequest>) -> Result<Response<pb::ListSweepsResponse>, Status> {
-        Ok(Response::new(pb::ListSweepsResponse { sweeps: self.core()?.list_sweeps() }))
+    async fn list_sweeps(
+        &self,
+        _: Request<pb::ListSweepsRequest>,
+    ) -> Result<Response<pb::ListSweepsResponse>, Status> {
+        Ok(Response::new(pb::ListSweepsResponse {
+            sweeps: self.core()?.list_sweeps(),
+        }))
     }
 
-    async fn cancel_sweep(&self, req: Request<pb::SweepRef>) -> Result<Response<pb::Sweep>, Status> {
-        Ok(Response::new(self.core()?.set_sweep_state(&req.into_inner().sweep_id, SweepState::Cancelled).await?))
+    async fn cancel_sweep(
+        &self,
+        req: Request<pb::SweepRef>,
+    ) -> Result<Response<pb::Sweep>, Status> {
+        Ok(Response::new(
+            self.core()?
+                .set_sweep_state(&req.into_inner().sweep_id, SweepState::Cancelled)
+                .await?,
+        ))
     }
 
     async fn pause_sweep(&self, req: Request<pb::SweepRef>) -> Result<Response<pb::Sweep>, Status> {
-        Ok(Response::new(self.core()?.set_sweep_state(&req.into_inner().sweep_id, SweepState::Paused).await?))
+        Ok(Response::new(
+            self.core()?
+                .set_sweep_state(&req.into_inner().sweep_id, SweepState::Paused)
+                .await?,
+        ))
     }
 
-    async fn resume_sweep(&self, req: Request<pb::SweepRef>) -> Result<Response<pb::Sweep>, Status> {
-        Ok(Response::new(self.core()?.set_sweep_state(&req.into_inner().sweep_id, SweepState::Active).await?))
+    async fn resume_sweep(
+        &self,
+        req: Request<pb::SweepRef>,
+    ) -> Result<Response<pb::Sweep>, Status> {
+        Ok(Response::new(
+            self.core()?
+                .set_sweep_state(&req.into_inner().sweep_id, SweepState::Active)
+                .await?,
+        ))
     }
 
     async fn cancel_job(&self, req: Request<pb::JobRef>) -> Result<Response<pb::Job>, Status> {
-        Ok(Response::new(self.core()?.cancel_job(&req.into_inner().job_id).await?))
+        Ok(Response::new(
+            self.core()?.cancel_job(&req.into_inner().job_id).await?,
+        ))
     }
 
-    async fn list_jobs(&self, req: Request<pb::ListJobsRequest>) -> Result<Response<pb::ListJobsResponse>, Status> {
+    async fn list_jobs(
+        &self,
+        req: Request<pb::ListJobsRequest>,
+    ) -> Result<Response<pb::ListJobsResponse>, Status> {
         let r = req.into_inner();
-        Ok(Response::new(pb::ListJobsResponse { jobs: self.core()?.list_jobs(&r.sweep_id, &r.state)? }))
+        Ok(Response::new(pb::ListJobsResponse {
+            jobs: self.core()?.list_jobs(&r.sweep_id, &r.state)?,
+        }))
     }
 
     async fn get_job(&self, req: Request<pb::JobRef>) -> Result<Response<pb::Job>, Status> {
-        Ok(Response::new(self.core()?.get_job(&req.into_inner().job_id).await?))
+        Ok(Response::new(
+            self.core()?.get_job(&req.into_inner().job_id).await?,
+        ))
     }
 
     type ReadLogsStream = BoxStream<pb::LogLine>;
 
-    async fn read_logs(&self, req: Request<pb::ReadLogsRequest>) -> Result<Response<Self::ReadLogsStream>, Status> {
+    async fn read_logs(
+        &self,
+        req: Request<pb::ReadLogsRequest>,
+    ) -> Result<Response<Self::ReadLogsStream>, Status> {
         let r = req.into_inner();
         let core = self.core()?;
         let jid = job_id(&r.job_id)?;
@@ -105,45 +159,99 @@ impl UserService for Api {
             "" | "all" => None,
             "stdout" => Some(0),
             "stderr" => Some(1),
-            other => return Err(Status::invalid_argument(format!("unknown stream {other:?}; use stdout, stderr or all"))),
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "unknown stream {other:?}; use stdout, stderr or all"
+                )))
+            }
         };
-        let (current, _) = core.job_progress(&jid).ok_or_else(|| Status::not_found(format!("job {jid} not found; list them with `liandan jobs SWEEP`")))?;
-        let attempt = if r.attempt == 0 { current.max(1) } else { r.attempt };
+        let (current, _) = core.job_progress(&jid).ok_or_else(|| {
+            Status::not_found(format!(
+                "job {jid} not found; list them with `liandan jobs SWEEP`"
+            ))
+        })?;
+        let attempt = if r.attempt == 0 {
+            current.max(1)
+        } else {
+            r.attempt
+        };
         let (tx, rx) = mpsc::channel(1024);
-        tokio::spawn(crate::logs::follow(core, jid, attempt, r.from_line.max(1), r.tail, r.follow, stream_filter, tx));
+        tokio::spawn(crate::logs::follow(
+            core,
+            jid,
+            attempt,
+            r.from_line.max(1),
+            r.tail,
+            r.follow,
+            stream_filter,
+            tx,
+        ));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
-    async fn get_metrics(&self, req: Request<pb::GetMetricsRequest>) -> Result<Response<pb::GetMetricsResponse>, Status> {
+    async fn get_metrics(
+        &self,
+        req: Request<pb::GetMetricsRequest>,
+    ) -> Result<Response<pb::GetMetricsResponse>, Status> {
         let r = req.into_inner();
         let core = self.core()?;
         let jid = job_id(&r.job_id)?;
-        core.job_progress(&jid).ok_or_else(|| Status::not_found(format!("job {jid} not found; list them with `liandan jobs SWEEP`")))?;
+        core.job_progress(&jid).ok_or_else(|| {
+            Status::not_found(format!(
+                "job {jid} not found; list them with `liandan jobs SWEEP`"
+            ))
+        })?;
         let records = crate::logs::metrics(&core, &jid, r.attempt).await?;
         Ok(Response::new(pb::GetMetricsResponse { records }))
     }
 
-    async fn get_results(&self, req: Request<pb::SweepRef>) -> Result<Response<pb::GetResultsResponse>, Status> {
-        Ok(Response::new(self.core()?.results(&req.into_inner().sweep_id)?))
+    async fn get_results(
+        &self,
+        req: Request<pb::SweepRef>,
+    ) -> Result<Response<pb::GetResultsResponse>, Status> {
+        Ok(Response::new(
+            self.core()?.results(&req.into_inner().sweep_id)?,
+        ))
     }
 
-    async fn list_workers(&self, _: Request<pb::ListWorkersRequest>) -> Result<Response<pb::ListWorkersResponse>, Status> {
-        Ok(Response::new(pb::ListWorkersResponse { workers: self.core()?.list_workers() }))
+    async fn list_workers(
+        &self,
+        _: Request<pb::ListWorkersRequest>,
+    ) -> Result<Response<pb::ListWorkersResponse>, Status> {
+        Ok(Response::new(pb::ListWorkersResponse {
+            workers: self.core()?.list_workers(),
+        }))
     }
 
-    async fn drain_worker(&self, req: Request<pb::DrainWorkerRequest>) -> Result<Response<pb::Worker>, Status> {
-        Ok(Response::new(self.core()?.drain(&req.into_inner().worker_id).await?))
+    async fn drain_worker(
+        &self,
+        req: Request<pb::DrainWorkerRequest>,
+    ) -> Result<Response<pb::Worker>, Status> {
+        Ok(Response::new(
+            self.core()?.drain(&req.into_inner().worker_id).await?,
+        ))
     }
 
-    async fn list_checkpoints(&self, req: Request<pb::JobRef>) -> Result<Response<pb::ListCheckpointsResponse>, Status> {
+    async fn list_checkpoints(
+        &self,
+        req: Request<pb::JobRef>,
+    ) -> Result<Response<pb::ListCheckpointsResponse>, Status> {
         let rows = self.core()?.checkpoints(&req.into_inner().job_id)?;
-        Ok(Response::new(pb::ListCheckpointsResponse { checkpoints: rows.iter().map(crate::core::checkpoint_info).collect() }))
+        Ok(Response::new(pb::ListCheckpointsResponse {
+            checkpoints: rows.iter().map(crate::core::checkpoint_info).collect(),
+        }))
     }
 
     type DownloadCheckpointStream = BoxStream<pb::CheckpointChunk>;
 
-    async fn download_checkpoint(&self, req: Request<pb::DownloadCheckpointRequest>) -> Result<Response<Self::DownloadCheckpointStream>, Status> {
-        let s = self.ckpt()?.download(self.core()?, req.into_inner()).await?;
+    async fn download_checkpoint(
+        &self,
+        req: Request<pb::DownloadCheckpointRequest>,
+    ) -> Result<Response<Self::DownloadCheckpointStream>, Status> {
+        let s = self
+            .ckpt()?
+            .download(self.core()?, req.into_inner())
+            .await?;
         Ok(Response::new(s))
     }
 }
@@ -152,12 +260,21 @@ impl UserService for Api {
 impl WorkerService for Api {
     type SessionStream = BoxStream<pb::CoordinatorMessage>;
 
-    async fn session(&self, req: Request<Streaming<pb::WorkerMessage>>) -> Result<Response<Self::SessionStream>, Status> {
+    async fn session(
+        &self,
+        req: Request<Streaming<pb::WorkerMessage>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
         let core = self.core()?;
         let mut inbound = req.into_inner();
         let hello = match inbound.message().await? {
-            Some(pb::WorkerMessage { msg: Some(pb::worker_message::Msg::Hello(h)) }) => h,
-            _ => return Err(Status::invalid_argument("the first message on a worker session must be hello")),
+            Some(pb::WorkerMessage {
+                msg: Some(pb::worker_message::Msg::Hello(h)),
+            }) => h,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the first message on a worker session must be hello",
+                ))
+            }
         };
         let (tx, rx) = mpsc::unbounded_channel();
         let (wid, session) = core.hello(hello, tx.clone()).await?;
@@ -166,10 +283,19 @@ impl WorkerService for Api {
         tokio::spawn(async move {
             loop {
                 match inbound.message().await {
-                    Ok(Some(pb::WorkerMessage { msg: Some(pb::worker_message::Msg::Heartbeat(_)) })) => core.heartbeat(&wid, session),
-                    Ok(Some(pb::WorkerMessage { msg: Some(pb::worker_message::Msg::Records(r)) })) => match core.records(&wid, session, r.records).await {
+                    Ok(Some(pb::WorkerMessage {
+                        msg: Some(pb::worker_message::Msg::Heartbeat(_)),
+                    })) => core.heartbeat(&wid, session),
+                    Ok(Some(pb::WorkerMessage {
+                        msg: Some(pb::worker_message::Msg::Records(r)),
+                    })) => match core.records(&wid, session, r.records).await {
                         Ok(ack) => {
-                            if tx.send(pb::CoordinatorMessage { msg: Some(pb::coordinator_message::Msg::Ack(ack)) }).is_err() {
+                            if tx
+                                .send(pb::CoordinatorMessage {
+                                    msg: Some(pb::coordinator_message::Msg::Ack(ack)),
+                                })
+                                .is_err()
+                            {
                                 break;
                             }
                         }
@@ -195,19 +321,31 @@ impl WorkerService for Api {
         Ok(Response::new(Box::pin(out)))
     }
 
-    async fn upload_checkpoint(&self, req: Request<Streaming<pb::CheckpointUpload>>) -> Result<Response<pb::UploadCheckpointResponse>, Status> {
+    async fn upload_checkpoint(
+        &self,
+        req: Request<Streaming<pb::CheckpointUpload>>,
+    ) -> Result<Response<pb::UploadCheckpointResponse>, Status> {
         let r = self.ckpt()?.upload(self.core()?, req.into_inner()).await?;
         Ok(Response::new(r))
     }
 
-    async fn checkpoint_upload_status(&self, req: Request<pb::CheckpointUploadStatusRequest>) -> Result<Response<pb::CheckpointUploadStatusResponse>, Status> {
+    async fn checkpoint_upload_status(
+        &self,
+        req: Request<pb::CheckpointUploadStatusRequest>,
+    ) -> Result<Response<pb::CheckpointUploadStatusResponse>, Status> {
         Ok(Response::new(self.ckpt()?.status(req.into_inner()).await?))
     }
 
     type FetchCheckpointStream = BoxStream<pb::CheckpointChunk>;
 
-    async fn fetch_checkpoint(&self, req: Request<pb::DownloadCheckpointRequest>) -> Result<Response<Self::FetchCheckpointStream>, Status> {
-        let s = self.ckpt()?.download(self.core()?, req.into_inner()).await?;
+    async fn fetch_checkpoint(
+        &self,
+        req: Request<pb::DownloadCheckpointRequest>,
+    ) -> Result<Response<Self::FetchCheckpointStream>, Status> {
+        let s = self
+            .ckpt()?
+            .download(self.core()?, req.into_inner())
+            .await?;
         Ok(Response::new(s))
     }
 }

@@ -39,16 +39,29 @@ pub enum RunError {
 }
 
 fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// Serves the coordinator on `listener` until `shutdown` resolves. Health is
 /// NOT_SERVING until the state is loaded, then SERVING.
-pub async fn run(cfg: CoordinatorConfig, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), RunError> {
+pub async fn run(
+    cfg: CoordinatorConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
     let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_service_status("", ServingStatus::NotServing).await;
-    health.set_not_serving::<pb::user_service_server::UserServiceServer<grpc::Api>>().await;
-    health.set_not_serving::<pb::worker_service_server::WorkerServiceServer<grpc::Api>>().await;
+    health
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
+    health
+        .set_not_serving::<pb::user_service_server::UserServiceServer<grpc::Api>>()
+        .await;
+    health
+        .set_not_serving::<pb::worker_service_server::WorkerServiceServer<grpc::Api>>()
+        .await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -59,8 +72,12 @@ pub async fn run(cfg: CoordinatorConfig, listener: TcpListener, shutdown: impl F
         .build_v1alpha()?;
     let api = grpc::Api::new();
     let max = cfg.max_message_bytes;
-    let user = pb::user_service_server::UserServiceServer::new(api.clone()).max_decoding_message_size(max).max_encoding_message_size(max);
-    let worker = pb::worker_service_server::WorkerServiceServer::new(api.clone()).max_decoding_message_size(max).max_encoding_message_size(max);
+    let user = pb::user_service_server::UserServiceServer::new(api.clone())
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    let worker = pb::worker_service_server::WorkerServiceServer::new(api.clone())
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
 
     let local = listener.local_addr().ok();
     let server = tonic::transport::Server::builder()
@@ -69,7 +86,10 @@ pub async fn run(cfg: CoordinatorConfig, listener: TcpListener, shutdown: impl F
         .add_service(reflection_v1alpha)
         .add_service(user)
         .add_service(worker)
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown);
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown,
+        );
     let server = tokio::spawn(server);
     tracing::info!(listen = ?local, data_dir = %cfg.data_dir.display(), "coordinator listening; loading state");
 
@@ -87,11 +107,16 @@ pub async fn run(cfg: CoordinatorConfig, listener: TcpListener, shutdown: impl F
             return Err(core::CoreError::FailedPrecondition(format!("loading state: {e}")).into());
         }
     };
-    let ckpts = Arc::new(checkpoints::CheckpointStore::new(&cfg.data_dir).map_err(RunError::Checkpoints)?);
+    let ckpts =
+        Arc::new(checkpoints::CheckpointStore::new(&cfg.data_dir).map_err(RunError::Checkpoints)?);
     api.set_ready(core.clone(), ckpts);
     health.set_service_status("", ServingStatus::Serving).await;
-    health.set_serving::<pb::user_service_server::UserServiceServer<grpc::Api>>().await;
-    health.set_serving::<pb::worker_service_server::WorkerServiceServer<grpc::Api>>().await;
+    health
+        .set_serving::<pb::user_service_server::UserServiceServer<grpc::Api>>()
+        .await;
+    health
+        .set_serving::<pb::worker_service_server::WorkerServiceServer<grpc::Api>>()
+        .await;
 
     // The scheduler loop: leases, delayed retries, dispatch. Its progress feeds
     // the systemd watchdog, so a wedged loop gets the service restarted.
@@ -109,7 +134,13 @@ pub async fn run(cfg: CoordinatorConfig, listener: TcpListener, shutdown: impl F
             tick_seen.store(now_ms(), Ordering::Relaxed);
         }
     });
-    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status("serving")]);
+    let _ = sd_notify::notify(
+        false,
+        &[
+            sd_notify::NotifyState::Ready,
+            sd_notify::NotifyState::Status("serving"),
+        ],
+    );
     let mut watchdog_usec = 0u64;
     let watchdog = if sd_notify::watchdog_enabled(false, &mut watchdog_usec) && watchdog_usec > 0 {
         let period = Duration::from_micros(watchdog_usec / 2);
@@ -117,7 +148,9 @@ pub async fn run(cfg: CoordinatorConfig, listener: TcpListener, shutdown: impl F
         Some(tokio::spawn(async move {
             loop {
                 tokio::time::sleep(period).await;
-                if now_ms().saturating_sub(seen.load(Ordering::Relaxed)) < (watchdog_usec / 1000).max(1000) {
+                if now_ms().saturating_sub(seen.load(Ordering::Relaxed))
+                    < (watchdog_usec / 1000).max(1000)
+                {
                     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
                 }
             }

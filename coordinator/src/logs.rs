@@ -12,7 +12,13 @@ use tonic::Status;
 
 const PAGE: i64 = 5000;
 
-async fn read_page(core: &Core, job: &JobId, attempt: u64, from: u64, stream: Option<u8>) -> Result<Vec<pb::LogLine>, CoreError> {
+async fn read_page(
+    core: &Core,
+    job: &JobId,
+    attempt: u64,
+    from: u64,
+    stream: Option<u8>,
+) -> Result<Vec<pb::LogLine>, CoreError> {
     let key = job.to_string();
     let rows = core
         .store()
@@ -36,7 +42,12 @@ async fn read_page(core: &Core, job: &JobId, attempt: u64, from: u64, stream: Op
     Ok(rows)
 }
 
-async fn last_line(core: &Core, job: &JobId, attempt: u64, stream: Option<u8>) -> Result<u64, CoreError> {
+async fn last_line(
+    core: &Core,
+    job: &JobId,
+    attempt: u64,
+    stream: Option<u8>,
+) -> Result<u64, CoreError> {
     let key = job.to_string();
     Ok(core
         .store()
@@ -53,7 +64,16 @@ async fn last_line(core: &Core, job: &JobId, attempt: u64, stream: Option<u8>) -
 /// Sends a job's log lines from `from` (or the last `tail`), then, with
 /// `follow`, new lines until the attempt ends. Ends when the client goes away.
 #[allow(clippy::too_many_arguments)]
-pub async fn follow(core: Arc<Core>, job: JobId, attempt: u64, from: u64, tail: u64, follow: bool, stream: Option<u8>, tx: mpsc::Sender<Result<pb::LogLine, Status>>) {
+pub async fn follow(
+    core: Arc<Core>,
+    job: JobId,
+    attempt: u64,
+    from: u64,
+    tail: u64,
+    follow: bool,
+    stream: Option<u8>,
+    tx: mpsc::Sender<Result<pb::LogLine, Status>>,
+) {
     let mut updates = core.log_updates();
     let mut next = from;
     if tail > 0 {
@@ -90,7 +110,9 @@ pub async fn follow(core: Arc<Core>, job: JobId, attempt: u64, from: u64, tail: 
         if !follow || finishing {
             return;
         }
-        let done = core.job_progress(&job).is_none_or(|(cur, terminal)| terminal || cur != attempt);
+        let done = core
+            .job_progress(&job)
+            .is_none_or(|(cur, terminal)| terminal || cur != attempt);
         if done {
             // Everything visible in memory was queued to the store; an empty
             // commit is a barrier after which it is all durable. Read once more.
@@ -109,7 +131,11 @@ pub async fn follow(core: Arc<Core>, job: JobId, attempt: u64, from: u64, tail: 
 }
 
 /// A job's metric records (all attempts, or one).
-pub async fn metrics(core: &Core, job: &JobId, attempt: u64) -> Result<Vec<pb::MetricRecord>, CoreError> {
+pub async fn metrics(
+    core: &Core,
+    job: &JobId,
+    attempt: u64,
+) -> Result<Vec<pb::MetricRecord>, CoreError> {
     let key = job.to_string();
     Ok(core
         .store()

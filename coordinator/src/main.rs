@@ -21,6 +21,9 @@ struct Args {
     /// Seconds without a heartbeat before a worker's attempts are lost.
     #[arg(long, value_name = "SECS")]
     lease_timeout_secs: Option<f64>,
+    /// Seconds between worker heartbeats.
+    #[arg(long, value_name = "SECS")]
+    heartbeat_interval_secs: Option<f64>,
     /// Seconds workers get to reconnect after a restart.
     #[arg(long, value_name = "SECS")]
     restart_grace_secs: Option<f64>,
@@ -44,13 +47,18 @@ fn main() {
     if let Some(v) = args.lease_timeout_secs {
         overrides.push(("lease_timeout_secs", v.to_string()));
     }
+    if let Some(v) = args.heartbeat_interval_secs {
+        overrides.push(("heartbeat_interval_secs", v.to_string()));
+    }
     if let Some(v) = args.restart_grace_secs {
         overrides.push(("restart_grace_secs", v.to_string()));
     }
     if let Some(v) = &args.log_format {
         overrides.push(("log_format", v.clone()));
     }
-    let cfg: CoordinatorConfig = match config::load(args.config.as_deref(), &overrides).and_then(|c: CoordinatorConfig| c.validate().map(|_| c)) {
+    let cfg: CoordinatorConfig = match config::load(args.config.as_deref(), &overrides)
+        .and_then(|c: CoordinatorConfig| c.validate().map(|_| c))
+    {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");
@@ -62,7 +70,10 @@ fn main() {
         return;
     }
     liandan_common::logging::init(&cfg.log_format, "info");
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

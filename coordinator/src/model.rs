@@ -49,7 +49,10 @@ impl JobState {
     }
 
     pub fn is_terminal(self) -> bool {
-        matches!(self, JobState::Succeeded | JobState::Failed | JobState::Cancelled)
+        matches!(
+            self,
+            JobState::Succeeded | JobState::Failed | JobState::Cancelled
+        )
     }
 
     /// The one transition function. `None` means the event is not allowed in
@@ -60,7 +63,14 @@ impl JobState {
         match (self, event) {
             (Queued, Assign) => Some(Running),
             (Queued, Cancel) => Some(Cancelled),
-            (Running, Ended { outcome, cancel_requested, retries_left }) => Some(match outcome {
+            (
+                Running,
+                Ended {
+                    outcome,
+                    cancel_requested,
+                    retries_left,
+                },
+            ) => Some(match outcome {
                 _ if cancel_requested && outcome != Outcome::Succeeded => Cancelled,
                 Outcome::Succeeded => Succeeded,
                 o if !o.counts_as_failure() => Queued,
@@ -80,7 +90,11 @@ pub enum JobEvent {
     /// The user cancelled a job that is not running.
     Cancel,
     /// The current attempt ended.
-    Ended { outcome: Outcome, cancel_requested: bool, retries_left: bool },
+    Ended {
+        outcome: Outcome,
+        cancel_requested: bool,
+        retries_left: bool,
+    },
 }
 
 /// How an attempt ended, classified so that only the job's own failures spend
@@ -140,7 +154,10 @@ impl Outcome {
     /// Whether this ending spends one of the job's retries. A lost worker, a
     /// drain or a worker restart is not the job's fault.
     pub fn counts_as_failure(self) -> bool {
-        matches!(self, Outcome::Failed | Outcome::Signalled | Outcome::OomKilled | Outcome::SpawnFailed)
+        matches!(
+            self,
+            Outcome::Failed | Outcome::Signalled | Outcome::OomKilled | Outcome::SpawnFailed
+        )
     }
 }
 
@@ -178,22 +195,74 @@ mod tests {
 
     #[test]
     fn transitions_table() {
-        let end = |o, c, r| JobEvent::Ended { outcome: o, cancel_requested: c, retries_left: r };
+        let end = |o, c, r| JobEvent::Ended {
+            outcome: o,
+            cancel_requested: c,
+            retries_left: r,
+        };
         let cases = [
             (JobState::Queued, JobEvent::Assign, Some(JobState::Running)),
-            (JobState::Queued, JobEvent::Cancel, Some(JobState::Cancelled)),
-            (JobState::Running, end(Outcome::Succeeded, false, false), Some(JobState::Succeeded)),
-            (JobState::Running, end(Outcome::Succeeded, true, false), Some(JobState::Succeeded)),
-            (JobState::Running, end(Outcome::Failed, false, true), Some(JobState::Queued)),
-            (JobState::Running, end(Outcome::Failed, false, false), Some(JobState::Failed)),
-            (JobState::Running, end(Outcome::OomKilled, false, false), Some(JobState::Failed)),
-            (JobState::Running, end(Outcome::Lost, false, false), Some(JobState::Queued)),
-            (JobState::Running, end(Outcome::Preempted, false, false), Some(JobState::Queued)),
-            (JobState::Running, end(Outcome::Interrupted, false, false), Some(JobState::Queued)),
-            (JobState::Running, end(Outcome::Lost, true, false), Some(JobState::Cancelled)),
-            (JobState::Running, end(Outcome::Cancelled, true, true), Some(JobState::Cancelled)),
+            (
+                JobState::Queued,
+                JobEvent::Cancel,
+                Some(JobState::Cancelled),
+            ),
+            (
+                JobState::Running,
+                end(Outcome::Succeeded, false, false),
+                Some(JobState::Succeeded),
+            ),
+            (
+                JobState::Running,
+                end(Outcome::Succeeded, true, false),
+                Some(JobState::Succeeded),
+            ),
+            (
+                JobState::Running,
+                end(Outcome::Failed, false, true),
+                Some(JobState::Queued),
+            ),
+            (
+                JobState::Running,
+                end(Outcome::Failed, false, false),
+                Some(JobState::Failed),
+            ),
+            (
+                JobState::Running,
+                end(Outcome::OomKilled, false, false),
+                Some(JobState::Failed),
+            ),
+            (
+                JobState::Running,
+                end(Outcome::Lost, false, false),
+                Some(JobState::Queued),
+            ),
+            (
+                JobState::Running,
+                end(Outcome::Preempted, false, false),
+                Some(JobState::Queued),
+            ),
+            (
+                JobState::Running,
+                end(Outcome::Interrupted, false, false),
+                Some(JobState::Queued),
+            ),
+            (
+                JobState::Running,
+                end(Outcome::Lost, true, false),
+                Some(JobState::Cancelled),
+            ),
+            (
+                JobState::Running,
+                end(Outcome::Cancelled, true, true),
+                Some(JobState::Cancelled),
+            ),
             (JobState::Succeeded, JobEvent::Assign, None),
-            (JobState::Succeeded, end(Outcome::Succeeded, false, false), None),
+            (
+                JobState::Succeeded,
+                end(Outcome::Succeeded, false, false),
+                None,
+            ),
             (JobState::Failed, JobEvent::Cancel, None),
             (JobState::Running, JobEvent::Assign, None),
             (JobState::Cancelled, JobEvent::Assign, None),

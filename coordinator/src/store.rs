@@ -62,7 +62,10 @@ const MIGRATIONS: &[&str] = &[
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database {path}: {source}")]
-    Open { path: PathBuf, source: rusqlite::Error },
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
     #[error("database schema version {found} is newer than this binary understands ({SCHEMA_VERSION}); upgrade liandan-coordinator")]
     TooNew { found: i64 },
     #[error("database: {0}")]
@@ -130,20 +133,65 @@ pub struct CheckpointRow {
 /// transaction shared with other callers' batches.
 #[derive(Clone, Debug)]
 pub enum Op {
-    InsertSweep { id: String, name: String, spec_json: String, spec_hash: String, method: String, algorithm: String, created_at: f64 },
-    InsertTrial { id: String, sweep_id: String, idx: i64, params_json: String },
+    InsertSweep {
+        id: String,
+        name: String,
+        spec_json: String,
+        spec_hash: String,
+        method: String,
+        algorithm: String,
+        created_at: f64,
+    },
+    InsertTrial {
+        id: String,
+        sweep_id: String,
+        idx: i64,
+        params_json: String,
+    },
     InsertJob(JobRow),
-    SetSweepState { id: String, state: String },
+    SetSweepState {
+        id: String,
+        state: String,
+    },
     UpdateJob(JobRow),
-    InsertAttempt { job_id: String, attempt: u64, worker_id: String, started_at: f64 },
-    EndAttempt { job_id: String, attempt: u64, state: String, ended_at: f64, exit_code: Option<i32>, signal: Option<i32>, message: String },
+    InsertAttempt {
+        job_id: String,
+        attempt: u64,
+        worker_id: String,
+        started_at: f64,
+    },
+    EndAttempt {
+        job_id: String,
+        attempt: u64,
+        state: String,
+        ended_at: f64,
+        exit_code: Option<i32>,
+        signal: Option<i32>,
+        message: String,
+    },
     Logs(Vec<LogRow>),
     Metrics(Vec<MetricRow>),
-    UpsertWorker { id: String, hostname: String, resources_json: String, acked_seq: u64, draining: bool, last_seen: f64 },
-    WorkerAcked { id: String, acked_seq: u64 },
-    AddCounter { name: String, delta: i64 },
+    UpsertWorker {
+        id: String,
+        hostname: String,
+        resources_json: String,
+        acked_seq: u64,
+        draining: bool,
+        last_seen: f64,
+    },
+    WorkerAcked {
+        id: String,
+        acked_seq: u64,
+    },
+    AddCounter {
+        name: String,
+        delta: i64,
+    },
     InsertCheckpoint(CheckpointRow),
-    DeleteCheckpoint { job_id: String, step: i64 },
+    DeleteCheckpoint {
+        job_id: String,
+        step: i64,
+    },
 }
 
 type Reply = oneshot::Sender<Result<(), StoreError>>;
@@ -157,7 +205,10 @@ pub struct Store {
 }
 
 fn open(path: &Path) -> Result<Connection, StoreError> {
-    let conn = Connection::open(path).map_err(|source| StoreError::Open { path: path.to_path_buf(), source })?;
+    let conn = Connection::open(path).map_err(|source| StoreError::Open {
+        path: path.to_path_buf(),
+        source,
+    })?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
@@ -189,14 +240,23 @@ impl Store {
         std::thread::Builder::new()
             .name("liandan-db-writer".into())
             .spawn(move || writer_loop(writer, rx))
-            .map_err(|e| StoreError::CommitFailed(format!("cannot start the writer thread: {e}")))?;
-        Ok(Store { tx, reader: Arc::new(Mutex::new(reader)), path: path.to_path_buf() })
+            .map_err(|e| {
+                StoreError::CommitFailed(format!("cannot start the writer thread: {e}"))
+            })?;
+        Ok(Store {
+            tx,
+            reader: Arc::new(Mutex::new(reader)),
+            path: path.to_path_buf(),
+        })
     }
 
     /// Queues a batch; the returned future resolves once it is durable. Queue
     /// order is commit order, so callers that queue under a lock keep the
     /// database in the order of their decisions.
-    pub fn enqueue(&self, ops: Vec<Op>) -> impl std::future::Future<Output = Result<(), StoreError>> + Send + 'static {
+    pub fn enqueue(
+        &self,
+        ops: Vec<Op>,
+    ) -> impl std::future::Future<Output = Result<(), StoreError>> + Send + 'static {
         let (reply, rx) = oneshot::channel();
         let sent = self.tx.send((ops, reply)).is_ok();
         async move {
@@ -228,7 +288,10 @@ impl Store {
     }
 
     /// Runs a read query on the calling thread (start-up only, before serving).
-    pub fn read_now<T>(&self, f: impl FnOnce(&Connection) -> Result<T, rusqlite::Error>) -> Result<T, StoreError> {
+    pub fn read_now<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, rusqlite::Error>,
+    ) -> Result<T, StoreError> {
         let conn = self.reader.lock().unwrap_or_else(|p| p.into_inner());
         f(&conn).map_err(StoreError::from)
     }
@@ -278,12 +341,28 @@ fn apply_group(conn: &mut Connection, group: &[(Vec<Op>, Reply)]) -> Result<(), 
 
 fn apply(tx: &rusqlite::Transaction, op: &Op) -> Result<(), rusqlite::Error> {
     match op {
-        Op::InsertSweep { id, name, spec_json, spec_hash, method, algorithm, created_at } => {
+        Op::InsertSweep {
+            id,
+            name,
+            spec_json,
+            spec_hash,
+            method,
+            algorithm,
+            created_at,
+        } => {
             tx.prepare_cached("INSERT INTO sweeps(id,name,spec_json,spec_hash,state,method,algorithm,created_at) VALUES(?1,?2,?3,?4,'active',?5,?6,?7)")?
                 .execute(params![id, name, spec_json, spec_hash, method, algorithm, created_at])?;
         }
-        Op::InsertTrial { id, sweep_id, idx, params_json } => {
-            tx.prepare_cached("INSERT INTO trials(id,sweep_id,idx,params_json) VALUES(?1,?2,?3,?4)")?.execute(params![id, sweep_id, idx, params_json])?;
+        Op::InsertTrial {
+            id,
+            sweep_id,
+            idx,
+            params_json,
+        } => {
+            tx.prepare_cached(
+                "INSERT INTO trials(id,sweep_id,idx,params_json) VALUES(?1,?2,?3,?4)",
+            )?
+            .execute(params![id, sweep_id, idx, params_json])?;
         }
         Op::InsertJob(j) => {
             tx.prepare_cached(
@@ -296,7 +375,8 @@ fn apply(tx: &rusqlite::Transaction, op: &Op) -> Result<(), rusqlite::Error> {
             ])?;
         }
         Op::SetSweepState { id, state } => {
-            tx.prepare_cached("UPDATE sweeps SET state=?2 WHERE id=?1")?.execute(params![id, state])?;
+            tx.prepare_cached("UPDATE sweeps SET state=?2 WHERE id=?1")?
+                .execute(params![id, state])?;
         }
         Op::UpdateJob(j) => {
             tx.prepare_cached(
@@ -307,27 +387,56 @@ fn apply(tx: &rusqlite::Transaction, op: &Op) -> Result<(), rusqlite::Error> {
                 liandan_common::time::now_secs()
             ])?;
         }
-        Op::InsertAttempt { job_id, attempt, worker_id, started_at } => {
+        Op::InsertAttempt {
+            job_id,
+            attempt,
+            worker_id,
+            started_at,
+        } => {
             tx.prepare_cached("INSERT INTO attempts(job_id,attempt,worker_id,state,started_at) VALUES(?1,?2,?3,'running',?4)")?
                 .execute(params![job_id, *attempt as i64, worker_id, started_at])?;
         }
-        Op::EndAttempt { job_id, attempt, state, ended_at, exit_code, signal, message } => {
+        Op::EndAttempt {
+            job_id,
+            attempt,
+            state,
+            ended_at,
+            exit_code,
+            signal,
+            message,
+        } => {
             tx.prepare_cached("UPDATE attempts SET state=?3, ended_at=?4, exit_code=?5, signal=?6, message=?7 WHERE job_id=?1 AND attempt=?2")?
                 .execute(params![job_id, *attempt as i64, state, ended_at, exit_code, signal, message])?;
         }
         Op::Logs(rows) => {
             let mut st = tx.prepare_cached("INSERT OR IGNORE INTO logs(job_id,attempt,line,stream,ts,text) VALUES(?1,?2,?3,?4,?5,?6)")?;
             for r in rows {
-                st.execute(params![r.job_id, r.attempt as i64, r.line as i64, r.stream, r.ts, r.text])?;
+                st.execute(params![
+                    r.job_id,
+                    r.attempt as i64,
+                    r.line as i64,
+                    r.stream,
+                    r.ts,
+                    r.text
+                ])?;
             }
         }
         Op::Metrics(rows) => {
-            let mut st = tx.prepare_cached("INSERT INTO metrics(job_id,attempt,step,ts,json) VALUES(?1,?2,?3,?4,?5)")?;
+            let mut st = tx.prepare_cached(
+                "INSERT INTO metrics(job_id,attempt,step,ts,json) VALUES(?1,?2,?3,?4,?5)",
+            )?;
             for r in rows {
                 st.execute(params![r.job_id, r.attempt as i64, r.step, r.ts, r.json])?;
             }
         }
-        Op::UpsertWorker { id, hostname, resources_json, acked_seq, draining, last_seen } => {
+        Op::UpsertWorker {
+            id,
+            hostname,
+            resources_json,
+            acked_seq,
+            draining,
+            last_seen,
+        } => {
             tx.prepare_cached(
                 "INSERT INTO workers(id,hostname,resources_json,acked_seq,draining,last_seen) VALUES(?1,?2,?3,?4,?5,?6)
                  ON CONFLICT(id) DO UPDATE SET hostname=?2, resources_json=?3, acked_seq=max(acked_seq, ?4), draining=?5, last_seen=?6",
@@ -335,7 +444,8 @@ fn apply(tx: &rusqlite::Transaction, op: &Op) -> Result<(), rusqlite::Error> {
             .execute(params![id, hostname, resources_json, *acked_seq as i64, draining, last_seen])?;
         }
         Op::WorkerAcked { id, acked_seq } => {
-            tx.prepare_cached("UPDATE workers SET acked_seq=max(acked_seq, ?2) WHERE id=?1")?.execute(params![id, *acked_seq as i64])?;
+            tx.prepare_cached("UPDATE workers SET acked_seq=max(acked_seq, ?2) WHERE id=?1")?
+                .execute(params![id, *acked_seq as i64])?;
         }
         Op::AddCounter { name, delta } => {
             tx.prepare_cached("INSERT INTO counters(name,value) VALUES(?1,?2) ON CONFLICT(name) DO UPDATE SET value=value+?2")?.execute(params![name, delta])?;
@@ -345,7 +455,8 @@ fn apply(tx: &rusqlite::Transaction, op: &Op) -> Result<(), rusqlite::Error> {
                 .execute(params![c.job_id, c.attempt as i64, c.step, c.size as i64, c.blake3, c.metric, c.created_at, c.file])?;
         }
         Op::DeleteCheckpoint { job_id, step } => {
-            tx.prepare_cached("DELETE FROM checkpoints WHERE job_id=?1 AND step=?2")?.execute(params![job_id, step])?;
+            tx.prepare_cached("DELETE FROM checkpoints WHERE job_id=?1 AND step=?2")?
+                .execute(params![job_id, step])?;
         }
     }
     Ok(())
@@ -353,7 +464,12 @@ fn apply(tx: &rusqlite::Transaction, op: &Op) -> Result<(), rusqlite::Error> {
 
 /// Reads a counter (0 when absent).
 pub fn counter(conn: &Connection, name: &str) -> Result<i64, rusqlite::Error> {
-    Ok(conn.query_row("SELECT value FROM counters WHERE name=?1", [name], |r| r.get(0)).optional()?.unwrap_or(0))
+    Ok(conn
+        .query_row("SELECT value FROM counters WHERE name=?1", [name], |r| {
+            r.get(0)
+        })
+        .optional()?
+        .unwrap_or(0))
 }
 
 #[cfg(test)]
@@ -367,7 +483,10 @@ mod tests {
         let store = Store::open(&path).unwrap();
         let mut futs = Vec::new();
         for i in 0..100 {
-            futs.push(store.enqueue(vec![Op::AddCounter { name: "c".into(), delta: i }]));
+            futs.push(store.enqueue(vec![Op::AddCounter {
+                name: "c".into(),
+                delta: i,
+            }]));
         }
         for f in futs {
             f.await.unwrap();

@@ -36,14 +36,27 @@ pub async fn hash_file(path: PathBuf) -> std::io::Result<(String, u64)> {
 
 /// Uploads one checkpoint, resuming a partial upload. Ok(true) when accepted,
 /// Ok(false) when the coordinator refused it for good (stale attempt).
-pub async fn upload(client: &mut WorkerServiceClient<Channel>, ctx: &WorkerCtx, u: &crate::spool::UploadEntry) -> Result<bool, tonic::Status> {
+pub async fn upload(
+    client: &mut WorkerServiceClient<Channel>,
+    ctx: &WorkerCtx,
+    u: &crate::spool::UploadEntry,
+) -> Result<bool, tonic::Status> {
     let status = client
-        .checkpoint_upload_status(pb::CheckpointUploadStatusRequest { job_id: u.job_id.clone(), attempt: u.attempt, step: u.step, blake3: u.blake3.clone() })
+        .checkpoint_upload_status(pb::CheckpointUploadStatusRequest {
+            job_id: u.job_id.clone(),
+            attempt: u.attempt,
+            step: u.step,
+            blake3: u.blake3.clone(),
+        })
         .await?
         .into_inner();
     let mut offset = status.received.min(u.size);
-    let mut file = tokio::fs::File::open(&u.path).await.map_err(|e| tonic::Status::not_found(format!("{}: {e}", u.path)))?;
-    file.seek(std::io::SeekFrom::Start(offset)).await.map_err(|e| tonic::Status::internal(e.to_string()))?;
+    let mut file = tokio::fs::File::open(&u.path)
+        .await
+        .map_err(|e| tonic::Status::not_found(format!("{}: {e}", u.path)))?;
+    file.seek(std::io::SeekFrom::Start(offset))
+        .await
+        .map_err(|e| tonic::Status::internal(e.to_string()))?;
     let header = pb::CheckpointUploadHeader {
         job_id: u.job_id.clone(),
         attempt: u.attempt,
@@ -67,7 +80,11 @@ pub async fn upload(client: &mut WorkerServiceClient<Channel>, ctx: &WorkerCtx, 
             if n == 0 && !first {
                 return;
             }
-            let msg = pb::CheckpointUpload { header: first.then(|| header.clone()), offset, data: buf };
+            let msg = pb::CheckpointUpload {
+                header: first.then(|| header.clone()),
+                offset,
+                data: buf,
+            };
             first = false;
             offset += n as u64;
             if tx.send(msg).await.is_err() || n == 0 || offset >= size {
@@ -75,7 +92,9 @@ pub async fn upload(client: &mut WorkerServiceClient<Channel>, ctx: &WorkerCtx, 
             }
         }
     });
-    let result = client.upload_checkpoint(tokio_stream::wrappers::ReceiverStream::new(rx)).await;
+    let result = client
+        .upload_checkpoint(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await;
     reader.abort();
     match result {
         Ok(r) => {
@@ -98,7 +117,10 @@ pub async fn upload(client: &mut WorkerServiceClient<Channel>, ctx: &WorkerCtx, 
 async fn local_copy(job_dir: &Path, step: i64, hash: &str) -> Option<PathBuf> {
     let mut rd = tokio::fs::read_dir(job_dir).await.ok()?;
     while let Ok(Some(e)) = rd.next_entry().await {
-        let cand = e.path().join("checkpoints").join(format!("step-{step}.ckpt"));
+        let cand = e
+            .path()
+            .join("checkpoints")
+            .join(format!("step-{step}.ckpt"));
         if let Ok((h, _)) = hash_file(cand.clone()).await {
             if h == hash {
                 return Some(cand);
@@ -113,21 +135,47 @@ async fn local_copy(job_dir: &Path, step: i64, hash: &str) -> Option<PathBuf> {
 }
 
 /// Makes the checkpoint `c` available locally and returns its path.
-pub async fn fetch(client: &mut WorkerServiceClient<Channel>, job_dir: &Path, c: &pb::Checkpoint) -> Result<PathBuf, String> {
+pub async fn fetch(
+    client: &mut WorkerServiceClient<Channel>,
+    job_dir: &Path,
+    c: &pb::Checkpoint,
+) -> Result<PathBuf, String> {
     if let Some(p) = local_copy(job_dir, c.step, &c.blake3).await {
         tracing::info!(job = %c.job_id, step = c.step, "resuming from the local copy of the checkpoint");
         return Ok(p);
     }
-    let dest = job_dir.join(format!("resume-{}-{}.ckpt", c.step, &c.blake3.get(..16).unwrap_or("x")));
+    let dest = job_dir.join(format!(
+        "resume-{}-{}.ckpt",
+        c.step,
+        &c.blake3.get(..16).unwrap_or("x")
+    ));
     let part = dest.with_extension("part");
-    tokio::fs::create_dir_all(job_dir).await.map_err(|e| e.to_string())?;
+    tokio::fs::create_dir_all(job_dir)
+        .await
+        .map_err(|e| e.to_string())?;
     for _ in 0..5 {
-        let have = tokio::fs::metadata(&part).await.map(|m| m.len()).unwrap_or(0);
-        let mut f = tokio::fs::OpenOptions::new().create(true).append(true).open(&part).await.map_err(|e| format!("{}: {e}", part.display()))?;
-        let stream = client.fetch_checkpoint(pb::DownloadCheckpointRequest { job_id: c.job_id.clone(), step: c.step, offset: have }).await;
+        let have = tokio::fs::metadata(&part)
+            .await
+            .map(|m| m.len())
+            .unwrap_or(0);
+        let mut f = tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&part)
+            .await
+            .map_err(|e| format!("{}: {e}", part.display()))?;
+        let stream = client
+            .fetch_checkpoint(pb::DownloadCheckpointRequest {
+                job_id: c.job_id.clone(),
+                step: c.step,
+                offset: have,
+            })
+            .await;
         let mut stream = match stream {
             Ok(s) => s.into_inner(),
-            Err(s) if s.code() == tonic::Code::DataLoss || s.code() == tonic::Code::NotFound => return Err(s.message().to_string()),
+            Err(s) if s.code() == tonic::Code::DataLoss || s.code() == tonic::Code::NotFound => {
+                return Err(s.message().to_string())
+            }
             Err(_) => continue,
         };
         let mut ok = true;
@@ -147,11 +195,16 @@ pub async fn fetch(client: &mut WorkerServiceClient<Channel>, job_dir: &Path, c:
         }
         let (h, n) = hash_file(part.clone()).await.map_err(|e| e.to_string())?;
         if h == c.blake3 && n == c.size {
-            tokio::fs::rename(&part, &dest).await.map_err(|e| e.to_string())?;
+            tokio::fs::rename(&part, &dest)
+                .await
+                .map_err(|e| e.to_string())?;
             return Ok(dest);
         }
         let _ = tokio::fs::remove_file(&part).await;
-        return Err(format!("downloaded checkpoint hash {h} does not match {}", c.blake3));
+        return Err(format!(
+            "downloaded checkpoint hash {h} does not match {}",
+            c.blake3
+        ));
     }
     Err("could not download the checkpoint after 5 tries".into())
 }

@@ -16,11 +16,20 @@ pub fn discover() -> Vec<pb::Gpu> {
     let count = nvml.device_count().unwrap_or(0);
     let mut out = Vec::new();
     for i in 0..count {
-        let Ok(d) = nvml.device_by_index(i) else { continue };
-        let (Ok(uuid), Ok(name)) = (d.uuid(), d.name()) else { continue };
+        let Ok(d) = nvml.device_by_index(i) else {
+            continue;
+        };
+        let (Ok(uuid), Ok(name)) = (d.uuid(), d.name()) else {
+            continue;
+        };
         let memory_bytes = d.memory_info().map(|m| m.total).unwrap_or(0);
         tracing::info!(index = i, %uuid, %name, memory_bytes, "found GPU");
-        out.push(pb::Gpu { index: i, uuid, name, memory_bytes });
+        out.push(pb::Gpu {
+            index: i,
+            uuid,
+            name,
+            memory_bytes,
+        });
     }
     out
 }

@@ -74,17 +74,33 @@ impl WorkerCtx {
         }
     }
 
-    pub(crate) fn register_notices(&self, job: &str, attempt: u64, tx: mpsc::Sender<(bool, String)>) {
-        self.sinks.lock().unwrap_or_else(|p| p.into_inner()).insert((job.to_string(), attempt), tx);
+    pub(crate) fn register_notices(
+        &self,
+        job: &str,
+        attempt: u64,
+        tx: mpsc::Sender<(bool, String)>,
+    ) {
+        self.sinks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((job.to_string(), attempt), tx);
     }
 
     pub(crate) fn unregister_notices(&self, job: &str, attempt: u64) {
-        self.sinks.lock().unwrap_or_else(|p| p.into_inner()).remove(&(job.to_string(), attempt));
+        self.sinks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(job.to_string(), attempt));
     }
 
     /// Adds a line from the worker itself to a job's stderr log.
     pub(crate) async fn notice(&self, job: &str, attempt: u64, text: String) {
-        let tx = self.sinks.lock().unwrap_or_else(|p| p.into_inner()).get(&(job.to_string(), attempt)).cloned();
+        let tx = self
+            .sinks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&(job.to_string(), attempt))
+            .cloned();
         if let Some(tx) = tx {
             let _ = tx.send((true, text)).await;
         }
@@ -111,8 +127,19 @@ impl WorkerCtx {
         let deadline = tokio::time::Instant::now() + max;
         loop {
             let notified = self.upload_done.notified();
-            let pending = self.spool.uploads_pending().unwrap_or_default().iter().any(|u| u.job_id == job && u.attempt == attempt);
-            if !pending || self.channel.lock().unwrap_or_else(|p| p.into_inner()).is_none() {
+            let pending = self
+                .spool
+                .uploads_pending()
+                .unwrap_or_default()
+                .iter()
+                .any(|u| u.job_id == job && u.attempt == attempt);
+            if !pending
+                || self
+                    .channel
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .is_none()
+            {
                 return;
             }
             self.uploads.notify_one();
@@ -129,8 +156,15 @@ impl WorkerCtx {
         journal
             .into_iter()
             .map(|e| {
-                let alive = running.get(&(e.job_id.clone(), e.attempt)).is_some_and(|r| r.alive);
-                pb::HeldAttempt { job_id: e.job_id, attempt: e.attempt, running: alive, gpu_uuids: e.gpus }
+                let alive = running
+                    .get(&(e.job_id.clone(), e.attempt))
+                    .is_some_and(|r| r.alive);
+                pb::HeldAttempt {
+                    job_id: e.job_id,
+                    attempt: e.attempt,
+                    running: alive,
+                    gpu_uuids: e.gpus,
+                }
             })
             .collect()
     }
@@ -139,7 +173,13 @@ impl WorkerCtx {
 fn lock_state_dir(dir: &std::path::Path) -> Result<nix::fcntl::Flock<std::fs::File>, WorkerError> {
     use std::io::{Read, Seek, Write};
     let path = dir.join("worker.lock");
-    let file = std::fs::OpenOptions::new().create(true).truncate(false).read(true).write(true).open(&path).map_err(|e| WorkerError::StateDir(dir.to_path_buf(), e))?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(|e| WorkerError::StateDir(dir.to_path_buf(), e))?;
     match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
         Ok(mut lock) => {
             let _ = lock.set_len(0);
@@ -151,25 +191,39 @@ fn lock_state_dir(dir: &std::path::Path) -> Result<nix::fcntl::Flock<std::fs::Fi
         Err((mut file, _)) => {
             let mut pid = String::new();
             let _ = file.read_to_string(&mut pid);
-            Err(WorkerError::Locked(dir.to_path_buf(), pid.trim().to_string()))
+            Err(WorkerError::Locked(
+                dir.to_path_buf(),
+                pid.trim().to_string(),
+            ))
         }
     }
 }
 
 fn new_worker_id() -> WorkerId {
     let host = gethostname::gethostname().to_string_lossy().to_string();
-    let salt = format!("{host}-{}-{}", std::process::id(), liandan_common::time::now_secs());
+    let salt = format!(
+        "{host}-{}-{}",
+        std::process::id(),
+        liandan_common::time::now_secs()
+    );
     WorkerId::from_suffix(&liandan_common::ids::short_hash(&[salt.as_bytes()], 6))
 }
 
 /// Opens the state dir and recovers; returns the context ready to connect.
-pub async fn prepare(mut cfg: WorkerConfig) -> Result<(Arc<WorkerCtx>, nix::fcntl::Flock<std::fs::File>), WorkerError> {
-    std::fs::create_dir_all(&cfg.state_dir).map_err(|e| WorkerError::StateDir(cfg.state_dir.clone(), e))?;
+pub async fn prepare(
+    mut cfg: WorkerConfig,
+) -> Result<(Arc<WorkerCtx>, nix::fcntl::Flock<std::fs::File>), WorkerError> {
+    std::fs::create_dir_all(&cfg.state_dir)
+        .map_err(|e| WorkerError::StateDir(cfg.state_dir.clone(), e))?;
     // Jobs run in their own directories: every path handed to them must be absolute.
-    cfg.state_dir = std::path::absolute(&cfg.state_dir).map_err(|e| WorkerError::StateDir(cfg.state_dir.clone(), e))?;
+    cfg.state_dir = std::path::absolute(&cfg.state_dir)
+        .map_err(|e| WorkerError::StateDir(cfg.state_dir.clone(), e))?;
     let lock = lock_state_dir(&cfg.state_dir)?;
     let spool = Spool::open(&cfg.state_dir.join("worker.db"), cfg.spool_max_bytes)?;
-    let worker_id = match spool.meta("worker_id")?.and_then(|s| WorkerId::parse(&s).ok()) {
+    let worker_id = match spool
+        .meta("worker_id")?
+        .and_then(|s| WorkerId::parse(&s).ok())
+    {
         Some(id) => id,
         None => {
             let id = new_worker_id();
@@ -177,8 +231,17 @@ pub async fn prepare(mut cfg: WorkerConfig) -> Result<(Arc<WorkerCtx>, nix::fcnt
             id
         }
     };
-    let gpus = if cfg.gpus == "auto" { gpu::discover() } else { Vec::new() };
-    let resources = pb::Resources { gpus, cpu_slots: cfg.slots, memory_bytes: 0, labels: cfg.labels.clone() };
+    let gpus = if cfg.gpus == "auto" {
+        gpu::discover()
+    } else {
+        Vec::new()
+    };
+    let resources = pb::Resources {
+        gpus,
+        cpu_slots: cfg.slots,
+        memory_bytes: 0,
+        labels: cfg.labels.clone(),
+    };
     let jobs_dir = cfg.state_dir.join("jobs");
     std::fs::create_dir_all(&jobs_dir).map_err(|e| WorkerError::StateDir(jobs_dir.clone(), e))?;
     let ctx = Arc::new(WorkerCtx {
@@ -203,7 +266,10 @@ pub async fn prepare(mut cfg: WorkerConfig) -> Result<(Arc<WorkerCtx>, nix::fcnt
 /// killed, and each is reported as interrupted (not failed): the coordinator
 /// requeues it without spending a retry, and it resumes from its checkpoint.
 async fn recover(ctx: &WorkerCtx) -> Result<(), WorkerError> {
-    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Status("recovering the journal")]);
+    let _ = sd_notify::notify(
+        false,
+        &[sd_notify::NotifyState::Status("recovering the journal")],
+    );
     for e in ctx.spool.journal()? {
         if e.exit_seq.is_some() {
             continue;
@@ -212,7 +278,10 @@ async fn recover(ctx: &WorkerCtx) -> Result<(), WorkerError> {
             let ours = e.start_ticks.is_some() && runner::process_start_ticks(pid) == e.start_ticks;
             if ours {
                 tracing::warn!(job = %e.job_id, attempt = e.attempt, pid, "killing the orphaned process group of an attempt from before the restart");
-                let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                let _ = nix::sys::signal::killpg(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
             }
         }
         let rec = pb::Record {
@@ -227,7 +296,9 @@ async fn recover(ctx: &WorkerCtx) -> Result<(), WorkerError> {
             })),
         };
         let seq = ctx.spool.append(vec![rec]).await;
-        ctx.spool.journal_set_exit(e.job_id.clone(), e.attempt, seq).await?;
+        ctx.spool
+            .journal_set_exit(e.job_id.clone(), e.attempt, seq)
+            .await?;
         tracing::info!(job = %e.job_id, attempt = e.attempt, "reported an interrupted attempt");
     }
     Ok(())
@@ -235,7 +306,10 @@ async fn recover(ctx: &WorkerCtx) -> Result<(), WorkerError> {
 
 /// Runs the worker until `shutdown` resolves, then drains: running jobs get
 /// SIGTERM (their chance to checkpoint) and are reported as preempted.
-pub async fn run(cfg: WorkerConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), WorkerError> {
+pub async fn run(
+    cfg: WorkerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), WorkerError> {
     let endpoint = Endpoint::from_shared(cfg.coordinator.clone())
         .map_err(|e| WorkerError::Url(cfg.coordinator.clone(), e.to_string()))?
         .connect_timeout(Duration::from_secs(5))
@@ -287,13 +361,23 @@ async fn connect_loop(ctx: Arc<WorkerCtx>, endpoint: Endpoint, mut stop: watch::
                 *ctx.channel.lock().unwrap_or_else(|p| p.into_inner()) = None;
                 match r {
                     Ok(()) => return,
-                    Err(e) => tracing::warn!(error = %e, "session with the coordinator ended; reconnecting"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "session with the coordinator ended; reconnecting")
+                    }
                 }
             }
-            Err(e) => tracing::warn!(error = %e, coordinator = %ctx.cfg.coordinator, "cannot reach the coordinator; retrying"),
+            Err(e) => {
+                tracing::warn!(error = %e, coordinator = %ctx.cfg.coordinator, "cannot reach the coordinator; retrying")
+            }
         }
         // Exponential backoff with jitter, so a fleet does not reconnect in lockstep.
-        let jitter = Duration::from_millis(liandan_common::rng::Rng::keyed("jitter", &[liandan_common::time::now_secs().to_bits()]).below(backoff.as_millis() as u64 / 2 + 1));
+        let jitter = Duration::from_millis(
+            liandan_common::rng::Rng::keyed(
+                "jitter",
+                &[liandan_common::time::now_secs().to_bits()],
+            )
+            .below(backoff.as_millis() as u64 / 2 + 1),
+        );
         tokio::select! {
             _ = tokio::time::sleep(backoff + jitter) => {}
             _ = stop.changed() => return,
@@ -302,8 +386,16 @@ async fn connect_loop(ctx: Arc<WorkerCtx>, endpoint: Endpoint, mut stop: watch::
     }
 }
 
-async fn session(ctx: &Arc<WorkerCtx>, channel: Channel, stop: &mut watch::Receiver<bool>, ready_sent: &mut bool, backoff: &mut Duration) -> Result<(), String> {
-    let mut client = WorkerServiceClient::new(channel).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20);
+async fn session(
+    ctx: &Arc<WorkerCtx>,
+    channel: Channel,
+    stop: &mut watch::Receiver<bool>,
+    ready_sent: &mut bool,
+    backoff: &mut Duration,
+) -> Result<(), String> {
+    let mut client = WorkerServiceClient::new(channel)
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20);
     let (out, out_rx) = mpsc::channel::<pb::WorkerMessage>(32);
     let hello = pb::Hello {
         worker_id: ctx.worker_id.to_string(),
@@ -313,10 +405,20 @@ async fn session(ctx: &Arc<WorkerCtx>, channel: Channel, stop: &mut watch::Recei
         version: env!("CARGO_PKG_VERSION").into(),
         last_seq: ctx.spool.last_seq(),
     };
-    out.send(pb::WorkerMessage { msg: Some(pb::worker_message::Msg::Hello(hello)) }).await.map_err(|e| e.to_string())?;
-    let mut inbound = client.session(tokio_stream::wrappers::ReceiverStream::new(out_rx)).await.map_err(|e| e.to_string())?.into_inner();
+    out.send(pb::WorkerMessage {
+        msg: Some(pb::worker_message::Msg::Hello(hello)),
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    let mut inbound = client
+        .session(tokio_stream::wrappers::ReceiverStream::new(out_rx))
+        .await
+        .map_err(|e| e.to_string())?
+        .into_inner();
     let welcome = match inbound.message().await.map_err(|e| e.to_string())? {
-        Some(pb::CoordinatorMessage { msg: Some(pb::coordinator_message::Msg::Welcome(w)) }) => w,
+        Some(pb::CoordinatorMessage {
+            msg: Some(pb::coordinator_message::Msg::Welcome(w)),
+        }) => w,
         _ => return Err("the coordinator did not answer hello with welcome".into()),
     };
     *backoff = Duration::from_millis(100);
@@ -324,13 +426,27 @@ async fn session(ctx: &Arc<WorkerCtx>, channel: Channel, stop: &mut watch::Recei
     let _ = ctx.spool.journal_prune(welcome.acked_seq).await;
     for k in &welcome.kill {
         tracing::warn!(job = %k.job_id, attempt = k.attempt, reason = %k.reason, "coordinator says this attempt must stop");
-        ctx.stop(&k.job_id, k.attempt, if k.reason == "cancelled" { StopReason::Cancel } else { StopReason::Stale });
+        ctx.stop(
+            &k.job_id,
+            k.attempt,
+            if k.reason == "cancelled" {
+                StopReason::Cancel
+            } else {
+                StopReason::Stale
+            },
+        );
     }
     ctx.spool.rewind();
     tracing::info!(worker = %ctx.worker_id, acked = welcome.acked_seq, unacked = ctx.spool.unacked(), "connected to the coordinator");
     if !*ready_sent {
         *ready_sent = true;
-        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status("connected")]);
+        let _ = sd_notify::notify(
+            false,
+            &[
+                sd_notify::NotifyState::Ready,
+                sd_notify::NotifyState::Status("connected"),
+            ],
+        );
     }
     let hb = Duration::from_millis(welcome.heartbeat_interval_ms.clamp(100, 60_000) as u64);
     let mut heartbeat = tokio::time::interval(hb);
@@ -376,13 +492,22 @@ async fn session(ctx: &Arc<WorkerCtx>, channel: Channel, stop: &mut watch::Recei
     }
 }
 
-async fn send_pending(ctx: &WorkerCtx, out: &mpsc::Sender<pb::WorkerMessage>) -> Result<(), String> {
+async fn send_pending(
+    ctx: &WorkerCtx,
+    out: &mpsc::Sender<pb::WorkerMessage>,
+) -> Result<(), String> {
     loop {
         let batch = ctx.spool.next_batch(4096);
         if batch.is_empty() {
             return Ok(());
         }
-        out.send(pb::WorkerMessage { msg: Some(pb::worker_message::Msg::Records(pb::Records { records: batch })) }).await.map_err(|e| e.to_string())?;
+        out.send(pb::WorkerMessage {
+            msg: Some(pb::worker_message::Msg::Records(pb::Records {
+                records: batch,
+            })),
+        })
+        .await
+        .map_err(|e| e.to_string())?;
     }
 }
 
@@ -399,7 +524,13 @@ async fn start(ctx: &Arc<WorkerCtx>, a: pb::Assignment) {
         if running.contains_key(&key) {
             return;
         }
-        running.insert(key, Running { stop: stop_tx, alive: true });
+        running.insert(
+            key,
+            Running {
+                stop: stop_tx,
+                alive: true,
+            },
+        );
     }
     let ctx = ctx.clone();
     tokio::spawn(async move {
@@ -415,27 +546,58 @@ async fn start(ctx: &Arc<WorkerCtx>, a: pb::Assignment) {
                     seq: 0,
                     job_id: a.job_id.clone(),
                     attempt: a.attempt,
-                    body: Some(pb::record::Body::Exited(pb::JobExited { outcome: "spawn_failed".into(), exit_code: -1, signal: 0, message: format!("bad spec from coordinator: {e}") })),
+                    body: Some(pb::record::Body::Exited(pb::JobExited {
+                        outcome: "spawn_failed".into(),
+                        exit_code: -1,
+                        signal: 0,
+                        message: format!("bad spec from coordinator: {e}"),
+                    })),
                 };
                 let seq = ctx.spool.append(vec![rec]).await;
-                let _ = ctx.spool.journal_set_exit(a.job_id.clone(), a.attempt, seq).await;
+                let _ = ctx
+                    .spool
+                    .journal_set_exit(a.job_id.clone(), a.attempt, seq)
+                    .await;
                 ctx.remove_running(&a.job_id, a.attempt);
                 return;
             }
         };
         let mut resume = None;
         if let Some(c) = a.resume_from.clone() {
-            let channel = ctx.channel.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let channel = ctx
+                .channel
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
             let fetched = match channel {
-                Some(ch) => checkpoint::fetch(&mut WorkerServiceClient::new(ch).max_decoding_message_size(64 << 20), &job_dir, &c).await,
+                Some(ch) => {
+                    checkpoint::fetch(
+                        &mut WorkerServiceClient::new(ch).max_decoding_message_size(64 << 20),
+                        &job_dir,
+                        &c,
+                    )
+                    .await
+                }
                 None => Err("not connected".into()),
             };
             match fetched {
                 Ok(p) => resume = Some((p, c.step)),
-                Err(e) => tracing::error!(job = %a.job_id, error = %e, "cannot get the checkpoint to resume from; starting from scratch"),
+                Err(e) => {
+                    tracing::error!(job = %a.job_id, error = %e, "cannot get the checkpoint to resume from; starting from scratch")
+                }
             }
         }
-        runner::run_attempt(ctx.clone(), runner::Launch { assignment: a.clone(), spec, dir, resume }, stop_rx).await;
+        runner::run_attempt(
+            ctx.clone(),
+            runner::Launch {
+                assignment: a.clone(),
+                spec,
+                dir,
+                resume,
+            },
+            stop_rx,
+        )
+        .await;
         ctx.running().remove(&(a.job_id.clone(), a.attempt));
     });
 }
@@ -445,14 +607,23 @@ async fn start(ctx: &Arc<WorkerCtx>, a: pb::Assignment) {
 async fn upload_loop(ctx: Arc<WorkerCtx>) {
     loop {
         let notified = ctx.uploads.notified();
-        let channel = ctx.channel.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let channel = ctx
+            .channel
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         if let Some(ch) = channel {
-            let mut client = WorkerServiceClient::new(ch).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20);
+            let mut client = WorkerServiceClient::new(ch)
+                .max_decoding_message_size(64 << 20)
+                .max_encoding_message_size(64 << 20);
             for u in ctx.spool.uploads_pending().unwrap_or_default() {
                 match checkpoint::upload(&mut client, &ctx, &u).await {
                     Ok(accepted) => {
                         // Accepted, or refused for good (a stale attempt): either way done.
-                        let _ = ctx.spool.upload_done(u.job_id.clone(), u.attempt, u.step).await;
+                        let _ = ctx
+                            .spool
+                            .upload_done(u.job_id.clone(), u.attempt, u.step)
+                            .await;
                         if accepted {
                             tracing::info!(job = %u.job_id, step = u.step, bytes = u.size, "checkpoint uploaded");
                         }

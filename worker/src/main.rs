@@ -62,7 +62,9 @@ fn main() {
     if let Some(v) = &args.log_format {
         o.push(("log_format", v.clone()));
     }
-    let cfg: WorkerConfig = match config::load(args.config.as_deref(), &o).and_then(|c: WorkerConfig| c.validate().map(|_| c)) {
+    let cfg: WorkerConfig = match config::load(args.config.as_deref(), &o)
+        .and_then(|c: WorkerConfig| c.validate().map(|_| c))
+    {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");
@@ -74,7 +76,10 @@ fn main() {
         return;
     }
     liandan_common::logging::init(&cfg.log_format, "info");
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -33,7 +33,12 @@ pub enum StopReason {
 const MAX_LINE: usize = 64 * 1024;
 
 fn record(job: &str, attempt: u64, body: pb::record::Body) -> pb::Record {
-    pb::Record { seq: 0, job_id: job.to_string(), attempt, body: Some(body) }
+    pb::Record {
+        seq: 0,
+        job_id: job.to_string(),
+        attempt,
+        body: Some(body),
+    }
 }
 
 /// Start time of a process in clock ticks since boot (/proc/PID/stat field 22),
@@ -53,7 +58,10 @@ fn resolve_program(ctx: &WorkerCtx, program: Option<&str>) -> Option<String> {
     if !ctx.cfg.train_binary.is_empty() {
         return Some(ctx.cfg.train_binary.clone());
     }
-    if let Some(sibling) = std::env::current_exe().ok().and_then(|e| e.parent().map(|d| d.join(TRAINER_PROGRAM))) {
+    if let Some(sibling) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(|d| d.join(TRAINER_PROGRAM)))
+    {
         if sibling.exists() {
             return Some(sibling.display().to_string());
         }
@@ -63,7 +71,15 @@ fn resolve_program(ctx: &WorkerCtx, program: Option<&str>) -> Option<String> {
 
 /// Sends output lines to the spool in batches, numbering them per attempt,
 /// and picks metrics out of stdout with the sweep's `metric_pattern`.
-async fn sink(ctx: Arc<WorkerCtx>, job: String, attempt: u64, pattern: Option<regex::Regex>, mut rx: mpsc::Receiver<(bool, String)>, last_metric: Arc<Mutex<Option<f64>>>, metric_name: Option<String>) {
+async fn sink(
+    ctx: Arc<WorkerCtx>,
+    job: String,
+    attempt: u64,
+    pattern: Option<regex::Regex>,
+    mut rx: mpsc::Receiver<(bool, String)>,
+    last_metric: Arc<Mutex<Option<f64>>>,
+    metric_name: Option<String>,
+) {
     let mut line_no = 0u64;
     let mut buf = Vec::with_capacity(1024);
     while rx.recv_many(&mut buf, 2048).await > 0 {
@@ -75,10 +91,27 @@ async fn sink(ctx: Arc<WorkerCtx>, job: String, attempt: u64, pattern: Option<re
                 if let Some(m) = pattern.as_ref().and_then(|re| metrics_from_line(re, &text)) {
                     note_metric(&m, &last_metric, metric_name.as_deref());
                     let step = m.get("step").and_then(|s| s.as_i64());
-                    recs.push(record(&job, attempt, pb::record::Body::Metric(pb::MetricReport { step, ts, json: m.to_string() })));
+                    recs.push(record(
+                        &job,
+                        attempt,
+                        pb::record::Body::Metric(pb::MetricReport {
+                            step,
+                            ts,
+                            json: m.to_string(),
+                        }),
+                    ));
                 }
             }
-            recs.push(record(&job, attempt, pb::record::Body::Log(pb::LogRecord { line: line_no, stream: if is_err { "stderr" } else { "stdout" }.into(), ts, text })));
+            recs.push(record(
+                &job,
+                attempt,
+                pb::record::Body::Log(pb::LogRecord {
+                    line: line_no,
+                    stream: if is_err { "stderr" } else { "stdout" }.into(),
+                    ts,
+                    text,
+                }),
+            ));
         }
         ctx.spool.append(recs).await;
     }
@@ -90,7 +123,13 @@ pub fn metrics_from_line(re: &regex::Regex, line: &str) -> Option<serde_json::Va
     let mut obj = serde_json::Map::new();
     for name in re.capture_names().flatten() {
         if let Some(v) = caps.name(name).and_then(|m| m.as_str().parse::<f64>().ok()) {
-            let n = if name == "step" { serde_json::Value::from(v as i64) } else { serde_json::Number::from_f64(v).map(serde_json::Value::Number).unwrap_or_default() };
+            let n = if name == "step" {
+                serde_json::Value::from(v as i64)
+            } else {
+                serde_json::Number::from_f64(v)
+                    .map(serde_json::Value::Number)
+                    .unwrap_or_default()
+            };
             obj.insert(name.to_string(), n);
         }
     }
@@ -118,7 +157,11 @@ async fn read_lines<R: AsyncRead + Unpin>(r: R, is_err: bool, tx: mpsc::Sender<(
                     }
                 }
                 for chunk in buf.chunks(MAX_LINE) {
-                    if tx.send((is_err, String::from_utf8_lossy(chunk).into_owned())).await.is_err() {
+                    if tx
+                        .send((is_err, String::from_utf8_lossy(chunk).into_owned()))
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                 }
@@ -139,9 +182,18 @@ struct MetricsTail {
 }
 
 impl MetricsTail {
-    async fn poll(&mut self, ctx: &WorkerCtx, job: &str, attempt: u64, last: &Mutex<Option<f64>>, name: Option<&str>) {
+    async fn poll(
+        &mut self,
+        ctx: &WorkerCtx,
+        job: &str,
+        attempt: u64,
+        last: &Mutex<Option<f64>>,
+        name: Option<&str>,
+    ) {
         use tokio::io::{AsyncReadExt, AsyncSeekExt};
-        let Ok(mut f) = tokio::fs::File::open(&self.path).await else { return };
+        let Ok(mut f) = tokio::fs::File::open(&self.path).await else {
+            return;
+        };
         if f.seek(std::io::SeekFrom::Start(self.offset)).await.is_err() {
             return;
         }
@@ -155,7 +207,9 @@ impl MetricsTail {
         while let Some(pos) = self.partial.iter().position(|b| *b == b'\n') {
             let line: Vec<u8> = self.partial.drain(..=pos).collect();
             self.line += 1;
-            let text = String::from_utf8_lossy(&line[..line.len() - 1]).trim().to_string();
+            let text = String::from_utf8_lossy(&line[..line.len() - 1])
+                .trim()
+                .to_string();
             if text.is_empty() {
                 continue;
             }
@@ -163,18 +217,41 @@ impl MetricsTail {
                 Ok(v @ serde_json::Value::Object(_)) => {
                     note_metric(&v, last, name);
                     let step = v.get("step").and_then(|s| s.as_i64());
-                    recs.push(record(job, attempt, pb::record::Body::Metric(pb::MetricReport { step, ts: now_secs(), json: v.to_string() })));
+                    recs.push(record(
+                        job,
+                        attempt,
+                        pb::record::Body::Metric(pb::MetricReport {
+                            step,
+                            ts: now_secs(),
+                            json: v.to_string(),
+                        }),
+                    ));
                 }
                 _ => {
                     // Reported where the user looks, not fatal.
                     tracing::warn!(job, line = self.line, "malformed metrics line");
-                    let msg = format!("liandan-worker: metrics file line {} is not a JSON object; skipped: {}", self.line, text.chars().take(200).collect::<String>());
-                    recs.push(record(job, attempt, pb::record::Body::Log(pb::LogRecord { line: 0, stream: "stderr".into(), ts: now_secs(), text: msg })));
+                    let msg = format!(
+                        "liandan-worker: metrics file line {} is not a JSON object; skipped: {}",
+                        self.line,
+                        text.chars().take(200).collect::<String>()
+                    );
+                    recs.push(record(
+                        job,
+                        attempt,
+                        pb::record::Body::Log(pb::LogRecord {
+                            line: 0,
+                            stream: "stderr".into(),
+                            ts: now_secs(),
+                            text: msg,
+                        }),
+                    ));
                 }
             }
         }
         // Notices about malformed lines go through the log sink, which numbers lines.
-        let (logs, metrics): (Vec<_>, Vec<_>) = recs.into_iter().partition(|r| matches!(r.body, Some(pb::record::Body::Log(_))));
+        let (logs, metrics): (Vec<_>, Vec<_>) = recs
+            .into_iter()
+            .partition(|r| matches!(r.body, Some(pb::record::Body::Log(_))));
         if !metrics.is_empty() {
             ctx.spool.append(metrics).await;
         }
@@ -188,22 +265,46 @@ impl MetricsTail {
 
 /// Parses `step-<N>.ckpt`, the published checkpoint name.
 pub fn checkpoint_step(name: &str) -> Option<i64> {
-    name.strip_prefix("step-")?.strip_suffix(".ckpt")?.parse().ok()
+    name.strip_prefix("step-")?
+        .strip_suffix(".ckpt")?
+        .parse()
+        .ok()
 }
 
-async fn scan_checkpoints(ctx: &WorkerCtx, job: &str, attempt: u64, dir: &Path, last: &Mutex<Option<f64>>) {
-    let Ok(mut rd) = tokio::fs::read_dir(dir).await else { return };
+async fn scan_checkpoints(
+    ctx: &WorkerCtx,
+    job: &str,
+    attempt: u64,
+    dir: &Path,
+    last: &Mutex<Option<f64>>,
+) {
+    let Ok(mut rd) = tokio::fs::read_dir(dir).await else {
+        return;
+    };
     let known = ctx.spool.uploads_known(job, attempt).unwrap_or_default();
     while let Ok(Some(e)) = rd.next_entry().await {
         let name = e.file_name().to_string_lossy().to_string();
-        let Some(step) = checkpoint_step(&name) else { continue };
+        let Some(step) = checkpoint_step(&name) else {
+            continue;
+        };
         if known.contains(&step) {
             continue;
         }
         let path = e.path();
-        let Ok((hash, size)) = crate::checkpoint::hash_file(path.clone()).await else { continue };
+        let Ok((hash, size)) = crate::checkpoint::hash_file(path.clone()).await else {
+            continue;
+        };
         let metric = *last.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = UploadEntry { job_id: job.into(), attempt, step, path: path.display().to_string(), size, blake3: hash, metric, done: false };
+        let entry = UploadEntry {
+            job_id: job.into(),
+            attempt,
+            step,
+            path: path.display().to_string(),
+            size,
+            blake3: hash,
+            metric,
+            done: false,
+        };
         if ctx.spool.upload_insert(entry).await.is_ok() {
             tracing::info!(job, attempt, step, size, "checkpoint published");
             ctx.uploads.notify_one();
@@ -220,28 +321,46 @@ pub struct Launch {
 }
 
 /// Runs an attempt to its end and appends its exit record.
-pub async fn run_attempt(ctx: Arc<WorkerCtx>, launch: Launch, mut stop: watch::Receiver<Option<StopReason>>) {
+pub async fn run_attempt(
+    ctx: Arc<WorkerCtx>,
+    launch: Launch,
+    mut stop: watch::Receiver<Option<StopReason>>,
+) {
     let a = &launch.assignment;
     let job = a.job_id.clone();
     let attempt = a.attempt;
     let ckpt_dir = launch.dir.join("checkpoints");
     let metrics_path = launch.dir.join("metrics.jsonl");
     let params_path = launch.dir.join("params.json");
-    let exit = |outcome: &str, code: i32, signal: i32, message: String| pb::JobExited { outcome: outcome.into(), exit_code: code, signal, message };
+    let exit = |outcome: &str, code: i32, signal: i32, message: String| pb::JobExited {
+        outcome: outcome.into(),
+        exit_code: code,
+        signal,
+        message,
+    };
 
     let prepared = (|| -> Result<Vec<String>, String> {
-        std::fs::create_dir_all(&ckpt_dir).map_err(|e| format!("cannot create {}: {e}", ckpt_dir.display()))?;
-        let params: serde_json::Value = serde_json::from_str(&a.params_json).map_err(|e| format!("bad params from coordinator: {e}"))?;
+        std::fs::create_dir_all(&ckpt_dir)
+            .map_err(|e| format!("cannot create {}: {e}", ckpt_dir.display()))?;
+        let params: serde_json::Value = serde_json::from_str(&a.params_json)
+            .map_err(|e| format!("bad params from coordinator: {e}"))?;
         let mut all = match &params {
             serde_json::Value::Object(m) => m.clone(),
             _ => serde_json::Map::new(),
         };
         all.insert(launch.spec.liandan.seed_param.clone(), a.seed.into());
-        std::fs::write(&params_path, serde_json::Value::Object(all).to_string()).map_err(|e| format!("cannot write {}: {e}", params_path.display()))?;
+        std::fs::write(&params_path, serde_json::Value::Object(all).to_string())
+            .map_err(|e| format!("cannot write {}: {e}", params_path.display()))?;
         let program = resolve_program(&ctx, launch.spec.program.as_deref());
         let env_lookup = |k: &str| std::env::var(k).ok();
         let params_file = params_path.display().to_string();
-        let cctx = CommandContext { env: "/usr/bin/env", interpreter: "python", program: program.as_deref(), args_json_file: &params_file, envvar: &env_lookup };
+        let cctx = CommandContext {
+            env: "/usr/bin/env",
+            interpreter: "python",
+            program: program.as_deref(),
+            args_json_file: &params_file,
+            envvar: &env_lookup,
+        };
         build_argv(&launch.spec, &params, a.seed, &cctx).map_err(|e| e.to_string())
     })();
     let argv = match prepared {
@@ -279,27 +398,74 @@ pub async fn run_attempt(ctx: Arc<WorkerCtx>, launch: Launch, mut stop: watch::R
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
-            finish(&ctx, &job, attempt, exit("spawn_failed", -1, 0, format!("cannot start {:?}: {e}", argv[0]))).await;
+            finish(
+                &ctx,
+                &job,
+                attempt,
+                exit(
+                    "spawn_failed",
+                    -1,
+                    0,
+                    format!("cannot start {:?}: {e}", argv[0]),
+                ),
+            )
+            .await;
             return;
         }
     };
     let pid = child.id().map(|p| p as i32).unwrap_or(0);
-    let _ = ctx.spool.journal_set_pid(job.clone(), attempt, pid, process_start_ticks(pid)).await;
+    let _ = ctx
+        .spool
+        .journal_set_pid(job.clone(), attempt, pid, process_start_ticks(pid))
+        .await;
     let resumed = launch.resume.as_ref().map(|(_, s)| *s).unwrap_or(-1);
-    ctx.spool.append(vec![record(&job, attempt, pb::record::Body::Started(pb::JobStarted { pid: pid as u32, resumed_from_step: resumed }))]).await;
+    ctx.spool
+        .append(vec![record(
+            &job,
+            attempt,
+            pb::record::Body::Started(pb::JobStarted {
+                pid: pid as u32,
+                resumed_from_step: resumed,
+            }),
+        )])
+        .await;
     tracing::info!(job, attempt, pid, argv = ?argv, "job started");
 
     let metric_name = launch.spec.metric.as_ref().map(|m| m.name.clone());
     let last_metric = Arc::new(Mutex::new(None));
-    let pattern = launch.spec.liandan.metric_pattern.as_deref().and_then(|p| regex::Regex::new(p).ok());
+    let pattern = launch
+        .spec
+        .liandan
+        .metric_pattern
+        .as_deref()
+        .and_then(|p| regex::Regex::new(p).ok());
     let (line_tx, line_rx) = mpsc::channel(8192);
-    let sink_task = tokio::spawn(sink(ctx.clone(), job.clone(), attempt, pattern, line_rx, last_metric.clone(), metric_name.clone()));
+    let sink_task = tokio::spawn(sink(
+        ctx.clone(),
+        job.clone(),
+        attempt,
+        pattern,
+        line_rx,
+        last_metric.clone(),
+        metric_name.clone(),
+    ));
     ctx.register_notices(&job, attempt, line_tx.clone());
-    let out = child.stdout.take().map(|s| tokio::spawn(read_lines(s, false, line_tx.clone())));
-    let err = child.stderr.take().map(|s| tokio::spawn(read_lines(s, true, line_tx.clone())));
+    let out = child
+        .stdout
+        .take()
+        .map(|s| tokio::spawn(read_lines(s, false, line_tx.clone())));
+    let err = child
+        .stderr
+        .take()
+        .map(|s| tokio::spawn(read_lines(s, true, line_tx.clone())));
     drop(line_tx);
 
-    let mut tail = MetricsTail { path: metrics_path, offset: 0, partial: Vec::new(), line: 0 };
+    let mut tail = MetricsTail {
+        path: metrics_path,
+        offset: 0,
+        partial: Vec::new(),
+        line: 0,
+    };
     let mut poll = tokio::time::interval(Duration::from_millis(200));
     let grace = Duration::from_secs_f64(ctx.cfg.grace_period_secs);
     let mut reason: Option<StopReason> = *stop.borrow();
@@ -339,13 +505,15 @@ pub async fn run_attempt(ctx: Arc<WorkerCtx>, launch: Launch, mut stop: watch::R
     for t in [out, err].into_iter().flatten() {
         let _ = t.await;
     }
-    tail.poll(&ctx, &job, attempt, &last_metric, metric_name.as_deref()).await;
+    tail.poll(&ctx, &job, attempt, &last_metric, metric_name.as_deref())
+        .await;
     ctx.unregister_notices(&job, attempt);
     let _ = sink_task.await;
     scan_checkpoints(&ctx, &job, attempt, &ckpt_dir, &last_metric).await;
     // Give published checkpoints a chance to reach the coordinator before the
     // exit record makes this attempt stale there.
-    ctx.wait_uploads(&job, attempt, Duration::from_secs(60)).await;
+    ctx.wait_uploads(&job, attempt, Duration::from_secs(60))
+        .await;
 
     let (code, signal) = match &status {
         Ok(s) => {
@@ -372,14 +540,24 @@ pub async fn run_attempt(ctx: Arc<WorkerCtx>, launch: Launch, mut stop: watch::R
 
 async fn finish(ctx: &WorkerCtx, job: &str, attempt: u64, exited: pb::JobExited) {
     tracing::info!(job, attempt, outcome = %exited.outcome, code = exited.exit_code, signal = exited.signal, "job ended");
-    let seq = ctx.spool.append(vec![record(job, attempt, pb::record::Body::Exited(exited))]).await;
-    let _ = ctx.spool.journal_set_exit(job.to_string(), attempt, seq).await;
+    let seq = ctx
+        .spool
+        .append(vec![record(job, attempt, pb::record::Body::Exited(exited))])
+        .await;
+    let _ = ctx
+        .spool
+        .journal_set_exit(job.to_string(), attempt, seq)
+        .await;
     ctx.remove_running(job, attempt);
 }
 
 /// Journals an attempt before its process exists, so a crash right after
 /// spawning still finds it.
-pub async fn journal(ctx: &WorkerCtx, a: &pb::Assignment, dir: &Path) -> Result<(), crate::spool::SpoolError> {
+pub async fn journal(
+    ctx: &WorkerCtx,
+    a: &pb::Assignment,
+    dir: &Path,
+) -> Result<(), crate::spool::SpoolError> {
     ctx.spool
         .journal_insert(JournalEntry {
             job_id: a.job_id.clone(),

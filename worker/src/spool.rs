@@ -67,7 +67,10 @@ pub struct UploadEntry {
 enum DbOp {
     Insert(Vec<(u64, Vec<u8>)>),
     DeleteUpTo(u64),
-    Exec(Box<dyn FnOnce(&Connection) -> rusqlite::Result<()> + Send>, tokio::sync::oneshot::Sender<rusqlite::Result<()>>),
+    Exec(
+        Box<dyn FnOnce(&Connection) -> rusqlite::Result<()> + Send>,
+        tokio::sync::oneshot::Sender<rusqlite::Result<()>>,
+    ),
 }
 
 struct Inner {
@@ -106,7 +109,8 @@ pub enum SpoolError {
 impl Spool {
     pub fn open(path: &Path, max_bytes: u64) -> Result<Spool, SpoolError> {
         let open = || -> Result<Connection, SpoolError> {
-            let c = Connection::open(path).map_err(|e| SpoolError::Open(path.display().to_string(), e))?;
+            let c = Connection::open(path)
+                .map_err(|e| SpoolError::Open(path.display().to_string(), e))?;
             c.pragma_update(None, "journal_mode", "WAL")?;
             // Survives a process crash; a power cut can lose only records not
             // yet reported to the coordinator (invariant 4 is about reported ones).
@@ -116,20 +120,36 @@ impl Spool {
         };
         let w = open()?;
         w.execute_batch(SCHEMA)?;
-        let found: Option<i64> = w.query_row("SELECT value FROM meta WHERE key='version'", [], |r| r.get::<_, String>(0)).ok().and_then(|v| v.parse().ok());
+        let found: Option<i64> = w
+            .query_row("SELECT value FROM meta WHERE key='version'", [], |r| {
+                r.get::<_, String>(0)
+            })
+            .ok()
+            .and_then(|v| v.parse().ok());
         match found {
             Some(v) if v > JOURNAL_VERSION => return Err(SpoolError::TooNew { found: v }),
             Some(_) => {}
             None => {
-                w.execute("INSERT OR REPLACE INTO meta(key,value) VALUES('version', ?1)", [JOURNAL_VERSION.to_string()])?;
+                w.execute(
+                    "INSERT OR REPLACE INTO meta(key,value) VALUES('version', ?1)",
+                    [JOURNAL_VERSION.to_string()],
+                )?;
             }
         }
         let mut pending = VecDeque::new();
         let mut bytes = 0u64;
-        let mut max_seq: u64 = w.query_row("SELECT value FROM meta WHERE key='last_seq'", [], |r| r.get::<_, String>(0)).ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+        let mut max_seq: u64 = w
+            .query_row("SELECT value FROM meta WHERE key='last_seq'", [], |r| {
+                r.get::<_, String>(0)
+            })
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
         {
             let mut q = w.prepare("SELECT seq, record FROM spool ORDER BY seq")?;
-            let rows = q.query_map([], |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, Vec<u8>>(1)?)))?;
+            let rows = q.query_map([], |r| {
+                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, Vec<u8>>(1)?))
+            })?;
             for row in rows {
                 let (seq, blob) = row?;
                 if let Ok(rec) = pb::Record::decode(blob.as_slice()) {
@@ -141,9 +161,17 @@ impl Spool {
         }
         let reader = open()?;
         let (tx, rx) = mpsc::channel();
-        std::thread::Builder::new().name("liandan-spool".into()).spawn(move || db_loop(w, rx)).map_err(|_| SpoolError::Gone)?;
+        std::thread::Builder::new()
+            .name("liandan-spool".into())
+            .spawn(move || db_loop(w, rx))
+            .map_err(|_| SpoolError::Gone)?;
         Ok(Spool {
-            inner: Arc::new(Mutex::new(Inner { next_seq: max_seq + 1, pending, bytes, sent_up_to: 0 })),
+            inner: Arc::new(Mutex::new(Inner {
+                next_seq: max_seq + 1,
+                pending,
+                bytes,
+                sent_up_to: 0,
+            })),
             db: tx,
             reader: Arc::new(Mutex::new(reader)),
             new_records: Arc::new(Notify::new()),
@@ -220,7 +248,13 @@ impl Spool {
     pub fn next_batch(&self, max: usize) -> Vec<pb::Record> {
         let mut st = self.lock();
         let from = st.sent_up_to;
-        let batch: Vec<pb::Record> = st.pending.iter().filter(|(s, _, _)| *s > from).take(max).map(|(_, r, _)| r.clone()).collect();
+        let batch: Vec<pb::Record> = st
+            .pending
+            .iter()
+            .filter(|(s, _, _)| *s > from)
+            .take(max)
+            .map(|(_, r, _)| r.clone())
+            .collect();
         if let Some(last) = batch.last() {
             st.sent_up_to = last.seq;
         }
@@ -233,10 +267,17 @@ impl Spool {
     }
 
     /// Runs a journal write on the writer thread, after every earlier write.
-    pub async fn exec(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<()> + Send + 'static) -> Result<(), SpoolError> {
+    pub async fn exec(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<()> + Send + 'static,
+    ) -> Result<(), SpoolError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.db.send(DbOp::Exec(Box::new(f), tx)).map_err(|_| SpoolError::Gone)?;
-        rx.await.map_err(|_| SpoolError::Gone)?.map_err(SpoolError::from)
+        self.db
+            .send(DbOp::Exec(Box::new(f), tx))
+            .map_err(|_| SpoolError::Gone)?;
+        rx.await
+            .map_err(|_| SpoolError::Gone)?
+            .map_err(SpoolError::from)
     }
 
     fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, SpoolError> {
@@ -246,15 +287,26 @@ impl Spool {
 
     /// Persists the worker's identity.
     pub async fn set_meta(&self, key: &'static str, value: String) -> Result<(), SpoolError> {
-        self.exec(move |c| c.execute("INSERT OR REPLACE INTO meta(key,value) VALUES(?1,?2)", params![key, value]).map(|_| ())).await
+        self.exec(move |c| {
+            c.execute(
+                "INSERT OR REPLACE INTO meta(key,value) VALUES(?1,?2)",
+                params![key, value],
+            )
+            .map(|_| ())
+        })
+        .await
     }
 
     pub fn meta(&self, key: &str) -> Result<Option<String>, SpoolError> {
         let key = key.to_string();
-        self.read(move |c| c.query_row("SELECT value FROM meta WHERE key=?1", [key], |r| r.get(0)).map(Some).or_else(|e| match e {
-            rusqlite::Error::QueryReturnedNoRows => Ok(None),
-            e => Err(e),
-        }))
+        self.read(move |c| {
+            c.query_row("SELECT value FROM meta WHERE key=?1", [key], |r| r.get(0))
+                .map(Some)
+                .or_else(|e| match e {
+                    rusqlite::Error::QueryReturnedNoRows => Ok(None),
+                    e => Err(e),
+                })
+        })
     }
 
     pub async fn journal_insert(&self, e: JournalEntry) -> Result<(), SpoolError> {
@@ -268,20 +320,49 @@ impl Spool {
         .await
     }
 
-    pub async fn journal_set_pid(&self, job: String, attempt: u64, pid: i32, start_ticks: Option<u64>) -> Result<(), SpoolError> {
+    pub async fn journal_set_pid(
+        &self,
+        job: String,
+        attempt: u64,
+        pid: i32,
+        start_ticks: Option<u64>,
+    ) -> Result<(), SpoolError> {
         self.exec(move |c| {
-            c.execute("UPDATE attempts SET pid=?3, start_ticks=?4 WHERE job_id=?1 AND attempt=?2", params![job, attempt as i64, pid, start_ticks.map(|t| t as i64)]).map(|_| ())
+            c.execute(
+                "UPDATE attempts SET pid=?3, start_ticks=?4 WHERE job_id=?1 AND attempt=?2",
+                params![job, attempt as i64, pid, start_ticks.map(|t| t as i64)],
+            )
+            .map(|_| ())
         })
         .await
     }
 
-    pub async fn journal_set_exit(&self, job: String, attempt: u64, seq: u64) -> Result<(), SpoolError> {
-        self.exec(move |c| c.execute("UPDATE attempts SET exit_seq=?3 WHERE job_id=?1 AND attempt=?2", params![job, attempt as i64, seq as i64]).map(|_| ())).await
+    pub async fn journal_set_exit(
+        &self,
+        job: String,
+        attempt: u64,
+        seq: u64,
+    ) -> Result<(), SpoolError> {
+        self.exec(move |c| {
+            c.execute(
+                "UPDATE attempts SET exit_seq=?3 WHERE job_id=?1 AND attempt=?2",
+                params![job, attempt as i64, seq as i64],
+            )
+            .map(|_| ())
+        })
+        .await
     }
 
     /// Forgets attempts whose exit record the coordinator acknowledged.
     pub async fn journal_prune(&self, acked: u64) -> Result<(), SpoolError> {
-        self.exec(move |c| c.execute("DELETE FROM attempts WHERE exit_seq IS NOT NULL AND exit_seq <= ?1", [acked as i64]).map(|_| ())).await
+        self.exec(move |c| {
+            c.execute(
+                "DELETE FROM attempts WHERE exit_seq IS NOT NULL AND exit_seq <= ?1",
+                [acked as i64],
+            )
+            .map(|_| ())
+        })
+        .await
     }
 
     pub fn journal(&self) -> Result<Vec<JournalEntry>, SpoolError> {
@@ -315,8 +396,20 @@ impl Spool {
         .await
     }
 
-    pub async fn upload_done(&self, job: String, attempt: u64, step: i64) -> Result<(), SpoolError> {
-        self.exec(move |c| c.execute("UPDATE uploads SET done=1 WHERE job_id=?1 AND attempt=?2 AND step=?3", params![job, attempt as i64, step]).map(|_| ())).await
+    pub async fn upload_done(
+        &self,
+        job: String,
+        attempt: u64,
+        step: i64,
+    ) -> Result<(), SpoolError> {
+        self.exec(move |c| {
+            c.execute(
+                "UPDATE uploads SET done=1 WHERE job_id=?1 AND attempt=?2 AND step=?3",
+                params![job, attempt as i64, step],
+            )
+            .map(|_| ())
+        })
+        .await
     }
 
     pub fn uploads_pending(&self) -> Result<Vec<UploadEntry>, SpoolError> {
@@ -364,14 +457,17 @@ fn db_loop(mut conn: Connection, rx: mpsc::Receiver<DbOp>) {
             for op in ops {
                 match op {
                     DbOp::Insert(rows) => {
-                        let mut st = tx.prepare_cached("INSERT OR REPLACE INTO spool(seq, record) VALUES(?1, ?2)")?;
+                        let mut st = tx.prepare_cached(
+                            "INSERT OR REPLACE INTO spool(seq, record) VALUES(?1, ?2)",
+                        )?;
                         for (seq, blob) in rows {
                             st.execute(params![seq as i64, blob])?;
                             max_seq = max_seq.max(seq);
                         }
                     }
                     DbOp::DeleteUpTo(seq) => {
-                        tx.prepare_cached("DELETE FROM spool WHERE seq <= ?1")?.execute([seq as i64])?;
+                        tx.prepare_cached("DELETE FROM spool WHERE seq <= ?1")?
+                            .execute([seq as i64])?;
                         max_seq = max_seq.max(seq);
                     }
                     DbOp::Exec(f, reply) => {
@@ -390,7 +486,9 @@ fn db_loop(mut conn: Connection, rx: mpsc::Receiver<DbOp>) {
         }
         for (reply, r) in replies {
             let r = match (&result, r) {
-                (Err(e), _) => Err(rusqlite::Error::ToSqlConversionFailure(e.to_string().into())),
+                (Err(e), _) => Err(rusqlite::Error::ToSqlConversionFailure(
+                    e.to_string().into(),
+                )),
                 (Ok(()), r) => r,
             };
             let _ = reply.send(r);

@@ -39,7 +39,11 @@ pub fn py_float(x: f64) -> String {
         return if x > 0.0 { "inf".into() } else { "-inf".into() };
     }
     if x == 0.0 {
-        return if x.is_sign_negative() { "-0.0".into() } else { "0.0".into() };
+        return if x.is_sign_negative() {
+            "-0.0".into()
+        } else {
+            "0.0".into()
+        };
     }
     let sci = format!("{x:e}");
     let (mant, exp) = sci.split_once('e').unwrap_or((&sci, "0"));
@@ -86,13 +90,20 @@ pub fn program_params(spec: &SweepSpec, params: &Value, seed: i64) -> Vec<(Strin
 }
 
 /// Builds the argv for one job.
-pub fn build_argv(spec: &SweepSpec, params: &Value, seed: i64, ctx: &CommandContext) -> Result<Vec<String>, CommandError> {
+pub fn build_argv(
+    spec: &SweepSpec,
+    params: &Value,
+    seed: i64,
+    ctx: &CommandContext,
+) -> Result<Vec<String>, CommandError> {
     let kv = program_params(spec, params, seed);
     let mut argv = Vec::new();
     for token in &spec.command {
         match token.as_str() {
             "${args}" => argv.extend(kv.iter().map(|(k, v)| format!("--{k}={}", format_value(v)))),
-            "${args_no_hyphens}" => argv.extend(kv.iter().map(|(k, v)| format!("{k}={}", format_value(v)))),
+            "${args_no_hyphens}" => {
+                argv.extend(kv.iter().map(|(k, v)| format!("{k}={}", format_value(v))))
+            }
             "${args_no_boolean_flags}" => {
                 for (k, v) in &kv {
                     match v {
@@ -130,10 +141,17 @@ fn substitute(token: &str, spec: &SweepSpec, ctx: &CommandContext) -> Result<Str
         match mac {
             "${env}" => out.push_str(ctx.env),
             "${interpreter}" => out.push_str(ctx.interpreter),
-            "${program}" => out.push_str(ctx.program.or(spec.program.as_deref()).ok_or(CommandError::NoProgram)?),
+            "${program}" => out.push_str(
+                ctx.program
+                    .or(spec.program.as_deref())
+                    .ok_or(CommandError::NoProgram)?,
+            ),
             m if m.starts_with("${envvar:") => {
                 let name = &m["${envvar:".len()..m.len() - 1];
-                out.push_str(&(ctx.envvar)(name).ok_or_else(|| CommandError::MissingEnvVar(name.to_string()))?);
+                out.push_str(
+                    &(ctx.envvar)(name)
+                        .ok_or_else(|| CommandError::MissingEnvVar(name.to_string()))?,
+                );
             }
             other => out.push_str(other),
         }
@@ -146,5 +164,11 @@ fn substitute(token: &str, spec: &SweepSpec, ctx: &CommandContext) -> Result<Str
 /// The context used offline by `liandan expand`: macros shown as the worker
 /// would resolve them by default, environment variables left as placeholders.
 pub fn offline_context<'a>(envvar: &'a dyn Fn(&str) -> Option<String>) -> CommandContext<'a> {
-    CommandContext { env: "/usr/bin/env", interpreter: "python", program: None, args_json_file: "<attempt-dir>/params.json", envvar }
+    CommandContext {
+        env: "/usr/bin/env",
+        interpreter: "python",
+        program: None,
+        args_json_file: "<attempt-dir>/params.json",
+        envvar,
+    }
 }

@@ -41,7 +41,9 @@ pub enum ExpandError {
     Spec(SpecError),
     #[error("method `bayes` is not supported yet: liandan validates bayes sweeps but cannot run them until adaptive search lands; use `method: random` with run_cap, or `grid`")]
     BayesNotSupported,
-    #[error("the sweep expands to {0} jobs, more than the limit of {1}; lower run_cap or the grid size")]
+    #[error(
+        "the sweep expands to {0} jobs, more than the limit of {1}; lower run_cap or the grid size"
+    )]
     TooLarge(usize, usize),
 }
 
@@ -59,7 +61,10 @@ fn leaves<'a>(params: &'a [(String, Param)], prefix: &mut Vec<&'a str>, out: &mu
         prefix.push(name);
         match p {
             Param::Nested { parameters } => leaves(parameters, prefix, out),
-            other => out.push(Leaf { path: prefix.clone(), param: other }),
+            other => out.push(Leaf {
+                path: prefix.clone(),
+                param: other,
+            }),
         }
         prefix.pop();
     }
@@ -72,7 +77,9 @@ fn set_path(obj: &mut Map<String, Value>, path: &[&str], v: Value) {
             obj.insert(last.to_string(), v);
         }
         [first, rest @ ..] => {
-            let child = obj.entry(first.to_string()).or_insert_with(|| Value::Object(Map::new()));
+            let child = obj
+                .entry(first.to_string())
+                .or_insert_with(|| Value::Object(Map::new()));
             if let Value::Object(m) = child {
                 set_path(m, rest, v);
             }
@@ -86,16 +93,24 @@ pub fn canonical_json(v: &Value) -> String {
         Value::Object(m) => {
             let mut keys: Vec<&String> = m.keys().collect();
             keys.sort();
-            let inner: Vec<String> = keys.iter().map(|k| format!("{}:{}", Value::String((*k).clone()), canonical_json(&m[*k]))).collect();
+            let inner: Vec<String> = keys
+                .iter()
+                .map(|k| format!("{}:{}", Value::String((*k).clone()), canonical_json(&m[*k])))
+                .collect();
             format!("{{{}}}", inner.join(","))
         }
-        Value::Array(a) => format!("[{}]", a.iter().map(canonical_json).collect::<Vec<_>>().join(",")),
+        Value::Array(a) => format!(
+            "[{}]",
+            a.iter().map(canonical_json).collect::<Vec<_>>().join(",")
+        ),
         other => other.to_string(),
     }
 }
 
 fn float(x: f64) -> Value {
-    Number::from_f64(x).map(Value::Number).unwrap_or(Value::Null)
+    Number::from_f64(x)
+        .map(Value::Number)
+        .unwrap_or(Value::Null)
 }
 
 /// Rounds away the noise of `min + k*q` so that 0.1 steps print as 0.3, not 0.30000000000000004.
@@ -153,7 +168,10 @@ pub fn sample(p: &Param, rng: &mut Rng) -> Value {
     match p {
         Param::Constant { value } => value.clone(),
         Param::Categorical { values } => values[rng.below(values.len() as u64) as usize].clone(),
-        Param::CategoricalWProbabilities { values, probabilities } => {
+        Param::CategoricalWProbabilities {
+            values,
+            probabilities,
+        } => {
             let u = rng.uniform01();
             let mut acc = 0.0;
             for (v, p) in values.iter().zip(probabilities) {
@@ -169,7 +187,12 @@ pub fn sample(p: &Param, rng: &mut Rng) -> Value {
             Value::Number((min + rng.below(span) as i64).into())
         }
         Param::Uniform { min, max } => float(rng.uniform(*min, *max)),
-        Param::QUniform { min, max, q, integer } => {
+        Param::QUniform {
+            min,
+            max,
+            q,
+            integer,
+        } => {
             let x = quantize(rng.uniform(*min, *max), *q);
             if *integer {
                 Value::Number((x.round() as i64).into())
@@ -180,13 +203,19 @@ pub fn sample(p: &Param, rng: &mut Rng) -> Value {
         Param::LogUniform { min, max } => float(rng.uniform(*min, *max).exp()),
         Param::LogUniformValues { min, max } => float(rng.uniform(min.ln(), max.ln()).exp()),
         Param::QLogUniform { min, max, q } => float(quantize(rng.uniform(*min, *max).exp(), *q)),
-        Param::QLogUniformValues { min, max, q } => float(quantize(rng.uniform(min.ln(), max.ln()).exp(), *q)),
+        Param::QLogUniformValues { min, max, q } => {
+            float(quantize(rng.uniform(min.ln(), max.ln()).exp(), *q))
+        }
         Param::InvLogUniform { min, max } => float((-rng.uniform(*min, *max)).exp()),
-        Param::InvLogUniformValues { min, max } => float((-rng.uniform((1.0 / max).ln(), (1.0 / min).ln())).exp()),
+        Param::InvLogUniformValues { min, max } => {
+            float((-rng.uniform((1.0 / max).ln(), (1.0 / min).ln())).exp())
+        }
         Param::Normal { mu, sigma } => float(mu + sigma * rng.normal01()),
         Param::QNormal { mu, sigma, q } => float(quantize(mu + sigma * rng.normal01(), *q)),
         Param::LogNormal { mu, sigma } => float((mu + sigma * rng.normal01()).exp()),
-        Param::QLogNormal { mu, sigma, q } => float(quantize((mu + sigma * rng.normal01()).exp(), *q)),
+        Param::QLogNormal { mu, sigma, q } => {
+            float(quantize((mu + sigma * rng.normal01()).exp(), *q))
+        }
         Param::Beta { a, b } => float(rng.beta(*a, *b)),
         Param::QBeta { a, b, q } => float(quantize(rng.beta(*a, *b), *q)),
         Param::Nested { .. } => Value::Null,
@@ -197,7 +226,12 @@ fn jobs_for(trials: &[Trial], seeds: &[i64]) -> Vec<Job> {
     let mut jobs = Vec::with_capacity(trials.len() * seeds.len());
     for t in trials {
         for &seed in seeds {
-            jobs.push(Job { id: JobId::for_trial_seed(&t.id, seed), trial: t.id.clone(), trial_index: t.index, seed });
+            jobs.push(Job {
+                id: JobId::for_trial_seed(&t.id, seed),
+                trial: t.id.clone(),
+                trial_index: t.index,
+                seed,
+            });
         }
     }
     jobs
@@ -217,7 +251,11 @@ pub fn expand(spec: &SweepSpec, sweep: &SweepId) -> Result<Expansion, ExpandErro
         if !seen.insert(canon.clone()) {
             return false;
         }
-        trials.push(Trial { index: trials.len(), id: TrialId::for_params(sweep, &canon), params });
+        trials.push(Trial {
+            index: trials.len(),
+            id: TrialId::for_params(sweep, &canon),
+            params,
+        });
         true
     };
     let cap_trials = spec.run_cap.map(|c| (c as usize / seeds.len()).max(1));
@@ -226,12 +264,23 @@ pub fn expand(spec: &SweepSpec, sweep: &SweepId) -> Result<Expansion, ExpandErro
         Method::Grid => {
             let axes: Vec<Vec<Value>> = ls
                 .iter()
-                .map(|l| grid_values(&format!("parameters.{}", l.path.join(".parameters.")), l.param))
+                .map(|l| {
+                    grid_values(
+                        &format!("parameters.{}", l.path.join(".parameters.")),
+                        l.param,
+                    )
+                })
                 .collect::<Result<_, _>>()
                 .map_err(ExpandError::Spec)?;
-            let size = axes.iter().try_fold(1usize, |acc, a| acc.checked_mul(a.len())).unwrap_or(usize::MAX);
+            let size = axes
+                .iter()
+                .try_fold(1usize, |acc, a| acc.checked_mul(a.len()))
+                .unwrap_or(usize::MAX);
             if size.saturating_mul(seeds.len()) > MAX_JOBS {
-                return Err(ExpandError::TooLarge(size.saturating_mul(seeds.len()), MAX_JOBS));
+                return Err(ExpandError::TooLarge(
+                    size.saturating_mul(seeds.len()),
+                    MAX_JOBS,
+                ));
             }
             // Odometer over the axes; the last declared parameter varies fastest.
             let mut idx = vec![0usize; axes.len()];
@@ -243,7 +292,12 @@ pub fn expand(spec: &SweepSpec, sweep: &SweepId) -> Result<Expansion, ExpandErro
                 push(obj, &mut trials);
                 if cap_trials.is_some_and(|c| trials.len() >= c) {
                     if trials.len() < size {
-                        warnings.push(format!("run_cap {} stops the grid after {} of its {} points", spec.run_cap.unwrap_or(0), trials.len(), size));
+                        warnings.push(format!(
+                            "run_cap {} stops the grid after {} of its {} points",
+                            spec.run_cap.unwrap_or(0),
+                            trials.len(),
+                            size
+                        ));
                     }
                     break;
                 }
@@ -279,5 +333,9 @@ pub fn expand(spec: &SweepSpec, sweep: &SweepId) -> Result<Expansion, ExpandErro
         }
     }
     let jobs = jobs_for(&trials, seeds);
-    Ok(Expansion { trials, jobs, warnings })
+    Ok(Expansion {
+        trials,
+        jobs,
+        warnings,
+    })
 }

@@ -25,7 +25,11 @@ pub fn resolve_name(spec: &SweepSpec, requested: &str) -> String {
     if !requested.is_empty() {
         return requested.to_string();
     }
-    if let Some(n) = spec.name.as_ref().filter(|n| crate::names::validate("sweep name", n).is_ok()) {
+    if let Some(n) = spec
+        .name
+        .as_ref()
+        .filter(|n| crate::names::validate("sweep name", n).is_ok())
+    {
         return n.clone();
     }
     format!("sweep-{}", &spec_identity(spec).1[..8])

@@ -115,27 +115,88 @@ pub struct Metric {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "distribution", rename_all = "snake_case")]
 pub enum Param {
-    Constant { value: Value },
-    Categorical { values: Vec<Value> },
-    CategoricalWProbabilities { values: Vec<Value>, probabilities: Vec<f64> },
-    IntUniform { min: i64, max: i64 },
-    Uniform { min: f64, max: f64 },
-    QUniform { min: f64, max: f64, q: f64, integer: bool },
+    Constant {
+        value: Value,
+    },
+    Categorical {
+        values: Vec<Value>,
+    },
+    CategoricalWProbabilities {
+        values: Vec<Value>,
+        probabilities: Vec<f64>,
+    },
+    IntUniform {
+        min: i64,
+        max: i64,
+    },
+    Uniform {
+        min: f64,
+        max: f64,
+    },
+    QUniform {
+        min: f64,
+        max: f64,
+        q: f64,
+        integer: bool,
+    },
     /// Bounds are exponents: X = exp(U(min, max)). Deprecated in W&B.
-    LogUniform { min: f64, max: f64 },
-    LogUniformValues { min: f64, max: f64 },
-    QLogUniform { min: f64, max: f64, q: f64 },
-    QLogUniformValues { min: f64, max: f64, q: f64 },
-    InvLogUniform { min: f64, max: f64 },
-    InvLogUniformValues { min: f64, max: f64 },
-    Normal { mu: f64, sigma: f64 },
-    QNormal { mu: f64, sigma: f64, q: f64 },
-    LogNormal { mu: f64, sigma: f64 },
-    QLogNormal { mu: f64, sigma: f64, q: f64 },
-    Beta { a: f64, b: f64 },
-    QBeta { a: f64, b: f64, q: f64 },
+    LogUniform {
+        min: f64,
+        max: f64,
+    },
+    LogUniformValues {
+        min: f64,
+        max: f64,
+    },
+    QLogUniform {
+        min: f64,
+        max: f64,
+        q: f64,
+    },
+    QLogUniformValues {
+        min: f64,
+        max: f64,
+        q: f64,
+    },
+    InvLogUniform {
+        min: f64,
+        max: f64,
+    },
+    InvLogUniformValues {
+        min: f64,
+        max: f64,
+    },
+    Normal {
+        mu: f64,
+        sigma: f64,
+    },
+    QNormal {
+        mu: f64,
+        sigma: f64,
+        q: f64,
+    },
+    LogNormal {
+        mu: f64,
+        sigma: f64,
+    },
+    QLogNormal {
+        mu: f64,
+        sigma: f64,
+        q: f64,
+    },
+    Beta {
+        a: f64,
+        b: f64,
+    },
+    QBeta {
+        a: f64,
+        b: f64,
+        q: f64,
+    },
     /// A parameter with its own `parameters:` (a dict-valued parameter).
-    Nested { parameters: Vec<(String, Param)> },
+    Nested {
+        parameters: Vec<(String, Param)>,
+    },
 }
 
 impl Param {
@@ -224,7 +285,12 @@ pub struct Resources {
 
 impl Default for Resources {
     fn default() -> Self {
-        Self { gpus: 0, cpus: 1, memory_bytes: None, labels: Vec::new() }
+        Self {
+            gpus: 0,
+            cpus: 1,
+            memory_bytes: None,
+            labels: Vec::new(),
+        }
     }
 }
 
@@ -239,7 +305,10 @@ pub struct CheckpointPolicy {
 
 impl Default for CheckpointPolicy {
     fn default() -> Self {
-        Self { keep_last: None, keep_best: true }
+        Self {
+            keep_last: None,
+            keep_best: true,
+        }
     }
 }
 
@@ -301,7 +370,10 @@ pub struct SweepSpec {
 
 /// W&B's default command.
 pub fn default_command() -> Vec<String> {
-    ["${env}", "${interpreter}", "${program}", "${args}"].iter().map(|s| s.to_string()).collect()
+    ["${env}", "${interpreter}", "${program}", "${args}"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
 }
 
 /// The built-in trainer's program name, resolved by the worker.
@@ -315,12 +387,19 @@ pub struct Parsed {
 }
 
 const TOP_KEYS: &[&str] = &[
-    "program", "command", "method", "metric", "parameters", "run_cap", "name", "description", "early_terminate", "project", "entity", "controller",
+    "program",
+    "command",
+    "method",
+    "metric",
+    "parameters",
+    "run_cap",
+    "name",
+    "description",
+    "early_terminate",
+    "project",
+    "entity",
+    "controller",
     "liandan",
-];
-
-const COMMAND_MACROS: &[&str] = &[
-    "${env}", "${interpreter}", "${program}", "${args}", "${args_no_hyphens}", "${args_no_boolean_flags}", "${args_json}", "${args_json_file}",
 ];
 
 struct Ctx<'a> {
@@ -331,31 +410,60 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     fn err(&self, path: &str, message: impl Into<String>) -> SpecError {
-        let line = if self.format == Format::Yaml { locate_line(self.text, path) } else { None };
-        SpecError { path: path.to_string(), line, message: message.into() }
+        let line = if self.format == Format::Yaml {
+            locate_line(self.text, path)
+        } else {
+            None
+        };
+        SpecError {
+            path: path.to_string(),
+            line,
+            message: message.into(),
+        }
     }
 }
 
 /// Parses and validates a spec.
 pub fn parse(text: &str, format: Format) -> Result<Parsed, SpecError> {
     let root: Value = match format {
-        Format::Yaml => serde_saphyr::from_str_with_options::<Value>(text, yaml_options()).map_err(|e| SpecError {
-            path: String::new(),
-            line: None,
-            message: format!("not valid YAML: {}", e.to_string().lines().next().unwrap_or_default()),
-        })?,
+        Format::Yaml => serde_saphyr::from_str_with_options::<Value>(text, yaml_options())
+            .map_err(|e| SpecError {
+                path: String::new(),
+                line: None,
+                message: format!(
+                    "not valid YAML: {}",
+                    e.to_string().lines().next().unwrap_or_default()
+                ),
+            })?,
         Format::Toml => {
             let t: toml::Table = toml::from_str(text).map_err(|e| SpecError {
                 path: String::new(),
                 line: None,
-                message: format!("not valid TOML: {}", e.to_string().split_whitespace().collect::<Vec<_>>().join(" ")),
+                message: format!(
+                    "not valid TOML: {}",
+                    e.to_string()
+                        .split_whitespace()
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                ),
             })?;
-            serde_json::to_value(t).map_err(|e| SpecError { path: String::new(), line: None, message: e.to_string() })?
+            serde_json::to_value(t).map_err(|e| SpecError {
+                path: String::new(),
+                line: None,
+                message: e.to_string(),
+            })?
         }
     };
-    let mut ctx = Ctx { text, format, warnings: Vec::new() };
+    let mut ctx = Ctx {
+        text,
+        format,
+        warnings: Vec::new(),
+    };
     let spec = from_value(&root, &mut ctx)?;
-    Ok(Parsed { spec, warnings: ctx.warnings })
+    Ok(Parsed {
+        spec,
+        warnings: ctx.warnings,
+    })
 }
 
 /// YAML 1.2 booleans only: `y`, `n`, `on`, `off` stay strings (a categorical
@@ -386,19 +494,33 @@ fn join(path: &str, key: &str) -> String {
 }
 
 fn as_map<'v>(ctx: &Ctx, path: &str, v: &'v Value) -> Result<&'v Map<String, Value>, SpecError> {
-    v.as_object().ok_or_else(|| ctx.err(path, format!("expected a mapping, found {}", describe(v))))
+    v.as_object()
+        .ok_or_else(|| ctx.err(path, format!("expected a mapping, found {}", describe(v))))
 }
 
-fn check_keys(ctx: &Ctx, path: &str, map: &Map<String, Value>, allowed: &[&str]) -> Result<(), SpecError> {
+fn check_keys(
+    ctx: &Ctx,
+    path: &str,
+    map: &Map<String, Value>,
+    allowed: &[&str],
+) -> Result<(), SpecError> {
     for k in map.keys() {
         if !allowed.contains(&k.as_str()) {
-            return Err(ctx.err(&join(path, k), format!("unknown key; expected one of: {}", allowed.join(", "))));
+            return Err(ctx.err(
+                &join(path, k),
+                format!("unknown key; expected one of: {}", allowed.join(", ")),
+            ));
         }
     }
     Ok(())
 }
 
-fn get_f64(ctx: &Ctx, path: &str, map: &Map<String, Value>, key: &str) -> Result<Option<f64>, SpecError> {
+fn get_f64(
+    ctx: &Ctx,
+    path: &str,
+    map: &Map<String, Value>,
+    key: &str,
+) -> Result<Option<f64>, SpecError> {
     match map.get(key) {
         None => Ok(None),
         Some(v) => {
@@ -410,40 +532,85 @@ fn get_f64(ctx: &Ctx, path: &str, map: &Map<String, Value>, key: &str) -> Result
             };
             match n {
                 Some(x) if x.is_finite() => Ok(Some(x)),
-                _ => Err(ctx.err(&join(path, key), format!("expected a number, found {}", describe(v)))),
+                _ => Err(ctx.err(
+                    &join(path, key),
+                    format!("expected a number, found {}", describe(v)),
+                )),
             }
         }
     }
 }
 
-fn req_f64(ctx: &Ctx, path: &str, map: &Map<String, Value>, key: &str, dist: &str) -> Result<f64, SpecError> {
-    get_f64(ctx, path, map, key)?.ok_or_else(|| ctx.err(&join(path, key), format!("distribution `{dist}` needs `{key}` (a number)")))
+fn req_f64(
+    ctx: &Ctx,
+    path: &str,
+    map: &Map<String, Value>,
+    key: &str,
+    dist: &str,
+) -> Result<f64, SpecError> {
+    get_f64(ctx, path, map, key)?.ok_or_else(|| {
+        ctx.err(
+            &join(path, key),
+            format!("distribution `{dist}` needs `{key}` (a number)"),
+        )
+    })
 }
 
 fn is_int(v: Option<&Value>) -> bool {
     matches!(v, Some(Value::Number(n)) if n.is_i64() || n.is_u64())
 }
 
-fn get_u64(ctx: &Ctx, path: &str, map: &Map<String, Value>, key: &str) -> Result<Option<u64>, SpecError> {
+fn get_u64(
+    ctx: &Ctx,
+    path: &str,
+    map: &Map<String, Value>,
+    key: &str,
+) -> Result<Option<u64>, SpecError> {
     match map.get(key) {
         None | Some(Value::Null) => Ok(None),
-        Some(v) => v.as_u64().map(Some).ok_or_else(|| ctx.err(&join(path, key), format!("expected a non-negative integer, found {}", describe(v)))),
+        Some(v) => v.as_u64().map(Some).ok_or_else(|| {
+            ctx.err(
+                &join(path, key),
+                format!("expected a non-negative integer, found {}", describe(v)),
+            )
+        }),
     }
 }
 
-fn get_str(ctx: &Ctx, path: &str, map: &Map<String, Value>, key: &str) -> Result<Option<String>, SpecError> {
+fn get_str(
+    ctx: &Ctx,
+    path: &str,
+    map: &Map<String, Value>,
+    key: &str,
+) -> Result<Option<String>, SpecError> {
     match map.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(v) => Err(ctx.err(&join(path, key), format!("expected a string, found {}", describe(v)))),
+        Some(v) => Err(ctx.err(
+            &join(path, key),
+            format!("expected a string, found {}", describe(v)),
+        )),
     }
 }
 
 fn from_value(root: &Value, ctx: &mut Ctx) -> Result<SweepSpec, SpecError> {
     let map = match root {
         Value::Object(m) => m,
-        Value::Null => return Err(ctx.err("", "the sweep file is empty; it needs at least `method` and `parameters`")),
-        other => return Err(ctx.err("", format!("expected a mapping at the top of the file, found {}", describe(other)))),
+        Value::Null => {
+            return Err(ctx.err(
+                "",
+                "the sweep file is empty; it needs at least `method` and `parameters`",
+            ))
+        }
+        other => {
+            return Err(ctx.err(
+                "",
+                format!(
+                    "expected a mapping at the top of the file, found {}",
+                    describe(other)
+                ),
+            ))
+        }
     };
     for k in map.keys() {
         if !TOP_KEYS.contains(&k.as_str()) {
@@ -456,32 +623,68 @@ fn from_value(root: &Value, ctx: &mut Ctx) -> Result<SweepSpec, SpecError> {
             "grid" => Method::Grid,
             "random" => Method::Random,
             "bayes" => Method::Bayes,
-            other => return Err(ctx.err("method", format!("expected one of: grid, random, bayes; found {other:?}"))),
+            other => {
+                return Err(ctx.err(
+                    "method",
+                    format!("expected one of: grid, random, bayes; found {other:?}"),
+                ))
+            }
         },
-        Some(v) => return Err(ctx.err("method", format!("expected one of: grid, random, bayes; found {}", describe(v)))),
+        Some(v) => {
+            return Err(ctx.err(
+                "method",
+                format!(
+                    "expected one of: grid, random, bayes; found {}",
+                    describe(v)
+                ),
+            ))
+        }
     };
     let metric = match map.get("metric") {
         None | Some(Value::Null) => None,
         Some(v) => {
             let m = as_map(ctx, "metric", v)?;
-            check_keys(ctx, "metric", m, &["name", "goal", "target", "impute", "impute_while_running"])?;
-            let name = get_str(ctx, "metric", m, "name")?.ok_or_else(|| ctx.err("metric.name", "missing; name the metric the program reports"))?;
+            check_keys(
+                ctx,
+                "metric",
+                m,
+                &["name", "goal", "target", "impute", "impute_while_running"],
+            )?;
+            let name = get_str(ctx, "metric", m, "name")?.ok_or_else(|| {
+                ctx.err(
+                    "metric.name",
+                    "missing; name the metric the program reports",
+                )
+            })?;
             if name.is_empty() {
                 return Err(ctx.err("metric.name", "must not be empty"));
             }
             let goal = match get_str(ctx, "metric", m, "goal")?.as_deref() {
                 None | Some("minimize") => Goal::Minimize,
                 Some("maximize") => Goal::Maximize,
-                Some(other) => return Err(ctx.err("metric.goal", format!("expected minimize or maximize, found {other:?}"))),
+                Some(other) => {
+                    return Err(ctx.err(
+                        "metric.goal",
+                        format!("expected minimize or maximize, found {other:?}"),
+                    ))
+                }
             };
             let target = get_f64(ctx, "metric", m, "target")?;
             Some(Metric { name, goal, target })
         }
     };
     if method == Method::Bayes && metric.is_none() {
-        return Err(ctx.err("metric", "method `bayes` needs a metric to optimise (metric.name and metric.goal)"));
+        return Err(ctx.err(
+            "metric",
+            "method `bayes` needs a metric to optimise (metric.name and metric.goal)",
+        ));
     }
-    let params_v = map.get("parameters").ok_or_else(|| ctx.err("parameters", "missing; a sweep needs at least one parameter"))?;
+    let params_v = map.get("parameters").ok_or_else(|| {
+        ctx.err(
+            "parameters",
+            "missing; a sweep needs at least one parameter",
+        )
+    })?;
     let parameters = parse_params(ctx, "parameters", params_v)?;
     if parameters.is_empty() {
         return Err(ctx.err("parameters", "empty; a sweep needs at least one parameter"));
@@ -508,7 +711,11 @@ fn from_value(root: &Value, ctx: &mut Ctx) -> Result<SweepSpec, SpecError> {
                 let s = match it {
                     Value::String(s) => s.clone(),
                     Value::Number(n) => n.to_string(),
-                    other => return Err(ctx.err(&p, format!("expected a string, found {}", describe(other)))),
+                    other => {
+                        return Err(
+                            ctx.err(&p, format!("expected a string, found {}", describe(other)))
+                        )
+                    }
                 };
                 check_macros(ctx, &p, &s)?;
                 out.push(s);
@@ -518,7 +725,12 @@ fn from_value(root: &Value, ctx: &mut Ctx) -> Result<SweepSpec, SpecError> {
             }
             Some(out)
         }
-        Some(v) => return Err(ctx.err("command", format!("expected a list of strings, found {}", describe(v)))),
+        Some(v) => {
+            return Err(ctx.err(
+                "command",
+                format!("expected a list of strings, found {}", describe(v)),
+            ))
+        }
     };
     let command = match (command, liandan.trainer) {
         (Some(c), _) => c,
@@ -533,7 +745,9 @@ fn from_value(root: &Value, ctx: &mut Ctx) -> Result<SweepSpec, SpecError> {
     }
     if let Some(name) = get_str(ctx, "", map, "name")? {
         if crate::names::validate("sweep name", &name).is_err() {
-            ctx.warnings.push(format!("name {name:?} is not usable as a sweep id; submit with --name to choose one"));
+            ctx.warnings.push(format!(
+                "name {name:?} is not usable as a sweep id; submit with --name to choose one"
+            ));
         }
     }
     let seed_param = &liandan.seed_param;
@@ -544,13 +758,24 @@ fn from_value(root: &Value, ctx: &mut Ctx) -> Result<SweepSpec, SpecError> {
         ));
     }
     if let (Some(pattern), _) = (&liandan.metric_pattern, ()) {
-        let re = regex::Regex::new(pattern).map_err(|e| ctx.err("liandan.metric_pattern", format!("not a valid regular expression: {e}")))?;
+        let re = regex::Regex::new(pattern).map_err(|e| {
+            ctx.err(
+                "liandan.metric_pattern",
+                format!("not a valid regular expression: {e}"),
+            )
+        })?;
         if re.capture_names().flatten().next().is_none() {
-            return Err(ctx.err("liandan.metric_pattern", "needs at least one named group, e.g. loss=(?P<loss>[0-9.eE+-]+)"));
+            return Err(ctx.err(
+                "liandan.metric_pattern",
+                "needs at least one named group, e.g. loss=(?P<loss>[0-9.eE+-]+)",
+            ));
         }
     }
     if method == Method::Random && run_cap.is_none() {
-        return Err(ctx.err("run_cap", "method `random` needs run_cap (the number of runs liandan generates and schedules)"));
+        return Err(ctx.err(
+            "run_cap",
+            "method `random` needs run_cap (the number of runs liandan generates and schedules)",
+        ));
     }
     Ok(SweepSpec {
         name: get_str(ctx, "", map, "name")?,
@@ -566,15 +791,23 @@ fn from_value(root: &Value, ctx: &mut Ctx) -> Result<SweepSpec, SpecError> {
     })
 }
 
+/// Checks the one macro with an argument. Other `${...}` text is left alone,
+/// as W&B does, so shell code such as `${HOME}` in a command works.
 fn check_macros(ctx: &Ctx, path: &str, s: &str) -> Result<(), SpecError> {
     let mut rest = s;
-    while let Some(start) = rest.find("${") {
+    while let Some(start) = rest.find("${envvar:") {
         let after = &rest[start..];
-        let end = after.find('}').ok_or_else(|| ctx.err(path, format!("unclosed macro in {s:?}")))?;
-        let mac = &after[..=end];
-        let known = COMMAND_MACROS.contains(&mac) || (mac.starts_with("${envvar:") && mac.len() > "${envvar:}".len());
-        if !known {
-            return Err(ctx.err(path, format!("unknown macro {mac}; expected one of: {}, ${{envvar:NAME}}", COMMAND_MACROS.join(", "))));
+        let end = after
+            .find('}')
+            .ok_or_else(|| ctx.err(path, format!("unclosed ${{envvar:...}} in {s:?}")))?;
+        let name = &after["${envvar:".len()..end];
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(ctx.err(
+                path,
+                format!(
+                    "${{envvar:{name}}} needs an environment variable name (letters, digits, _)"
+                ),
+            ));
         }
         rest = &after[end + 1..];
     }
@@ -587,7 +820,10 @@ fn parse_params(ctx: &mut Ctx, path: &str, v: &Value) -> Result<Vec<(String, Par
     for (name, pv) in map {
         let p = join(path, name);
         if name.is_empty() || name.contains(char::is_whitespace) || name.contains('=') {
-            return Err(ctx.err(&p, "a parameter name must be non-empty, without spaces or '='"));
+            return Err(ctx.err(
+                &p,
+                "a parameter name must be non-empty, without spaces or '='",
+            ));
         }
         out.push((name.clone(), parse_param(ctx, &p, pv)?));
     }
@@ -595,8 +831,24 @@ fn parse_params(ctx: &mut Ctx, path: &str, v: &Value) -> Result<Vec<(String, Par
 }
 
 const DIST_NAMES: &[&str] = &[
-    "constant", "categorical", "categorical_w_probabilities", "int_uniform", "uniform", "q_uniform", "log_uniform", "log_uniform_values", "q_log_uniform",
-    "q_log_uniform_values", "inv_log_uniform", "inv_log_uniform_values", "normal", "q_normal", "log_normal", "q_log_normal", "beta", "q_beta",
+    "constant",
+    "categorical",
+    "categorical_w_probabilities",
+    "int_uniform",
+    "uniform",
+    "q_uniform",
+    "log_uniform",
+    "log_uniform_values",
+    "q_log_uniform",
+    "q_log_uniform_values",
+    "inv_log_uniform",
+    "inv_log_uniform_values",
+    "normal",
+    "q_normal",
+    "log_normal",
+    "q_log_normal",
+    "beta",
+    "q_beta",
 ];
 
 fn parse_param(ctx: &mut Ctx, path: &str, v: &Value) -> Result<Param, SpecError> {
@@ -605,14 +857,23 @@ fn parse_param(ctx: &mut Ctx, path: &str, v: &Value) -> Result<Param, SpecError>
         check_keys(ctx, path, map, &["parameters"])?;
         let parameters = parse_params(ctx, &join(path, "parameters"), nested)?;
         if parameters.is_empty() {
-            return Err(ctx.err(&join(path, "parameters"), "empty; a nested parameter needs at least one parameter"));
+            return Err(ctx.err(
+                &join(path, "parameters"),
+                "empty; a nested parameter needs at least one parameter",
+            ));
         }
         return Ok(Param::Nested { parameters });
     }
     let dist = match get_str(ctx, path, map, "distribution")? {
         Some(d) => {
             if !DIST_NAMES.contains(&d.as_str()) {
-                return Err(ctx.err(&join(path, "distribution"), format!("unknown distribution {d:?}; expected one of: {}", DIST_NAMES.join(", "))));
+                return Err(ctx.err(
+                    &join(path, "distribution"),
+                    format!(
+                        "unknown distribution {d:?}; expected one of: {}",
+                        DIST_NAMES.join(", ")
+                    ),
+                ));
             }
             d
         }
@@ -648,8 +909,15 @@ fn parse_param(ctx: &mut Ctx, path: &str, v: &Value) -> Result<Param, SpecError>
         "constant" => &["distribution", "value"],
         "categorical" => &["distribution", "values"],
         "categorical_w_probabilities" => &["distribution", "values", "probabilities"],
-        "int_uniform" | "uniform" | "log_uniform" | "log_uniform_values" | "inv_log_uniform" | "inv_log_uniform_values" => &["distribution", "min", "max"],
-        "q_uniform" | "q_log_uniform" | "q_log_uniform_values" => &["distribution", "min", "max", "q"],
+        "int_uniform"
+        | "uniform"
+        | "log_uniform"
+        | "log_uniform_values"
+        | "inv_log_uniform"
+        | "inv_log_uniform_values" => &["distribution", "min", "max"],
+        "q_uniform" | "q_log_uniform" | "q_log_uniform_values" => {
+            &["distribution", "min", "max", "q"]
+        }
         "normal" | "log_normal" => &["distribution", "mu", "sigma"],
         "q_normal" | "q_log_normal" => &["distribution", "mu", "sigma", "q"],
         "beta" => &["distribution", "a", "b"],
@@ -660,14 +928,20 @@ fn parse_param(ctx: &mut Ctx, path: &str, v: &Value) -> Result<Param, SpecError>
         let lo = req_f64(ctx, path, map, "min", d)?;
         let hi = req_f64(ctx, path, map, "max", d)?;
         if lo >= hi {
-            return Err(ctx.err(&join(path, "max"), format!("must be greater than min ({lo}), found {hi}")));
+            return Err(ctx.err(
+                &join(path, "max"),
+                format!("must be greater than min ({lo}), found {hi}"),
+            ));
         }
         Ok((lo, hi))
     };
     let q = |ctx: &Ctx| -> Result<f64, SpecError> {
         let q = get_f64(ctx, path, map, "q")?.unwrap_or(1.0);
         if q <= 0.0 {
-            return Err(ctx.err(&join(path, "q"), format!("must be greater than 0, found {q}")));
+            return Err(ctx.err(
+                &join(path, "q"),
+                format!("must be greater than 0, found {q}"),
+            ));
         }
         Ok(q)
     };
@@ -675,7 +949,10 @@ fn parse_param(ctx: &mut Ctx, path: &str, v: &Value) -> Result<Param, SpecError>
         let mu = get_f64(ctx, path, map, "mu")?.unwrap_or(0.0);
         let sigma = get_f64(ctx, path, map, "sigma")?.unwrap_or(1.0);
         if sigma <= 0.0 {
-            return Err(ctx.err(&join(path, "sigma"), format!("must be greater than 0, found {sigma}")));
+            return Err(ctx.err(
+                &join(path, "sigma"),
+                format!("must be greater than 0, found {sigma}"),
+            ));
         }
         Ok((mu, sigma))
     };
@@ -692,53 +969,100 @@ fn parse_param(ctx: &mut Ctx, path: &str, v: &Value) -> Result<Param, SpecError>
     let positive_bounds = |ctx: &Ctx| -> Result<(f64, f64), SpecError> {
         let (lo, hi) = bounds(ctx)?;
         if lo <= 0.0 {
-            return Err(ctx.err(&join(path, "min"), format!("distribution `{d}` takes values, so min must be greater than 0, found {lo}")));
+            return Err(ctx.err(
+                &join(path, "min"),
+                format!(
+                    "distribution `{d}` takes values, so min must be greater than 0, found {lo}"
+                ),
+            ));
         }
         Ok((lo, hi))
     };
     let values = |ctx: &Ctx| -> Result<Vec<Value>, SpecError> {
         match map.get("values") {
             Some(Value::Array(a)) if !a.is_empty() => Ok(a.clone()),
-            Some(Value::Array(_)) => Err(ctx.err(&join(path, "values"), "empty; give at least one value")),
-            Some(v) => Err(ctx.err(&join(path, "values"), format!("expected a list, found {}", describe(v)))),
-            None => Err(ctx.err(&join(path, "values"), format!("distribution `{d}` needs `values` (a list)"))),
+            Some(Value::Array(_)) => {
+                Err(ctx.err(&join(path, "values"), "empty; give at least one value"))
+            }
+            Some(v) => Err(ctx.err(
+                &join(path, "values"),
+                format!("expected a list, found {}", describe(v)),
+            )),
+            None => Err(ctx.err(
+                &join(path, "values"),
+                format!("distribution `{d}` needs `values` (a list)"),
+            )),
         }
     };
     if matches!(d, "log_uniform" | "q_log_uniform" | "inv_log_uniform") {
         ctx.warnings.push(format!("{path}: distribution `{d}` takes exponents as bounds and is deprecated in W&B; prefer `{d}_values`"));
     }
     Ok(match d {
-        "constant" => Param::Constant { value: map.get("value").cloned().unwrap_or(Value::Null) },
-        "categorical" => Param::Categorical { values: values(ctx)? },
+        "constant" => Param::Constant {
+            value: map.get("value").cloned().unwrap_or(Value::Null),
+        },
+        "categorical" => Param::Categorical {
+            values: values(ctx)?,
+        },
         "categorical_w_probabilities" => {
             let vals = values(ctx)?;
             let probs = match map.get("probabilities") {
                 Some(Value::Array(a)) => a
                     .iter()
-                    .map(|x| x.as_f64().filter(|p| *p >= 0.0).ok_or_else(|| ctx.err(&join(path, "probabilities"), format!("expected non-negative numbers, found {}", describe(x)))))
+                    .map(|x| {
+                        x.as_f64().filter(|p| *p >= 0.0).ok_or_else(|| {
+                            ctx.err(
+                                &join(path, "probabilities"),
+                                format!("expected non-negative numbers, found {}", describe(x)),
+                            )
+                        })
+                    })
                     .collect::<Result<Vec<_>, _>>()?,
-                _ => return Err(ctx.err(&join(path, "probabilities"), "expected a list of numbers, one per value")),
+                _ => {
+                    return Err(ctx.err(
+                        &join(path, "probabilities"),
+                        "expected a list of numbers, one per value",
+                    ))
+                }
             };
             if probs.len() != vals.len() {
-                return Err(ctx.err(&join(path, "probabilities"), format!("has {} entries but values has {}", probs.len(), vals.len())));
+                return Err(ctx.err(
+                    &join(path, "probabilities"),
+                    format!("has {} entries but values has {}", probs.len(), vals.len()),
+                ));
             }
             let sum: f64 = probs.iter().sum();
             if (sum - 1.0).abs() > 1e-6 {
-                return Err(ctx.err(&join(path, "probabilities"), format!("must sum to 1, found {sum}")));
+                return Err(ctx.err(
+                    &join(path, "probabilities"),
+                    format!("must sum to 1, found {sum}"),
+                ));
             }
-            Param::CategoricalWProbabilities { values: vals, probabilities: probs }
+            Param::CategoricalWProbabilities {
+                values: vals,
+                probabilities: probs,
+            }
         }
         "int_uniform" => {
             let ints = |k: &str| -> Result<i64, SpecError> {
                 match map.get(k) {
                     Some(Value::Number(n)) if n.is_i64() => Ok(n.as_i64().unwrap_or_default()),
-                    Some(v) => Err(ctx.err(&join(path, k), format!("int_uniform needs an integer, found {}", describe(v)))),
-                    None => Err(ctx.err(&join(path, k), "int_uniform needs `min` and `max` (integers)")),
+                    Some(v) => Err(ctx.err(
+                        &join(path, k),
+                        format!("int_uniform needs an integer, found {}", describe(v)),
+                    )),
+                    None => Err(ctx.err(
+                        &join(path, k),
+                        "int_uniform needs `min` and `max` (integers)",
+                    )),
                 }
             };
             let (min, max) = (ints("min")?, ints("max")?);
             if min > max {
-                return Err(ctx.err(&join(path, "max"), format!("must be at least min ({min}), found {max}")));
+                return Err(ctx.err(
+                    &join(path, "max"),
+                    format!("must be at least min ({min}), found {max}"),
+                ));
             }
             Param::IntUniform { min, max }
         }
@@ -748,8 +1072,15 @@ fn parse_param(ctx: &mut Ctx, path: &str, v: &Value) -> Result<Param, SpecError>
         }
         "q_uniform" => {
             let (min, max) = bounds(ctx)?;
-            let integer = is_int(map.get("min")) && is_int(map.get("max")) && (map.get("q").is_none() || is_int(map.get("q")));
-            Param::QUniform { min, max, q: q(ctx)?, integer }
+            let integer = is_int(map.get("min"))
+                && is_int(map.get("max"))
+                && (map.get("q").is_none() || is_int(map.get("q")));
+            Param::QUniform {
+                min,
+                max,
+                q: q(ctx)?,
+                integer,
+            }
         }
         "log_uniform" => {
             let (min, max) = bounds(ctx)?;
@@ -761,11 +1092,19 @@ fn parse_param(ctx: &mut Ctx, path: &str, v: &Value) -> Result<Param, SpecError>
         }
         "q_log_uniform" => {
             let (min, max) = bounds(ctx)?;
-            Param::QLogUniform { min, max, q: q(ctx)? }
+            Param::QLogUniform {
+                min,
+                max,
+                q: q(ctx)?,
+            }
         }
         "q_log_uniform_values" => {
             let (min, max) = positive_bounds(ctx)?;
-            Param::QLogUniformValues { min, max, q: q(ctx)? }
+            Param::QLogUniformValues {
+                min,
+                max,
+                q: q(ctx)?,
+            }
         }
         "inv_log_uniform" => {
             let (min, max) = bounds(ctx)?;
@@ -781,7 +1120,11 @@ fn parse_param(ctx: &mut Ctx, path: &str, v: &Value) -> Result<Param, SpecError>
         }
         "q_normal" => {
             let (mu, sigma) = normal(ctx)?;
-            Param::QNormal { mu, sigma, q: q(ctx)? }
+            Param::QNormal {
+                mu,
+                sigma,
+                q: q(ctx)?,
+            }
         }
         "log_normal" => {
             let (mu, sigma) = normal(ctx)?;
@@ -789,7 +1132,11 @@ fn parse_param(ctx: &mut Ctx, path: &str, v: &Value) -> Result<Param, SpecError>
         }
         "q_log_normal" => {
             let (mu, sigma) = normal(ctx)?;
-            Param::QLogNormal { mu, sigma, q: q(ctx)? }
+            Param::QLogNormal {
+                mu,
+                sigma,
+                q: q(ctx)?,
+            }
         }
         "beta" => {
             let (a, b) = beta(ctx)?;
@@ -805,10 +1152,20 @@ fn parse_param(ctx: &mut Ctx, path: &str, v: &Value) -> Result<Param, SpecError>
 fn parse_early_terminate(ctx: &Ctx, v: &Value) -> Result<EarlyTerminate, SpecError> {
     let p = "early_terminate";
     let m = as_map(ctx, p, v)?;
-    check_keys(ctx, p, m, &["type", "min_iter", "max_iter", "s", "eta", "strict"])?;
+    check_keys(
+        ctx,
+        p,
+        m,
+        &["type", "min_iter", "max_iter", "s", "eta", "strict"],
+    )?;
     match get_str(ctx, p, m, "type")?.as_deref() {
         Some("hyperband") => {}
-        Some(other) => return Err(ctx.err("early_terminate.type", format!("expected hyperband, found {other:?}"))),
+        Some(other) => {
+            return Err(ctx.err(
+                "early_terminate.type",
+                format!("expected hyperband, found {other:?}"),
+            ))
+        }
         None => return Err(ctx.err("early_terminate.type", "missing; expected hyperband")),
     }
     let min_iter = get_u64(ctx, p, m, "min_iter")?;
@@ -816,21 +1173,42 @@ fn parse_early_terminate(ctx: &Ctx, v: &Value) -> Result<EarlyTerminate, SpecErr
     let s = get_u64(ctx, p, m, "s")?;
     let eta = get_f64(ctx, p, m, "eta")?.unwrap_or(3.0);
     if eta <= 1.0 {
-        return Err(ctx.err("early_terminate.eta", format!("must be greater than 1, found {eta}")));
+        return Err(ctx.err(
+            "early_terminate.eta",
+            format!("must be greater than 1, found {eta}"),
+        ));
     }
     match (min_iter, max_iter) {
         (None, None) => return Err(ctx.err(p, "hyperband needs min_iter, or max_iter with s")),
         (Some(_), Some(_)) => return Err(ctx.err(p, "give min_iter or max_iter, not both")),
-        (_, Some(_)) if s.is_none() => return Err(ctx.err("early_terminate.s", "max_iter needs s (the number of brackets)")),
-        (Some(0), _) | (_, Some(0)) => return Err(ctx.err(p, "min_iter/max_iter must be at least 1")),
+        (_, Some(_)) if s.is_none() => {
+            return Err(ctx.err(
+                "early_terminate.s",
+                "max_iter needs s (the number of brackets)",
+            ))
+        }
+        (Some(0), _) | (_, Some(0)) => {
+            return Err(ctx.err(p, "min_iter/max_iter must be at least 1"))
+        }
         _ => {}
     }
     let strict = match m.get("strict") {
         None => false,
         Some(Value::Bool(b)) => *b,
-        Some(v) => return Err(ctx.err("early_terminate.strict", format!("expected true or false, found {}", describe(v)))),
+        Some(v) => {
+            return Err(ctx.err(
+                "early_terminate.strict",
+                format!("expected true or false, found {}", describe(v)),
+            ))
+        }
     };
-    Ok(EarlyTerminate { min_iter, max_iter, s, eta, strict })
+    Ok(EarlyTerminate {
+        min_iter,
+        max_iter,
+        s,
+        eta,
+        strict,
+    })
 }
 
 fn parse_extensions(ctx: &Ctx, v: &Value) -> Result<Extensions, SpecError> {
@@ -840,21 +1218,45 @@ fn parse_extensions(ctx: &Ctx, v: &Value) -> Result<Extensions, SpecError> {
         ctx,
         p,
         m,
-        &["seeds", "seed_param", "resources", "concurrency", "retries", "sweep_seed", "priority", "checkpoint", "metric_pattern", "trainer"],
+        &[
+            "seeds",
+            "seed_param",
+            "resources",
+            "concurrency",
+            "retries",
+            "sweep_seed",
+            "priority",
+            "checkpoint",
+            "metric_pattern",
+            "trainer",
+        ],
     )?;
     let mut ext = Extensions::default();
     match m.get("seeds") {
         None | Some(Value::Null) => {}
         Some(Value::Number(n)) => match n.as_u64() {
             Some(c) if (1..=10_000).contains(&c) => ext.seeds = (0..c as i64).collect(),
-            _ => return Err(ctx.err("liandan.seeds", format!("expected a count from 1 to 10000 or a list of integers, found {n}"))),
+            _ => {
+                return Err(ctx.err(
+                    "liandan.seeds",
+                    format!("expected a count from 1 to 10000 or a list of integers, found {n}"),
+                ))
+            }
         },
         Some(Value::Array(a)) => {
             let mut seeds = Vec::new();
             for (i, s) in a.iter().enumerate() {
-                let seed = s.as_i64().ok_or_else(|| ctx.err(&format!("liandan.seeds[{i}]"), format!("expected an integer, found {}", describe(s))))?;
+                let seed = s.as_i64().ok_or_else(|| {
+                    ctx.err(
+                        &format!("liandan.seeds[{i}]"),
+                        format!("expected an integer, found {}", describe(s)),
+                    )
+                })?;
                 if seeds.contains(&seed) {
-                    return Err(ctx.err(&format!("liandan.seeds[{i}]"), format!("seed {seed} is listed twice")));
+                    return Err(ctx.err(
+                        &format!("liandan.seeds[{i}]"),
+                        format!("seed {seed} is listed twice"),
+                    ));
                 }
                 seeds.push(seed);
             }
@@ -863,11 +1265,22 @@ fn parse_extensions(ctx: &Ctx, v: &Value) -> Result<Extensions, SpecError> {
             }
             ext.seeds = seeds;
         }
-        Some(v) => return Err(ctx.err("liandan.seeds", format!("expected a count or a list of integers, found {}", describe(v)))),
+        Some(v) => {
+            return Err(ctx.err(
+                "liandan.seeds",
+                format!(
+                    "expected a count or a list of integers, found {}",
+                    describe(v)
+                ),
+            ))
+        }
     }
     if let Some(sp) = get_str(ctx, p, m, "seed_param")? {
         if sp.is_empty() || sp.contains(char::is_whitespace) || sp.contains('=') {
-            return Err(ctx.err("liandan.seed_param", "must be a non-empty name without spaces or '='"));
+            return Err(ctx.err(
+                "liandan.seed_param",
+                "must be a non-empty name without spaces or '='",
+            ));
         }
         ext.seed_param = sp;
     }
@@ -876,7 +1289,9 @@ fn parse_extensions(ctx: &Ctx, v: &Value) -> Result<Extensions, SpecError> {
         let rm = as_map(ctx, rp, r)?;
         check_keys(ctx, rp, rm, &["gpus", "cpus", "memory", "labels"])?;
         let small = |k: &str| -> Result<Option<u32>, SpecError> {
-            get_u64(ctx, rp, rm, k)?.map(|x| u32::try_from(x).map_err(|_| ctx.err(&join(rp, k), "too large"))).transpose()
+            get_u64(ctx, rp, rm, k)?
+                .map(|x| u32::try_from(x).map_err(|_| ctx.err(&join(rp, k), "too large")))
+                .transpose()
         };
         if let Some(g) = small("gpus")? {
             ext.resources.gpus = g;
@@ -885,19 +1300,46 @@ fn parse_extensions(ctx: &Ctx, v: &Value) -> Result<Extensions, SpecError> {
             ext.resources.cpus = c;
         }
         if ext.resources.gpus == 0 && ext.resources.cpus == 0 {
-            return Err(ctx.err("liandan.resources.cpus", "a job needs at least one GPU or one CPU slot"));
+            return Err(ctx.err(
+                "liandan.resources.cpus",
+                "a job needs at least one GPU or one CPU slot",
+            ));
         }
         ext.resources.memory_bytes = match rm.get("memory") {
             None | Some(Value::Null) => None,
-            Some(Value::Number(n)) => Some(n.as_u64().ok_or_else(|| ctx.err("liandan.resources.memory", "expected bytes or a size like \"16GiB\""))?),
-            Some(Value::String(s)) => Some(parse_size(s).ok_or_else(|| ctx.err("liandan.resources.memory", format!("expected a size like \"16GiB\" or \"512MB\", found {s:?}")))?),
-            Some(v) => return Err(ctx.err("liandan.resources.memory", format!("expected a size like \"16GiB\", found {}", describe(v)))),
+            Some(Value::Number(n)) => Some(n.as_u64().ok_or_else(|| {
+                ctx.err(
+                    "liandan.resources.memory",
+                    "expected bytes or a size like \"16GiB\"",
+                )
+            })?),
+            Some(Value::String(s)) => Some(parse_size(s).ok_or_else(|| {
+                ctx.err(
+                    "liandan.resources.memory",
+                    format!("expected a size like \"16GiB\" or \"512MB\", found {s:?}"),
+                )
+            })?),
+            Some(v) => {
+                return Err(ctx.err(
+                    "liandan.resources.memory",
+                    format!("expected a size like \"16GiB\", found {}", describe(v)),
+                ))
+            }
         };
         if let Some(l) = rm.get("labels") {
-            let arr = l.as_array().ok_or_else(|| ctx.err("liandan.resources.labels", "expected a list of labels"))?;
+            let arr = l
+                .as_array()
+                .ok_or_else(|| ctx.err("liandan.resources.labels", "expected a list of labels"))?;
             for (i, x) in arr.iter().enumerate() {
-                let s = x.as_str().ok_or_else(|| ctx.err(&format!("liandan.resources.labels[{i}]"), "expected a string"))?;
-                crate::names::validate("label", s).map_err(|e| ctx.err(&format!("liandan.resources.labels[{i}]"), e.to_string()))?;
+                let s = x.as_str().ok_or_else(|| {
+                    ctx.err(
+                        &format!("liandan.resources.labels[{i}]"),
+                        "expected a string",
+                    )
+                })?;
+                crate::names::validate("label", s).map_err(|e| {
+                    ctx.err(&format!("liandan.resources.labels[{i}]"), e.to_string())
+                })?;
                 ext.resources.labels.push(s.to_string());
             }
         }
@@ -915,7 +1357,15 @@ fn parse_extensions(ctx: &Ctx, v: &Value) -> Result<Extensions, SpecError> {
         ext.sweep_seed = s;
     }
     if let Some(v) = m.get("priority") {
-        ext.priority = v.as_i64().and_then(|x| i32::try_from(x).ok()).ok_or_else(|| ctx.err("liandan.priority", format!("expected an integer, found {}", describe(v))))?;
+        ext.priority = v
+            .as_i64()
+            .and_then(|x| i32::try_from(x).ok())
+            .ok_or_else(|| {
+                ctx.err(
+                    "liandan.priority",
+                    format!("expected an integer, found {}", describe(v)),
+                )
+            })?;
     }
     if let Some(c) = m.get("checkpoint") {
         let cp = "liandan.checkpoint";
@@ -930,14 +1380,24 @@ fn parse_extensions(ctx: &Ctx, v: &Value) -> Result<Extensions, SpecError> {
         match cm.get("keep_best") {
             None => {}
             Some(Value::Bool(b)) => ext.checkpoint.keep_best = *b,
-            Some(v) => return Err(ctx.err("liandan.checkpoint.keep_best", format!("expected true or false, found {}", describe(v)))),
+            Some(v) => {
+                return Err(ctx.err(
+                    "liandan.checkpoint.keep_best",
+                    format!("expected true or false, found {}", describe(v)),
+                ))
+            }
         }
     }
     ext.metric_pattern = get_str(ctx, p, m, "metric_pattern")?;
     match m.get("trainer") {
         None => {}
         Some(Value::Bool(b)) => ext.trainer = *b,
-        Some(v) => return Err(ctx.err("liandan.trainer", format!("expected true or false, found {}", describe(v)))),
+        Some(v) => {
+            return Err(ctx.err(
+                "liandan.trainer",
+                format!("expected true or false, found {}", describe(v)),
+            ))
+        }
     }
     Ok(ext)
 }
@@ -945,7 +1405,9 @@ fn parse_extensions(ctx: &Ctx, v: &Value) -> Result<Extensions, SpecError> {
 /// Parses sizes like "512MB", "16GiB", "1024".
 pub fn parse_size(s: &str) -> Option<u64> {
     let s = s.trim();
-    let idx = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let idx = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
     let (num, unit) = s.split_at(idx);
     let n: f64 = num.parse().ok()?;
     let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
@@ -987,8 +1449,14 @@ pub fn locate_line(text: &str, path: &str) -> Option<usize> {
                 break;
             }
             let bare = trimmed.trim_start_matches("- ");
-            let matches = bare.strip_prefix(key).map(|r| r.trim_start().starts_with(':')).unwrap_or(false)
-                || bare.strip_prefix(&format!("\"{key}\"")).map(|r| r.trim_start().starts_with(':')).unwrap_or(false);
+            let matches = bare
+                .strip_prefix(key)
+                .map(|r| r.trim_start().starts_with(':'))
+                .unwrap_or(false)
+                || bare
+                    .strip_prefix(&format!("\"{key}\""))
+                    .map(|r| r.trim_start().starts_with(':'))
+                    .unwrap_or(false);
             if matches && indent > parent_indent {
                 hit = Some((i, indent));
                 break;
@@ -998,7 +1466,8 @@ pub fn locate_line(text: &str, path: &str) -> Option<usize> {
             // A key inside a flow mapping (`a: {values: [1], q: 2}`): the parent's line.
             let parent_line = found?;
             let pl: &str = lines.get(parent_line - 1).copied()?;
-            return (pl.contains(&format!("{key}:")) || pl.contains(&format!("{key} :"))).then_some(parent_line);
+            return (pl.contains(&format!("{key}:")) || pl.contains(&format!("{key} :")))
+                .then_some(parent_line);
         };
         found = Some(i + 1);
         start = i + 1;

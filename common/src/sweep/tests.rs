@@ -33,7 +33,18 @@ fn type_inference_follows_wandb() {
         "method: random\nrun_cap: 1\nprogram: t.py\nparameters:\n  a: {value: 3}\n  b: {values: [1, 2]}\n  c: {min: 1, max: 5}\n  d: {min: 0.1, max: 1}\n  e: {values: [x, y], probabilities: [0.3, 0.7]}\n  f: {mu: 0, sigma: 2}\n  g: {min: 0, max: 10, q: 2}\n",
     );
     let names: Vec<&str> = s.parameters.iter().map(|(_, p)| p.name()).collect();
-    assert_eq!(names, ["constant", "categorical", "int_uniform", "uniform", "categorical_w_probabilities", "normal", "q_uniform"]);
+    assert_eq!(
+        names,
+        [
+            "constant",
+            "categorical",
+            "int_uniform",
+            "uniform",
+            "categorical_w_probabilities",
+            "normal",
+            "q_uniform"
+        ]
+    );
 }
 
 #[test]
@@ -41,7 +52,15 @@ fn grid_is_cartesian_in_declaration_order_with_duplicates_removed() {
     let s = yaml("method: grid\nprogram: t.py\nparameters:\n  z: {values: [1, 2]}\n  a: {values: [x, y, x]}\n");
     let e = expand(&s, &sid()).unwrap();
     let got: Vec<Value> = e.trials.iter().map(|t| t.params.clone()).collect();
-    assert_eq!(got, vec![json!({"z":1,"a":"x"}), json!({"z":1,"a":"y"}), json!({"z":2,"a":"x"}), json!({"z":2,"a":"y"})]);
+    assert_eq!(
+        got,
+        vec![
+            json!({"z":1,"a":"x"}),
+            json!({"z":1,"a":"y"}),
+            json!({"z":2,"a":"x"}),
+            json!({"z":2,"a":"y"})
+        ]
+    );
     assert_eq!(e.jobs.len(), 4);
 }
 
@@ -50,8 +69,24 @@ fn grid_expands_int_uniform_and_q_uniform() {
     let s = yaml("method: grid\nprogram: t.py\nparameters:\n  n: {min: 1, max: 3}\n  lr: {distribution: q_uniform, min: 0.1, max: 0.3, q: 0.1}\n");
     let e = expand(&s, &sid()).unwrap();
     let ns: Vec<Value> = e.trials.iter().map(|t| t.params["n"].clone()).collect();
-    assert_eq!(ns, vec![json!(1), json!(1), json!(1), json!(2), json!(2), json!(2), json!(3), json!(3), json!(3)]);
-    let lrs: Vec<f64> = e.trials[..3].iter().map(|t| t.params["lr"].as_f64().unwrap()).collect();
+    assert_eq!(
+        ns,
+        vec![
+            json!(1),
+            json!(1),
+            json!(1),
+            json!(2),
+            json!(2),
+            json!(2),
+            json!(3),
+            json!(3),
+            json!(3)
+        ]
+    );
+    let lrs: Vec<f64> = e.trials[..3]
+        .iter()
+        .map(|t| t.params["lr"].as_f64().unwrap())
+        .collect();
     assert_eq!(lrs, vec![0.1, 0.2, 0.3]);
 }
 
@@ -66,7 +101,10 @@ fn grid_with_continuous_distribution_names_the_parameter() {
 fn nested_parameters_become_nested_values() {
     let s = yaml("method: grid\nprogram: t.py\nparameters:\n  opt:\n    parameters:\n      name: {values: [sgd, adam]}\n      lr: {value: 0.1}\n  bs: {value: 32}\n");
     let e = expand(&s, &sid()).unwrap();
-    assert_eq!(e.trials[0].params, json!({"opt": {"name": "sgd", "lr": 0.1}, "bs": 32}));
+    assert_eq!(
+        e.trials[0].params,
+        json!({"opt": {"name": "sgd", "lr": 0.1}, "bs": 32})
+    );
     assert_eq!(e.trials.len(), 2);
 }
 
@@ -96,7 +134,7 @@ fn errors_name_key_path_and_line() {
         ("method: grid\nprogram: t.py\nparameters:\n  a: {values: [1], probabilities: [0.5]}\n", "parameters.a.probabilities", Some(4)),
         ("method: grid\nprogram: t.py\nparameters:\n  a: {value: 1}\nliandan:\n  seeds: [1, 1]\n", "liandan.seeds[1]", Some(6)),
         ("method: grid\nprogram: t.py\nparameters:\n  a: {value: 1}\nliandan:\n  metric_pattern: 'loss=([0-9.]+)'\n", "liandan.metric_pattern", Some(6)),
-        ("method: grid\nprogram: t.py\ncommand: [\"${bogus}\"]\nparameters:\n  a: {value: 1}\n", "command[0]", Some(3)),
+        ("method: grid\nprogram: t.py\ncommand: [\"${envvar:}\"]\nparameters:\n  a: {value: 1}\n", "command[0]", Some(3)),
         ("method: grid\nparameters:\n  a: {value: 1}\n", "program", None),
         ("method: grid\nprogram: t.py\nparameters:\n  seed: {values: [1, 2]}\n", "parameters.seed", Some(4)),
         ("method: bayes\nprogram: t.py\nparameters:\n  a: {min: 0.0, max: 1.0}\n", "metric", None),
@@ -112,13 +150,20 @@ fn errors_name_key_path_and_line() {
 #[test]
 fn bayes_validates_but_does_not_expand_yet() {
     let s = yaml("method: bayes\nprogram: t.py\nmetric: {name: loss, goal: minimize}\nparameters:\n  lr: {distribution: log_uniform_values, min: 0.0001, max: 0.1}\n");
-    assert_eq!(expand(&s, &sid()).unwrap_err(), ExpandError::BayesNotSupported);
+    assert_eq!(
+        expand(&s, &sid()).unwrap_err(),
+        ExpandError::BayesNotSupported
+    );
 }
 
 #[test]
 fn deprecated_distributions_warn() {
     let p = parse("method: random\nrun_cap: 2\nprogram: t.py\nparameters:\n  lr: {distribution: log_uniform, min: -5, max: -1}\n", Format::Yaml).unwrap();
-    assert!(p.warnings.iter().any(|w| w.contains("deprecated")), "{:?}", p.warnings);
+    assert!(
+        p.warnings.iter().any(|w| w.contains("deprecated")),
+        "{:?}",
+        p.warnings
+    );
 }
 
 #[test]
@@ -139,7 +184,11 @@ fn toml_specs_parse_like_yaml() {
     let t = "method = \"grid\"\nprogram = \"t.py\"\n[parameters.lr]\nvalues = [0.1, 0.01]\n[liandan]\nseeds = 2\n";
     let s = parse(t, Format::Toml).unwrap().spec;
     assert_eq!(expand(&s, &sid()).unwrap().jobs.len(), 4);
-    let e = parse("method = \"grid\"\nprogram = \"t.py\"\nfoo = 1\n[parameters.a]\nvalue = 1\n", Format::Toml).unwrap_err();
+    let e = parse(
+        "method = \"grid\"\nprogram = \"t.py\"\nfoo = 1\n[parameters.a]\nvalue = 1\n",
+        Format::Toml,
+    )
+    .unwrap_err();
     assert_eq!(e.path, "foo");
 }
 
@@ -151,11 +200,40 @@ fn command_macros_expand_as_wandb() {
     let e = expand(&s, &sid()).unwrap();
     let env = |k: &str| (k == "DATA").then(|| "/data".to_string());
     let argv = build_argv(&s, &e.trials[0].params, 7, &offline_context(&env)).unwrap();
-    assert_eq!(argv, ["/usr/bin/env", "python", "train.py", "--data=/data", "--lr=1e-05", "--flag=True", "--name=; rm -rf /", "--seed=7"]);
+    assert_eq!(
+        argv,
+        [
+            "/usr/bin/env",
+            "python",
+            "train.py",
+            "--data=/data",
+            "--lr=1e-05",
+            "--flag=True",
+            "--name=; rm -rf /",
+            "--seed=7"
+        ]
+    );
 
     let s2 = yaml("method: grid\nprogram: p\ncommand: ['${program}', '${args_no_boolean_flags}', '${args_no_hyphens}', '${args_json}']\nparameters:\n  a: {value: false}\n  b: {value: true}\n");
-    let argv = build_argv(&s2, &expand(&s2, &sid()).unwrap().trials[0].params, 0, &offline_context(&|_| None)).unwrap();
-    assert_eq!(argv, ["p", "--b", "--seed=0", "a=False", "b=True", "seed=0", r#"{"a":false,"b":true,"seed":0}"#]);
+    let argv = build_argv(
+        &s2,
+        &expand(&s2, &sid()).unwrap().trials[0].params,
+        0,
+        &offline_context(&|_| None),
+    )
+    .unwrap();
+    assert_eq!(
+        argv,
+        [
+            "p",
+            "--b",
+            "--seed=0",
+            "a=False",
+            "b=True",
+            "seed=0",
+            r#"{"a":false,"b":true,"seed":0}"#
+        ]
+    );
 
     let missing = build_argv(&s, &e.trials[0].params, 0, &offline_context(&|_| None)).unwrap_err();
     assert!(missing.to_string().contains("DATA"));
@@ -171,7 +249,15 @@ fn trainer_extension_runs_the_builtin_trainer() {
 
 #[test]
 fn python_float_repr() {
-    for (x, s) in [(0.1, "0.1"), (1.0, "1.0"), (1e-5, "1e-05"), (0.0001, "0.0001"), (1e16, "1e+16"), (123456.5, "123456.5"), (-2.5e-7, "-2.5e-07")] {
+    for (x, s) in [
+        (0.1, "0.1"),
+        (1.0, "1.0"),
+        (1e-5, "1e-05"),
+        (0.0001, "0.0001"),
+        (1e16, "1e+16"),
+        (123456.5, "123456.5"),
+        (-2.5e-7, "-2.5e-07"),
+    ] {
         assert_eq!(py_float(x), s, "{x}");
     }
 }
@@ -179,7 +265,9 @@ fn python_float_repr() {
 /// Draws n values of a parameter from fresh keyed generators.
 fn draws(p: &Param, n: usize) -> Vec<f64> {
     let mut rng = Rng::keyed("stat-test", &[1234]);
-    (0..n).map(|_| expand::sample(p, &mut rng).as_f64().unwrap()).collect()
+    (0..n)
+        .map(|_| expand::sample(p, &mut rng).as_f64().unwrap())
+        .collect()
 }
 
 fn mean(xs: &[f64]) -> f64 {
@@ -192,7 +280,10 @@ fn check_cdf(xs: &[f64], cdf: &dyn Fn(f64) -> f64, points: &[f64]) {
     for &x in points {
         let emp = xs.iter().filter(|&&v| v <= x).count() as f64 / xs.len() as f64;
         let exact = cdf(x);
-        assert!((emp - exact).abs() < 0.02, "at {x}: empirical {emp}, exact {exact}");
+        assert!(
+            (emp - exact).abs() < 0.02,
+            "at {x}: empirical {emp}, exact {exact}"
+        );
     }
 }
 
@@ -201,17 +292,63 @@ fn continuous_distributions_match_their_definitions() {
     use statrs::distribution::{Beta, ContinuousCDF, LogNormal, Normal};
     const N: usize = 20_000;
     let u = draws(&Param::Uniform { min: 2.0, max: 6.0 }, N);
-    check_cdf(&u, &|x| ((x - 2.0) / 4.0).clamp(0.0, 1.0), &[2.5, 3.0, 4.0, 5.5]);
-    let lu = draws(&Param::LogUniformValues { min: 1e-4, max: 1e-1 }, N);
-    check_cdf(&lu, &|x| ((x.ln() - 1e-4f64.ln()) / (1e-1f64.ln() - 1e-4f64.ln())).clamp(0.0, 1.0), &[3e-4, 1e-3, 1e-2, 5e-2]);
-    let le = draws(&Param::LogUniform { min: -4.0, max: 0.0 }, N);
-    check_cdf(&le, &|x| ((x.ln() + 4.0) / 4.0).clamp(0.0, 1.0), &[0.05, 0.2, 0.6]);
-    let inv = draws(&Param::InvLogUniformValues { min: 0.01, max: 1.0 }, N);
-    check_cdf(&inv, &|x| ((x.ln() - 0.01f64.ln()) / (0.0 - 0.01f64.ln())).clamp(0.0, 1.0), &[0.02, 0.1, 0.5]);
-    let n = draws(&Param::Normal { mu: 1.0, sigma: 2.0 }, N);
+    check_cdf(
+        &u,
+        &|x| ((x - 2.0) / 4.0).clamp(0.0, 1.0),
+        &[2.5, 3.0, 4.0, 5.5],
+    );
+    let lu = draws(
+        &Param::LogUniformValues {
+            min: 1e-4,
+            max: 1e-1,
+        },
+        N,
+    );
+    check_cdf(
+        &lu,
+        &|x| ((x.ln() - 1e-4f64.ln()) / (1e-1f64.ln() - 1e-4f64.ln())).clamp(0.0, 1.0),
+        &[3e-4, 1e-3, 1e-2, 5e-2],
+    );
+    let le = draws(
+        &Param::LogUniform {
+            min: -4.0,
+            max: 0.0,
+        },
+        N,
+    );
+    check_cdf(
+        &le,
+        &|x| ((x.ln() + 4.0) / 4.0).clamp(0.0, 1.0),
+        &[0.05, 0.2, 0.6],
+    );
+    let inv = draws(
+        &Param::InvLogUniformValues {
+            min: 0.01,
+            max: 1.0,
+        },
+        N,
+    );
+    check_cdf(
+        &inv,
+        &|x| ((x.ln() - 0.01f64.ln()) / (0.0 - 0.01f64.ln())).clamp(0.0, 1.0),
+        &[0.02, 0.1, 0.5],
+    );
+    let n = draws(
+        &Param::Normal {
+            mu: 1.0,
+            sigma: 2.0,
+        },
+        N,
+    );
     let nd = Normal::new(1.0, 2.0).unwrap();
     check_cdf(&n, &|x| nd.cdf(x), &[-2.0, 0.0, 1.0, 3.0]);
-    let ln = draws(&Param::LogNormal { mu: 0.0, sigma: 0.5 }, N);
+    let ln = draws(
+        &Param::LogNormal {
+            mu: 0.0,
+            sigma: 0.5,
+        },
+        N,
+    );
     let lnd = LogNormal::new(0.0, 0.5).unwrap();
     check_cdf(&ln, &|x| lnd.cdf(x), &[0.5, 1.0, 2.0]);
     for (a, b) in [(2.0, 5.0), (0.5, 0.5), (1.0, 1.0)] {
@@ -224,31 +361,90 @@ fn continuous_distributions_match_their_definitions() {
 #[test]
 fn quantized_and_discrete_distributions() {
     const N: usize = 20_000;
-    let q = draws(&Param::QUniform { min: 0.0, max: 10.0, q: 2.5, integer: false }, N);
-    assert!(q.iter().all(|x| (x / 2.5).fract() == 0.0 && (0.0..=10.0).contains(x)));
-    let qn = draws(&Param::QNormal { mu: 0.0, sigma: 3.0, q: 1.0 }, N);
+    let q = draws(
+        &Param::QUniform {
+            min: 0.0,
+            max: 10.0,
+            q: 2.5,
+            integer: false,
+        },
+        N,
+    );
+    assert!(q
+        .iter()
+        .all(|x| (x / 2.5).fract() == 0.0 && (0.0..=10.0).contains(x)));
+    let qn = draws(
+        &Param::QNormal {
+            mu: 0.0,
+            sigma: 3.0,
+            q: 1.0,
+        },
+        N,
+    );
     assert!(qn.iter().all(|x| x.fract() == 0.0));
     assert!(mean(&qn).abs() < 0.1);
-    let qb = draws(&Param::QBeta { a: 2.0, b: 2.0, q: 0.1 }, N);
-    assert!(qb.iter().all(|x| ((x * 10.0).round() - x * 10.0).abs() < 1e-9));
-    let qlu = draws(&Param::QLogUniformValues { min: 1.0, max: 1000.0, q: 1.0 }, N);
-    assert!(qlu.iter().all(|x| x.fract() == 0.0 && *x >= 1.0 && *x <= 1000.0));
-    let qln = draws(&Param::QLogNormal { mu: 2.0, sigma: 0.3, q: 1.0 }, N);
+    let qb = draws(
+        &Param::QBeta {
+            a: 2.0,
+            b: 2.0,
+            q: 0.1,
+        },
+        N,
+    );
+    assert!(qb
+        .iter()
+        .all(|x| ((x * 10.0).round() - x * 10.0).abs() < 1e-9));
+    let qlu = draws(
+        &Param::QLogUniformValues {
+            min: 1.0,
+            max: 1000.0,
+            q: 1.0,
+        },
+        N,
+    );
+    assert!(qlu
+        .iter()
+        .all(|x| x.fract() == 0.0 && *x >= 1.0 && *x <= 1000.0));
+    let qln = draws(
+        &Param::QLogNormal {
+            mu: 2.0,
+            sigma: 0.3,
+            q: 1.0,
+        },
+        N,
+    );
     assert!(qln.iter().all(|x| x.fract() == 0.0));
-    let qlue = draws(&Param::QLogUniform { min: 0.0, max: 3.0, q: 1.0 }, N);
-    assert!(qlue.iter().all(|x| x.fract() == 0.0 && *x >= 1.0 && *x <= 21.0));
+    let qlue = draws(
+        &Param::QLogUniform {
+            min: 0.0,
+            max: 3.0,
+            q: 1.0,
+        },
+        N,
+    );
+    assert!(qlue
+        .iter()
+        .all(|x| x.fract() == 0.0 && *x >= 1.0 && *x <= 21.0));
     let ile = draws(&Param::InvLogUniform { min: 0.0, max: 2.0 }, N);
     assert!(ile.iter().all(|x| *x <= 1.0 && *x >= (-2f64).exp()));
 
     let mut rng = Rng::keyed("stat-test", &[9]);
     let mut counts = [0usize; 6];
     for _ in 0..60_000 {
-        let v = expand::sample(&Param::IntUniform { min: 1, max: 6 }, &mut rng).as_i64().unwrap();
+        let v = expand::sample(&Param::IntUniform { min: 1, max: 6 }, &mut rng)
+            .as_i64()
+            .unwrap();
         counts[(v - 1) as usize] += 1;
     }
-    assert!(counts.iter().all(|&c| (9_500..10_500).contains(&c)), "{counts:?}");
+    assert!(
+        counts.iter().all(|&c| (9_500..10_500).contains(&c)),
+        "{counts:?}"
+    );
 
-    let p = Param::CategoricalWProbabilities { values: vec![json!("a"), json!("b"), json!("c")], probabilities: vec![0.2, 0.5, 0.3] };
+    let p = Param::CategoricalWProbabilities {
+        values: vec![json!("a"), json!("b"), json!("c")],
+        probabilities: vec![0.2, 0.5, 0.3],
+    };
     let mut c = [0usize; 3];
     for _ in 0..20_000 {
         match expand::sample(&p, &mut rng).as_str().unwrap() {
@@ -264,7 +460,9 @@ fn quantized_and_discrete_distributions() {
 
 #[test]
 fn random_sampling_is_reproducible_and_seed_dependent() {
-    let text = |seed: u64| format!("method: random\nrun_cap: 20\nprogram: t.py\nparameters:\n  lr: {{distribution: log_uniform_values, min: 0.0001, max: 0.1}}\n  bs: {{values: [16, 32, 64]}}\nliandan:\n  sweep_seed: {seed}\n  seeds: 2\n");
+    let text = |seed: u64| {
+        format!("method: random\nrun_cap: 20\nprogram: t.py\nparameters:\n  lr: {{distribution: log_uniform_values, min: 0.0001, max: 0.1}}\n  bs: {{values: [16, 32, 64]}}\nliandan:\n  sweep_seed: {seed}\n  seeds: 2\n")
+    };
     let a = expand(&yaml(&text(1)), &sid()).unwrap();
     let b = expand(&yaml(&text(1)), &sid()).unwrap();
     let c = expand(&yaml(&text(2)), &sid()).unwrap();
