@@ -1,0 +1,255 @@
+//! Models over plain tensors (so their parameters have a fixed order for
+//! checkpoints): an MLP and a small CNN; and the optimizers implemented here
+//! over tensors, so their full state can be saved and restored bit for bit.
+
+use tch::{Device, Kind, Tensor};
+
+/// Hidden-layer activation.
+#[derive(Clone, Copy)]
+pub enum Activation {
+    Relu,
+    Tanh,
+    Gelu,
+    Silu,
+}
+
+impl Activation {
+    pub fn parse(s: &str) -> Activation {
+        match s {
+            "tanh" => Activation::Tanh,
+            "gelu" => Activation::Gelu,
+            "silu" => Activation::Silu,
+            _ => Activation::Relu,
+        }
+    }
+
+    fn apply(self, x: &Tensor) -> Tensor {
+        match self {
+            Activation::Relu => x.relu(),
+            Activation::Tanh => x.tanh(),
+            Activation::Gelu => x.gelu("none"),
+            Activation::Silu => x.silu(),
+        }
+    }
+}
+
+enum Layer {
+    Linear { w: usize, b: usize },
+    Conv { w: usize, b: usize },
+}
+
+/// A model: parameters (in a fixed order) and a forward function.
+pub struct Model {
+    pub params: Vec<Tensor>,
+    pub names: Vec<String>,
+    layers: Vec<Layer>,
+    cnn: bool,
+    act: Activation,
+    dropout: f64,
+}
+
+fn init_weight(shape: &[i64], fan_in: i64, fan_out: i64, init: &str, device: Device) -> (Tensor, Tensor) {
+    let out = shape[0];
+    let (w, b) = match init {
+        "kaiming_normal" => (Tensor::randn(shape, (Kind::Float, device)) * (2.0 / fan_in as f64).sqrt(), Tensor::zeros([out], (Kind::Float, device))),
+        "xavier_normal" => (Tensor::randn(shape, (Kind::Float, device)) * (2.0 / (fan_in + fan_out) as f64).sqrt(), Tensor::zeros([out], (Kind::Float, device))),
+        // libtorch's default for Linear and Conv: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and bias.
+        _ => {
+            let bound = 1.0 / (fan_in as f64).sqrt();
+            (Tensor::rand(shape, (Kind::Float, device)) * (2.0 * bound) - bound, Tensor::rand([out], (Kind::Float, device)) * (2.0 * bound) - bound)
+        }
+    };
+    (w.set_requires_grad(true), b.set_requires_grad(true))
+}
+
+impl Model {
+    /// Builds an MLP or CNN for samples of `shape` and `classes` outputs. The
+    /// caller seeds libtorch's generator first.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(kind: &str, shape: &[i64], classes: i64, depth: usize, width: i64, act: Activation, init: &str, dropout: f64, device: Device) -> Result<Model, String> {
+        let mut m = Model { params: Vec::new(), names: Vec::new(), layers: Vec::new(), cnn: kind == "cnn", act, dropout };
+        let push = |m: &mut Model, name: String, w: Tensor, b: Tensor, conv: bool| {
+            let wi = m.params.len();
+            m.params.push(w);
+            m.names.push(format!("{name}.weight"));
+            m.params.push(b);
+            m.names.push(format!("{name}.bias"));
+            m.layers.push(if conv { Layer::Conv { w: wi, b: wi + 1 } } else { Layer::Linear { w: wi, b: wi + 1 } });
+        };
+        let mut fan_in: i64 = shape.iter().product();
+        if m.cnn {
+            if shape.len() != 3 {
+                return Err("model=cnn needs image input (task=idx)".into());
+            }
+            let (c, h, w) = (shape[0], shape[1], shape[2]);
+            let (h1, w1) = ((h - 2) / 2, (w - 2) / 2);
+            let (h2, w2) = ((h1 - 2) / 2, (w1 - 2) / 2);
+            if h2 < 1 || w2 < 1 {
+                return Err(format!("images of {h}x{w} are too small for the CNN (need at least 10x10)"));
+            }
+            let (w0, b0) = init_weight(&[16, c, 3, 3], c * 9, 16 * 9, init, device);
+            push(&mut m, "conv1".into(), w0, b0, true);
+            let (w1_, b1) = init_weight(&[32, 16, 3, 3], 16 * 9, 32 * 9, init, device);
+            push(&mut m, "conv2".into(), w1_, b1, true);
+            fan_in = 32 * h2 * w2;
+        }
+        for i in 0..depth {
+            let (w, b) = init_weight(&[width, fan_in], fan_in, width, init, device);
+            push(&mut m, format!("hidden{i}"), w, b, false);
+            fan_in = width;
+        }
+        let (w, b) = init_weight(&[classes, fan_in], fan_in, classes, init, device);
+        push(&mut m, "out".into(), w, b, false);
+        Ok(m)
+    }
+
+    /// Logits for a batch. Dropout uses libtorch's generator, which the
+    /// training loop re-seeds at every step from (seed, step).
+    pub fn forward(&self, x: &Tensor, train: bool) -> Tensor {
+        let mut h = x.shallow_clone();
+        let n = self.layers.len();
+        for (i, l) in self.layers.iter().enumerate() {
+            match *l {
+                Layer::Conv { w, b } => {
+                    h = h.conv2d(&self.params[w], Some(&self.params[b]), [1, 1], [0, 0], [1, 1], 1).relu().max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], false);
+                }
+                Layer::Linear { w, b } => {
+                    if h.dim() > 2 {
+                        h = h.flatten(1, -1);
+                    }
+                    h = h.linear(&self.params[w], Some(&self.params[b]));
+                    if i + 1 < n {
+                        h = self.act.apply(&h);
+                        if self.dropout > 0.0 {
+                            h = h.dropout(self.dropout, train);
+                        }
+                    }
+                }
+            }
+        }
+        h
+    }
+}
+
+/// Cross-entropy with label smoothing, averaged over the batch.
+pub fn cross_entropy(logits: &Tensor, y: &Tensor, smoothing: f64) -> Tensor {
+    let logp = logits.log_softmax(-1, Kind::Float);
+    let nll = -logp.gather(1, &y.unsqueeze(1), false).squeeze_dim(1);
+    if smoothing > 0.0 {
+        let uniform = -logp.mean_dim(-1, false, Kind::Float);
+        (nll * (1.0 - smoothing) + uniform * smoothing).mean(Kind::Float)
+    } else {
+        nll.mean(Kind::Float)
+    }
+}
+
+/// Which update rule.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum OptKind {
+    Sgd,
+    Adam,
+    AdamW,
+}
+
+/// An optimizer whose whole state is tensors plus a step count.
+pub struct Optimizer {
+    pub kind: OptKind,
+    pub momentum: f64,
+    pub nesterov: bool,
+    pub weight_decay: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    /// SGD: momentum buffers; Adam: first then second moments.
+    pub state: Vec<Tensor>,
+    pub t: i64,
+}
+
+impl Optimizer {
+    pub fn new(kind: OptKind, params: &[Tensor], momentum: f64, nesterov: bool, weight_decay: f64, beta1: f64, beta2: f64, eps: f64) -> Optimizer {
+        let n = match kind {
+            OptKind::Sgd => 1,
+            _ => 2,
+        };
+        let state = (0..n).flat_map(|_| params.iter().map(|p| p.zeros_like())).collect();
+        Optimizer { kind, momentum, nesterov, weight_decay, beta1, beta2, eps, state, t: 0 }
+    }
+
+    /// One update with learning rate `lr`, following PyTorch's definitions.
+    pub fn step(&mut self, params: &mut [Tensor], lr: f64) {
+        self.t += 1;
+        let n = params.len();
+        tch::no_grad(|| {
+            for (i, p) in params.iter_mut().enumerate() {
+                let mut g = p.grad();
+                if !g.defined() {
+                    continue;
+                }
+                match self.kind {
+                    OptKind::Sgd => {
+                        if self.weight_decay != 0.0 {
+                            g = &g + &*p * self.weight_decay;
+                        }
+                        if self.momentum != 0.0 {
+                            let buf = &mut self.state[i];
+                            if self.t == 1 {
+                                buf.copy_(&g);
+                            } else {
+                                let _ = buf.g_mul_scalar_(self.momentum).g_add_(&g);
+                            }
+                            g = if self.nesterov { &g + &*buf * self.momentum } else { buf.shallow_clone() };
+                        }
+                        let _ = p.g_sub_(&(g * lr));
+                    }
+                    OptKind::Adam | OptKind::AdamW => {
+                        if self.kind == OptKind::AdamW {
+                            if self.weight_decay != 0.0 {
+                                let _ = p.g_mul_scalar_(1.0 - lr * self.weight_decay);
+                            }
+                        } else if self.weight_decay != 0.0 {
+                            g = &g + &*p * self.weight_decay;
+                        }
+                        let (b1, b2) = (self.beta1, self.beta2);
+                        {
+                            let m = &mut self.state[i];
+                            let _ = m.g_mul_scalar_(b1).g_add_(&(&g * (1.0 - b1)));
+                        }
+                        {
+                            let v = &mut self.state[n + i];
+                            let _ = v.g_mul_scalar_(b2).g_add_(&(&g * &g * (1.0 - b2)));
+                        }
+                        let bc1 = 1.0 - b1.powi(self.t as i32);
+                        let bc2 = 1.0 - b2.powi(self.t as i32);
+                        let denom = (&self.state[n + i] / bc2).sqrt() + self.eps;
+                        let upd = (&self.state[i] / bc1) / denom * lr;
+                        let _ = p.g_sub_(&upd);
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Scales gradients so their global norm is at most `max`; returns the norm before.
+pub fn clip_grad_norm(params: &[Tensor], max: f64) -> f64 {
+    tch::no_grad(|| {
+        let mut total = 0.0;
+        for p in params {
+            let g = p.grad();
+            if g.defined() {
+                total += g.pow_tensor_scalar(2).sum(Kind::Double).double_value(&[]);
+            }
+        }
+        let norm = total.sqrt();
+        if max > 0.0 && norm > max {
+            let scale = max / (norm + 1e-6);
+            for p in params {
+                let mut g = p.grad();
+                if g.defined() {
+                    let _ = g.g_mul_scalar_(scale);
+                }
+            }
+        }
+        norm
+    })
+}
