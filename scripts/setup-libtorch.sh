@@ -25,7 +25,16 @@ marker="$venv/.liandan-complete"
 
 if [ ! -f "$marker" ]; then
   echo "installing torch==$TORCH_VERSION into $venv (about 2.6 GB, once)..." >&2
-  python3 -m venv "$venv" >&2
+  if ! python3 -m venv "$venv" >&2; then
+    # Debian's python3 ships venv separately.
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+      echo "python3 cannot create a virtual environment; installing python3-venv" >&2
+      apt-get install -y python3-venv >&2 && python3 -m venv "$venv" >&2
+    else
+      echo "error: python3 cannot create a virtual environment; install it (Debian: sudo apt-get install python3-venv) and run again" >&2
+      exit 1
+    fi
+  fi
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "torch==$TORCH_VERSION" >&2
   "$venv/bin/python" -c 'import torch; assert torch.__version__.startswith("'"$TORCH_VERSION"'"), torch.__version__' >&2
   touch "$marker"

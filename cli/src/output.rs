@@ -67,6 +67,11 @@ pub fn table(columns: &[&str], rows: &[Vec<String>], width: usize) -> String {
     }
     let sep = 2;
     let total = |w: &[usize]| w.iter().sum::<usize>() + sep * w.len().saturating_sub(1);
+    // The last column (free text such as parameters or commands) gives way first.
+    if let Some(last) = widths.len().checked_sub(1) {
+        let over = total(&widths).saturating_sub(width);
+        widths[last] = widths[last].saturating_sub(over).max(12.min(widths[last]));
+    }
     while total(&widths) > width {
         let (i, &m) = widths
             .iter()

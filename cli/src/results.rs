@@ -121,10 +121,12 @@ pub fn analyze(r: &pb::GetResultsResponse, best: bool) -> Analysis {
     }
 }
 
-fn params_short(v: &Value) -> String {
+/// The parameters that differ between trials (constants say nothing in a ranking).
+fn params_short(v: &Value, varying: &std::collections::BTreeSet<String>) -> String {
     match v {
         Value::Object(m) => m
             .iter()
+            .filter(|(k, _)| varying.is_empty() || varying.contains(*k))
             .map(|(k, v)| format!("{k}={}", liandan_common::sweep::command::format_value(v)))
             .collect::<Vec<_>>()
             .join(" "),
@@ -132,7 +134,20 @@ fn params_short(v: &Value) -> String {
     }
 }
 
+fn varying_keys(rows: &[TrialRow]) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    if let Some(Value::Object(first)) = rows.first().map(|r| &r.params) {
+        for (k, v) in first {
+            if rows.iter().any(|r| r.params.get(k) != Some(v)) {
+                out.insert(k.clone());
+            }
+        }
+    }
+    out
+}
+
 pub fn listing(a: &Analysis) -> Listing {
+    let varying = varying_keys(&a.rows);
     let columns = vec![
         "rank",
         "trial",
@@ -181,7 +196,7 @@ pub fn listing(a: &Analysis) -> Listing {
                         .map(|p| format!("{p:.3}"))
                         .unwrap_or_else(|| "-".into())
                 },
-                params_short(&r.params),
+                params_short(&r.params, &varying),
             ]
         })
         .collect();

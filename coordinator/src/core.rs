@@ -730,7 +730,7 @@ impl Core {
                     "unknown worker; say hello first".into(),
                 ));
             };
-            if !w.session.as_ref().is_some_and(|s| s.id == session) {
+            if w.session.as_ref().is_none_or(|s| s.id != session) {
                 return Err(CoreError::FailedPrecondition(
                     "this stream was replaced by a newer one from the same worker".into(),
                 ));
@@ -1033,8 +1033,7 @@ impl Core {
             .map(|(k, _)| k.clone())
             .collect();
         for wid in workers {
-            loop {
-                let Some(w) = st.workers.get(&wid) else { break };
+            while let Some(w) = st.workers.get(&wid) {
                 if w.free_cpus == 0 && w.free_gpus.is_empty() {
                     break;
                 }

@@ -33,8 +33,18 @@ impl Dataset {
         let (xt, xv) = self.x.split_at(n_train * d);
         let (yt, yv) = self.y.split_at(n_train);
         (
-            Dataset { x: xt.to_vec(), y: yt.to_vec(), shape: self.shape.clone(), classes: self.classes },
-            Dataset { x: xv.to_vec(), y: yv.to_vec(), shape: self.shape, classes: self.classes },
+            Dataset {
+                x: xt.to_vec(),
+                y: yt.to_vec(),
+                shape: self.shape.clone(),
+                classes: self.classes,
+            },
+            Dataset {
+                x: xv.to_vec(),
+                y: yv.to_vec(),
+                shape: self.shape,
+                classes: self.classes,
+            },
         )
     }
 
@@ -48,7 +58,12 @@ impl Dataset {
             x.extend_from_slice(&self.x[i * d..(i + 1) * d]);
             y.push(self.y[i]);
         }
-        Dataset { x, y, shape: self.shape, classes: self.classes }
+        Dataset {
+            x,
+            y,
+            shape: self.shape,
+            classes: self.classes,
+        }
     }
 }
 
@@ -62,7 +77,10 @@ pub enum DataError {
 }
 
 fn file_err(path: &Path, message: impl Into<String>) -> DataError {
-    DataError::File { path: path.to_path_buf(), message: message.into() }
+    DataError::File {
+        path: path.to_path_buf(),
+        message: message.into(),
+    }
 }
 
 /// `classes` interleaved spirals in 2-D.
@@ -79,7 +97,12 @@ pub fn spirals(n: usize, classes: usize, noise: f64, seed: i64) -> Dataset {
         x.push((r * angle.sin() + noise * rng.normal01() * 0.2) as f32);
         y.push(c as i64);
     }
-    Dataset { x, y, shape: vec![2], classes: classes as i64 }
+    Dataset {
+        x,
+        y,
+        shape: vec![2],
+        classes: classes as i64,
+    }
 }
 
 /// Gaussian blobs around `classes` centres on a circle.
@@ -94,7 +117,12 @@ pub fn blobs(n: usize, classes: usize, noise: f64, seed: i64) -> Dataset {
         x.push((a.sin() + 2.0 * noise * rng.normal01()) as f32);
         y.push(c as i64);
     }
-    Dataset { x, y, shape: vec![2], classes: classes as i64 }
+    Dataset {
+        x,
+        y,
+        shape: vec![2],
+        classes: classes as i64,
+    }
 }
 
 /// Noisy XOR in 2-D: the label is whether the signs differ, with `noise` of labels flipped.
@@ -113,7 +141,12 @@ pub fn xor(n: usize, noise: f64, seed: i64) -> Dataset {
         x.push(b as f32);
         y.push(label);
     }
-    Dataset { x, y, shape: vec![2], classes: 2 }
+    Dataset {
+        x,
+        y,
+        shape: vec![2],
+        classes: 2,
+    }
 }
 
 fn be_u32(b: &[u8], at: usize) -> u32 {
@@ -127,20 +160,38 @@ fn read_idx(path: &Path, want_dims: usize) -> Result<(Vec<usize>, Vec<u8>), Data
         return Err(file_err(path, "not an IDX file (bad magic number)"));
     }
     if b[2] != 0x08 {
-        return Err(file_err(path, format!("IDX data type 0x{:02x} is not supported; only unsigned bytes (0x08)", b[2])));
+        return Err(file_err(
+            path,
+            format!(
+                "IDX data type 0x{:02x} is not supported; only unsigned bytes (0x08)",
+                b[2]
+            ),
+        ));
     }
     let ndims = b[3] as usize;
     if ndims != want_dims {
-        return Err(file_err(path, format!("expected {want_dims} dimensions, found {ndims}")));
+        return Err(file_err(
+            path,
+            format!("expected {want_dims} dimensions, found {ndims}"),
+        ));
     }
     if b.len() < 4 + 4 * ndims {
         return Err(file_err(path, "truncated IDX header"));
     }
     let dims: Vec<usize> = (0..ndims).map(|i| be_u32(&b, 4 + 4 * i) as usize).collect();
-    let count = dims.iter().try_fold(1usize, |a, d| a.checked_mul(*d)).ok_or_else(|| file_err(path, "IDX dimensions overflow"))?;
+    let count = dims
+        .iter()
+        .try_fold(1usize, |a, d| a.checked_mul(*d))
+        .ok_or_else(|| file_err(path, "IDX dimensions overflow"))?;
     let body = &b[4 + 4 * ndims..];
     if body.len() != count {
-        return Err(file_err(path, format!("IDX header says {count} bytes of data, found {}", body.len())));
+        return Err(file_err(
+            path,
+            format!(
+                "IDX header says {count} bytes of data, found {}",
+                body.len()
+            ),
+        ));
     }
     Ok((dims, body.to_vec()))
 }
@@ -148,23 +199,44 @@ fn read_idx(path: &Path, want_dims: usize) -> Result<(Vec<usize>, Vec<u8>), Data
 /// MNIST-style IDX images (n × h × w, u8) and labels (n, u8).
 pub fn idx(images: &Path, labels: Option<&Path>) -> Result<Dataset, DataError> {
     let (images, labels) = if images.is_dir() {
-        (images.join("train-images-idx3-ubyte"), labels.map(Path::to_path_buf).unwrap_or_else(|| images.join("train-labels-idx1-ubyte")))
+        (
+            images.join("train-images-idx3-ubyte"),
+            labels
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| images.join("train-labels-idx1-ubyte")),
+        )
     } else {
-        let l = labels.map(Path::to_path_buf).unwrap_or_else(|| images.with_file_name("train-labels-idx1-ubyte"));
+        let l = labels
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| images.with_file_name("train-labels-idx1-ubyte"));
         (images.to_path_buf(), l)
     };
     let (d, px) = read_idx(&images, 3)?;
     let (ld, lb) = read_idx(&labels, 1)?;
     if ld[0] != d[0] {
-        return Err(file_err(&labels, format!("{} labels for {} images in {}", ld[0], d[0], images.display())));
+        return Err(file_err(
+            &labels,
+            format!(
+                "{} labels for {} images in {}",
+                ld[0],
+                d[0],
+                images.display()
+            ),
+        ));
     }
     let classes = lb.iter().copied().max().unwrap_or(0) as i64 + 1;
-    Ok(Dataset { x: px.iter().map(|&p| p as f32 / 255.0).collect(), y: lb.iter().map(|&l| l as i64).collect(), shape: vec![1, d[1] as i64, d[2] as i64], classes: classes.max(2) })
+    Ok(Dataset {
+        x: px.iter().map(|&p| p as f32 / 255.0).collect(),
+        y: lb.iter().map(|&l| l as i64).collect(),
+        shape: vec![1, d[1] as i64, d[2] as i64],
+        classes: classes.max(2),
+    })
 }
 
 /// CSV: numeric features, the last column an integer class label; an optional header line.
 pub fn csv(path: &Path) -> Result<Dataset, DataError> {
-    let text = std::fs::read_to_string(path).map_err(|e| file_err(path, format!("cannot read ({e})")))?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| file_err(path, format!("cannot read ({e})")))?;
     let mut x = Vec::new();
     let mut y = Vec::new();
     let mut width = None;
@@ -179,16 +251,30 @@ pub fn csv(path: &Path) -> Result<Dataset, DataError> {
             Ok(n) => n,
             Err(_) if i == 0 => continue, // a header
             Err(_) => {
-                let bad = cells.iter().find(|c| c.parse::<f64>().is_err()).unwrap_or(&"");
-                return Err(file_err(path, format!("line {}: {bad:?} is not a number", i + 1)));
+                let bad = cells
+                    .iter()
+                    .find(|c| c.parse::<f64>().is_err())
+                    .unwrap_or(&"");
+                return Err(file_err(
+                    path,
+                    format!("line {}: {bad:?} is not a number", i + 1),
+                ));
             }
         };
         if nums.len() < 2 {
-            return Err(file_err(path, format!("line {}: needs at least one feature and a label", i + 1)));
+            return Err(file_err(
+                path,
+                format!("line {}: needs at least one feature and a label", i + 1),
+            ));
         }
         match width {
             None => width = Some(nums.len()),
-            Some(w) if w != nums.len() => return Err(file_err(path, format!("line {}: {} columns, expected {w}", i + 1, nums.len()))),
+            Some(w) if w != nums.len() => {
+                return Err(file_err(
+                    path,
+                    format!("line {}: {} columns, expected {w}", i + 1, nums.len()),
+                ))
+            }
             _ => {}
         }
         let label = nums[nums.len() - 1];
@@ -200,11 +286,24 @@ pub fn csv(path: &Path) -> Result<Dataset, DataError> {
     }
     let w = width.ok_or_else(|| file_err(path, "no data rows"))?;
     let classes = y.iter().copied().max().unwrap_or(0) + 1;
-    Ok(Dataset { x, y, shape: vec![(w - 1) as i64], classes: classes.max(2) })
+    Ok(Dataset {
+        x,
+        y,
+        shape: vec![(w - 1) as i64],
+        classes: classes.max(2),
+    })
 }
 
 /// Loads the dataset the parameters name, in a seeded order.
-pub fn load(task: &str, data: &str, labels: &str, samples: usize, classes: usize, noise: f64, seed: i64) -> Result<Dataset, DataError> {
+pub fn load(
+    task: &str,
+    data: &str,
+    labels: &str,
+    samples: usize,
+    classes: usize,
+    noise: f64,
+    seed: i64,
+) -> Result<Dataset, DataError> {
     let ds = match task {
         "spirals" => spirals(samples, classes, noise, seed),
         "blobs" => blobs(samples, classes, noise, seed),
@@ -213,7 +312,10 @@ pub fn load(task: &str, data: &str, labels: &str, samples: usize, classes: usize
             if data.is_empty() {
                 return Err(DataError::NoPath(task.into()));
             }
-            idx(Path::new(data), (!labels.is_empty()).then(|| Path::new(labels)))?
+            idx(
+                Path::new(data),
+                (!labels.is_empty()).then(|| Path::new(labels)),
+            )?
         }
         _ => {
             if data.is_empty() {

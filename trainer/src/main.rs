@@ -25,7 +25,11 @@ extern "C" fn on_signal(_: nix::libc::c_int) {
 
 fn install_signal_handlers() {
     use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
-    let action = SigAction::new(SigHandler::Handler(on_signal), SaFlags::SA_RESTART, SigSet::empty());
+    let action = SigAction::new(
+        SigHandler::Handler(on_signal),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
     for s in [Signal::SIGTERM, Signal::SIGINT] {
         // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
         let _ = unsafe { sigaction(s, &action) };
@@ -46,7 +50,10 @@ fn doctor() {
     }
     println!("cuda devices: {}", tch::Cuda::device_count());
     println!("cpu threads: {}", tch::get_num_threads());
-    println!("CUDA_VISIBLE_DEVICES={}", std::env::var("CUDA_VISIBLE_DEVICES").unwrap_or_else(|_| "(unset)".into()));
+    println!(
+        "CUDA_VISIBLE_DEVICES={}",
+        std::env::var("CUDA_VISIBLE_DEVICES").unwrap_or_else(|_| "(unset)".into())
+    );
 }
 
 fn help() {
@@ -83,7 +90,15 @@ fn main() {
     };
     install_signal_handlers();
     let num = |n: &str| p.usize(n).unwrap_or(0);
-    let data = match data::load(&p.str("task"), &p.str("data"), &p.str("labels"), num("samples"), num("classes"), p.f64("noise").unwrap_or(0.0), p.i64("seed").unwrap_or(0)) {
+    let data = match data::load(
+        &p.str("task"),
+        &p.str("data"),
+        &p.str("labels"),
+        num("samples"),
+        num("classes"),
+        p.f64("noise").unwrap_or(0.0),
+        p.i64("seed").unwrap_or(0),
+    ) {
         Ok(d) => d,
         Err(e) => {
             eprintln!("error: {e}");

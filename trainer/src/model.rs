@@ -48,15 +48,30 @@ pub struct Model {
     dropout: f64,
 }
 
-fn init_weight(shape: &[i64], fan_in: i64, fan_out: i64, init: &str, device: Device) -> (Tensor, Tensor) {
+fn init_weight(
+    shape: &[i64],
+    fan_in: i64,
+    fan_out: i64,
+    init: &str,
+    device: Device,
+) -> (Tensor, Tensor) {
     let out = shape[0];
     let (w, b) = match init {
-        "kaiming_normal" => (Tensor::randn(shape, (Kind::Float, device)) * (2.0 / fan_in as f64).sqrt(), Tensor::zeros([out], (Kind::Float, device))),
-        "xavier_normal" => (Tensor::randn(shape, (Kind::Float, device)) * (2.0 / (fan_in + fan_out) as f64).sqrt(), Tensor::zeros([out], (Kind::Float, device))),
+        "kaiming_normal" => (
+            Tensor::randn(shape, (Kind::Float, device)) * (2.0 / fan_in as f64).sqrt(),
+            Tensor::zeros([out], (Kind::Float, device)),
+        ),
+        "xavier_normal" => (
+            Tensor::randn(shape, (Kind::Float, device)) * (2.0 / (fan_in + fan_out) as f64).sqrt(),
+            Tensor::zeros([out], (Kind::Float, device)),
+        ),
         // libtorch's default for Linear and Conv: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and bias.
         _ => {
             let bound = 1.0 / (fan_in as f64).sqrt();
-            (Tensor::rand(shape, (Kind::Float, device)) * (2.0 * bound) - bound, Tensor::rand([out], (Kind::Float, device)) * (2.0 * bound) - bound)
+            (
+                Tensor::rand(shape, (Kind::Float, device)) * (2.0 * bound) - bound,
+                Tensor::rand([out], (Kind::Float, device)) * (2.0 * bound) - bound,
+            )
         }
     };
     (w.set_requires_grad(true), b.set_requires_grad(true))
@@ -66,15 +81,36 @@ impl Model {
     /// Builds an MLP or CNN for samples of `shape` and `classes` outputs. The
     /// caller seeds libtorch's generator first.
     #[allow(clippy::too_many_arguments)]
-    pub fn new(kind: &str, shape: &[i64], classes: i64, depth: usize, width: i64, act: Activation, init: &str, dropout: f64, device: Device) -> Result<Model, String> {
-        let mut m = Model { params: Vec::new(), names: Vec::new(), layers: Vec::new(), cnn: kind == "cnn", act, dropout };
+    pub fn new(
+        kind: &str,
+        shape: &[i64],
+        classes: i64,
+        depth: usize,
+        width: i64,
+        act: Activation,
+        init: &str,
+        dropout: f64,
+        device: Device,
+    ) -> Result<Model, String> {
+        let mut m = Model {
+            params: Vec::new(),
+            names: Vec::new(),
+            layers: Vec::new(),
+            cnn: kind == "cnn",
+            act,
+            dropout,
+        };
         let push = |m: &mut Model, name: String, w: Tensor, b: Tensor, conv: bool| {
             let wi = m.params.len();
             m.params.push(w);
             m.names.push(format!("{name}.weight"));
             m.params.push(b);
             m.names.push(format!("{name}.bias"));
-            m.layers.push(if conv { Layer::Conv { w: wi, b: wi + 1 } } else { Layer::Linear { w: wi, b: wi + 1 } });
+            m.layers.push(if conv {
+                Layer::Conv { w: wi, b: wi + 1 }
+            } else {
+                Layer::Linear { w: wi, b: wi + 1 }
+            });
         };
         let mut fan_in: i64 = shape.iter().product();
         if m.cnn {
@@ -85,7 +121,9 @@ impl Model {
             let (h1, w1) = ((h - 2) / 2, (w - 2) / 2);
             let (h2, w2) = ((h1 - 2) / 2, (w1 - 2) / 2);
             if h2 < 1 || w2 < 1 {
-                return Err(format!("images of {h}x{w} are too small for the CNN (need at least 10x10)"));
+                return Err(format!(
+                    "images of {h}x{w} are too small for the CNN (need at least 10x10)"
+                ));
             }
             let (w0, b0) = init_weight(&[16, c, 3, 3], c * 9, 16 * 9, init, device);
             push(&mut m, "conv1".into(), w0, b0, true);
@@ -111,7 +149,17 @@ impl Model {
         for (i, l) in self.layers.iter().enumerate() {
             match *l {
                 Layer::Conv { w, b } => {
-                    h = h.conv2d(&self.params[w], Some(&self.params[b]), [1, 1], [0, 0], [1, 1], 1).relu().max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], false);
+                    h = h
+                        .conv2d(
+                            &self.params[w],
+                            Some(&self.params[b]),
+                            [1, 1],
+                            [0, 0],
+                            [1, 1],
+                            1,
+                        )
+                        .relu()
+                        .max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], false);
                 }
                 Layer::Linear { w, b } => {
                     if h.dim() > 2 {
@@ -166,13 +214,35 @@ pub struct Optimizer {
 }
 
 impl Optimizer {
-    pub fn new(kind: OptKind, params: &[Tensor], momentum: f64, nesterov: bool, weight_decay: f64, beta1: f64, beta2: f64, eps: f64) -> Optimizer {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        kind: OptKind,
+        params: &[Tensor],
+        momentum: f64,
+        nesterov: bool,
+        weight_decay: f64,
+        beta1: f64,
+        beta2: f64,
+        eps: f64,
+    ) -> Optimizer {
         let n = match kind {
             OptKind::Sgd => 1,
             _ => 2,
         };
-        let state = (0..n).flat_map(|_| params.iter().map(|p| p.zeros_like())).collect();
-        Optimizer { kind, momentum, nesterov, weight_decay, beta1, beta2, eps, state, t: 0 }
+        let state = (0..n)
+            .flat_map(|_| params.iter().map(|p| p.zeros_like()))
+            .collect();
+        Optimizer {
+            kind,
+            momentum,
+            nesterov,
+            weight_decay,
+            beta1,
+            beta2,
+            eps,
+            state,
+            t: 0,
+        }
     }
 
     /// One update with learning rate `lr`, following PyTorch's definitions.
@@ -197,7 +267,11 @@ impl Optimizer {
                             } else {
                                 let _ = buf.g_mul_scalar_(self.momentum).g_add_(&g);
                             }
-                            g = if self.nesterov { &g + &*buf * self.momentum } else { buf.shallow_clone() };
+                            g = if self.nesterov {
+                                &g + &*buf * self.momentum
+                            } else {
+                                buf.shallow_clone()
+                            };
                         }
                         let _ = p.g_sub_(&(g * lr));
                     }

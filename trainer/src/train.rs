@@ -36,7 +36,18 @@ pub struct Sink {
 impl Sink {
     pub fn from_env() -> TrainResult<Sink> {
         let file = match std::env::var_os("LIANDAN_METRICS_FILE") {
-            Some(p) => Some(std::fs::OpenOptions::new().create(true).append(true).open(&p).map_err(|e| format!("cannot open metrics file {}: {e}", PathBuf::from(&p).display()))?),
+            Some(p) => Some(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&p)
+                    .map_err(|e| {
+                        format!(
+                            "cannot open metrics file {}: {e}",
+                            PathBuf::from(&p).display()
+                        )
+                    })?,
+            ),
             None => None,
         };
         Ok(Sink { file })
@@ -77,7 +88,9 @@ pub fn learning_rate(p: &Params, step: u64, total: u64) -> TrainResult<f64> {
             let size = p.usize("step_size").map_err(|e| e.to_string())?.max(1) as f64;
             base * e(p.f64("gamma"))?.powi((s / size).floor() as i32)
         }
-        "cosine" => min_lr + (base - min_lr) * 0.5 * (1.0 + (std::f64::consts::PI * s / rest).cos()),
+        "cosine" => {
+            min_lr + (base - min_lr) * 0.5 * (1.0 + (std::f64::consts::PI * s / rest).cos())
+        }
         "sgdr" => {
             let mut period = p.usize("sgdr_period").map_err(|e| e.to_string())?.max(1) as f64;
             let mult = e(p.f64("sgdr_mult"))?.max(1.0);
@@ -95,7 +108,9 @@ pub fn learning_rate(p: &Params, step: u64, total: u64) -> TrainResult<f64> {
             if s < up {
                 start + (base - start) * 0.5 * (1.0 - (std::f64::consts::PI * s / up).cos())
             } else {
-                end + (base - end) * 0.5 * (1.0 + (std::f64::consts::PI * (s - up) / (rest - up).max(1.0)).cos())
+                end + (base - end)
+                    * 0.5
+                    * (1.0 + (std::f64::consts::PI * (s - up) / (rest - up).max(1.0)).cos())
             }
         }
         _ => base,
@@ -142,7 +157,9 @@ pub fn device(p: &Params) -> TrainResult<Device> {
 fn to_tensors(d: &Dataset, device: Device) -> (Tensor, Tensor, usize) {
     let mut shape = vec![d.len() as i64];
     shape.extend_from_slice(&d.shape);
-    let x = Tensor::from_slice(&d.x).reshape(shape.as_slice()).to_device(device);
+    let x = Tensor::from_slice(&d.x)
+        .reshape(shape.as_slice())
+        .to_device(device);
     let y = Tensor::from_slice(&d.y).to_device(device);
     (x, y, d.len())
 }
@@ -168,8 +185,18 @@ pub fn setup(p: &Params, data: Dataset, overfit: Option<usize>) -> TrainResult<S
         Some(k) => {
             let d = data.sample_size();
             let k = k.min(data.len());
-            let small = Dataset { x: data.x[..k * d].to_vec(), y: data.y[..k].to_vec(), shape: shape.clone(), classes };
-            let small2 = Dataset { x: small.x.clone(), y: small.y.clone(), shape: shape.clone(), classes };
+            let small = Dataset {
+                x: data.x[..k * d].to_vec(),
+                y: data.y[..k].to_vec(),
+                shape: shape.clone(),
+                classes,
+            };
+            let small2 = Dataset {
+                x: small.x.clone(),
+                y: small.y.clone(),
+                shape: shape.clone(),
+                classes,
+            };
             (small, small2)
         }
         None => data.split(f(p.f64("val_fraction"))?),
@@ -177,15 +204,44 @@ pub fn setup(p: &Params, data: Dataset, overfit: Option<usize>) -> TrainResult<S
     if train.len() == 0 {
         return Err("no training samples (raise samples or lower val_fraction)".into());
     }
-    let (dropout, wd) = if overfit.is_some() { (0.0, 0.0) } else { (f(p.f64("dropout"))?, f(p.f64("weight_decay"))?) };
-    let model = Model::new(&p.str("model"), &shape, classes, e(p.usize("depth"))?, e(p.usize("width"))? as i64, Activation::parse(&p.str("activation")), &p.str("init"), dropout, device)?;
+    let (dropout, wd) = if overfit.is_some() {
+        (0.0, 0.0)
+    } else {
+        (f(p.f64("dropout"))?, f(p.f64("weight_decay"))?)
+    };
+    let model = Model::new(
+        &p.str("model"),
+        &shape,
+        classes,
+        e(p.usize("depth"))?,
+        e(p.usize("width"))? as i64,
+        Activation::parse(&p.str("activation")),
+        &p.str("init"),
+        dropout,
+        device,
+    )?;
     let kind = match p.str("optimizer").as_str() {
         "sgd" => OptKind::Sgd,
         "adamw" => OptKind::AdamW,
         _ => OptKind::Adam,
     };
-    let opt = Optimizer::new(kind, &model.params, f(p.f64("momentum"))?, p.bool("nesterov").map_err(|e| e.to_string())?, wd, f(p.f64("beta1"))?, f(p.f64("beta2"))?, f(p.f64("eps"))?);
-    Ok(Setup { model, opt, train: to_tensors(&train, device), val: to_tensors(&val, device), device })
+    let opt = Optimizer::new(
+        kind,
+        &model.params,
+        f(p.f64("momentum"))?,
+        p.bool("nesterov").map_err(|e| e.to_string())?,
+        wd,
+        f(p.f64("beta1"))?,
+        f(p.f64("beta2"))?,
+        f(p.f64("eps"))?,
+    );
+    Ok(Setup {
+        model,
+        opt,
+        train: to_tensors(&train, device),
+        val: to_tensors(&val, device),
+        device,
+    })
 }
 
 fn evaluate(model: &Model, data: &(Tensor, Tensor, usize), batch: usize) -> (f64, f64) {
@@ -201,7 +257,11 @@ fn evaluate(model: &Model, data: &(Tensor, Tensor, usize), batch: usize) -> (f64
             let y = data.1.narrow(0, i as i64, n as i64);
             let logits = model.forward(&x, false);
             loss += cross_entropy(&logits, &y, 0.0).double_value(&[]) * n as f64;
-            correct += logits.argmax(-1, false).eq_tensor(&y).sum(Kind::Double).double_value(&[]);
+            correct += logits
+                .argmax(-1, false)
+                .eq_tensor(&y)
+                .sum(Kind::Double)
+                .double_value(&[]);
             i += n;
         }
         (loss / data.2 as f64, correct / data.2 as f64)
@@ -223,7 +283,8 @@ struct Header {
 const MAGIC: &str = "LIANDAN-CKPT 1\n";
 
 fn tensor_bytes(t: &Tensor) -> TrainResult<Vec<u8>> {
-    let v: Vec<f32> = Vec::<f32>::try_from(&t.to_device(Device::Cpu).flatten(0, -1)).map_err(|e| e.to_string())?;
+    let v: Vec<f32> = Vec::<f32>::try_from(&t.to_device(Device::Cpu).flatten(0, -1))
+        .map_err(|e| e.to_string())?;
     Ok(v.iter().flat_map(|x| x.to_le_bytes()).collect())
 }
 
@@ -232,7 +293,11 @@ fn save(dir: &Path, s: &Setup, h: Header) -> TrainResult<PathBuf> {
     all.extend(s.opt.state.iter());
     let mut buf = Vec::new();
     buf.extend_from_slice(MAGIC.as_bytes());
-    buf.extend_from_slice(serde_json::to_string(&h).map_err(|e| e.to_string())?.as_bytes());
+    buf.extend_from_slice(
+        serde_json::to_string(&h)
+            .map_err(|e| e.to_string())?
+            .as_bytes(),
+    );
     buf.push(b'\n');
     for t in all {
         buf.extend(tensor_bytes(t)?);
@@ -247,18 +312,29 @@ fn save(dir: &Path, s: &Setup, h: Header) -> TrainResult<PathBuf> {
         f.sync_all().map_err(io)?;
     }
     std::fs::rename(&tmp, &fin).map_err(io)?;
-    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io)?;
     Ok(fin)
 }
 
 fn load(path: &Path, s: &mut Setup, fingerprint: &str) -> TrainResult<Header> {
-    let b = std::fs::read(path).map_err(|e| format!("cannot read checkpoint {}: {e}", path.display()))?;
+    let b = std::fs::read(path)
+        .map_err(|e| format!("cannot read checkpoint {}: {e}", path.display()))?;
     let bad = |m: &str| format!("checkpoint {}: {m}", path.display());
-    let rest = b.strip_prefix(MAGIC.as_bytes()).ok_or_else(|| bad("not a liandan-train checkpoint"))?;
-    let nl = rest.iter().position(|c| *c == b'\n').ok_or_else(|| bad("truncated header"))?;
-    let h: Header = serde_json::from_slice(&rest[..nl]).map_err(|e| bad(&format!("bad header: {e}")))?;
+    let rest = b
+        .strip_prefix(MAGIC.as_bytes())
+        .ok_or_else(|| bad("not a liandan-train checkpoint"))?;
+    let nl = rest
+        .iter()
+        .position(|c| *c == b'\n')
+        .ok_or_else(|| bad("truncated header"))?;
+    let h: Header =
+        serde_json::from_slice(&rest[..nl]).map_err(|e| bad(&format!("bad header: {e}")))?;
     if h.fingerprint != fingerprint {
-        return Err(bad("it was written with different training parameters; resume with the same parameters"));
+        return Err(bad(
+            "it was written with different training parameters; resume with the same parameters",
+        ));
     }
     let mut data = &rest[nl + 1..];
     let mut all: Vec<&mut Tensor> = s.model.params.iter_mut().collect();
@@ -275,8 +351,15 @@ fn load(path: &Path, s: &mut Setup, fingerprint: &str) -> TrainResult<Header> {
             if data.len() < n {
                 return Err(bad("truncated tensor data"));
             }
-            let vals: Vec<f32> = data[..n].chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
-            t.copy_(&Tensor::from_slice(&vals).reshape(shape.as_slice()).to_device(t.device()));
+            let vals: Vec<f32> = data[..n]
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            t.copy_(
+                &Tensor::from_slice(&vals)
+                    .reshape(shape.as_slice())
+                    .to_device(t.device()),
+            );
             data = &data[n..];
         }
         Ok(())
@@ -312,13 +395,36 @@ pub fn train(p: &Params, data: Dataset) -> TrainResult<i32> {
         step = h.step;
         interval = h.interval;
         epoch_acc = h.epoch_acc;
-        eprintln!("liandan-train: resumed from {} at step {step}", PathBuf::from(&path).display());
+        eprintln!(
+            "liandan-train: resumed from {} at step {step}",
+            PathBuf::from(&path).display()
+        );
     }
     let save_now = |s: &Setup, step: u64, interval: Acc, epoch_acc: Acc| -> TrainResult<()> {
         if let Some(dir) = &ckpt_dir {
-            let mut tensors: Vec<(String, Vec<i64>)> = s.model.names.iter().cloned().zip(s.model.params.iter().map(|t| t.size())).collect();
-            tensors.extend(s.opt.state.iter().enumerate().map(|(i, t)| (format!("opt.{i}"), t.size())));
-            let h = Header { format: 1, fingerprint: fingerprint.clone(), step, opt_t: s.opt.t, interval, epoch_acc, tensors };
+            let mut tensors: Vec<(String, Vec<i64>)> = s
+                .model
+                .names
+                .iter()
+                .cloned()
+                .zip(s.model.params.iter().map(|t| t.size()))
+                .collect();
+            tensors.extend(
+                s.opt
+                    .state
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| (format!("opt.{i}"), t.size())),
+            );
+            let h = Header {
+                format: 1,
+                fingerprint: fingerprint.clone(),
+                step,
+                opt_t: s.opt.t,
+                interval,
+                epoch_acc,
+                tensors,
+            };
             save(dir, s, h)?;
         }
         Ok(())
@@ -330,7 +436,11 @@ pub fn train(p: &Params, data: Dataset) -> TrainResult<i32> {
     while step < total {
         let epoch = step / spe;
         if epoch != perm_epoch {
-            perm = Rng::keyed("liandan-train.data-order", &[seed as u64, epoch]).permutation(n_train).into_iter().map(|i| i as i64).collect();
+            perm = Rng::keyed("liandan-train.data-order", &[seed as u64, epoch])
+                .permutation(n_train)
+                .into_iter()
+                .map(|i| i as i64)
+                .collect();
             perm_epoch = epoch;
         }
         let k = (step % spe) as usize;
@@ -351,29 +461,37 @@ pub fn train(p: &Params, data: Dataset) -> TrainResult<i32> {
         let lr = learning_rate(p, step, total)?;
         s.opt.step(&mut s.model.params, lr);
         let lv = loss.double_value(&[]);
-        let correct = tch::no_grad(|| logits.argmax(-1, false).eq_tensor(&y).sum(Kind::Double).double_value(&[]));
+        let correct = tch::no_grad(|| {
+            logits
+                .argmax(-1, false)
+                .eq_tensor(&y)
+                .sum(Kind::Double)
+                .double_value(&[])
+        });
         interval.add(lv, correct, idx.len() as f64);
         epoch_acc.add(lv, correct, idx.len() as f64);
         timed_samples += idx.len();
         step += 1;
-        if step % log_every == 0 || step == total {
+        if step.is_multiple_of(log_every) || step == total {
             let secs = timer.elapsed().as_secs_f64().max(1e-9);
             sink.emit(json!({"step": step, "epoch": epoch + 1, "loss": interval.loss_sum / interval.count, "accuracy": interval.correct / interval.count, "lr": lr, "samples_per_sec": timed_samples as f64 / secs}));
             interval = Acc::default();
             timer = std::time::Instant::now();
             timed_samples = 0;
         }
-        if step % spe == 0 || step == total {
+        if step.is_multiple_of(spe) || step == total {
             let (vl, va) = evaluate(&s.model, &s.val, 1024);
             sink.emit(json!({"step": step, "epoch": epoch + 1, "train_loss": epoch_acc.loss_sum / epoch_acc.count, "train_accuracy": epoch_acc.correct / epoch_acc.count, "val_loss": vl, "val_accuracy": va}));
             epoch_acc = Acc::default();
         }
-        if ckpt_every > 0 && step % ckpt_every == 0 && step < total {
+        if ckpt_every > 0 && step.is_multiple_of(ckpt_every) && step < total {
             save_now(&s, step, interval, epoch_acc)?;
         }
         if STOP.load(Ordering::SeqCst) && step < total {
             save_now(&s, step, interval, epoch_acc)?;
-            eprintln!("liandan-train: stopped at step {step} after a checkpoint; it resumes from there");
+            eprintln!(
+                "liandan-train: stopped at step {step} after a checkpoint; it resumes from there"
+            );
             return Ok(143);
         }
     }
@@ -391,7 +509,10 @@ pub fn lr_range(p: &Params, data: Dataset) -> TrainResult<i32> {
     let e = |x: Result<usize, crate::params::ParamError>| x.map_err(|e| e.to_string());
     let mut s = setup(p, data, None)?;
     let seed = p.i64("seed").map_err(|e| e.to_string())?;
-    let (lo, hi) = (p.f64("lr_min").map_err(|e| e.to_string())?, p.f64("lr_max").map_err(|e| e.to_string())?);
+    let (lo, hi) = (
+        p.f64("lr_min").map_err(|e| e.to_string())?,
+        p.f64("lr_max").map_err(|e| e.to_string())?,
+    );
     if !(lo > 0.0 && hi > lo) {
         return Err("lr range test needs 0 < lr_min < lr_max".into());
     }
@@ -407,7 +528,10 @@ pub fn lr_range(p: &Params, data: Dataset) -> TrainResult<i32> {
         let perm = Rng::keyed("liandan-train.lr-range", &[seed as u64, i as u64]).permutation(n);
         let idx: Vec<i64> = perm.iter().take(batch.min(n)).map(|&v| v as i64).collect();
         let it = Tensor::from_slice(&idx).to_device(s.device);
-        let (x, y) = (s.train.0.index_select(0, &it), s.train.1.index_select(0, &it));
+        let (x, y) = (
+            s.train.0.index_select(0, &it),
+            s.train.1.index_select(0, &it),
+        );
         tch::manual_seed(mix(seed, i as u64));
         let loss = cross_entropy(&s.model.forward(&x, true), &y, 0.0);
         for prm in &mut s.model.params {
@@ -438,10 +562,14 @@ pub fn lr_range(p: &Params, data: Dataset) -> TrainResult<i32> {
     match suggestion {
         Some(lr) => {
             sink.emit(json!({"suggested_lr": lr, "min_smoothed_loss": best}));
-            eprintln!("liandan-train: suggested learning rate {lr:.3e} (where the loss falls fastest)");
+            eprintln!(
+                "liandan-train: suggested learning rate {lr:.3e} (where the loss falls fastest)"
+            );
             Ok(0)
         }
-        None => Err("the loss never fell over the range; widen lr_min..lr_max or check the data".into()),
+        None => {
+            Err("the loss never fell over the range; widen lr_min..lr_max or check the data".into())
+        }
     }
 }
 
@@ -475,7 +603,9 @@ pub fn overfit(p: &Params, data: Dataset) -> TrainResult<i32> {
     let passed = last < 0.05;
     sink.emit(json!({"overfit_check": if passed { "passed" } else { "failed" }, "initial_loss": first, "final_loss": last, "samples": k, "steps": steps}));
     if passed {
-        eprintln!("liandan-train: overfit check passed: loss {first:.4} -> {last:.4} on {k} samples");
+        eprintln!(
+            "liandan-train: overfit check passed: loss {first:.4} -> {last:.4} on {k} samples"
+        );
         Ok(0)
     } else {
         eprintln!("liandan-train: overfit check FAILED: loss {first:.4} -> {last:.4} on {k} samples; a healthy model memorises a handful of samples, so something is wrong (learning rate {lr}? labels? model too small?)");
@@ -493,7 +623,10 @@ pub fn bench(p: &Params, data: Dataset) -> TrainResult<i32> {
     let lr = p.f64("lr").map_err(|e| e.to_string())?;
     let idx: Vec<i64> = (0..batch.min(n) as i64).collect();
     let it = Tensor::from_slice(&idx).to_device(s.device);
-    let (x, y) = (s.train.0.index_select(0, &it), s.train.1.index_select(0, &it));
+    let (x, y) = (
+        s.train.0.index_select(0, &it),
+        s.train.1.index_select(0, &it),
+    );
     let mut times = Vec::new();
     for i in 0..steps + 10 {
         let t = std::time::Instant::now();
@@ -510,6 +643,9 @@ pub fn bench(p: &Params, data: Dataset) -> TrainResult<i32> {
     }
     times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
-    println!("{}", json!({"ms_per_step_median": median * 1e3, "steps": steps, "threads": tch::get_num_threads(), "batch_size": batch}));
+    println!(
+        "{}",
+        json!({"ms_per_step_median": median * 1e3, "steps": steps, "threads": tch::get_num_threads(), "batch_size": batch})
+    );
     Ok(0)
 }

@@ -56,7 +56,11 @@ impl Run {
     }
     fn run(&self, args: &[&str], metrics: &str) -> Vec<Value> {
         let out = self.cmd(args, metrics, None).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         self.metrics_of(metrics)
     }
     fn metrics_of(&self, name: &str) -> Vec<Value> {
@@ -64,7 +68,17 @@ impl Run {
     }
 }
 
-const ARGS: &[&str] = &["--steps=1500", "--log_every=10", "--checkpoint_every=100", "--width=128", "--dropout=0.1", "--threads=1", "--batch_size=32", "--schedule=cosine", "--warmup_steps=50"];
+const ARGS: &[&str] = &[
+    "--steps=1500",
+    "--log_every=10",
+    "--checkpoint_every=100",
+    "--width=128",
+    "--dropout=0.1",
+    "--threads=1",
+    "--batch_size=32",
+    "--schedule=cosine",
+    "--warmup_steps=50",
+];
 
 #[test]
 fn same_seed_is_bitwise_identical_and_different_seeds_differ() {
@@ -85,31 +99,64 @@ fn sigterm_then_resume_ends_bitwise_equal() {
     for f in std::fs::read_dir(r.dir.path().join("ckpt")).unwrap() {
         std::fs::remove_file(f.unwrap().path()).unwrap();
     }
-    let mut child = r.cmd(&[ARGS, &["--seed=3"]].concat(), "part.jsonl", None).spawn().unwrap();
+    let mut child = r
+        .cmd(&[ARGS, &["--seed=3"]].concat(), "part.jsonl", None)
+        .spawn()
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     while r.metrics_of("part.jsonl").last().map(step).unwrap_or(0) < 230 {
         assert!(Instant::now() < deadline, "training did not progress");
         std::thread::sleep(Duration::from_millis(2));
     }
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
     let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(143), "SIGTERM exits 143 after its checkpoint");
+    assert_eq!(
+        status.code(),
+        Some(143),
+        "SIGTERM exits 143 after its checkpoint"
+    );
     let part = r.metrics_of("part.jsonl");
     // The stop step is the newest checkpoint (it may fall between log lines).
     let stopped = std::fs::read_dir(r.dir.path().join("ckpt"))
         .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.strip_prefix("step-")?.strip_suffix(".ckpt")?.parse::<u64>().ok())
+        .filter_map(|e| {
+            e.ok()?
+                .file_name()
+                .to_str()?
+                .strip_prefix("step-")?
+                .strip_suffix(".ckpt")?
+                .parse::<u64>()
+                .ok()
+        })
         .max()
         .unwrap();
     assert!(stopped >= 230);
     assert!(stopped < 1500, "it stopped early");
-    let ckpt = r.dir.path().join("ckpt").join(format!("step-{stopped}.ckpt"));
+    let ckpt = r
+        .dir
+        .path()
+        .join("ckpt")
+        .join(format!("step-{stopped}.ckpt"));
     assert!(ckpt.exists(), "a checkpoint at the stop step {stopped}");
-    let out = r.cmd(&[ARGS, &["--seed=3"]].concat(), "rest.jsonl", Some(&ckpt)).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = r
+        .cmd(&[ARGS, &["--seed=3"]].concat(), "rest.jsonl", Some(&ckpt))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let mut joined = part;
     joined.extend(r.metrics_of("rest.jsonl"));
-    assert_eq!(joined, full, "resumed run differs from the uninterrupted one");
+    assert_eq!(
+        joined, full,
+        "resumed run differs from the uninterrupted one"
+    );
 }
 
 #[test]
@@ -124,7 +171,10 @@ fn sigkill_after_a_checkpoint_then_resume_ends_bitwise_equal_even_twice() {
     // Killed twice, resumed each time, then left to finish.
     for (round, at) in [(0, 300u64), (1, 700)] {
         let name = format!("run{round}.jsonl");
-        let mut child = r.cmd(&[ARGS, &["--seed=4"]].concat(), &name, resume.as_deref()).spawn().unwrap();
+        let mut child = r
+            .cmd(&[ARGS, &["--seed=4"]].concat(), &name, resume.as_deref())
+            .spawn()
+            .unwrap();
         let want = r.dir.path().join("ckpt").join(format!("step-{at}.ckpt"));
         let deadline = Instant::now() + Duration::from_secs(60);
         while !want.exists() {
@@ -137,8 +187,19 @@ fn sigkill_after_a_checkpoint_then_resume_ends_bitwise_equal_even_twice() {
         kept.extend(r.metrics_of(&name).into_iter().filter(|v| step(v) <= at));
         resume = Some(want);
     }
-    let out = r.cmd(&[ARGS, &["--seed=4"]].concat(), "last.jsonl", resume.as_deref()).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = r
+        .cmd(
+            &[ARGS, &["--seed=4"]].concat(),
+            "last.jsonl",
+            resume.as_deref(),
+        )
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     kept.extend(r.metrics_of("last.jsonl"));
     assert_eq!(kept, full);
 }
@@ -148,31 +209,67 @@ fn resume_with_other_parameters_is_refused() {
     let r = Run::new();
     r.run(&["--steps=100", "--checkpoint_every=50"], "a.jsonl");
     let ckpt = r.dir.path().join("ckpt").join("step-50.ckpt");
-    let out = r.cmd(&["--steps=100", "--lr=0.5"], "b.jsonl", Some(&ckpt)).output().unwrap();
+    let out = r
+        .cmd(&["--steps=100", "--lr=0.5"], "b.jsonl", Some(&ckpt))
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("different training parameters"));
 }
 
 #[test]
 fn overfit_check_passes_on_a_healthy_model_and_flags_a_broken_one() {
-    let ok = Command::new(BIN).args(["overfit-check", "--threads=1"]).output().unwrap();
-    assert_eq!(ok.status.code(), Some(0), "{}", String::from_utf8_lossy(&ok.stderr));
-    let bad = Command::new(BIN).args(["overfit-check", "--lr=0", "--threads=1"]).output().unwrap();
+    let ok = Command::new(BIN)
+        .args(["overfit-check", "--threads=1"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        ok.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let bad = Command::new(BIN)
+        .args(["overfit-check", "--lr=0", "--threads=1"])
+        .output()
+        .unwrap();
     assert_eq!(bad.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("something is wrong"));
 }
 
 #[test]
 fn lr_range_test_suggests_a_rate_where_the_loss_falls() {
-    let out = Command::new(BIN).args(["lr-range", "--threads=1", "--range_steps=120", "--lr_min=1e-5", "--lr_max=10"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let out = Command::new(BIN)
+        .args([
+            "lr-range",
+            "--threads=1",
+            "--range_steps=120",
+            "--lr_min=1e-5",
+            "--lr_max=10",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     let suggested = lines.last().unwrap()["suggested_lr"].as_f64().unwrap();
-    let curve: Vec<(f64, f64)> = lines.iter().filter_map(|v| Some((v["lr"].as_f64()?, v["smoothed_loss"].as_f64()?))).collect();
+    let curve: Vec<(f64, f64)> = lines
+        .iter()
+        .filter_map(|v| Some((v["lr"].as_f64()?, v["smoothed_loss"].as_f64()?)))
+        .collect();
     let i = curve.iter().position(|(lr, _)| *lr >= suggested).unwrap();
     assert!(i >= 2 && i + 2 < curve.len());
     // The loss is falling around the suggestion and is below where it started.
-    assert!(curve[i + 2].1 < curve[i - 2].1, "loss not falling at {suggested}");
+    assert!(
+        curve[i + 2].1 < curve[i - 2].1,
+        "loss not falling at {suggested}"
+    );
     assert!(curve[i].1 < curve[0].1);
 }
 
@@ -202,9 +299,24 @@ fn idx_and_csv_files_load_and_train() {
     let dir = tempfile::tempdir().unwrap();
     write_idx(dir.path(), 64);
     let data = format!("--data={}", dir.path().display());
-    let out = Command::new(BIN).args(["--task=idx", &data, "--model=cnn", "--epochs=3", "--threads=1", "--batch_size=16"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let last: Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
+    let out = Command::new(BIN)
+        .args([
+            "--task=idx",
+            &data,
+            "--model=cnn",
+            "--epochs=3",
+            "--threads=1",
+            "--batch_size=16",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let last: Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
     assert!(last["val_accuracy"].as_f64().unwrap() > 0.9, "{last}");
 
     let csv = dir.path().join("d.csv");
@@ -214,9 +326,22 @@ fn idx_and_csv_files_load_and_train() {
         text.push_str(&format!("{x},{},{}\n", -x, (x > 0.0) as i32));
     }
     std::fs::write(&csv, text).unwrap();
-    let out = Command::new(BIN).args(["--task=csv", &format!("--data={}", csv.display()), "--epochs=20", "--threads=1"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let last: Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
+    let out = Command::new(BIN)
+        .args([
+            "--task=csv",
+            &format!("--data={}", csv.display()),
+            "--epochs=20",
+            "--threads=1",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let last: Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
     assert!(last["val_accuracy"].as_f64().unwrap() > 0.9, "{last}");
 }
 
@@ -225,24 +350,44 @@ fn malformed_data_and_unknown_parameters_are_named() {
     let dir = tempfile::tempdir().unwrap();
     let csv = dir.path().join("bad.csv");
     std::fs::write(&csv, "1,2,0\n3,four,1\n").unwrap();
-    let out = Command::new(BIN).args(["--task=csv", &format!("--data={}", csv.display())]).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["--task=csv", &format!("--data={}", csv.display())])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(65));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("bad.csv") && err.contains("line 2") && err.contains("four"), "{err}");
+    assert!(
+        err.contains("bad.csv") && err.contains("line 2") && err.contains("four"),
+        "{err}"
+    );
 
-    std::fs::write(dir.path().join("train-images-idx3-ubyte"), [0u8, 0, 8, 3, 0, 0]).unwrap();
-    let out = Command::new(BIN).args(["--task=idx", &format!("--data={}", dir.path().display())]).output().unwrap();
+    std::fs::write(
+        dir.path().join("train-images-idx3-ubyte"),
+        [0u8, 0, 8, 3, 0, 0],
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["--task=idx", &format!("--data={}", dir.path().display())])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(65));
     assert!(String::from_utf8_lossy(&out.stderr).contains("train-images-idx3-ubyte"));
 
-    let out = Command::new(BIN).arg("--learning_rate=0.1").output().unwrap();
+    let out = Command::new(BIN)
+        .arg("--learning_rate=0.1")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown parameter `learning_rate`"));
 }
 
 #[test]
 fn doctor_reports_libtorch_and_cuda() {
-    let out = Command::new(BIN).arg("doctor").env_remove("LD_LIBRARY_PATH").output().unwrap();
+    let out = Command::new(BIN)
+        .arg("doctor")
+        .env_remove("LD_LIBRARY_PATH")
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("libtorch 2.11.0"), "{text}");

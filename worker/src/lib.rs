@@ -42,6 +42,9 @@ pub enum WorkerError {
     Url(String, String),
 }
 
+/// Where a job's output lines go: (is_stderr, text).
+type LineSender = mpsc::Sender<(bool, String)>;
+
 struct Running {
     stop: watch::Sender<Option<StopReason>>,
     alive: bool,
@@ -54,7 +57,7 @@ pub struct WorkerCtx {
     pub worker_id: WorkerId,
     pub resources: pb::Resources,
     running: Mutex<HashMap<(String, u64), Running>>,
-    sinks: Mutex<HashMap<(String, u64), mpsc::Sender<(bool, String)>>>,
+    sinks: Mutex<HashMap<(String, u64), LineSender>>,
     /// Woken when a checkpoint is published or an upload finished.
     pub uploads: Notify,
     upload_done: Notify,
@@ -218,6 +221,11 @@ pub async fn prepare(
     // Jobs run in their own directories: every path handed to them must be absolute.
     cfg.state_dir = std::path::absolute(&cfg.state_dir)
         .map_err(|e| WorkerError::StateDir(cfg.state_dir.clone(), e))?;
+    if cfg.train_binary.contains('/') {
+        cfg.train_binary = std::path::absolute(&cfg.train_binary)
+            .map(|p| p.display().to_string())
+            .unwrap_or(cfg.train_binary);
+    }
     let lock = lock_state_dir(&cfg.state_dir)?;
     let spool = Spool::open(&cfg.state_dir.join("worker.db"), cfg.spool_max_bytes)?;
     let worker_id = match spool

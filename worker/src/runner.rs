@@ -539,11 +539,27 @@ pub async fn run_attempt(
 }
 
 async fn finish(ctx: &WorkerCtx, job: &str, attempt: u64, exited: pb::JobExited) {
-    tracing::info!(job, attempt, outcome = %exited.outcome, code = exited.exit_code, signal = exited.signal, "job ended");
-    let seq = ctx
-        .spool
-        .append(vec![record(job, attempt, pb::record::Body::Exited(exited))])
-        .await;
+    tracing::info!(job, attempt, outcome = %exited.outcome, code = exited.exit_code, signal = exited.signal, message = %exited.message, "job ended");
+    let mut recs = Vec::new();
+    if exited.outcome == "spawn_failed" {
+        // The job never ran: its log says why, where the user looks.
+        let text = format!(
+            "liandan-worker: the job could not start: {}",
+            exited.message
+        );
+        recs.push(record(
+            job,
+            attempt,
+            pb::record::Body::Log(pb::LogRecord {
+                line: 1,
+                stream: "stderr".into(),
+                ts: now_secs(),
+                text,
+            }),
+        ));
+    }
+    recs.push(record(job, attempt, pb::record::Body::Exited(exited)));
+    let seq = ctx.spool.append(recs).await;
     let _ = ctx
         .spool
         .journal_set_exit(job.to_string(), attempt, seq)

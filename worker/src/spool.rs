@@ -64,11 +64,13 @@ pub struct UploadEntry {
     pub done: bool,
 }
 
+type JournalWrite = Box<dyn FnOnce(&Connection) -> rusqlite::Result<()> + Send>;
+
 enum DbOp {
     Insert(Vec<(u64, Vec<u8>)>),
     DeleteUpTo(u64),
     Exec(
-        Box<dyn FnOnce(&Connection) -> rusqlite::Result<()> + Send>,
+        JournalWrite,
         tokio::sync::oneshot::Sender<rusqlite::Result<()>>,
     ),
 }
