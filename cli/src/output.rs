@@ -21,11 +21,19 @@ pub struct Listing {
 /// The width tables must fit: `COLUMNS`, else the terminal's; unlimited when
 /// the output is not a terminal (a pipe or a file gets whole lines).
 pub fn terminal_width() -> usize {
-    if let Some(c) = std::env::var("COLUMNS").ok().and_then(|c| c.parse::<usize>().ok()) {
+    if let Some(c) = std::env::var("COLUMNS")
+        .ok()
+        .and_then(|c| c.parse::<usize>().ok())
+    {
         return c.max(40);
     }
     if std::io::stdout().is_terminal() {
-        let mut ws = nix::libc::winsize { ws_row: 0, ws_col: 0, ws_xpixel: 0, ws_ypixel: 0 };
+        let mut ws = nix::libc::winsize {
+            ws_row: 0,
+            ws_col: 0,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
         // SAFETY: TIOCGWINSZ writes a winsize into the struct we pass; fd 1 is a terminal here.
         let r = unsafe { nix::libc::ioctl(1, nix::libc::TIOCGWINSZ, &mut ws) };
         if r == 0 && ws.ws_col > 0 {

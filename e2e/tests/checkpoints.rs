@@ -30,7 +30,10 @@ fn job(c: &Cluster, sweep: &str) -> Value {
 }
 
 fn checkpoints(c: &Cluster, job: &str) -> Vec<Value> {
-    c.cli_json(&["checkpoints", job, "-o", "json"]).as_array().cloned().unwrap_or_default()
+    c.cli_json(&["checkpoints", job, "-o", "json"])
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
 }
 
 fn strip_time(mut v: Value) -> Value {
@@ -44,20 +47,44 @@ fn strip_time(mut v: Value) -> Value {
 fn reference_run(argv: &[String]) -> Vec<Value> {
     let dir = tempfile::tempdir().unwrap();
     let metrics = dir.path().join("m.jsonl");
-    let out = std::process::Command::new(bin("liandan-train")).args(argv).env("LIANDAN_METRICS_FILE", &metrics).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    std::fs::read_to_string(&metrics).unwrap().lines().map(|l| strip_time(serde_json::from_str(l).unwrap())).collect()
+    let out = std::process::Command::new(bin("liandan-train"))
+        .args(argv)
+        .env("LIANDAN_METRICS_FILE", &metrics)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::read_to_string(&metrics)
+        .unwrap()
+        .lines()
+        .map(|l| strip_time(serde_json::from_str(l).unwrap()))
+        .collect()
 }
 
 fn args_of(c: &Cluster, path: &std::path::Path) -> Vec<String> {
     let v = c.cli_json(&["expand", path.to_str().unwrap(), "-o", "json"]);
-    v["jobs"][0]["argv"].as_array().unwrap()[1..].iter().map(|a| a.as_str().unwrap().to_string()).collect()
+    v["jobs"][0]["argv"].as_array().unwrap()[1..]
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect()
 }
 
 #[test]
 fn a_killed_workers_job_resumes_from_its_checkpoint_elsewhere_bitwise_equal() {
-    assert!(liandan_e2e::has_bin("liandan-train"), "liandan-train is not built: run `make build` (it needs libtorch)");
-    let mut c = Cluster::start(1, Opts { lease_timeout_secs: 2.0, ..Opts::default() });
+    assert!(
+        liandan_e2e::has_bin("liandan-train"),
+        "liandan-train is not built: run `make build` (it needs libtorch)"
+    );
+    let mut c = Cluster::start(
+        1,
+        Opts {
+            lease_timeout_secs: 2.0,
+            ..Opts::default()
+        },
+    );
     let p = c.write("resume.yaml", TRAIN_SPEC);
     let sweep = c.submit(&p);
     let id = eventually(Duration::from_secs(30), || {
@@ -67,7 +94,11 @@ fn a_killed_workers_job_resumes_from_its_checkpoint_elsewhere_bitwise_equal() {
     })
     .expect("a checkpoint was stored while the job ran");
     c.workers[0].kill();
-    let stored_step = checkpoints(&c, &id).iter().filter_map(|v| v["step"].as_i64()).max().unwrap();
+    let stored_step = checkpoints(&c, &id)
+        .iter()
+        .filter_map(|v| v["step"].as_i64())
+        .max()
+        .unwrap();
     c.add_worker(1);
     let st = c.wait_finished(&sweep, Duration::from_secs(120));
     assert_eq!(st["succeeded"], 1, "{st}");
@@ -78,27 +109,61 @@ fn a_killed_workers_job_resumes_from_its_checkpoint_elsewhere_bitwise_equal() {
     let log = String::from_utf8_lossy(&c.cli(&["logs", &id, "--stderr"]).stdout).to_string();
     let resumed_at: i64 = log
         .lines()
-        .find_map(|l| l.split(" at step ").nth(1).and_then(|s| s.trim().parse().ok()))
+        .find_map(|l| {
+            l.split(" at step ")
+                .nth(1)
+                .and_then(|s| s.trim().parse().ok())
+        })
         .unwrap_or_else(|| panic!("attempt 2 did not resume: {log}"));
-    assert!(resumed_at >= 500 && resumed_at <= stored_step, "resumed at {resumed_at}, stored {stored_step}");
+    assert!(
+        resumed_at >= 500 && resumed_at <= stored_step,
+        "resumed at {resumed_at}, stored {stored_step}"
+    );
     let m = c.cli_json(&["metrics", &id, "--attempt", "2", "-o", "json"]);
     let first_step = m[0]["step"].as_i64().unwrap();
-    assert!(first_step > resumed_at, "first metric of attempt 2 at step {first_step}");
+    assert!(
+        first_step > resumed_at,
+        "first metric of attempt 2 at step {first_step}"
+    );
 
     // Its metrics from the resume point on equal an uninterrupted run's, bit for bit.
     let reference = reference_run(&args_of(&c, &p));
-    let attempt2: Vec<Value> = m.as_array().unwrap().iter().map(|r| strip_time(r["values"].clone())).collect();
-    let tail: Vec<Value> = reference.iter().filter(|v| v["step"].as_i64().unwrap_or(0) > resumed_at).cloned().collect();
+    let attempt2: Vec<Value> = m
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| strip_time(r["values"].clone()))
+        .collect();
+    let tail: Vec<Value> = reference
+        .iter()
+        .filter(|v| v["step"].as_i64().unwrap_or(0) > resumed_at)
+        .cloned()
+        .collect();
     assert_eq!(attempt2, tail);
     assert_eq!(attempt2.last().unwrap()["final"], true);
-    assert_eq!(j["final_metric"].as_f64(), reference.last().unwrap()["val_accuracy"].as_f64());
+    assert_eq!(
+        j["final_metric"].as_f64(),
+        reference.last().unwrap()["val_accuracy"].as_f64()
+    );
 }
 
 #[test]
 fn a_corrupted_stored_checkpoint_is_detected_and_not_used() {
-    assert!(liandan_e2e::has_bin("liandan-train"), "liandan-train is not built: run `make build` (it needs libtorch)");
-    let mut c = Cluster::start(1, Opts { lease_timeout_secs: 2.0, ..Opts::default() });
-    let spec = TRAIN_SPEC.replace("checkpoint_every: {value: 500}", "checkpoint_every: {value: 3000}");
+    assert!(
+        liandan_e2e::has_bin("liandan-train"),
+        "liandan-train is not built: run `make build` (it needs libtorch)"
+    );
+    let mut c = Cluster::start(
+        1,
+        Opts {
+            lease_timeout_secs: 2.0,
+            ..Opts::default()
+        },
+    );
+    let spec = TRAIN_SPEC.replace(
+        "checkpoint_every: {value: 500}",
+        "checkpoint_every: {value: 3000}",
+    );
     let p = c.write("corrupt.yaml", &spec);
     let sweep = c.submit(&p);
     let id = eventually(Duration::from_secs(30), || {
@@ -109,7 +174,12 @@ fn a_corrupted_stored_checkpoint_is_detected_and_not_used() {
     .expect("a checkpoint was stored");
     c.workers[0].kill();
     // Flip bytes in every stored checkpoint file of the job.
-    let dir: PathBuf = c.dir.path().join("coordinator").join("checkpoints").join(&id);
+    let dir: PathBuf = c
+        .dir
+        .path()
+        .join("coordinator")
+        .join("checkpoints")
+        .join(&id);
     for f in std::fs::read_dir(&dir).unwrap() {
         let p = f.unwrap().path();
         let mut b = std::fs::read(&p).unwrap();
@@ -118,10 +188,23 @@ fn a_corrupted_stored_checkpoint_is_detected_and_not_used() {
         b[n - 1] ^= 0xff;
         std::fs::write(&p, b).unwrap();
     }
-    let out = c.cli(&["download", &id, "-o", c.dir.path().join("x.ckpt").to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(74), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = c.cli(&[
+        "download",
+        &id,
+        "-o",
+        c.dir.path().join("x.ckpt").to_str().unwrap(),
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(74),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("corrupt"));
-    assert!(checkpoints(&c, &id).is_empty(), "the corrupt checkpoint is forgotten");
+    assert!(
+        checkpoints(&c, &id).is_empty(),
+        "the corrupt checkpoint is forgotten"
+    );
     assert!(c.counter("corrupt_checkpoints") >= 1);
     // The job reruns from scratch on another worker (nothing trustworthy to resume from).
     c.add_worker(1);

@@ -1,0 +1,271 @@
+//! Lease expiry, fencing and retry backoff, with tokio's paused clock (no sleeps).
+
+use liandan_common::config::CoordinatorConfig;
+use liandan_coordinator::core::Core;
+use liandan_proto::v1 as pb;
+use pb::coordinator_message::Msg;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tokio::time::{advance, Duration};
+
+const SPEC: &str = "name: t\nprogram: /bin/true\ncommand: [/bin/true]\nmethod: grid\nparameters:\n  x: {value: 1}\nliandan:\n  retries: 2\n";
+
+struct Worker {
+    id: String,
+    session: u64,
+    rx: mpsc::UnboundedReceiver<pb::CoordinatorMessage>,
+    seq: u64,
+}
+
+fn core(dir: &std::path::Path) -> Arc<Core> {
+    let cfg = CoordinatorConfig {
+        data_dir: dir.to_path_buf(),
+        lease_timeout_secs: 10.0,
+        heartbeat_interval_secs: 2.0,
+        retry_backoff_secs: 4.0,
+        retry_backoff_max_secs: 60.0,
+        ..Default::default()
+    };
+    Core::open(cfg).unwrap()
+}
+
+async fn hello(core: &Core, id: &str, held: Vec<pb::HeldAttempt>) -> Worker {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let h = pb::Hello {
+        worker_id: id.into(),
+        hostname: "h".into(),
+        resources: Some(pb::Resources {
+            cpu_slots: 1,
+            ..Default::default()
+        }),
+        held,
+        version: "t".into(),
+        last_seq: 0,
+    };
+    let (wid, session) = core.hello(h, tx).await.unwrap();
+    Worker {
+        id: wid.to_string(),
+        session,
+        rx,
+        seq: 0,
+    }
+}
+
+fn assignments(w: &mut Worker) -> Vec<pb::Assignment> {
+    let mut out = Vec::new();
+    while let Ok(m) = w.rx.try_recv() {
+        if let Some(Msg::Assign(a)) = m.msg {
+            out.push(a);
+        }
+    }
+    out
+}
+
+fn wid(w: &Worker) -> liandan_common::WorkerId {
+    liandan_common::WorkerId::parse(&w.id).unwrap()
+}
+
+async fn exit(core: &Core, w: &mut Worker, job: &str, attempt: u64, outcome: &str) -> pb::Ack {
+    w.seq += 1;
+    let body = pb::record::Body::Exited(pb::JobExited {
+        outcome: outcome.into(),
+        exit_code: 1,
+        signal: 0,
+        message: String::new(),
+    });
+    let rec = pb::Record {
+        seq: w.seq,
+        job_id: job.into(),
+        attempt,
+        body: Some(body),
+    };
+    core.records(&wid(w), w.session, vec![rec]).await.unwrap()
+}
+
+async fn log(core: &Core, w: &mut Worker, job: &str, attempt: u64) -> pb::Ack {
+    w.seq += 1;
+    let body = pb::record::Body::Log(pb::LogRecord {
+        line: 1,
+        stream: "stdout".into(),
+        ts: 0.0,
+        text: "late".into(),
+    });
+    let rec = pb::Record {
+        seq: w.seq,
+        job_id: job.into(),
+        attempt,
+        body: Some(body),
+    };
+    core.records(&wid(w), w.session, vec![rec]).await.unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn heartbeats_keep_the_lease_and_silence_loses_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let core = core(dir.path());
+    core.submit(SPEC, "yaml", "").await.unwrap();
+    let mut a = hello(&core, "wk-aaaa", vec![]).await;
+    let job = assignments(&mut a).pop().expect("assigned").job_id;
+    // Heartbeats every 5 s for 30 s: still running, still attempt 1.
+    for _ in 0..6 {
+        advance(Duration::from_secs(5)).await;
+        core.heartbeat(&wid(&a), a.session);
+        core.tick().await.unwrap();
+    }
+    let j = core.get_job(&job).await.unwrap();
+    assert_eq!((j.state.as_str(), j.attempt), ("running", 1));
+    // Silence: at 9.9 s still leased, at 10.1 s lost.
+    advance(Duration::from_millis(9_900)).await;
+    core.tick().await.unwrap();
+    assert_eq!(core.get_job(&job).await.unwrap().state, "running");
+    advance(Duration::from_millis(200)).await;
+    core.tick().await.unwrap();
+    let j = core.get_job(&job).await.unwrap();
+    assert_eq!(j.state, "queued", "requeued after the lease timeout");
+    assert_eq!(j.retries_used, 0, "a lost worker does not spend a retry");
+    assert_eq!(j.attempts[0].state, "lost");
+    // Another worker gets attempt 2.
+    let mut b = hello(&core, "wk-bbbb", vec![]).await;
+    let a2 = assignments(&mut b).pop().expect("reassigned");
+    assert_eq!((a2.job_id.as_str(), a2.attempt), (job.as_str(), 2));
+    // The old worker comes back holding attempt 1: told to kill it, and its late writes are refused.
+    let held = vec![pb::HeldAttempt {
+        job_id: job.clone(),
+        attempt: 1,
+        running: true,
+        gpu_uuids: vec![],
+    }];
+    let mut a = hello(&core, "wk-aaaa", held).await;
+    let welcome = loop {
+        if let Some(Msg::Welcome(w)) = a.rx.try_recv().unwrap().msg {
+            break w;
+        }
+    };
+    assert_eq!(welcome.kill.len(), 1);
+    assert_eq!(welcome.kill[0].reason, "stale");
+    a.seq = welcome.acked_seq;
+    assert_eq!(log(&core, &mut a, &job, 1).await.refused, 1);
+    assert_eq!(exit(&core, &mut a, &job, 1, "succeeded").await.refused, 1);
+    assert_eq!(core.refused_stale(), 2);
+    let j = core.get_job(&job).await.unwrap();
+    assert_eq!(
+        (j.state.as_str(), j.attempt),
+        ("running", 2),
+        "a stale result is not recorded"
+    );
+    // The current attempt's result counts, once.
+    exit(&core, &mut b, &job, 2, "succeeded").await;
+    assert_eq!(core.get_job(&job).await.unwrap().state, "succeeded");
+    let again = exit(&core, &mut b, &job, 2, "succeeded").await;
+    assert_eq!(again.refused, 1, "a second result for the job is refused");
+}
+
+#[tokio::test(start_paused = true)]
+async fn failed_attempts_retry_with_exponential_backoff_then_fail() {
+    let dir = tempfile::tempdir().unwrap();
+    let core = core(dir.path());
+    core.submit(SPEC, "yaml", "").await.unwrap();
+    let mut w = hello(&core, "wk-cccc", vec![]).await;
+    let job = assignments(&mut w).pop().unwrap().job_id;
+    // First failure: retry after 4 s.
+    exit(&core, &mut w, &job, 1, "failed").await;
+    assert!(assignments(&mut w).is_empty(), "no immediate retry");
+    advance(Duration::from_millis(3_900)).await;
+    core.heartbeat(&wid(&w), w.session);
+    core.tick().await.unwrap();
+    assert!(assignments(&mut w).is_empty(), "still backing off");
+    advance(Duration::from_millis(200)).await;
+    core.tick().await.unwrap();
+    assert_eq!(
+        assignments(&mut w)
+            .pop()
+            .expect("retried after 4 s")
+            .attempt,
+        2
+    );
+    // Second failure: 8 s.
+    exit(&core, &mut w, &job, 2, "failed").await;
+    advance(Duration::from_millis(7_900)).await;
+    core.heartbeat(&wid(&w), w.session);
+    core.tick().await.unwrap();
+    assert!(assignments(&mut w).is_empty());
+    advance(Duration::from_millis(200)).await;
+    core.tick().await.unwrap();
+    assert_eq!(
+        assignments(&mut w)
+            .pop()
+            .expect("retried after 8 s")
+            .attempt,
+        3
+    );
+    // Third failure: the two retries are spent.
+    exit(&core, &mut w, &job, 3, "failed").await;
+    let j = core.get_job(&job).await.unwrap();
+    assert_eq!((j.state.as_str(), j.retries_used), ("failed", 2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn preemption_requeues_at_once_without_spending_a_retry() {
+    let dir = tempfile::tempdir().unwrap();
+    let core = core(dir.path());
+    core.submit(SPEC, "yaml", "").await.unwrap();
+    let mut w = hello(&core, "wk-eeee", vec![]).await;
+    let job = assignments(&mut w).pop().unwrap().job_id;
+    exit(&core, &mut w, &job, 1, "preempted").await;
+    let a = assignments(&mut w).pop().expect("requeued at once");
+    assert_eq!(a.attempt, 2);
+    assert_eq!(core.get_job(&job).await.unwrap().retries_used, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn restart_gives_workers_a_grace_period() {
+    let dir = tempfile::tempdir().unwrap();
+    let job;
+    {
+        let core = core(dir.path());
+        core.submit(SPEC, "yaml", "").await.unwrap();
+        let mut w = hello(&core, "wk-dddd", vec![]).await;
+        job = assignments(&mut w).pop().unwrap().job_id;
+    }
+    // "Restart": a new core on the same data dir, with the default 20 s grace.
+    let core = core(dir.path());
+    assert_eq!(core.get_job(&job).await.unwrap().state, "running");
+    advance(Duration::from_secs(15)).await;
+    core.tick().await.unwrap();
+    assert_eq!(
+        core.get_job(&job).await.unwrap().state,
+        "running",
+        "within the grace period"
+    );
+    // The worker reconnects holding its attempt: it continues.
+    let held = vec![pb::HeldAttempt {
+        job_id: job.clone(),
+        attempt: 1,
+        running: true,
+        gpu_uuids: vec![],
+    }];
+    let w = hello(&core, "wk-dddd", held).await;
+    advance(Duration::from_secs(8)).await;
+    core.heartbeat(&wid(&w), w.session);
+    core.tick().await.unwrap();
+    let j = core.get_job(&job).await.unwrap();
+    assert_eq!((j.state.as_str(), j.attempt), ("running", 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restart_without_the_worker_loses_the_attempt_after_the_grace() {
+    let dir = tempfile::tempdir().unwrap();
+    let job;
+    {
+        let core = core(dir.path());
+        core.submit(SPEC, "yaml", "").await.unwrap();
+        let mut w = hello(&core, "wk-ffff", vec![]).await;
+        job = assignments(&mut w).pop().unwrap().job_id;
+    }
+    let core = core(dir.path());
+    advance(Duration::from_secs(21)).await;
+    core.tick().await.unwrap();
+    let j = core.get_job(&job).await.unwrap();
+    assert_eq!(j.state, "queued");
+    assert_eq!(j.attempts[0].state, "lost");
+}
