@@ -13,7 +13,6 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio_stream::Stream;
 use tonic::{Status, Streaming};
 
@@ -132,59 +131,93 @@ impl CheckpointStore {
             )));
         }
         let part = self.partial(&job, h.attempt, h.step, &h.blake3);
-        let mut file = tokio::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&part)
+        let mut len = tokio::fs::metadata(&part)
             .await
-            .map_err(|e| io(e, "opening the partial checkpoint"))?;
-        let mut len = file
-            .metadata()
-            .await
-            .map_err(|e| io(e, "reading the partial checkpoint"))?
-            .len();
+            .map(|m| m.len())
+            .unwrap_or(0);
+        // One blocking thread writes and hashes as bytes arrive (no re-read,
+        // no per-chunk hop); it first hashes what an interrupted upload left.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(8);
+        let wpart = part.clone();
+        let size = h.size;
+        let writer = tokio::task::spawn_blocking(move || -> std::io::Result<(u64, String)> {
+            use std::io::Write;
+            let mut hasher = blake3::Hasher::new();
+            let mut file = std::fs::OpenOptions::new()
+                .create(true)
+                .read(true)
+                .append(true)
+                .open(&wpart)?;
+            let mut have = 0u64;
+            {
+                let mut buf = vec![0u8; CHUNK];
+                let mut r = std::fs::File::open(&wpart)?;
+                loop {
+                    let k = r.read(&mut buf)?;
+                    if k == 0 {
+                        break;
+                    }
+                    hasher.update(&buf[..k]);
+                    have += k as u64;
+                }
+            }
+            while let Some(chunk) = rx.blocking_recv() {
+                file.write_all(&chunk)?;
+                hasher.update(&chunk);
+                have += chunk.len() as u64;
+            }
+            if have < size {
+                file.sync_data()?;
+            } else {
+                file.sync_all()?;
+            }
+            Ok((have, hasher.finalize().to_hex().to_string()))
+        });
         let mut msg = Some(first);
+        let mut failure = None;
         while let Some(m) = msg.take() {
             if !m.data.is_empty() {
                 if m.offset != len {
-                    return Err(Status::invalid_argument(format!(
+                    failure = Some(Status::invalid_argument(format!(
                         "upload chunk at offset {} but {len} bytes are stored; resume from {len}",
                         m.offset
                     )));
+                    break;
                 }
                 if len + m.data.len() as u64 > h.size {
-                    drop(file);
-                    let _ = tokio::fs::remove_file(&part).await;
-                    return Err(Status::invalid_argument(
+                    failure = Some(Status::invalid_argument(
                         "upload is longer than the size in its header",
                     ));
+                    break;
                 }
-                file.write_all(&m.data)
-                    .await
-                    .map_err(|e| io(e, "writing the checkpoint"))?;
                 len += m.data.len() as u64;
+                if tx.send(m.data).await.is_err() {
+                    break;
+                }
             }
-            msg = stream.message().await?;
+            msg = match stream.message().await {
+                Ok(m) => m,
+                Err(e) => {
+                    failure = Some(e);
+                    None
+                }
+            };
         }
-        file.flush()
-            .await
-            .map_err(|e| io(e, "writing the checkpoint"))?;
-        if len < h.size {
-            file.sync_data()
-                .await
-                .map_err(|e| io(e, "fsync of the partial checkpoint"))?;
+        drop(tx);
+        let written = writer.await.map_err(|e| Status::internal(e.to_string()))?;
+        let (have, hash) = written.map_err(|e| io(e, "writing the checkpoint"))?;
+        if let Some(f) = failure {
+            if f.code() == tonic::Code::InvalidArgument && f.message().contains("longer") {
+                let _ = tokio::fs::remove_file(&part).await;
+            }
+            return Err(f);
+        }
+        if have < h.size {
             return Ok(pb::UploadCheckpointResponse {
                 accepted: false,
-                message: format!("incomplete: {len} of {} bytes; resume from {len}", h.size),
+                message: format!("incomplete: {have} of {} bytes; resume from {have}", h.size),
             });
         }
-        file.sync_all()
-            .await
-            .map_err(|e| io(e, "fsync of the checkpoint"))?;
-        drop(file);
-        let (hash, _) = hash_file(part.clone())
-            .await
-            .map_err(|e| io(e, "hashing the checkpoint"))?;
         if hash != h.blake3 {
             let _ = tokio::fs::remove_file(&part).await;
             return Err(Status::data_loss(format!(
@@ -251,48 +284,49 @@ impl CheckpointStore {
             ))
         })?;
         let path = self.root.join(&c.file);
-        let ok = match hash_file(path.clone()).await {
-            Ok((hash, size)) => hash == c.blake3 && size == c.size,
-            Err(_) => false,
-        };
-        if !ok {
-            tracing::error!(job = %c.job_id, step = c.step, file = %path.display(), "stored checkpoint is corrupt or missing; it will not be used");
-            core.drop_checkpoint(&c.job_id, c.step).await?;
-            return Err(Status::data_loss(format!(
-                "checkpoint at step {} of {} is corrupt (hash mismatch) and was discarded",
-                c.step, c.job_id
-            )));
-        }
         if r.offset > c.size {
             return Err(Status::out_of_range(format!(
                 "offset {} is past the checkpoint's size {}",
                 r.offset, c.size
             )));
         }
-        let mut file = tokio::fs::File::open(&path)
-            .await
-            .map_err(|e| io(e, "opening the checkpoint"))?;
-        file.seek(std::io::SeekFrom::Start(r.offset))
-            .await
-            .map_err(|e| io(e, "seeking the checkpoint"))?;
+        let corrupt = |c: &CheckpointRow| {
+            Status::data_loss(format!(
+                "checkpoint at step {} of {} is corrupt (hash mismatch) and was discarded",
+                c.step, c.job_id
+            ))
+        };
+        // A resumed download cannot hash in passing: verify the whole file first.
+        if r.offset > 0 {
+            let ok = matches!(hash_file(path.clone()).await, Ok((hash, size)) if hash == c.blake3 && size == c.size);
+            if !ok {
+                tracing::error!(job = %c.job_id, step = c.step, file = %path.display(), "stored checkpoint is corrupt or missing; it will not be used");
+                core.drop_checkpoint(&c.job_id, c.step).await?;
+                return Err(corrupt(&c));
+            }
+        }
         let meta = crate::core::checkpoint_info(&c);
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
-        tokio::spawn(async move {
-            let mut offset = r.offset;
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<pb::CheckpointChunk, Status>>(4);
+        // A blocking thread reads, hashes and sends; a download from the start is
+        // verified in passing and ends with DATA_LOSS instead of success when the
+        // content does not match (clients verify the hash too and discard it).
+        let btx = tx.clone();
+        let offset0 = r.offset;
+        let reader = tokio::task::spawn_blocking(move || -> std::io::Result<(String, u64)> {
+            use std::io::Seek;
+            let mut file = std::fs::File::open(&path)?;
+            file.seek(std::io::SeekFrom::Start(offset0))?;
+            let mut hasher = blake3::Hasher::new();
+            let mut offset = offset0;
             let mut first = true;
             loop {
                 let mut buf = vec![0u8; CHUNK];
-                let n = match file.read(&mut buf).await {
-                    Ok(n) => n,
-                    Err(e) => {
-                        let _ = tx.send(Err(io(e, "reading the checkpoint"))).await;
-                        return;
-                    }
-                };
+                let n = file.read(&mut buf)?;
                 if n == 0 && !first {
-                    return;
+                    break;
                 }
                 buf.truncate(n);
+                hasher.update(&buf);
                 let chunk = pb::CheckpointChunk {
                     meta: first.then(|| meta.clone()),
                     offset,
@@ -300,9 +334,21 @@ impl CheckpointStore {
                 };
                 first = false;
                 offset += n as u64;
-                if tx.send(Ok(chunk)).await.is_err() || n == 0 {
-                    return;
+                if btx.blocking_send(Ok(chunk)).is_err() || n == 0 {
+                    break;
                 }
+            }
+            Ok((hasher.finalize().to_hex().to_string(), offset - offset0))
+        });
+        tokio::spawn(async move {
+            let verdict = match reader.await {
+                Ok(Ok((hash, n))) => offset0 > 0 || (hash == c.blake3 && n == c.size),
+                _ => false,
+            };
+            if !verdict {
+                tracing::error!(job = %c.job_id, step = c.step, "stored checkpoint is corrupt or unreadable; it will not be used");
+                let _ = core.drop_checkpoint(&c.job_id, c.step).await;
+                let _ = tx.send(Err(corrupt(&c))).await;
             }
         });
         Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))

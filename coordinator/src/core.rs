@@ -951,7 +951,11 @@ impl Core {
                 }
             }
         }
-        tracing::info!(job = %jid, attempt, outcome = outcome.as_str(), state = next.as_str(), "attempt ended");
+        if outcome == Outcome::Succeeded {
+            tracing::debug!(job = %jid, attempt, state = next.as_str(), "attempt succeeded");
+        } else {
+            tracing::info!(job = %jid, attempt, outcome = outcome.as_str(), state = next.as_str(), "attempt ended");
+        }
     }
 
     /// Expires leases, releases delayed retries and dispatches. Called by a

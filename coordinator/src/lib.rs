@@ -80,7 +80,12 @@ pub async fn run(
         .max_encoding_message_size(max);
 
     let local = listener.local_addr().ok();
+    // Larger HTTP/2 windows: checkpoint uploads are bulk transfers and the
+    // default 64 KiB stream window caps them far below the link's speed.
     let server = tonic::transport::Server::builder()
+        .initial_stream_window_size(Some(8 << 20))
+        .initial_connection_window_size(Some(32 << 20))
+        .tcp_nodelay(true)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -179,16 +179,10 @@ impl Model {
     }
 }
 
-/// Cross-entropy with label smoothing, averaged over the batch.
+/// Cross-entropy with label smoothing, averaged over the batch (libtorch's
+/// fused `cross_entropy_loss`, the op behind PyTorch's `F.cross_entropy`).
 pub fn cross_entropy(logits: &Tensor, y: &Tensor, smoothing: f64) -> Tensor {
-    let logp = logits.log_softmax(-1, Kind::Float);
-    let nll = -logp.gather(1, &y.unsqueeze(1), false).squeeze_dim(1);
-    if smoothing > 0.0 {
-        let uniform = -logp.mean_dim(-1, false, Kind::Float);
-        (nll * (1.0 - smoothing) + uniform * smoothing).mean(Kind::Float)
-    } else {
-        nll.mean(Kind::Float)
-    }
+    logits.cross_entropy_loss::<Tensor>(y, None, tch::Reduction::Mean, -100, smoothing)
 }
 
 /// Which update rule.
@@ -245,16 +239,14 @@ impl Optimizer {
         }
     }
 
-    /// One update with learning rate `lr`, following PyTorch's definitions.
-    pub fn step(&mut self, params: &mut [Tensor], lr: f64) {
+    /// One update with learning rate `lr` from `grads` (one per parameter),
+    /// following PyTorch's definitions.
+    pub fn step(&mut self, params: &mut [Tensor], grads: &[Tensor], lr: f64) {
         self.t += 1;
         let n = params.len();
         tch::no_grad(|| {
             for (i, p) in params.iter_mut().enumerate() {
-                let mut g = p.grad();
-                if !g.defined() {
-                    continue;
-                }
+                let mut g = grads[i].shallow_clone();
                 match self.kind {
                     OptKind::Sgd => {
                         if self.weight_decay != 0.0 {
@@ -283,20 +275,19 @@ impl Optimizer {
                         } else if self.weight_decay != 0.0 {
                             g = &g + &*p * self.weight_decay;
                         }
+                        // In place, with as few passes over memory as PyTorch's foreach Adam:
+                        // m.lerp_(g, 1-b1); v.lerp_(g*g, 1-b2);
+                        // p += m / (-(sqrt(v)/sqrt(bc2) + eps) * bc1/lr)   (one addcdiv_).
                         let (b1, b2) = (self.beta1, self.beta2);
-                        {
-                            let m = &mut self.state[i];
-                            let _ = m.g_mul_scalar_(b1).g_add_(&(&g * (1.0 - b1)));
-                        }
-                        {
-                            let v = &mut self.state[n + i];
-                            let _ = v.g_mul_scalar_(b2).g_add_(&(&g * &g * (1.0 - b2)));
-                        }
+                        let _ = self.state[i].lerp_(&g, 1.0 - b1);
+                        let _ = self.state[n + i].lerp_(&(&g * &g), 1.0 - b2);
                         let bc1 = 1.0 - b1.powi(self.t as i32);
                         let bc2 = 1.0 - b2.powi(self.t as i32);
-                        let denom = (&self.state[n + i] / bc2).sqrt() + self.eps;
-                        let upd = (&self.state[i] / bc1) / denom * lr;
-                        let _ = p.g_sub_(&upd);
+                        let mut denom = self.state[n + i].sqrt();
+                        let _ = denom.g_div_scalar_(bc2.sqrt());
+                        let _ = denom.g_add_scalar_(self.eps);
+                        let _ = denom.g_mul_scalar_(-bc1 / lr);
+                        let _ = p.addcdiv_(&self.state[i], &denom);
                     }
                 }
             }
@@ -305,25 +296,25 @@ impl Optimizer {
 }
 
 /// Scales gradients so their global norm is at most `max`; returns the norm before.
-pub fn clip_grad_norm(params: &[Tensor], max: f64) -> f64 {
+pub fn clip_grad_norm(grads: &mut [Tensor], max: f64) -> f64 {
     tch::no_grad(|| {
-        let mut total = 0.0;
-        for p in params {
-            let g = p.grad();
-            if g.defined() {
-                total += g.pow_tensor_scalar(2).sum(Kind::Double).double_value(&[]);
-            }
-        }
+        let total: f64 = grads
+            .iter()
+            .map(|g| g.pow_tensor_scalar(2).sum(Kind::Double).double_value(&[]))
+            .sum();
         let norm = total.sqrt();
         if max > 0.0 && norm > max {
             let scale = max / (norm + 1e-6);
-            for p in params {
-                let mut g = p.grad();
-                if g.defined() {
-                    let _ = g.g_mul_scalar_(scale);
-                }
+            for g in grads.iter_mut() {
+                let _ = g.g_mul_scalar_(scale);
             }
         }
         norm
     })
+}
+
+/// Gradients of `loss` with respect to `params`, in fresh buffers (like
+/// PyTorch's `zero_grad(set_to_none=True)`: nothing to zero, nothing to accumulate).
+pub fn gradients(loss: &Tensor, params: &[Tensor]) -> Vec<Tensor> {
+    Tensor::run_backward(&[loss], params, false, false)
 }

@@ -13,7 +13,9 @@
 //! written to a hidden temp file, fsynced, renamed, directory fsynced.
 
 use crate::data::Dataset;
-use crate::model::{clip_grad_norm, cross_entropy, Activation, Model, OptKind, Optimizer};
+use crate::model::{
+    clip_grad_norm, cross_entropy, gradients, Activation, Model, OptKind, Optimizer,
+};
 use crate::params::Params;
 use liandan_common::rng::Rng;
 use serde_json::{json, Value};
@@ -451,15 +453,12 @@ pub fn train(p: &Params, data: Dataset) -> TrainResult<i32> {
         tch::manual_seed(mix(seed, step));
         let logits = s.model.forward(&x, true);
         let loss = cross_entropy(&logits, &y, smoothing);
-        for prm in &mut s.model.params {
-            prm.zero_grad();
-        }
-        loss.backward();
+        let mut grads = gradients(&loss, &s.model.params);
         if clip > 0.0 {
-            clip_grad_norm(&s.model.params, clip);
+            clip_grad_norm(&mut grads, clip);
         }
         let lr = learning_rate(p, step, total)?;
-        s.opt.step(&mut s.model.params, lr);
+        s.opt.step(&mut s.model.params, &grads, lr);
         let lv = loss.double_value(&[]);
         let correct = tch::no_grad(|| {
             logits
@@ -534,11 +533,8 @@ pub fn lr_range(p: &Params, data: Dataset) -> TrainResult<i32> {
         );
         tch::manual_seed(mix(seed, i as u64));
         let loss = cross_entropy(&s.model.forward(&x, true), &y, 0.0);
-        for prm in &mut s.model.params {
-            prm.zero_grad();
-        }
-        loss.backward();
-        s.opt.step(&mut s.model.params, lr);
+        let grads = gradients(&loss, &s.model.params);
+        s.opt.step(&mut s.model.params, &grads, lr);
         let lv = loss.double_value(&[]);
         avg = beta * avg + (1.0 - beta) * lv;
         let smooth = avg / (1.0 - beta.powi(i as i32 + 1));
@@ -590,11 +586,8 @@ pub fn overfit(p: &Params, data: Dataset) -> TrainResult<i32> {
     }
     for i in 0..steps {
         let loss = cross_entropy(&s.model.forward(&s.train.0, true), &s.train.1, 0.0);
-        for prm in &mut s.model.params {
-            prm.zero_grad();
-        }
-        loss.backward();
-        s.opt.step(&mut s.model.params, lr);
+        let grads = gradients(&loss, &s.model.params);
+        s.opt.step(&mut s.model.params, &grads, lr);
         last = loss.double_value(&[]);
         if (i + 1) % 50 == 0 {
             sink.emit(json!({"step": i + 1, "loss": last}));
@@ -631,11 +624,8 @@ pub fn bench(p: &Params, data: Dataset) -> TrainResult<i32> {
     for i in 0..steps + 10 {
         let t = std::time::Instant::now();
         let loss = cross_entropy(&s.model.forward(&x, true), &y, 0.0);
-        for prm in &mut s.model.params {
-            prm.zero_grad();
-        }
-        loss.backward();
-        s.opt.step(&mut s.model.params, lr);
+        let grads = gradients(&loss, &s.model.params);
+        s.opt.step(&mut s.model.params, &grads, lr);
         let _ = loss.double_value(&[]);
         if i >= 10 {
             times.push(t.elapsed().as_secs_f64());

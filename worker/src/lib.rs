@@ -322,6 +322,9 @@ pub async fn run(
         .map_err(|e| WorkerError::Url(cfg.coordinator.clone(), e.to_string()))?
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true)
+        // Checkpoint uploads are bulk transfers: the default 64 KiB window caps them.
+        .initial_stream_window_size(Some(8 << 20))
+        .initial_connection_window_size(Some(32 << 20))
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(20));
     let (ctx, _lock) = prepare(cfg).await?;

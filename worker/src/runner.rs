@@ -204,12 +204,19 @@ impl MetricsTail {
         self.offset += data.len() as u64;
         self.partial.extend_from_slice(&data);
         let mut recs = Vec::new();
-        while let Some(pos) = self.partial.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = self.partial.drain(..=pos).collect();
+        // Complete lines only; a partial last line waits for its newline.
+        let complete = self
+            .partial
+            .iter()
+            .rposition(|b| *b == b'\n')
+            .map(|p| p + 1)
+            .unwrap_or(0);
+        let buf: Vec<u8> = self.partial.drain(..complete).collect();
+        // `buf` ends with a newline (or is empty): drop it before splitting.
+        let body = buf.strip_suffix(b"\n").unwrap_or(&[]);
+        for line in body.split(|b| *b == b'\n').filter(|_| !buf.is_empty()) {
             self.line += 1;
-            let text = String::from_utf8_lossy(&line[..line.len() - 1])
-                .trim()
-                .to_string();
+            let text = String::from_utf8_lossy(line).trim().to_string();
             if text.is_empty() {
                 continue;
             }

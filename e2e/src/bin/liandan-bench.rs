@@ -1,0 +1,496 @@
+//! Benchmarks of the real binaries on loopback (see BENCHMARKS.md).
+//!
+//! ```text
+//! liandan-bench dispatch [JOBS] [WORKERS] [SLOTS]   jobs dispatched and completed per second
+//! liandan-bench logs [LINES]                        log lines and metric records per second, follow latency
+//! liandan-bench checkpoint [MIB]                    checkpoint upload/download vs a plain TCP copy
+//! ```
+//!
+//! Build with `--release` (`make bench` does).
+
+use liandan_e2e::{Cluster, Opts};
+use liandan_proto::v1 as pb;
+use pb::coordinator_message::Msg;
+use pb::user_service_client::UserServiceClient;
+use pb::worker_service_client::WorkerServiceClient;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tonic::transport::Channel;
+
+type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+async fn channel(url: &str) -> Res<Channel> {
+    Ok(tonic::transport::Endpoint::from_shared(url.to_string())?
+        .tcp_nodelay(true)
+        .initial_stream_window_size(Some(8 << 20))
+        .initial_connection_window_size(Some(32 << 20))
+        .connect()
+        .await?)
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// A simulated worker: a real gRPC session that finishes every assignment at once.
+async fn sim_worker(url: String, id: String, slots: u32) -> Res<()> {
+    let mut client = WorkerServiceClient::new(channel(&url).await?)
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20);
+    let (out, out_rx) = mpsc::channel::<pb::WorkerMessage>(64);
+    let hello = pb::Hello {
+        worker_id: id,
+        hostname: "bench".into(),
+        resources: Some(pb::Resources {
+            cpu_slots: slots,
+            ..Default::default()
+        }),
+        held: vec![],
+        version: "bench".into(),
+        last_seq: 0,
+    };
+    out.send(pb::WorkerMessage {
+        msg: Some(pb::worker_message::Msg::Hello(hello)),
+    })
+    .await?;
+    let mut inbound = client
+        .session(tokio_stream::wrappers::ReceiverStream::new(out_rx))
+        .await?
+        .into_inner();
+    let (asg_tx, mut asg_rx) = mpsc::unbounded_channel::<pb::Assignment>();
+    tokio::spawn(async move {
+        while let Ok(Some(m)) = inbound.message().await {
+            if let Some(Msg::Assign(a)) = m.msg {
+                if asg_tx.send(a).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    let mut seq = 0u64;
+    let mut batch = Vec::new();
+    let mut hb = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            n = asg_rx.recv_many(&mut batch, 4096) => {
+                if n == 0 {
+                    return Ok(());
+                }
+                let mut recs = Vec::with_capacity(batch.len() * 2);
+                for a in batch.drain(..) {
+                    seq += 1;
+                    recs.push(pb::Record { seq, job_id: a.job_id.clone(), attempt: a.attempt, body: Some(pb::record::Body::Started(pb::JobStarted { pid: 1, resumed_from_step: -1 })) });
+                    seq += 1;
+                    recs.push(pb::Record { seq, job_id: a.job_id, attempt: a.attempt, body: Some(pb::record::Body::Exited(pb::JobExited { outcome: "succeeded".into(), exit_code: 0, signal: 0, message: String::new() })) });
+                }
+                out.send(pb::WorkerMessage { msg: Some(pb::worker_message::Msg::Records(pb::Records { records: recs })) }).await?;
+            }
+            _ = hb.tick() => {
+                out.send(pb::WorkerMessage { msg: Some(pb::worker_message::Msg::Heartbeat(pb::Heartbeat { held: vec![] })) }).await?;
+            }
+        }
+    }
+}
+
+async fn wait_done(
+    user: &mut UserServiceClient<Channel>,
+    sweep: &str,
+    jobs: u64,
+    max: Duration,
+) -> Res<Instant> {
+    let deadline = Instant::now() + max;
+    loop {
+        let s = user
+            .get_sweep(pb::GetSweepRequest {
+                sweep_id: sweep.into(),
+            })
+            .await?
+            .into_inner();
+        let c = s.counts.unwrap_or_default();
+        if c.succeeded + c.failed + c.cancelled >= jobs {
+            return Ok(Instant::now());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("sweep not done in {max:?}: {c:?}").into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn dispatch(jobs: u64, workers: usize, slots: u32) -> Res<()> {
+    let cluster = Cluster::start(
+        0,
+        Opts {
+            lease_timeout_secs: 30.0,
+            ..Opts::default()
+        },
+    );
+    let url = cluster.url();
+    for i in 0..workers {
+        let (u, id) = (url.clone(), format!("wk-bench{i:04}"));
+        tokio::spawn(async move {
+            if let Err(e) = sim_worker(u, id, slots).await {
+                eprintln!("simulated worker: {e}");
+            }
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let seeds = 10u64;
+    let values: Vec<String> = (0..jobs / seeds).map(|i| i.to_string()).collect();
+    let spec = format!("name: bench\nprogram: /bin/true\ncommand: [/bin/true]\nmethod: grid\nparameters:\n  k: {{values: [{}]}}\nliandan:\n  seeds: {seeds}\n", values.join(", "));
+    let mut user = UserServiceClient::new(channel(&url).await?)
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20);
+    let t0 = Instant::now();
+    let r = user
+        .submit_sweep(pb::SubmitSweepRequest {
+            spec,
+            format: "yaml".into(),
+            name: String::new(),
+        })
+        .await?
+        .into_inner();
+    let t1 = Instant::now();
+    let sweep = r.sweep.unwrap_or_default();
+    let done = wait_done(&mut user, &sweep.id, sweep.jobs, Duration::from_secs(600)).await?;
+    let lifecycle = (done - t1).as_secs_f64();
+    println!(
+        "dispatch: {} jobs, {workers} simulated workers x {slots} slots over gRPC; submit (validate+expand+store) {:.3}s; dispatch+complete {:.3}s = {:.0} jobs/s (end to end incl. submit: {:.0} jobs/s)",
+        sweep.jobs,
+        (t1 - t0).as_secs_f64(),
+        lifecycle,
+        sweep.jobs as f64 / lifecycle,
+        sweep.jobs as f64 / (done - t0).as_secs_f64()
+    );
+    let attempts = cluster.query_i64("SELECT COUNT(*) FROM attempts");
+    let done_jobs = cluster
+        .query_i64("SELECT COUNT(*) FROM jobs WHERE state='succeeded' AND result_recorded=1");
+    println!("dispatch: check: {done_jobs} jobs succeeded with a recorded result, {attempts} attempts (every state change committed with synchronous=FULL)");
+    Ok(())
+}
+
+async fn run_job(
+    cluster: &Cluster,
+    user: &mut UserServiceClient<Channel>,
+    name: &str,
+    command: &str,
+) -> Res<(String, f64)> {
+    let spec = format!("name: {name}\nprogram: /bin/sh\ncommand: [\"/bin/sh\", \"-c\", {}]\nmethod: grid\nparameters:\n  x: {{value: 1}}\n", serde_json::Value::String(command.into()));
+    let r = user
+        .submit_sweep(pb::SubmitSweepRequest {
+            spec,
+            format: "yaml".into(),
+            name: String::new(),
+        })
+        .await?
+        .into_inner();
+    let sweep = r.sweep.unwrap_or_default();
+    // From the moment the job runs to the moment its exit (after all its records) is durable.
+    let start = loop {
+        let j = user
+            .list_jobs(pb::ListJobsRequest {
+                sweep_id: sweep.id.clone(),
+                state: String::new(),
+            })
+            .await?
+            .into_inner()
+            .jobs;
+        if j.first().is_some_and(|j| j.state != "queued") {
+            break Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    };
+    let done = wait_done(user, &sweep.id, 1, Duration::from_secs(600)).await?;
+    let job = user
+        .list_jobs(pb::ListJobsRequest {
+            sweep_id: sweep.id,
+            state: String::new(),
+        })
+        .await?
+        .into_inner()
+        .jobs[0]
+        .id
+        .clone();
+    let _ = cluster;
+    Ok((job, (done - start).as_secs_f64()))
+}
+
+async fn logs(lines: u64) -> Res<()> {
+    let cluster = Cluster::start(
+        1,
+        Opts {
+            slots: 1,
+            ..Opts::default()
+        },
+    );
+    let url = cluster.url();
+    let mut user = UserServiceClient::new(channel(&url).await?);
+    let mut rates = Vec::new();
+    for i in 0..3 {
+        let (job, secs) = run_job(
+            &cluster,
+            &mut user,
+            &format!("lines{i}"),
+            &format!("seq 1 {lines}"),
+        )
+        .await?;
+        let stored = cluster.query_i64(&format!("SELECT COUNT(*) FROM logs WHERE job_id='{job}'"));
+        assert_eq!(stored as u64, lines, "lines stored");
+        rates.push(lines as f64 / secs);
+    }
+    println!("logs: {lines} lines printed by `seq` to durable coordinator storage: median {:.0} lines/s over 3 runs ({:?})", median(&mut rates), rates.iter().map(|r| r.round()).collect::<Vec<_>>());
+    let mut mrates = Vec::new();
+    for i in 0..3 {
+        let cmd = format!("awk 'BEGIN {{ for (i = 1; i <= {lines}; i++) printf \"{{\\\"step\\\": %d, \\\"loss\\\": %.6f}}\\n\", i, 1 / i }}' >> \"$LIANDAN_METRICS_FILE\"");
+        let (job, secs) = run_job(&cluster, &mut user, &format!("metrics{i}"), &cmd).await?;
+        let stored = cluster.query_i64(&format!(
+            "SELECT COUNT(*) FROM metrics WHERE job_id='{job}'"
+        ));
+        assert_eq!(stored as u64, lines, "metric records stored");
+        mrates.push(lines as f64 / secs);
+    }
+    println!("metrics: {lines} JSON-lines records to durable coordinator storage: median {:.0} records/s over 3 runs ({:?})", median(&mut mrates), mrates.iter().map(|r| r.round()).collect::<Vec<_>>());
+
+    // Follow latency: the job prints its own clock every 5 ms; a follower measures arrival - print.
+    let n = 2000;
+    let py = format!("import time,sys\nfor i in range({n}):\n    print('%.6f' % time.time(), flush=True)\n    time.sleep(0.005)\n");
+    let spec = format!("name: follow\nprogram: python3\ncommand: [\"python3\", \"-c\", {}]\nmethod: grid\nparameters:\n  x: {{value: 1}}\n", serde_json::Value::String(py));
+    let r = user
+        .submit_sweep(pb::SubmitSweepRequest {
+            spec,
+            format: "yaml".into(),
+            name: String::new(),
+        })
+        .await?
+        .into_inner();
+    let sweep = r.sweep.unwrap_or_default().id;
+    let job = loop {
+        let j = user
+            .list_jobs(pb::ListJobsRequest {
+                sweep_id: sweep.clone(),
+                state: String::new(),
+            })
+            .await?
+            .into_inner()
+            .jobs;
+        if let Some(j) = j.first().filter(|j| j.state == "running") {
+            break j.id.clone();
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    };
+    let mut s = user
+        .read_logs(pb::ReadLogsRequest {
+            job_id: job,
+            attempt: 0,
+            from_line: 1,
+            tail: 0,
+            follow: true,
+            stream: String::new(),
+        })
+        .await?
+        .into_inner();
+    let mut lat = Vec::new();
+    while let Some(l) = s.message().await? {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs_f64();
+        if let Ok(t) = l.text.trim().parse::<f64>() {
+            lat.push((now - t) * 1e3);
+        }
+    }
+    lat.sort_by(f64::total_cmp);
+    let pct = |p: f64| lat[((lat.len() as f64 - 1.0) * p) as usize];
+    println!("follow: {} lines printed every 5 ms: print-to-follower latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms", lat.len(), pct(0.5), pct(0.99), pct(1.0));
+    Ok(())
+}
+
+async fn checkpoint(mib: usize) -> Res<()> {
+    let cluster = Cluster::start(
+        0,
+        Opts {
+            lease_timeout_secs: 60.0,
+            ..Opts::default()
+        },
+    );
+    let url = cluster.url();
+    let mut user = UserServiceClient::new(channel(&url).await?);
+    // A simulated worker holds the attempt (uploads are fenced to the current attempt).
+    let mut wclient = WorkerServiceClient::new(channel(&url).await?)
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20);
+    let (out, out_rx) = mpsc::channel::<pb::WorkerMessage>(8);
+    let hello = pb::Hello {
+        worker_id: "wk-ckpt".into(),
+        hostname: "bench".into(),
+        resources: Some(pb::Resources {
+            cpu_slots: 1,
+            ..Default::default()
+        }),
+        held: vec![],
+        version: "bench".into(),
+        last_seq: 0,
+    };
+    out.send(pb::WorkerMessage {
+        msg: Some(pb::worker_message::Msg::Hello(hello)),
+    })
+    .await?;
+    let mut inbound = wclient
+        .session(tokio_stream::wrappers::ReceiverStream::new(out_rx))
+        .await?
+        .into_inner();
+    user.submit_sweep(pb::SubmitSweepRequest { spec: "name: ck\nprogram: /bin/true\ncommand: [/bin/true]\nmethod: grid\nparameters:\n  x: {value: 1}\n".into(), format: "yaml".into(), name: String::new() }).await?;
+    let a = loop {
+        if let Some(Msg::Assign(a)) = inbound.message().await?.and_then(|m| m.msg) {
+            break a;
+        }
+    };
+    let hb = out.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            if hb
+                .send(pb::WorkerMessage {
+                    msg: Some(pb::worker_message::Msg::Heartbeat(pb::Heartbeat {
+                        held: vec![],
+                    })),
+                })
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    let size = mib << 20;
+    let mut data = vec![0u8; size];
+    let mut rng = liandan_common_rng(42);
+    for chunk in data.chunks_mut(8) {
+        let x = rng.next_u64().to_le_bytes();
+        chunk.copy_from_slice(&x[..chunk.len()]);
+    }
+    let data = std::sync::Arc::new(data);
+    let (mut up, mut down, mut tcp) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..3i64 {
+        // Upload: hash known up front (the worker hashes when the job publishes).
+        let hash = blake3::hash(&data).to_hex().to_string();
+        let header = pb::CheckpointUploadHeader {
+            job_id: a.job_id.clone(),
+            attempt: a.attempt,
+            step: round + 1,
+            size: size as u64,
+            blake3: hash,
+            metric: None,
+            worker_id: "wk-ckpt".into(),
+        };
+        let d = data.clone();
+        let stream = async_stream(d, header);
+        let t = Instant::now();
+        let r = wclient.upload_checkpoint(stream).await?.into_inner();
+        assert!(r.accepted, "{}", r.message);
+        up.push(size as f64 / t.elapsed().as_secs_f64() / 1e6);
+        // Download to a file, fsynced.
+        let path = cluster.dir.path().join("down.ckpt");
+        let t = Instant::now();
+        let mut s = wclient
+            .fetch_checkpoint(pb::DownloadCheckpointRequest {
+                job_id: a.job_id.clone(),
+                step: round + 1,
+                offset: 0,
+            })
+            .await?
+            .into_inner();
+        let mut f = std::fs::File::create(&path)?;
+        let mut n = 0;
+        while let Some(c) = s.message().await? {
+            std::io::Write::write_all(&mut f, &c.data)?;
+            n += c.data.len();
+        }
+        f.sync_all()?;
+        down.push(n as f64 / t.elapsed().as_secs_f64() / 1e6);
+        // Plain TCP copy of the same bytes into a file, fsynced.
+        tcp.push(tcp_copy(data.clone(), &cluster.dir.path().join("tcp.bin"))? / 1e6);
+    }
+    let (u, d, t) = (median(&mut up), median(&mut down), median(&mut tcp));
+    println!("checkpoint: {mib} MiB, median of 3: upload {u:.0} MB/s, download {d:.0} MB/s, plain TCP copy {t:.0} MB/s; ratio upload/TCP {:.2}, download/TCP {:.2}", u / t, d / t);
+    Ok(())
+}
+
+fn liandan_common_rng(seed: u64) -> Xorshift {
+    Xorshift(seed | 1)
+}
+
+/// Filler bytes for the checkpoint benchmark (content does not matter).
+struct Xorshift(u64);
+impl Xorshift {
+    fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+fn async_stream(
+    data: std::sync::Arc<Vec<u8>>,
+    header: pb::CheckpointUploadHeader,
+) -> tokio_stream::wrappers::ReceiverStream<pb::CheckpointUpload> {
+    let (tx, rx) = mpsc::channel(4);
+    tokio::spawn(async move {
+        let mut off = 0usize;
+        let mut first = Some(header);
+        while off < data.len() {
+            let end = (off + (1 << 20)).min(data.len());
+            let msg = pb::CheckpointUpload {
+                header: first.take(),
+                offset: off as u64,
+                data: data[off..end].to_vec(),
+            };
+            if tx.send(msg).await.is_err() {
+                return;
+            }
+            off = end;
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+/// Bytes per second of a plain loopback TCP copy into an fsynced file.
+fn tcp_copy(data: std::sync::Arc<Vec<u8>>, path: &std::path::Path) -> Res<f64> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let path = path.to_path_buf();
+    let t = Instant::now();
+    let server = std::thread::spawn(move || -> std::io::Result<u64> {
+        let (mut s, _) = listener.accept()?;
+        let mut f = std::fs::File::create(&path)?;
+        let n = std::io::copy(&mut s, &mut f)?;
+        f.sync_all()?;
+        Ok(n)
+    });
+    {
+        let mut c = std::net::TcpStream::connect(addr)?;
+        std::io::Write::write_all(&mut c, &data)?;
+    }
+    let n = server.join().map_err(|_| "tcp copy thread")??;
+    Ok(n as f64 / t.elapsed().as_secs_f64())
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let num = |i: usize, d: u64| args.get(i).and_then(|s| s.parse().ok()).unwrap_or(d);
+    let r = match args.first().map(String::as_str) {
+        Some("dispatch") => dispatch(num(1, 100_000), num(2, 32) as usize, num(3, 64) as u32).await,
+        Some("logs") => logs(num(1, 1_000_000)).await,
+        Some("checkpoint") => checkpoint(num(1, 256) as usize).await,
+        _ => {
+            eprintln!("usage: liandan-bench dispatch [JOBS] [WORKERS] [SLOTS] | logs [LINES] | checkpoint [MIB]");
+            std::process::exit(64);
+        }
+    };
+    if let Err(e) = r {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
