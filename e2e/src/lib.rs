@@ -226,6 +226,7 @@ impl Cluster {
                 &self.opts.grace_period_secs.to_string(),
             ])
             .env("RUST_LOG", "info")
+            .envs(self.opts.worker_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .stderr(err);
         Proc {

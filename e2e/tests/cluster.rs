@@ -546,3 +546,41 @@ fn validate_and_expand_work_offline_with_exit_codes() {
     assert_eq!(out.status.code(), Some(69));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the coordinator"));
 }
+
+#[test]
+fn a_full_spool_blocks_the_job_instead_of_dropping_lines() {
+    // 1 MiB spool; the coordinator stops answering while the job prints ~4 MB.
+    let opts = Opts { lease_timeout_secs: 60.0, worker_env: vec![("LIANDAN_SPOOL_MAX_BYTES".into(), "1048576".into())], ..Opts::default() };
+    let c = Cluster::start(1, opts);
+    let pidfile = c.dir.path().join("job.pid");
+    let spec = format!(
+        r#"
+name: spool
+program: /bin/sh
+command: ["/bin/sh", "-c", "echo $$ > {}; sleep 1; seq -f 'line %08g ..................................................' 1 60000"]
+method: grid
+parameters:
+  x: {{value: 1}}
+"#,
+        pidfile.display()
+    );
+    let p = c.write("spool.yaml", &spec);
+    let sweep = c.submit(&p);
+    eventually(Duration::from_secs(20), || pidfile.exists().then_some(())).expect("job started");
+    let pid: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+    c.coordinator.signal(Signal::SIGSTOP);
+    // Printing 60,000 lines takes well under a second; with the spool full and
+    // nothing acknowledged, the job must still be blocked on its output.
+    std::thread::sleep(Duration::from_secs(4));
+    let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
+    c.coordinator.signal(Signal::SIGCONT);
+    assert!(alive, "the job finished while its output could not be stored: lines were dropped or the spool was unbounded");
+    let st = c.wait_finished(&sweep, Duration::from_secs(60));
+    assert_eq!(st["succeeded"], 1, "{st}");
+    let j = &jobs(&c, &sweep)[0];
+    let lines = log_lines(&c, j["id"].as_str().unwrap(), &[]);
+    assert_eq!(lines.len(), 60_000);
+    for (i, l) in lines.iter().enumerate() {
+        assert!(l.starts_with(&format!("line {:08} ", i + 1)), "{l}");
+    }
+}
