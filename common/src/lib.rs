@@ -14,6 +14,7 @@ pub mod names;
 pub mod rng;
 pub mod stats;
 pub mod sweep;
+pub mod systemd;
 pub mod time;
 
 pub use ids::{AttemptNo, JobId, SweepId, TrialId, WorkerId};

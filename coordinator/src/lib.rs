@@ -19,7 +19,6 @@ pub mod store;
 use liandan_common::config::CoordinatorConfig;
 use liandan_proto::v1 as pb;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -36,13 +35,6 @@ pub enum RunError {
     Transport(#[from] tonic::transport::Error),
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// Serves the coordinator on `listener` until `shutdown` resolves. Health is
@@ -123,11 +115,12 @@ pub async fn run(
         .set_serving::<pb::worker_service_server::WorkerServiceServer<grpc::Api>>()
         .await;
 
-    // The scheduler loop: leases, delayed retries, dispatch. Its progress feeds
-    // the systemd watchdog, so a wedged loop gets the service restarted.
-    let last_tick = Arc::new(AtomicU64::new(now_ms()));
+    // The scheduler loop: leases, delayed retries, dispatch, and a round trip
+    // through the database writer. Its progress feeds the systemd watchdog, so a
+    // wedged loop or a hung disk gets the service restarted.
+    let liveness = liandan_common::systemd::Liveness::new();
     let tick_core = core.clone();
-    let tick_seen = last_tick.clone();
+    let beat = liveness.clone();
     let ticker = tokio::spawn(async move {
         let mut iv = tokio::time::interval(Duration::from_millis(200));
         iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -135,41 +128,22 @@ pub async fn run(
             iv.tick().await;
             if let Err(e) = tick_core.tick().await {
                 tracing::error!(error = %e, "scheduler tick failed");
+                continue;
             }
-            tick_seen.store(now_ms(), Ordering::Relaxed);
+            if tick_core.store().commit(Vec::new()).await.is_ok() {
+                beat.beat();
+            }
         }
     });
-    let _ = sd_notify::notify(
-        false,
-        &[
-            sd_notify::NotifyState::Ready,
-            sd_notify::NotifyState::Status("serving"),
-        ],
-    );
-    let mut watchdog_usec = 0u64;
-    let watchdog = if sd_notify::watchdog_enabled(false, &mut watchdog_usec) && watchdog_usec > 0 {
-        let period = Duration::from_micros(watchdog_usec / 2);
-        let seen = last_tick.clone();
-        Some(tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(period).await;
-                if now_ms().saturating_sub(seen.load(Ordering::Relaxed))
-                    < (watchdog_usec / 1000).max(1000)
-                {
-                    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
-                }
-            }
-        }))
-    } else {
-        None
-    };
+    liandan_common::systemd::ready("serving");
+    let watchdog = liandan_common::systemd::spawn_watchdog(liveness);
     tracing::info!("coordinator ready");
     let result = server.await;
     ticker.abort();
     if let Some(w) = watchdog {
         w.abort();
     }
-    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    liandan_common::systemd::stopping();
     match result {
         Ok(r) => r.map_err(RunError::from),
         Err(e) => Err(core::CoreError::FailedPrecondition(format!("server task: {e}")).into()),

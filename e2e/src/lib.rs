@@ -103,6 +103,8 @@ pub struct Opts {
     pub restart_grace_secs: f64,
     pub slots: u32,
     pub grace_period_secs: f64,
+    /// Extra environment for workers (e.g. LIANDAN_SPOOL_MAX_BYTES).
+    pub worker_env: Vec<(String, String)>,
 }
 
 impl Default for Opts {
@@ -112,6 +114,7 @@ impl Default for Opts {
             restart_grace_secs: 3.0,
             slots: 2,
             grace_period_secs: 2.0,
+            worker_env: Vec::new(),
         }
     }
 }
@@ -226,7 +229,12 @@ impl Cluster {
                 &self.opts.grace_period_secs.to_string(),
             ])
             .env("RUST_LOG", "info")
-            .envs(self.opts.worker_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .envs(
+                self.opts
+                    .worker_env
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str())),
+            )
             .stdout(Stdio::null())
             .stderr(err);
         Proc {

@@ -550,7 +550,11 @@ fn validate_and_expand_work_offline_with_exit_codes() {
 #[test]
 fn a_full_spool_blocks_the_job_instead_of_dropping_lines() {
     // 1 MiB spool; the coordinator stops answering while the job prints ~4 MB.
-    let opts = Opts { lease_timeout_secs: 60.0, worker_env: vec![("LIANDAN_SPOOL_MAX_BYTES".into(), "1048576".into())], ..Opts::default() };
+    let opts = Opts {
+        lease_timeout_secs: 60.0,
+        worker_env: vec![("LIANDAN_SPOOL_MAX_BYTES".into(), "1048576".into())],
+        ..Opts::default()
+    };
     let c = Cluster::start(1, opts);
     let pidfile = c.dir.path().join("job.pid");
     let spec = format!(
@@ -567,7 +571,11 @@ parameters:
     let p = c.write("spool.yaml", &spec);
     let sweep = c.submit(&p);
     eventually(Duration::from_secs(20), || pidfile.exists().then_some(())).expect("job started");
-    let pid: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+    let pid: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     c.coordinator.signal(Signal::SIGSTOP);
     // Printing 60,000 lines takes well under a second; with the spool full and
     // nothing acknowledged, the job must still be blocked on its output.

@@ -64,6 +64,8 @@ pub struct WorkerCtx {
     draining: AtomicBool,
     jobs_dir: PathBuf,
     channel: Mutex<Option<Channel>>,
+    /// Progress of the session / connect loop, for the systemd watchdog.
+    liveness: Arc<liandan_common::systemd::Liveness>,
 }
 
 impl WorkerCtx {
@@ -264,6 +266,7 @@ pub async fn prepare(
         draining: AtomicBool::new(false),
         jobs_dir,
         channel: Mutex::new(None),
+        liveness: liandan_common::systemd::Liveness::new(),
     });
     recover(&ctx).await?;
     Ok((ctx, lock))
@@ -274,10 +277,7 @@ pub async fn prepare(
 /// killed, and each is reported as interrupted (not failed): the coordinator
 /// requeues it without spending a retry, and it resumes from its checkpoint.
 async fn recover(ctx: &WorkerCtx) -> Result<(), WorkerError> {
-    let _ = sd_notify::notify(
-        false,
-        &[sd_notify::NotifyState::Status("recovering the journal")],
-    );
+    liandan_common::systemd::status("recovering the journal");
     for e in ctx.spool.journal()? {
         if e.exit_seq.is_some() {
             continue;
@@ -330,11 +330,12 @@ pub async fn run(
     let (ctx, _lock) = prepare(cfg).await?;
     tracing::info!(worker = %ctx.worker_id, gpus = ctx.resources.gpus.len(), slots = ctx.resources.cpu_slots, "worker starting");
     let uploader = tokio::spawn(upload_loop(ctx.clone()));
+    let watchdog = liandan_common::systemd::spawn_watchdog(ctx.liveness.clone());
     let (stop_tx, stop_rx) = watch::channel(false);
     let sessions = tokio::spawn(connect_loop(ctx.clone(), endpoint, stop_rx));
     shutdown.await;
     tracing::info!("stopping: no new jobs; asking running jobs to checkpoint and exit");
-    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    liandan_common::systemd::stopping();
     ctx.draining.store(true, Ordering::SeqCst);
     ctx.stop_all(StopReason::Preempt);
     let grace = Duration::from_secs_f64(ctx.cfg.grace_period_secs) + Duration::from_secs(70);
@@ -350,6 +351,9 @@ pub async fn run(
     let _ = stop_tx.send(true);
     let _ = sessions.await;
     uploader.abort();
+    if let Some(w) = watchdog {
+        w.abort();
+    }
     Ok(())
 }
 
@@ -358,6 +362,7 @@ async fn connect_loop(ctx: Arc<WorkerCtx>, endpoint: Endpoint, mut stop: watch::
     let max = Duration::from_secs_f64(ctx.cfg.reconnect_max_secs);
     let mut ready_sent = false;
     loop {
+        ctx.liveness.beat();
         if *stop.borrow() {
             return;
         }
@@ -451,19 +456,12 @@ async fn session(
     tracing::info!(worker = %ctx.worker_id, acked = welcome.acked_seq, unacked = ctx.spool.unacked(), "connected to the coordinator");
     if !*ready_sent {
         *ready_sent = true;
-        let _ = sd_notify::notify(
-            false,
-            &[
-                sd_notify::NotifyState::Ready,
-                sd_notify::NotifyState::Status("connected"),
-            ],
-        );
+        // Ready only now: the journal is recovered and the worker is registered.
+        liandan_common::systemd::ready("connected");
     }
     let hb = Duration::from_millis(welcome.heartbeat_interval_ms.clamp(100, 60_000) as u64);
     let mut heartbeat = tokio::time::interval(hb);
     let mut flush = tokio::time::interval(Duration::from_millis(100));
-    let mut watchdog_usec = 0u64;
-    let watchdog = sd_notify::watchdog_enabled(false, &mut watchdog_usec);
     ctx.spool.new_records.notify_one();
     loop {
         tokio::select! {
@@ -491,10 +489,8 @@ async fn session(
             }
             _ = heartbeat.tick() => {
                 out.send(pb::WorkerMessage { msg: Some(pb::worker_message::Msg::Heartbeat(pb::Heartbeat { held: Vec::new() })) }).await.map_err(|e| e.to_string())?;
-                if watchdog {
-                    // Liveness is the stream itself: we only ping while it works.
-                    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
-                }
+                // The main loop is alive while it heartbeats (or keeps trying to connect).
+                ctx.liveness.beat();
             }
             _ = ctx.spool.new_records.notified() => send_pending(ctx, &out).await?,
             _ = flush.tick() => send_pending(ctx, &out).await?,
