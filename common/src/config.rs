@@ -277,7 +277,8 @@ pub struct WorkerConfig {
     pub state_dir: PathBuf,
     /// CPU slots offered to jobs that need no GPU.
     pub slots: u32,
-    /// GPU discovery: "auto" (NVML) or "none".
+    /// GPU discovery: "auto" (every GPU NVML reports), "visible" (only those in
+    /// CUDA_VISIBLE_DEVICES, as in a SLURM or Kubernetes allocation) or "none".
     pub gpus: String,
     /// Labels a job can require.
     pub labels: Vec<String>,
@@ -332,10 +333,13 @@ impl WorkerConfig {
                 message: "expected an integer >= 1 (this worker would offer nothing)".into(),
             });
         }
-        if !matches!(self.gpus.as_str(), "auto" | "none") {
+        if !matches!(self.gpus.as_str(), "auto" | "visible" | "none") {
             return Err(ConfigError::Key {
                 key: "gpus".into(),
-                message: format!("expected \"auto\" or \"none\", found {:?}", self.gpus),
+                message: format!(
+                    "expected \"auto\", \"visible\" or \"none\", found {:?}",
+                    self.gpus
+                ),
             });
         }
         for l in &self.labels {
@@ -405,7 +409,7 @@ mod tests {
         };
         assert_eq!(
             w.validate().unwrap_err().to_string(),
-            "config key `gpus`: expected \"auto\" or \"none\", found \"some\""
+            "config key `gpus`: expected \"auto\", \"visible\" or \"none\", found \"some\""
         );
     }
 
@@ -424,5 +428,75 @@ mod tests {
         });
         assert!(!s.contains("hunter2"), "{s}");
         assert!(s.contains("/etc/t"));
+    }
+}
+
+#[cfg(test)]
+mod example_files {
+    //! The example configs in deploy/examples list every key and parse: they never rot.
+    use super::*;
+    use std::collections::BTreeSet;
+
+    fn keys_of<T: Serialize>(v: &T) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        collect_keys(&serde_json::to_value(v).unwrap(), "", &mut out);
+        out
+    }
+
+    fn file_keys(text: &str) -> BTreeSet<String> {
+        let t: toml::Table = toml::from_str(text).unwrap();
+        t.keys().cloned().collect()
+    }
+
+    fn check<T>(name: &str, differs: &[&str])
+    where
+        T: DeserializeOwned + Serialize + Default + std::fmt::Debug,
+    {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../deploy/examples")
+            .join(name);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(
+            file_keys(&text),
+            keys_of(&T::default()),
+            "{name} must list every key exactly once"
+        );
+        let loaded: T = load(Some(&path), &[]).unwrap_or_else(|e| panic!("{name}: {e}"));
+        // Every value is the default, except the machine-specific ones named here.
+        let a = serde_json::to_value(&loaded).unwrap();
+        let d = serde_json::to_value(T::default()).unwrap();
+        for k in keys_of(&T::default()) {
+            if !differs.contains(&k.as_str()) {
+                assert_eq!(a[&k], d[&k], "{name}: `{k}` is not the default");
+            }
+        }
+    }
+
+    #[test]
+    fn coordinator_example_lists_every_key_with_its_default() {
+        check::<CoordinatorConfig>("coordinator.toml", &["data_dir"]);
+        let c: CoordinatorConfig = load(
+            Some(
+                &std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("../deploy/examples/coordinator.toml"),
+            ),
+            &[],
+        )
+        .unwrap();
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn worker_example_lists_every_key_with_its_default() {
+        check::<WorkerConfig>("worker.toml", &["state_dir", "slots"]);
+        let w: WorkerConfig = load(
+            Some(
+                &std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("../deploy/examples/worker.toml"),
+            ),
+            &[],
+        )
+        .unwrap();
+        w.validate().unwrap();
     }
 }

@@ -108,6 +108,8 @@ struct WorkerMem {
     session: Option<Session>,
     lease_deadline: Instant,
     draining: bool,
+    /// Shutting down (said in a heartbeat); cleared by its next hello. Not persisted.
+    stopping: bool,
     acked_seq: u64,
     last_seen: f64,
     /// Until the worker says hello after a coordinator restart, its capacity is unknown.
@@ -580,6 +582,7 @@ impl Core {
                 acked_seq: 0,
                 last_seen: 0.0,
                 known: false,
+                stopping: false,
             });
             w.hostname = hello.hostname.chars().take(256).collect();
             w.resources = resources;
@@ -590,6 +593,7 @@ impl Core {
             w.lease_deadline = now + lease;
             w.last_seen = now_secs();
             w.known = true;
+            w.stopping = false;
             let acked_seq = w.acked_seq;
             let previously_running: Vec<JobId> = w.running.iter().cloned().collect();
 
@@ -692,12 +696,18 @@ impl Core {
     }
 
     /// A heartbeat renews the worker's lease.
-    pub fn heartbeat(&self, wid: &WorkerId, session: u64) {
+    /// A heartbeat renews the worker's lease; `stopping` says it is shutting
+    /// down (SIGTERM): it gets no new jobs until it says hello again.
+    pub fn heartbeat(&self, wid: &WorkerId, session: u64, stopping: bool) {
         let mut st = self.lock();
         if let Some(w) = st.workers.get_mut(wid) {
             if w.session.as_ref().is_some_and(|s| s.id == session) {
                 w.lease_deadline = Instant::now() + secs(self.cfg.lease_timeout_secs);
                 w.last_seen = now_secs();
+                if stopping && !w.stopping {
+                    tracing::info!(worker = %wid, "worker is shutting down; no new jobs for it");
+                }
+                w.stopping |= stopping;
             }
         }
     }
@@ -1033,7 +1043,7 @@ impl Core {
         let workers: Vec<WorkerId> = st
             .workers
             .iter()
-            .filter(|(_, w)| w.session.is_some() && w.known && !w.draining)
+            .filter(|(_, w)| w.session.is_some() && w.known && !w.draining && !w.stopping)
             .map(|(k, _)| k.clone())
             .collect();
         for wid in workers {
@@ -1557,6 +1567,7 @@ fn load(store: &Store, cfg: &CoordinatorConfig) -> Result<State, CoreError> {
                                 acked_seq: 0,
                                 last_seen: 0.0,
                                 known: false,
+                stopping: false,
                             })
                             .running
                             .insert(jid.clone());
@@ -1601,6 +1612,7 @@ fn load(store: &Store, cfg: &CoordinatorConfig) -> Result<State, CoreError> {
                         acked_seq: 0,
                         last_seen: 0.0,
                         known: false,
+                stopping: false,
                     });
                     w.hostname = hostname;
                     w.resources = resources_from_json(&res);

@@ -284,8 +284,8 @@ impl WorkerService for Api {
             loop {
                 match inbound.message().await {
                     Ok(Some(pb::WorkerMessage {
-                        msg: Some(pb::worker_message::Msg::Heartbeat(_)),
-                    })) => core.heartbeat(&wid, session),
+                        msg: Some(pb::worker_message::Msg::Heartbeat(h)),
+                    })) => core.heartbeat(&wid, session, h.stopping),
                     Ok(Some(pb::WorkerMessage {
                         msg: Some(pb::worker_message::Msg::Records(r)),
                     })) => match core.records(&wid, session, r.records).await {

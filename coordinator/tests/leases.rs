@@ -109,7 +109,7 @@ async fn heartbeats_keep_the_lease_and_silence_loses_it() {
     // Heartbeats every 5 s for 30 s: still running, still attempt 1.
     for _ in 0..6 {
         advance(Duration::from_secs(5)).await;
-        core.heartbeat(&wid(&a), a.session);
+        core.heartbeat(&wid(&a), a.session, false);
         core.tick().await.unwrap();
     }
     let j = core.get_job(&job).await.unwrap();
@@ -171,7 +171,7 @@ async fn failed_attempts_retry_with_exponential_backoff_then_fail() {
     exit(&core, &mut w, &job, 1, "failed").await;
     assert!(assignments(&mut w).is_empty(), "no immediate retry");
     advance(Duration::from_millis(3_900)).await;
-    core.heartbeat(&wid(&w), w.session);
+    core.heartbeat(&wid(&w), w.session, false);
     core.tick().await.unwrap();
     assert!(assignments(&mut w).is_empty(), "still backing off");
     advance(Duration::from_millis(200)).await;
@@ -186,7 +186,7 @@ async fn failed_attempts_retry_with_exponential_backoff_then_fail() {
     // Second failure: 8 s.
     exit(&core, &mut w, &job, 2, "failed").await;
     advance(Duration::from_millis(7_900)).await;
-    core.heartbeat(&wid(&w), w.session);
+    core.heartbeat(&wid(&w), w.session, false);
     core.tick().await.unwrap();
     assert!(assignments(&mut w).is_empty());
     advance(Duration::from_millis(200)).await;
@@ -246,7 +246,7 @@ async fn restart_gives_workers_a_grace_period() {
     }];
     let w = hello(&core, "wk-dddd", held).await;
     advance(Duration::from_secs(8)).await;
-    core.heartbeat(&wid(&w), w.session);
+    core.heartbeat(&wid(&w), w.session, false);
     core.tick().await.unwrap();
     let j = core.get_job(&job).await.unwrap();
     assert_eq!((j.state.as_str(), j.attempt), ("running", 1));

@@ -213,3 +213,70 @@ fn a_corrupted_stored_checkpoint_is_detected_and_not_used() {
     let log = String::from_utf8_lossy(&c.cli(&["logs", &id, "--stderr"]).stdout).to_string();
     assert!(!log.contains("resumed from"), "{log}");
 }
+
+#[test]
+fn sigterm_to_a_worker_preempts_its_job_with_a_fresh_checkpoint_and_it_resumes_elsewhere() {
+    assert!(
+        liandan_e2e::has_bin("liandan-train"),
+        "liandan-train is not built: run `make build` (it needs libtorch)"
+    );
+    // A long lease: the job must move because of the drain, not because of a lease.
+    let mut c = Cluster::start(
+        1,
+        Opts {
+            lease_timeout_secs: 60.0,
+            grace_period_secs: 10.0,
+            ..Opts::default()
+        },
+    );
+    let spec = TRAIN_SPEC
+        .replace("steps: {value: 6000}", "steps: {value: 20000}")
+        .replace(
+            "checkpoint_every: {value: 500}",
+            "checkpoint_every: {value: 0}",
+        );
+    let p = c.write("drain.yaml", &spec);
+    let sweep = c.submit(&p);
+    let id = eventually(Duration::from_secs(30), || {
+        let j = job(&c, &sweep);
+        let id = j["id"].as_str()?.to_string();
+        let m = c.cli_json(&["metrics", &id, "-o", "json"]);
+        (j["state"] == "running" && m.as_array().is_some_and(|a| !a.is_empty())).then_some(id)
+    })
+    .expect("the job is training");
+    assert!(
+        checkpoints(&c, &id).is_empty(),
+        "no periodic checkpoints in this test"
+    );
+    let status = c.workers[0]
+        .terminate(Duration::from_secs(60))
+        .expect("worker exited");
+    assert!(
+        status.success(),
+        "the worker drained and exited cleanly: {status:?}"
+    );
+    let j = job(&c, &sweep);
+    assert_eq!(j["state"], "queued", "{j}");
+    let attempts = c.query_i64("SELECT COUNT(*) FROM attempts WHERE state='preempted'");
+    assert_eq!(attempts, 1, "the attempt is preempted, not failed");
+    let ck = checkpoints(&c, &id);
+    let step = ck
+        .iter()
+        .filter_map(|v| v["step"].as_i64())
+        .max()
+        .expect("the SIGTERM checkpoint was uploaded before the exit");
+    assert!(step > 0 && step < 20000);
+    c.add_worker(1);
+    let st = c.wait_finished(&sweep, Duration::from_secs(120));
+    assert_eq!(st["succeeded"], 1, "{st}");
+    let j = job(&c, &sweep);
+    assert_eq!(
+        (j["attempt"].as_u64(), j["retries_used"].as_u64()),
+        (Some(2), Some(0))
+    );
+    let log = String::from_utf8_lossy(&c.cli(&["logs", &id, "--stderr"]).stdout).to_string();
+    assert!(
+        log.contains(&format!("at step {step}")),
+        "attempt 2 resumed from the drain checkpoint: {log}"
+    );
+}

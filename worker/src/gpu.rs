@@ -4,6 +4,26 @@
 
 use liandan_proto::v1 as pb;
 
+/// Keeps the GPUs named in `CUDA_VISIBLE_DEVICES` (indices or UUIDs, the way
+/// SLURM and the NVIDIA device plugin set it); unset means all.
+pub fn visible(all: Vec<pb::Gpu>, cuda_visible: Option<&str>) -> Vec<pb::Gpu> {
+    let Some(list) = cuda_visible else { return all };
+    let wanted: Vec<&str> = list
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    all.into_iter()
+        .filter(|g| {
+            wanted.iter().any(|w| {
+                *w == g.index.to_string()
+                    || *w == g.uuid
+                    || (w.starts_with("GPU-") && g.uuid.starts_with(w))
+            })
+        })
+        .collect()
+}
+
 /// The GPUs the driver reports, or none.
 pub fn discover() -> Vec<pb::Gpu> {
     let nvml = match nvml_wrapper::Nvml::init() {
@@ -32,4 +52,28 @@ pub fn discover() -> Vec<pb::Gpu> {
         });
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gpu(i: u32) -> pb::Gpu {
+        pb::Gpu {
+            index: i,
+            uuid: format!("GPU-{i}aaa-bbbb"),
+            name: "H100".into(),
+            memory_bytes: 80 << 30,
+        }
+    }
+
+    #[test]
+    fn visible_devices_filter_by_index_or_uuid() {
+        let all = || (0..4).map(gpu).collect::<Vec<_>>();
+        let idx = |v: Vec<pb::Gpu>| v.iter().map(|g| g.index).collect::<Vec<_>>();
+        assert_eq!(idx(visible(all(), None)), vec![0, 1, 2, 3]);
+        assert_eq!(idx(visible(all(), Some("1,3"))), vec![1, 3]);
+        assert_eq!(idx(visible(all(), Some("GPU-2aaa-bbbb"))), vec![2]);
+        assert_eq!(idx(visible(all(), Some(""))), Vec::<u32>::new());
+    }
 }

@@ -64,6 +64,10 @@ pub struct WorkerCtx {
     draining: AtomicBool,
     jobs_dir: PathBuf,
     channel: Mutex<Option<Channel>>,
+    /// Set on SIGTERM: finish, take nothing new.
+    stopping: AtomicBool,
+    announce_stop: Notify,
+    stop_announced: Notify,
     /// Progress of the session / connect loop, for the systemd watchdog.
     liveness: Arc<liandan_common::systemd::Liveness>,
 }
@@ -241,10 +245,13 @@ pub async fn prepare(
             id
         }
     };
-    let gpus = if cfg.gpus == "auto" {
-        gpu::discover()
-    } else {
-        Vec::new()
+    let gpus = match cfg.gpus.as_str() {
+        "auto" => gpu::discover(),
+        "visible" => gpu::visible(
+            gpu::discover(),
+            std::env::var("CUDA_VISIBLE_DEVICES").ok().as_deref(),
+        ),
+        _ => Vec::new(),
     };
     let resources = pb::Resources {
         gpus,
@@ -267,6 +274,9 @@ pub async fn prepare(
         jobs_dir,
         channel: Mutex::new(None),
         liveness: liandan_common::systemd::Liveness::new(),
+        stopping: AtomicBool::new(false),
+        announce_stop: Notify::new(),
+        stop_announced: Notify::new(),
     });
     recover(&ctx).await?;
     Ok((ctx, lock))
@@ -337,6 +347,11 @@ pub async fn run(
     tracing::info!("stopping: no new jobs; asking running jobs to checkpoint and exit");
     liandan_common::systemd::stopping();
     ctx.draining.store(true, Ordering::SeqCst);
+    ctx.stopping.store(true, Ordering::SeqCst);
+    // Tell the coordinator first (if connected), then stop the jobs.
+    let announced = ctx.stop_announced.notified();
+    ctx.announce_stop.notify_one();
+    let _ = tokio::time::timeout(Duration::from_secs(2), announced).await;
     ctx.stop_all(StopReason::Preempt);
     let grace = Duration::from_secs_f64(ctx.cfg.grace_period_secs) + Duration::from_secs(70);
     let deadline = tokio::time::Instant::now() + grace;
@@ -488,9 +503,16 @@ async fn session(
                 }
             }
             _ = heartbeat.tick() => {
-                out.send(pb::WorkerMessage { msg: Some(pb::worker_message::Msg::Heartbeat(pb::Heartbeat { held: Vec::new() })) }).await.map_err(|e| e.to_string())?;
+                let stopping = ctx.stopping.load(Ordering::SeqCst);
+                out.send(pb::WorkerMessage { msg: Some(pb::worker_message::Msg::Heartbeat(pb::Heartbeat { held: Vec::new(), stopping })) }).await.map_err(|e| e.to_string())?;
                 // The main loop is alive while it heartbeats (or keeps trying to connect).
                 ctx.liveness.beat();
+            }
+            _ = ctx.announce_stop.notified() => {
+                // Said before any preempted exit record, on the same ordered stream,
+                // so the coordinator never hands a stopping worker a requeued job.
+                out.send(pb::WorkerMessage { msg: Some(pb::worker_message::Msg::Heartbeat(pb::Heartbeat { held: Vec::new(), stopping: true })) }).await.map_err(|e| e.to_string())?;
+                ctx.stop_announced.notify_waiters();
             }
             _ = ctx.spool.new_records.notified() => send_pending(ctx, &out).await?,
             _ = flush.tick() => send_pending(ctx, &out).await?,
@@ -523,6 +545,23 @@ async fn start(ctx: &Arc<WorkerCtx>, a: pb::Assignment) {
     let key = (a.job_id.clone(), a.attempt);
     if liandan_common::ids::JobId::parse(&a.job_id).is_err() {
         tracing::error!(job = %a.job_id, "refusing an assignment with an invalid job id");
+        return;
+    }
+    if ctx.stopping.load(Ordering::SeqCst) {
+        // Crossed our stop announcement: hand it straight back, no retry spent.
+        let exited = pb::JobExited {
+            outcome: "preempted".into(),
+            exit_code: -1,
+            signal: 0,
+            message: "the worker is shutting down".into(),
+        };
+        let rec = pb::Record {
+            seq: 0,
+            job_id: a.job_id.clone(),
+            attempt: a.attempt,
+            body: Some(pb::record::Body::Exited(exited)),
+        };
+        ctx.spool.append(vec![rec]).await;
         return;
     }
     let (stop_tx, stop_rx) = watch::channel(None);

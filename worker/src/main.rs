@@ -21,7 +21,7 @@ struct Args {
     /// CPU slots offered to jobs that need no GPU.
     #[arg(long, value_name = "N")]
     slots: Option<u32>,
-    /// GPU discovery: auto or none.
+    /// GPU discovery: auto, visible (only CUDA_VISIBLE_DEVICES) or none.
     #[arg(long, value_name = "MODE")]
     gpus: Option<String>,
     /// Seconds between SIGTERM and SIGKILL when stopping a job.

@@ -87,7 +87,7 @@ async fn sim_worker(url: String, id: String, slots: u32) -> Res<()> {
                 out.send(pb::WorkerMessage { msg: Some(pb::worker_message::Msg::Records(pb::Records { records: recs })) }).await?;
             }
             _ = hb.tick() => {
-                out.send(pb::WorkerMessage { msg: Some(pb::worker_message::Msg::Heartbeat(pb::Heartbeat { held: vec![] })) }).await?;
+                out.send(pb::WorkerMessage { msg: Some(pb::worker_message::Msg::Heartbeat(pb::Heartbeat { held: vec![], stopping: false })) }).await?;
             }
         }
     }
@@ -353,6 +353,7 @@ async fn checkpoint(mib: usize) -> Res<()> {
                 .send(pb::WorkerMessage {
                     msg: Some(pb::worker_message::Msg::Heartbeat(pb::Heartbeat {
                         held: vec![],
+                        stopping: false,
                     })),
                 })
                 .await
