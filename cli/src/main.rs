@@ -7,6 +7,7 @@
 //! contract (`liandan-proto`) and `liandan-common`.
 
 mod output;
+mod plot;
 mod results;
 
 use clap::{CommandFactory, Parser, Subcommand};
@@ -112,6 +113,20 @@ enum Cmd {
         best: bool,
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: Format,
+    },
+    /// Learning curves per trial (mean and band over seeds) and the final metric
+    /// against a hyperparameter (a point per seed), as PNG or SVG.
+    Plot {
+        sweep: String,
+        /// Metric to draw (default: the sweep's metric).
+        #[arg(long)]
+        metric: Option<String>,
+        /// Hyperparameter of the second chart (default: the first numeric one that varies).
+        #[arg(long)]
+        param: Option<String>,
+        /// Output file, .png or .svg (default: SWEEP.png).
+        #[arg(short = 'o', long)]
+        output: Option<PathBuf>,
     },
     /// Cancel a sweep (sw-...) or a job (job-...).
     Cancel { target: String },
@@ -521,6 +536,78 @@ async fn run(cli: Cli) -> R<i32> {
             if output == Format::Table {
                 print(results::footer(&a));
             }
+            Ok(exit::OK)
+        }
+        Cmd::Plot {
+            sweep,
+            metric,
+            param,
+            output,
+        } => {
+            let mut c = connect(&url).await?;
+            let r = c
+                .get_results(pb::SweepRef {
+                    sweep_id: sweep.clone(),
+                })
+                .await?
+                .into_inner();
+            let s = r.sweep.clone().unwrap_or_default();
+            let metric = metric.unwrap_or_else(|| s.metric_name.clone());
+            if metric.is_empty() {
+                return Err(Fail(
+                    exit::USAGE,
+                    "the sweep names no metric; choose one with --metric".into(),
+                ));
+            }
+            let mut jobs = Vec::new();
+            for j in &r.jobs {
+                let recs = c
+                    .get_metrics(pb::GetMetricsRequest {
+                        job_id: j.job_id.clone(),
+                        attempt: 0,
+                    })
+                    .await?
+                    .into_inner()
+                    .records;
+                let mut points = Vec::new();
+                for rec in recs {
+                    let v: serde_json::Value = serde_json::from_str(&rec.json).unwrap_or_default();
+                    if let (Some(step), Some(x)) = (
+                        v.get("step")
+                            .and_then(|s| s.as_f64())
+                            .or(rec.step.map(|s| s as f64)),
+                        v.get(&metric).and_then(|x| x.as_f64()),
+                    ) {
+                        points.push((step, x));
+                    }
+                }
+                let final_value = if metric == s.metric_name {
+                    j.final_metric
+                } else {
+                    points.last().map(|p| p.1)
+                };
+                jobs.push(plot::JobSeries {
+                    trial: j.trial_id.clone(),
+                    params: serde_json::from_str(&j.params_json).unwrap_or_default(),
+                    points,
+                    final_value,
+                });
+            }
+            if jobs.iter().all(|j| j.points.is_empty()) {
+                return Err(Fail(exit::DATAERR, format!("no job of {} reported the metric {metric:?}; check the name with `liandan metrics JOB`", s.id)));
+            }
+            let path = output.unwrap_or_else(|| PathBuf::from(format!("{}.png", s.name)));
+            plot::render(
+                &plot::PlotInput {
+                    title: s.name.clone(),
+                    metric,
+                    param,
+                    jobs,
+                },
+                &path,
+            )
+            .map_err(|e| Fail(exit::IOERR, e))?;
+            println!("wrote {}", path.display());
             Ok(exit::OK)
         }
         Cmd::Cancel { target } => {

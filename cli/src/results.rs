@@ -260,3 +260,110 @@ pub fn footer(a: &Analysis) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::output::{render, Format};
+
+    fn snapshot(name: &str, actual: &str) {
+        let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/snapshots")
+            .join(name);
+        if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
+            std::fs::write(&path, actual).unwrap();
+            return;
+        }
+        let expected = std::fs::read_to_string(&path).unwrap_or_else(|_| {
+            panic!(
+                "no snapshot {}; run with UPDATE_SNAPSHOTS=1",
+                path.display()
+            )
+        });
+        assert_eq!(actual, expected, "output differs from {}", path.display());
+    }
+
+    fn response() -> pb::GetResultsResponse {
+        let mut jobs = Vec::new();
+        let trials = [
+            ("tr-aaa", r#"{"lr":0.1,"depth":2}"#, [0.90, 0.92, 0.91]),
+            ("tr-bbb", r#"{"lr":0.01,"depth":2}"#, [0.93, 0.85, 0.89]),
+            ("tr-ccc", r#"{"lr":0.001,"depth":2}"#, [0.70, 0.72, 0.71]),
+        ];
+        for (t, p, vals) in trials {
+            for (seed, v) in vals.iter().enumerate() {
+                jobs.push(pb::JobResult {
+                    job_id: format!("job-{t}{seed}"),
+                    trial_id: t.into(),
+                    seed: seed as i64,
+                    state: "succeeded".into(),
+                    params_json: p.into(),
+                    final_metric: Some(*v),
+                    best_metric: Some(*v + 0.01),
+                });
+            }
+        }
+        jobs.push(pb::JobResult {
+            job_id: "job-x".into(),
+            trial_id: "tr-ccc".into(),
+            seed: 3,
+            state: "failed".into(),
+            params_json: r#"{"lr":0.001,"depth":2}"#.into(),
+            final_metric: None,
+            best_metric: None,
+        });
+        let sweep = pb::Sweep {
+            id: "sw-test".into(),
+            name: "t".into(),
+            metric_name: "val_accuracy".into(),
+            metric_goal: "maximize".into(),
+            ..Default::default()
+        };
+        pb::GetResultsResponse {
+            sweep: Some(sweep),
+            jobs,
+        }
+    }
+
+    #[test]
+    fn ranking_and_statistics() {
+        let a = analyze(&response(), false);
+        let order: Vec<&str> = a.rows.iter().map(|r| r.trial_id.as_str()).collect();
+        assert_eq!(order, ["tr-aaa", "tr-bbb", "tr-ccc"]);
+        assert_eq!(a.jobs_without_value, 1);
+        assert_eq!(a.within_noise, Some(true), "0.91±0.01 vs 0.89±0.04 overlap");
+        // Seed luck: best seed minus mean, for maximize.
+        assert!((a.rows[1].seed_luck.unwrap() - (0.93 - 0.89)).abs() < 1e-12);
+        assert!(
+            a.rows[2].p_vs_top.unwrap() < 0.001,
+            "tr-ccc is clearly worse"
+        );
+        let best = analyze(&response(), true);
+        assert!((best.rows[0].summary.as_ref().unwrap().mean - 0.92).abs() < 1e-12);
+    }
+
+    #[test]
+    fn table_json_and_csv_snapshots() {
+        let a = analyze(&response(), false);
+        let l = listing(&a);
+        snapshot(
+            "results-table.txt",
+            &format!("{}{}", render(&l, Format::Table), footer(&a)),
+        );
+        snapshot("results-json.txt", &render(&l, Format::Json));
+        snapshot("results-csv.txt", &render(&l, Format::Csv));
+    }
+
+    #[test]
+    fn one_seed_says_there_is_no_interval() {
+        let mut r = response();
+        r.jobs.retain(|j| j.seed == 0);
+        let a = analyze(&r, false);
+        let text = format!("{}{}", render(&listing(&a), Format::Table), footer(&a));
+        assert!(text.contains("n=1: none"), "{text}");
+        assert!(
+            text.contains("cannot tell (needs at least two seeds in each)"),
+            "{text}"
+        );
+    }
+}

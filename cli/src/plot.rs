@@ -1,0 +1,371 @@
+//! `liandan plot`: learning curves per trial (the mean over seeds as a line,
+//! the band from the lowest to the highest seed), and the final metric against
+//! one hyperparameter with a point per seed. PNG or SVG; text is drawn with a
+//! font embedded in the binary (DejaVu Sans), never a system font. A metric
+//! that spans decades is drawn on a log10 axis, and the axis says so.
+
+use plotters::prelude::*;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+const FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
+const FAMILY: &str = "DejaVu Sans";
+
+/// One job's data for the charts.
+pub struct JobSeries {
+    pub trial: String,
+    pub params: Value,
+    /// (step, value) of the chosen metric, in order.
+    pub points: Vec<(f64, f64)>,
+    pub final_value: Option<f64>,
+}
+
+/// What to draw.
+pub struct PlotInput {
+    pub title: String,
+    pub metric: String,
+    pub param: Option<String>,
+    pub jobs: Vec<JobSeries>,
+}
+
+fn register() {
+    use std::sync::Once;
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let _ = plotters::style::register_font(FAMILY, FontStyle::Normal, FONT);
+    });
+}
+
+/// Whether values span more than two decades (and are all positive).
+pub fn spans_decades(values: &[f64]) -> bool {
+    let (mut lo, mut hi) = (f64::INFINITY, 0.0f64);
+    for &v in values {
+        if v <= 0.0 || !v.is_finite() {
+            return false;
+        }
+        lo = lo.min(v);
+        hi = hi.max(v);
+    }
+    lo.is_finite() && hi / lo > 100.0
+}
+
+fn short(v: &Value) -> String {
+    match v {
+        Value::Object(m) => m
+            .iter()
+            .map(|(k, v)| format!("{k}={}", liandan_common::sweep::command::format_value(v)))
+            .collect::<Vec<_>>()
+            .join(" "),
+        other => other.to_string(),
+    }
+}
+
+/// The parameters that differ between trials, for labels.
+fn varying(jobs: &[JobSeries]) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(Value::Object(first)) = jobs.first().map(|j| &j.params) {
+        for (k, v) in first {
+            if jobs.iter().any(|j| j.params.get(k) != Some(v)) {
+                out.push(k.clone());
+            }
+        }
+    }
+    out
+}
+
+fn label(params: &Value, keys: &[String]) -> String {
+    match params {
+        Value::Object(m) if !keys.is_empty() => keys
+            .iter()
+            .filter_map(|k| {
+                m.get(k)
+                    .map(|v| format!("{k}={}", liandan_common::sweep::command::format_value(v)))
+            })
+            .collect::<Vec<_>>()
+            .join(" "),
+        other => short(other),
+    }
+}
+
+type DrawErr = Box<dyn std::error::Error>;
+
+fn draw<DB: DrawingBackend>(
+    root: DrawingArea<DB, plotters::coord::Shift>,
+    input: &PlotInput,
+) -> Result<(), DrawErr>
+where
+    DB::ErrorType: 'static,
+{
+    root.fill(&WHITE)?;
+    let (top, bottom) = root.split_vertically(root.dim_in_pixel().1 * 58 / 100);
+    let keys = varying(&input.jobs);
+    let all: Vec<f64> = input
+        .jobs
+        .iter()
+        .flat_map(|j| j.points.iter().map(|p| p.1))
+        .collect();
+    let log = spans_decades(&all);
+    let tf = |v: f64| if log { v.log10() } else { v };
+    let ylabel = if log {
+        format!("log10({})", input.metric)
+    } else {
+        input.metric.clone()
+    };
+
+    // Curves: per trial, mean over seeds at each step, band min..max.
+    let mut trials: BTreeMap<String, (String, BTreeMap<i64, Vec<f64>>)> = BTreeMap::new();
+    for j in &input.jobs {
+        let e = trials
+            .entry(j.trial.clone())
+            .or_insert_with(|| (label(&j.params, &keys), BTreeMap::new()));
+        for &(s, v) in &j.points {
+            e.1.entry(s as i64).or_default().push(tf(v));
+        }
+    }
+    let xs: Vec<f64> = trials
+        .values()
+        .flat_map(|t| t.1.keys().map(|s| *s as f64))
+        .collect();
+    let ys: Vec<f64> = all.iter().map(|v| tf(*v)).collect();
+    let (x0, x1) = bounds(&xs);
+    let (y0, y1) = bounds(&ys);
+    let mut chart = ChartBuilder::on(&top)
+        .caption(
+            format!(
+                "{}: {} by step (line: mean over seeds; band: min to max)",
+                input.title, input.metric
+            ),
+            (FAMILY, 20),
+        )
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(64)
+        .build_cartesian_2d(x0..x1, y0..y1)?;
+    chart
+        .configure_mesh()
+        .x_desc("step")
+        .y_desc(ylabel.as_str())
+        .label_style((FAMILY, 13))
+        .axis_desc_style((FAMILY, 15))
+        .draw()?;
+    for (i, (_, (name, steps))) in trials.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        let mean: Vec<(f64, f64)> = steps
+            .iter()
+            .map(|(s, v)| (*s as f64, v.iter().sum::<f64>() / v.len() as f64))
+            .collect();
+        let upper: Vec<(f64, f64)> = steps
+            .iter()
+            .map(|(s, v)| (*s as f64, v.iter().cloned().fold(f64::MIN, f64::max)))
+            .collect();
+        let lower: Vec<(f64, f64)> = steps
+            .iter()
+            .map(|(s, v)| (*s as f64, v.iter().cloned().fold(f64::MAX, f64::min)))
+            .collect();
+        let mut band = upper.clone();
+        band.extend(lower.iter().rev());
+        chart.draw_series(std::iter::once(Polygon::new(band, color.mix(0.18))))?;
+        chart
+            .draw_series(LineSeries::new(mean, color.stroke_width(2)))?
+            .label(name.clone())
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(3))
+            });
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .label_font((FAMILY, 13))
+        .draw()?;
+
+    // Final metric against a hyperparameter, one point per seed.
+    let param = input.param.clone().or_else(|| {
+        keys.iter()
+            .find(|k| {
+                input
+                    .jobs
+                    .iter()
+                    .all(|j| j.params.get(*k).and_then(|v| v.as_f64()).is_some())
+            })
+            .cloned()
+    });
+    let Some(param) = param else {
+        bottom.draw(&Text::new(
+            "no numeric hyperparameter varies: nothing to plot against (use --param)",
+            (20, 30),
+            (FAMILY, 16),
+        ))?;
+        return Ok(());
+    };
+    let pts: Vec<(f64, f64, usize)> = input
+        .jobs
+        .iter()
+        .filter_map(|j| {
+            let x = j.params.get(&param)?.as_f64()?;
+            let t = trials.keys().position(|k| *k == j.trial)?;
+            Some((x, j.final_value?, t))
+        })
+        .collect();
+    let xlog = spans_decades(&pts.iter().map(|p| p.0).collect::<Vec<_>>());
+    let ylog = spans_decades(&pts.iter().map(|p| p.1).collect::<Vec<_>>());
+    let fx = |v: f64| if xlog { v.log10() } else { v };
+    let fy = |v: f64| if ylog { v.log10() } else { v };
+    let (a0, a1) = bounds(&pts.iter().map(|p| fx(p.0)).collect::<Vec<_>>());
+    let (b0, b1) = bounds(&pts.iter().map(|p| fy(p.1)).collect::<Vec<_>>());
+    let mut c2 = ChartBuilder::on(&bottom)
+        .caption(
+            format!(
+                "final {} against {param} (one point per seed)",
+                input.metric
+            ),
+            (FAMILY, 18),
+        )
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(64)
+        .build_cartesian_2d(a0..a1, b0..b1)?;
+    let xd = if xlog {
+        format!("log10({param})")
+    } else {
+        param.clone()
+    };
+    let yd = if ylog {
+        format!("log10(final {})", input.metric)
+    } else {
+        format!("final {}", input.metric)
+    };
+    c2.configure_mesh()
+        .x_desc(xd.as_str())
+        .y_desc(yd.as_str())
+        .label_style((FAMILY, 13))
+        .axis_desc_style((FAMILY, 15))
+        .draw()?;
+    c2.draw_series(
+        pts.iter()
+            .map(|(x, y, t)| Circle::new((fx(*x), fy(*y)), 5, Palette99::pick(*t).filled())),
+    )?;
+    root.present()?;
+    Ok(())
+}
+
+fn bounds(v: &[f64]) -> (f64, f64) {
+    let lo = v
+        .iter()
+        .cloned()
+        .filter(|x| x.is_finite())
+        .fold(f64::INFINITY, f64::min);
+    let hi = v
+        .iter()
+        .cloned()
+        .filter(|x| x.is_finite())
+        .fold(f64::NEG_INFINITY, f64::max);
+    if !lo.is_finite() || !hi.is_finite() {
+        return (0.0, 1.0);
+    }
+    let pad = ((hi - lo) * 0.05).max(1e-9 * hi.abs().max(1.0));
+    (lo - pad, hi + pad)
+}
+
+/// Renders to `path` (.png or .svg).
+pub fn render(input: &PlotInput, path: &Path) -> Result<(), String> {
+    register();
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let size = (1200, 1000);
+    match ext.as_str() {
+        "png" => {
+            let root = BitMapBackend::new(path, size).into_drawing_area();
+            draw(root, input).map_err(|e| format!("drawing {}: {e}", path.display()))
+        }
+        "svg" => {
+            let mut svg = String::new();
+            {
+                let root = SVGBackend::with_string(&mut svg, size).into_drawing_area();
+                draw(root, input).map_err(|e| format!("drawing {}: {e}", path.display()))?;
+            }
+            std::fs::write(path, embed_font(&svg))
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))
+        }
+        _ => Err(format!(
+            "cannot tell the format of {}: use a .png or .svg file name",
+            path.display()
+        )),
+    }
+}
+
+/// Embeds the font in the SVG (as a data URL), so its text renders the same anywhere.
+fn embed_font(svg: &str) -> String {
+    use base64::Engine;
+    let data = base64::engine::general_purpose::STANDARD.encode(FONT);
+    let style = format!("<defs><style>@font-face {{ font-family: '{FAMILY}'; src: url(data:font/ttf;base64,{data}) format('truetype'); }}</style></defs>");
+    match svg.find('>') {
+        Some(i) if svg.starts_with("<svg") => format!("{}{}{}", &svg[..=i], style, &svg[i + 1..]),
+        _ => svg.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn input() -> PlotInput {
+        let mut jobs = Vec::new();
+        for (t, lr) in [("tr-a", 0.001), ("tr-b", 0.1)] {
+            for seed in 0..3 {
+                let points = (1..=10)
+                    .map(|s| {
+                        (
+                            s as f64 * 10.0,
+                            2.0 / (s as f64 * lr * 100.0 + seed as f64 + 1.0),
+                        )
+                    })
+                    .collect::<Vec<_>>();
+                let final_value = points.last().map(|p| p.1);
+                jobs.push(JobSeries {
+                    trial: t.into(),
+                    params: json!({"lr": lr, "epochs": 3}),
+                    points,
+                    final_value,
+                });
+            }
+        }
+        PlotInput {
+            title: "demo".into(),
+            metric: "loss".into(),
+            param: None,
+            jobs,
+        }
+    }
+
+    #[test]
+    fn png_and_svg_render_with_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let png = dir.path().join("p.png");
+        render(&input(), &png).unwrap();
+        let bytes = std::fs::read(&png).unwrap();
+        assert_eq!(&bytes[1..4], b"PNG");
+        let svg = dir.path().join("p.svg");
+        render(&input(), &svg).unwrap();
+        let text = std::fs::read_to_string(&svg).unwrap();
+        assert!(
+            text.contains("@font-face") && text.contains("final loss against lr"),
+            "svg lacks text or font"
+        );
+        assert!(render(&input(), &dir.path().join("p.gif"))
+            .unwrap_err()
+            .contains(".png or .svg"));
+    }
+
+    #[test]
+    fn decades_are_detected() {
+        assert!(spans_decades(&[0.001, 0.5, 2.0]));
+        assert!(!spans_decades(&[0.5, 0.9]));
+        assert!(!spans_decades(&[-1.0, 1000.0]));
+    }
+}
