@@ -6,6 +6,7 @@
 //! Invariant: the CLI never depends on the coordinator crate, only on the wire
 //! contract (`liandan-proto`) and `liandan-common`.
 
+mod certs;
 mod output;
 mod plot;
 mod results;
@@ -37,6 +38,12 @@ struct Cli {
         default_value = "http://127.0.0.1:7477"
     )]
     coordinator: String,
+    /// File with your user token (mode 600); or set LIANDAN_TOKEN.
+    #[arg(long, global = true, env = "LIANDAN_TOKEN_FILE", value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// The cluster CA certificate, for an https:// coordinator.
+    #[arg(long, global = true, env = "LIANDAN_CA_CERT", value_name = "FILE")]
+    ca_cert: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -160,6 +167,25 @@ enum Cmd {
     },
     /// Print shell completions.
     Completions { shell: clap_complete::Shell },
+    /// TLS certificates and tokens for a cluster (offline).
+    Certs {
+        #[command(subcommand)]
+        cmd: CertsCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum CertsCmd {
+    /// A private CA, a coordinator certificate, worker certificates and tokens, in DIR.
+    Init {
+        dir: PathBuf,
+        /// Host names or IPs the coordinator is reached at (repeatable).
+        #[arg(long = "host", required = true)]
+        hosts: Vec<String>,
+        /// Worker client certificates to make.
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+    },
 }
 
 /// A failure with the exit code it maps to.
@@ -173,9 +199,17 @@ impl From<tonic::Status> for Fail {
             InvalidArgument | AlreadyExists | FailedPrecondition => exit::DATAERR,
             Unavailable => exit::UNAVAILABLE,
             PermissionDenied | Unauthenticated => exit::NOPERM,
+            OutOfRange | ResourceExhausted => exit::DATAERR,
             DataLoss => exit::IOERR,
             _ => exit::SOFTWARE,
         };
+        let m = s.message();
+        if matches!(s.code(), Unknown | Internal)
+            && (m.contains("transport") || m.contains("h2 protocol") || m.contains("http2"))
+        {
+            // The connection broke below gRPC: most often plaintext against TLS.
+            return Fail(exit::UNAVAILABLE, format!("the connection to the coordinator failed ({}); if it uses TLS, use an https:// URL and --ca-cert", s.message()));
+        }
         let msg = if s.code() == Unavailable {
             format!("the coordinator is unavailable: {}", s.message())
         } else {
@@ -187,8 +221,24 @@ impl From<tonic::Status> for Fail {
 
 type R<T> = Result<T, Fail>;
 
-async fn connect(url: &str) -> R<UserServiceClient<Channel>> {
-    let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
+/// Where and how to reach the coordinator.
+struct Target {
+    url: String,
+    token_file: Option<PathBuf>,
+    ca_cert: Option<PathBuf>,
+}
+
+/// A user-service client that carries the user token.
+type Client = UserServiceClient<
+    tonic::service::interceptor::InterceptedService<
+        Channel,
+        liandan_common::auth::TokenInterceptor,
+    >,
+>;
+
+async fn connect(t: &Target) -> R<Client> {
+    let url = &t.url;
+    let mut endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
         .map_err(|e| {
             Fail(
                 exit::USAGE,
@@ -196,10 +246,42 @@ async fn connect(url: &str) -> R<UserServiceClient<Channel>> {
             )
         })?
         .connect_timeout(Duration::from_secs(5));
+    if url.starts_with("https://") {
+        liandan_common::auth::install_crypto_provider();
+        let ca = t.ca_cert.as_ref().ok_or_else(|| {
+            Fail(
+                exit::USAGE,
+                "an https:// coordinator needs the cluster CA: --ca-cert FILE or LIANDAN_CA_CERT"
+                    .into(),
+            )
+        })?;
+        let pem = std::fs::read(ca).map_err(|e| {
+            Fail(
+                exit::NOINPUT,
+                format!("cannot read the CA certificate {}: {e}", ca.display()),
+            )
+        })?;
+        endpoint = endpoint
+            .tls_config(
+                tonic::transport::ClientTlsConfig::new()
+                    .ca_certificate(tonic::transport::Certificate::from_pem(pem)),
+            )
+            .map_err(|e| Fail(exit::USAGE, format!("TLS configuration: {e}")))?;
+    }
+    let token = match (&t.token_file, std::env::var("LIANDAN_TOKEN")) {
+        (Some(f), _) => Some(
+            liandan_common::auth::read_secret_file(f)
+                .map_err(|e| Fail(exit::NOPERM, e.to_string()))?,
+        ),
+        (None, Ok(tok)) if !tok.trim().is_empty() => Some(tok.trim().to_string()),
+        _ => None,
+    };
+    let interceptor = liandan_common::auth::TokenInterceptor::new(token.as_deref())
+        .map_err(|e| Fail(exit::USAGE, e))?;
     let channel = endpoint.connect().await.map_err(|e| {
-        Fail(exit::UNAVAILABLE, format!("cannot reach the coordinator at {url} ({e}); start it with `liandan-coordinator`, or point --coordinator / LIANDAN_COORDINATOR at it"))
+        Fail(exit::UNAVAILABLE, format!("cannot reach the coordinator at {url} ({e}); start it with `liandan-coordinator`, or point --coordinator / LIANDAN_COORDINATOR at it (https:// needs --ca-cert)"))
     })?;
-    Ok(UserServiceClient::new(channel)
+    Ok(UserServiceClient::with_interceptor(channel, interceptor)
         .max_decoding_message_size(64 << 20)
         .max_encoding_message_size(64 << 20))
 }
@@ -271,7 +353,11 @@ fn print(s: String) {
 }
 
 async fn run(cli: Cli) -> R<i32> {
-    let url = cli.coordinator.clone();
+    let url = Target {
+        url: cli.coordinator.clone(),
+        token_file: cli.token_file.clone(),
+        ca_cert: cli.ca_cert.clone(),
+    };
     match cli.cmd {
         Cmd::Validate { file } => {
             let (text, fmt) = read_spec(&file)?;
@@ -327,6 +413,18 @@ async fn run(cli: Cli) -> R<i32> {
                 json: json!({"sweep_id": sid, "name": name, "jobs": js}),
             };
             print(render(&l, output));
+            Ok(exit::OK)
+        }
+        Cmd::Certs {
+            cmd:
+                CertsCmd::Init {
+                    dir,
+                    hosts,
+                    workers,
+                },
+        } => {
+            let summary = certs::init(&dir, &hosts, workers).map_err(|e| Fail(exit::IOERR, e))?;
+            print(summary);
             Ok(exit::OK)
         }
         Cmd::Completions { shell } => {
@@ -808,7 +906,7 @@ async fn run(cli: Cli) -> R<i32> {
     }
 }
 
-async fn wait_for(c: &mut UserServiceClient<Channel>, sweep: &str) -> R<i32> {
+async fn wait_for(c: &mut Client, sweep: &str) -> R<i32> {
     let tty = std::io::stderr().is_terminal();
     let first = c
         .get_sweep(pb::GetSweepRequest {

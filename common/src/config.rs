@@ -193,6 +193,18 @@ pub struct CoordinatorConfig {
     pub max_message_bytes: usize,
     /// Log format: "text" or "json".
     pub log_format: String,
+    /// Server certificate and key (PEM). Both set: TLS on every connection.
+    pub tls_cert: String,
+    pub tls_key: String,
+    /// CA (PEM) whose client certificates identify workers (mutual TLS).
+    pub tls_client_ca: String,
+    /// File with the user tokens the CLI must present, one per line (mode 600).
+    pub user_token_file: String,
+    /// File with the cluster join token workers present when not using mutual TLS (mode 600).
+    pub join_token_file: String,
+    /// Allow listening beyond loopback without TLS or without authentication.
+    /// Anyone who reaches the port can then run commands on every worker.
+    pub insecure: bool,
 }
 
 impl Default for CoordinatorConfig {
@@ -208,6 +220,12 @@ impl Default for CoordinatorConfig {
             checkpoint_keep_last: 3,
             max_message_bytes: 16 * 1024 * 1024,
             log_format: "text".into(),
+            tls_cert: String::new(),
+            tls_key: String::new(),
+            tls_client_ca: String::new(),
+            user_token_file: String::new(),
+            join_token_file: String::new(),
+            insecure: false,
         }
     }
 }
@@ -263,6 +281,18 @@ impl CoordinatorConfig {
                 message: "expected at least 65536".into(),
             });
         }
+        if self.tls_cert.is_empty() != self.tls_key.is_empty() {
+            return Err(ConfigError::Key {
+                key: "tls_key".into(),
+                message: "tls_cert and tls_key go together: set both (PEM files) or neither".into(),
+            });
+        }
+        if !self.tls_client_ca.is_empty() && self.tls_cert.is_empty() {
+            return Err(ConfigError::Key {
+                key: "tls_client_ca".into(),
+                message: "mutual TLS needs TLS: set tls_cert and tls_key too".into(),
+            });
+        }
         log_format(&self.log_format)
     }
 }
@@ -294,6 +324,15 @@ pub struct WorkerConfig {
     pub train_binary: String,
     /// Log format: "text" or "json".
     pub log_format: String,
+    /// CA certificate (PEM) that signed the coordinator's certificate; needed for https:// URLs.
+    pub tls_ca: String,
+    /// This worker's client certificate and key (PEM) for mutual TLS; the
+    /// coordinator identifies the worker by it (its id derives from the certificate).
+    pub tls_cert: String,
+    pub tls_key: String,
+    /// File holding the cluster join token (when mutual TLS is not used); or
+    /// set LIANDAN_TOKEN. The file must be private (mode 600).
+    pub token_file: String,
 }
 
 impl Default for WorkerConfig {
@@ -311,6 +350,10 @@ impl Default for WorkerConfig {
             reconnect_max_secs: 10.0,
             train_binary: String::new(),
             log_format: "text".into(),
+            tls_ca: String::new(),
+            tls_cert: String::new(),
+            tls_key: String::new(),
+            token_file: String::new(),
         }
     }
 }
@@ -350,6 +393,20 @@ impl WorkerConfig {
         }
         positive("grace_period_secs", self.grace_period_secs)?;
         positive("reconnect_max_secs", self.reconnect_max_secs)?;
+        if self.tls_cert.is_empty() != self.tls_key.is_empty() {
+            return Err(ConfigError::Key {
+                key: "tls_key".into(),
+                message: "tls_cert and tls_key go together: set both (PEM files) or neither".into(),
+            });
+        }
+        if self.coordinator.starts_with("https://") && self.tls_ca.is_empty() {
+            return Err(ConfigError::Key {
+                key: "tls_ca".into(),
+                message:
+                    "an https:// coordinator needs tls_ca, the CA certificate (PEM) that signed it"
+                        .into(),
+            });
+        }
         if self.spool_max_bytes < 1 << 20 {
             return Err(ConfigError::Key {
                 key: "spool_max_bytes".into(),

@@ -6,6 +6,7 @@
 //! does no I/O at all, so the CLI can validate and expand specs offline and the
 //! coordinator and worker agree on every job's command line.
 
+pub mod auth;
 pub mod config;
 pub mod exit;
 pub mod ids;

@@ -101,6 +101,7 @@ impl CheckpointStore {
     pub async fn upload(
         &self,
         core: Arc<Core>,
+        cert_id: Option<liandan_common::ids::WorkerId>,
         mut stream: Streaming<pb::CheckpointUpload>,
     ) -> Result<pb::UploadCheckpointResponse, Status> {
         let first = stream
@@ -122,7 +123,16 @@ impl CheckpointStore {
                 h.size
             )));
         }
-        if !core.is_current(&job, h.attempt) {
+        if let Some(id) = &cert_id {
+            if h.worker_id != id.as_str() {
+                return Err(Status::permission_denied(format!(
+                    "this client certificate belongs to worker {id}, not {:?}",
+                    h.worker_id
+                )));
+            }
+        }
+        // Only the worker that holds the job's current attempt may store its checkpoints.
+        if !core.holds(&job, h.attempt, &h.worker_id) {
             // Counted by add_checkpoint's refusal path.
             let _ = core.add_checkpoint(row(&h, String::new())).await;
             return Err(Status::failed_precondition(format!(

@@ -1189,6 +1189,16 @@ impl Core {
             .is_some_and(|j| j.state == JobState::Running && j.attempt == attempt)
     }
 
+    /// Whether `worker` holds `attempt`, the current attempt of a running job.
+    pub fn holds(&self, jid: &JobId, attempt: u64, worker: &str) -> bool {
+        let st = self.lock();
+        st.jobs.get(jid).is_some_and(|j| {
+            j.state == JobState::Running
+                && j.attempt == attempt
+                && j.worker.as_ref().is_some_and(|w| w.as_str() == worker)
+        })
+    }
+
     /// Records a durable checkpoint file and returns the files no longer kept.
     pub async fn add_checkpoint(&self, row: CheckpointRow) -> Result<Vec<String>, CoreError> {
         let jid =

@@ -265,6 +265,7 @@ impl WorkerService for Api {
         req: Request<Streaming<pb::WorkerMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
         let core = self.core()?;
+        let cert_id = crate::security::cert_worker_id(&req);
         let mut inbound = req.into_inner();
         let hello = match inbound.message().await? {
             Some(pb::WorkerMessage {
@@ -276,6 +277,16 @@ impl WorkerService for Api {
                 ))
             }
         };
+        if let Some(id) = cert_id {
+            // Mutual TLS: the certificate is the worker's identity.
+            if hello.worker_id != id.as_str() {
+                tracing::warn!(claimed = %hello.worker_id.chars().take(80).collect::<String>(), certificate = %id, "refused a worker whose hello does not match its certificate");
+                return Err(Status::permission_denied(format!(
+                    "this client certificate belongs to worker {id}, not {:?}",
+                    hello.worker_id
+                )));
+            }
+        }
         let (tx, rx) = mpsc::unbounded_channel();
         let (wid, session) = core.hello(hello, tx.clone()).await?;
         // On cancel (the stream ends) the worker is marked disconnected and its
@@ -325,7 +336,11 @@ impl WorkerService for Api {
         &self,
         req: Request<Streaming<pb::CheckpointUpload>>,
     ) -> Result<Response<pb::UploadCheckpointResponse>, Status> {
-        let r = self.ckpt()?.upload(self.core()?, req.into_inner()).await?;
+        let cert_id = crate::security::cert_worker_id(&req);
+        let r = self
+            .ckpt()?
+            .upload(self.core()?, cert_id, req.into_inner())
+            .await?;
         Ok(Response::new(r))
     }
 

@@ -14,6 +14,7 @@ pub mod core;
 pub mod grpc;
 pub mod logs;
 pub mod model;
+pub mod security;
 pub mod store;
 
 use liandan_common::config::CoordinatorConfig;
@@ -35,6 +36,9 @@ pub enum RunError {
     Transport(#[from] tonic::transport::Error),
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// Certificates, tokens or the safe-by-default rule (a configuration error, exit 78).
+    #[error("{0}")]
+    Security(String),
 }
 
 /// Serves the coordinator on `listener` until `shutdown` resolves. Health is
@@ -44,6 +48,8 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
+    liandan_common::auth::install_crypto_provider();
+    let security = security::Security::load(&cfg).map_err(RunError::Security)?;
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_service_status("", ServingStatus::NotServing)
@@ -64,17 +70,34 @@ pub async fn run(
         .build_v1alpha()?;
     let api = grpc::Api::new();
     let max = cfg.max_message_bytes;
-    let user = pb::user_service_server::UserServiceServer::new(api.clone())
-        .max_decoding_message_size(max)
-        .max_encoding_message_size(max);
-    let worker = pb::worker_service_server::WorkerServiceServer::new(api.clone())
-        .max_decoding_message_size(max)
-        .max_encoding_message_size(max);
+    // Message size limits on every RPC; authentication before any handler runs.
+    let user = tonic::service::interceptor::InterceptedService::new(
+        pb::user_service_server::UserServiceServer::new(api.clone())
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max),
+        security::Check {
+            auth: security.auth.clone(),
+            worker: false,
+        },
+    );
+    let worker = tonic::service::interceptor::InterceptedService::new(
+        pb::worker_service_server::WorkerServiceServer::new(api.clone())
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max),
+        security::Check {
+            auth: security.auth.clone(),
+            worker: true,
+        },
+    );
 
     let local = listener.local_addr().ok();
     // Larger HTTP/2 windows: checkpoint uploads are bulk transfers and the
     // default 64 KiB stream window caps them far below the link's speed.
-    let server = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = security.tls.clone() {
+        builder = builder.tls_config(tls)?;
+    }
+    let server = builder
         .initial_stream_window_size(Some(8 << 20))
         .initial_connection_window_size(Some(32 << 20))
         .tcp_nodelay(true)

@@ -30,6 +30,9 @@ struct Args {
     /// Log format: text or json.
     #[arg(long, value_name = "FORMAT")]
     log_format: Option<String>,
+    /// Allow listening beyond loopback without TLS or authentication (warned at every start).
+    #[arg(long)]
+    insecure: bool,
     /// Print the effective configuration (secrets redacted) and exit.
     #[arg(long)]
     print_config: bool,
@@ -56,6 +59,9 @@ fn main() {
     if let Some(v) = &args.log_format {
         overrides.push(("log_format", v.clone()));
     }
+    if args.insecure {
+        overrides.push(("insecure", "true".into()));
+    }
     let cfg: CoordinatorConfig = match config::load(args.config.as_deref(), &overrides)
         .and_then(|c: CoordinatorConfig| c.validate().map(|_| c))
     {
@@ -80,6 +86,13 @@ fn main() {
             std::process::exit(exit::SOFTWARE);
         }
     };
+    // Certificates, tokens and the safe-by-default rule are checked before
+    // anything listens: a refusal is a configuration error (78).
+    liandan_common::auth::install_crypto_provider();
+    if let Err(e) = liandan_coordinator::security::Security::load(&cfg) {
+        eprintln!("error: {e}");
+        std::process::exit(exit::CONFIG);
+    }
     let code = rt.block_on(async move {
         let listener = match tokio::net::TcpListener::bind(&cfg.listen).await {
             Ok(l) => l,
@@ -102,6 +115,10 @@ fn main() {
         };
         match liandan_coordinator::run(cfg, listener, shutdown).await {
             Ok(()) => exit::OK,
+            Err(e @ liandan_coordinator::RunError::Security(_)) => {
+                eprintln!("error: {e}");
+                exit::CONFIG
+            }
             Err(e) => {
                 eprintln!("error: {e}");
                 exit::SOFTWARE

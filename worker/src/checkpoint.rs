@@ -5,11 +5,9 @@
 
 use crate::WorkerCtx;
 use liandan_proto::v1 as pb;
-use pb::worker_service_client::WorkerServiceClient;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
-use tonic::transport::Channel;
 
 pub const CHUNK: usize = 1 << 20;
 
@@ -37,7 +35,7 @@ pub async fn hash_file(path: PathBuf) -> std::io::Result<(String, u64)> {
 /// Uploads one checkpoint, resuming a partial upload. Ok(true) when accepted,
 /// Ok(false) when the coordinator refused it for good (stale attempt).
 pub async fn upload(
-    client: &mut WorkerServiceClient<Channel>,
+    client: &mut crate::Client,
     ctx: &WorkerCtx,
     u: &crate::spool::UploadEntry,
 ) -> Result<bool, tonic::Status> {
@@ -136,7 +134,7 @@ async fn local_copy(job_dir: &Path, step: i64, hash: &str) -> Option<PathBuf> {
 
 /// Makes the checkpoint `c` available locally and returns its path.
 pub async fn fetch(
-    client: &mut WorkerServiceClient<Channel>,
+    client: &mut crate::Client,
     job_dir: &Path,
     c: &pb::Checkpoint,
 ) -> Result<PathBuf, String> {

@@ -40,6 +40,9 @@ pub enum WorkerError {
     Spool(#[from] spool::SpoolError),
     #[error("coordinator URL {0:?}: {1}")]
     Url(String, String),
+    /// Certificates or tokens that cannot be used (a configuration error).
+    #[error("{0}")]
+    Tls(String),
 }
 
 /// Where a job's output lines go: (is_stderr, text).
@@ -64,6 +67,8 @@ pub struct WorkerCtx {
     draining: AtomicBool,
     jobs_dir: PathBuf,
     channel: Mutex<Option<Channel>>,
+    /// Adds the join token (if any) to every RPC.
+    token: liandan_common::auth::TokenInterceptor,
     /// Set on SIGTERM: finish, take nothing new.
     stopping: AtomicBool,
     announce_stop: Notify,
@@ -72,7 +77,22 @@ pub struct WorkerCtx {
     liveness: Arc<liandan_common::systemd::Liveness>,
 }
 
+/// A worker-service client that carries the join token.
+pub type Client = WorkerServiceClient<
+    tonic::service::interceptor::InterceptedService<
+        Channel,
+        liandan_common::auth::TokenInterceptor,
+    >,
+>;
+
 impl WorkerCtx {
+    /// A client on `channel` with the token and message limits.
+    pub fn client(&self, channel: Channel) -> Client {
+        WorkerServiceClient::with_interceptor(channel, self.token.clone())
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20)
+    }
+
     fn running(&self) -> std::sync::MutexGuard<'_, HashMap<(String, u64), Running>> {
         self.running.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -234,11 +254,32 @@ pub async fn prepare(
     }
     let lock = lock_state_dir(&cfg.state_dir)?;
     let spool = Spool::open(&cfg.state_dir.join("worker.db"), cfg.spool_max_bytes)?;
-    let worker_id = match spool
-        .meta("worker_id")?
-        .and_then(|s| WorkerId::parse(&s).ok())
-    {
-        Some(id) => id,
+    let cert_id = if cfg.tls_cert.is_empty() {
+        None
+    } else {
+        // Mutual TLS: the certificate is the identity.
+        let pem = std::fs::read_to_string(&cfg.tls_cert)
+            .map_err(|e| WorkerError::Tls(format!("cannot read tls_cert {}: {e}", cfg.tls_cert)))?;
+        Some(
+            liandan_common::auth::worker_id_from_cert_pem(&pem).ok_or_else(|| {
+                WorkerError::Tls(format!(
+                    "tls_cert {} holds no PEM certificate",
+                    cfg.tls_cert
+                ))
+            })?,
+        )
+    };
+    let worker_id = match cert_id.or_else(|| {
+        spool
+            .meta("worker_id")
+            .ok()
+            .flatten()
+            .and_then(|s| WorkerId::parse(&s).ok())
+    }) {
+        Some(id) => {
+            spool.set_meta("worker_id", id.to_string()).await?;
+            id
+        }
         None => {
             let id = new_worker_id();
             spool.set_meta("worker_id", id.to_string()).await?;
@@ -259,6 +300,16 @@ pub async fn prepare(
         memory_bytes: 0,
         labels: cfg.labels.clone(),
     };
+    let token = match (cfg.token_file.is_empty(), std::env::var("LIANDAN_TOKEN")) {
+        (false, _) => Some(
+            liandan_common::auth::read_secret_file(std::path::Path::new(&cfg.token_file))
+                .map_err(|e| WorkerError::Tls(e.to_string()))?,
+        ),
+        (true, Ok(t)) if !t.trim().is_empty() => Some(t.trim().to_string()),
+        _ => None,
+    };
+    let token =
+        liandan_common::auth::TokenInterceptor::new(token.as_deref()).map_err(WorkerError::Tls)?;
     let jobs_dir = cfg.state_dir.join("jobs");
     std::fs::create_dir_all(&jobs_dir).map_err(|e| WorkerError::StateDir(jobs_dir.clone(), e))?;
     let ctx = Arc::new(WorkerCtx {
@@ -275,6 +326,7 @@ pub async fn prepare(
         channel: Mutex::new(None),
         liveness: liandan_common::systemd::Liveness::new(),
         stopping: AtomicBool::new(false),
+        token,
         announce_stop: Notify::new(),
         stop_announced: Notify::new(),
     });
@@ -328,7 +380,8 @@ pub async fn run(
     cfg: WorkerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), WorkerError> {
-    let endpoint = Endpoint::from_shared(cfg.coordinator.clone())
+    liandan_common::auth::install_crypto_provider();
+    let mut endpoint = Endpoint::from_shared(cfg.coordinator.clone())
         .map_err(|e| WorkerError::Url(cfg.coordinator.clone(), e.to_string()))?
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true)
@@ -337,6 +390,23 @@ pub async fn run(
         .initial_connection_window_size(Some(32 << 20))
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(20));
+    if !cfg.tls_ca.is_empty() {
+        let read = |p: &str, what: &str| {
+            std::fs::read(p).map_err(|e| WorkerError::Tls(format!("cannot read {what} {p}: {e}")))
+        };
+        let mut tls = tonic::transport::ClientTlsConfig::new().ca_certificate(
+            tonic::transport::Certificate::from_pem(read(&cfg.tls_ca, "tls_ca")?),
+        );
+        if !cfg.tls_cert.is_empty() {
+            tls = tls.identity(tonic::transport::Identity::from_pem(
+                read(&cfg.tls_cert, "tls_cert")?,
+                read(&cfg.tls_key, "tls_key")?,
+            ));
+        }
+        endpoint = endpoint
+            .tls_config(tls)
+            .map_err(|e| WorkerError::Tls(format!("TLS configuration: {e}")))?;
+    }
     let (ctx, _lock) = prepare(cfg).await?;
     tracing::info!(worker = %ctx.worker_id, gpus = ctx.resources.gpus.len(), slots = ctx.resources.cpu_slots, "worker starting");
     let uploader = tokio::spawn(upload_loop(ctx.clone()));
@@ -424,9 +494,7 @@ async fn session(
     ready_sent: &mut bool,
     backoff: &mut Duration,
 ) -> Result<(), String> {
-    let mut client = WorkerServiceClient::new(channel)
-        .max_decoding_message_size(64 << 20)
-        .max_encoding_message_size(64 << 20);
+    let mut client = ctx.client(channel);
     let (out, out_rx) = mpsc::channel::<pb::WorkerMessage>(32);
     let hello = pb::Hello {
         worker_id: ctx.worker_id.to_string(),
@@ -616,14 +684,7 @@ async fn start(ctx: &Arc<WorkerCtx>, a: pb::Assignment) {
                 .unwrap_or_else(|p| p.into_inner())
                 .clone();
             let fetched = match channel {
-                Some(ch) => {
-                    checkpoint::fetch(
-                        &mut WorkerServiceClient::new(ch).max_decoding_message_size(64 << 20),
-                        &job_dir,
-                        &c,
-                    )
-                    .await
-                }
+                Some(ch) => checkpoint::fetch(&mut ctx.client(ch), &job_dir, &c).await,
                 None => Err("not connected".into()),
             };
             match fetched {
@@ -659,9 +720,7 @@ async fn upload_loop(ctx: Arc<WorkerCtx>) {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         if let Some(ch) = channel {
-            let mut client = WorkerServiceClient::new(ch)
-                .max_decoding_message_size(64 << 20)
-                .max_encoding_message_size(64 << 20);
+            let mut client = ctx.client(ch);
             for u in ctx.spool.uploads_pending().unwrap_or_default() {
                 match checkpoint::upload(&mut client, &ctx, &u).await {
                     Ok(accepted) => {

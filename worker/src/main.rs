@@ -96,7 +96,7 @@ fn main() {
         };
         match liandan_worker::run(cfg, shutdown).await {
             Ok(()) => exit::OK,
-            Err(e @ liandan_worker::WorkerError::Locked(..)) => {
+            Err(e @ (liandan_worker::WorkerError::Locked(..) | liandan_worker::WorkerError::Tls(..))) => {
                 eprintln!("error: {e}");
                 exit::CONFIG
             }

@@ -1,0 +1,465 @@
+//! Security: TLS, mutual TLS, tokens, safe defaults, hostile input.
+
+use liandan_e2e::{bin, eventually, Proc};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+struct Secure {
+    dir: tempfile::TempDir,
+    coordinator: Proc,
+    addr: String,
+}
+
+fn certs(dir: &Path, name: &str) -> PathBuf {
+    let d = dir.join(name);
+    let out = Command::new(bin("liandan"))
+        .args(["certs", "init"])
+        .arg(&d)
+        .args(["--host", "localhost", "--workers", "2"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    d
+}
+
+/// Starts a coordinator; returns the process and the first stdout line's address, or the exit output.
+fn start(config: &Path, args: &[&str], log: &Path) -> Result<(Proc, String), Output> {
+    let err = std::fs::File::create(log).unwrap();
+    let mut child = Command::new(bin("liandan-coordinator"))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(err)
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    match line.trim().strip_prefix("listening on ") {
+        Some(a) => {
+            let p = Proc {
+                child: Some(child),
+                log: log.to_path_buf(),
+            };
+            eventually(Duration::from_secs(20), || {
+                p.log_text().contains("coordinator ready").then_some(())
+            })
+            .expect("coordinator ready");
+            Ok((p, a.to_string()))
+        }
+        None => {
+            let status = child.wait().unwrap();
+            Err(Output {
+                status,
+                stdout: Vec::new(),
+                stderr: std::fs::read(log).unwrap(),
+            })
+        }
+    }
+}
+
+impl Secure {
+    fn new() -> Secure {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = certs(dir.path(), "pki");
+        let cfg = dir.path().join("coordinator.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "listen = \"127.0.0.1:0\"\ndata_dir = \"{d}/data\"\ntls_cert = \"{p}/coordinator.pem\"\ntls_key = \"{p}/coordinator-key.pem\"\ntls_client_ca = \"{p}/ca.pem\"\nuser_token_file = \"{p}/user.token\"\njoin_token_file = \"{p}/join.token\"\nlease_timeout_secs = 5.0\nheartbeat_interval_secs = 1.0\n",
+                d = dir.path().display(),
+                p = pki.display()
+            ),
+        )
+        .unwrap();
+        let (coordinator, addr) = start(&cfg, &[], &dir.path().join("coordinator.log"))
+            .unwrap_or_else(|o| panic!("{}", String::from_utf8_lossy(&o.stderr)));
+        Secure {
+            dir,
+            coordinator,
+            addr,
+        }
+    }
+
+    fn pki(&self) -> PathBuf {
+        self.dir.path().join("pki")
+    }
+
+    fn url(&self) -> String {
+        format!(
+            "https://localhost:{}",
+            self.addr.rsplit(':').next().unwrap()
+        )
+    }
+
+    fn cli(&self, token: Option<&Path>, args: &[&str]) -> Output {
+        let mut c = Command::new(bin("liandan"));
+        c.args(["--coordinator", &self.url(), "--ca-cert"])
+            .arg(self.pki().join("ca.pem"))
+            .env_remove("LIANDAN_TOKEN")
+            .env_remove("LIANDAN_TOKEN_FILE");
+        if let Some(t) = token {
+            c.arg("--token-file").arg(t);
+        }
+        c.args(args).output().unwrap()
+    }
+
+    fn worker(&self, name: &str, cfg_extra: &str) -> Proc {
+        let cfg = self.dir.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                "coordinator = \"{}\"\nstate_dir = \"{}\"\ngpus = \"none\"\nslots = 1\n{cfg_extra}",
+                self.url(),
+                self.dir.path().join(name).display()
+            ),
+        )
+        .unwrap();
+        let log = self.dir.path().join(format!("{name}.log"));
+        let child = Command::new(bin("liandan-worker"))
+            .arg("--config")
+            .arg(&cfg)
+            .env_remove("LIANDAN_TOKEN")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Proc {
+            child: Some(child),
+            log,
+        }
+    }
+
+    fn workers(&self) -> Vec<serde_json::Value> {
+        let out = self.cli(
+            Some(&self.pki().join("user.token")),
+            &["workers", "-o", "json"],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .unwrap()
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+#[test]
+fn tokens_are_required_and_checked() {
+    let s = Secure::new();
+    let none = s.cli(None, &["status"]);
+    assert_eq!(
+        none.status.code(),
+        Some(77),
+        "{}",
+        String::from_utf8_lossy(&none.stderr)
+    );
+    assert!(String::from_utf8_lossy(&none.stderr).contains("missing or wrong token"));
+    let wrong = s.dir.path().join("wrong.token");
+    std::fs::write(&wrong, "not-the-token\n").unwrap();
+    std::fs::set_permissions(&wrong, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    assert_eq!(s.cli(Some(&wrong), &["status"]).status.code(), Some(77));
+    let ok = s.cli(Some(&s.pki().join("user.token")), &["status"]);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    // Health stays open for probes; the token is never logged.
+    let token = std::fs::read_to_string(s.pki().join("user.token")).unwrap();
+    assert!(!s.coordinator.log_text().contains(token.trim()));
+    assert!(s.coordinator.log_text().contains("refused a user RPC"));
+}
+
+#[test]
+fn a_plaintext_client_cannot_talk_to_a_tls_coordinator() {
+    let s = Secure::new();
+    let port = s.addr.rsplit(':').next().unwrap();
+    let out = Command::new(bin("liandan"))
+        .args([
+            "--coordinator",
+            &format!("http://127.0.0.1:{port}"),
+            "status",
+        ])
+        .env("LIANDAN_TOKEN", "x")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(69),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn workers_authenticate_by_certificate_or_join_token_and_a_foreign_ca_is_rejected() {
+    let s = Secure::new();
+    let foreign = certs(s.dir.path(), "foreign");
+    let p = s.pki();
+    // A certificate from another CA fails the TLS handshake.
+    let bad = s.worker(
+        "bad",
+        &format!(
+            "tls_ca = \"{}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+            p.join("ca.pem").display(),
+            foreign.join("worker-1.pem").display(),
+            foreign.join("worker-1-key.pem").display()
+        ),
+    );
+    // A worker with a cluster certificate, and one with the join token and no certificate.
+    let good = s.worker(
+        "good",
+        &format!(
+            "tls_ca = \"{}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+            p.join("ca.pem").display(),
+            p.join("worker-1.pem").display(),
+            p.join("worker-1-key.pem").display()
+        ),
+    );
+    let joined = s.worker(
+        "joined",
+        &format!(
+            "tls_ca = \"{}\"\ntoken_file = \"{}\"\n",
+            p.join("ca.pem").display(),
+            p.join("join.token").display()
+        ),
+    );
+    // No certificate and no token: refused.
+    let anonymous = s.worker(
+        "anonymous",
+        &format!("tls_ca = \"{}\"\n", p.join("ca.pem").display()),
+    );
+    let ws = eventually(Duration::from_secs(15), || {
+        let w = s.workers();
+        (w.len() >= 2).then_some(w)
+    })
+    .expect("two workers registered");
+    std::thread::sleep(Duration::from_secs(2));
+    let ws = if s.workers().len() > ws.len() {
+        s.workers()
+    } else {
+        ws
+    };
+    assert_eq!(
+        ws.len(),
+        2,
+        "only the certified and the joined worker: {ws:?}"
+    );
+    assert!(
+        bad.log_text().to_lowercase().contains("cannot reach")
+            || bad.log_text().to_lowercase().contains("ended"),
+        "{}",
+        bad.log_text()
+    );
+    assert!(
+        anonymous.log_text().contains("Unauthenticated")
+            || anonymous
+                .log_text()
+                .contains("workers need a client certificate"),
+        "{}",
+        anonymous.log_text()
+    );
+    drop((good, joined));
+}
+
+#[test]
+fn a_job_runs_end_to_end_over_mutual_tls() {
+    let s = Secure::new();
+    let p = s.pki();
+    let _w = s.worker(
+        "w",
+        &format!(
+            "tls_ca = \"{}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+            p.join("ca.pem").display(),
+            p.join("worker-2.pem").display(),
+            p.join("worker-2-key.pem").display()
+        ),
+    );
+    let spec = s.dir.path().join("s.yaml");
+    std::fs::write(&spec, "name: tls\nprogram: /bin/echo\ncommand: [/bin/echo, hello, \"${args}\"]\nmethod: grid\nparameters:\n  x: {value: 1}\n").unwrap();
+    let token = p.join("user.token");
+    let out = s.cli(Some(&token), &["submit", spec.to_str().unwrap(), "--wait"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let jobs: serde_json::Value =
+        serde_json::from_slice(&s.cli(Some(&token), &["jobs", "tls", "-o", "json"]).stdout)
+            .unwrap();
+    let id = jobs[0]["id"].as_str().unwrap();
+    let log = s.cli(Some(&token), &["logs", id]);
+    assert_eq!(
+        String::from_utf8_lossy(&log.stdout).trim(),
+        "hello --x=1 --seed=0"
+    );
+}
+
+fn plain_config(dir: &Path, listen: &str, extra: &str) -> PathBuf {
+    let cfg = dir.join(format!("c-{}.toml", listen.replace([':', '.'], "_")));
+    std::fs::write(
+        &cfg,
+        format!(
+            "listen = \"{listen}\"\ndata_dir = \"{}\"\n{extra}",
+            dir.join("data").display()
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
+#[test]
+fn listening_beyond_loopback_without_tls_and_auth_is_refused_unless_insecure() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = plain_config(dir.path(), "0.0.0.0:0", "");
+    let o = start(&cfg, &[], &dir.path().join("a.log"))
+        .err()
+        .expect("refused");
+    assert_eq!(o.status.code(), Some(78));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("refusing to listen on 0.0.0.0:0 without TLS") && err.contains("--insecure"),
+        "{err}"
+    );
+    assert!(!dir.path().join("data").exists(), "nothing was created");
+    let (p, _) = start(&cfg, &["--insecure"], &dir.path().join("b.log"))
+        .unwrap_or_else(|o| panic!("{}", String::from_utf8_lossy(&o.stderr)));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(p.log_text().contains("INSECURE"), "{}", p.log_text());
+}
+
+#[test]
+fn secret_files_readable_by_others_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("user.token");
+    std::fs::write(&token, "abc\n").unwrap();
+    std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let cfg = plain_config(
+        dir.path(),
+        "127.0.0.1:0",
+        &format!("user_token_file = \"{}\"\n", token.display()),
+    );
+    let o = start(&cfg, &[], &dir.path().join("a.log"))
+        .err()
+        .expect("refused");
+    assert_eq!(o.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&o.stderr).contains(&format!("chmod 600 {}", token.display())));
+}
+
+#[tokio::test]
+async fn hostile_names_and_huge_messages_are_refused_without_effect() {
+    use liandan_proto::v1 as pb;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = plain_config(dir.path(), "127.0.0.1:0", "");
+    let (p, addr) = start(&cfg, &[], &dir.path().join("c.log"))
+        .unwrap_or_else(|o| panic!("{}", String::from_utf8_lossy(&o.stderr)));
+    let url = format!("http://{addr}");
+    let before: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    let channel = tonic::transport::Endpoint::from_shared(url.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut user = pb::user_service_client::UserServiceClient::new(channel.clone())
+        .max_encoding_message_size(256 << 20);
+    let spec = "program: /bin/true\nmethod: grid\nparameters:\n  x: {value: 1}\n".to_string();
+    let e = user
+        .submit_sweep(pb::SubmitSweepRequest {
+            spec: spec.clone(),
+            format: "yaml".into(),
+            name: "../../evil".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+    let e = user
+        .get_job(pb::JobRef {
+            job_id: "job-../../../etc/passwd".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    let mut worker = pb::worker_service_client::WorkerServiceClient::new(channel.clone());
+    let header = pb::CheckpointUploadHeader {
+        job_id: "../../../tmp/x".into(),
+        attempt: 1,
+        step: 1,
+        size: 3,
+        blake3: "0".repeat(64),
+        metric: None,
+        worker_id: "wk-x".into(),
+    };
+    let up = worker
+        .upload_checkpoint(tokio_stream::iter(vec![pb::CheckpointUpload {
+            header: Some(header),
+            offset: 0,
+            data: b"abc".to_vec(),
+        }]))
+        .await
+        .unwrap_err();
+    assert_eq!(up.code(), tonic::Code::InvalidArgument);
+    // A 100 MB message is refused, and the coordinator's memory does not jump.
+    let rss = |pid: i32| -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        s.lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let before_kb = rss(p.pid());
+    let huge = "#".repeat(100 << 20);
+    let e = user
+        .submit_sweep(pb::SubmitSweepRequest {
+            spec: huge,
+            format: "yaml".into(),
+            name: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            e.code(),
+            tonic::Code::OutOfRange
+                | tonic::Code::ResourceExhausted
+                | tonic::Code::Internal
+                | tonic::Code::Cancelled
+        ),
+        "{e}"
+    );
+    let after_kb = rss(p.pid());
+    assert!(
+        after_kb < before_kb + 50 * 1024,
+        "memory grew from {before_kb} kB to {after_kb} kB"
+    );
+    // Still serving.
+    assert!(user.list_sweeps(pb::ListSweepsRequest {}).await.is_ok());
+    let after: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(before, after, "nothing was written beside the data dir");
+    assert!(
+        !Path::new("/tmp/x").exists()
+            || std::fs::metadata("/tmp/x")
+                .map(|m| m.len() != 3)
+                .unwrap_or(true)
+    );
+}
