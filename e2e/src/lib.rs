@@ -5,6 +5,8 @@
 //! The binaries are found next to the test executable's `deps` directory
 //! (`target/<profile>/`); `cargo build --workspace` (or `make`) builds them.
 
+pub mod chaos;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

@@ -1,0 +1,18 @@
+//! The short chaos suite, run by `make test`. The seed of the fault schedule is
+//! printed; replay a failure with LIANDAN_CHAOS_SEED=<seed>. LIANDAN_CHAOS_SECS
+//! sets how long faults are injected (default 20 s); `liandan-bench chaos` runs
+//! longer soaks.
+
+use liandan_e2e::chaos;
+
+#[test]
+fn chaos_short() {
+    let seed = std::env::var("LIANDAN_CHAOS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1)
+    });
+    let secs = std::env::var("LIANDAN_CHAOS_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(20);
+    eprintln!("chaos seed {seed} (replay with LIANDAN_CHAOS_SEED={seed})");
+    let r = chaos::run(seed, secs);
+    eprintln!("{}", r.table());
+    assert!(r.ok(), "{}\nreplay with LIANDAN_CHAOS_SEED={seed}", r.table());
+}
