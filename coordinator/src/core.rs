@@ -231,6 +231,9 @@ impl Core {
                     "a different sweep named {name:?} exists ({sweep_id}); submit with --name to choose another name"
                 )));
             }
+            if let Some(j) = expansion.jobs.iter().find(|j| st.jobs.contains_key(&j.id)) {
+                return Err(CoreError::AlreadyExists(format!("job id {} already belongs to another sweep (a hash collision); submit under another --name", j.id)));
+            }
             let created_at = now_secs();
             let mut ops = vec![Op::InsertSweep {
                 id: sweep_id.to_string(),

@@ -45,7 +45,9 @@ impl Proxy {
                     continue;
                 }
                 let _ = client.set_nonblocking(false);
-                let Ok(server) = TcpStream::connect(&upstream) else { continue };
+                let Ok(server) = TcpStream::connect(&upstream) else {
+                    continue;
+                };
                 for s in [&client, &server] {
                     if let Ok(c) = s.try_clone() {
                         k2.lock().unwrap_or_else(|p| p.into_inner()).push(c);
@@ -55,13 +57,23 @@ impl Proxy {
                 pipe(server.try_clone().ok(), client.try_clone().ok());
             }
         });
-        Proxy { addr, cut, conns, stop }
+        Proxy {
+            addr,
+            cut,
+            conns,
+            stop,
+        }
     }
 
     /// Cuts all connections and refuses new ones until `heal`.
     pub fn cut(&self) {
         self.cut.store(true, Ordering::SeqCst);
-        for c in self.conns.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+        for c in self
+            .conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
             let _ = c.shutdown(Shutdown::Both);
         }
     }
@@ -79,7 +91,9 @@ impl Drop for Proxy {
 }
 
 fn pipe(from: Option<TcpStream>, to: Option<TcpStream>) {
-    let (Some(mut from), Some(mut to)) = (from, to) else { return };
+    let (Some(mut from), Some(mut to)) = (from, to) else {
+        return;
+    };
     std::thread::spawn(move || {
         let mut buf = vec![0u8; 64 * 1024];
         loop {
@@ -127,17 +141,65 @@ impl Report {
     }
 
     pub fn table(&self) -> String {
-        let mut s = format!("chaos seed {} ({} faults: {})\n", self.seed, self.faults.len(), self.faults.join(", "));
-        let row = |name: &str, value: String, ok: bool| format!("  {name:<44} {value:<24} {}\n", if ok { "ok" } else { "FAIL" });
-        s += &row("jobs submitted / succeeded / failed", format!("{} / {} / {}", self.jobs, self.succeeded, self.failed), self.succeeded == self.jobs && self.failed == 0);
-        s += &row("results recorded per job (max)", self.results_recorded_max_per_job.to_string(), self.results_recorded_max_per_job == 1);
-        s += &row("attempts (total / max per job)", format!("{} / {}", self.attempts, self.max_attempts_per_job), true);
-        s += &row("writes refused from stale attempts", self.refused_stale.to_string(), true);
-        s += &row("attempt logs: gaps or duplicates", format!("{}", self.log_problems.len()), self.log_problems.is_empty());
-        s += &row("trainer jobs differing from a reference run", format!("{}", self.trainer_mismatches.len()), self.trainer_mismatches.is_empty());
-        s += &row("database integrity_check", self.integrity.clone(), self.integrity == "ok");
-        s += &row("processes left behind", format!("{}", self.leftover_processes.len()), self.leftover_processes.is_empty());
-        for p in self.log_problems.iter().chain(&self.trainer_mismatches).chain(&self.leftover_processes).take(10) {
+        let mut s = format!(
+            "chaos seed {} ({} faults: {})\n",
+            self.seed,
+            self.faults.len(),
+            self.faults.join(", ")
+        );
+        let row = |name: &str, value: String, ok: bool| {
+            format!(
+                "  {name:<44} {value:<24} {}\n",
+                if ok { "ok" } else { "FAIL" }
+            )
+        };
+        s += &row(
+            "jobs submitted / succeeded / failed",
+            format!("{} / {} / {}", self.jobs, self.succeeded, self.failed),
+            self.succeeded == self.jobs && self.failed == 0,
+        );
+        s += &row(
+            "results recorded per job (max)",
+            self.results_recorded_max_per_job.to_string(),
+            self.results_recorded_max_per_job == 1,
+        );
+        s += &row(
+            "attempts (total / max per job)",
+            format!("{} / {}", self.attempts, self.max_attempts_per_job),
+            true,
+        );
+        s += &row(
+            "writes refused from stale attempts",
+            self.refused_stale.to_string(),
+            true,
+        );
+        s += &row(
+            "attempt logs: gaps or duplicates",
+            format!("{}", self.log_problems.len()),
+            self.log_problems.is_empty(),
+        );
+        s += &row(
+            "trainer jobs differing from a reference run",
+            format!("{}", self.trainer_mismatches.len()),
+            self.trainer_mismatches.is_empty(),
+        );
+        s += &row(
+            "database integrity_check",
+            self.integrity.clone(),
+            self.integrity == "ok",
+        );
+        s += &row(
+            "processes left behind",
+            format!("{}", self.leftover_processes.len()),
+            self.leftover_processes.is_empty(),
+        );
+        for p in self
+            .log_problems
+            .iter()
+            .chain(&self.trainer_mismatches)
+            .chain(&self.leftover_processes)
+            .take(10)
+        {
             s += &format!("    {p}\n");
         }
         s
@@ -157,13 +219,24 @@ fn spec(train: bool) -> String {
 }
 
 fn cwd_under(pid: &str, dir: &Path) -> bool {
-    std::fs::read_link(format!("/proc/{pid}/cwd")).map(|p| p.starts_with(dir)).unwrap_or(false)
+    std::fs::read_link(format!("/proc/{pid}/cwd"))
+        .map(|p| p.starts_with(dir))
+        .unwrap_or(false)
 }
 
 /// Runs the chaos schedule for `fault_secs` with `seed`; returns the report.
 pub fn run(seed: u64, fault_secs: u64) -> Report {
-    let mut report = Report { seed, ..Default::default() };
-    let opts = Opts { lease_timeout_secs: 2.0, restart_grace_secs: 3.0, slots: 2, grace_period_secs: 3.0, worker_env: Vec::new() };
+    let mut report = Report {
+        seed,
+        ..Default::default()
+    };
+    let opts = Opts {
+        lease_timeout_secs: 2.0,
+        restart_grace_secs: 3.0,
+        slots: 2,
+        grace_period_secs: 3.0,
+        worker_env: Vec::new(),
+    };
     let mut c = Cluster::start(2, opts);
     // Worker 2 reaches the coordinator through the proxy.
     let proxy = Proxy::start(c.addr.clone());
@@ -171,14 +244,21 @@ pub fn run(seed: u64, fault_secs: u64) -> Report {
         let log = c.dir.path().join("worker-2.log");
         let err = std::fs::File::create(&log).expect("log");
         let child = std::process::Command::new(bin("liandan-worker"))
-            .args(["--coordinator", &format!("http://{}", proxy.addr), "--state-dir"])
+            .args([
+                "--coordinator",
+                &format!("http://{}", proxy.addr),
+                "--state-dir",
+            ])
             .arg(c.dir.path().join("worker-2"))
             .args(["--slots", "2", "--gpus", "none", "--grace-period-secs", "3"])
             .stdout(std::process::Stdio::null())
             .stderr(err)
             .spawn()
             .expect("worker 2");
-        Proc { child: Some(child), log }
+        Proc {
+            child: Some(child),
+            log,
+        }
     };
     c.workers.push(w2);
     let train = crate::has_bin("liandan-train");
@@ -191,17 +271,27 @@ pub fn run(seed: u64, fault_secs: u64) -> Report {
     while Instant::now() < end {
         std::thread::sleep(Duration::from_millis(700 + rng.below(1500)));
         let restart_w2 = |c: &mut Cluster, proxy: &Proxy| {
-            let log = c.dir.path().join(format!("worker-2-{}.log", Instant::now().elapsed().as_nanos()));
+            let log = c.dir.path().join(format!(
+                "worker-2-{}.log",
+                Instant::now().elapsed().as_nanos()
+            ));
             let err = std::fs::File::create(&log).expect("log");
             let child = std::process::Command::new(bin("liandan-worker"))
-                .args(["--coordinator", &format!("http://{}", proxy.addr), "--state-dir"])
+                .args([
+                    "--coordinator",
+                    &format!("http://{}", proxy.addr),
+                    "--state-dir",
+                ])
                 .arg(c.dir.path().join("worker-2"))
                 .args(["--slots", "2", "--gpus", "none", "--grace-period-secs", "3"])
                 .stdout(std::process::Stdio::null())
                 .stderr(err)
                 .spawn()
                 .expect("worker 2");
-            c.workers[2] = Proc { child: Some(child), log };
+            c.workers[2] = Proc {
+                child: Some(child),
+                log,
+            };
         };
         match rng.below(4) {
             0 => {
@@ -249,47 +339,84 @@ pub fn run(seed: u64, fault_secs: u64) -> Report {
     report.jobs = c.query_i64("SELECT COUNT(*) FROM jobs");
     report.succeeded = c.query_i64("SELECT COUNT(*) FROM jobs WHERE state='succeeded'");
     report.failed = c.query_i64("SELECT COUNT(*) FROM jobs WHERE state='failed'");
-    report.results_recorded_max_per_job = c.query_i64("SELECT COALESCE(MAX(result_recorded), 0) FROM jobs");
+    report.results_recorded_max_per_job =
+        c.query_i64("SELECT COALESCE(MAX(result_recorded), 0) FROM jobs");
     report.attempts = c.query_i64("SELECT COUNT(*) FROM attempts");
     report.max_attempts_per_job = c.query_i64("SELECT COALESCE(MAX(attempt), 0) FROM jobs");
     report.refused_stale = c.counter("refused_stale_writes");
-    let db = rusqlite::Connection::open(c.dir.path().join("coordinator").join("coordinator.db")).expect("db");
-    report.integrity = db.query_row("PRAGMA integrity_check", [], |r| r.get::<_, String>(0)).unwrap_or_else(|e| e.to_string());
+    let db = rusqlite::Connection::open(c.dir.path().join("coordinator").join("coordinator.db"))
+        .expect("db");
+    report.integrity = db
+        .query_row("PRAGMA integrity_check", [], |r| r.get::<_, String>(0))
+        .unwrap_or_else(|e| e.to_string());
     // Every attempt's log: lines 1..=max, each once.
     {
         let mut q = db.prepare("SELECT job_id, attempt, COUNT(*), MIN(line), MAX(line) FROM logs GROUP BY job_id, attempt").expect("query");
-        let rows = q.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?, r.get::<_, i64>(4)?))).expect("rows");
+        let rows = q
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, i64>(4)?,
+                ))
+            })
+            .expect("rows");
         for (job, attempt, n, lo, hi) in rows.flatten() {
             if lo != 1 || n != hi {
-                report.log_problems.push(format!("{job} attempt {attempt}: {n} lines spanning {lo}..{hi}"));
+                report.log_problems.push(format!(
+                    "{job} attempt {attempt}: {n} lines spanning {lo}..{hi}"
+                ));
             }
         }
     }
     // Command jobs: the final attempt printed every line, once, in order.
     {
         let mut q = db.prepare("SELECT j.id, j.attempt FROM jobs j JOIN sweeps s ON s.id = j.sweep_id WHERE s.name = 'chaos-lines'").expect("q");
-        let jobs: Vec<(String, i64)> = q.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).expect("rows").flatten().collect();
+        let jobs: Vec<(String, i64)> = q
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .expect("rows")
+            .flatten()
+            .collect();
         for (job, attempt) in jobs {
             let mut lq = db.prepare("SELECT text FROM logs WHERE job_id=?1 AND attempt=?2 AND stream=0 ORDER BY line").expect("q");
-            let lines: Vec<String> = lq.query_map(rusqlite::params![job, attempt], |r| r.get(0)).expect("rows").flatten().collect();
+            let lines: Vec<String> = lq
+                .query_map(rusqlite::params![job, attempt], |r| r.get(0))
+                .expect("rows")
+                .flatten()
+                .collect();
             let want: Vec<String> = (1..=LINES).map(|i| format!("line {i}")).collect();
             if lines != want {
-                report.log_problems.push(format!("{job} attempt {attempt}: {} of {LINES} lines as printed", lines.iter().zip(&want).filter(|(a, b)| a == b).count()));
+                report.log_problems.push(format!(
+                    "{job} attempt {attempt}: {} of {LINES} lines as printed",
+                    lines.iter().zip(&want).filter(|(a, b)| a == b).count()
+                ));
             }
         }
     }
     // Trainer jobs: the final summary equals an uninterrupted reference run, bit for bit.
     if train {
         let mut q = db.prepare("SELECT j.id, t.params_json, j.seed FROM jobs j JOIN trials t ON t.id = j.trial_id JOIN sweeps s ON s.id = j.sweep_id WHERE s.name = 'chaos-train'").expect("q");
-        let jobs: Vec<(String, String, i64)> = q.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).expect("rows").flatten().collect();
-        let mut refs: std::collections::HashMap<(String, i64), String> = std::collections::HashMap::new();
+        let jobs: Vec<(String, String, i64)> = q
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .expect("rows")
+            .flatten()
+            .collect();
+        let mut refs: std::collections::HashMap<(String, i64), String> =
+            std::collections::HashMap::new();
         for (job, params, seed) in jobs {
             let got: Option<String> = db
                 .query_row("SELECT json FROM metrics WHERE job_id=?1 AND json LIKE '%\"final\":true%' ORDER BY id DESC LIMIT 1", [&job], |r| r.get(0))
                 .ok();
-            let want = refs.entry((params.clone(), seed)).or_insert_with(|| reference(c.dir.path(), &params, seed)).clone();
+            let want = refs
+                .entry((params.clone(), seed))
+                .or_insert_with(|| reference(c.dir.path(), &params, seed))
+                .clone();
             if got.as_deref() != Some(want.as_str()) {
-                report.trainer_mismatches.push(format!("{job}: {got:?} != reference {want}"));
+                report
+                    .trainer_mismatches
+                    .push(format!("{job}: {got:?} != reference {want}"));
             }
         }
     }
@@ -298,7 +425,9 @@ pub fn run(seed: u64, fault_secs: u64) -> Report {
         for e in rd.flatten() {
             let pid = e.file_name().to_string_lossy().to_string();
             if pid.chars().all(|ch| ch.is_ascii_digit()) && cwd_under(&pid, c.dir.path()) {
-                let cmd = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default().replace('\0', " ");
+                let cmd = std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+                    .unwrap_or_default()
+                    .replace('\0', " ");
                 report.leftover_processes.push(format!("pid {pid}: {cmd}"));
             }
         }
@@ -310,13 +439,37 @@ pub fn run(seed: u64, fault_secs: u64) -> Report {
 /// The final summary line of an uninterrupted run with these parameters.
 fn reference(dir: &Path, params_json: &str, seed: i64) -> String {
     let params: serde_json::Value = serde_json::from_str(params_json).unwrap_or_default();
-    let mut args: Vec<String> = params.as_object().map(|m| m.iter().map(|(k, v)| format!("--{k}={}", liandan_common::sweep::command::format_value(v))).collect()).unwrap_or_default();
+    let mut args: Vec<String> = params
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("--{k}={}", liandan_common::sweep::command::format_value(v)))
+                .collect()
+        })
+        .unwrap_or_default();
     args.push(format!("--seed={seed}"));
-    let metrics = dir.join(format!("ref-{}.jsonl", liandan_common::ids::short_hash(&[params_json.as_bytes(), &seed.to_le_bytes()], 6)));
-    let out = std::process::Command::new(bin("liandan-train")).args(&args).env("LIANDAN_METRICS_FILE", &metrics).output().expect("reference run");
-    assert!(out.status.success(), "reference run failed: {}", String::from_utf8_lossy(&out.stderr));
+    let metrics = dir.join(format!(
+        "ref-{}.jsonl",
+        liandan_common::ids::short_hash(&[params_json.as_bytes(), &seed.to_le_bytes()], 6)
+    ));
+    let out = std::process::Command::new(bin("liandan-train"))
+        .args(&args)
+        .env("LIANDAN_METRICS_FILE", &metrics)
+        .output()
+        .expect("reference run");
+    assert!(
+        out.status.success(),
+        "reference run failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = std::fs::read_to_string(&metrics).unwrap_or_default();
-    let last = text.lines().rev().find(|l| l.contains("\"final\":true")).unwrap_or_default();
+    let last = text
+        .lines()
+        .rev()
+        .find(|l| l.contains("\"final\":true"))
+        .unwrap_or_default();
     // Same canonical JSON as the coordinator stores (it re-serialises the worker's parse).
-    serde_json::from_str::<serde_json::Value>(last).map(|v| v.to_string()).unwrap_or_default()
+    serde_json::from_str::<serde_json::Value>(last)
+        .map(|v| v.to_string())
+        .unwrap_or_default()
 }

@@ -7,12 +7,25 @@ use liandan_e2e::chaos;
 
 #[test]
 fn chaos_short() {
-    let seed = std::env::var("LIANDAN_CHAOS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1)
-    });
-    let secs = std::env::var("LIANDAN_CHAOS_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(20);
+    let seed = std::env::var("LIANDAN_CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1)
+        });
+    let secs = std::env::var("LIANDAN_CHAOS_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20);
     eprintln!("chaos seed {seed} (replay with LIANDAN_CHAOS_SEED={seed})");
     let r = chaos::run(seed, secs);
     eprintln!("{}", r.table());
-    assert!(r.ok(), "{}\nreplay with LIANDAN_CHAOS_SEED={seed}", r.table());
+    assert!(
+        r.ok(),
+        "{}\nreplay with LIANDAN_CHAOS_SEED={seed}",
+        r.table()
+    );
 }

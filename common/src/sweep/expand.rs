@@ -45,6 +45,8 @@ pub enum ExpandError {
         "the sweep expands to {0} jobs, more than the limit of {1}; lower run_cap or the grid size"
     )]
     TooLarge(usize, usize),
+    #[error("two jobs or trials of this sweep got the same id {0} (a hash collision); submit it under another --name")]
+    IdCollision(String),
 }
 
 /// Most jobs one sweep may expand into.
@@ -333,6 +335,17 @@ pub fn expand(spec: &SweepSpec, sweep: &SweepId) -> Result<Expansion, ExpandErro
         }
     }
     let jobs = jobs_for(&trials, seeds);
+    // Ids are hashes: a collision is astronomically rare, but must be an error, never a silent merge.
+    let mut ids = HashSet::with_capacity(jobs.len() + trials.len());
+    for id in trials
+        .iter()
+        .map(|t| t.id.to_string())
+        .chain(jobs.iter().map(|j| j.id.to_string()))
+    {
+        if !ids.insert(id.clone()) {
+            return Err(ExpandError::IdCollision(id));
+        }
+    }
     Ok(Expansion {
         trials,
         jobs,

@@ -70,7 +70,7 @@ async fn sim_worker(url: String, id: String, slots: u32) -> Res<()> {
     });
     let mut seq = 0u64;
     let mut batch = Vec::new();
-    let mut hb = tokio::time::interval(Duration::from_millis(500));
+    let mut hb = tokio::time::interval(Duration::from_millis(2000));
     loop {
         tokio::select! {
             n = asg_rx.recv_many(&mut batch, 4096) => {
@@ -116,6 +116,127 @@ async fn wait_done(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+fn proc_stat(pid: i32) -> (u64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rss_kb = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (rss_kb, ticks / 100.0)
+}
+
+/// Scale: a sweep of `jobs` jobs (submit time, memory, status and results
+/// latency), then `workers` simulated workers heartbeating and taking jobs.
+async fn scale(jobs: u64, workers: usize) -> Res<()> {
+    let cluster = Cluster::start(
+        0,
+        Opts {
+            lease_timeout_secs: 60.0,
+            ..Opts::default()
+        },
+    );
+    let url = cluster.url();
+    let pid = cluster.coordinator.pid();
+    let mut user = UserServiceClient::new(channel(&url).await?)
+        .max_decoding_message_size(1 << 30)
+        .max_encoding_message_size(64 << 20);
+    let seeds = 10u64;
+    let values: Vec<String> = (0..jobs / seeds).map(|i| i.to_string()).collect();
+    let spec = format!("name: scale\nprogram: /bin/true\ncommand: [/bin/true]\nmethod: grid\nmetric: {{name: loss, goal: minimize}}\nparameters:\n  k: {{values: [{}]}}\nliandan:\n  seeds: {seeds}\n", values.join(", "));
+    let (rss0, _) = proc_stat(pid);
+    let t = Instant::now();
+    let r = user
+        .submit_sweep(pb::SubmitSweepRequest {
+            spec,
+            format: "yaml".into(),
+            name: String::new(),
+        })
+        .await?
+        .into_inner();
+    let submit = t.elapsed().as_secs_f64();
+    let sweep = r.sweep.unwrap_or_default();
+    let (rss1, _) = proc_stat(pid);
+    println!("scale: submit of {} jobs ({} trials x {seeds} seeds): {submit:.2} s; coordinator RSS {} MB -> {} MB", sweep.jobs, sweep.trials, rss0 / 1024, rss1 / 1024);
+    let mut st = Vec::new();
+    for _ in 0..10 {
+        let t = Instant::now();
+        user.get_sweep(pb::GetSweepRequest {
+            sweep_id: sweep.id.clone(),
+        })
+        .await?;
+        st.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let mut rs = Vec::new();
+    let mut results_err = None;
+    for _ in 0..3 {
+        let t = Instant::now();
+        match user
+            .get_results(pb::SweepRef {
+                sweep_id: sweep.id.clone(),
+            })
+            .await
+        {
+            Ok(_) => rs.push(t.elapsed().as_secs_f64() * 1e3),
+            Err(e) => {
+                results_err = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    println!("scale: status latency median {:.1} ms", median(&mut st));
+    match results_err {
+        None => println!(
+            "scale: results (all {} jobs to the client) latency median {:.0} ms",
+            sweep.jobs,
+            median(&mut rs)
+        ),
+        Some(e) => println!("scale: results failed: {e}"),
+    }
+    // Simulated workers, one slot each, heartbeating every 2 s.
+    let (_, cpu0) = proc_stat(pid);
+    let t0 = Instant::now();
+    for i in 0..workers {
+        let (u, id) = (url.clone(), format!("wk-scale{i:05}"));
+        tokio::spawn(async move {
+            if let Err(e) = sim_worker(u, id, 1).await {
+                eprintln!("simulated worker: {e}");
+            }
+        });
+    }
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let (rss2, cpu1) = proc_stat(pid);
+    let s = user
+        .get_sweep(pb::GetSweepRequest {
+            sweep_id: sweep.id.clone(),
+        })
+        .await?
+        .into_inner();
+    let done = s.counts.unwrap_or_default().succeeded;
+    let secs = t0.elapsed().as_secs_f64();
+    let connected = user
+        .list_workers(pb::ListWorkersRequest {})
+        .await?
+        .into_inner()
+        .workers
+        .iter()
+        .filter(|w| w.connected)
+        .count();
+    println!(
+        "scale: {connected} simulated workers connected; {done} jobs completed in {secs:.1} s = {:.0} jobs/s; coordinator CPU {:.0}% of one core; RSS {} MB",
+        done as f64 / secs,
+        100.0 * (cpu1 - cpu0) / secs,
+        rss2 / 1024
+    );
+    Ok(())
 }
 
 async fn dispatch(jobs: u64, workers: usize, slots: u32) -> Res<()> {
@@ -485,6 +606,16 @@ async fn main() {
         Some("dispatch") => dispatch(num(1, 100_000), num(2, 32) as usize, num(3, 64) as u32).await,
         Some("logs") => logs(num(1, 1_000_000)).await,
         Some("checkpoint") => checkpoint(num(1, 256) as usize).await,
+        Some("scale") => scale(num(1, 1_000_000), num(2, 1000) as usize).await,
+        Some("chaos") => {
+            let r = liandan_e2e::chaos::run(num(2, 1), num(1, 300));
+            println!("{}", r.table());
+            if r.ok() {
+                Ok(())
+            } else {
+                Err("chaos found a problem".into())
+            }
+        }
         _ => {
             eprintln!("usage: liandan-bench dispatch [JOBS] [WORKERS] [SLOTS] | logs [LINES] | checkpoint [MIB]");
             std::process::exit(64);
