@@ -625,10 +625,7 @@ async fn run(cli: Cli) -> R<i32> {
             output,
         } => {
             let mut c = connect(&url).await?;
-            let r = c
-                .get_results(pb::SweepRef { sweep_id: sweep })
-                .await?
-                .into_inner();
+            let r = fetch_results(&mut c, &sweep).await?;
             let a = results::analyze(&r, best);
             print(render(&results::listing(&a), output));
             if output == Format::Table {
@@ -643,12 +640,7 @@ async fn run(cli: Cli) -> R<i32> {
             output,
         } => {
             let mut c = connect(&url).await?;
-            let r = c
-                .get_results(pb::SweepRef {
-                    sweep_id: sweep.clone(),
-                })
-                .await?
-                .into_inner();
+            let r = fetch_results(&mut c, &sweep).await?;
             let s = r.sweep.clone().unwrap_or_default();
             let metric = metric.unwrap_or_else(|| s.metric_name.clone());
             if metric.is_empty() {
@@ -904,6 +896,35 @@ async fn run(cli: Cli) -> R<i32> {
             Ok(exit::OK)
         }
     }
+}
+
+/// All results of a sweep, its chunks merged and every job's parameters filled in.
+async fn fetch_results(c: &mut Client, sweep: &str) -> R<pb::GetResultsResponse> {
+    let mut stream = c
+        .get_results(pb::SweepRef {
+            sweep_id: sweep.to_string(),
+        })
+        .await?
+        .into_inner();
+    let mut all = pb::GetResultsResponse::default();
+    let mut params = std::collections::HashMap::new();
+    while let Some(chunk) = stream.message().await? {
+        if chunk.sweep.is_some() {
+            all.sweep = chunk.sweep;
+        }
+        for t in chunk.trials {
+            params.insert(t.trial_id, t.params_json);
+        }
+        all.jobs.extend(chunk.jobs);
+    }
+    for j in &mut all.jobs {
+        if j.params_json.is_empty() {
+            if let Some(p) = params.get(&j.trial_id) {
+                j.params_json = p.clone();
+            }
+        }
+    }
+    Ok(all)
 }
 
 async fn wait_for(c: &mut Client, sweep: &str) -> R<i32> {

@@ -322,6 +322,7 @@ mod tests {
         pb::GetResultsResponse {
             sweep: Some(sweep),
             jobs,
+            trials: Vec::new(),
         }
     }
 

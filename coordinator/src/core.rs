@@ -53,6 +53,25 @@ struct SweepMem {
     jobs: Vec<JobId>,
     ready: VecDeque<JobId>,
     running: u32,
+    /// Jobs per state, kept with every transition (so status is O(1) at a million jobs).
+    counts: [u64; 5],
+}
+
+fn state_index(s: JobState) -> usize {
+    match s {
+        JobState::Queued => 0,
+        JobState::Running => 1,
+        JobState::Succeeded => 2,
+        JobState::Failed => 3,
+        JobState::Cancelled => 4,
+    }
+}
+
+impl SweepMem {
+    fn moved(&mut self, from: JobState, to: JobState) {
+        self.counts[state_index(from)] = self.counts[state_index(from)].saturating_sub(1);
+        self.counts[state_index(to)] += 1;
+    }
 }
 
 struct JobMem {
@@ -293,6 +312,7 @@ impl Core {
                     created_at,
                     trials: expansion.trials.len() as u64,
                     ready: job_ids.iter().cloned().collect(),
+                    counts: [job_ids.len() as u64, 0, 0, 0, 0],
                     jobs: job_ids,
                     running: 0,
                 },
@@ -383,6 +403,10 @@ impl Core {
                 if let Some(next) = job.state.on(JobEvent::Cancel) {
                     job.state = next;
                     ops.push(Op::UpdateJob(job.row(id)));
+                    let sid = job.sweep.clone();
+                    if let Some(s) = st.sweeps.get_mut(&sid) {
+                        s.moved(JobState::Queued, next);
+                    }
                 }
             }
             JobState::Running if !job.cancel_requested => {
@@ -483,27 +507,53 @@ impl Core {
         st.jobs.get(id).map(|m| (m.attempt, m.state.is_terminal()))
     }
 
-    pub fn results(&self, sweep: &str) -> Result<pb::GetResultsResponse, CoreError> {
+    /// The sweep id a user named (id or name), checked to exist.
+    pub fn resolve_sweep(&self, sweep: &str) -> Result<SweepId, CoreError> {
         let st = self.lock();
-        let sid = self.sweep_id(&st, sweep)?;
-        let jobs = st.sweeps[&sid]
-            .jobs
-            .iter()
-            .filter_map(|j| st.jobs.get(j).map(|m| (j, m)))
-            .map(|(j, m)| pb::JobResult {
+        self.sweep_id(&st, sweep)
+    }
+
+    /// One chunk of results: jobs `from..from + limit` of the sweep, with the
+    /// parameters of trials not in `sent` (which it extends). The lock is held
+    /// per chunk only, so a million-job listing never stalls the scheduler.
+    pub fn results_chunk(
+        &self,
+        sid: &SweepId,
+        from: usize,
+        limit: usize,
+        sent: &mut HashSet<TrialId>,
+    ) -> Result<(pb::GetResultsResponse, bool), CoreError> {
+        let st = self.lock();
+        let s = st.sweeps.get(sid).ok_or_else(|| CoreError::NotFound {
+            kind: "sweep",
+            id: sid.to_string(),
+            hint: "status",
+        })?;
+        let end = (from + limit).min(s.jobs.len());
+        let mut chunk = pb::GetResultsResponse {
+            sweep: (from == 0).then(|| sweep_info(&st, sid)),
+            jobs: Vec::with_capacity(end.saturating_sub(from)),
+            trials: Vec::new(),
+        };
+        for j in &s.jobs[from.min(end)..end] {
+            let Some(m) = st.jobs.get(j) else { continue };
+            if sent.insert(m.trial.clone()) {
+                chunk.trials.push(pb::TrialParams {
+                    trial_id: m.trial.to_string(),
+                    params_json: m.params_json.to_string(),
+                });
+            }
+            chunk.jobs.push(pb::JobResult {
                 job_id: j.to_string(),
                 trial_id: m.trial.to_string(),
                 seed: m.seed,
                 state: m.state.as_str().into(),
-                params_json: m.params_json.to_string(),
+                params_json: String::new(),
                 final_metric: m.final_metric,
                 best_metric: m.best_metric,
-            })
-            .collect();
-        Ok(pb::GetResultsResponse {
-            sweep: Some(sweep_info(&st, &sid)),
-            jobs,
-        })
+            });
+        }
+        Ok((chunk, end >= s.jobs.len()))
     }
 
     pub fn refused_stale(&self) -> u64 {
@@ -947,6 +997,7 @@ impl Core {
         let sweep_id = job.sweep.clone();
         if let Some(s) = st.sweeps.get_mut(&sweep_id) {
             s.running = s.running.saturating_sub(1);
+            s.moved(JobState::Running, next);
         }
         if let Some(w) = worker.as_ref().and_then(|w| st.workers.get_mut(w)) {
             w.running.remove(jid);
@@ -1161,6 +1212,7 @@ impl Core {
             return;
         };
         s.running += 1;
+        s.moved(JobState::Queued, JobState::Running);
         if let Some(tx) = tx {
             sends.push((
                 tx,
@@ -1438,16 +1490,14 @@ fn sweep_info(st: &State, id: &SweepId) -> pb::Sweep {
     let Some(s) = st.sweeps.get(id) else {
         return pb::Sweep::default();
     };
-    let mut c = pb::JobCounts::default();
-    for j in s.jobs.iter().filter_map(|j| st.jobs.get(j)) {
-        match j.state {
-            JobState::Queued => c.queued += 1,
-            JobState::Running => c.running += 1,
-            JobState::Succeeded => c.succeeded += 1,
-            JobState::Failed => c.failed += 1,
-            JobState::Cancelled => c.cancelled += 1,
-        }
-    }
+    let k = s.counts;
+    let c = pb::JobCounts {
+        queued: k[0],
+        running: k[1],
+        succeeded: k[2],
+        failed: k[3],
+        cancelled: k[4],
+    };
     let state = match s.state {
         SweepState::Cancelled => "cancelled",
         SweepState::Paused => "paused",
@@ -1512,6 +1562,7 @@ fn load(store: &Store, cfg: &CoordinatorConfig) -> Result<State, CoreError> {
                             jobs: Vec::new(),
                             ready: VecDeque::new(),
                             running: 0,
+                            counts: [0; 5],
                         },
                     );
                 }
@@ -1555,6 +1606,7 @@ fn load(store: &Store, cfg: &CoordinatorConfig) -> Result<State, CoreError> {
                     let worker = j.worker_id.as_deref().and_then(|w| WorkerId::parse(w).ok());
                     let Some(s) = st.sweeps.get_mut(&sid) else { continue };
                     s.jobs.push(jid.clone());
+                    s.counts[state_index(state)] += 1;
                     let mut cpus = 0;
                     match state {
                         JobState::Queued => s.ready.push_back(jid.clone()),

@@ -205,13 +205,34 @@ impl UserService for Api {
         Ok(Response::new(pb::GetMetricsResponse { records }))
     }
 
+    type GetResultsStream = BoxStream<pb::GetResultsResponse>;
+
     async fn get_results(
         &self,
         req: Request<pb::SweepRef>,
-    ) -> Result<Response<pb::GetResultsResponse>, Status> {
-        Ok(Response::new(
-            self.core()?.results(&req.into_inner().sweep_id)?,
-        ))
+    ) -> Result<Response<Self::GetResultsStream>, Status> {
+        let core = self.core()?;
+        let sid = core.resolve_sweep(&req.into_inner().sweep_id)?;
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(async move {
+            let mut sent = std::collections::HashSet::new();
+            let mut from = 0;
+            loop {
+                let r = core.results_chunk(&sid, from, 20_000, &mut sent);
+                let (chunk, done) = match r {
+                    Ok(v) => v,
+                    Err(e) => {
+                        let _ = tx.send(Err(e.into())).await;
+                        return;
+                    }
+                };
+                from += 20_000;
+                if tx.send(Ok(chunk)).await.is_err() || done {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     async fn list_workers(

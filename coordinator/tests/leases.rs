@@ -61,6 +61,25 @@ fn assignments(w: &mut Worker) -> Vec<pb::Assignment> {
     out
 }
 
+/// The incrementally kept counts agree with the jobs' states.
+fn counts_agree(core: &Core) {
+    for sw in core.list_sweeps() {
+        let jobs = core.list_jobs(&sw.id, "").unwrap();
+        let n = |s: &str| jobs.iter().filter(|j| j.state == s).count() as u64;
+        let c = sw.counts.unwrap();
+        assert_eq!(
+            (c.queued, c.running, c.succeeded, c.failed, c.cancelled),
+            (
+                n("queued"),
+                n("running"),
+                n("succeeded"),
+                n("failed"),
+                n("cancelled")
+            )
+        );
+    }
+}
+
 fn wid(w: &Worker) -> liandan_common::WorkerId {
     liandan_common::WorkerId::parse(&w.id).unwrap()
 }
@@ -158,6 +177,7 @@ async fn heartbeats_keep_the_lease_and_silence_loses_it() {
     assert_eq!(core.get_job(&job).await.unwrap().state, "succeeded");
     let again = exit(&core, &mut b, &job, 2, "succeeded").await;
     assert_eq!(again.refused, 1, "a second result for the job is refused");
+    counts_agree(&core);
 }
 
 #[tokio::test(start_paused = true)]
@@ -202,6 +222,7 @@ async fn failed_attempts_retry_with_exponential_backoff_then_fail() {
     exit(&core, &mut w, &job, 3, "failed").await;
     let j = core.get_job(&job).await.unwrap();
     assert_eq!((j.state.as_str(), j.retries_used), ("failed", 2));
+    counts_agree(&core);
 }
 
 #[tokio::test(start_paused = true)]
@@ -268,4 +289,5 @@ async fn a_restart_without_the_worker_loses_the_attempt_after_the_grace() {
     let j = core.get_job(&job).await.unwrap();
     assert_eq!(j.state, "queued");
     assert_eq!(j.attempts[0].state, "lost");
+    counts_agree(&core);
 }

@@ -179,12 +179,21 @@ async fn scale(jobs: u64, workers: usize) -> Res<()> {
     let mut results_err = None;
     for _ in 0..3 {
         let t = Instant::now();
-        match user
-            .get_results(pb::SweepRef {
-                sweep_id: sweep.id.clone(),
-            })
-            .await
-        {
+        let r = async {
+            let mut s = user
+                .get_results(pb::SweepRef {
+                    sweep_id: sweep.id.clone(),
+                })
+                .await?
+                .into_inner();
+            let mut n = 0;
+            while let Some(c) = s.message().await? {
+                n += c.jobs.len();
+            }
+            Ok::<usize, tonic::Status>(n)
+        }
+        .await;
+        match r {
             Ok(_) => rs.push(t.elapsed().as_secs_f64() * 1e3),
             Err(e) => {
                 results_err = Some(e.to_string());
