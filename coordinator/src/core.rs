@@ -45,6 +45,9 @@ struct SweepMem {
     name: String,
     spec: Arc<SweepSpec>,
     spec_json: Arc<str>,
+    /// What a worker needs to run a job: the spec without its parameter space
+    /// (which can be megabytes), serialised once and shared by every assignment.
+    run_spec_json: Arc<str>,
     spec_hash: String,
     state: SweepState,
     algorithm: String,
@@ -305,6 +308,7 @@ impl Core {
                 SweepMem {
                     name,
                     spec: spec.clone(),
+                    run_spec_json: run_spec_json(&spec),
                     spec_json: spec_json.into(),
                     spec_hash,
                     state: SweepState::Active,
@@ -1224,7 +1228,7 @@ impl Core {
                         trial_id: trial,
                         seed,
                         params_json,
-                        spec_json: s.spec_json.to_string(),
+                        spec_json: s.run_spec_json.to_string(),
                         gpu_uuids: taken,
                         resume_from,
                         cpu_slots: cpus,
@@ -1486,6 +1490,12 @@ fn worker_info(id: &WorkerId, w: &WorkerMem) -> pb::Worker {
     }
 }
 
+fn run_spec_json(spec: &SweepSpec) -> Arc<str> {
+    let mut run = spec.clone();
+    run.parameters.clear();
+    serde_json::to_string(&run).unwrap_or_default().into()
+}
+
 fn sweep_info(st: &State, id: &SweepId) -> pb::Sweep {
     let Some(s) = st.sweeps.get(id) else {
         return pb::Sweep::default();
@@ -1552,6 +1562,7 @@ fn load(store: &Store, cfg: &CoordinatorConfig) -> Result<State, CoreError> {
                         sid,
                         SweepMem {
                             name,
+                            run_spec_json: run_spec_json(&spec),
                             spec: Arc::new(spec),
                             spec_json: spec_json.into(),
                             spec_hash,
