@@ -291,3 +291,90 @@ async fn a_restart_without_the_worker_loses_the_attempt_after_the_grace() {
     assert_eq!(j.attempts[0].state, "lost");
     counts_agree(&core);
 }
+
+fn worker_with(id: &str, cpu_slots: u32, gpus: &[&str], labels: &[&str]) -> pb::Hello {
+    pb::Hello {
+        worker_id: id.into(),
+        hostname: "h".into(),
+        resources: Some(pb::Resources {
+            cpu_slots,
+            gpus: gpus
+                .iter()
+                .enumerate()
+                .map(|(i, u)| pb::Gpu {
+                    index: i as u32,
+                    uuid: u.to_string(),
+                    name: "H100".into(),
+                    memory_bytes: 80 << 30,
+                })
+                .collect(),
+            labels: labels.iter().map(|l| l.to_string()).collect(),
+            ..Default::default()
+        }),
+        held: vec![],
+        version: "t".into(),
+        last_seq: 0,
+    }
+}
+
+fn sweep_spec(name: &str, n: usize, extra: &str) -> String {
+    let vals: Vec<String> = (0..n).map(|i| i.to_string()).collect();
+    format!("name: {name}\nprogram: /bin/true\ncommand: [/bin/true]\nmethod: grid\nparameters:\n  x: {{values: [{}]}}\nliandan:\n{extra}", vals.join(", "))
+}
+
+#[tokio::test(start_paused = true)]
+async fn scheduling_packs_whole_gpus_honours_labels_caps_and_shares_fairly() {
+    let dir = tempfile::tempdir().unwrap();
+    let core = core(dir.path());
+    core.submit(
+        &sweep_spec("gpu", 5, "  resources: {gpus: 1}\n"),
+        "yaml",
+        "",
+    )
+    .await
+    .unwrap();
+    core.submit(&sweep_spec("capped", 5, "  concurrency: 1\n"), "yaml", "")
+        .await
+        .unwrap();
+    core.submit(
+        &sweep_spec("elsewhere", 5, "  resources: {labels: [b]}\n"),
+        "yaml",
+        "",
+    )
+    .await
+    .unwrap();
+    core.submit(&sweep_spec("free", 5, ""), "yaml", "")
+        .await
+        .unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    core.hello(worker_with("wk-gggg", 3, &["GPU-a", "GPU-b"], &["a"]), tx)
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    while let Ok(m) = rx.try_recv() {
+        if let Some(Msg::Assign(a)) = m.msg {
+            got.push(a);
+        }
+    }
+    let by_sweep = |name: &str| {
+        got.iter()
+            .filter(|a| core.get_sweep(name).unwrap().id == a.sweep_id)
+            .collect::<Vec<_>>()
+    };
+    // Whole GPUs, each to one job, on this worker.
+    let gpu_jobs = by_sweep("gpu");
+    assert_eq!(gpu_jobs.len(), 2, "two GPUs, one job each");
+    let mut uuids: Vec<&str> = gpu_jobs
+        .iter()
+        .flat_map(|a| a.gpu_uuids.iter().map(String::as_str))
+        .collect();
+    uuids.sort();
+    assert_eq!(uuids, ["GPU-a", "GPU-b"]);
+    // CPU slots shared fairly between the two CPU sweeps, within the cap.
+    assert_eq!(by_sweep("capped").len(), 1, "concurrency: 1");
+    assert_eq!(by_sweep("free").len(), 2);
+    // A job needing a label the worker lacks never lands there.
+    assert!(by_sweep("elsewhere").is_empty());
+    assert_eq!(got.len(), 5);
+    counts_agree(&core);
+}
