@@ -96,6 +96,26 @@ struct JobMem {
     cpus: u32,
 }
 
+impl WorkerMem {
+    /// A worker known by id only (before its hello, or from the database).
+    fn unknown(lease_deadline: Instant) -> WorkerMem {
+        WorkerMem {
+            hostname: String::new(),
+            resources: pb::Resources::default(),
+            free_cpus: 0,
+            free_gpus: Vec::new(),
+            running: HashSet::new(),
+            session: None,
+            lease_deadline,
+            draining: false,
+            stopping: false,
+            acked_seq: 0,
+            last_seen: 0.0,
+            known: false,
+        }
+    }
+}
+
 impl JobMem {
     fn row(&self, id: &JobId) -> JobRow {
         JobRow {
@@ -627,20 +647,10 @@ impl Core {
             let session = st.next_session;
             let now = Instant::now();
             let lease = secs(self.cfg.lease_timeout_secs);
-            let w = st.workers.entry(wid.clone()).or_insert_with(|| WorkerMem {
-                hostname: String::new(),
-                resources: pb::Resources::default(),
-                free_cpus: 0,
-                free_gpus: Vec::new(),
-                running: HashSet::new(),
-                session: None,
-                lease_deadline: now + lease,
-                draining: false,
-                acked_seq: 0,
-                last_seen: 0.0,
-                known: false,
-                stopping: false,
-            });
+            let w = st
+                .workers
+                .entry(wid.clone())
+                .or_insert_with(|| WorkerMem::unknown(now + lease));
             w.hostname = hello.hostname.chars().take(256).collect();
             w.resources = resources;
             w.session = Some(Session {
@@ -1631,20 +1641,7 @@ fn load(store: &Store, cfg: &CoordinatorConfig) -> Result<State, CoreError> {
                     if let (JobState::Running, Some(w)) = (state, &worker) {
                         st.workers
                             .entry(w.clone())
-                            .or_insert_with(|| WorkerMem {
-                                hostname: String::new(),
-                                resources: pb::Resources::default(),
-                                free_cpus: 0,
-                                free_gpus: Vec::new(),
-                                running: HashSet::new(),
-                                session: None,
-                                lease_deadline: grace_deadline,
-                                draining: false,
-                                acked_seq: 0,
-                                last_seen: 0.0,
-                                known: false,
-                stopping: false,
-                            })
+                            .or_insert_with(|| WorkerMem::unknown(grace_deadline))
                             .running
                             .insert(jid.clone());
                     }
@@ -1676,20 +1673,7 @@ fn load(store: &Store, cfg: &CoordinatorConfig) -> Result<State, CoreError> {
                 for row in rows {
                     let (id, hostname, res, acked, draining, last_seen) = row?;
                     let Ok(wid) = WorkerId::parse(&id) else { continue };
-                    let w = st.workers.entry(wid).or_insert_with(|| WorkerMem {
-                        hostname: String::new(),
-                        resources: pb::Resources::default(),
-                        free_cpus: 0,
-                        free_gpus: Vec::new(),
-                        running: HashSet::new(),
-                        session: None,
-                        lease_deadline: grace_deadline,
-                        draining: false,
-                        acked_seq: 0,
-                        last_seen: 0.0,
-                        known: false,
-                stopping: false,
-                    });
+                    let w = st.workers.entry(wid).or_insert_with(|| WorkerMem::unknown(grace_deadline));
                     w.hostname = hostname;
                     w.resources = resources_from_json(&res);
                     w.acked_seq = acked as u64;

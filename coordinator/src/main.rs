@@ -1,7 +1,7 @@
 //! `liandan-coordinator`: flags → config → logging → [`liandan_coordinator::run`].
 
 use clap::Parser;
-use liandan_common::config::{self, CoordinatorConfig};
+use liandan_common::config::CoordinatorConfig;
 use liandan_common::exit;
 use std::path::PathBuf;
 
@@ -62,30 +62,14 @@ fn main() {
     if args.insecure {
         overrides.push(("insecure", "true".into()));
     }
-    let cfg: CoordinatorConfig = match config::load(args.config.as_deref(), &overrides)
-        .and_then(|c: CoordinatorConfig| c.validate().map(|_| c))
-    {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            std::process::exit(exit::CONFIG);
-        }
-    };
-    if args.print_config {
-        print!("{}", config::render_redacted(&cfg));
-        return;
-    }
+    let cfg: CoordinatorConfig = liandan_common::daemon::config_or_exit(
+        args.config.as_deref(),
+        &overrides,
+        CoordinatorConfig::validate,
+        args.print_config,
+    );
     liandan_common::logging::init(&cfg.log_format, "info");
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            std::process::exit(exit::SOFTWARE);
-        }
-    };
+    let rt = liandan_common::daemon::runtime_or_exit();
     // Certificates, tokens and the safe-by-default rule are checked before
     // anything listens: a refusal is a configuration error (78).
     liandan_common::auth::install_crypto_provider();
@@ -97,7 +81,10 @@ fn main() {
         let listener = match tokio::net::TcpListener::bind(&cfg.listen).await {
             Ok(l) => l,
             Err(e) => {
-                eprintln!("error: cannot listen on {}: {e}; choose another address with --listen", cfg.listen);
+                eprintln!(
+                    "error: cannot listen on {}: {e}; choose another address with --listen",
+                    cfg.listen
+                );
                 return exit::UNAVAILABLE;
             }
         };
@@ -106,11 +93,7 @@ fn main() {
             println!("listening on {addr}");
         }
         let shutdown = async {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
-            }
+            liandan_common::daemon::shutdown_signal().await;
             tracing::info!("shutting down");
         };
         match liandan_coordinator::run(cfg, listener, shutdown).await {

@@ -1,7 +1,7 @@
 //! `liandan-worker`: flags → config → logging → [`liandan_worker::run`].
 
 use clap::Parser;
-use liandan_common::config::{self, WorkerConfig};
+use liandan_common::config::WorkerConfig;
 use liandan_common::exit;
 use std::path::PathBuf;
 
@@ -62,41 +62,24 @@ fn main() {
     if let Some(v) = &args.log_format {
         o.push(("log_format", v.clone()));
     }
-    let cfg: WorkerConfig = match config::load(args.config.as_deref(), &o)
-        .and_then(|c: WorkerConfig| c.validate().map(|_| c))
-    {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            std::process::exit(exit::CONFIG);
-        }
-    };
-    if args.print_config {
-        print!("{}", config::render_redacted(&cfg));
-        return;
-    }
+    let cfg: WorkerConfig = liandan_common::daemon::config_or_exit(
+        args.config.as_deref(),
+        &o,
+        WorkerConfig::validate,
+        args.print_config,
+    );
     liandan_common::logging::init(&cfg.log_format, "info");
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            std::process::exit(exit::SOFTWARE);
-        }
-    };
+    let rt = liandan_common::daemon::runtime_or_exit();
     let code = rt.block_on(async move {
         let shutdown = async {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
-            }
+            liandan_common::daemon::shutdown_signal().await;
         };
         match liandan_worker::run(cfg, shutdown).await {
             Ok(()) => exit::OK,
-            Err(e @ (liandan_worker::WorkerError::Locked(..) | liandan_worker::WorkerError::Tls(..))) => {
+            Err(
+                e
+                @ (liandan_worker::WorkerError::Locked(..) | liandan_worker::WorkerError::Tls(..)),
+            ) => {
                 eprintln!("error: {e}");
                 exit::CONFIG
             }
