@@ -592,3 +592,60 @@ parameters:
         assert!(l.starts_with(&format!("line {:08} ", i + 1)), "{l}");
     }
 }
+
+#[test]
+fn pause_holds_new_jobs_and_resume_releases_them_and_drain_stops_new_work() {
+    let c = Cluster::start(
+        1,
+        Opts {
+            slots: 1,
+            ..Opts::default()
+        },
+    );
+    let spec = "name: pausable\nprogram: /bin/sh\ncommand: [\"/bin/sh\", \"-c\", \"sleep 0.5; echo done\"]\nmethod: grid\nparameters:\n  k: {values: [1, 2, 3, 4]}\n";
+    let p = c.write("pausable.yaml", spec);
+    let sweep = c.submit(&p);
+    assert!(c.cli(&["pause", &sweep]).status.success());
+    // Whatever was running finishes; nothing new starts while paused.
+    std::thread::sleep(Duration::from_millis(1500));
+    let st = c.cli_json(&["status", &sweep, "-o", "json"]);
+    assert_eq!(st[0]["state"], "paused");
+    let started = st[0]["succeeded"].as_u64().unwrap() + st[0]["running"].as_u64().unwrap();
+    assert!(started <= 1, "{st}");
+    std::thread::sleep(Duration::from_millis(1000));
+    let later = c.cli_json(&["status", &sweep, "-o", "json"]);
+    assert_eq!(later[0]["queued"].as_u64().unwrap() + started, 4, "{later}");
+    assert!(c.cli(&["resume", &sweep]).status.success());
+    let done = c.wait_finished(&sweep, Duration::from_secs(30));
+    assert_eq!(done["succeeded"], 4);
+
+    // Drain: the worker finishes what it runs and takes nothing new.
+    let p2 = c.write("drained.yaml", &spec.replace("pausable", "drained"));
+    let sweep2 = c.submit(&p2);
+    let w = eventually(Duration::from_secs(10), || {
+        let ws = c.cli_json(&["workers", "-o", "json"]);
+        ws.as_array()
+            .and_then(|a| a.first().cloned())
+            .filter(|w| !w["running_jobs"].as_array().unwrap().is_empty())
+    })
+    .expect("a job running");
+    let out = c.cli(&["drain", w["id"].as_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::thread::sleep(Duration::from_millis(2000));
+    let st = c.cli_json(&["status", &sweep2, "-o", "json"]);
+    assert_eq!(
+        (
+            st[0]["succeeded"].as_u64(),
+            st[0]["running"].as_u64(),
+            st[0]["queued"].as_u64()
+        ),
+        (Some(1), Some(0), Some(3)),
+        "{st}"
+    );
+    let ws = c.cli_json(&["workers", "-o", "json"]);
+    assert_eq!(ws[0]["draining"], true);
+}
