@@ -649,3 +649,27 @@ fn pause_holds_new_jobs_and_resume_releases_them_and_drain_stops_new_work() {
     let ws = c.cli_json(&["workers", "-o", "json"]);
     assert_eq!(ws[0]["draining"], true);
 }
+
+#[test]
+fn two_workers_cannot_share_a_state_dir() {
+    let c = Cluster::start(1, Opts::default());
+    eventually(Duration::from_secs(10), || {
+        (c.cli_json(&["workers", "-o", "json"])
+            .as_array()
+            .map(|a| a.len())
+            == Some(1))
+        .then_some(())
+    })
+    .expect("first worker up");
+    let out = std::process::Command::new(liandan_e2e::bin("liandan-worker"))
+        .args(["--coordinator", &c.url(), "--gpus", "none", "--state-dir"])
+        .arg(c.dir.path().join("worker-0"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("in use by another liandan-worker") && err.contains("--state-dir"),
+        "{err}"
+    );
+}

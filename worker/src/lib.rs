@@ -734,10 +734,17 @@ async fn upload_loop(ctx: Arc<WorkerCtx>) {
                         }
                         ctx.upload_done.notify_waiters();
                     }
-                    Err(e) if e.code() == tonic::Code::NotFound || (e.code() == tonic::Code::InvalidArgument && !e.message().contains("resume from")) => {
+                    Err(e)
+                        if e.code() == tonic::Code::NotFound
+                            || (e.code() == tonic::Code::InvalidArgument
+                                && !e.message().contains("resume from")) =>
+                    {
                         // The file is gone, or the coordinator will never take it: retrying cannot help.
                         tracing::error!(job = %u.job_id, step = u.step, error = %e, "checkpoint cannot be uploaded; giving it up");
-                        let _ = ctx.spool.upload_done(u.job_id.clone(), u.attempt, u.step).await;
+                        let _ = ctx
+                            .spool
+                            .upload_done(u.job_id.clone(), u.attempt, u.step)
+                            .await;
                         ctx.upload_done.notify_waiters();
                     }
                     Err(e) => {
