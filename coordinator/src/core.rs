@@ -249,17 +249,39 @@ impl Core {
         let format = Format::parse(format).ok_or_else(|| {
             CoreError::InvalidArgument(format!("unknown spec format {format:?}; use yaml or toml"))
         })?;
-        let parsed = sweep::parse(text, format)
-            .map_err(|e| CoreError::InvalidArgument(format!("invalid sweep spec: {e}")))?;
-        let spec = parsed.spec;
-        let (spec_json, spec_hash) = sweep::spec_identity(&spec);
-        let name = sweep::resolve_name(&spec, name);
-        liandan_common::names::validate("sweep name", &name)
-            .map_err(|e| CoreError::InvalidArgument(e.to_string()))?;
-        let sweep_id = SweepId::for_name(&name);
-        let expansion = sweep::expand(&spec, &sweep_id)
-            .map_err(|e| CoreError::InvalidArgument(e.to_string()))?;
-        let mut warnings = parsed.warnings;
+        // Parsing and expanding a big sweep takes seconds of CPU: not on a runtime thread.
+        let (text, requested) = (text.to_string(), name.to_string());
+        let t0 = std::time::Instant::now();
+        let prepared = tokio::task::spawn_blocking(move || -> Result<_, CoreError> {
+            let parsed = sweep::parse(&text, format)
+                .map_err(|e| CoreError::InvalidArgument(format!("invalid sweep spec: {e}")))?;
+            let spec = parsed.spec;
+            let (spec_json, spec_hash) = sweep::spec_identity(&spec);
+            let name = sweep::resolve_name(&spec, &requested);
+            liandan_common::names::validate("sweep name", &name)
+                .map_err(|e| CoreError::InvalidArgument(e.to_string()))?;
+            let sweep_id = SweepId::for_name(&name);
+            let expansion = sweep::expand(&spec, &sweep_id)
+                .map_err(|e| CoreError::InvalidArgument(e.to_string()))?;
+            Ok((
+                parsed.warnings,
+                spec,
+                spec_json,
+                spec_hash,
+                name,
+                sweep_id,
+                expansion,
+            ))
+        })
+        .await
+        .map_err(|e| CoreError::FailedPrecondition(format!("expanding the sweep: {e}")))??;
+        let (warnings0, spec, spec_json, spec_hash, name, sweep_id, expansion) = prepared;
+        tracing::debug!(
+            jobs = expansion.jobs.len(),
+            secs = t0.elapsed().as_secs_f64(),
+            "sweep parsed and expanded"
+        );
+        let mut warnings = warnings0;
         warnings.extend(expansion.warnings.iter().cloned());
         let spec = Arc::new(spec);
         let (fut, sends) = {
@@ -345,7 +367,12 @@ impl Core {
             self.dispatch(&mut st, &mut ops, &mut sends);
             (self.store.enqueue(ops), sends)
         };
+        tracing::debug!(
+            secs = t0.elapsed().as_secs_f64(),
+            "sweep in memory; committing"
+        );
         self.finish(fut, sends).await?;
+        tracing::debug!(secs = t0.elapsed().as_secs_f64(), "sweep committed");
         let info = sweep_info(&self.lock(), &sweep_id);
         Ok((info, true, warnings))
     }
