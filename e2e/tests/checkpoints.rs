@@ -280,3 +280,53 @@ fn sigterm_to_a_worker_preempts_its_job_with_a_fresh_checkpoint_and_it_resumes_e
         "attempt 2 resumed from the drain checkpoint: {log}"
     );
 }
+
+#[test]
+fn an_ordinary_python_script_sweeps_checkpoints_and_resumes_by_the_documented_convention() {
+    // examples/train.py follows the README's conventions; run its sweep with
+    // `${interpreter} ${program} ${args}`, then preempt a job mid-run.
+    let mut c = Cluster::start(
+        1,
+        Opts {
+            lease_timeout_secs: 30.0,
+            grace_period_secs: 5.0,
+            ..Opts::default()
+        },
+    );
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples/train.py")
+        .canonicalize()
+        .unwrap();
+    let spec = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/python-sweep.yaml"),
+    )
+    .unwrap()
+    .replace(
+        "program: examples/train.py",
+        &format!("program: {}", script.display()),
+    )
+    .replace(
+        "steps:\n    value: 200",
+        "steps:\n    value: 200\n  sleep:\n    value: 0.01",
+    );
+    let p = c.write("python.yaml", &spec);
+    let sweep = c.submit(&p);
+    let first = eventually(Duration::from_secs(20), || {
+        let j = job(&c, &sweep);
+        let id = j["id"].as_str()?.to_string();
+        (j["state"] == "running" && !checkpoints(&c, &id).is_empty()).then_some(id)
+    })
+    .expect("a published checkpoint was uploaded");
+    c.workers[0].terminate(Duration::from_secs(30));
+    c.add_worker(1);
+    let st = c.wait_finished(&sweep, Duration::from_secs(120));
+    assert_eq!(st["succeeded"], 12, "{st}");
+    let log = String::from_utf8_lossy(&c.cli(&["logs", &first, "--stderr"]).stdout).to_string();
+    assert!(
+        log.contains("resumed from step"),
+        "the preempted job resumed from its checkpoint: {log}"
+    );
+    let r = c.cli_json(&["results", &sweep, "-o", "json"]);
+    assert_eq!(r["trials"].as_array().unwrap().len(), 3);
+    assert!(r["trials"].as_array().unwrap().iter().all(|t| t["n"] == 4));
+}

@@ -53,6 +53,13 @@ pub fn process_start_ticks(pid: i32) -> Option<u64> {
 fn resolve_program(ctx: &WorkerCtx, program: Option<&str>) -> Option<String> {
     let p = program?;
     if p != TRAINER_PROGRAM {
+        // Jobs run in their attempt directory: a relative program is taken
+        // relative to the worker's own directory (as W&B's agent does).
+        if !p.starts_with('/') && Path::new(p).exists() {
+            if let Ok(abs) = std::path::absolute(p) {
+                return Some(abs.display().to_string());
+            }
+        }
         return Some(p.to_string());
     }
     if !ctx.cfg.train_binary.is_empty() {
@@ -67,6 +74,20 @@ fn resolve_program(ctx: &WorkerCtx, program: Option<&str>) -> Option<String> {
         }
     }
     Some(p.to_string())
+}
+
+/// W&B's `${interpreter}` is `python`; Debian has only `python3` unless
+/// python-is-python3 is installed, so fall back to it.
+fn interpreter() -> &'static str {
+    let on_path = |name: &str| {
+        std::env::var_os("PATH")
+            .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join(name).is_file()))
+    };
+    if on_path("python") {
+        "python"
+    } else {
+        "python3"
+    }
 }
 
 /// Sends output lines to the spool in batches, numbering them per attempt,
@@ -363,7 +384,7 @@ pub async fn run_attempt(
         let params_file = params_path.display().to_string();
         let cctx = CommandContext {
             env: "/usr/bin/env",
-            interpreter: "python",
+            interpreter: interpreter(),
             program: program.as_deref(),
             args_json_file: &params_file,
             envvar: &env_lookup,
