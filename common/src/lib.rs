@@ -10,6 +10,7 @@ pub mod auth;
 pub mod config;
 pub mod daemon;
 pub mod exit;
+pub mod hash;
 pub mod ids;
 pub mod logging;
 pub mod names;

@@ -7,6 +7,7 @@
 
 use crate::core::Core;
 use crate::store::CheckpointRow;
+pub use liandan_common::hash::{hash_file, CHUNK};
 use liandan_common::ids::JobId;
 use liandan_proto::v1 as pb;
 use std::io::Read;
@@ -16,8 +17,6 @@ use std::sync::Arc;
 use tokio_stream::Stream;
 use tonic::{Status, Streaming};
 
-/// Chunk size of checkpoint streams.
-pub const CHUNK: usize = 1 << 20;
 /// Largest checkpoint accepted.
 pub const MAX_SIZE: u64 = 256 << 30;
 
@@ -38,27 +37,6 @@ fn io(e: std::io::Error, what: &str) -> Status {
         ""
     };
     Status::internal(format!("{what}: {e}{hint}"))
-}
-
-/// Hashes a file with BLAKE3 on a blocking thread.
-pub async fn hash_file(path: PathBuf) -> std::io::Result<(String, u64)> {
-    tokio::task::spawn_blocking(move || {
-        let mut f = std::fs::File::open(&path)?;
-        let mut h = blake3::Hasher::new();
-        let mut buf = vec![0u8; CHUNK];
-        let mut n = 0u64;
-        loop {
-            let k = f.read(&mut buf)?;
-            if k == 0 {
-                break;
-            }
-            n += k as u64;
-            h.update(&buf[..k]);
-        }
-        Ok((h.finalize().to_hex().to_string(), n))
-    })
-    .await
-    .map_err(std::io::Error::other)?
 }
 
 fn fsync_dir(dir: &Path) -> std::io::Result<()> {

@@ -4,33 +4,10 @@
 //! copy with the right hash is used without downloading).
 
 use crate::WorkerCtx;
+pub use liandan_common::hash::{hash_file, CHUNK};
 use liandan_proto::v1 as pb;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
-
-pub const CHUNK: usize = 1 << 20;
-
-/// BLAKE3 and size of a file, on a blocking thread.
-pub async fn hash_file(path: PathBuf) -> std::io::Result<(String, u64)> {
-    tokio::task::spawn_blocking(move || {
-        let mut f = std::fs::File::open(&path)?;
-        let mut h = blake3::Hasher::new();
-        let mut buf = vec![0u8; CHUNK];
-        let mut n = 0u64;
-        loop {
-            let k = f.read(&mut buf)?;
-            if k == 0 {
-                break;
-            }
-            n += k as u64;
-            h.update(&buf[..k]);
-        }
-        Ok((h.finalize().to_hex().to_string(), n))
-    })
-    .await
-    .map_err(std::io::Error::other)?
-}
 
 /// Uploads one checkpoint, resuming a partial upload. Ok(true) when accepted,
 /// Ok(false) when the coordinator refused it for good (stale attempt).
