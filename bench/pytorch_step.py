@@ -19,6 +19,7 @@ def main() -> None:
     batch = int(args.get("batch_size", 256))
     steps = int(args.get("steps", 300))
     threads = int(args.get("threads", 1))
+    optimizer = args.get("optimizer", "adam")
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     layers, fan_in = [], 2
@@ -27,7 +28,10 @@ def main() -> None:
         fan_in = width
     layers.append(torch.nn.Linear(fan_in, 3))
     model = torch.nn.Sequential(*layers)
-    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    if optimizer == "sgd":
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    else:
+        opt = torch.optim.Adam(model.parameters(), lr=0.01)
     x = torch.randn(batch, 2)
     y = torch.randint(0, 3, (batch,))
     times = []

@@ -205,6 +205,9 @@ pub struct Optimizer {
     /// SGD: momentum buffers; Adam: first then second moments.
     pub state: Vec<Tensor>,
     pub t: i64,
+    /// Scratch buffers, one per parameter, reused every step (no allocation
+    /// and page faults on the hot path). Not state: never checkpointed.
+    scratch: Vec<Tensor>,
 }
 
 impl Optimizer {
@@ -236,6 +239,7 @@ impl Optimizer {
             eps,
             state,
             t: 0,
+            scratch: params.iter().map(|p| p.zeros_like()).collect(),
         }
     }
 
@@ -280,14 +284,16 @@ impl Optimizer {
                         // p += m / (-(sqrt(v)/sqrt(bc2) + eps) * bc1/lr)   (one addcdiv_).
                         let (b1, b2) = (self.beta1, self.beta2);
                         let _ = self.state[i].lerp_(&g, 1.0 - b1);
-                        let _ = self.state[n + i].lerp_(&(&g * &g), 1.0 - b2);
+                        let tmp = &mut self.scratch[i];
+                        let _ = g.mul_out(tmp, &g);
+                        let _ = self.state[n + i].lerp_(tmp, 1.0 - b2);
                         let bc1 = 1.0 - b1.powi(self.t as i32);
                         let bc2 = 1.0 - b2.powi(self.t as i32);
-                        let mut denom = self.state[n + i].sqrt();
-                        let _ = denom.g_div_scalar_(bc2.sqrt());
-                        let _ = denom.g_add_scalar_(self.eps);
-                        let _ = denom.g_mul_scalar_(-bc1 / lr);
-                        let _ = p.addcdiv_(&self.state[i], &denom);
+                        let _ = self.state[n + i].sqrt_out(tmp);
+                        let _ = tmp.g_div_scalar_(bc2.sqrt());
+                        let _ = tmp.g_add_scalar_(self.eps);
+                        let _ = tmp.g_mul_scalar_(-bc1 / lr);
+                        let _ = p.addcdiv_(&self.state[i], tmp);
                     }
                 }
             }
