@@ -148,8 +148,13 @@ enum Cmd {
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: Format,
     },
-    /// Stop giving a worker new jobs; its running jobs finish.
-    Drain { worker: String },
+    /// Stop giving a worker new jobs; its running jobs finish. Lasts until --undo.
+    Drain {
+        worker: String,
+        /// Lift the drain: the worker takes jobs again.
+        #[arg(long)]
+        undo: bool,
+    },
     /// A job's stored checkpoints.
     Checkpoints {
         job: String,
@@ -804,17 +809,20 @@ async fn run(cli: Cli) -> R<i32> {
             ));
             Ok(exit::OK)
         }
-        Cmd::Drain { worker } => {
+        Cmd::Drain { worker, undo } => {
             let w = connect(&url)
                 .await?
-                .drain_worker(pb::DrainWorkerRequest { worker_id: worker })
+                .drain_worker(pb::DrainWorkerRequest {
+                    worker_id: worker,
+                    undo,
+                })
                 .await?
                 .into_inner();
-            println!(
-                "worker {} is draining: no new jobs; {} running job(s) finish",
-                w.id,
-                w.running_jobs.len()
-            );
+            if undo {
+                println!("worker {} takes jobs again", w.id);
+            } else {
+                println!("worker {} is draining: no new jobs; {} running job(s) finish (lift with --undo)", w.id, w.running_jobs.len());
+            }
             Ok(exit::OK)
         }
         Cmd::Checkpoints { job, output } => {

@@ -621,7 +621,8 @@ impl Core {
             .collect()
     }
 
-    pub async fn drain(&self, id: &str) -> Result<pb::Worker, CoreError> {
+    /// Drains a worker (no new jobs; running ones finish), or lifts the drain (`undo`).
+    pub async fn drain(&self, id: &str, undo: bool) -> Result<pb::Worker, CoreError> {
         let wid = WorkerId::parse(id).map_err(|e| CoreError::InvalidArgument(e.to_string()))?;
         let (fut, sends) = {
             let mut st = self.lock();
@@ -633,9 +634,9 @@ impl Core {
                     id: wid.to_string(),
                     hint: "workers",
                 })?;
-            w.draining = true;
+            w.draining = !undo;
             let mut sends = Vec::new();
-            if let Some(s) = &w.session {
+            if let (false, Some(s)) = (undo, &w.session) {
                 sends.push((
                     s.tx.clone(),
                     pb::CoordinatorMessage {
@@ -643,7 +644,10 @@ impl Core {
                     },
                 ));
             }
-            let ops = vec![worker_upsert(&wid, w)];
+            let mut ops = vec![worker_upsert(&wid, w)];
+            if undo {
+                self.dispatch(&mut st, &mut ops, &mut sends);
+            }
             (self.store.enqueue(ops), sends)
         };
         self.finish(fut, sends).await?;
@@ -1277,14 +1281,6 @@ impl Core {
 
     // ------------------------------------------------------- checkpoints
 
-    /// Whether `attempt` is the current attempt of a running job (fencing for uploads).
-    pub fn is_current(&self, jid: &JobId, attempt: u64) -> bool {
-        let st = self.lock();
-        st.jobs
-            .get(jid)
-            .is_some_and(|j| j.state == JobState::Running && j.attempt == attempt)
-    }
-
     /// Whether `worker` holds `attempt`, the current attempt of a running job.
     pub fn holds(&self, jid: &JobId, attempt: u64, worker: &str) -> bool {
         let st = self.lock();
@@ -1649,10 +1645,15 @@ fn load(store: &Store, cfg: &CoordinatorConfig) -> Result<State, CoreError> {
                 for row in rows {
                     let j = row?;
                     let (Ok(jid), Ok(sid), Ok(tid), Some(state)) = (JobId::parse(&j.id), SweepId::parse(&j.sweep_id), TrialId::parse(&j.trial_id), JobState::parse(&j.state)) else {
+                        // Only this binary writes these rows; say so loudly rather than drop a job quietly.
+                        tracing::error!(job = %j.id, state = %j.state, "stored job cannot be read; it is not scheduled (is the database from a newer liandan?)");
                         continue;
                     };
                     let worker = j.worker_id.as_deref().and_then(|w| WorkerId::parse(w).ok());
-                    let Some(s) = st.sweeps.get_mut(&sid) else { continue };
+                    let Some(s) = st.sweeps.get_mut(&sid) else {
+                        tracing::error!(job = %jid, sweep = %sid, "stored job belongs to a sweep that cannot be read; it is not scheduled");
+                        continue;
+                    };
                     s.jobs.push(jid.clone());
                     s.counts[state_index(state)] += 1;
                     let mut cpus = 0;

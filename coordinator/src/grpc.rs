@@ -4,7 +4,7 @@
 use crate::checkpoints::CheckpointStore;
 use crate::core::{Core, CoreError};
 use crate::model::SweepState;
-use liandan_common::ids::{JobId, WorkerId};
+use liandan_common::ids::JobId;
 use liandan_proto::v1 as pb;
 use pb::user_service_server::UserService;
 use pb::worker_service_server::WorkerService;
@@ -248,8 +248,9 @@ impl UserService for Api {
         &self,
         req: Request<pb::DrainWorkerRequest>,
     ) -> Result<Response<pb::Worker>, Status> {
+        let r = req.into_inner();
         Ok(Response::new(
-            self.core()?.drain(&req.into_inner().worker_id).await?,
+            self.core()?.drain(&r.worker_id, r.undo).await?,
         ))
     }
 
@@ -396,9 +397,4 @@ impl From<CoreError> for Status {
             CoreError::Store(s) => Status::internal(s.to_string()),
         }
     }
-}
-
-/// Parses a worker id from a request field.
-pub fn worker_id(s: &str) -> Result<WorkerId, Status> {
-    WorkerId::parse(s).map_err(|e| Status::invalid_argument(e.to_string()))
 }

@@ -36,20 +36,18 @@ pub enum RunError {
     Transport(#[from] tonic::transport::Error),
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
-    /// Certificates, tokens or the safe-by-default rule (a configuration error, exit 78).
-    #[error("{0}")]
-    Security(String),
 }
 
-/// Serves the coordinator on `listener` until `shutdown` resolves. Health is
-/// NOT_SERVING until the state is loaded, then SERVING.
+/// Serves the coordinator on `listener` until `shutdown` resolves, with the
+/// `security` loaded from `cfg` beforehand ([`security::Security::load`], so a
+/// refusal happens before anything listens). Health is NOT_SERVING until the
+/// state is loaded, then SERVING.
 pub async fn run(
     cfg: CoordinatorConfig,
+    security: security::Security,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
-    liandan_common::auth::install_crypto_provider();
-    let security = security::Security::load(&cfg).map_err(RunError::Security)?;
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_service_status("", ServingStatus::NotServing)

@@ -73,10 +73,13 @@ fn main() {
     // Certificates, tokens and the safe-by-default rule are checked before
     // anything listens: a refusal is a configuration error (78).
     liandan_common::auth::install_crypto_provider();
-    if let Err(e) = liandan_coordinator::security::Security::load(&cfg) {
-        eprintln!("error: {e}");
-        std::process::exit(exit::CONFIG);
-    }
+    let security = match liandan_coordinator::security::Security::load(&cfg) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(exit::CONFIG);
+        }
+    };
     let code = rt.block_on(async move {
         let listener = match tokio::net::TcpListener::bind(&cfg.listen).await {
             Ok(l) => l,
@@ -96,12 +99,8 @@ fn main() {
             liandan_common::daemon::shutdown_signal().await;
             tracing::info!("shutting down");
         };
-        match liandan_coordinator::run(cfg, listener, shutdown).await {
+        match liandan_coordinator::run(cfg, security, listener, shutdown).await {
             Ok(()) => exit::OK,
-            Err(e @ liandan_coordinator::RunError::Security(_)) => {
-                eprintln!("error: {e}");
-                exit::CONFIG
-            }
             Err(e) => {
                 eprintln!("error: {e}");
                 exit::SOFTWARE

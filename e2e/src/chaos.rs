@@ -5,7 +5,7 @@
 //! the coordinator, SIGTERM (drain) of a worker, and partitions. Then it checks
 //! the promises and prints them as a table.
 
-use crate::{bin, eventually, Cluster, Opts, Proc};
+use crate::{bin, Cluster, Opts, Proc};
 use liandan_common::rng::Rng;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -432,7 +432,6 @@ pub fn run(seed: u64, fault_secs: u64) -> Report {
             }
         }
     }
-    let _ = eventually(Duration::from_millis(10), || Some(()));
     report
 }
 

@@ -648,6 +648,13 @@ fn pause_holds_new_jobs_and_resume_releases_them_and_drain_stops_new_work() {
     );
     let ws = c.cli_json(&["workers", "-o", "json"]);
     assert_eq!(ws[0]["draining"], true);
+    // Lifting the drain lets the rest run.
+    assert!(c
+        .cli(&["drain", w["id"].as_str().unwrap(), "--undo"])
+        .status
+        .success());
+    let done = c.wait_finished(&sweep2, Duration::from_secs(30));
+    assert_eq!(done["succeeded"], 4, "{done}");
 }
 
 #[test]

@@ -64,7 +64,6 @@ pub struct WorkerCtx {
     /// Woken when a checkpoint is published or an upload finished.
     pub uploads: Notify,
     upload_done: Notify,
-    draining: AtomicBool,
     jobs_dir: PathBuf,
     channel: Mutex<Option<Channel>>,
     /// Adds the join token (if any) to every RPC.
@@ -321,7 +320,6 @@ pub async fn prepare(
         sinks: Mutex::new(HashMap::new()),
         uploads: Notify::new(),
         upload_done: Notify::new(),
-        draining: AtomicBool::new(false),
         jobs_dir,
         channel: Mutex::new(None),
         liveness: liandan_common::systemd::Liveness::new(),
@@ -416,7 +414,6 @@ pub async fn run(
     shutdown.await;
     tracing::info!("stopping: no new jobs; asking running jobs to checkpoint and exit");
     liandan_common::systemd::stopping();
-    ctx.draining.store(true, Ordering::SeqCst);
     ctx.stopping.store(true, Ordering::SeqCst);
     // Tell the coordinator first (if connected), then stop the jobs.
     let announced = ctx.stop_announced.notified();
@@ -564,8 +561,8 @@ async fn session(
                         ctx.stop(&c.job_id, c.attempt, reason);
                     }
                     Some(pb::coordinator_message::Msg::Drain(_)) => {
+                        // The coordinator stops assigning; running jobs finish.
                         tracing::info!("draining: this worker takes no new jobs");
-                        ctx.draining.store(true, Ordering::SeqCst);
                     }
                     _ => {}
                 }

@@ -615,3 +615,42 @@ pub async fn journal(
         })
         .await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metric_pattern_picks_named_numbers_from_stdout() {
+        let re = regex::Regex::new(r"step=(?P<step>\d+) loss=(?P<loss>[0-9.eE+-]+)").unwrap();
+        let cases: &[(&str, Option<serde_json::Value>)] = &[
+            (
+                "step=10 loss=0.25",
+                Some(serde_json::json!({"step": 10, "loss": 0.25})),
+            ),
+            (
+                "epoch done: step=3 loss=1e-3 ok",
+                Some(serde_json::json!({"step": 3, "loss": 0.001})),
+            ),
+            ("nothing to see", None),
+            ("step=4 loss=abc", None),
+        ];
+        for (line, want) in cases {
+            assert_eq!(&metrics_from_line(&re, line), want, "{line}");
+        }
+    }
+
+    #[test]
+    fn checkpoint_names() {
+        let cases = [
+            ("step-100.ckpt", Some(100)),
+            ("step-0.ckpt", Some(0)),
+            (".step-5.ckpt.tmp", None),
+            ("step-x.ckpt", None),
+            ("model.pt", None),
+        ];
+        for (name, want) in cases {
+            assert_eq!(checkpoint_step(name), want, "{name}");
+        }
+    }
+}
