@@ -14,6 +14,7 @@ pub mod core;
 pub mod grpc;
 pub mod logs;
 pub mod model;
+pub mod search;
 pub mod security;
 pub mod store;
 

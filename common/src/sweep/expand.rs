@@ -39,8 +39,6 @@ pub struct Expansion {
 pub enum ExpandError {
     #[error("{0}")]
     Spec(SpecError),
-    #[error("method `bayes` is not supported yet: liandan validates bayes sweeps but cannot run them until adaptive search lands; use `method: random` with run_cap, or `grid`")]
-    BayesNotSupported,
     #[error(
         "the sweep expands to {0} jobs, more than the limit of {1}; lower run_cap or the grid size"
     )]
@@ -87,6 +85,26 @@ fn set_path(obj: &mut Map<String, Value>, path: &[&str], v: Value) {
             }
         }
     }
+}
+
+/// Every leaf parameter (nested ones flattened) with its path, in declaration order.
+pub fn leaf_params(params: &[(String, Param)]) -> Vec<(Vec<String>, Param)> {
+    let mut ls = Vec::new();
+    leaves(params, &mut Vec::new(), &mut ls);
+    ls.into_iter()
+        .map(|l| {
+            (
+                l.path.iter().map(|s| s.to_string()).collect(),
+                l.param.clone(),
+            )
+        })
+        .collect()
+}
+
+/// Sets `v` at `path` in a (nested) params object, creating inner objects.
+pub fn set_param_path(obj: &mut Map<String, Value>, path: &[String], v: Value) {
+    let p: Vec<&str> = path.iter().map(|s| s.as_str()).collect();
+    set_path(obj, &p, v);
 }
 
 /// A JSON rendering with object keys sorted at every level, for hashing.
@@ -239,6 +257,24 @@ fn jobs_for(trials: &[Trial], seeds: &[i64]) -> Vec<Job> {
     jobs
 }
 
+/// One trial of an adaptive search (the `index`-th proposal) and its jobs. The
+/// index is part of the id: a search may propose the same point twice.
+pub fn adaptive_trial(
+    sweep: &SweepId,
+    index: usize,
+    params: Value,
+    seeds: &[i64],
+) -> (Trial, Vec<Job>) {
+    let canon = canonical_json(&params);
+    let trial = Trial {
+        index,
+        id: TrialId::for_params(sweep, &format!("{index}:{canon}")),
+        params,
+    };
+    let jobs = jobs_for(std::slice::from_ref(&trial), seeds);
+    (trial, jobs)
+}
+
 /// Expands a spec for the sweep `sweep`.
 pub fn expand(spec: &SweepSpec, sweep: &SweepId) -> Result<Expansion, ExpandError> {
     let mut ls = Vec::new();
@@ -262,7 +298,16 @@ pub fn expand(spec: &SweepSpec, sweep: &SweepId) -> Result<Expansion, ExpandErro
     };
     let cap_trials = spec.run_cap.map(|c| (c as usize / seeds.len()).max(1));
     match spec.method {
-        Method::Bayes => return Err(ExpandError::BayesNotSupported),
+        Method::Bayes | Method::Tpe => {
+            warnings.push(format!(
+                "method `{}` proposes trials one at a time as results arrive; nothing is expanded up front ({})",
+                spec.method.as_str(),
+                match cap_trials {
+                    Some(c) => format!("up to {c} trials"),
+                    None => "no run_cap: it proposes trials until you cancel the sweep".into(),
+                }
+            ));
+        }
         Method::Grid => {
             let axes: Vec<Vec<Value>> = ls
                 .iter()

@@ -6,7 +6,7 @@ pub mod command;
 pub mod expand;
 pub mod spec;
 
-pub use expand::{canonical_json, expand, ExpandError, Expansion, Job, Trial};
+pub use expand::{adaptive_trial, canonical_json, expand, ExpandError, Expansion, Job, Trial};
 pub use spec::{parse, Format, Goal, Method, Param, Parsed, SpecError, SweepSpec};
 
 #[cfg(test)]

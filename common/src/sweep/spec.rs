@@ -66,14 +66,22 @@ pub enum Method {
     Grid,
     Random,
     Bayes,
+    /// Tree-structured Parzen Estimator (liandan's extension; Optuna's default).
+    Tpe,
 }
 
 impl Method {
+    /// Whether trials are proposed one by one as results arrive (not expanded up front).
+    pub fn is_adaptive(self) -> bool {
+        matches!(self, Method::Bayes | Method::Tpe)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Method::Grid => "grid",
             Method::Random => "random",
             Method::Bayes => "bayes",
+            Method::Tpe => "tpe",
         }
     }
 }
@@ -103,12 +111,43 @@ impl Goal {
     }
 }
 
+/// W&B's `metric.impute`: the value an adaptive search assumes for a run
+/// without a usable result (failed, or running with `impute_while_running`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Impute {
+    /// The worst value any finished run reached.
+    #[default]
+    Worst,
+    /// The run's own best value so far.
+    Best,
+    /// The run's last reported value.
+    Latest,
+}
+
+impl Impute {
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "worst" => Impute::Worst,
+            "best" => Impute::Best,
+            "latest" => Impute::Latest,
+            _ => return None,
+        })
+    }
+}
+
 /// The metric a sweep optimises and reports.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Metric {
     pub name: String,
     pub goal: Goal,
     pub target: Option<f64>,
+    /// Value given to failed runs by adaptive search.
+    #[serde(default)]
+    pub impute: Impute,
+    /// Value given to running runs (`None`: W&B's `false`, they count as pending points).
+    #[serde(default)]
+    pub impute_while_running: Option<Impute>,
 }
 
 /// One parameter's distribution, with W&B's names and semantics.
@@ -226,9 +265,22 @@ impl Param {
     }
 }
 
-/// W&B's `early_terminate` (Hyperband). Parsed and validated; acted on by adaptive search.
+/// Which early-stopping rule `early_terminate` asks for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StopRule {
+    /// W&B's Hyperband stop rule (thresholds at fixed bands over all runs).
+    #[default]
+    Hyperband,
+    /// Asynchronous successive halving (liandan's extension).
+    Asha,
+}
+
+/// W&B's `early_terminate`: the coordinator applies it on every reported metric.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EarlyTerminate {
+    #[serde(default, rename = "type")]
+    pub rule: StopRule,
     pub min_iter: Option<u64>,
     pub max_iter: Option<u64>,
     pub s: Option<u64>,
@@ -237,10 +289,11 @@ pub struct EarlyTerminate {
 }
 
 impl EarlyTerminate {
-    /// The iterations at which Hyperband compares runs, ascending, as W&B
-    /// computes them: from `min_iter`, min_iter·eta^k for k < s (s defaults to 3
-    /// brackets... bounded by W&B's behaviour of growing geometrically); from
-    /// `max_iter`, max_iter/eta^k for k = 1..=s, dropping values below 1.
+    /// The iterations at which runs are compared, ascending, as W&B computes
+    /// them: from `max_iter`, max_iter/eta^k for k = 1..=s, dropping values
+    /// below 1; from `min_iter`, min_iter·eta^k for k = 0, 1, ... (W&B makes
+    /// 100 and ignores `s`; here they stop at 2^53, beyond any run's length).
+    /// ASHA's rungs are the same numbers.
     pub fn brackets(&self) -> Vec<u64> {
         let eta = self.eta;
         if let Some(max_iter) = self.max_iter {
@@ -257,10 +310,9 @@ impl EarlyTerminate {
             out.sort_unstable();
             out
         } else if let Some(min_iter) = self.min_iter {
-            let s = self.s.unwrap_or(DEFAULT_MIN_ITER_BRACKETS);
             let mut band = min_iter as f64;
             let mut out = Vec::new();
-            for _ in 0..s {
+            while out.len() < 100 && band < MAX_BAND {
                 out.push(band as u64);
                 band *= eta;
             }
@@ -271,8 +323,19 @@ impl EarlyTerminate {
     }
 }
 
-/// Number of brackets computed from `min_iter` when `s` is not given.
-pub const DEFAULT_MIN_ITER_BRACKETS: u64 = 4;
+/// Bands beyond this are never reached by any run (2^53: exact in an f64).
+const MAX_BAND: f64 = 9_007_199_254_740_992.0;
+
+/// How a trial's seeds combine into the one value adaptive search optimises.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Objective {
+    #[default]
+    Mean,
+    Median,
+    /// Interquartile mean (the mean of the middle half).
+    Iqm,
+}
 
 /// Resources one job needs.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -332,6 +395,9 @@ pub struct Extensions {
     pub metric_pattern: Option<String>,
     /// Run the built-in trainer `liandan-train` with the parameters as flags.
     pub trainer: bool,
+    /// How adaptive search and early stopping combine a trial's seeds.
+    #[serde(default)]
+    pub objective: Objective,
 }
 
 impl Default for Extensions {
@@ -347,6 +413,7 @@ impl Default for Extensions {
             checkpoint: CheckpointPolicy::default(),
             metric_pattern: None,
             trainer: false,
+            objective: Objective::default(),
         }
     }
 }
@@ -618,15 +685,21 @@ fn from_value(root: &Value, ctx: &mut Ctx) -> Result<SweepSpec, SpecError> {
         }
     }
     let method = match map.get("method") {
-        None => return Err(ctx.err("method", "missing; expected one of: grid, random, bayes")),
+        None => {
+            return Err(ctx.err(
+                "method",
+                "missing; expected one of: grid, random, bayes, tpe",
+            ))
+        }
         Some(Value::String(s)) => match s.as_str() {
             "grid" => Method::Grid,
             "random" => Method::Random,
             "bayes" => Method::Bayes,
+            "tpe" => Method::Tpe,
             other => {
                 return Err(ctx.err(
                     "method",
-                    format!("expected one of: grid, random, bayes; found {other:?}"),
+                    format!("expected one of: grid, random, bayes, tpe; found {other:?}"),
                 ))
             }
         },
@@ -634,7 +707,7 @@ fn from_value(root: &Value, ctx: &mut Ctx) -> Result<SweepSpec, SpecError> {
             return Err(ctx.err(
                 "method",
                 format!(
-                    "expected one of: grid, random, bayes; found {}",
+                    "expected one of: grid, random, bayes, tpe; found {}",
                     describe(v)
                 ),
             ))
@@ -670,13 +743,50 @@ fn from_value(root: &Value, ctx: &mut Ctx) -> Result<SweepSpec, SpecError> {
                 }
             };
             let target = get_f64(ctx, "metric", m, "target")?;
-            Some(Metric { name, goal, target })
+            let impute = match get_str(ctx, "metric", m, "impute")?.as_deref() {
+                None => Impute::Worst,
+                Some(s) => Impute::parse(s).ok_or_else(|| {
+                    ctx.err(
+                        "metric.impute",
+                        format!("expected worst, best or latest, found {s:?}"),
+                    )
+                })?,
+            };
+            let impute_while_running = match m.get("impute_while_running") {
+                None | Some(Value::Null) | Some(Value::Bool(false)) => None,
+                Some(Value::String(s)) if s == "false" => None,
+                Some(Value::String(s)) => Some(Impute::parse(s).ok_or_else(|| {
+                    ctx.err(
+                        "metric.impute_while_running",
+                        format!("expected false, worst, best or latest, found {s:?}"),
+                    )
+                })?),
+                Some(v) => {
+                    return Err(ctx.err(
+                        "metric.impute_while_running",
+                        format!(
+                            "expected false, worst, best or latest, found {}",
+                            describe(v)
+                        ),
+                    ))
+                }
+            };
+            Some(Metric {
+                name,
+                goal,
+                target,
+                impute,
+                impute_while_running,
+            })
         }
     };
-    if method == Method::Bayes && metric.is_none() {
+    if method.is_adaptive() && metric.is_none() {
         return Err(ctx.err(
             "metric",
-            "method `bayes` needs a metric to optimise (metric.name and metric.goal)",
+            format!(
+                "method `{}` needs a metric to optimise (metric.name and metric.goal)",
+                method.as_str()
+            ),
         ));
     }
     let params_v = map.get("parameters").ok_or_else(|| {
@@ -697,6 +807,12 @@ fn from_value(root: &Value, ctx: &mut Ctx) -> Result<SweepSpec, SpecError> {
         None | Some(Value::Null) => None,
         Some(v) => Some(parse_early_terminate(ctx, v)?),
     };
+    if early_terminate.is_some() && metric.is_none() {
+        return Err(ctx.err(
+            "metric",
+            "early_terminate needs a metric to compare runs on (metric.name and metric.goal)",
+        ));
+    }
     let liandan = match map.get("liandan") {
         None | Some(Value::Null) => Extensions::default(),
         Some(v) => parse_extensions(ctx, v)?,
@@ -1158,16 +1274,22 @@ fn parse_early_terminate(ctx: &Ctx, v: &Value) -> Result<EarlyTerminate, SpecErr
         m,
         &["type", "min_iter", "max_iter", "s", "eta", "strict"],
     )?;
-    match get_str(ctx, p, m, "type")?.as_deref() {
-        Some("hyperband") => {}
+    let rule = match get_str(ctx, p, m, "type")?.as_deref() {
+        Some("hyperband") => StopRule::Hyperband,
+        Some("asha") => StopRule::Asha,
         Some(other) => {
             return Err(ctx.err(
                 "early_terminate.type",
-                format!("expected hyperband, found {other:?}"),
+                format!("expected hyperband or asha, found {other:?}"),
             ))
         }
-        None => return Err(ctx.err("early_terminate.type", "missing; expected hyperband")),
-    }
+        None => {
+            return Err(ctx.err(
+                "early_terminate.type",
+                "missing; expected hyperband or asha",
+            ))
+        }
+    };
     let min_iter = get_u64(ctx, p, m, "min_iter")?;
     let max_iter = get_u64(ctx, p, m, "max_iter")?;
     let s = get_u64(ctx, p, m, "s")?;
@@ -1203,6 +1325,7 @@ fn parse_early_terminate(ctx: &Ctx, v: &Value) -> Result<EarlyTerminate, SpecErr
         }
     };
     Ok(EarlyTerminate {
+        rule,
         min_iter,
         max_iter,
         s,
@@ -1229,9 +1352,23 @@ fn parse_extensions(ctx: &Ctx, v: &Value) -> Result<Extensions, SpecError> {
             "checkpoint",
             "metric_pattern",
             "trainer",
+            "objective",
         ],
     )?;
     let mut ext = Extensions::default();
+    if let Some(o) = get_str(ctx, p, m, "objective")? {
+        ext.objective = match o.as_str() {
+            "mean" => Objective::Mean,
+            "median" => Objective::Median,
+            "iqm" => Objective::Iqm,
+            other => {
+                return Err(ctx.err(
+                    "liandan.objective",
+                    format!("expected mean, median or iqm, found {other:?}"),
+                ))
+            }
+        };
+    }
     match m.get("seeds") {
         None | Some(Value::Null) => {}
         Some(Value::Number(n)) => match n.as_u64() {

@@ -4,6 +4,7 @@
 //! are checked statistically against their definitions with fixed seeds.
 
 use super::command::{build_argv, offline_context, py_float};
+use super::expand::adaptive_trial;
 use super::*;
 use crate::ids::SweepId;
 use crate::rng::Rng;
@@ -148,12 +149,50 @@ fn errors_name_key_path_and_line() {
 }
 
 #[test]
-fn bayes_validates_but_does_not_expand_yet() {
-    let s = yaml("method: bayes\nprogram: t.py\nmetric: {name: loss, goal: minimize}\nparameters:\n  lr: {distribution: log_uniform_values, min: 0.0001, max: 0.1}\n");
-    assert_eq!(
-        expand(&s, &sid()).unwrap_err(),
-        ExpandError::BayesNotSupported
-    );
+fn adaptive_methods_expand_to_nothing_up_front() {
+    for m in ["bayes", "tpe"] {
+        let s = yaml(&format!("method: {m}\nprogram: t.py\nmetric: {{name: loss, goal: minimize}}\nparameters:\n  lr: {{distribution: log_uniform_values, min: 0.0001, max: 0.1}}\n"));
+        let e = expand(&s, &sid()).unwrap();
+        assert!(e.trials.is_empty() && e.jobs.is_empty());
+        assert!(
+            e.warnings.iter().any(|w| w.contains("as results arrive")),
+            "{:?}",
+            e.warnings
+        );
+    }
+    let e = yaml_err("method: tpe\nprogram: t.py\nparameters:\n  a: {min: 0.0, max: 1.0}\n");
+    assert_eq!(e.path, "metric");
+}
+
+#[test]
+fn adaptive_trials_get_distinct_ids_even_for_equal_params() {
+    let params = serde_json::json!({"a": 1});
+    let (t0, j0) = adaptive_trial(&sid(), 0, params.clone(), &[1, 2]);
+    let (t1, j1) = adaptive_trial(&sid(), 1, params, &[1, 2]);
+    assert_ne!(t0.id, t1.id);
+    assert_eq!(j0.len(), 2);
+    assert!(j0.iter().all(|j| j.trial == t0.id && j.trial_index == 0));
+    assert_ne!(j0[0].id, j1[0].id);
+}
+
+#[test]
+fn metric_impute_and_objective_parse() {
+    let s = yaml("method: bayes\nprogram: t.py\nmetric: {name: loss, impute: best, impute_while_running: latest}\nparameters:\n  a: {min: 0.0, max: 1.0}\nliandan: {objective: iqm}\n");
+    let m = s.metric.unwrap();
+    assert_eq!(m.impute, spec::Impute::Best);
+    assert_eq!(m.impute_while_running, Some(spec::Impute::Latest));
+    assert_eq!(s.liandan.objective, spec::Objective::Iqm);
+    let s = yaml("method: bayes\nprogram: t.py\nmetric: {name: loss, impute_while_running: false}\nparameters:\n  a: {min: 0.0, max: 1.0}\n");
+    assert_eq!(s.metric.unwrap().impute_while_running, None);
+    for (text, path) in [
+        ("method: bayes\nprogram: t.py\nmetric: {name: loss, impute: mean}\nparameters:\n  a: {min: 0.0, max: 1.0}\n", "metric.impute"),
+        ("method: bayes\nprogram: t.py\nmetric: {name: loss, impute_while_running: 3}\nparameters:\n  a: {min: 0.0, max: 1.0}\n", "metric.impute_while_running"),
+        ("method: bayes\nprogram: t.py\nmetric: {name: loss}\nparameters:\n  a: {min: 0.0, max: 1.0}\nliandan: {objective: max}\n", "liandan.objective"),
+        ("method: grid\nprogram: t.py\nparameters:\n  a: {value: 1}\nearly_terminate: {type: hyperband, min_iter: 3}\n", "metric"),
+        ("method: grid\nprogram: t.py\nmetric: {name: loss}\nparameters:\n  a: {value: 1}\nearly_terminate: {type: envelope, min_iter: 3}\n", "early_terminate.type"),
+    ] {
+        assert_eq!(yaml_err(text).path, path, "{text}");
+    }
 }
 
 #[test]
@@ -168,14 +207,35 @@ fn deprecated_distributions_warn() {
 
 #[test]
 fn hyperband_brackets() {
-    // W&B's documented examples: max_iter 27, s 2, eta 3 → 3, 9; min_iter 3, eta 3 → 3, 9, 27, ...
-    let max = yaml("method: grid\nprogram: t.py\nparameters:\n  a: {value: 1}\nearly_terminate: {type: hyperband, max_iter: 27, s: 2}\n");
-    assert_eq!(max.early_terminate.unwrap().brackets(), vec![3, 9]);
-    let min = yaml("method: grid\nprogram: t.py\nparameters:\n  a: {value: 1}\nearly_terminate: {type: hyperband, min_iter: 3}\n");
-    assert_eq!(min.early_terminate.unwrap().brackets(), vec![3, 9, 27, 81]);
-    let e = yaml_err("method: grid\nprogram: t.py\nparameters:\n  a: {value: 1}\nearly_terminate: {type: hyperband, max_iter: 27}\n");
+    // W&B's engine tests: max_iter 81, s 3, eta 3 → 3, 9, 27; max_iter 18, s 2 → 2, 6;
+    // max_iter 5, eta 2, s 2 → 1, 2; min_iter 3, eta 3 → 3, 9, 27, ... (s ignored).
+    let et = |e: &str| {
+        yaml(&format!("method: grid\nprogram: t.py\nmetric: {{name: loss}}\nparameters:\n  a: {{value: 1}}\nearly_terminate: {e}\n"))
+            .early_terminate
+            .unwrap()
+            .brackets()
+    };
+    assert_eq!(
+        et("{type: hyperband, max_iter: 81, eta: 3, s: 3}"),
+        vec![3, 9, 27]
+    );
+    assert_eq!(et("{type: hyperband, max_iter: 27, s: 2}"), vec![3, 9]);
+    assert_eq!(
+        et("{type: hyperband, max_iter: 18, eta: 3, s: 2}"),
+        vec![2, 6]
+    );
+    assert_eq!(
+        et("{type: hyperband, max_iter: 5, eta: 2, s: 2}"),
+        vec![1, 2]
+    );
+    let min = et("{type: hyperband, min_iter: 3, eta: 3}");
+    assert_eq!(min[..4], [3, 9, 27, 81]);
+    assert_eq!(et("{type: hyperband, min_iter: 3, eta: 3, s: 2}"), min);
+    assert!(min.windows(2).all(|w| w[0] < w[1]));
+    assert_eq!(et("{type: asha, min_iter: 1, eta: 2}")[..3], [1, 2, 4]);
+    let e = yaml_err("method: grid\nprogram: t.py\nmetric: {name: loss}\nparameters:\n  a: {value: 1}\nearly_terminate: {type: hyperband, max_iter: 27}\n");
     assert_eq!(e.path, "early_terminate.s");
-    let e = yaml_err("method: grid\nprogram: t.py\nparameters:\n  a: {value: 1}\nearly_terminate: {type: hyperband, min_iter: 3, eta: 1}\n");
+    let e = yaml_err("method: grid\nprogram: t.py\nmetric: {name: loss}\nparameters:\n  a: {value: 1}\nearly_terminate: {type: hyperband, min_iter: 3, eta: 1}\n");
     assert_eq!(e.path, "early_terminate.eta");
 }
 
@@ -486,13 +546,11 @@ fn published_style_sweep_files_validate_and_expand() {
         // Bayes with hyperband, as half of published files look.
         "program: train.py\nmethod: bayes\nmetric:\n  name: val_loss\n  goal: minimize\nearly_terminate:\n  type: hyperband\n  min_iter: 3\nparameters:\n  lr:\n    min: 0.0001\n    max: 0.1\n  layers:\n    min: 1\n    max: 5\n",
     ];
-    let expected_jobs = [Some(18), Some(30), Some(4), None];
+    // Bayes proposes its trials while it runs: nothing up front.
+    let expected_jobs = [18, 30, 4, 0];
     for (f, want) in files.iter().zip(expected_jobs) {
         let s = yaml(f);
-        match want {
-            Some(n) => assert_eq!(expand(&s, &sid()).unwrap().jobs.len(), n, "{f}"),
-            None => assert!(expand(&s, &sid()).is_err()),
-        }
+        assert_eq!(expand(&s, &sid()).unwrap().jobs.len(), want, "{f}");
     }
 }
 
