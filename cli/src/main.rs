@@ -79,7 +79,7 @@ enum Cmd {
     /// The jobs of a sweep.
     Jobs {
         sweep: String,
-        /// Only jobs in this state: queued, running, succeeded, failed, cancelled.
+        /// Only jobs in this state: queued, running, succeeded, failed, cancelled, pruned.
         #[arg(long)]
         state: Option<String>,
         #[arg(short = 'o', long, value_enum, default_value = "table")]
@@ -322,6 +322,7 @@ fn sweep_listing(sweeps: &[pb::Sweep]) -> Listing {
                 c.queued.to_string(),
                 c.failed.to_string(),
                 c.cancelled.to_string(),
+                c.pruned.to_string(),
             ]
         })
         .collect();
@@ -330,7 +331,7 @@ fn sweep_listing(sweeps: &[pb::Sweep]) -> Listing {
         .map(|s| {
             let c = counts(s);
             json!({"id": s.id, "name": s.name, "state": s.state, "method": s.method, "metric": s.metric_name, "goal": s.metric_goal, "trials": s.trials, "jobs": s.jobs,
-                   "succeeded": c.succeeded, "running": c.running, "queued": c.queued, "failed": c.failed, "cancelled": c.cancelled, "created_at": s.created_at})
+                   "succeeded": c.succeeded, "running": c.running, "queued": c.queued, "failed": c.failed, "cancelled": c.cancelled, "pruned": c.pruned, "created_at": s.created_at})
         })
         .collect::<Vec<_>>());
     Listing {
@@ -346,6 +347,7 @@ fn sweep_listing(sweeps: &[pb::Sweep]) -> Listing {
             "queued",
             "failed",
             "cancelled",
+            "pruned",
         ],
         rows,
         json,
@@ -963,7 +965,7 @@ async fn wait_for(c: &mut Client, sweep: &str) -> R<i32> {
             }
         };
         let k = counts(&s);
-        let done = k.succeeded + k.failed + k.cancelled;
+        let done = k.succeeded + k.failed + k.cancelled + k.pruned;
         let msg = format!(
             "running {}  queued {}  failed {}",
             k.running, k.queued, k.failed
@@ -990,8 +992,8 @@ async fn wait_for(c: &mut Client, sweep: &str) -> R<i32> {
                 b.finish();
             }
             eprintln!(
-                "sweep {} {}: {} succeeded, {} failed, {} cancelled",
-                s.id, s.state, k.succeeded, k.failed, k.cancelled
+                "sweep {} {}: {} succeeded, {} failed, {} cancelled, {} pruned",
+                s.id, s.state, k.succeeded, k.failed, k.cancelled, k.pruned
             );
             return Ok(if k.failed > 0 {
                 exit::FAILURE

@@ -6,7 +6,9 @@
 //! Memory mirrors the database for scheduling speed; it is rebuilt from the
 //! database at start. A failed commit stops the process (see [`crate::store`]).
 
-use crate::model::{JobEvent, JobState, Outcome, SweepState};
+use crate::model::{JobEvent, JobState, Outcome, StopRequest, SweepState};
+use crate::search::sweep::SweepSearch;
+use crate::search::{TrialData, TrialStatus};
 use crate::store::{CheckpointRow, JobRow, LogRow, MetricRow, Op, Store, StoreError};
 use liandan_common::config::CoordinatorConfig;
 use liandan_common::ids::{JobId, SweepId, TrialId, WorkerId};
@@ -57,7 +59,9 @@ struct SweepMem {
     ready: VecDeque<JobId>,
     running: u32,
     /// Jobs per state, kept with every transition (so status is O(1) at a million jobs).
-    counts: [u64; 5],
+    counts: [u64; 6],
+    /// Trials, metric histories and stop decisions, for sweeps that adapt or stop early.
+    search: Option<SweepSearch>,
 }
 
 fn state_index(s: JobState) -> usize {
@@ -67,6 +71,7 @@ fn state_index(s: JobState) -> usize {
         JobState::Succeeded => 2,
         JobState::Failed => 3,
         JobState::Cancelled => 4,
+        JobState::Pruned => 5,
     }
 }
 
@@ -86,7 +91,7 @@ struct JobMem {
     attempt: u64,
     retries_used: u32,
     worker: Option<WorkerId>,
-    cancel_requested: bool,
+    stop: StopRequest,
     final_metric: Option<f64>,
     best_metric: Option<f64>,
     result_recorded: bool,
@@ -128,7 +133,7 @@ impl JobMem {
             attempt: self.attempt,
             retries_used: self.retries_used,
             worker_id: self.worker.as_ref().map(|w| w.to_string()),
-            cancel_requested: self.cancel_requested,
+            cancel_requested: self.stop.to_db(),
             final_metric: self.final_metric,
             best_metric: self.best_metric,
             result_recorded: self.result_recorded,
@@ -330,7 +335,7 @@ impl Core {
                     attempt: 0,
                     retries_used: 0,
                     worker: None,
-                    cancel_requested: false,
+                    stop: StopRequest::None,
                     final_metric: None,
                     best_metric: None,
                     result_recorded: false,
@@ -345,9 +350,24 @@ impl Core {
                 st.jobs.insert(j.id.clone(), mem);
                 job_ids.push(j.id.clone());
             }
+            let mut search = SweepSearch::for_spec(&spec);
+            if let Some(search) = search.as_mut() {
+                let mut by_trial: HashMap<&TrialId, Vec<JobId>> = HashMap::new();
+                for j in &expansion.jobs {
+                    by_trial.entry(&j.trial).or_default().push(j.id.clone());
+                }
+                for t in &expansion.trials {
+                    search.add_trial(
+                        t.id.clone(),
+                        &t.params,
+                        by_trial.remove(&t.id).unwrap_or_default(),
+                    );
+                }
+            }
             st.sweeps.insert(
                 sweep_id.clone(),
                 SweepMem {
+                    search,
                     name,
                     spec: spec.clone(),
                     run_spec_json: run_spec_json(&spec),
@@ -358,7 +378,7 @@ impl Core {
                     created_at,
                     trials: expansion.trials.len() as u64,
                     ready: job_ids.iter().cloned().collect(),
-                    counts: [job_ids.len() as u64, 0, 0, 0, 0],
+                    counts: [job_ids.len() as u64, 0, 0, 0, 0, 0],
                     jobs: job_ids,
                     running: 0,
                 },
@@ -460,8 +480,8 @@ impl Core {
                     }
                 }
             }
-            JobState::Running if !job.cancel_requested => {
-                job.cancel_requested = true;
+            JobState::Running if job.stop != StopRequest::Cancel => {
+                job.stop = StopRequest::Cancel;
                 ops.push(Op::UpdateJob(job.row(id)));
                 let attempt = job.attempt;
                 if let Some(tx) = job
@@ -504,7 +524,7 @@ impl Core {
         let filter = if state.is_empty() {
             None
         } else {
-            Some(JobState::parse(state).ok_or_else(|| CoreError::InvalidArgument(format!("unknown job state {state:?}; use queued, running, succeeded, failed or cancelled")))?)
+            Some(JobState::parse(state).ok_or_else(|| CoreError::InvalidArgument(format!("unknown job state {state:?}; use queued, running, succeeded, failed, cancelled or pruned")))?)
         };
         let st = self.lock();
         let sid = self.sweep_id(&st, sweep)?;
@@ -713,12 +733,17 @@ impl Core {
                     if let Some(j) = st.jobs.get_mut(&jid) {
                         j.gpus = h.gpu_uuids.clone();
                     }
-                    let cancelled = st.jobs.get(&jid).is_some_and(|j| j.cancel_requested);
-                    if cancelled && h.running {
+                    let stop = st.jobs.get(&jid).map(|j| j.stop).unwrap_or_default();
+                    if stop != StopRequest::None && h.running {
                         kill.push(pb::Cancel {
                             job_id: h.job_id.clone(),
                             attempt: h.attempt,
-                            reason: "cancelled".into(),
+                            reason: if stop == StopRequest::Prune {
+                                "pruned"
+                            } else {
+                                "cancelled"
+                            }
+                            .into(),
                         });
                     }
                     keep.push(h.clone());
@@ -850,6 +875,7 @@ impl Core {
             let mut logs = Vec::new();
             let mut metrics = Vec::new();
             let mut ops = Vec::new();
+            let mut sends = Vec::new();
             for rec in records {
                 if rec.seq <= acked {
                     continue;
@@ -882,7 +908,7 @@ impl Core {
                         text: l.text,
                     }),
                     Some(pb::record::Body::Metric(m)) => {
-                        self.observe_metric(&mut st, &jid, &m.json);
+                        self.observe_metric(&mut st, &jid, &m.json, m.step, &mut ops, &mut sends);
                         metrics.push(MetricRow {
                             job_id: jid.to_string(),
                             attempt: rec.attempt,
@@ -937,7 +963,6 @@ impl Core {
                     delta: refused as i64,
                 });
             }
-            let mut sends = Vec::new();
             self.dispatch(&mut st, &mut ops, &mut sends);
             (
                 self.store.enqueue(ops),
@@ -956,7 +981,16 @@ impl Core {
         Ok(ack)
     }
 
-    fn observe_metric(&self, st: &mut State, jid: &JobId, json: &str) {
+    #[allow(clippy::too_many_arguments)]
+    fn observe_metric(
+        &self,
+        st: &mut State,
+        jid: &JobId,
+        json: &str,
+        step: Option<i64>,
+        ops: &mut Vec<Op>,
+        sends: &mut Sends,
+    ) {
         let Some(job) = st.jobs.get(jid) else { return };
         let Some(sweep) = st.sweeps.get(&job.sweep) else {
             return;
@@ -974,10 +1008,231 @@ impl Core {
         else {
             return;
         };
+        let (sid, tid) = (job.sweep.clone(), job.trial.clone());
         if let Some(job) = st.jobs.get_mut(jid) {
             job.final_metric = Some(x);
             if job.best_metric.is_none_or(|b| metric.goal.better(x, b)) {
                 job.best_metric = Some(x);
+            }
+        }
+        // Early stopping decides on every reported value.
+        let decision = {
+            let jobs = &st.jobs;
+            let Some(search) = st.sweeps.get_mut(&sid).and_then(|s| s.search.as_mut()) else {
+                return;
+            };
+            let step = step.unwrap_or_else(|| search.next_step(&tid, jid));
+            let Some(t) = search.record(&tid, jid, step, x) else {
+                return;
+            };
+            let trial_jobs: Vec<&[JobId]> =
+                search.trials.iter().map(|t| t.jobs.as_slice()).collect();
+            let live: Vec<bool> = trial_jobs
+                .iter()
+                .map(|js| {
+                    js.iter()
+                        .any(|j| jobs.get(j).is_some_and(|m| !m.state.is_terminal()))
+                })
+                .collect();
+            search.judge(t, &|i| live[i]).map(|d| (t, d))
+        };
+        if let Some((t, d)) = decision {
+            tracing::info!(sweep = %sid, trial = %tid, rule = ?d.rule, band = d.band, value = d.value, "early stopping prunes the trial");
+            self.prune_trial(st, &sid, t, ops, sends);
+        }
+    }
+
+    /// Stops every job of a trial that early stopping pruned: queued ones
+    /// become pruned now, running ones are asked to stop (SIGTERM, so they
+    /// checkpoint) and become pruned when their attempt ends.
+    fn prune_trial(
+        &self,
+        st: &mut State,
+        sid: &SweepId,
+        t: usize,
+        ops: &mut Vec<Op>,
+        sends: &mut Sends,
+    ) {
+        let jobs: Vec<JobId> = st
+            .sweeps
+            .get(sid)
+            .and_then(|s| s.search.as_ref())
+            .and_then(|s| s.trials.get(t))
+            .map(|t| t.jobs.clone())
+            .unwrap_or_default();
+        for jid in jobs {
+            let Some(job) = st.jobs.get_mut(&jid) else {
+                continue;
+            };
+            match job.state {
+                JobState::Queued => {
+                    if let Some(next) = job.state.on(JobEvent::Prune) {
+                        job.state = next;
+                        ops.push(Op::UpdateJob(job.row(&jid)));
+                        if let Some(s) = st.sweeps.get_mut(sid) {
+                            s.moved(JobState::Queued, next);
+                        }
+                    }
+                }
+                JobState::Running if job.stop == StopRequest::None => {
+                    job.stop = StopRequest::Prune;
+                    ops.push(Op::UpdateJob(job.row(&jid)));
+                    let attempt = job.attempt;
+                    if let Some(tx) = job
+                        .worker
+                        .as_ref()
+                        .and_then(|w| st.workers.get(w))
+                        .and_then(|w| w.session.as_ref())
+                        .map(|s| s.tx.clone())
+                    {
+                        sends.push((tx, cancel_msg(&jid, attempt, "pruned")));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// The search's view of a sweep's trials, in index order.
+    fn trial_data(st: &State, search: &SweepSearch) -> Vec<TrialData> {
+        search
+            .trials
+            .iter()
+            .map(|t| {
+                let mut seed_best = Vec::new();
+                let mut seed_latest = Vec::new();
+                let mut all_done = true;
+                let mut any_usable = false;
+                for j in &t.jobs {
+                    let Some(m) = st.jobs.get(j) else { continue };
+                    if !m.state.is_terminal() {
+                        all_done = false;
+                    }
+                    if matches!(m.state, JobState::Succeeded | JobState::Pruned) {
+                        any_usable = true;
+                    }
+                    if let (Some(b), Some(l)) = (m.best_metric, m.final_metric) {
+                        seed_best.push(b);
+                        seed_latest.push(l);
+                    }
+                }
+                TrialData {
+                    x: t.x.clone().unwrap_or_default(),
+                    status: if !all_done {
+                        TrialStatus::Running
+                    } else if any_usable {
+                        TrialStatus::Finished
+                    } else {
+                        TrialStatus::Failed
+                    },
+                    seed_best,
+                    seed_latest,
+                }
+            })
+            .collect()
+    }
+
+    /// Proposes the next trial of an adaptive sweep and queues its jobs (all
+    /// seeds together, so they run side by side). False when it may not.
+    fn propose_trial(&self, st: &mut State, sid: &SweepId, ops: &mut Vec<Op>) -> bool {
+        let (params, index, seeds) = {
+            let Some(s) = st.sweeps.get(sid) else {
+                return false;
+            };
+            let Some(search) = s.search.as_ref().filter(|x| x.can_propose()) else {
+                return false;
+            };
+            let t0 = std::time::Instant::now();
+            let data = Self::trial_data(st, search);
+            let params = search.propose(&data);
+            tracing::debug!(sweep = %sid, trial = search.trials.len(), ms = t0.elapsed().as_secs_f64() * 1e3, "proposed a trial");
+            (params, search.trials.len(), s.spec.liandan.seeds.clone())
+        };
+        let (trial, jobs) = sweep::adaptive_trial(sid, index, params, &seeds);
+        if jobs.iter().any(|j| st.jobs.contains_key(&j.id)) {
+            tracing::error!(sweep = %sid, trial = %trial.id, "a proposed job's id exists already (a hash collision); the search stops");
+            if let Some(search) = st.sweeps.get_mut(sid).and_then(|s| s.search.as_mut()) {
+                search.target_reached = true;
+            }
+            return false;
+        }
+        let pj: Arc<str> = trial.params.to_string().into();
+        ops.push(Op::InsertTrial {
+            id: trial.id.to_string(),
+            sweep_id: sid.to_string(),
+            idx: index as i64,
+            params_json: pj.to_string(),
+        });
+        let Some(s) = st.sweeps.get_mut(sid) else {
+            return false;
+        };
+        let base = s.jobs.len() as i64;
+        let mut ids = Vec::with_capacity(jobs.len());
+        for (k, j) in jobs.iter().enumerate() {
+            let mem = JobMem {
+                sweep: sid.clone(),
+                trial: trial.id.clone(),
+                ord: base + k as i64,
+                seed: j.seed,
+                state: JobState::Queued,
+                attempt: 0,
+                retries_used: 0,
+                worker: None,
+                stop: StopRequest::None,
+                final_metric: None,
+                best_metric: None,
+                result_recorded: false,
+                params_json: pj.clone(),
+                gpus: Vec::new(),
+                cpus: 0,
+            };
+            ops.push(Op::InsertJob(mem.row(&j.id)));
+            st.jobs.insert(j.id.clone(), mem);
+            ids.push(j.id.clone());
+        }
+        s.trials += 1;
+        s.counts[state_index(JobState::Queued)] += ids.len() as u64;
+        s.jobs.extend(ids.iter().cloned());
+        s.ready.extend(ids.iter().cloned());
+        if let Some(search) = s.search.as_mut() {
+            search.add_trial(trial.id.clone(), &trial.params, ids);
+        }
+        tracing::info!(sweep = %sid, trial = %trial.id, index, params = %trial.params, "adaptive search proposed a trial");
+        true
+    }
+
+    /// After a job of an adaptive sweep ended: whether its trial, now finished,
+    /// reached metric.target (then the search proposes nothing more).
+    fn check_target(&self, st: &mut State, jid: &JobId) {
+        let Some(job) = st.jobs.get(jid) else { return };
+        let (sid, tid) = (job.sweep.clone(), job.trial.clone());
+        let Some(s) = st.sweeps.get(&sid) else { return };
+        let Some(target) = s.spec.metric.as_ref().and_then(|m| m.target) else {
+            return;
+        };
+        let Some(search) = s.search.as_ref() else {
+            return;
+        };
+        let Some(t) = search.trial_index(&tid) else {
+            return;
+        };
+        let jobs = &search.trials[t].jobs;
+        if !jobs
+            .iter()
+            .all(|j| st.jobs.get(j).is_some_and(|m| m.state.is_terminal()))
+        {
+            return;
+        }
+        let best: Vec<f64> = jobs
+            .iter()
+            .filter_map(|j| st.jobs.get(j))
+            .filter(|m| m.state == JobState::Succeeded)
+            .filter_map(|m| m.best_metric)
+            .collect();
+        if search.meets_target(target, &best) {
+            tracing::info!(sweep = %sid, trial = %tid, target, "the trial reached metric.target; no more trials are proposed");
+            if let Some(search) = st.sweeps.get_mut(&sid).and_then(|s| s.search.as_mut()) {
+                search.target_reached = true;
             }
         }
     }
@@ -1010,7 +1265,7 @@ impl Core {
         let retries_left = job.retries_used < retries;
         let Some(next) = job.state.on(JobEvent::Ended {
             outcome,
-            cancel_requested: job.cancel_requested,
+            stop: job.stop,
             retries_left,
         }) else {
             return;
@@ -1059,6 +1314,9 @@ impl Core {
                     }
                 }
             }
+        }
+        if next.is_terminal() {
+            self.check_target(st, jid);
         }
         if outcome == Outcome::Succeeded {
             tracing::debug!(job = %jid, attempt, state = next.as_str(), "attempt succeeded");
@@ -1155,7 +1413,8 @@ impl Core {
                     .iter()
                     .filter(|(_, s)| {
                         s.state == SweepState::Active
-                            && !s.ready.is_empty()
+                            && (!s.ready.is_empty()
+                                || s.search.as_ref().is_some_and(|x| x.can_propose()))
                             && s.spec.liandan.concurrency.is_none_or(|c| s.running < c)
                     })
                     .map(|(k, s)| (-s.spec.liandan.priority, s.running, s.created_at, k.clone()))
@@ -1183,14 +1442,21 @@ impl Core {
                     if !fits {
                         continue;
                     }
-                    // Pop the next job that is still queued (cancelled ones are skipped lazily).
+                    // Pop the next job that is still queued (cancelled ones are skipped
+                    // lazily); an adaptive sweep with nothing queued proposes a trial now,
+                    // when a slot is free, so it learns from every result so far.
                     let mut next = None;
-                    if let Some(s) = st.sweeps.get_mut(&sid) {
-                        while let Some(j) = s.ready.pop_front() {
-                            if st.jobs.get(&j).is_some_and(|m| m.state == JobState::Queued) {
-                                next = Some(j);
-                                break;
+                    for _ in 0..2 {
+                        if let Some(s) = st.sweeps.get_mut(&sid) {
+                            while let Some(j) = s.ready.pop_front() {
+                                if st.jobs.get(&j).is_some_and(|m| m.state == JobState::Queued) {
+                                    next = Some(j);
+                                    break;
+                                }
                             }
+                        }
+                        if next.is_some() || !self.propose_trial(st, &sid, ops) {
+                            break;
                         }
                     }
                     let Some(jid) = next else { continue };
@@ -1540,12 +1806,16 @@ fn sweep_info(st: &State, id: &SweepId) -> pb::Sweep {
         succeeded: k[2],
         failed: k[3],
         cancelled: k[4],
+        pruned: k[5],
     };
+    let search_done = s.search.as_ref().is_none_or(|x| x.exhausted());
     let state = match s.state {
         SweepState::Cancelled => "cancelled",
         SweepState::Paused => "paused",
-        SweepState::Active if c.queued == 0 && c.running == 0 => "finished",
-        SweepState::Active if c.running == 0 && c.succeeded + c.failed + c.cancelled == 0 => {
+        SweepState::Active if c.queued == 0 && c.running == 0 && search_done => "finished",
+        SweepState::Active
+            if c.running == 0 && c.succeeded + c.failed + c.cancelled + c.pruned == 0 =>
+        {
             "queued"
         }
         SweepState::Active => "running",
@@ -1606,19 +1876,27 @@ fn load(store: &Store, cfg: &CoordinatorConfig) -> Result<State, CoreError> {
                             jobs: Vec::new(),
                             ready: VecDeque::new(),
                             running: 0,
-                            counts: [0; 5],
+                            counts: [0; 6],
+                            search: None,
                         },
                     );
                 }
             }
             let mut params: HashMap<String, Arc<str>> = HashMap::new();
+            // Trials of sweeps with search state, by sweep, in index order.
+            let mut trial_order: HashMap<SweepId, Vec<(i64, TrialId)>> = HashMap::new();
             {
-                let mut q = c.prepare("SELECT id, sweep_id, params_json FROM trials")?;
-                let rows = q.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)))?;
+                let mut q = c.prepare("SELECT id, sweep_id, params_json, idx FROM trials")?;
+                let rows = q.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, i64>(3)?)))?;
                 for row in rows {
-                    let (id, sweep, p) = row?;
-                    if let Some(s) = SweepId::parse(&sweep).ok().and_then(|s| st.sweeps.get_mut(&s)) {
+                    let (id, sweep, p, idx) = row?;
+                    if let Some((sid, s)) = SweepId::parse(&sweep).ok().and_then(|sid| st.sweeps.get_mut(&sid).map(|s| (sid, s))) {
                         s.trials += 1;
+                        if s.spec.method.is_adaptive() || s.spec.early_terminate.is_some() {
+                            if let Ok(tid) = TrialId::parse(&id) {
+                                trial_order.entry(sid).or_default().push((idx, tid));
+                            }
+                        }
                     }
                     params.insert(id, p.into());
                 }
@@ -1636,7 +1914,7 @@ fn load(store: &Store, cfg: &CoordinatorConfig) -> Result<State, CoreError> {
                         attempt: r.get::<_, i64>(6)? as u64,
                         retries_used: r.get(7)?,
                         worker_id: r.get(8)?,
-                        cancel_requested: r.get(9)?,
+                        cancel_requested: r.get::<_, i64>(9)?,
                         final_metric: r.get(10)?,
                         best_metric: r.get(11)?,
                         result_recorded: r.get(12)?,
@@ -1684,7 +1962,7 @@ fn load(store: &Store, cfg: &CoordinatorConfig) -> Result<State, CoreError> {
                             attempt: j.attempt,
                             retries_used: j.retries_used,
                             worker,
-                            cancel_requested: j.cancel_requested,
+                            stop: StopRequest::from_db(j.cancel_requested),
                             final_metric: j.final_metric,
                             best_metric: j.best_metric,
                             result_recorded: j.result_recorded,
@@ -1731,8 +2009,113 @@ fn load(store: &Store, cfg: &CoordinatorConfig) -> Result<State, CoreError> {
                     }
                 }
             }
+            load_search(c, &mut st, trial_order)?;
             st.refused_stale = crate::store::counter(c, REFUSED_STALE)? as u64;
             Ok(st)
         })
         .map_err(CoreError::from)
+}
+
+/// Rebuilds the search state of sweeps that adapt or stop early: trials in
+/// index order with their jobs, metric histories from the stored metric rows,
+/// and whether metric.target was already reached.
+fn load_search(
+    c: &rusqlite::Connection,
+    st: &mut State,
+    mut trial_order: HashMap<SweepId, Vec<(i64, TrialId)>>,
+) -> Result<(), rusqlite::Error> {
+    let sids: Vec<SweepId> = st
+        .sweeps
+        .iter()
+        .filter(|(_, s)| s.spec.method.is_adaptive() || s.spec.early_terminate.is_some())
+        .map(|(k, _)| k.clone())
+        .collect();
+    for sid in sids {
+        let Some(mut search) = st
+            .sweeps
+            .get(&sid)
+            .and_then(|s| SweepSearch::for_spec(&s.spec))
+        else {
+            continue;
+        };
+        let mut order = trial_order.remove(&sid).unwrap_or_default();
+        order.sort();
+        let Some(s) = st.sweeps.get(&sid) else {
+            continue;
+        };
+        let mut by_trial: HashMap<TrialId, Vec<(i64, JobId)>> = HashMap::new();
+        for j in &s.jobs {
+            if let Some(m) = st.jobs.get(j) {
+                by_trial
+                    .entry(m.trial.clone())
+                    .or_default()
+                    .push((m.ord, j.clone()));
+            }
+        }
+        for (_, tid) in order {
+            let mut jobs = by_trial.remove(&tid).unwrap_or_default();
+            jobs.sort();
+            let params: serde_json::Value = jobs
+                .first()
+                .and_then(|(_, j)| st.jobs.get(j))
+                .and_then(|m| serde_json::from_str(&m.params_json).ok())
+                .unwrap_or(serde_json::Value::Null);
+            search.add_trial(tid, &params, jobs.into_iter().map(|(_, j)| j).collect());
+        }
+        if let (Some(_), Some(metric)) = (&s.spec.early_terminate, &s.spec.metric) {
+            let mut q =
+                c.prepare("SELECT step, json FROM metrics WHERE job_id = ?1 ORDER BY id")?;
+            for t in 0..search.trials.len() {
+                let (tid, jobs) = (search.trials[t].id.clone(), search.trials[t].jobs.clone());
+                for j in jobs {
+                    let rows = q.query_map([j.to_string()], |r| {
+                        Ok((r.get::<_, Option<i64>>(0)?, r.get::<_, String>(1)?))
+                    })?;
+                    for row in rows {
+                        let (step, json) = row?;
+                        let value = serde_json::from_str::<serde_json::Value>(&json)
+                            .ok()
+                            .and_then(|v| v.get(&metric.name).and_then(|x| x.as_f64()))
+                            .filter(|x| x.is_finite());
+                        if let Some(x) = value {
+                            let step = step.unwrap_or_else(|| search.next_step(&tid, &j));
+                            search.record(&tid, &j, step, x);
+                        }
+                    }
+                }
+            }
+            search.settle_loaded();
+            // A trial pruned before the restart stays pruned.
+            for t in 0..search.trials.len() {
+                let pruned = search.trials[t].jobs.iter().any(|j| {
+                    st.jobs.get(j).is_some_and(|m| {
+                        m.state == JobState::Pruned || m.stop == StopRequest::Prune
+                    })
+                });
+                search.trials[t].stopped = pruned;
+            }
+        }
+        if let Some(target) = s.spec.metric.as_ref().and_then(|m| m.target) {
+            for t in &search.trials {
+                let done = t
+                    .jobs
+                    .iter()
+                    .all(|j| st.jobs.get(j).is_some_and(|m| m.state.is_terminal()));
+                let best: Vec<f64> = t
+                    .jobs
+                    .iter()
+                    .filter_map(|j| st.jobs.get(j))
+                    .filter(|m| m.state == JobState::Succeeded)
+                    .filter_map(|m| m.best_metric)
+                    .collect();
+                if done && search.meets_target(target, &best) {
+                    search.target_reached = true;
+                }
+            }
+        }
+        if let Some(s) = st.sweeps.get_mut(&sid) {
+            s.search = Some(search);
+        }
+    }
+    Ok(())
 }

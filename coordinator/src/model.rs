@@ -11,6 +11,8 @@
 //!                            ├───────────────────────► Failed
 //!                            │ cancel + exited
 //!  Queued ── cancel ─────────┴───────────────────────► Cancelled
+//!                            │ prune (early stopping) + exited
+//!  Queued ── prune ──────────┴───────────────────────► Pruned
 //! ```
 
 use serde::{Deserialize, Serialize};
@@ -24,6 +26,8 @@ pub enum JobState {
     Succeeded,
     Failed,
     Cancelled,
+    /// Stopped early by the sweep's early-stopping rule (not a failure).
+    Pruned,
 }
 
 impl JobState {
@@ -34,6 +38,7 @@ impl JobState {
             JobState::Succeeded => "succeeded",
             JobState::Failed => "failed",
             JobState::Cancelled => "cancelled",
+            JobState::Pruned => "pruned",
         }
     }
 
@@ -44,6 +49,7 @@ impl JobState {
             "succeeded" => JobState::Succeeded,
             "failed" => JobState::Failed,
             "cancelled" => JobState::Cancelled,
+            "pruned" => JobState::Pruned,
             _ => return None,
         })
     }
@@ -51,7 +57,7 @@ impl JobState {
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
-            JobState::Succeeded | JobState::Failed | JobState::Cancelled
+            JobState::Succeeded | JobState::Failed | JobState::Cancelled | JobState::Pruned
         )
     }
 
@@ -63,15 +69,17 @@ impl JobState {
         match (self, event) {
             (Queued, Assign) => Some(Running),
             (Queued, Cancel) => Some(Cancelled),
+            (Queued, Prune) => Some(Pruned),
             (
                 Running,
                 Ended {
                     outcome,
-                    cancel_requested,
+                    stop,
                     retries_left,
                 },
             ) => Some(match outcome {
-                _ if cancel_requested && outcome != Outcome::Succeeded => Cancelled,
+                _ if stop == StopRequest::Cancel && outcome != Outcome::Succeeded => Cancelled,
+                _ if stop == StopRequest::Prune && outcome != Outcome::Succeeded => Pruned,
                 Outcome::Succeeded => Succeeded,
                 o if !o.counts_as_failure() => Queued,
                 _ if retries_left => Queued,
@@ -89,12 +97,44 @@ pub enum JobEvent {
     Assign,
     /// The user cancelled a job that is not running.
     Cancel,
+    /// Early stopping pruned a job that is not running.
+    Prune,
     /// The current attempt ended.
     Ended {
         outcome: Outcome,
-        cancel_requested: bool,
+        stop: StopRequest,
         retries_left: bool,
     },
+}
+
+/// Whether the coordinator asked a running job to stop, and why. Stored in
+/// the jobs table's `cancel_requested` column as 0, 1 or 2.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum StopRequest {
+    #[default]
+    None,
+    /// The user cancelled it.
+    Cancel,
+    /// Early stopping pruned its trial.
+    Prune,
+}
+
+impl StopRequest {
+    pub fn to_db(self) -> i64 {
+        match self {
+            StopRequest::None => 0,
+            StopRequest::Cancel => 1,
+            StopRequest::Prune => 2,
+        }
+    }
+
+    pub fn from_db(v: i64) -> Self {
+        match v {
+            0 => StopRequest::None,
+            2 => StopRequest::Prune,
+            _ => StopRequest::Cancel,
+        }
+    }
 }
 
 /// How an attempt ended, classified so that only the job's own failures spend
@@ -195,10 +235,19 @@ mod tests {
 
     #[test]
     fn transitions_table() {
-        let end = |o, c, r| JobEvent::Ended {
+        let end = |o, c: bool, r| JobEvent::Ended {
             outcome: o,
-            cancel_requested: c,
+            stop: if c {
+                StopRequest::Cancel
+            } else {
+                StopRequest::None
+            },
             retries_left: r,
+        };
+        let pruned = |o| JobEvent::Ended {
+            outcome: o,
+            stop: StopRequest::Prune,
+            retries_left: true,
         };
         let cases = [
             (JobState::Queued, JobEvent::Assign, Some(JobState::Running)),
@@ -257,6 +306,30 @@ mod tests {
                 end(Outcome::Cancelled, true, true),
                 Some(JobState::Cancelled),
             ),
+            (JobState::Queued, JobEvent::Prune, Some(JobState::Pruned)),
+            (
+                JobState::Running,
+                pruned(Outcome::Cancelled),
+                Some(JobState::Pruned),
+            ),
+            (
+                JobState::Running,
+                pruned(Outcome::Lost),
+                Some(JobState::Pruned),
+            ),
+            (
+                JobState::Running,
+                pruned(Outcome::Failed),
+                Some(JobState::Pruned),
+            ),
+            // It finished before the stop reached it: the result counts.
+            (
+                JobState::Running,
+                pruned(Outcome::Succeeded),
+                Some(JobState::Succeeded),
+            ),
+            (JobState::Pruned, JobEvent::Assign, None),
+            (JobState::Running, JobEvent::Prune, None),
             (JobState::Succeeded, JobEvent::Assign, None),
             (
                 JobState::Succeeded,

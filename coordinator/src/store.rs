@@ -110,7 +110,8 @@ pub struct JobRow {
     pub attempt: u64,
     pub retries_used: u32,
     pub worker_id: Option<String>,
-    pub cancel_requested: bool,
+    /// [`crate::model::StopRequest::to_db`].
+    pub cancel_requested: i64,
     pub final_metric: Option<f64>,
     pub best_metric: Option<f64>,
     pub result_recorded: bool,

@@ -11,6 +11,7 @@
 pub mod gp;
 pub mod space;
 pub mod stopping;
+pub mod sweep;
 pub mod tpe;
 
 use liandan_common::rng::Rng;

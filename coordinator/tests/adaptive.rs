@@ -1,0 +1,363 @@
+//! Adaptive search and early stopping through the coordinator's core, with
+//! simulated workers: trials proposed as results arrive, stored so a restart
+//! continues the same search, run_cap and metric.target respected, and trials
+//! pruned through the normal stop path.
+
+use liandan_common::config::CoordinatorConfig;
+use liandan_coordinator::core::Core;
+use liandan_proto::v1 as pb;
+use pb::coordinator_message::Msg;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+
+fn core(dir: &std::path::Path) -> Arc<Core> {
+    let cfg = CoordinatorConfig {
+        data_dir: dir.to_path_buf(),
+        ..Default::default()
+    };
+    Core::open(cfg).expect("core opens")
+}
+
+struct Worker {
+    id: liandan_common::WorkerId,
+    session: u64,
+    rx: mpsc::UnboundedReceiver<pb::CoordinatorMessage>,
+    seq: u64,
+}
+
+async fn hello(core: &Core, slots: u32, held: Vec<pb::HeldAttempt>, last_seq: u64) -> Worker {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let h = pb::Hello {
+        worker_id: "wk-one".into(),
+        hostname: "h".into(),
+        resources: Some(pb::Resources {
+            cpu_slots: slots,
+            ..Default::default()
+        }),
+        held,
+        version: "t".into(),
+        last_seq,
+    };
+    let (id, session) = core.hello(h, tx).await.expect("hello");
+    Worker {
+        id,
+        session,
+        rx,
+        seq: last_seq,
+    }
+}
+
+#[derive(Default)]
+struct Inbox {
+    assigned: Vec<pb::Assignment>,
+    stops: Vec<pb::Cancel>,
+}
+
+fn drain(w: &mut Worker) -> Inbox {
+    let mut inbox = Inbox::default();
+    while let Ok(m) = w.rx.try_recv() {
+        match m.msg {
+            Some(Msg::Assign(a)) => inbox.assigned.push(a),
+            Some(Msg::Cancel(c)) => inbox.stops.push(c),
+            _ => {}
+        }
+    }
+    inbox
+}
+
+async fn send(core: &Core, w: &mut Worker, a: &pb::Assignment, body: pb::record::Body) {
+    w.seq += 1;
+    let rec = pb::Record {
+        seq: w.seq,
+        job_id: a.job_id.clone(),
+        attempt: a.attempt,
+        body: Some(body),
+    };
+    core.records(&w.id, w.session, vec![rec])
+        .await
+        .expect("records");
+}
+
+async fn metric(core: &Core, w: &mut Worker, a: &pb::Assignment, step: i64, loss: f64) {
+    let json = serde_json::json!({ "loss": loss }).to_string();
+    send(
+        core,
+        w,
+        a,
+        pb::record::Body::Metric(pb::MetricReport {
+            step: Some(step),
+            ts: 0.0,
+            json,
+        }),
+    )
+    .await;
+}
+
+async fn exit(core: &Core, w: &mut Worker, a: &pb::Assignment, outcome: &str) {
+    let body = pb::record::Body::Exited(pb::JobExited {
+        outcome: outcome.into(),
+        exit_code: if outcome == "succeeded" { 0 } else { 143 },
+        signal: 0,
+        message: String::new(),
+    });
+    send(core, w, a, body).await;
+}
+
+fn x_of(a: &pb::Assignment) -> f64 {
+    let p: serde_json::Value = serde_json::from_str(&a.params_json).expect("params");
+    p["x"].as_f64().expect("x")
+}
+
+fn objective(a: &pb::Assignment) -> f64 {
+    (x_of(a) - 0.3).powi(2) + 0.001 * a.seed as f64
+}
+
+const BAYES: &str = "name: b\nprogram: t.py\nmethod: bayes\nmetric: {name: loss, goal: minimize}\nrun_cap: 16\nparameters:\n  x: {min: 0.0, max: 1.0}\nliandan: {seeds: [1, 2], sweep_seed: 11}\n";
+
+/// Runs the bayes sweep to its end, one trial (two seeds) at a time, and
+/// returns the trials' parameters in index order. With `restart_after`, the
+/// coordinator is dropped and reopened from its database after that many trials.
+async fn run_bayes(restart_after: Option<usize>) -> Vec<String> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut c = core(dir.path());
+    let (sweep, created, warnings) = c.submit(BAYES, "yaml", "").await.expect("submit");
+    assert!(created);
+    assert!(
+        warnings.iter().any(|w| w.contains("up to 8 trials")),
+        "{warnings:?}"
+    );
+    assert_eq!(sweep.jobs, 0, "nothing is expanded up front");
+    let mut w = hello(&c, 2, vec![], 0).await;
+    let mut finished_trials = 0;
+    let mut restarted = false;
+    loop {
+        let inbox = drain(&mut w);
+        if inbox.assigned.is_empty() {
+            break;
+        }
+        // Both seeds of one trial run side by side.
+        assert_eq!(
+            inbox.assigned.len(),
+            2,
+            "a trial's seeds are scheduled together"
+        );
+        assert_eq!(inbox.assigned[0].trial_id, inbox.assigned[1].trial_id);
+        if restart_after == Some(finished_trials) && !restarted {
+            // Crash with the trial assigned, and come back.
+            restarted = true;
+            let held: Vec<pb::HeldAttempt> = inbox
+                .assigned
+                .iter()
+                .map(|a| pb::HeldAttempt {
+                    job_id: a.job_id.clone(),
+                    attempt: a.attempt,
+                    running: true,
+                    ..Default::default()
+                })
+                .collect();
+            drop(w);
+            drop(c);
+            c = core(dir.path());
+            let seq = 1_000;
+            w = hello(&c, 2, held, seq).await;
+            assert!(
+                drain(&mut w).assigned.is_empty(),
+                "nothing new while the held trial runs"
+            );
+        }
+        for a in &inbox.assigned {
+            metric(&c, &mut w, a, 1, objective(a) + 1.0).await;
+            metric(&c, &mut w, a, 2, objective(a)).await;
+        }
+        for a in &inbox.assigned {
+            exit(&c, &mut w, a, "succeeded").await;
+        }
+        finished_trials += 1;
+    }
+    let s = c.get_sweep(&sweep.id).expect("sweep");
+    assert_eq!(s.state, "finished");
+    assert_eq!((s.trials, s.jobs), (8, 16));
+    assert_eq!(s.counts.expect("counts").succeeded, 16);
+    let jobs = c.list_jobs(&sweep.id, "").expect("jobs");
+    let mut trials: Vec<String> = Vec::new();
+    for pair in jobs.chunks(2) {
+        assert_eq!(pair[0].trial_id, pair[1].trial_id);
+        trials.push(pair[0].params_json.clone());
+    }
+    trials
+}
+
+#[tokio::test]
+async fn bayes_proposes_trials_as_results_arrive_and_a_restart_continues_the_same_search() {
+    let reference = run_bayes(None).await;
+    assert_eq!(reference.len(), 8);
+    let again = run_bayes(None).await;
+    assert_eq!(
+        again, reference,
+        "same sweep seed, same results → same trials"
+    );
+    let restarted = run_bayes(Some(4)).await;
+    assert_eq!(
+        restarted, reference,
+        "a restart neither repeats nor skips a trial"
+    );
+    // The search learned: the last trials sit nearer the optimum (0.3) than the first two random ones.
+    let xs: Vec<f64> = reference
+        .iter()
+        .map(|p| {
+            serde_json::from_str::<serde_json::Value>(p).expect("json")["x"]
+                .as_f64()
+                .expect("x")
+        })
+        .collect();
+    let best_late = xs[2..]
+        .iter()
+        .map(|x| (x - 0.3).abs())
+        .fold(f64::INFINITY, f64::min);
+    assert!(best_late < 0.05, "{xs:?}");
+}
+
+#[tokio::test]
+async fn metric_target_stops_the_search_early() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = core(dir.path());
+    let spec = "name: t\nprogram: t.py\nmethod: tpe\nmetric: {name: loss, goal: minimize, target: 100.0}\nrun_cap: 10\nparameters:\n  x: {min: 0.0, max: 1.0}\n";
+    let (sweep, _, _) = c.submit(spec, "yaml", "").await.expect("submit");
+    let mut w = hello(&c, 1, vec![], 0).await;
+    let a = drain(&mut w).assigned.pop().expect("a first trial");
+    metric(&c, &mut w, &a, 1, 5.0).await;
+    exit(&c, &mut w, &a, "succeeded").await;
+    assert!(
+        drain(&mut w).assigned.is_empty(),
+        "the target was met: nothing more is proposed"
+    );
+    let s = c.get_sweep(&sweep.id).expect("sweep");
+    assert_eq!((s.state.as_str(), s.trials), ("finished", 1));
+}
+
+const HYPERBAND: &str = "name: h\nprogram: t.py\nmethod: grid\nmetric: {name: loss, goal: minimize}\nearly_terminate: {type: hyperband, min_iter: 1, eta: 2}\nparameters:\n  x: {values: [1, 2, 3]}\n";
+
+#[tokio::test]
+async fn hyperband_prunes_a_trial_through_the_stop_path_and_the_decision_survives_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = core(dir.path());
+    let (sweep, _, _) = c.submit(HYPERBAND, "yaml", "").await.expect("submit");
+    let mut w = hello(&c, 3, vec![], 0).await;
+    let jobs = drain(&mut w).assigned;
+    assert_eq!(jobs.len(), 3);
+    // Band 1 (index 1, eta 2): the threshold is the middle of three values.
+    let losses = |x: f64| if x == 3.0 { [9.0, 9.0] } else { [9.0, 1.0 / x] };
+    for step in 0..2 {
+        for a in &jobs {
+            metric(&c, &mut w, a, step, losses(x_of(a))[step as usize]).await;
+        }
+    }
+    let inbox = drain(&mut w);
+    assert_eq!(
+        inbox.stops.len(),
+        1,
+        "one trial is below the band's threshold"
+    );
+    let bad = jobs.iter().find(|a| x_of(a) == 3.0).expect("x=3");
+    assert_eq!(
+        (
+            inbox.stops[0].job_id.as_str(),
+            inbox.stops[0].reason.as_str()
+        ),
+        (bad.job_id.as_str(), "pruned")
+    );
+    // The worker stops it with SIGTERM; it ends as the worker reports a stop.
+    exit(&c, &mut w, bad, "cancelled").await;
+    for a in jobs.iter().filter(|a| a.job_id != bad.job_id) {
+        exit(&c, &mut w, a, "succeeded").await;
+    }
+    let s = c.get_sweep(&sweep.id).expect("sweep");
+    let k = s.counts.expect("counts");
+    assert_eq!(
+        (
+            s.state.as_str(),
+            k.succeeded,
+            k.pruned,
+            k.failed,
+            k.cancelled
+        ),
+        ("finished", 2, 1, 0, 0)
+    );
+    assert_eq!(c.list_jobs(&sweep.id, "pruned").expect("jobs").len(), 1);
+    drop(w);
+    drop(c);
+    let c = core(dir.path());
+    let s = c.get_sweep(&sweep.id).expect("sweep");
+    assert_eq!(s.counts.expect("counts").pruned, 1);
+    assert_eq!(
+        c.list_jobs(&sweep.id, "pruned").expect("jobs")[0].id,
+        bad.job_id
+    );
+}
+
+#[tokio::test]
+async fn asha_judges_a_trial_on_its_seeds_mean_once_every_seed_reached_the_rung() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = core(dir.path());
+    let spec = "name: a\nprogram: t.py\nmethod: grid\nmetric: {name: acc, goal: maximize}\nearly_terminate: {type: asha, min_iter: 2, eta: 2}\nparameters:\n  x: {values: [1, 2]}\nliandan: {seeds: [1, 2]}\n";
+    c.submit(spec, "yaml", "").await.expect("submit");
+    // Three slots: trial 1's two seeds and trial 2's first seed run; its second seed waits.
+    let mut w = hello(&c, 3, vec![], 0).await;
+    let jobs = drain(&mut w).assigned;
+    assert_eq!(jobs.len(), 3);
+    let send_acc = |a: &pb::Assignment, step: i64, acc: f64| {
+        (
+            a.clone(),
+            step,
+            serde_json::json!({ "acc": acc }).to_string(),
+        )
+    };
+    let mut reports = Vec::new();
+    for a in &jobs {
+        let good = x_of(a) == 1.0;
+        for step in 1..=2 {
+            reports.push(send_acc(a, step, if good { 0.9 } else { 0.1 }));
+        }
+    }
+    for (a, step, json) in reports {
+        send(
+            &c,
+            &mut w,
+            &a,
+            pb::record::Body::Metric(pb::MetricReport {
+                step: Some(step),
+                ts: 0.0,
+                json,
+            }),
+        )
+        .await;
+    }
+    // Trial 2 has one seed with a history: its seeds' mean is not known yet, so no decision.
+    assert!(drain(&mut w).stops.is_empty());
+    // Trial 1 finishes; trial 2's second seed starts and reaches rung 2 below trial 1: pruned.
+    for a in jobs.iter().filter(|a| x_of(a) == 1.0) {
+        exit(&c, &mut w, a, "succeeded").await;
+    }
+    let second = drain(&mut w).assigned;
+    assert_eq!(second.len(), 1);
+    for step in 1..=2 {
+        send(
+            &c,
+            &mut w,
+            &second[0],
+            pb::record::Body::Metric(pb::MetricReport {
+                step: Some(step),
+                ts: 0.0,
+                json: serde_json::json!({"acc": 0.2}).to_string(),
+            }),
+        )
+        .await;
+    }
+    let stops = drain(&mut w).stops;
+    assert_eq!(
+        stops.len(),
+        2,
+        "both running seeds of the trial are stopped"
+    );
+    assert!(stops.iter().all(|s| s.reason == "pruned"));
+}
