@@ -122,6 +122,33 @@ impl WorkerMem {
 }
 
 impl JobMem {
+    /// A new job, queued, never run.
+    fn queued(
+        sweep: SweepId,
+        trial: TrialId,
+        ord: i64,
+        seed: i64,
+        params_json: Arc<str>,
+    ) -> JobMem {
+        JobMem {
+            sweep,
+            trial,
+            ord,
+            seed,
+            state: JobState::Queued,
+            attempt: 0,
+            retries_used: 0,
+            worker: None,
+            stop: StopRequest::None,
+            final_metric: None,
+            best_metric: None,
+            result_recorded: false,
+            params_json,
+            gpus: Vec::new(),
+            cpus: 0,
+        }
+    }
+
     fn row(&self, id: &JobId) -> JobRow {
         JobRow {
             id: id.to_string(),
@@ -326,26 +353,17 @@ impl Core {
             }
             let mut job_ids = Vec::with_capacity(expansion.jobs.len());
             for (ord, j) in expansion.jobs.iter().enumerate() {
-                let mem = JobMem {
-                    sweep: sweep_id.clone(),
-                    trial: j.trial.clone(),
-                    ord: ord as i64,
-                    seed: j.seed,
-                    state: JobState::Queued,
-                    attempt: 0,
-                    retries_used: 0,
-                    worker: None,
-                    stop: StopRequest::None,
-                    final_metric: None,
-                    best_metric: None,
-                    result_recorded: false,
-                    params_json: params_by_trial
-                        .get(&j.trial)
-                        .cloned()
-                        .unwrap_or_else(|| "{}".into()),
-                    gpus: Vec::new(),
-                    cpus: 0,
-                };
+                let params = params_by_trial
+                    .get(&j.trial)
+                    .cloned()
+                    .unwrap_or_else(|| "{}".into());
+                let mem = JobMem::queued(
+                    sweep_id.clone(),
+                    j.trial.clone(),
+                    ord as i64,
+                    j.seed,
+                    params,
+                );
                 ops.push(Op::InsertJob(mem.row(&j.id)));
                 st.jobs.insert(j.id.clone(), mem);
                 job_ids.push(j.id.clone());
@@ -466,12 +484,31 @@ impl Core {
     }
 
     fn cancel_job_locked(&self, st: &mut State, id: &JobId, ops: &mut Vec<Op>, sends: &mut Sends) {
+        self.stop_job_locked(st, id, StopRequest::Cancel, ops, sends);
+    }
+
+    /// Cancels or prunes a job: a queued one ends now; a running one is asked
+    /// to stop (its worker sends SIGTERM, then SIGKILL after the grace period)
+    /// and ends when its attempt does. A cancel overrides an earlier prune.
+    fn stop_job_locked(
+        &self,
+        st: &mut State,
+        id: &JobId,
+        why: StopRequest,
+        ops: &mut Vec<Op>,
+        sends: &mut Sends,
+    ) {
         let Some(job) = st.jobs.get_mut(id) else {
             return;
         };
+        let (event, reason) = match why {
+            StopRequest::None => return,
+            StopRequest::Cancel => (JobEvent::Cancel, "cancelled"),
+            StopRequest::Prune => (JobEvent::Prune, "pruned"),
+        };
         match job.state {
             JobState::Queued => {
-                if let Some(next) = job.state.on(JobEvent::Cancel) {
+                if let Some(next) = job.state.on(event) {
                     job.state = next;
                     ops.push(Op::UpdateJob(job.row(id)));
                     let sid = job.sweep.clone();
@@ -480,8 +517,11 @@ impl Core {
                     }
                 }
             }
-            JobState::Running if job.stop != StopRequest::Cancel => {
-                job.stop = StopRequest::Cancel;
+            JobState::Running
+                if job.stop == StopRequest::None
+                    || (why == StopRequest::Cancel && job.stop != StopRequest::Cancel) =>
+            {
+                job.stop = why;
                 ops.push(Op::UpdateJob(job.row(id)));
                 let attempt = job.attempt;
                 if let Some(tx) = job
@@ -491,7 +531,7 @@ impl Core {
                     .and_then(|w| w.session.as_ref())
                     .map(|s| s.tx.clone())
                 {
-                    sends.push((tx, cancel_msg(id, attempt, "cancelled")));
+                    sends.push((tx, cancel_msg(id, attempt, reason)));
                 }
             }
             _ => {}
@@ -1061,35 +1101,7 @@ impl Core {
             .map(|t| t.jobs.clone())
             .unwrap_or_default();
         for jid in jobs {
-            let Some(job) = st.jobs.get_mut(&jid) else {
-                continue;
-            };
-            match job.state {
-                JobState::Queued => {
-                    if let Some(next) = job.state.on(JobEvent::Prune) {
-                        job.state = next;
-                        ops.push(Op::UpdateJob(job.row(&jid)));
-                        if let Some(s) = st.sweeps.get_mut(sid) {
-                            s.moved(JobState::Queued, next);
-                        }
-                    }
-                }
-                JobState::Running if job.stop == StopRequest::None => {
-                    job.stop = StopRequest::Prune;
-                    ops.push(Op::UpdateJob(job.row(&jid)));
-                    let attempt = job.attempt;
-                    if let Some(tx) = job
-                        .worker
-                        .as_ref()
-                        .and_then(|w| st.workers.get(w))
-                        .and_then(|w| w.session.as_ref())
-                        .map(|s| s.tx.clone())
-                    {
-                        sends.push((tx, cancel_msg(&jid, attempt, "pruned")));
-                    }
-                }
-                _ => {}
-            }
+            self.stop_job_locked(st, &jid, StopRequest::Prune, ops, sends);
         }
     }
 
@@ -1169,23 +1181,13 @@ impl Core {
         let base = s.jobs.len() as i64;
         let mut ids = Vec::with_capacity(jobs.len());
         for (k, j) in jobs.iter().enumerate() {
-            let mem = JobMem {
-                sweep: sid.clone(),
-                trial: trial.id.clone(),
-                ord: base + k as i64,
-                seed: j.seed,
-                state: JobState::Queued,
-                attempt: 0,
-                retries_used: 0,
-                worker: None,
-                stop: StopRequest::None,
-                final_metric: None,
-                best_metric: None,
-                result_recorded: false,
-                params_json: pj.clone(),
-                gpus: Vec::new(),
-                cpus: 0,
-            };
+            let mem = JobMem::queued(
+                sid.clone(),
+                trial.id.clone(),
+                base + k as i64,
+                j.seed,
+                pj.clone(),
+            );
             ops.push(Op::InsertJob(mem.row(&j.id)));
             st.jobs.insert(j.id.clone(), mem);
             ids.push(j.id.clone());

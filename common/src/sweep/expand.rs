@@ -183,6 +183,18 @@ fn quantize(x: f64, q: f64) -> f64 {
     (x / q).round_ties_even() * q
 }
 
+/// The value of `categorical_w_probabilities` that `u` in [0, 1) falls on.
+pub fn pick_weighted(values: &[Value], probabilities: &[f64], u: f64) -> Value {
+    let mut acc = 0.0;
+    for (v, p) in values.iter().zip(probabilities) {
+        acc += p;
+        if u < acc {
+            return v.clone();
+        }
+    }
+    values[values.len() - 1].clone()
+}
+
 /// Draws one value from a distribution, with W&B's semantics.
 pub fn sample(p: &Param, rng: &mut Rng) -> Value {
     match p {
@@ -191,17 +203,7 @@ pub fn sample(p: &Param, rng: &mut Rng) -> Value {
         Param::CategoricalWProbabilities {
             values,
             probabilities,
-        } => {
-            let u = rng.uniform01();
-            let mut acc = 0.0;
-            for (v, p) in values.iter().zip(probabilities) {
-                acc += p;
-                if u < acc {
-                    return v.clone();
-                }
-            }
-            values[values.len() - 1].clone()
-        }
+        } => pick_weighted(values, probabilities, rng.uniform01()),
         Param::IntUniform { min, max } => {
             let span = (*max - *min) as u64 + 1;
             Value::Number((min + rng.below(span) as i64).into())

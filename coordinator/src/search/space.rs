@@ -5,7 +5,7 @@
 //! the declared distributions, and a model's proposal decodes through the
 //! inverse CDF, then W&B's quantisation and integer rounding.
 
-use liandan_common::sweep::expand::{leaf_params, set_param_path};
+use liandan_common::sweep::expand::{leaf_params, pick_weighted, set_param_path};
 use liandan_common::sweep::Param;
 use serde_json::{Map, Number, Value};
 use statrs::distribution::{Beta, ContinuousCDF, Normal};
@@ -193,16 +193,7 @@ fn decode_one(p: &Param, u: f64) -> Value {
         Param::CategoricalWProbabilities {
             values,
             probabilities,
-        } => {
-            let mut acc = 0.0;
-            for (v, p) in values.iter().zip(probabilities) {
-                acc += p;
-                if u < acc {
-                    return v.clone();
-                }
-            }
-            values[values.len() - 1].clone()
-        }
+        } => pick_weighted(values, probabilities, u),
         Param::IntUniform { min, max } => {
             let span = (*max - *min) as f64 + 1.0;
             let k = ((u * span) as i64).min(*max - *min);

@@ -628,7 +628,11 @@ fn propose(finished: usize) -> Res<()> {
                 let seeds: Vec<f64> = (0..3).map(|_| base + 0.01 * rng.normal01()).collect();
                 TrialData {
                     x,
-                    status: if i < finished { TrialStatus::Finished } else { TrialStatus::Running },
+                    status: if i < finished {
+                        TrialStatus::Finished
+                    } else {
+                        TrialStatus::Running
+                    },
                     seed_best: seeds.clone(),
                     seed_latest: seeds,
                 }
