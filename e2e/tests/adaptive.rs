@@ -1,41 +1,10 @@
 //! A `bayes` sweep with Hyperband early stopping over liandan-train jobs with
 //! three seeds, on real workers: it proposes trials up to run_cap, prunes the
 //! trial that cannot learn (SIGTERM, so it checkpoints), and `results` ranks
-//! trials by their seed mean.
+//! trials by their seed mean. The sweep is examples/adaptive.yaml.
 
 use liandan_e2e::{Cluster, Opts};
 use std::time::Duration;
-
-// Sweep seed 3 makes the first two (random) proposals lr 0.05 then lr 1e-5, so
-// the second trial meets a finished good one at the first band and is pruned.
-const SPEC: &str = "name: adaptive
-method: bayes
-metric:
-  name: val_accuracy
-  goal: maximize
-early_terminate:
-  type: hyperband
-  min_iter: 2
-  eta: 3
-run_cap: 18
-parameters:
-  lr:
-    values: [0.00001, 0.05]
-  width:
-    values: [16, 32]
-  task:
-    value: spirals
-  samples:
-    value: 600
-  epochs:
-    value: 8
-  threads:
-    value: 1
-liandan:
-  trainer: true
-  seeds: 3
-  sweep_seed: 3
-";
 
 #[test]
 fn a_bayes_sweep_with_hyperband_runs_to_run_cap_prunes_and_ranks_by_seed_mean() {
@@ -44,7 +13,7 @@ fn a_bayes_sweep_with_hyperband_runs_to_run_cap_prunes_and_ranks_by_seed_mean() 
         "liandan-train is not built: run `make build` (it needs libtorch)"
     );
     let c = Cluster::start(2, Opts::default());
-    let spec = c.write("adaptive.yaml", SPEC);
+    let spec = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/adaptive.yaml");
     let sweep = c.submit(&spec);
     let st = c.wait_finished(&sweep, Duration::from_secs(240));
     assert_eq!(

@@ -23,6 +23,8 @@ pub struct TrialSearch {
     pub jobs: Vec<JobId>,
     /// Per job: the sweep metric's values as (step, value), in step order.
     histories: Vec<Vec<(i64, f64)>>,
+    /// The combined history ([`SweepSearch::trial_history`]), kept up to date by `record`.
+    combined: Vec<f64>,
     /// ASHA rungs already judged.
     asha_judged: usize,
     /// Early stopping has pruned it.
@@ -92,6 +94,7 @@ impl SweepSearch {
             id,
             x,
             histories: vec![Vec::new(); jobs.len()],
+            combined: Vec::new(),
             jobs,
             asha_judged: 0,
             stopped: false,
@@ -135,6 +138,10 @@ impl SweepSearch {
     /// A trial's history as the stop rules see it: at each index, the seeds'
     /// combined value (lower is better), as long as every seed has reached it.
     pub fn trial_history(&self, t: usize) -> Vec<f64> {
+        self.trials[t].combined.clone()
+    }
+
+    fn combine_history(&self, t: usize) -> Vec<f64> {
         let tr = &self.trials[t];
         let len = tr.histories.iter().map(|h| h.len()).min().unwrap_or(0);
         let how = self.objectives.map(|o| o.combine).unwrap_or_default();
@@ -173,6 +180,7 @@ impl SweepSearch {
         }
         h.push((step, value));
         let after = tr.histories.iter().map(|h| h.len()).min().unwrap_or(0);
+        self.trials[t].combined = self.combine_history(t);
         (after > before).then_some(t)
     }
 
@@ -183,21 +191,21 @@ impl SweepSearch {
         if self.trials[t].stopped || !running(t) {
             return None;
         }
-        let histories: Vec<Vec<f64>> = (0..self.trials.len())
-            .map(|i| self.trial_history(i))
+        let histories: Vec<&[f64]> = self
+            .trials
+            .iter()
+            .map(|tr| tr.combined.as_slice())
             .collect();
-        let mine = &histories[t];
+        let mine = histories[t];
+        let sign = self.sign();
+        let mut judged = self.trials[t].asha_judged;
         let decision = match et.rule {
             StopRule::Hyperband => {
-                let th = stopping::hyperband_thresholds(
-                    &bands,
-                    et.eta,
-                    histories.iter().map(|h| h.as_slice()),
-                );
+                let th = stopping::hyperband_thresholds(&bands, et.eta, histories.iter().copied());
                 match stopping::hyperband_stops(&bands, &th, et.strict, mine) {
                     Some((band, true)) => Some(StopDecision {
                         band,
-                        value: mine.iter().copied().fold(f64::INFINITY, f64::min) * self.sign(),
+                        value: mine.iter().copied().fold(f64::INFINITY, f64::min) * sign,
                         rule: StopRule::Hyperband,
                     }),
                     _ => None,
@@ -205,12 +213,12 @@ impl SweepSearch {
             }
             StopRule::Asha => {
                 let mut out = None;
-                while self.trials[t].asha_judged < bands.len() {
-                    let rung = bands[self.trials[t].asha_judged] as usize;
+                while judged < bands.len() {
+                    let rung = bands[judged] as usize;
                     if rung == 0 || mine.len() < rung {
                         break;
                     }
-                    self.trials[t].asha_judged += 1;
+                    judged += 1;
                     let value = mine[rung - 1];
                     let earlier: Vec<f64> = histories
                         .iter()
@@ -221,7 +229,7 @@ impl SweepSearch {
                     if !stopping::asha_promotes(&earlier, value, et.eta) {
                         out = Some(StopDecision {
                             band: rung as u64,
-                            value: value * self.sign(),
+                            value: value * sign,
                             rule: StopRule::Asha,
                         });
                         break;
@@ -230,6 +238,7 @@ impl SweepSearch {
                 out
             }
         };
+        self.trials[t].asha_judged = judged;
         if decision.is_some() {
             self.trials[t].stopped = true;
         }
