@@ -799,14 +799,9 @@ impl Core {
             // Attempts we believed ran there that the worker no longer has are lost.
             for jid in previously_running {
                 if !kept.contains(&jid) {
-                    let attempt = st.jobs.get(&jid).map(|j| j.attempt).unwrap_or(0);
-                    self.end_attempt(
+                    self.lose_attempt(
                         &mut st,
                         &jid,
-                        attempt,
-                        Outcome::Lost,
-                        None,
-                        None,
                         "the worker restarted without this attempt",
                         &mut ops,
                     );
@@ -1032,10 +1027,11 @@ impl Core {
         sends: &mut Sends,
     ) {
         let Some(job) = st.jobs.get(jid) else { return };
-        let Some(sweep) = st.sweeps.get(&job.sweep) else {
+        let (sid, tid) = (job.sweep.clone(), job.trial.clone());
+        let Some(sweep) = st.sweeps.get_mut(&sid) else {
             return;
         };
-        let Some(metric) = sweep.spec.metric.clone() else {
+        let Some(metric) = sweep.spec.metric.as_ref() else {
             return;
         };
         let Ok(v) = serde_json::from_str::<serde_json::Value>(json) else {
@@ -1048,34 +1044,20 @@ impl Core {
         else {
             return;
         };
-        let (sid, tid) = (job.sweep.clone(), job.trial.clone());
+        let goal = metric.goal;
+        // Early stopping decides on every reported value. The reporting job is
+        // running (records of other attempts were refused), so its trial is live.
+        let decision = sweep.search.as_mut().and_then(|search| {
+            let step = step.unwrap_or_else(|| search.next_step(&tid, jid));
+            let t = search.record(&tid, jid, step, x)?;
+            search.judge(t).map(|d| (t, d))
+        });
         if let Some(job) = st.jobs.get_mut(jid) {
             job.final_metric = Some(x);
-            if job.best_metric.is_none_or(|b| metric.goal.better(x, b)) {
+            if job.best_metric.is_none_or(|b| goal.better(x, b)) {
                 job.best_metric = Some(x);
             }
         }
-        // Early stopping decides on every reported value.
-        let decision = {
-            let jobs = &st.jobs;
-            let Some(search) = st.sweeps.get_mut(&sid).and_then(|s| s.search.as_mut()) else {
-                return;
-            };
-            let step = step.unwrap_or_else(|| search.next_step(&tid, jid));
-            let Some(t) = search.record(&tid, jid, step, x) else {
-                return;
-            };
-            let trial_jobs: Vec<&[JobId]> =
-                search.trials.iter().map(|t| t.jobs.as_slice()).collect();
-            let live: Vec<bool> = trial_jobs
-                .iter()
-                .map(|js| {
-                    js.iter()
-                        .any(|j| jobs.get(j).is_some_and(|m| !m.state.is_terminal()))
-                })
-                .collect();
-            search.judge(t, &|i| live[i]).map(|d| (t, d))
-        };
         if let Some((t, d)) = decision {
             tracing::info!(sweep = %sid, trial = %tid, rule = ?d.rule, band = d.band, value = d.value, "early stopping prunes the trial");
             self.prune_trial(st, &sid, t, ops, sends);
@@ -1164,7 +1146,7 @@ impl Core {
         if jobs.iter().any(|j| st.jobs.contains_key(&j.id)) {
             tracing::error!(sweep = %sid, trial = %trial.id, "a proposed job's id exists already (a hash collision); the search stops");
             if let Some(search) = st.sweeps.get_mut(sid).and_then(|s| s.search.as_mut()) {
-                search.target_reached = true;
+                search.closed = true;
             }
             return false;
         }
@@ -1218,25 +1200,18 @@ impl Core {
         let Some(t) = search.trial_index(&tid) else {
             return;
         };
-        let jobs = &search.trials[t].jobs;
-        if !jobs
-            .iter()
-            .all(|j| st.jobs.get(j).is_some_and(|m| m.state.is_terminal()))
-        {
-            return;
-        }
-        let best: Vec<f64> = jobs
-            .iter()
-            .filter_map(|j| st.jobs.get(j))
-            .filter(|m| m.state == JobState::Succeeded)
-            .filter_map(|m| m.best_metric)
-            .collect();
-        if search.meets_target(target, &best) {
+        if reached_target(&st.jobs, search, t, target) {
             tracing::info!(sweep = %sid, trial = %tid, target, "the trial reached metric.target; no more trials are proposed");
             if let Some(search) = st.sweeps.get_mut(&sid).and_then(|s| s.search.as_mut()) {
-                search.target_reached = true;
+                search.closed = true;
             }
         }
+    }
+
+    /// Ends a job's current attempt as lost (its worker is gone or forgot it).
+    fn lose_attempt(&self, st: &mut State, jid: &JobId, why: &str, ops: &mut Vec<Op>) {
+        let attempt = st.jobs.get(jid).map(|j| j.attempt).unwrap_or(0);
+        self.end_attempt(st, jid, attempt, Outcome::Lost, None, None, why, ops);
     }
 
     /// Ends the current attempt of a job: records how, frees its resources and
@@ -1352,14 +1327,9 @@ impl Core {
                     tracing::warn!(worker = %wid, jobs = running.len(), "lease expired; requeueing its attempts");
                 }
                 for jid in running {
-                    let attempt = st.jobs.get(&jid).map(|j| j.attempt).unwrap_or(0);
-                    self.end_attempt(
+                    self.lose_attempt(
                         &mut st,
                         &jid,
-                        attempt,
-                        Outcome::Lost,
-                        None,
-                        None,
                         "the worker stopped heartbeating (lease expired)",
                         &mut ops,
                     );
@@ -1810,7 +1780,7 @@ fn sweep_info(st: &State, id: &SweepId) -> pb::Sweep {
         cancelled: k[4],
         pruned: k[5],
     };
-    let search_done = s.search.as_ref().is_none_or(|x| x.exhausted());
+    let search_done = s.search.as_ref().is_none_or(|x| !x.can_propose());
     let state = match s.state {
         SweepState::Cancelled => "cancelled",
         SweepState::Paused => "paused",
@@ -2064,7 +2034,16 @@ fn load_search(
                 .unwrap_or(serde_json::Value::Null);
             search.add_trial(tid, &params, jobs.into_iter().map(|(_, j)| j).collect());
         }
-        if let (Some(_), Some(metric)) = (&s.spec.early_terminate, &s.spec.metric) {
+        if let Some(target) = s.spec.metric.as_ref().and_then(|m| m.target) {
+            search.closed =
+                (0..search.trials.len()).any(|t| reached_target(&st.jobs, &search, t, target));
+        }
+        // Histories matter only while something may still be judged: a sweep with
+        // no queued or running job and no trial left to propose skips its metric rows.
+        let live =
+            s.counts[state_index(JobState::Queued)] + s.counts[state_index(JobState::Running)] > 0
+                || (search.can_propose() && s.state != SweepState::Cancelled);
+        if let (true, Some(_), Some(metric)) = (live, &s.spec.early_terminate, &s.spec.metric) {
             let mut q =
                 c.prepare("SELECT step, json FROM metrics WHERE job_id = ?1 ORDER BY id")?;
             for t in 0..search.trials.len() {
@@ -2097,27 +2076,33 @@ fn load_search(
                 search.trials[t].stopped = pruned;
             }
         }
-        if let Some(target) = s.spec.metric.as_ref().and_then(|m| m.target) {
-            for t in &search.trials {
-                let done = t
-                    .jobs
-                    .iter()
-                    .all(|j| st.jobs.get(j).is_some_and(|m| m.state.is_terminal()));
-                let best: Vec<f64> = t
-                    .jobs
-                    .iter()
-                    .filter_map(|j| st.jobs.get(j))
-                    .filter(|m| m.state == JobState::Succeeded)
-                    .filter_map(|m| m.best_metric)
-                    .collect();
-                if done && search.meets_target(target, &best) {
-                    search.target_reached = true;
-                }
-            }
-        }
         if let Some(s) = st.sweeps.get_mut(&sid) {
             s.search = Some(search);
         }
     }
     Ok(())
+}
+
+/// Whether trial `t`, with every seed ended, reached metric.target on the
+/// combined best value of its succeeded seeds.
+fn reached_target(
+    jobs: &HashMap<JobId, JobMem>,
+    search: &SweepSearch,
+    t: usize,
+    target: f64,
+) -> bool {
+    let trial = &search.trials[t].jobs;
+    if !trial
+        .iter()
+        .all(|j| jobs.get(j).is_some_and(|m| m.state.is_terminal()))
+    {
+        return false;
+    }
+    let best: Vec<f64> = trial
+        .iter()
+        .filter_map(|j| jobs.get(j))
+        .filter(|m| m.state == JobState::Succeeded)
+        .filter_map(|m| m.best_metric)
+        .collect();
+    search.meets_target(target, &best)
 }

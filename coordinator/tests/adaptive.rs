@@ -361,3 +361,48 @@ async fn asha_judges_a_trial_on_its_seeds_mean_once_every_seed_reached_the_rung(
     );
     assert!(stops.iter().all(|s| s.reason == "pruned"));
 }
+
+#[tokio::test]
+async fn a_restarted_coordinator_judges_with_the_histories_it_stored() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = core(dir.path());
+    let (sweep, _, _) = c.submit(HYPERBAND, "yaml", "").await.expect("submit");
+    let mut w = hello(&c, 3, vec![], 0).await;
+    let jobs = drain(&mut w).assigned;
+    // The two good trials report past band 1 before the crash; the bad one only its first value.
+    let bad = jobs.iter().find(|a| x_of(a) == 3.0).expect("x=3").clone();
+    for a in jobs.iter().filter(|a| a.job_id != bad.job_id) {
+        metric(&c, &mut w, a, 0, 9.0).await;
+        metric(&c, &mut w, a, 1, 1.0 / x_of(a)).await;
+    }
+    metric(&c, &mut w, &bad, 0, 9.0).await;
+    assert!(drain(&mut w).stops.is_empty());
+    let held: Vec<pb::HeldAttempt> = jobs
+        .iter()
+        .map(|a| pb::HeldAttempt {
+            job_id: a.job_id.clone(),
+            attempt: a.attempt,
+            running: true,
+            ..Default::default()
+        })
+        .collect();
+    let seq = w.seq;
+    drop(w);
+    drop(c);
+    let c = core(dir.path());
+    let mut w = hello(&c, 3, held, seq).await;
+    drain(&mut w);
+    // Its second value is judged against the thresholds of the stored histories.
+    metric(&c, &mut w, &bad, 1, 9.0).await;
+    let stops = drain(&mut w).stops;
+    assert_eq!(
+        stops.len(),
+        1,
+        "the stored histories set the band's threshold"
+    );
+    assert_eq!(
+        (stops[0].job_id.as_str(), stops[0].reason.as_str()),
+        (bad.job_id.as_str(), "pruned")
+    );
+    let _ = sweep;
+}

@@ -68,13 +68,21 @@ fn counts_agree(core: &Core) {
         let n = |s: &str| jobs.iter().filter(|j| j.state == s).count() as u64;
         let c = sw.counts.unwrap();
         assert_eq!(
-            (c.queued, c.running, c.succeeded, c.failed, c.cancelled),
+            (
+                c.queued,
+                c.running,
+                c.succeeded,
+                c.failed,
+                c.cancelled,
+                c.pruned
+            ),
             (
                 n("queued"),
                 n("running"),
                 n("succeeded"),
                 n("failed"),
-                n("cancelled")
+                n("cancelled"),
+                n("pruned")
             )
         );
     }

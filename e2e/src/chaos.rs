@@ -5,7 +5,7 @@
 //! the coordinator, SIGTERM (drain) of a worker, and partitions. Then it checks
 //! the promises and prints them as a table.
 
-use crate::{bin, Cluster, Opts, Proc};
+use crate::{bin, Cluster, Opts};
 use liandan_common::rng::Rng;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -240,70 +240,29 @@ pub fn run(seed: u64, fault_secs: u64) -> Report {
     let mut c = Cluster::start(2, opts);
     // Worker 2 reaches the coordinator through the proxy.
     let proxy = Proxy::start(c.addr.clone());
-    let w2 = {
-        let log = c.dir.path().join("worker-2.log");
-        let err = std::fs::File::create(&log).expect("log");
-        let child = std::process::Command::new(bin("liandan-worker"))
-            .args([
-                "--coordinator",
-                &format!("http://{}", proxy.addr),
-                "--state-dir",
-            ])
-            .arg(c.dir.path().join("worker-2"))
-            .args(["--slots", "2", "--gpus", "none", "--grace-period-secs", "3"])
-            .stdout(std::process::Stdio::null())
-            .stderr(err)
-            .spawn()
-            .expect("worker 2");
-        Proc {
-            child: Some(child),
-            log,
-        }
-    };
-    c.workers.push(w2);
+    let w2_url = format!("http://{}", proxy.addr);
+    c.add_worker_via(2, &w2_url);
     let train = crate::has_bin("liandan-train");
     let mut sweeps = vec![c.submit(&c.write("lines.yaml", &spec(false)))];
     if train {
         sweeps.push(c.submit(&c.write("train.yaml", &spec(true))));
     }
+    // Worker 2 always comes back behind the proxy.
+    let restart = |c: &mut Cluster, i: usize| {
+        let url = if i == 2 { w2_url.clone() } else { c.url() };
+        c.add_worker_via(i, &url);
+    };
     let mut rng = Rng::keyed("liandan.chaos", &[seed]);
     let end = Instant::now() + Duration::from_secs(fault_secs);
     while Instant::now() < end {
         std::thread::sleep(Duration::from_millis(700 + rng.below(1500)));
-        let restart_w2 = |c: &mut Cluster, proxy: &Proxy| {
-            let log = c.dir.path().join(format!(
-                "worker-2-{}.log",
-                Instant::now().elapsed().as_nanos()
-            ));
-            let err = std::fs::File::create(&log).expect("log");
-            let child = std::process::Command::new(bin("liandan-worker"))
-                .args([
-                    "--coordinator",
-                    &format!("http://{}", proxy.addr),
-                    "--state-dir",
-                ])
-                .arg(c.dir.path().join("worker-2"))
-                .args(["--slots", "2", "--gpus", "none", "--grace-period-secs", "3"])
-                .stdout(std::process::Stdio::null())
-                .stderr(err)
-                .spawn()
-                .expect("worker 2");
-            c.workers[2] = Proc {
-                child: Some(child),
-                log,
-            };
-        };
         match rng.below(4) {
             0 => {
                 let i = rng.below(3) as usize;
                 report.faults.push(format!("kill -9 worker {i}"));
                 c.workers[i].kill();
                 std::thread::sleep(Duration::from_millis(200 + rng.below(800)));
-                if i == 2 {
-                    restart_w2(&mut c, &proxy);
-                } else {
-                    c.add_worker(i);
-                }
+                restart(&mut c, i);
             }
             1 => {
                 report.faults.push("kill -9 coordinator".into());
@@ -313,11 +272,7 @@ pub fn run(seed: u64, fault_secs: u64) -> Report {
                 let i = rng.below(3) as usize;
                 report.faults.push(format!("SIGTERM worker {i}"));
                 c.workers[i].terminate(Duration::from_secs(20));
-                if i == 2 {
-                    restart_w2(&mut c, &proxy);
-                } else {
-                    c.add_worker(i);
-                }
+                restart(&mut c, i);
             }
             _ => {
                 let d = 2500 + rng.below(2500);

@@ -130,14 +130,17 @@ pub struct Cluster {
     pub opts: Opts,
 }
 
+/// A fresh log file name in `dir` (a restarted process gets a new one).
+fn log_path(dir: &Path, prefix: &str) -> PathBuf {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    dir.join(format!("{prefix}-{nanos}.log"))
+}
+
 fn start_coordinator(dir: &Path, listen: &str, opts: &Opts) -> (Proc, String) {
-    let log = dir.join(format!(
-        "coordinator-{}.log",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0)
-    ));
+    let log = log_path(dir, "coordinator");
     let err = std::fs::File::create(&log).expect("log file");
     let mut child = Command::new(bin("liandan-coordinator"))
         .args(["--listen", listen, "--data-dir"])
@@ -202,7 +205,13 @@ impl Cluster {
 
     /// Starts (or restarts) worker `i` on its own state dir.
     pub fn add_worker(&mut self, i: usize) {
-        let p = self.worker_proc(i);
+        self.add_worker_via(i, &self.url());
+    }
+
+    /// Starts (or restarts) worker `i`, reaching the coordinator at `url`
+    /// (a proxy in front of it, for partitions).
+    pub fn add_worker_via(&mut self, i: usize, url: &str) {
+        let p = self.worker_proc(i, url);
         if i < self.workers.len() {
             self.workers[i] = p;
         } else {
@@ -210,17 +219,11 @@ impl Cluster {
         }
     }
 
-    fn worker_proc(&self, i: usize) -> Proc {
-        let log = self.dir.path().join(format!(
-            "worker-{i}-{}.log",
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or(0)
-        ));
+    fn worker_proc(&self, i: usize, url: &str) -> Proc {
+        let log = log_path(self.dir.path(), &format!("worker-{i}"));
         let err = std::fs::File::create(&log).expect("log file");
         let mut cmd = Command::new(bin("liandan-worker"));
-        cmd.args(["--coordinator", &self.url(), "--state-dir"])
+        cmd.args(["--coordinator", url, "--state-dir"])
             .arg(self.dir.path().join(format!("worker-{i}")))
             .args([
                 "--slots",

@@ -12,6 +12,14 @@ fn jobs(c: &Cluster, sweep: &str) -> Vec<Value> {
         .unwrap_or_default()
 }
 
+/// Waits (up to 20 s) until a job of the sweep runs, and returns it.
+fn running_job(c: &Cluster, sweep: &str) -> Value {
+    eventually(Duration::from_secs(20), || {
+        jobs(c, sweep).into_iter().find(|j| j["state"] == "running")
+    })
+    .expect("a job of the sweep running")
+}
+
 fn log_lines(c: &Cluster, job: &str, extra: &[&str]) -> Vec<String> {
     let mut args = vec!["logs", job];
     args.extend_from_slice(extra);
@@ -321,12 +329,7 @@ liandan:
 "#;
     let p = c.write("lease.yaml", spec);
     let sweep = c.submit(&p);
-    let job = eventually(Duration::from_secs(20), || {
-        jobs(&c, &sweep)
-            .into_iter()
-            .find(|j| j["state"] == "running")
-    })
-    .expect("job running");
+    let job = running_job(&c, &sweep);
     let first_worker = job["worker_id"].as_str().unwrap().to_string();
     // The worker stops heartbeating (its job keeps running in its own process group).
     c.workers[0].signal(Signal::SIGSTOP);
@@ -383,12 +386,7 @@ liandan:
 "#;
     let p = c.write("killed.yaml", spec);
     let sweep = c.submit(&p);
-    eventually(Duration::from_secs(20), || {
-        jobs(&c, &sweep)
-            .into_iter()
-            .find(|j| j["state"] == "running")
-    })
-    .expect("job running");
+    running_job(&c, &sweep);
     c.workers[0].kill();
     c.add_worker(1);
     let st = c.wait_finished(&sweep, Duration::from_secs(60));
@@ -425,12 +423,7 @@ liandan:
 "#;
     let p = c.write("restarted.yaml", spec);
     let sweep = c.submit(&p);
-    eventually(Duration::from_secs(20), || {
-        jobs(&c, &sweep)
-            .into_iter()
-            .find(|j| j["state"] == "running")
-    })
-    .expect("job running");
+    running_job(&c, &sweep);
     std::thread::sleep(Duration::from_millis(300));
     c.workers[0].kill();
     // Same state dir: the journal says the attempt was running; it is reported

@@ -218,16 +218,15 @@ fn bayes(space: &Space, mut obs: Vec<Observed>, pending: Vec<Vec<f64>>, rng: &mu
     if obs.len() > GP_MAX_POINTS {
         obs.sort_by(|a, b| a.y.total_cmp(&b.y));
         let keep_best = GP_MAX_POINTS / 4;
-        let mut rest = obs.split_off(keep_best);
+        let rest = obs.split_off(keep_best);
         let order = rng.permutation(rest.len());
-        let mut picked: Vec<Observed> = Vec::with_capacity(GP_MAX_POINTS - keep_best);
-        let mut slots: Vec<Option<Observed>> = rest.drain(..).map(Some).collect();
-        for i in order.into_iter().take(GP_MAX_POINTS - keep_best) {
-            if let Some(o) = slots[i].take() {
-                picked.push(o);
-            }
-        }
-        obs.extend(picked);
+        let mut rest: Vec<Option<Observed>> = rest.into_iter().map(Some).collect();
+        obs.extend(
+            order
+                .into_iter()
+                .take(GP_MAX_POINTS - keep_best)
+                .filter_map(|i| rest[i].take()),
+        );
     }
     let best_y = obs.iter().map(|o| o.y).fold(f64::INFINITY, f64::min);
     let mut points: Vec<gp::Point> = obs

@@ -13,50 +13,44 @@
 //!   among the best ⌊n/eta⌋ (at least the best one) of the n histories that
 //!   have reached the rung so far, itself included.
 
-/// Hyperband's threshold at every band, from all histories.
-pub fn hyperband_thresholds<'a>(
-    bands: &[u64],
+/// Hyperband's threshold at `band`, from all histories.
+pub fn hyperband_threshold<'a>(
+    band: u64,
     eta: f64,
-    histories: impl Iterator<Item = &'a [f64]> + Clone,
-) -> Vec<f64> {
-    let r = 1.0 / eta;
-    bands
-        .iter()
-        .map(|&b| {
-            let b = b as usize;
-            let mut vals: Vec<f64> = histories
-                .clone()
-                .filter(|h| h.len() > b)
-                .map(|h| h[b])
-                .collect();
-            if vals.is_empty() {
-                return f64::INFINITY;
-            }
-            vals.sort_by(f64::total_cmp);
-            let i = ((r * vals.len() as f64) as usize).min(vals.len() - 1);
-            vals[i]
-        })
-        .collect()
+    histories: impl Iterator<Item = &'a [f64]>,
+) -> f64 {
+    let b = band as usize;
+    let mut vals: Vec<f64> = histories.filter(|h| h.len() > b).map(|h| h[b]).collect();
+    if vals.is_empty() {
+        return f64::INFINITY;
+    }
+    vals.sort_by(f64::total_cmp);
+    // W&B's index: int((1 / eta) * len).
+    let i = (((1.0 / eta) * vals.len() as f64) as usize).min(vals.len() - 1);
+    vals[i]
 }
 
-/// Whether Hyperband stops a running history; with the band it was judged at.
-pub fn hyperband_stops(
+/// Whether Hyperband stops a running `history`, judged at the largest band it
+/// has passed against the threshold there (computed only for that band);
+/// with the band it was judged at.
+pub fn hyperband_stops<'a>(
     bands: &[u64],
-    thresholds: &[f64],
+    eta: f64,
     strict: bool,
     history: &[f64],
+    all: impl Iterator<Item = &'a [f64]>,
 ) -> Option<(u64, bool)> {
-    let (band, threshold) = bands
+    let band = *bands
         .iter()
-        .zip(thresholds)
-        .take_while(|(b, _)| (**b as usize) < history.len())
+        .take_while(|b| (**b as usize) < history.len())
         .last()?;
+    let threshold = hyperband_threshold(band, eta, all);
     let value = if strict {
-        history[*band as usize]
+        history[band as usize]
     } else {
         history.iter().copied().fold(f64::INFINITY, f64::min)
     };
-    Some((*band, value > *threshold))
+    Some((band, value > threshold))
 }
 
 /// W&B's `hyperband_stop_runs`: the indices of running histories to stop.
@@ -66,11 +60,12 @@ pub fn hyperband_stop_runs(
     strict: bool,
     runs: &[(&[f64], bool)],
 ) -> Vec<usize> {
-    let th = hyperband_thresholds(bands, eta, runs.iter().map(|(h, _)| *h));
     runs.iter()
         .enumerate()
         .filter(|(_, (h, running))| {
-            *running && hyperband_stops(bands, &th, strict, h).is_some_and(|(_, s)| s)
+            *running
+                && hyperband_stops(bands, eta, strict, h, runs.iter().map(|(h, _)| *h))
+                    .is_some_and(|(_, s)| s)
         })
         .map(|(i, _)| i)
         .collect()
@@ -171,7 +166,10 @@ mod tests {
             (&[10.0, 7.0, 7.0, 4.0], true),
             (&[10.0, 6.0, 6.0, 6.0], true),
         ];
-        let th = hyperband_thresholds(&[1, 3], 3.0, runs.iter().map(|(h, _)| *h));
+        let th: Vec<f64> = [1, 3]
+            .iter()
+            .map(|b| hyperband_threshold(*b, 3.0, runs.iter().map(|(h, _)| *h)))
+            .collect();
         assert_eq!(th, vec![7.0, 4.0]);
         assert_eq!(stop(&[1, 3], 3.0, &runs), vec![1, 4]);
     }

@@ -47,8 +47,9 @@ pub struct SweepSearch {
     early: Option<(EarlyTerminate, Vec<u64>)>,
     /// Most trials (run_cap ÷ seeds); `None`: until cancelled.
     pub max_trials: Option<usize>,
-    /// metric.target was reached by a finished trial: propose nothing more.
-    pub target_reached: bool,
+    /// Propose nothing more: a finished trial reached metric.target (or a
+    /// proposal's id collided with an existing job's, which the log reports).
+    pub closed: bool,
     pub trials: Vec<TrialSearch>,
     by_id: HashMap<TrialId, usize>,
     sweep_seed: u64,
@@ -75,7 +76,7 @@ impl SweepSearch {
                 (e, b)
             }),
             max_trials: spec.run_cap.map(|c| (c as usize / seeds).max(1)),
-            target_reached: false,
+            closed: false,
             trials: Vec::new(),
             by_id: HashMap::new(),
             sweep_seed: spec.liandan.sweep_seed,
@@ -85,9 +86,11 @@ impl SweepSearch {
     /// Registers a trial (proposed, expanded or loaded) with its jobs in seed order.
     pub fn add_trial(&mut self, id: TrialId, params: &Value, jobs: Vec<JobId>) {
         let x = self.method.is_adaptive().then(|| {
-            self.space
-                .encode(params)
-                .unwrap_or_else(|| vec![0.5; self.space.len()])
+            self.space.encode(params).unwrap_or_else(|| {
+                // Only a database edited by hand gets here: the model sees the centre.
+                tracing::warn!(trial = %id, params = %params, "stored trial parameters are outside the sweep's space");
+                vec![0.5; self.space.len()]
+            })
         });
         self.by_id.insert(id.clone(), self.trials.len());
         self.trials.push(TrialSearch {
@@ -108,13 +111,8 @@ impl SweepSearch {
     /// Whether another trial may be proposed now.
     pub fn can_propose(&self) -> bool {
         self.method.is_adaptive()
-            && !self.target_reached
+            && !self.closed
             && self.max_trials.is_none_or(|m| self.trials.len() < m)
-    }
-
-    /// Whether the search will never add a trial again.
-    pub fn exhausted(&self) -> bool {
-        !self.can_propose()
     }
 
     /// The params of the next trial, from the trials so far (`data`, in index order).
@@ -141,19 +139,6 @@ impl SweepSearch {
         self.trials[t].combined.clone()
     }
 
-    fn combine_history(&self, t: usize) -> Vec<f64> {
-        let tr = &self.trials[t];
-        let len = tr.histories.iter().map(|h| h.len()).min().unwrap_or(0);
-        let how = self.objectives.map(|o| o.combine).unwrap_or_default();
-        let s = self.sign();
-        (0..len)
-            .map(|i| {
-                let vals: Vec<f64> = tr.histories.iter().map(|h| h[i].1).collect();
-                combine(how, &vals).unwrap_or(f64::INFINITY) * s
-            })
-            .collect()
-    }
-
     /// The step to file a value under when the record carries none: one past the job's last.
     pub fn next_step(&self, trial: &TrialId, job: &JobId) -> i64 {
         self.by_id
@@ -170,25 +155,36 @@ impl SweepSearch {
     /// again replaces what followed it. Returns the trial's index when its
     /// combined history grew.
     pub fn record(&mut self, trial: &TrialId, job: &JobId, step: i64, value: f64) -> Option<usize> {
+        // Histories exist for the stop rules only.
+        self.early.as_ref()?;
         let t = *self.by_id.get(trial)?;
+        let how = self.objectives.map(|o| o.combine).unwrap_or_default();
+        let sign = self.sign();
         let tr = &mut self.trials[t];
         let pos = tr.jobs.iter().position(|j| j == job)?;
-        let before = tr.histories.iter().map(|h| h.len()).min().unwrap_or(0);
+        let min_len = |tr: &TrialSearch| tr.histories.iter().map(|h| h.len()).min().unwrap_or(0);
+        let before = min_len(tr);
         let h = &mut tr.histories[pos];
-        if let Some(cut) = h.iter().position(|(s, _)| *s >= step) {
-            h.truncate(cut);
-        }
+        // Steps are ascending: usually this appends; after a resume it cuts back first.
+        let cut = h.partition_point(|(s, _)| *s < step);
+        h.truncate(cut);
         h.push((step, value));
-        let after = tr.histories.iter().map(|h| h.len()).min().unwrap_or(0);
-        self.trials[t].combined = self.combine_history(t);
+        let after = min_len(tr);
+        // Combined values from index `cut` on may have changed; the rest stand.
+        tr.combined.truncate(cut.min(tr.combined.len()));
+        for i in tr.combined.len()..after {
+            let vals: Vec<f64> = tr.histories.iter().map(|h| h[i].1).collect();
+            tr.combined
+                .push(combine(how, &vals).unwrap_or(f64::INFINITY) * sign);
+        }
         (after > before).then_some(t)
     }
 
-    /// Applies the early-stopping rule to trial `t` after its history grew;
-    /// `running` says which trials still run. Marks and returns a decision to stop.
-    pub fn judge(&mut self, t: usize, running: &dyn Fn(usize) -> bool) -> Option<StopDecision> {
-        let (et, bands) = self.early.clone()?;
-        if self.trials[t].stopped || !running(t) {
+    /// Applies the early-stopping rule to trial `t`, which is running and
+    /// whose history just grew. Marks and returns a decision to stop.
+    pub fn judge(&mut self, t: usize) -> Option<StopDecision> {
+        let (et, bands) = self.early.as_ref()?;
+        if self.trials[t].stopped {
             return None;
         }
         let histories: Vec<&[f64]> = self
@@ -201,8 +197,13 @@ impl SweepSearch {
         let mut judged = self.trials[t].asha_judged;
         let decision = match et.rule {
             StopRule::Hyperband => {
-                let th = stopping::hyperband_thresholds(&bands, et.eta, histories.iter().copied());
-                match stopping::hyperband_stops(&bands, &th, et.strict, mine) {
+                match stopping::hyperband_stops(
+                    bands,
+                    et.eta,
+                    et.strict,
+                    mine,
+                    histories.iter().copied(),
+                ) {
                     Some((band, true)) => Some(StopDecision {
                         band,
                         value: mine.iter().copied().fold(f64::INFINITY, f64::min) * sign,
@@ -300,7 +301,6 @@ mod tests {
         );
         let (ta, ja) = add(&mut s, &sid, &[1, 2]);
         let (tb, jb) = add(&mut s, &sid, &[1, 2]);
-        let all_running = |_: usize| true;
         // Trial a: seeds at 1.0 and 3.0 → mean 2.0 at rung 2 (the first arrival: promoted).
         for (step, v) in [(1, 5.0), (2, 1.0)] {
             s.record(&ta, &ja[0], step, v);
@@ -308,7 +308,7 @@ mod tests {
         assert_eq!(s.trial_history(0), Vec::<f64>::new());
         for (step, v) in [(1, 5.0), (2, 3.0)] {
             if let Some(t) = s.record(&ta, &ja[1], step, v) {
-                assert_eq!(s.judge(t, &all_running), None);
+                assert_eq!(s.judge(t), None);
             }
         }
         assert_eq!(s.trial_history(0), vec![5.0, 2.0]);
@@ -317,21 +317,38 @@ mod tests {
         s.record(&tb, &jb[0], 2, 0.5);
         s.record(&tb, &jb[1], 1, 5.0);
         let t = s.record(&tb, &jb[1], 2, 5.5).expect("grew");
-        let d = s.judge(t, &all_running).expect("stopped");
+        let d = s.judge(t).expect("stopped");
         assert_eq!((d.band, d.value), (2, 3.0));
         assert!(s.trials[1].stopped);
     }
 
     #[test]
     fn a_resumed_attempt_replaces_the_steps_it_reports_again() {
-        let (mut s, sid) = search("");
-        let (t, j) = add(&mut s, &sid, &[0]);
+        let (mut s, sid) =
+            search("liandan: {seeds: [1, 2]}\nearly_terminate: {type: hyperband, min_iter: 1}\n");
+        let (t, j) = add(&mut s, &sid, &[1, 2]);
         for step in 1..=5 {
             s.record(&t, &j[0], step, step as f64);
+            s.record(&t, &j[1], step, 3.0 * step as f64);
         }
-        // Resumed from the checkpoint at step 3: steps 4 and 5 come again.
-        s.record(&t, &j[0], 4, 40.0);
-        assert_eq!(s.trial_history(0), vec![1.0, 2.0, 3.0, 40.0]);
+        assert_eq!(s.trial_history(0), vec![2.0, 4.0, 6.0, 8.0, 10.0]);
+        // Seed 1 resumed from its checkpoint at step 3: steps 4 and 5 come again.
+        assert_eq!(
+            s.record(&t, &j[0], 4, 40.0),
+            None,
+            "the combined history did not grow"
+        );
+        assert_eq!(s.trial_history(0), vec![2.0, 4.0, 6.0, 26.0]);
+        assert_eq!(s.record(&t, &j[0], 5, 5.0), Some(0));
+        assert_eq!(s.trial_history(0), vec![2.0, 4.0, 6.0, 26.0, 10.0]);
+    }
+
+    #[test]
+    fn without_early_stopping_no_history_is_kept() {
+        let (mut s, sid) = search("");
+        let (t, j) = add(&mut s, &sid, &[0]);
+        assert_eq!(s.record(&t, &j[0], 1, 1.0), None);
+        assert!(s.trial_history(0).is_empty());
     }
 
     #[test]
@@ -342,7 +359,7 @@ mod tests {
             assert!(s.can_propose());
             add(&mut s, &sid, &[0, 1, 2]);
         }
-        assert!(!s.can_propose() && s.exhausted());
+        assert!(!s.can_propose());
         assert!(s.meets_target(0.5, &[0.4, 0.6]));
         assert!(!s.meets_target(0.5, &[0.4, 0.7]));
     }

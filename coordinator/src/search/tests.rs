@@ -246,6 +246,10 @@ fn failed_trials_are_imputed_as_wandb_does() {
     o.impute = Impute::Worst;
     o.impute_while_running = None;
     assert_eq!(ys(&o), vec![-2.0, -5.0, -0.5]);
+    // Median and interquartile mean are the other ways to combine seeds.
+    assert_eq!(combine(Objective::Median, &[1.0, 2.0, 10.0]), Some(2.0));
+    assert_eq!(combine(Objective::Iqm, &[1.0, 2.0, 3.0, 100.0]), Some(2.5));
+    assert_eq!(combine(Objective::Mean, &[]), None);
     // The seed spread becomes the noise of the trial's mean: var 2 / 2 seeds.
     assert_eq!(observations(&trials, &o).0[0].noise, 1.0);
 }

@@ -33,14 +33,24 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
-/// A simulated worker: a real gRPC session that finishes every assignment at once.
-async fn sim_worker(url: String, id: String, slots: u32) -> Res<()> {
-    let mut client = WorkerServiceClient::new(channel(&url).await?)
+/// Opens a worker session and says hello with `slots` CPU slots; returns the
+/// client (for checkpoint RPCs), the outbound sender and the coordinator's messages.
+async fn open_session(
+    url: &str,
+    id: &str,
+    slots: u32,
+    buffer: usize,
+) -> Res<(
+    WorkerServiceClient<Channel>,
+    mpsc::Sender<pb::WorkerMessage>,
+    tonic::Streaming<pb::CoordinatorMessage>,
+)> {
+    let mut client = WorkerServiceClient::new(channel(url).await?)
         .max_decoding_message_size(64 << 20)
         .max_encoding_message_size(64 << 20);
-    let (out, out_rx) = mpsc::channel::<pb::WorkerMessage>(64);
+    let (out, out_rx) = mpsc::channel::<pb::WorkerMessage>(buffer);
     let hello = pb::Hello {
-        worker_id: id,
+        worker_id: id.to_string(),
         hostname: "bench".into(),
         resources: Some(pb::Resources {
             cpu_slots: slots,
@@ -54,10 +64,16 @@ async fn sim_worker(url: String, id: String, slots: u32) -> Res<()> {
         msg: Some(pb::worker_message::Msg::Hello(hello)),
     })
     .await?;
-    let mut inbound = client
+    let inbound = client
         .session(tokio_stream::wrappers::ReceiverStream::new(out_rx))
         .await?
         .into_inner();
+    Ok((client, out, inbound))
+}
+
+/// A simulated worker: a real gRPC session that finishes every assignment at once.
+async fn sim_worker(url: String, id: String, slots: u32) -> Res<()> {
+    let (_, out, mut inbound) = open_session(&url, &id, slots, 64).await?;
     let (asg_tx, mut asg_rx) = mpsc::unbounded_channel::<pb::Assignment>();
     tokio::spawn(async move {
         while let Ok(Some(m)) = inbound.message().await {
@@ -446,29 +462,7 @@ async fn checkpoint(mib: usize) -> Res<()> {
     let url = cluster.url();
     let mut user = UserServiceClient::new(channel(&url).await?);
     // A simulated worker holds the attempt (uploads are fenced to the current attempt).
-    let mut wclient = WorkerServiceClient::new(channel(&url).await?)
-        .max_decoding_message_size(64 << 20)
-        .max_encoding_message_size(64 << 20);
-    let (out, out_rx) = mpsc::channel::<pb::WorkerMessage>(8);
-    let hello = pb::Hello {
-        worker_id: "wk-ckpt".into(),
-        hostname: "bench".into(),
-        resources: Some(pb::Resources {
-            cpu_slots: 1,
-            ..Default::default()
-        }),
-        held: vec![],
-        version: "bench".into(),
-        last_seq: 0,
-    };
-    out.send(pb::WorkerMessage {
-        msg: Some(pb::worker_message::Msg::Hello(hello)),
-    })
-    .await?;
-    let mut inbound = wclient
-        .session(tokio_stream::wrappers::ReceiverStream::new(out_rx))
-        .await?
-        .into_inner();
+    let (mut wclient, out, mut inbound) = open_session(&url, "wk-ckpt", 1, 8).await?;
     user.submit_sweep(pb::SubmitSweepRequest { spec: "name: ck\nprogram: /bin/true\ncommand: [/bin/true]\nmethod: grid\nparameters:\n  x: {value: 1}\n".into(), format: "yaml".into(), name: String::new() }).await?;
     let a = loop {
         if let Some(Msg::Assign(a)) = inbound.message().await?.and_then(|m| m.msg) {
