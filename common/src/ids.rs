@@ -4,6 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
+use std::sync::Arc;
 
 /// An id string that failed validation.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -19,9 +20,25 @@ pub struct IdError {
 macro_rules! typed_id {
     ($(#[$meta:meta])* $name:ident, $kind:literal, $prefix:literal) => {
         $(#[$meta])*
-        #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-        #[serde(transparent)]
-        pub struct $name(String);
+        ///
+        /// Shared, immutable text: a clone is a reference-count increment, so the
+        /// coordinator can hold a job id in its map, its sweep's list and its
+        /// queue without three copies of the string.
+        #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(Arc<str>);
+
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.0)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                Self::parse(&s).map_err(serde::de::Error::custom)
+            }
+        }
 
         impl $name {
             /// The prefix every id of this kind starts with.
@@ -33,7 +50,7 @@ macro_rules! typed_id {
                 let ok = matches!(rest, Some(r) if !r.is_empty() && r.len() <= 64
                     && r.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'));
                 if ok {
-                    Ok(Self(s.to_string()))
+                    Ok(Self(s.into()))
                 } else {
                     Err(IdError { kind: $kind, prefix: $prefix, value: s.chars().take(80).collect() })
                 }
@@ -41,7 +58,10 @@ macro_rules! typed_id {
 
             /// Builds an id from a suffix this program generated (already safe).
             pub fn from_suffix(suffix: &str) -> Self {
-                Self(format!("{}{}", $prefix, suffix))
+                let mut s = String::with_capacity($prefix.len() + suffix.len());
+                s.push_str($prefix);
+                s.push_str(suffix);
+                Self(s.into())
             }
 
             pub fn as_str(&self) -> &str {
@@ -102,10 +122,13 @@ pub fn short_hash(parts: &[&[u8]], n: usize) -> String {
         h.update(&(p.len() as u64).to_le_bytes());
         h.update(p);
     }
-    h.finalize().as_bytes()[..n]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(2 * n);
+    for b in &h.finalize().as_bytes()[..n] {
+        out.push(HEX[(b >> 4) as usize] as char);
+        out.push(HEX[(b & 15) as usize] as char);
+    }
+    out
 }
 
 /// Bytes of hash in derived ids: 64 bits, so a million-job sweep has a chance of
@@ -175,5 +198,28 @@ mod tests {
         assert_eq!(JobId::for_trial_seed(&t, 0), JobId::for_trial_seed(&t, 0));
         assert_ne!(JobId::for_trial_seed(&t, 0), JobId::for_trial_seed(&t, 1));
         assert!(JobId::parse(JobId::for_trial_seed(&t, 7).as_str()).is_ok());
+    }
+
+    #[test]
+    fn short_hash_is_the_hex_prefix_of_the_length_prefixed_blake3() {
+        let mut h = blake3::Hasher::new();
+        for p in [&b"ab"[..], &b"c"[..]] {
+            h.update(&(p.len() as u64).to_le_bytes());
+            h.update(p);
+        }
+        let hex = h.finalize().to_hex();
+        assert_eq!(short_hash(&[b"ab", b"c"], 8), &hex.as_str()[..16]);
+        assert_ne!(short_hash(&[b"ab", b"c"], 8), short_hash(&[b"a", b"bc"], 8));
+    }
+
+    #[test]
+    fn ids_serialise_as_strings_and_are_validated_when_read() {
+        let j = JobId::parse("job-0a1b").expect("valid");
+        assert_eq!(serde_json::to_string(&j).expect("json"), "\"job-0a1b\"");
+        let back: JobId = serde_json::from_str("\"job-0a1b\"").expect("read");
+        assert_eq!(back, j);
+        let err =
+            serde_json::from_str::<JobId>("\"sw-0a1b\"").expect_err("a sweep id is not a job id");
+        assert!(err.to_string().contains("invalid job id"), "{err}");
     }
 }

@@ -9,7 +9,7 @@
 use crate::model::{JobEvent, JobState, Outcome, StopRequest, SweepState};
 use crate::search::sweep::SweepSearch;
 use crate::search::{TrialData, TrialStatus};
-use crate::store::{CheckpointRow, JobRow, LogRow, MetricRow, Op, Store, StoreError};
+use crate::store::{CheckpointRow, JobRow, LogRow, MetricRow, NewJobs, Op, Store, StoreError};
 use liandan_common::config::CoordinatorConfig;
 use liandan_common::ids::{JobId, SweepId, TrialId, WorkerId};
 use liandan_common::sweep::{self, Format, SweepSpec};
@@ -83,6 +83,8 @@ impl SweepMem {
 }
 
 struct JobMem {
+    /// The job's row key in the store ([`JobRow::seq`]).
+    seq: i64,
     sweep: SweepId,
     trial: TrialId,
     ord: i64,
@@ -124,6 +126,7 @@ impl WorkerMem {
 impl JobMem {
     /// A new job, queued, never run.
     fn queued(
+        seq: i64,
         sweep: SweepId,
         trial: TrialId,
         ord: i64,
@@ -131,6 +134,7 @@ impl JobMem {
         params_json: Arc<str>,
     ) -> JobMem {
         JobMem {
+            seq,
             sweep,
             trial,
             ord,
@@ -151,6 +155,7 @@ impl JobMem {
 
     fn row(&self, id: &JobId) -> JobRow {
         JobRow {
+            seq: self.seq,
             id: id.to_string(),
             sweep_id: self.sweep.to_string(),
             trial_id: self.trial.to_string(),
@@ -198,6 +203,8 @@ struct State {
     delayed: BinaryHeap<Reverse<(Instant, JobId)>>,
     checkpoints: HashMap<JobId, Vec<CheckpointRow>>,
     next_session: u64,
+    /// The store key ([`JobRow::seq`]) the next new job gets.
+    next_seq: i64,
     refused_stale: u64,
 }
 
@@ -352,22 +359,35 @@ impl Core {
                 params_by_trial.insert(t.id.clone(), pj);
             }
             let mut job_ids = Vec::with_capacity(expansion.jobs.len());
+            let first_seq = st.next_seq;
+            st.next_seq += expansion.jobs.len() as i64;
+            st.jobs.reserve(expansion.jobs.len());
             for (ord, j) in expansion.jobs.iter().enumerate() {
                 let params = params_by_trial
                     .get(&j.trial)
                     .cloned()
                     .unwrap_or_else(|| "{}".into());
                 let mem = JobMem::queued(
+                    first_seq + ord as i64,
                     sweep_id.clone(),
                     j.trial.clone(),
                     ord as i64,
                     j.seed,
                     params,
                 );
-                ops.push(Op::InsertJob(mem.row(&j.id)));
                 st.jobs.insert(j.id.clone(), mem);
                 job_ids.push(j.id.clone());
             }
+            ops.push(Op::InsertJobs(NewJobs {
+                sweep_id: sweep_id.clone(),
+                first_seq,
+                first_ord: 0,
+                jobs: expansion
+                    .jobs
+                    .iter()
+                    .map(|j| (j.id.clone(), j.trial.clone(), j.seed))
+                    .collect(),
+            }));
             let mut search = SweepSearch::for_spec(&spec);
             if let Some(search) = search.as_mut() {
                 let mut by_trial: HashMap<&TrialId, Vec<JobId>> = HashMap::new();
@@ -1157,6 +1177,7 @@ impl Core {
             idx: index as i64,
             params_json: pj.to_string(),
         });
+        let first_seq = st.next_seq;
         let Some(s) = st.sweeps.get_mut(sid) else {
             return false;
         };
@@ -1164,16 +1185,26 @@ impl Core {
         let mut ids = Vec::with_capacity(jobs.len());
         for (k, j) in jobs.iter().enumerate() {
             let mem = JobMem::queued(
+                first_seq + k as i64,
                 sid.clone(),
                 trial.id.clone(),
                 base + k as i64,
                 j.seed,
                 pj.clone(),
             );
-            ops.push(Op::InsertJob(mem.row(&j.id)));
             st.jobs.insert(j.id.clone(), mem);
             ids.push(j.id.clone());
         }
+        st.next_seq += jobs.len() as i64;
+        ops.push(Op::InsertJobs(NewJobs {
+            sweep_id: sid.clone(),
+            first_seq,
+            first_ord: base,
+            jobs: jobs
+                .iter()
+                .map(|j| (j.id.clone(), trial.id.clone(), j.seed))
+                .collect(),
+        }));
         s.trials += 1;
         s.counts[state_index(JobState::Queued)] += ids.len() as u64;
         s.jobs.extend(ids.iter().cloned());
@@ -1874,7 +1905,7 @@ fn load(store: &Store, cfg: &CoordinatorConfig) -> Result<State, CoreError> {
                 }
             }
             {
-                let mut q = c.prepare("SELECT id, sweep_id, trial_id, ord, seed, state, attempt, retries_used, worker_id, cancel_requested, final_metric, best_metric, result_recorded FROM jobs ORDER BY sweep_id, ord")?;
+                let mut q = c.prepare("SELECT id, sweep_id, trial_id, ord, seed, state, attempt, retries_used, worker_id, cancel_requested, final_metric, best_metric, result_recorded, seq FROM jobs ORDER BY seq")?;
                 let rows = q.query_map([], |r| {
                     Ok(JobRow {
                         id: r.get(0)?,
@@ -1890,10 +1921,12 @@ fn load(store: &Store, cfg: &CoordinatorConfig) -> Result<State, CoreError> {
                         final_metric: r.get(10)?,
                         best_metric: r.get(11)?,
                         result_recorded: r.get(12)?,
+                        seq: r.get(13)?,
                     })
                 })?;
                 for row in rows {
                     let j = row?;
+                    st.next_seq = st.next_seq.max(j.seq + 1);
                     let (Ok(jid), Ok(sid), Ok(tid), Some(state)) = (JobId::parse(&j.id), SweepId::parse(&j.sweep_id), TrialId::parse(&j.trial_id), JobState::parse(&j.state)) else {
                         // Only this binary writes these rows; say so loudly rather than drop a job quietly.
                         tracing::error!(job = %j.id, state = %j.state, "stored job cannot be read; it is not scheduled (is the database from a newer liandan?)");
@@ -1926,6 +1959,7 @@ fn load(store: &Store, cfg: &CoordinatorConfig) -> Result<State, CoreError> {
                     st.jobs.insert(
                         jid,
                         JobMem {
+                            seq: j.seq,
                             sweep: sid,
                             trial: tid,
                             ord: j.ord,
