@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # The benchmarks behind BENCHMARKS.md. Release builds; everything on loopback.
-#   scripts/bench.sh [dispatch|logs|checkpoint|propose|trainer]...   (default: all)
+#   scripts/bench.sh [dispatch|logs|checkpoint|propose|scale|overhead|trainer]...   (default: all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --workspace --bins
 BIN=target/release
 what=("$@")
-[ ${#what[@]} -gt 0 ] || what=(dispatch logs checkpoint propose trainer)
+[ ${#what[@]} -gt 0 ] || what=(dispatch logs checkpoint propose scale overhead trainer)
 for w in "${what[@]}"; do
   case "$w" in
     dispatch)
@@ -17,6 +17,11 @@ for w in "${what[@]}"; do
       "$BIN/liandan-bench" checkpoint 256 ;;
     propose)
       for i in 1 2 3; do "$BIN/liandan-bench" propose 1000; done ;;
+    scale)
+      for i in 1 2 3; do "$BIN/liandan-bench" scale 1000000 1000; done ;;
+    overhead)
+      for i in 1 2 3; do "$BIN/liandan-bench" overhead 1024 16; done
+      "$BIN/liandan-bench" overhead 10000 16 ;;
     trainer)
       py="${LIANDAN_TORCH_PYTHON:-python3}"
       for cfg in "--width=64 --batch_size=64" "--width=256 --batch_size=256" "--width=1024 --batch_size=512"; do

@@ -118,6 +118,9 @@ enum Cmd {
         /// Use the best value over training instead of the final one.
         #[arg(long)]
         best: bool,
+        /// Show the best N trials (0: all); the coordinator ranks every trial.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: Format,
     },
@@ -629,11 +632,12 @@ async fn run(cli: Cli) -> R<i32> {
         Cmd::Results {
             sweep,
             best,
+            limit,
             output,
         } => {
             let mut c = connect(&url).await?;
-            let r = fetch_results(&mut c, &sweep).await?;
-            let a = results::analyze(&r, best);
+            let r = fetch_trial_results(&mut c, &sweep, best, limit).await?;
+            let a = results::analyze(&r);
             print(render(&results::listing(&a), output));
             if output == Format::Table {
                 print(results::footer(&a));
@@ -935,6 +939,31 @@ async fn fetch_results(c: &mut Client, sweep: &str) -> R<pb::GetResultsResponse>
         }
     }
     Ok(all)
+}
+
+/// The coordinator's ranking of a sweep's trials, its chunks merged.
+async fn fetch_trial_results(
+    c: &mut Client,
+    sweep: &str,
+    best: bool,
+    limit: u32,
+) -> R<pb::GetTrialResultsResponse> {
+    let mut stream = c
+        .get_trial_results(pb::GetTrialResultsRequest {
+            sweep_id: sweep.to_string(),
+            best,
+            limit,
+        })
+        .await?
+        .into_inner();
+    let mut all: Option<pb::GetTrialResultsResponse> = None;
+    while let Some(chunk) = stream.message().await? {
+        match all.as_mut() {
+            None => all = Some(chunk),
+            Some(a) => a.trials.extend(chunk.trials),
+        }
+    }
+    Ok(all.unwrap_or_default())
 }
 
 async fn wait_for(c: &mut Client, sweep: &str) -> R<i32> {

@@ -7,7 +7,6 @@ use crate::output::{num, opt_num, Listing};
 use liandan_common::stats::{self, Summary};
 use liandan_proto::v1 as pb;
 use serde_json::{json, Value};
-use std::collections::BTreeMap;
 
 /// One trial's aggregate.
 pub struct TrialRow {
@@ -28,31 +27,23 @@ pub struct Analysis {
     pub rows: Vec<TrialRow>,
     pub within_noise: Option<bool>,
     pub shares: Option<stats::VarianceShares>,
-    pub jobs_without_value: usize,
+    pub jobs_without_value: u64,
+    /// Trials in the sweep (rows may show fewer: `--limit`).
+    pub trials_total: u64,
 }
 
-pub fn analyze(r: &pb::GetResultsResponse, best: bool) -> Analysis {
+/// Builds the table's rows from the coordinator's ranking (best first, then
+/// trials without a value): each trial's summary over its seeds, its seed
+/// luck, Welch's p-value against the top trial, and whether the top two are
+/// within seed noise.
+pub fn analyze(r: &pb::GetTrialResultsResponse) -> Analysis {
     let sweep = r.sweep.clone().unwrap_or_default();
     let maximize = sweep.metric_goal == "maximize";
-    let mut by_trial: BTreeMap<String, (Value, Vec<(i64, f64)>)> = BTreeMap::new();
-    let mut missing = 0;
-    for j in &r.jobs {
-        let entry = by_trial.entry(j.trial_id.clone()).or_insert_with(|| {
-            (
-                serde_json::from_str(&j.params_json).unwrap_or(Value::Null),
-                Vec::new(),
-            )
-        });
-        let v = if best { j.best_metric } else { j.final_metric };
-        match v {
-            Some(x) if j.state == "succeeded" => entry.1.push((j.seed, x)),
-            _ => missing += 1,
-        }
-    }
-    let mut rows: Vec<TrialRow> = by_trial
-        .into_iter()
-        .map(|(trial_id, (params, mut values))| {
-            values.sort_by_key(|v| v.0);
+    let mut rows: Vec<TrialRow> = r
+        .trials
+        .iter()
+        .map(|t| {
+            let values: Vec<(i64, f64)> = t.values.iter().map(|v| (v.seed, v.value)).collect();
             let xs: Vec<f64> = values.iter().map(|v| v.1).collect();
             let summary = stats::summarize(&xs);
             let seed_luck = summary.as_ref().map(|s| {
@@ -63,8 +54,8 @@ pub fn analyze(r: &pb::GetResultsResponse, best: bool) -> Analysis {
                 }
             });
             TrialRow {
-                trial_id,
-                params,
+                trial_id: t.trial_id.clone(),
+                params: serde_json::from_str(&t.params_json).unwrap_or(Value::Null),
                 values,
                 summary,
                 seed_luck,
@@ -72,18 +63,6 @@ pub fn analyze(r: &pb::GetResultsResponse, best: bool) -> Analysis {
             }
         })
         .collect();
-    rows.sort_by(|a, b| match (&a.summary, &b.summary) {
-        (Some(x), Some(y)) => {
-            if maximize {
-                y.mean.total_cmp(&x.mean)
-            } else {
-                x.mean.total_cmp(&y.mean)
-            }
-        }
-        (Some(_), None) => std::cmp::Ordering::Less,
-        (None, Some(_)) => std::cmp::Ordering::Greater,
-        (None, None) => a.trial_id.cmp(&b.trial_id),
-    });
     let top: Vec<f64> = rows
         .first()
         .map(|r| r.values.iter().map(|v| v.1).collect())
@@ -107,17 +86,21 @@ pub fn analyze(r: &pb::GetResultsResponse, best: bool) -> Analysis {
         },
         _ => None,
     };
-    let groups: Vec<Vec<f64>> = rows
-        .iter()
-        .map(|r| r.values.iter().map(|v| v.1).collect())
-        .collect();
+    let shares = match (r.share_hyperparameters, r.share_seeds) {
+        (Some(hyperparameters), Some(seeds)) => Some(stats::VarianceShares {
+            hyperparameters,
+            seeds,
+        }),
+        _ => None,
+    };
     Analysis {
         metric: sweep.metric_name,
         goal: sweep.metric_goal,
         rows,
         within_noise,
-        shares: stats::variance_shares(&groups),
-        jobs_without_value: missing,
+        shares,
+        jobs_without_value: r.jobs_without_value,
+        trials_total: r.trials_total,
     }
 }
 
@@ -207,6 +190,7 @@ pub fn listing(a: &Analysis) -> Listing {
         "variance_share": a.shares.as_ref().map(|s| json!({"hyperparameters": s.hyperparameters, "seeds": s.seeds})),
         "test": "welch_one_sided",
         "jobs_without_value": a.jobs_without_value,
+        "trials_total": a.trials_total,
         "trials": a.rows.iter().enumerate().map(|(i, r)| json!({
             "rank": i + 1,
             "trial_id": r.trial_id,
@@ -252,6 +236,13 @@ pub fn footer(a: &Analysis) -> String {
         out.push_str(&format!("variance explained: hyperparameters {:.1}%, seeds {:.1}% (one-way decomposition over trials)\n", 100.0 * s.hyperparameters, 100.0 * s.seeds));
     }
     out.push_str("seed_luck: how far the best seed sits beyond its trial's mean: what a one-seed report would overstate\n");
+    if (a.rows.len() as u64) < a.trials_total {
+        out.push_str(&format!(
+            "showing {} of {} trials (--limit N shows more, --limit 0 all)\n",
+            a.rows.len(),
+            a.trials_total
+        ));
+    }
     if a.jobs_without_value > 0 {
         out.push_str(&format!(
             "{} job(s) have no value yet (not finished, failed, or never reported the metric)\n",
@@ -283,35 +274,19 @@ mod tests {
         assert_eq!(actual, expected, "output differs from {}", path.display());
     }
 
-    fn response() -> pb::GetResultsResponse {
-        let mut jobs = Vec::new();
+    /// What the coordinator sends for three trials of three seeds (ranked),
+    /// one failed job without a value, and a fourth trial with no value yet.
+    fn response() -> pb::GetTrialResultsResponse {
         let trials = [
-            ("tr-aaa", r#"{"lr":0.1,"depth":2}"#, [0.90, 0.92, 0.91]),
-            ("tr-bbb", r#"{"lr":0.01,"depth":2}"#, [0.93, 0.85, 0.89]),
-            ("tr-ccc", r#"{"lr":0.001,"depth":2}"#, [0.70, 0.72, 0.71]),
+            ("tr-aaa", r#"{"lr":0.1,"depth":2}"#, vec![0.90, 0.92, 0.91]),
+            ("tr-bbb", r#"{"lr":0.01,"depth":2}"#, vec![0.93, 0.85, 0.89]),
+            (
+                "tr-ccc",
+                r#"{"lr":0.001,"depth":2}"#,
+                vec![0.70, 0.72, 0.71],
+            ),
+            ("tr-ddd", r#"{"lr":0.0001,"depth":2}"#, vec![]),
         ];
-        for (t, p, vals) in trials {
-            for (seed, v) in vals.iter().enumerate() {
-                jobs.push(pb::JobResult {
-                    job_id: format!("job-{t}{seed}"),
-                    trial_id: t.into(),
-                    seed: seed as i64,
-                    state: "succeeded".into(),
-                    params_json: p.into(),
-                    final_metric: Some(*v),
-                    best_metric: Some(*v + 0.01),
-                });
-            }
-        }
-        jobs.push(pb::JobResult {
-            job_id: "job-x".into(),
-            trial_id: "tr-ccc".into(),
-            seed: 3,
-            state: "failed".into(),
-            params_json: r#"{"lr":0.001,"depth":2}"#.into(),
-            final_metric: None,
-            best_metric: None,
-        });
         let sweep = pb::Sweep {
             id: "sw-test".into(),
             name: "t".into(),
@@ -319,19 +294,39 @@ mod tests {
             metric_goal: "maximize".into(),
             ..Default::default()
         };
-        pb::GetResultsResponse {
+        let groups: Vec<Vec<f64>> = trials.iter().map(|t| t.2.clone()).collect();
+        let shares = stats::variance_shares(&groups).unwrap();
+        pb::GetTrialResultsResponse {
             sweep: Some(sweep),
-            jobs,
-            trials: Vec::new(),
+            trials: trials
+                .iter()
+                .map(|(t, p, vals)| pb::TrialResult {
+                    trial_id: t.to_string(),
+                    params_json: p.to_string(),
+                    values: vals
+                        .iter()
+                        .enumerate()
+                        .map(|(seed, v)| pb::SeedValue {
+                            seed: seed as i64,
+                            value: *v,
+                        })
+                        .collect(),
+                })
+                .collect(),
+            trials_total: 4,
+            trials_ranked: 3,
+            jobs_without_value: 4,
+            share_hyperparameters: Some(shares.hyperparameters),
+            share_seeds: Some(shares.seeds),
         }
     }
 
     #[test]
-    fn ranking_and_statistics() {
-        let a = analyze(&response(), false);
+    fn statistics_over_seeds_in_the_coordinators_order() {
+        let a = analyze(&response());
         let order: Vec<&str> = a.rows.iter().map(|r| r.trial_id.as_str()).collect();
-        assert_eq!(order, ["tr-aaa", "tr-bbb", "tr-ccc"]);
-        assert_eq!(a.jobs_without_value, 1);
+        assert_eq!(order, ["tr-aaa", "tr-bbb", "tr-ccc", "tr-ddd"]);
+        assert_eq!(a.jobs_without_value, 4);
         assert_eq!(a.within_noise, Some(true), "0.91±0.01 vs 0.89±0.04 overlap");
         // Seed luck: best seed minus mean, for maximize.
         assert!((a.rows[1].seed_luck.unwrap() - (0.93 - 0.89)).abs() < 1e-12);
@@ -339,13 +334,27 @@ mod tests {
             a.rows[2].p_vs_top.unwrap() < 0.001,
             "tr-ccc is clearly worse"
         );
-        let best = analyze(&response(), true);
-        assert!((best.rows[0].summary.as_ref().unwrap().mean - 0.92).abs() < 1e-12);
+        assert!(a.rows[3].summary.is_none() && a.rows[3].p_vs_top.is_none());
+        assert!(a.shares.unwrap().hyperparameters > 0.9);
+    }
+
+    #[test]
+    fn a_limited_listing_says_how_many_trials_it_leaves_out() {
+        let mut r = response();
+        r.trials.truncate(2);
+        r.trials_total = 100_000;
+        let a = analyze(&r);
+        assert!(
+            footer(&a).contains("showing 2 of 100000 trials"),
+            "{}",
+            footer(&a)
+        );
+        assert!(!footer(&analyze(&response())).contains("showing"));
     }
 
     #[test]
     fn table_json_and_csv_snapshots() {
-        let a = analyze(&response(), false);
+        let a = analyze(&response());
         let l = listing(&a);
         snapshot(
             "results-table.txt",
@@ -358,8 +367,10 @@ mod tests {
     #[test]
     fn one_seed_says_there_is_no_interval() {
         let mut r = response();
-        r.jobs.retain(|j| j.seed == 0);
-        let a = analyze(&r, false);
+        for t in &mut r.trials {
+            t.values.retain(|v| v.seed == 0);
+        }
+        let a = analyze(&r);
         let text = format!("{}{}", render(&listing(&a), Format::Table), footer(&a));
         assert!(text.contains("n=1: none"), "{text}");
         assert!(

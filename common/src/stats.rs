@@ -118,27 +118,59 @@ pub struct VarianceShares {
     pub seeds: f64,
 }
 
+/// One group's size, mean and sum of squared deviations from its mean.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Moments {
+    pub n: usize,
+    pub mean: f64,
+    pub ss: f64,
+}
+
+impl Moments {
+    /// The moments of `xs` (n = 0 for an empty slice).
+    pub fn of(xs: impl Iterator<Item = f64> + Clone) -> Moments {
+        let (n, sum) = xs.clone().fold((0usize, 0.0), |(n, s), x| (n + 1, s + x));
+        if n == 0 {
+            return Moments {
+                n: 0,
+                mean: 0.0,
+                ss: 0.0,
+            };
+        }
+        let mean = sum / n as f64;
+        let ss = xs.map(|x| (x - mean).powi(2)).sum();
+        Moments { n, mean, ss }
+    }
+}
+
 /// `None` when there are no values or the total variance is zero.
 pub fn variance_shares(groups: &[Vec<f64>]) -> Option<VarianceShares> {
-    let all: Vec<f64> = groups.iter().flatten().copied().collect();
-    if all.len() < 2 {
+    let moments: Vec<Moments> = groups
+        .iter()
+        .map(|g| Moments::of(g.iter().copied()))
+        .collect();
+    variance_shares_of(&moments)
+}
+
+/// [`variance_shares`] from each group's moments (what a server that keeps
+/// per-group results computes without gathering every value).
+pub fn variance_shares_of(groups: &[Moments]) -> Option<VarianceShares> {
+    let n: usize = groups.iter().map(|g| g.n).sum();
+    if n < 2 {
         return None;
     }
-    let grand = mean(&all);
-    let total: f64 = all.iter().map(|x| (x - grand).powi(2)).sum();
+    let grand = groups.iter().map(|g| g.n as f64 * g.mean).sum::<f64>() / n as f64;
+    let within: f64 = groups.iter().map(|g| g.ss).sum();
+    let between: f64 = groups
+        .iter()
+        .map(|g| g.n as f64 * (g.mean - grand).powi(2))
+        .sum();
+    let total = within + between;
     if total <= 0.0 {
         return None;
     }
-    let within: f64 = groups
-        .iter()
-        .filter(|g| !g.is_empty())
-        .map(|g| {
-            let m = mean(g);
-            g.iter().map(|x| (x - m).powi(2)).sum::<f64>()
-        })
-        .sum();
     Some(VarianceShares {
-        hyperparameters: (total - within) / total,
+        hyperparameters: between / total,
         seeds: within / total,
     })
 }

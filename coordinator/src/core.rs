@@ -7,12 +7,13 @@
 //! database at start. A failed commit stops the process (see [`crate::store`]).
 
 use crate::model::{JobEvent, JobState, Outcome, StopRequest, SweepState};
+use crate::results::Outcomes;
 use crate::search::sweep::SweepSearch;
 use crate::search::{TrialData, TrialStatus};
 use crate::store::{CheckpointRow, JobRow, LogRow, MetricRow, NewJobs, Op, Store, StoreError};
 use liandan_common::config::CoordinatorConfig;
 use liandan_common::ids::{JobId, SweepId, TrialId, WorkerId};
-use liandan_common::sweep::{self, Format, SweepSpec};
+use liandan_common::sweep::{self, Format, Goal, SweepSpec};
 use liandan_common::time::now_secs;
 use liandan_proto::v1 as pb;
 use std::cmp::Reverse;
@@ -62,6 +63,8 @@ struct SweepMem {
     counts: [u64; 6],
     /// Trials, metric histories and stop decisions, for sweeps that adapt or stop early.
     search: Option<SweepSearch>,
+    /// Succeeded jobs' values by trial (what `results` ranks).
+    outcomes: Outcomes,
 }
 
 fn state_index(s: JobState) -> usize {
@@ -419,6 +422,7 @@ impl Core {
                     counts: [job_ids.len() as u64, 0, 0, 0, 0, 0],
                     jobs: job_ids,
                     running: 0,
+                    outcomes: Outcomes::default(),
                 },
             );
             let mut sends = Vec::new();
@@ -685,6 +689,77 @@ impl Core {
             });
         }
         Ok((chunk, end >= s.jobs.len()))
+    }
+
+    /// The sweep's trials ranked by their seed mean (best first, `limit` of
+    /// them, 0 = all), then trials without a value in submission order, in
+    /// chunks of `chunk` trials; the first chunk carries the sweep and totals.
+    /// One pass over the sweep's trials under the lock, none over its jobs
+    /// unless trials without a value are asked for.
+    pub fn trial_results(
+        &self,
+        sid: &SweepId,
+        best: bool,
+        limit: usize,
+        chunk: usize,
+    ) -> Result<Vec<pb::GetTrialResultsResponse>, CoreError> {
+        let st = self.lock();
+        let s = st.sweeps.get(sid).ok_or_else(|| CoreError::NotFound {
+            kind: "sweep",
+            id: sid.to_string(),
+            hint: "status",
+        })?;
+        let maximize = s
+            .spec
+            .metric
+            .as_ref()
+            .is_some_and(|m| m.goal == Goal::Maximize);
+        let ranking = s.outcomes.rank(maximize, best, limit);
+        let mut trials: Vec<pb::TrialResult> = ranking
+            .top
+            .iter()
+            .map(|(id, t)| pb::TrialResult {
+                trial_id: id.to_string(),
+                params_json: t.params_json.to_string(),
+                values: t
+                    .values(best)
+                    .into_iter()
+                    .map(|(seed, value)| pb::SeedValue { seed, value })
+                    .collect(),
+            })
+            .collect();
+        if limit == 0 || trials.len() < limit {
+            let mut seen = HashSet::new();
+            for jid in &s.jobs {
+                if limit > 0 && trials.len() >= limit {
+                    break;
+                }
+                let Some(m) = st.jobs.get(jid) else { continue };
+                if !s.outcomes.has_value(&m.trial, best) && seen.insert(&m.trial) {
+                    trials.push(pb::TrialResult {
+                        trial_id: m.trial.to_string(),
+                        params_json: m.params_json.to_string(),
+                        values: Vec::new(),
+                    });
+                }
+            }
+        }
+        let mut chunks = Vec::new();
+        let mut rest = trials.into_iter().peekable();
+        while chunks.is_empty() || rest.peek().is_some() {
+            chunks.push(pb::GetTrialResultsResponse {
+                trials: rest.by_ref().take(chunk.max(1)).collect(),
+                ..Default::default()
+            });
+        }
+        let first = &mut chunks[0];
+        first.sweep = Some(sweep_info(&st, sid));
+        first.trials_total = s.trials;
+        first.trials_ranked = ranking.ranked as u64;
+        first.jobs_without_value = (s.jobs.len() as u64).saturating_sub(ranking.values as u64);
+        first.share_hyperparameters = ranking.shares.as_ref().map(|x| x.hyperparameters);
+        first.share_seeds = ranking.shares.as_ref().map(|x| x.seeds);
+        Ok(chunks)
     }
 
     pub fn refused_stale(&self) -> u64 {
@@ -1306,6 +1381,15 @@ impl Core {
         if let Some(s) = st.sweeps.get_mut(&sweep_id) {
             s.running = s.running.saturating_sub(1);
             s.moved(JobState::Running, next);
+            if next == JobState::Succeeded {
+                s.outcomes.record(
+                    &job.trial,
+                    &job.params_json,
+                    job.seed,
+                    job.final_metric,
+                    job.best_metric,
+                );
+            }
         }
         if let Some(w) = worker.as_ref().and_then(|w| st.workers.get_mut(w)) {
             w.running.remove(jid);
@@ -1881,6 +1965,7 @@ fn load(store: &Store, cfg: &CoordinatorConfig) -> Result<State, CoreError> {
                             running: 0,
                             counts: [0; 6],
                             search: None,
+                            outcomes: Outcomes::default(),
                         },
                     );
                 }
@@ -1939,9 +2024,11 @@ fn load(store: &Store, cfg: &CoordinatorConfig) -> Result<State, CoreError> {
                     };
                     s.jobs.push(jid.clone());
                     s.counts[state_index(state)] += 1;
+                    let params_json = params.get(&j.trial_id).cloned().unwrap_or_else(|| "{}".into());
                     let mut cpus = 0;
                     match state {
                         JobState::Queued => s.ready.push_back(jid.clone()),
+                        JobState::Succeeded => s.outcomes.record(&tid, &params_json, j.seed, j.final_metric, j.best_metric),
                         JobState::Running => {
                             s.running += 1;
                             let r = &s.spec.liandan.resources;
@@ -1972,7 +2059,7 @@ fn load(store: &Store, cfg: &CoordinatorConfig) -> Result<State, CoreError> {
                             final_metric: j.final_metric,
                             best_metric: j.best_metric,
                             result_recorded: j.result_recorded,
-                            params_json: params.get(&j.trial_id).cloned().unwrap_or_else(|| "{}".into()),
+                            params_json,
                             gpus: Vec::new(),
                             cpus,
                         },

@@ -235,6 +235,20 @@ impl UserService for Api {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
+    type GetTrialResultsStream = BoxStream<pb::GetTrialResultsResponse>;
+
+    async fn get_trial_results(
+        &self,
+        req: Request<pb::GetTrialResultsRequest>,
+    ) -> Result<Response<Self::GetTrialResultsStream>, Status> {
+        let r = req.into_inner();
+        let core = self.core()?;
+        let sid = core.resolve_sweep(&r.sweep_id)?;
+        let chunks = core.trial_results(&sid, r.best, r.limit as usize, 10_000)?;
+        let stream = tokio_stream::iter(chunks.into_iter().map(Ok));
+        Ok(Response::new(Box::pin(stream)))
+    }
+
     async fn list_workers(
         &self,
         _: Request<pb::ListWorkersRequest>,

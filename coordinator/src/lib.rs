@@ -2,6 +2,7 @@
 //!
 //! - [`store`]: durable state in SQLite with group commit.
 //! - [`model`]: the job state machine.
+//! - [`results`]: per-trial results, kept as jobs succeed.
 //! - [`core`]: the state owner: scheduling, leases, fencing, retries.
 //! - [`grpc`]: thin gRPC edges for users and workers.
 //! - [`logs`], [`checkpoints`]: log following and checkpoint files.
@@ -14,6 +15,7 @@ pub mod core;
 pub mod grpc;
 pub mod logs;
 pub mod model;
+pub mod results;
 pub mod search;
 pub mod security;
 pub mod store;

@@ -3,105 +3,10 @@
 //! continues the same search, run_cap and metric.target respected, and trials
 //! pruned through the normal stop path.
 
-use liandan_common::config::CoordinatorConfig;
-use liandan_coordinator::core::Core;
+mod support;
+
 use liandan_proto::v1 as pb;
-use pb::coordinator_message::Msg;
-use std::sync::Arc;
-use tokio::sync::mpsc;
-
-fn core(dir: &std::path::Path) -> Arc<Core> {
-    let cfg = CoordinatorConfig {
-        data_dir: dir.to_path_buf(),
-        ..Default::default()
-    };
-    Core::open(cfg).expect("core opens")
-}
-
-struct Worker {
-    id: liandan_common::WorkerId,
-    session: u64,
-    rx: mpsc::UnboundedReceiver<pb::CoordinatorMessage>,
-    seq: u64,
-}
-
-async fn hello(core: &Core, slots: u32, held: Vec<pb::HeldAttempt>, last_seq: u64) -> Worker {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let h = pb::Hello {
-        worker_id: "wk-one".into(),
-        hostname: "h".into(),
-        resources: Some(pb::Resources {
-            cpu_slots: slots,
-            ..Default::default()
-        }),
-        held,
-        version: "t".into(),
-        last_seq,
-    };
-    let (id, session) = core.hello(h, tx).await.expect("hello");
-    Worker {
-        id,
-        session,
-        rx,
-        seq: last_seq,
-    }
-}
-
-#[derive(Default)]
-struct Inbox {
-    assigned: Vec<pb::Assignment>,
-    stops: Vec<pb::Cancel>,
-}
-
-fn drain(w: &mut Worker) -> Inbox {
-    let mut inbox = Inbox::default();
-    while let Ok(m) = w.rx.try_recv() {
-        match m.msg {
-            Some(Msg::Assign(a)) => inbox.assigned.push(a),
-            Some(Msg::Cancel(c)) => inbox.stops.push(c),
-            _ => {}
-        }
-    }
-    inbox
-}
-
-async fn send(core: &Core, w: &mut Worker, a: &pb::Assignment, body: pb::record::Body) {
-    w.seq += 1;
-    let rec = pb::Record {
-        seq: w.seq,
-        job_id: a.job_id.clone(),
-        attempt: a.attempt,
-        body: Some(body),
-    };
-    core.records(&w.id, w.session, vec![rec])
-        .await
-        .expect("records");
-}
-
-async fn metric(core: &Core, w: &mut Worker, a: &pb::Assignment, step: i64, loss: f64) {
-    let json = serde_json::json!({ "loss": loss }).to_string();
-    send(
-        core,
-        w,
-        a,
-        pb::record::Body::Metric(pb::MetricReport {
-            step: Some(step),
-            ts: 0.0,
-            json,
-        }),
-    )
-    .await;
-}
-
-async fn exit(core: &Core, w: &mut Worker, a: &pb::Assignment, outcome: &str) {
-    let body = pb::record::Body::Exited(pb::JobExited {
-        outcome: outcome.into(),
-        exit_code: if outcome == "succeeded" { 0 } else { 143 },
-        signal: 0,
-        message: String::new(),
-    });
-    send(core, w, a, body).await;
-}
+use support::*;
 
 fn x_of(a: &pb::Assignment) -> f64 {
     let p: serde_json::Value = serde_json::from_str(&a.params_json).expect("params");

@@ -250,7 +250,13 @@ impl Cluster {
 
     /// SIGKILLs the coordinator and starts it again on the same address and data dir.
     pub fn restart_coordinator(&mut self) {
+        self.restart_coordinator_with(|_| {});
+    }
+
+    /// SIGKILLs the coordinator, runs `while_down` on its data dir, and starts it again.
+    pub fn restart_coordinator_with(&mut self, while_down: impl FnOnce(&Path)) {
         self.coordinator.kill();
+        while_down(&self.dir.path().join("coordinator"));
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             // The port may linger briefly; retry binding it.

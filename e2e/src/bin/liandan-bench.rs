@@ -191,53 +191,20 @@ async fn scale(jobs: u64, workers: usize) -> Res<()> {
         .await?;
         st.push(t.elapsed().as_secs_f64() * 1e3);
     }
-    let mut rs = Vec::new();
-    let mut results_err = None;
-    for _ in 0..3 {
-        let t = Instant::now();
-        let r = async {
-            let mut s = user
-                .get_results(pb::SweepRef {
-                    sweep_id: sweep.id.clone(),
-                })
-                .await?
-                .into_inner();
-            let mut n = 0;
-            while let Some(c) = s.message().await? {
-                n += c.jobs.len();
-            }
-            Ok::<usize, tonic::Status>(n)
-        }
-        .await;
-        match r {
-            Ok(_) => rs.push(t.elapsed().as_secs_f64() * 1e3),
-            Err(e) => {
-                results_err = Some(e.to_string());
-                break;
-            }
-        }
-    }
     println!("scale: status latency median {:.1} ms", median(&mut st));
-    match results_err {
-        None => println!(
-            "scale: results (all {} jobs to the client) latency median {:.0} ms",
-            sweep.jobs,
-            median(&mut rs)
-        ),
-        Some(e) => println!("scale: results failed: {e}"),
-    }
     // Simulated workers, one slot each, heartbeating every 2 s.
     let (_, cpu0) = proc_stat(pid);
     let t0 = Instant::now();
+    let mut sims = Vec::new();
     for i in 0..workers {
         let (u, id) = (url.clone(), format!("wk-scale{i:05}"));
-        tokio::spawn(async move {
+        sims.push(tokio::spawn(async move {
             if let Err(e) = sim_worker(u, id, 1).await {
                 eprintln!("simulated worker: {e}");
             }
-        });
+        }));
     }
-    tokio::time::sleep(Duration::from_secs(20)).await;
+    tokio::time::sleep(Duration::from_secs(if workers > 0 { 20 } else { 0 })).await;
     let (rss2, cpu1) = proc_stat(pid);
     let s = user
         .get_sweep(pb::GetSweepRequest {
@@ -260,6 +227,133 @@ async fn scale(jobs: u64, workers: usize) -> Res<()> {
         done as f64 / secs,
         100.0 * (cpu1 - cpu0) / secs,
         rss2 / 1024
+    );
+    for s in sims {
+        s.abort();
+    }
+    scale_results(cluster, &sweep.id).await
+}
+
+/// `results` on a finished million-job sweep: every job is marked succeeded
+/// with a value in the database while the coordinator is down (running a
+/// million jobs would take minutes and measure nothing more), then the
+/// coordinator starts, rebuilds its per-trial results, and ranks them.
+async fn scale_results(mut cluster: Cluster, sweep_id: &str) -> Res<()> {
+    let t = Instant::now();
+    cluster.restart_coordinator_with(|dir| {
+        let db = rusqlite::Connection::open(dir.join("coordinator.db")).expect("database");
+        db.execute_batch(
+            "UPDATE jobs SET state='succeeded', attempt=1, result_recorded=1,
+                 final_metric = ((seq * 7919) % 1000) / 1000.0,
+                 best_metric = ((seq * 104729) % 1000) / 1000.0",
+        )
+        .expect("mark jobs succeeded");
+    });
+    println!(
+        "scale: every job marked succeeded with a value, coordinator restarted and loaded in {:.1} s; RSS {} MB",
+        t.elapsed().as_secs_f64(),
+        proc_stat(cluster.coordinator.pid()).0 / 1024
+    );
+    let mut user =
+        UserServiceClient::new(channel(&cluster.url()).await?).max_decoding_message_size(1 << 30);
+    for (limit, runs) in [(50u32, 10), (0, 3)] {
+        let mut ms = Vec::new();
+        let mut shown = 0;
+        for _ in 0..runs {
+            let t = Instant::now();
+            let mut s = user
+                .get_trial_results(pb::GetTrialResultsRequest {
+                    sweep_id: sweep_id.to_string(),
+                    best: false,
+                    limit,
+                })
+                .await?
+                .into_inner();
+            shown = 0;
+            while let Some(c) = s.message().await? {
+                shown += c.trials.len();
+            }
+            ms.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        println!(
+            "scale: results (GetTrialResults, limit {limit}: {shown} trials ranked over every job's value) latency median {:.1} ms",
+            median(&mut ms)
+        );
+    }
+    let mut ms = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        let out = cluster.cli(&["results", sweep_id]);
+        ms.push(t.elapsed().as_secs_f64() * 1e3);
+        if !out.status.success() {
+            return Err(format!(
+                "liandan results failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+            .into());
+        }
+    }
+    println!(
+        "scale: `liandan results` (the CLI process, connect to printed table) median {:.1} ms",
+        median(&mut ms)
+    );
+    Ok(())
+}
+
+/// Ray Tune's bookkeeping-overhead benchmark: `jobs` jobs that each sleep 1 s
+/// over `slots` slots (two real `liandan-worker`s, half the slots each);
+/// overhead = wall time / (jobs x 1 s / slots) - 1. The clock runs from just
+/// before the submit to the last job's success being durable.
+async fn overhead(jobs: u64, slots: u32) -> Res<()> {
+    let cluster = Cluster::start(
+        2,
+        Opts {
+            slots: slots / 2,
+            lease_timeout_secs: 10.0,
+            ..Opts::default()
+        },
+    );
+    let mut user = UserServiceClient::new(channel(&cluster.url()).await?);
+    let connected = loop {
+        let ws = user
+            .list_workers(pb::ListWorkersRequest {})
+            .await?
+            .into_inner()
+            .workers;
+        if ws.iter().filter(|w| w.connected).count() == 2 {
+            break ws;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let total_slots: u32 = connected
+        .iter()
+        .map(|w| w.resources.as_ref().map(|r| r.cpu_slots).unwrap_or(0))
+        .sum();
+    let values: Vec<String> = (0..jobs).map(|i| i.to_string()).collect();
+    let spec = format!("name: overhead\nprogram: /bin/sleep\ncommand: [/bin/sleep, \"1\"]\nmethod: grid\nparameters:\n  k: {{values: [{}]}}\nliandan:\n  seeds: 1\n", values.join(", "));
+    let t0 = Instant::now();
+    let r = user
+        .submit_sweep(pb::SubmitSweepRequest {
+            spec,
+            format: "yaml".into(),
+            name: String::new(),
+        })
+        .await?
+        .into_inner();
+    let sweep = r.sweep.unwrap_or_default();
+    // Ray Tune's formula (a partial last wave counts as if it filled the slots:
+    // choose JOBS a multiple of SLOTS).
+    let ideal = jobs as f64 / total_slots as f64;
+    let done = wait_done(&mut user, &sweep.id, jobs, Duration::from_secs_f64(ideal * 3.0 + 60.0)).await?;
+    let wall = (done - t0).as_secs_f64();
+    let succeeded = cluster.query_i64("SELECT COUNT(*) FROM jobs WHERE state='succeeded'");
+    let attempts = cluster.query_i64("SELECT COUNT(*) FROM attempts");
+    let db = rusqlite::Connection::open(cluster.dir.path().join("coordinator").join("coordinator.db"))?;
+    let job_secs: f64 = db.query_row("SELECT AVG(ended_at - started_at) FROM attempts", [], |r| r.get(0))?;
+    println!(
+        "overhead: {jobs} jobs of 1 s over {total_slots} slots (2 real workers): wall {wall:.2} s, ideal {ideal:.1} s, overhead {:.2}%; {succeeded} succeeded in {attempts} attempts; mean attempt {:.3} s from assignment to recorded exit",
+        100.0 * (wall / ideal - 1.0),
+        job_secs
     );
     Ok(())
 }
@@ -663,6 +757,7 @@ async fn main() {
         Some("checkpoint") => checkpoint(num(1, 256) as usize).await,
         Some("propose") => propose(num(1, 1000) as usize),
         Some("scale") => scale(num(1, 1_000_000), num(2, 1000) as usize).await,
+        Some("overhead") => overhead(num(1, 1024), num(2, 16) as u32).await,
         Some("chaos") => {
             let r = liandan_e2e::chaos::run(num(2, 1), num(1, 300));
             println!("{}", r.table());
@@ -673,7 +768,7 @@ async fn main() {
             }
         }
         _ => {
-            eprintln!("usage: liandan-bench dispatch [JOBS] [WORKERS] [SLOTS] | logs [LINES] | checkpoint [MIB] | scale [JOBS] [WORKERS] | propose [TRIALS] | chaos [SECS] [SEED]");
+            eprintln!("usage: liandan-bench dispatch [JOBS] [WORKERS] [SLOTS] | logs [LINES] | checkpoint [MIB] | scale [JOBS] [WORKERS] | overhead [JOBS] [SLOTS] | propose [TRIALS] | chaos [SECS] [SEED]");
             std::process::exit(64);
         }
     };
