@@ -5,7 +5,7 @@
 SHELL := /bin/bash
 TORCH_ENV = eval "$$(scripts/setup-libtorch.sh)"
 
-.PHONY: all build test demo bench clean lint
+.PHONY: all build test demo bench chaos clean lint
 
 all: build
 
@@ -24,6 +24,13 @@ test: build
 ## demo: a coordinator and two workers on this machine run examples/demo.yaml and print the results
 demo: build
 	@$(TORCH_ENV) && scripts/demo.sh
+
+## chaos: the short chaos suite (about a minute; `make test` runs it too). MINUTES=N soaks
+## for N minutes of faults with a new random schedule; LIANDAN_CHAOS_SEED=S replays one.
+chaos: build
+	@$(TORCH_ENV) && if [ -n "$(MINUTES)" ]; then \
+		export LIANDAN_CHAOS_SECS=$$(( $(MINUTES) * 60 )) LIANDAN_CHAOS_SEED=$${LIANDAN_CHAOS_SEED:-random}; \
+	fi; cargo test -p liandan-e2e --test chaos -- --nocapture
 
 ## bench: the benchmarks in BENCHMARKS.md (release profile)
 bench:

@@ -2,7 +2,7 @@
 
 Same model (MLP: 2 inputs, `depth` hidden layers of `width`, ReLU, 3 classes),
 same fixed batch, same optimizer (Adam, lr 0.01, PyTorch's default foreach
-implementation), same thread count, CPU. Prints one JSON line like the Rust
+implementation; --optimizer=adam_fused for its fused kernel), same thread count, CPU. Prints one JSON line like the Rust
 benchmark does. Used by scripts/bench.sh.
 """
 import json
@@ -30,6 +30,9 @@ def main() -> None:
     model = torch.nn.Sequential(*layers)
     if optimizer == "sgd":
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    elif optimizer == "adam_fused":
+        # Not PyTorch's default on CPU; for comparison with liandan-train's fused pass.
+        opt = torch.optim.Adam(model.parameters(), lr=0.01, fused=True)
     else:
         opt = torch.optim.Adam(model.parameters(), lr=0.01)
     x = torch.randn(batch, 2)

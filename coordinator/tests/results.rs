@@ -75,7 +75,10 @@ async fn results_rank_trials_by_seed_mean_and_survive_a_restart() {
     let first = &all[0];
     assert_eq!(first.trials_total, 4);
     assert_eq!(first.trials_ranked, 4);
-    assert_eq!(first.jobs_without_value, 2, "the failed job and the silent one");
+    assert_eq!(
+        first.jobs_without_value, 2,
+        "the failed job and the silent one"
+    );
     assert!(first.share_hyperparameters.expect("shares") > 0.99);
     assert!(first.sweep.is_some() && all[1].sweep.is_none());
     // A limit keeps the order; maximizing would reverse it, minimizing is asked.
@@ -86,7 +89,9 @@ async fn results_rank_trials_by_seed_mean_and_survive_a_restart() {
     drop(w);
     drop(c);
     let c = core(dir.path());
-    let again = c.trial_results(&sid, false, 0, 2).expect("results after restart");
+    let again = c
+        .trial_results(&sid, false, 0, 2)
+        .expect("results after restart");
     assert_eq!(ranked(&again), got);
     assert_eq!(again[0].jobs_without_value, 2);
     assert_eq!(again[0].share_seeds, first.share_seeds);
@@ -100,7 +105,11 @@ async fn trials_without_a_value_follow_in_submission_order() {
     let sid = SweepId::parse(&sweep.id).expect("id");
     let none = c.trial_results(&sid, false, 3, 10_000).expect("results");
     let xs: Vec<i64> = ranked(&none).iter().map(|t| t.0).collect();
-    assert_eq!(xs, [1, 2, 3], "nothing ran: the first three trials, as submitted");
+    assert_eq!(
+        xs,
+        [1, 2, 3],
+        "nothing ran: the first three trials, as submitted"
+    );
     assert_eq!(none[0].trials_ranked, 0);
     assert_eq!(none[0].jobs_without_value, 12);
     assert!(none[0].share_hyperparameters.is_none());

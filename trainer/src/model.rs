@@ -272,6 +272,32 @@ impl Optimizer {
                         let _ = p.g_sub_(&(g * lr));
                     }
                     OptKind::Adam | OptKind::AdamW => {
+                        let (b1, b2) = (self.beta1, self.beta2);
+                        let bc1 = 1.0 - b1.powi(self.t as i32);
+                        let bc2 = 1.0 - b2.powi(self.t as i32);
+                        let (ms, vs) = self.state.split_at_mut(n);
+                        let (m, v) = (&mut ms[i], &mut vs[i]);
+                        let c = AdamConsts {
+                            lr,
+                            b1,
+                            b2,
+                            eps: self.eps,
+                            bc1,
+                            bc2,
+                            l2: if self.kind == OptKind::Adam {
+                                self.weight_decay
+                            } else {
+                                0.0
+                            },
+                            decoupled: if self.kind == OptKind::AdamW {
+                                self.weight_decay
+                            } else {
+                                0.0
+                            },
+                        };
+                        if adam_fused_cpu(p, &g, m, v, &c) {
+                            continue;
+                        }
                         if self.kind == OptKind::AdamW {
                             if self.weight_decay != 0.0 {
                                 let _ = p.g_mul_scalar_(1.0 - lr * self.weight_decay);
@@ -282,13 +308,10 @@ impl Optimizer {
                         // In place, with as few passes over memory as PyTorch's foreach Adam:
                         // m.lerp_(g, 1-b1); v.lerp_(g*g, 1-b2);
                         // p += m / (-(sqrt(v)/sqrt(bc2) + eps) * bc1/lr)   (one addcdiv_).
-                        let (b1, b2) = (self.beta1, self.beta2);
                         let _ = self.state[i].lerp_(&g, 1.0 - b1);
                         let tmp = &mut self.scratch[i];
                         let _ = g.mul_out(tmp, &g);
                         let _ = self.state[n + i].lerp_(tmp, 1.0 - b2);
-                        let bc1 = 1.0 - b1.powi(self.t as i32);
-                        let bc2 = 1.0 - b2.powi(self.t as i32);
                         let _ = self.state[n + i].sqrt_out(tmp);
                         let _ = tmp.g_div_scalar_(bc2.sqrt());
                         let _ = tmp.g_add_scalar_(self.eps);
@@ -299,6 +322,79 @@ impl Optimizer {
             }
         });
     }
+}
+
+/// The scalars of one Adam step.
+struct AdamConsts {
+    lr: f64,
+    b1: f64,
+    b2: f64,
+    eps: f64,
+    /// Bias corrections 1 - beta^t.
+    bc1: f64,
+    bc2: f64,
+    /// Adam's weight decay (added to the gradient).
+    l2: f64,
+    /// AdamW's weight decay (applied to the parameter before the update).
+    decoupled: f64,
+}
+
+/// Whether `t` is a contiguous f32 tensor in CPU memory (its data can be
+/// walked as a slice).
+fn cpu_f32(t: &Tensor) -> bool {
+    t.device() == tch::Device::Cpu && t.kind() == Kind::Float && t.is_contiguous()
+}
+
+/// One Adam/AdamW step for one parameter in a single pass over memory, on the
+/// CPU: per element, the same formulas as the tensor path below (and as
+/// PyTorch's Adam) in f32, but reading p, g, m, v once and writing p, m, v
+/// once, where the tensor ops pass over memory eight times. False (nothing
+/// done) unless all four are distinct contiguous f32 CPU tensors of one size;
+/// the caller then takes the tensor path (CUDA, other dtypes).
+fn adam_fused_cpu(
+    p: &mut Tensor,
+    g: &Tensor,
+    m: &mut Tensor,
+    v: &mut Tensor,
+    c: &AdamConsts,
+) -> bool {
+    let len = p.numel();
+    let all = [&*p, g, &*m, &*v];
+    if !all.iter().all(|t| cpu_f32(t) && t.numel() == len) {
+        return false;
+    }
+    let ptrs = all.map(|t| t.data_ptr() as usize);
+    if (0..4).any(|a| (a + 1..4).any(|b| ptrs[a] == ptrs[b])) || len == 0 {
+        return len == 0;
+    }
+    // SAFETY: the four tensors are contiguous f32 CPU tensors of `len`
+    // elements, so each data pointer is valid for `len` f32s; their pointers
+    // differ and none is a view of another (the optimizer allocated m and v,
+    // autograd allocated g, p is a leaf), so the slices do not overlap. No other
+    // thread touches them during the step (we are inside `no_grad` on the
+    // training thread), and the tensors outlive the slices.
+    let (ps, gs, ms, vs) = unsafe {
+        (
+            std::slice::from_raw_parts_mut(ptrs[0] as *mut f32, len),
+            std::slice::from_raw_parts(ptrs[1] as *const f32, len),
+            std::slice::from_raw_parts_mut(ptrs[2] as *mut f32, len),
+            std::slice::from_raw_parts_mut(ptrs[3] as *mut f32, len),
+        )
+    };
+    let (w1, w2) = ((1.0 - c.b1) as f32, (1.0 - c.b2) as f32);
+    let inv_sqrt_bc2 = (1.0 / c.bc2.sqrt()) as f32;
+    let eps = c.eps as f32;
+    let step = (c.lr / c.bc1) as f32;
+    let l2 = c.l2 as f32;
+    let keep = (1.0 - c.lr * c.decoupled) as f32;
+    for (((p, &g), m), v) in ps.iter_mut().zip(gs).zip(ms.iter_mut()).zip(vs.iter_mut()) {
+        let g = g + l2 * *p;
+        let p0 = *p * keep;
+        *m += w1 * (g - *m);
+        *v += w2 * (g * g - *v);
+        *p = p0 - step * *m / (v.sqrt() * inv_sqrt_bc2 + eps);
+    }
+    true
 }
 
 /// Scales gradients so their global norm is at most `max`; returns the norm before.
@@ -323,4 +419,103 @@ pub fn clip_grad_norm(grads: &mut [Tensor], max: f64) -> f64 {
 /// PyTorch's `zero_grad(set_to_none=True)`: nothing to zero, nothing to accumulate).
 pub fn gradients(loss: &Tensor, params: &[Tensor]) -> Vec<Tensor> {
     Tensor::run_backward(&[loss], params, false, false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Steps `kind` five times on f32 (the fused CPU pass) and on f64 (the
+    /// tensor path, as on CUDA) from the same start; returns the parameters.
+    fn both_paths(kind: OptKind, weight_decay: f64) -> (Tensor, Tensor) {
+        tch::manual_seed(7);
+        let p0 = Tensor::randn([64, 33], (Kind::Float, tch::Device::Cpu));
+        let grads: Vec<Tensor> = (0..5)
+            .map(|_| Tensor::randn([64, 33], (Kind::Float, tch::Device::Cpu)))
+            .collect();
+        let run = |k: Kind| {
+            // A copy: to_kind to the same kind would alias p0.
+            let mut params = vec![p0.to_kind(k).copy()];
+            let mut opt = Optimizer::new(kind, &params, 0.0, false, weight_decay, 0.9, 0.999, 1e-8);
+            for g in &grads {
+                opt.step(&mut params, &[g.to_kind(k)], 0.01);
+            }
+            params.remove(0)
+        };
+        (run(Kind::Float), run(Kind::Double))
+    }
+
+    #[test]
+    fn fused_cpu_adam_and_adamw_match_the_tensor_path() {
+        for (kind, wd) in [
+            (OptKind::Adam, 0.0),
+            (OptKind::Adam, 0.1),
+            (OptKind::AdamW, 0.1),
+        ] {
+            let (fused, tensors) = both_paths(kind, wd);
+            let diff = (fused.to_kind(Kind::Double) - &tensors)
+                .abs()
+                .max()
+                .double_value(&[]);
+            assert!(diff < 1e-5, "max difference {diff}");
+            let moved = (fused.to_kind(Kind::Double) - both_paths(OptKind::Sgd, 0.0).1)
+                .abs()
+                .max()
+                .double_value(&[]);
+            assert!(moved > 1e-3, "the test must see an update");
+        }
+    }
+
+    #[test]
+    fn the_fused_pass_declines_what_it_cannot_walk() {
+        let p = Tensor::zeros([4, 4], (Kind::Float, tch::Device::Cpu));
+        let c = AdamConsts {
+            lr: 0.1,
+            b1: 0.9,
+            b2: 0.999,
+            eps: 1e-8,
+            bc1: 0.1,
+            bc2: 0.001,
+            l2: 0.0,
+            decoupled: 0.0,
+        };
+        let g = Tensor::ones([4, 4], (Kind::Float, tch::Device::Cpu));
+        let (mut m, mut v) = (p.zeros_like(), p.zeros_like());
+        // A transposed (non-contiguous) gradient, a double moment, an alias.
+        assert!(!adam_fused_cpu(
+            &mut p.shallow_clone(),
+            &g.tr(),
+            &mut m,
+            &mut v,
+            &c
+        ));
+        assert!(!adam_fused_cpu(
+            &mut p.shallow_clone(),
+            &g,
+            &mut m.to_kind(Kind::Double),
+            &mut v,
+            &c
+        ));
+        assert!(!adam_fused_cpu(
+            &mut p.shallow_clone(),
+            &g,
+            &mut m.shallow_clone(),
+            &mut m,
+            &c
+        ));
+        assert!(adam_fused_cpu(
+            &mut p.shallow_clone(),
+            &g,
+            &mut m,
+            &mut v,
+            &c
+        ));
+        // p -= lr/bc1 * m / (sqrt(v)/sqrt(bc2) + eps) with m = 0.1, v = 0.001.
+        let want = -(0.1 / 0.1) * 0.1 / ((0.001f64).sqrt() / (0.001f64).sqrt() + 1e-8);
+        assert!(
+            (p.double_value(&[0, 0]) - want).abs() < 1e-6,
+            "{}",
+            p.double_value(&[0, 0])
+        );
+    }
 }

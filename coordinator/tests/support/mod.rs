@@ -101,4 +101,3 @@ pub async fn exit(core: &Core, w: &mut Worker, a: &pb::Assignment, outcome: &str
     });
     send(core, w, a, body).await;
 }
-

@@ -344,12 +344,27 @@ async fn overhead(jobs: u64, slots: u32) -> Res<()> {
     // Ray Tune's formula (a partial last wave counts as if it filled the slots:
     // choose JOBS a multiple of SLOTS).
     let ideal = jobs as f64 / total_slots as f64;
-    let done = wait_done(&mut user, &sweep.id, jobs, Duration::from_secs_f64(ideal * 3.0 + 60.0)).await?;
+    let done = wait_done(
+        &mut user,
+        &sweep.id,
+        jobs,
+        Duration::from_secs_f64(ideal * 3.0 + 60.0),
+    )
+    .await?;
     let wall = (done - t0).as_secs_f64();
     let succeeded = cluster.query_i64("SELECT COUNT(*) FROM jobs WHERE state='succeeded'");
     let attempts = cluster.query_i64("SELECT COUNT(*) FROM attempts");
-    let db = rusqlite::Connection::open(cluster.dir.path().join("coordinator").join("coordinator.db"))?;
-    let job_secs: f64 = db.query_row("SELECT AVG(ended_at - started_at) FROM attempts", [], |r| r.get(0))?;
+    let db = rusqlite::Connection::open(
+        cluster
+            .dir
+            .path()
+            .join("coordinator")
+            .join("coordinator.db"),
+    )?;
+    let job_secs: f64 =
+        db.query_row("SELECT AVG(ended_at - started_at) FROM attempts", [], |r| {
+            r.get(0)
+        })?;
     println!(
         "overhead: {jobs} jobs of 1 s over {total_slots} slots (2 real workers): wall {wall:.2} s, ideal {ideal:.1} s, overhead {:.2}%; {succeeded} succeeded in {attempts} attempts; mean attempt {:.3} s from assignment to recorded exit",
         100.0 * (wall / ideal - 1.0),
