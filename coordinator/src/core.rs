@@ -41,6 +41,12 @@ pub enum CoreError {
     Store(#[from] StoreError),
 }
 
+/// How often the coordinator's timer calls [`Core::tick`].
+pub const TICK: Duration = Duration::from_millis(200);
+
+/// A gap between ticks longer than this means the coordinator did not run.
+const STALL: Duration = Duration::from_secs(1);
+
 /// Counter of writes refused because they carried a stale attempt number.
 pub const REFUSED_STALE: &str = "refused_stale_writes";
 
@@ -208,6 +214,8 @@ struct State {
     next_session: u64,
     /// The store key ([`JobRow::seq`]) the next new job gets.
     next_seq: i64,
+    /// When the scheduler last ticked (see [`Core::tick`]).
+    last_tick: Option<Instant>,
     refused_stale: u64,
 }
 
@@ -1418,11 +1426,33 @@ impl Core {
     }
 
     /// Expires leases, releases delayed retries and dispatches. Called by a
-    /// timer; time comes from tokio so tests can pause it.
+    /// timer every [`TICK`]; time comes from tokio so tests can pause it.
+    ///
+    /// A lease measures how long the coordinator has been running without
+    /// hearing from a worker. When ticks stop for longer than [`STALL`], the
+    /// coordinator itself did not run (SIGSTOP, a VM or swap stall, a suspended
+    /// laptop): no worker could renew its lease meanwhile, and the heartbeats
+    /// sent during the stall are still queued. So every lease moves on by the
+    /// stall instead of expiring at once and restarting every running job of
+    /// the cluster (the chaos suite found that: seed 1795805961348097836).
     pub async fn tick(&self) -> Result<(), CoreError> {
         let (fut, sends) = {
             let mut st = self.lock();
             let now = Instant::now();
+            if let Some(prev) = st.last_tick {
+                let gap = now.saturating_duration_since(prev);
+                if gap > STALL {
+                    let stalled = gap - TICK;
+                    for w in st.workers.values_mut() {
+                        w.lease_deadline += stalled;
+                    }
+                    tracing::warn!(
+                        secs = gap.as_secs_f64(),
+                        "the coordinator did not run for a while (stopped or stalled); every lease is extended by that time, since no worker could renew it"
+                    );
+                }
+            }
+            st.last_tick = Some(now);
             let mut ops = Vec::new();
             let expired: Vec<WorkerId> = st
                 .workers

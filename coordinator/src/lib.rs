@@ -24,7 +24,6 @@ use liandan_common::config::CoordinatorConfig;
 use liandan_proto::v1 as pb;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::net::TcpListener;
 use tonic_health::ServingStatus;
 
@@ -146,7 +145,7 @@ pub async fn run(
     let tick_core = core.clone();
     let beat = liveness.clone();
     let ticker = tokio::spawn(async move {
-        let mut iv = tokio::time::interval(Duration::from_millis(200));
+        let mut iv = tokio::time::interval(core::TICK);
         iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             iv.tick().await;

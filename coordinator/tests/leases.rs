@@ -1,7 +1,7 @@
 //! Lease expiry, fencing and retry backoff, with tokio's paused clock (no sleeps).
 
 use liandan_common::config::CoordinatorConfig;
-use liandan_coordinator::core::Core;
+use liandan_coordinator::core::{Core, TICK};
 use liandan_proto::v1 as pb;
 use pb::coordinator_message::Msg;
 use std::sync::Arc;
@@ -126,6 +126,51 @@ async fn log(core: &Core, w: &mut Worker, job: &str, attempt: u64) -> pb::Ack {
     core.records(&wid(w), w.session, vec![rec]).await.unwrap()
 }
 
+/// Lets `d` pass as the running coordinator sees it: its timer ticks every
+/// [`TICK`] (a jump without ticks is a coordinator that did not run).
+async fn run_for(core: &Core, d: Duration) {
+    let mut left = d;
+    while !left.is_zero() {
+        let step = left.min(TICK);
+        advance(step).await;
+        core.tick().await.unwrap();
+        left -= step;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stalled_coordinator_does_not_blame_its_workers() {
+    let dir = tempfile::tempdir().unwrap();
+    let core = core(dir.path());
+    core.submit(SPEC, "yaml", "").await.unwrap();
+    let mut a = hello(&core, "wk-aaaa", vec![]).await;
+    let job = assignments(&mut a).pop().expect("assigned").job_id;
+    run_for(&core, Duration::from_secs(2)).await;
+    core.heartbeat(&wid(&a), a.session, false);
+    // The coordinator stops for 30 s (three leases): no tick, no heartbeat
+    // processed. When it runs again, the worker's queued heartbeat is still
+    // on its way; its job must not be lost.
+    advance(Duration::from_secs(30)).await;
+    core.tick().await.unwrap();
+    let j = core.get_job(&job).await.unwrap();
+    assert_eq!(
+        (j.state.as_str(), j.attempt),
+        ("running", 1),
+        "not lost to the stall"
+    );
+    core.heartbeat(&wid(&a), a.session, false);
+    run_for(&core, Duration::from_secs(9)).await;
+    assert_eq!(core.get_job(&job).await.unwrap().state, "running");
+    // A worker that really went silent still loses its lease.
+    run_for(&core, Duration::from_secs(2)).await;
+    let j = core.get_job(&job).await.unwrap();
+    assert_eq!(
+        j.state, "queued",
+        "silence after the stall still expires the lease"
+    );
+    counts_agree(&core);
+}
+
 #[tokio::test(start_paused = true)]
 async fn heartbeats_keep_the_lease_and_silence_loses_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -135,17 +180,17 @@ async fn heartbeats_keep_the_lease_and_silence_loses_it() {
     let job = assignments(&mut a).pop().expect("assigned").job_id;
     // Heartbeats every 5 s for 30 s: still running, still attempt 1.
     for _ in 0..6 {
-        advance(Duration::from_secs(5)).await;
+        run_for(&core, Duration::from_secs(5)).await;
         core.heartbeat(&wid(&a), a.session, false);
         core.tick().await.unwrap();
     }
     let j = core.get_job(&job).await.unwrap();
     assert_eq!((j.state.as_str(), j.attempt), ("running", 1));
     // Silence: at 9.9 s still leased, at 10.1 s lost.
-    advance(Duration::from_millis(9_900)).await;
+    run_for(&core, Duration::from_millis(9_900)).await;
     core.tick().await.unwrap();
     assert_eq!(core.get_job(&job).await.unwrap().state, "running");
-    advance(Duration::from_millis(200)).await;
+    run_for(&core, Duration::from_millis(200)).await;
     core.tick().await.unwrap();
     let j = core.get_job(&job).await.unwrap();
     assert_eq!(j.state, "queued", "requeued after the lease timeout");
@@ -198,11 +243,11 @@ async fn failed_attempts_retry_with_exponential_backoff_then_fail() {
     // First failure: retry after 4 s.
     exit(&core, &mut w, &job, 1, "failed").await;
     assert!(assignments(&mut w).is_empty(), "no immediate retry");
-    advance(Duration::from_millis(3_900)).await;
+    run_for(&core, Duration::from_millis(3_900)).await;
     core.heartbeat(&wid(&w), w.session, false);
     core.tick().await.unwrap();
     assert!(assignments(&mut w).is_empty(), "still backing off");
-    advance(Duration::from_millis(200)).await;
+    run_for(&core, Duration::from_millis(200)).await;
     core.tick().await.unwrap();
     assert_eq!(
         assignments(&mut w)
@@ -213,11 +258,11 @@ async fn failed_attempts_retry_with_exponential_backoff_then_fail() {
     );
     // Second failure: 8 s.
     exit(&core, &mut w, &job, 2, "failed").await;
-    advance(Duration::from_millis(7_900)).await;
+    run_for(&core, Duration::from_millis(7_900)).await;
     core.heartbeat(&wid(&w), w.session, false);
     core.tick().await.unwrap();
     assert!(assignments(&mut w).is_empty());
-    advance(Duration::from_millis(200)).await;
+    run_for(&core, Duration::from_millis(200)).await;
     core.tick().await.unwrap();
     assert_eq!(
         assignments(&mut w)
@@ -259,7 +304,7 @@ async fn restart_gives_workers_a_grace_period() {
     // "Restart": a new core on the same data dir, with the default 20 s grace.
     let core = core(dir.path());
     assert_eq!(core.get_job(&job).await.unwrap().state, "running");
-    advance(Duration::from_secs(15)).await;
+    run_for(&core, Duration::from_secs(15)).await;
     core.tick().await.unwrap();
     assert_eq!(
         core.get_job(&job).await.unwrap().state,
@@ -274,7 +319,7 @@ async fn restart_gives_workers_a_grace_period() {
         gpu_uuids: vec![],
     }];
     let w = hello(&core, "wk-dddd", held).await;
-    advance(Duration::from_secs(8)).await;
+    run_for(&core, Duration::from_secs(8)).await;
     core.heartbeat(&wid(&w), w.session, false);
     core.tick().await.unwrap();
     let j = core.get_job(&job).await.unwrap();
@@ -292,7 +337,7 @@ async fn a_restart_without_the_worker_loses_the_attempt_after_the_grace() {
         job = assignments(&mut w).pop().unwrap().job_id;
     }
     let core = core(dir.path());
-    advance(Duration::from_secs(21)).await;
+    run_for(&core, Duration::from_secs(21)).await;
     core.tick().await.unwrap();
     let j = core.get_job(&job).await.unwrap();
     assert_eq!(j.state, "queued");

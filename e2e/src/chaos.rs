@@ -5,12 +5,14 @@
 //! and for a while, at random (seeded, printed): SIGKILL + restart of workers
 //! and of the coordinator, SIGTERM (drain) of a worker and SIGKILL in the
 //! middle of its drain, partitions (alone, and with a coordinator restart while
-//! the worker is cut off), and freezes (SIGSTOP past the lease, then SIGCONT:
-//! a worker that wakes up with attempts the coordinator already gave away).
+//! the worker is cut off), and freezes (SIGSTOP past the lease, then SIGCONT)
+//! of a worker (it wakes up with attempts the coordinator already gave away)
+//! and of the coordinator (a stall no worker is to blame for).
 //! Then it checks the promises and prints them as a table.
 
 use crate::{bin, Cluster, Opts};
 use liandan_common::rng::Rng;
+use liandan_common::time::now_secs;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::Path;
@@ -131,6 +133,9 @@ pub struct Report {
     pub metric_duplicates: Vec<String>,
     /// Stored checkpoints whose file is missing or not the recorded size.
     pub checkpoint_problems: Vec<String>,
+    /// Attempts the coordinator gave up on for a silent worker (lease expired)
+    /// while nothing had happened to that worker.
+    pub blameless_losses: Vec<String>,
     pub attempts: i64,
     pub max_attempts_per_job: i64,
     pub refused_stale: i64,
@@ -148,6 +153,7 @@ impl Report {
             && self.results_missing == 0
             && self.metric_duplicates.is_empty()
             && self.checkpoint_problems.is_empty()
+            && self.blameless_losses.is_empty()
             && self.log_problems.is_empty()
             && self.trainer_mismatches.is_empty()
             && self.integrity == "ok"
@@ -164,7 +170,7 @@ impl Report {
         );
         let row = |name: &str, value: String, ok: bool| {
             format!(
-                "  {name:<44} {value:<24} {}\n",
+                "  {name:<52} {value:<24} {}\n",
                 if ok { "ok" } else { "FAIL" }
             )
         };
@@ -209,6 +215,11 @@ impl Report {
             self.checkpoint_problems.is_empty(),
         );
         s += &row(
+            "attempts lost with nothing wrong with their worker",
+            self.blameless_losses.len().to_string(),
+            self.blameless_losses.is_empty(),
+        );
+        s += &row(
             "trainer jobs differing from a reference run",
             format!("{}", self.trainer_mismatches.len()),
             self.trainer_mismatches.is_empty(),
@@ -228,6 +239,7 @@ impl Report {
             .iter()
             .chain(&self.metric_duplicates)
             .chain(&self.checkpoint_problems)
+            .chain(&self.blameless_losses)
             .chain(&self.trainer_mismatches)
             .chain(&self.leftover_processes)
             .take(10)
@@ -256,12 +268,47 @@ fn cwd_under(pid: &str, dir: &Path) -> bool {
         .unwrap_or(false)
 }
 
+/// When something happened to a worker (wall-clock seconds, as the
+/// coordinator stores times): a lease may expire for it until the lease after.
+struct Window {
+    worker: usize,
+    from: f64,
+    to: f64,
+}
+
+/// The worker's id, from its log (`worker starting worker=wk-...`).
+fn worker_id(p: &crate::Proc) -> Option<String> {
+    let text = p.log_text();
+    let at = text.find("worker=wk-")? + "worker=".len();
+    Some(
+        text[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+            .collect(),
+    )
+}
+
 /// Below this many unfinished jobs during the fault period, another round of
 /// sweeps is submitted.
 const LOW_WATER: i64 = 6;
 
+/// How long the faults go on.
+#[derive(Clone, Copy, Debug)]
+pub enum Length {
+    /// Faults for this long (a new one until the time is up).
+    Secs(u64),
+    /// Exactly the first N faults of the seed's schedule, however long they take
+    /// (a regression case replays the fault that found a bug, on any machine).
+    Faults(usize),
+}
+
 /// Runs the chaos schedule for `fault_secs` with `seed`; returns the report.
 pub fn run(seed: u64, fault_secs: u64) -> Report {
+    run_for(seed, Length::Secs(fault_secs))
+}
+
+/// Runs the chaos schedule of `seed` for `length`; returns the report.
+pub fn run_for(seed: u64, length: Length) -> Report {
     let mut report = Report {
         seed,
         ..Default::default()
@@ -296,11 +343,18 @@ pub fn run(seed: u64, fault_secs: u64) -> Report {
     submit_round(&c, &mut sweeps, 0);
     report.rounds = 1;
     let mut rng = Rng::keyed("liandan.chaos", &[seed]);
-    let end = Instant::now() + Duration::from_secs(fault_secs);
-    while Instant::now() < end {
+    let mut windows: Vec<Window> = Vec::new();
+    let start = Instant::now();
+    let going = |faults: usize| match length {
+        Length::Secs(s) => start.elapsed() < Duration::from_secs(s),
+        Length::Faults(n) => faults < n,
+    };
+    while going(report.faults.len()) {
         std::thread::sleep(Duration::from_millis(700 + rng.below(1500)));
         let i = rng.below(3) as usize;
-        match rng.below(7) {
+        let from = now_secs();
+        let kind = rng.below(8);
+        match kind {
             0 => {
                 report.faults.push(format!("kill -9 worker {i}"));
                 c.workers[i].kill();
@@ -342,6 +396,13 @@ pub fn run(seed: u64, fault_secs: u64) -> Report {
                 std::thread::sleep(Duration::from_millis(rng.below(2000)));
                 proxies[i].heal();
             }
+            7 => {
+                let d = 2500 + rng.below(2500);
+                report.faults.push(format!("freeze coordinator for {d} ms"));
+                c.coordinator.signal(nix::sys::signal::Signal::SIGSTOP);
+                std::thread::sleep(Duration::from_millis(d));
+                c.coordinator.signal(nix::sys::signal::Signal::SIGCONT);
+            }
             _ => {
                 let d = 200 + rng.below(800);
                 report
@@ -353,9 +414,17 @@ pub fn run(seed: u64, fault_secs: u64) -> Report {
                 restart(&mut c, i);
             }
         }
+        // Faults 1 and 7 happen to the coordinator only; the others to worker i.
+        if kind != 1 && kind != 7 {
+            windows.push(Window {
+                worker: i,
+                from,
+                to: now_secs(),
+            });
+        }
         let unfinished =
             c.query_i64("SELECT COUNT(*) FROM jobs WHERE state IN ('queued', 'running')");
-        if unfinished < LOW_WATER && Instant::now() < end {
+        if unfinished < LOW_WATER && going(report.faults.len()) {
             submit_round(&c, &mut sweeps, report.rounds);
             report.rounds += 1;
         }
@@ -425,6 +494,40 @@ pub fn run(seed: u64, fault_secs: u64) -> Report {
             if on_disk.as_ref().ok() != Some(&size) {
                 report.checkpoint_problems.push(format!(
                     "{job} step {step}: {file} is {on_disk:?}, recorded {size} bytes"
+                ));
+            }
+        }
+    }
+    // A lease expires only for a worker something happened to: killed, frozen
+    // or cut off (until a lease and a reconnection after). Not for a worker
+    // that was fine while the coordinator restarted or stalled.
+    {
+        // A worker keeps its id across restarts (it lives in its state dir).
+        let ids: Vec<Option<String>> = c.workers.iter().map(worker_id).collect();
+        let slack = c.opts.lease_timeout_secs + c.opts.restart_grace_secs + 2.0;
+        let mut q = db
+            .prepare("SELECT job_id, attempt, worker_id, ended_at FROM attempts WHERE message LIKE '%lease expired%'")
+            .expect("query");
+        let rows = q
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, f64>(3)?,
+                ))
+            })
+            .expect("rows");
+        for (job, attempt, worker, at) in rows.flatten() {
+            let index = ids
+                .iter()
+                .position(|id| id.as_deref() == Some(worker.as_str()));
+            let excused = windows
+                .iter()
+                .any(|w| Some(w.worker) == index && w.from - 1.0 <= at && at <= w.to + slack);
+            if !excused {
+                report.blameless_losses.push(format!(
+                    "{job} attempt {attempt} on {worker} (worker {index:?}): lease expired at {at:.1} with no fault on that worker"
                 ));
             }
         }

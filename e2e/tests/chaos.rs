@@ -36,3 +36,22 @@ fn chaos_short() {
         r.table()
     );
 }
+
+/// Regression: seed 1795805961348097836's fifth fault froze the coordinator
+/// for 4.4 s (longer than the 2 s lease); when it ran again it expired every
+/// worker's lease at once and restarted all four running jobs, although their
+/// workers were fine. Leases now count only time the coordinator ran.
+#[test]
+fn chaos_regression_a_stalled_coordinator_keeps_its_workers_leases() {
+    let seed = 1795805961348097836;
+    let r = chaos::run_for(seed, chaos::Length::Faults(5));
+    eprintln!("{}", r.table());
+    assert!(
+        r.faults
+            .last()
+            .is_some_and(|f| f.starts_with("freeze coordinator")),
+        "the schedule changed: {:?}",
+        r.faults
+    );
+    assert!(r.ok(), "{}", r.table());
+}
