@@ -41,6 +41,15 @@ pub enum CoreError {
     Store(#[from] StoreError),
 }
 
+/// The sweep `sid`, or the error a user sees for an unknown one.
+fn sweep_mem<'a>(st: &'a State, sid: &SweepId) -> Result<&'a SweepMem, CoreError> {
+    st.sweeps.get(sid).ok_or_else(|| CoreError::NotFound {
+        kind: "sweep",
+        id: sid.to_string(),
+        hint: "status",
+    })
+}
+
 /// How often the coordinator's timer calls [`Core::tick`].
 pub const TICK: Duration = Duration::from_millis(200);
 
@@ -667,11 +676,7 @@ impl Core {
         sent: &mut HashSet<TrialId>,
     ) -> Result<(pb::GetResultsResponse, bool), CoreError> {
         let st = self.lock();
-        let s = st.sweeps.get(sid).ok_or_else(|| CoreError::NotFound {
-            kind: "sweep",
-            id: sid.to_string(),
-            hint: "status",
-        })?;
+        let s = sweep_mem(&st, sid)?;
         let end = (from + limit).min(s.jobs.len());
         let mut chunk = pb::GetResultsResponse {
             sweep: (from == 0).then(|| sweep_info(&st, sid)),
@@ -712,11 +717,7 @@ impl Core {
         chunk: usize,
     ) -> Result<Vec<pb::GetTrialResultsResponse>, CoreError> {
         let st = self.lock();
-        let s = st.sweeps.get(sid).ok_or_else(|| CoreError::NotFound {
-            kind: "sweep",
-            id: sid.to_string(),
-            hint: "status",
-        })?;
+        let s = sweep_mem(&st, sid)?;
         let maximize = s
             .spec
             .metric

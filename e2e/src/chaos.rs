@@ -268,6 +268,19 @@ fn cwd_under(pid: &str, dir: &Path) -> bool {
         .unwrap_or(false)
 }
 
+/// Every row of `sql`, read as the tuple `T` (the check fails loudly on a
+/// query it cannot run: the harness's SQL is wrong, not the system).
+fn rows<T>(db: &rusqlite::Connection, sql: &str, params: impl rusqlite::Params) -> Vec<T>
+where
+    T: for<'a> TryFrom<&'a rusqlite::Row<'a>, Error = rusqlite::Error>,
+{
+    let mut q = db.prepare(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+    q.query_map(params, |r| T::try_from(r))
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .flatten()
+        .collect()
+}
+
 /// When something happened to a worker (wall-clock seconds, as the
 /// coordinator stores times): a lease may expire for it until the lease after.
 struct Window {
@@ -455,19 +468,8 @@ pub fn run_for(seed: u64, length: Length) -> Report {
     // No metric record stored twice for an attempt (records carry a time, so
     // two equal lines are a duplicate delivery, not two reports).
     {
-        let mut q = db
-            .prepare("SELECT job_id, attempt, COUNT(*) FROM metrics GROUP BY job_id, attempt, json HAVING COUNT(*) > 1")
-            .expect("query");
-        let rows = q
-            .query_map([], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, i64>(2)?,
-                ))
-            })
-            .expect("rows");
-        for (job, attempt, n) in rows.flatten() {
+        let dup: Vec<(String, i64, i64)> = rows(&db, "SELECT job_id, attempt, COUNT(*) FROM metrics GROUP BY job_id, attempt, json HAVING COUNT(*) > 1", []);
+        for (job, attempt, n) in dup {
             report.metric_duplicates.push(format!(
                 "{job} attempt {attempt}: a metric record stored {n} times"
             ));
@@ -476,20 +478,9 @@ pub fn run_for(seed: u64, length: Length) -> Report {
     // Every stored checkpoint is on disk at its recorded size.
     {
         let root = c.dir.path().join("coordinator").join("checkpoints");
-        let mut q = db
-            .prepare("SELECT job_id, step, size, file FROM checkpoints")
-            .expect("query");
-        let rows = q
-            .query_map([], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, i64>(2)?,
-                    r.get::<_, String>(3)?,
-                ))
-            })
-            .expect("rows");
-        for (job, step, size, file) in rows.flatten() {
+        let stored: Vec<(String, i64, i64, String)> =
+            rows(&db, "SELECT job_id, step, size, file FROM checkpoints", []);
+        for (job, step, size, file) in stored {
             let on_disk = std::fs::metadata(root.join(&file)).map(|m| m.len() as i64);
             if on_disk.as_ref().ok() != Some(&size) {
                 report.checkpoint_problems.push(format!(
@@ -505,20 +496,8 @@ pub fn run_for(seed: u64, length: Length) -> Report {
         // A worker keeps its id across restarts (it lives in its state dir).
         let ids: Vec<Option<String>> = c.workers.iter().map(worker_id).collect();
         let slack = c.opts.lease_timeout_secs + c.opts.restart_grace_secs + 2.0;
-        let mut q = db
-            .prepare("SELECT job_id, attempt, worker_id, ended_at FROM attempts WHERE message LIKE '%lease expired%'")
-            .expect("query");
-        let rows = q
-            .query_map([], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, f64>(3)?,
-                ))
-            })
-            .expect("rows");
-        for (job, attempt, worker, at) in rows.flatten() {
+        let lost: Vec<(String, i64, String, f64)> = rows(&db, "SELECT job_id, attempt, worker_id, ended_at FROM attempts WHERE message LIKE '%lease expired%'", []);
+        for (job, attempt, worker, at) in lost {
             let index = ids
                 .iter()
                 .position(|id| id.as_deref() == Some(worker.as_str()));
@@ -534,19 +513,8 @@ pub fn run_for(seed: u64, length: Length) -> Report {
     }
     // Every attempt's log: lines 1..=max, each once.
     {
-        let mut q = db.prepare("SELECT job_id, attempt, COUNT(*), MIN(line), MAX(line) FROM logs GROUP BY job_id, attempt").expect("query");
-        let rows = q
-            .query_map([], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, i64>(2)?,
-                    r.get::<_, i64>(3)?,
-                    r.get::<_, i64>(4)?,
-                ))
-            })
-            .expect("rows");
-        for (job, attempt, n, lo, hi) in rows.flatten() {
+        let spans: Vec<(String, i64, i64, i64, i64)> = rows(&db, "SELECT job_id, attempt, COUNT(*), MIN(line), MAX(line) FROM logs GROUP BY job_id, attempt", []);
+        for (job, attempt, n, lo, hi) in spans {
             if lo != 1 || n != hi {
                 report.log_problems.push(format!(
                     "{job} attempt {attempt}: {n} lines spanning {lo}..{hi}"
@@ -556,19 +524,16 @@ pub fn run_for(seed: u64, length: Length) -> Report {
     }
     // Command jobs: the final attempt printed every line, once, in order.
     {
-        let mut q = db.prepare("SELECT j.id, j.attempt FROM jobs j JOIN sweeps s ON s.id = j.sweep_id WHERE s.name LIKE 'chaos-lines-%'").expect("q");
-        let jobs: Vec<(String, i64)> = q
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .expect("rows")
-            .flatten()
-            .collect();
+        let jobs: Vec<(String, i64)> = rows(&db, "SELECT j.id, j.attempt FROM jobs j JOIN sweeps s ON s.id = j.sweep_id WHERE s.name LIKE 'chaos-lines-%'", []);
         for (job, attempt) in jobs {
-            let mut lq = db.prepare("SELECT text FROM logs WHERE job_id=?1 AND attempt=?2 AND stream=0 ORDER BY line").expect("q");
-            let lines: Vec<String> = lq
-                .query_map(rusqlite::params![job, attempt], |r| r.get(0))
-                .expect("rows")
-                .flatten()
-                .collect();
+            let lines: Vec<String> = rows::<(String,)>(
+                &db,
+                "SELECT text FROM logs WHERE job_id=?1 AND attempt=?2 AND stream=0 ORDER BY line",
+                rusqlite::params![job, attempt],
+            )
+            .into_iter()
+            .map(|(t,)| t)
+            .collect();
             let want: Vec<String> = (1..=LINES).map(|i| format!("line {i}")).collect();
             if lines != want {
                 report.log_problems.push(format!(
@@ -580,12 +545,7 @@ pub fn run_for(seed: u64, length: Length) -> Report {
     }
     // Trainer jobs: the final summary equals an uninterrupted reference run, bit for bit.
     if train {
-        let mut q = db.prepare("SELECT j.id, t.params_json, j.seed FROM jobs j JOIN trials t ON t.id = j.trial_id JOIN sweeps s ON s.id = j.sweep_id WHERE s.name LIKE 'chaos-train-%'").expect("q");
-        let jobs: Vec<(String, String, i64)> = q
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-            .expect("rows")
-            .flatten()
-            .collect();
+        let jobs: Vec<(String, String, i64)> = rows(&db, "SELECT j.id, t.params_json, j.seed FROM jobs j JOIN trials t ON t.id = j.trial_id JOIN sweeps s ON s.id = j.sweep_id WHERE s.name LIKE 'chaos-train-%'", []);
         let mut refs: std::collections::HashMap<(String, i64), String> =
             std::collections::HashMap::new();
         for (job, params, seed) in jobs {

@@ -166,20 +166,16 @@ async fn scale(jobs: u64, workers: usize) -> Res<()> {
         .max_decoding_message_size(1 << 30)
         .max_encoding_message_size(64 << 20);
     let seeds = 10u64;
-    let values: Vec<String> = (0..jobs / seeds).map(|i| i.to_string()).collect();
-    let spec = format!("name: scale\nprogram: /bin/true\ncommand: [/bin/true]\nmethod: grid\nmetric: {{name: loss, goal: minimize}}\nparameters:\n  k: {{values: [{}]}}\nliandan:\n  seeds: {seeds}\n", values.join(", "));
     let (rss0, _) = proc_stat(pid);
     let t = Instant::now();
-    let r = user
-        .submit_sweep(pb::SubmitSweepRequest {
-            spec,
-            format: "yaml".into(),
-            name: String::new(),
-        })
-        .await?
-        .into_inner();
+    let sweep = submit_grid(
+        &mut user,
+        "name: scale\nprogram: /bin/true\ncommand: [/bin/true]\nmetric: {name: loss, goal: minimize}\n",
+        jobs / seeds,
+        seeds,
+    )
+    .await?;
     let submit = t.elapsed().as_secs_f64();
-    let sweep = r.sweep.unwrap_or_default();
     let (rss1, _) = proc_stat(pid);
     println!("scale: submit of {} jobs ({} trials x {seeds} seeds): {submit:.2} s; coordinator RSS {} MB -> {} MB", sweep.jobs, sweep.trials, rss0 / 1024, rss1 / 1024);
     let mut st = Vec::new();
@@ -329,18 +325,14 @@ async fn overhead(jobs: u64, slots: u32) -> Res<()> {
         .iter()
         .map(|w| w.resources.as_ref().map(|r| r.cpu_slots).unwrap_or(0))
         .sum();
-    let values: Vec<String> = (0..jobs).map(|i| i.to_string()).collect();
-    let spec = format!("name: overhead\nprogram: /bin/sleep\ncommand: [/bin/sleep, \"1\"]\nmethod: grid\nparameters:\n  k: {{values: [{}]}}\nliandan:\n  seeds: 1\n", values.join(", "));
     let t0 = Instant::now();
-    let r = user
-        .submit_sweep(pb::SubmitSweepRequest {
-            spec,
-            format: "yaml".into(),
-            name: String::new(),
-        })
-        .await?
-        .into_inner();
-    let sweep = r.sweep.unwrap_or_default();
+    let sweep = submit_grid(
+        &mut user,
+        "name: overhead\nprogram: /bin/sleep\ncommand: [/bin/sleep, \"1\"]\n",
+        jobs,
+        1,
+    )
+    .await?;
     // Ray Tune's formula (a partial last wave counts as if it filled the slots:
     // choose JOBS a multiple of SLOTS).
     let ideal = jobs as f64 / total_slots as f64;
@@ -373,6 +365,35 @@ async fn overhead(jobs: u64, slots: u32) -> Res<()> {
     Ok(())
 }
 
+/// Submits `head` (name, program, command, metric) as a grid over `trials`
+/// values of `k`, each with `seeds` seeds.
+async fn submit_grid(
+    user: &mut UserServiceClient<Channel>,
+    head: &str,
+    trials: u64,
+    seeds: u64,
+) -> Res<pb::Sweep> {
+    let values: Vec<String> = (0..trials).map(|i| i.to_string()).collect();
+    let spec = format!(
+        "{head}method: grid\nparameters:\n  k: {{values: [{}]}}\nliandan:\n  seeds: {seeds}\n",
+        values.join(", ")
+    );
+    submit_spec(user, spec).await
+}
+
+/// Submits a YAML spec; returns its sweep.
+async fn submit_spec(user: &mut UserServiceClient<Channel>, spec: String) -> Res<pb::Sweep> {
+    let r = user
+        .submit_sweep(pb::SubmitSweepRequest {
+            spec,
+            format: "yaml".into(),
+            name: String::new(),
+        })
+        .await?
+        .into_inner();
+    Ok(r.sweep.unwrap_or_default())
+}
+
 async fn dispatch(jobs: u64, workers: usize, slots: u32) -> Res<()> {
     let cluster = Cluster::start(
         0,
@@ -392,22 +413,18 @@ async fn dispatch(jobs: u64, workers: usize, slots: u32) -> Res<()> {
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     let seeds = 10u64;
-    let values: Vec<String> = (0..jobs / seeds).map(|i| i.to_string()).collect();
-    let spec = format!("name: bench\nprogram: /bin/true\ncommand: [/bin/true]\nmethod: grid\nparameters:\n  k: {{values: [{}]}}\nliandan:\n  seeds: {seeds}\n", values.join(", "));
     let mut user = UserServiceClient::new(channel(&url).await?)
         .max_decoding_message_size(64 << 20)
         .max_encoding_message_size(64 << 20);
     let t0 = Instant::now();
-    let r = user
-        .submit_sweep(pb::SubmitSweepRequest {
-            spec,
-            format: "yaml".into(),
-            name: String::new(),
-        })
-        .await?
-        .into_inner();
+    let sweep = submit_grid(
+        &mut user,
+        "name: bench\nprogram: /bin/true\ncommand: [/bin/true]\n",
+        jobs / seeds,
+        seeds,
+    )
+    .await?;
     let t1 = Instant::now();
-    let sweep = r.sweep.unwrap_or_default();
     let done = wait_done(&mut user, &sweep.id, sweep.jobs, Duration::from_secs(600)).await?;
     let lifecycle = (done - t1).as_secs_f64();
     println!(
@@ -432,15 +449,7 @@ async fn run_job(
     command: &str,
 ) -> Res<(String, f64)> {
     let spec = format!("name: {name}\nprogram: /bin/sh\ncommand: [\"/bin/sh\", \"-c\", {}]\nmethod: grid\nparameters:\n  x: {{value: 1}}\n", serde_json::Value::String(command.into()));
-    let r = user
-        .submit_sweep(pb::SubmitSweepRequest {
-            spec,
-            format: "yaml".into(),
-            name: String::new(),
-        })
-        .await?
-        .into_inner();
-    let sweep = r.sweep.unwrap_or_default();
+    let sweep = submit_spec(user, spec).await?;
     // From the moment the job runs to the moment its exit (after all its records) is durable.
     let start = loop {
         let j = user
