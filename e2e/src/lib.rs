@@ -348,12 +348,52 @@ impl Cluster {
             }
             if Instant::now() > deadline {
                 panic!(
-                    "sweep {sweep} did not finish in {max:?}: {s}\ncoordinator log:\n{}\nworker logs:\n{}",
-                    tail(&self.coordinator.log_text(), 40),
-                    self.workers.iter().map(|w| tail(&w.log_text(), 20)).collect::<Vec<_>>().join("\n---\n")
+                    "sweep {sweep} did not finish in {max:?}: {s}\nunfinished jobs and their attempts:\n{}\ncoordinator log:\n{}\nworker logs:\n{}",
+                    self.unfinished_jobs(),
+                    tail(&self.coordinator.log_text(), 80),
+                    self.workers.iter().map(|w| tail(&w.log_text(), 40)).collect::<Vec<_>>().join("\n---\n")
                 );
             }
             std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Every queued or running job with its attempts, from the database (what
+    /// a test that waited in vain needs to see).
+    pub fn unfinished_jobs(&self) -> String {
+        let Ok(db) =
+            rusqlite::Connection::open(self.dir.path().join("coordinator").join("coordinator.db"))
+        else {
+            return "(no database)".into();
+        };
+        let Ok(mut q) = db.prepare(
+            "SELECT j.id, j.state, j.attempt, COALESCE(j.worker_id, '-'), j.cancel_requested,
+                    COALESCE(a.attempt, 0), COALESCE(a.worker_id, '-'), COALESCE(a.state, '-'),
+                    COALESCE(a.started_at, 0), COALESCE(a.ended_at, 0), COALESCE(a.message, '')
+             FROM jobs j LEFT JOIN attempts a ON a.job_id = j.id
+             WHERE j.state IN ('queued', 'running') ORDER BY j.id, a.attempt",
+        ) else {
+            return "(query failed)".into();
+        };
+        let rows = q.query_map([], |r| {
+            Ok(format!(
+                "  {} {} attempt {} on {} stop {} | attempt {} on {} {} {:.1}..{:.1} {}",
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, i64>(4)?,
+                r.get::<_, i64>(5)?,
+                r.get::<_, String>(6)?,
+                r.get::<_, String>(7)?,
+                r.get::<_, f64>(8)?,
+                r.get::<_, f64>(9)?,
+                r.get::<_, String>(10)?,
+            ))
+        });
+        match rows {
+            Ok(rows) => rows.flatten().collect::<Vec<_>>().join("\n"),
+            Err(e) => e.to_string(),
         }
     }
 
