@@ -12,6 +12,16 @@
 //!
 //! Journal: the attempts this worker holds (written before the process starts),
 //! so a restarted worker knows what was running.
+//!
+//! Sequence numbers are never reused, even after a crash: a record can reach
+//! the coordinator before its spool row is written (the session sends from
+//! memory), so the highest number on disk may be below one the coordinator
+//! has. Numbers are therefore handed out from a reserved block whose end is on
+//! disk (fsynced) before any number of the block is used, and a restarted
+//! worker starts above it. (The chaos suite found the reuse: a worker killed
+//! right after sending an exit record reused its number for the next record,
+//! the coordinator took that one for a duplicate, and the job it ended stayed
+//! "running" forever.)
 
 use liandan_proto::v1 as pb;
 use prost::Message;
@@ -66,8 +76,13 @@ pub struct UploadEntry {
 
 type JournalWrite = Box<dyn FnOnce(&Connection) -> rusqlite::Result<()> + Send>;
 
+/// Sequence numbers reserved at a time (one fsynced write per block).
+const SEQ_BLOCK: u64 = 100_000;
+
 enum DbOp {
     Insert(Vec<(u64, Vec<u8>)>),
+    /// Durably records that numbers up to this one may be used.
+    Reserve(u64, tokio::sync::oneshot::Sender<rusqlite::Result<()>>),
     DeleteUpTo(u64),
     Exec(
         JournalWrite,
@@ -77,6 +92,8 @@ enum DbOp {
 
 struct Inner {
     next_seq: u64,
+    /// Numbers up to here are reserved on disk (see the module docs).
+    reserved: u64,
     pending: VecDeque<(u64, pb::Record, usize)>,
     bytes: u64,
     /// Records up to here were sent on the current session.
@@ -161,6 +178,15 @@ impl Spool {
                 max_seq = max_seq.max(seq);
             }
         }
+        // Start above every number a previous run may have sent.
+        let reserved: u64 = w
+            .query_row("SELECT value FROM meta WHERE key='seq_reserved'", [], |r| {
+                r.get::<_, String>(0)
+            })
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let max_seq = max_seq.max(reserved);
         let reader = open()?;
         let (tx, rx) = mpsc::channel();
         std::thread::Builder::new()
@@ -170,6 +196,7 @@ impl Spool {
         Ok(Spool {
             inner: Arc::new(Mutex::new(Inner {
                 next_seq: max_seq + 1,
+                reserved: max_seq,
                 pending,
                 bytes,
                 sent_up_to: 0,
@@ -199,6 +226,17 @@ impl Spool {
             }
             notified.await;
         }
+        let n = records.len() as u64;
+        loop {
+            let want = {
+                let st = self.lock();
+                if st.next_seq + n <= st.reserved + 1 {
+                    break;
+                }
+                st.next_seq + n - 1 + SEQ_BLOCK
+            };
+            self.reserve(want).await;
+        }
         let last = {
             let mut st = self.lock();
             let mut rows = Vec::with_capacity(records.len());
@@ -216,6 +254,25 @@ impl Spool {
         };
         self.new_records.notify_one();
         last
+    }
+
+    /// Reserves sequence numbers up to `upto` on disk; returns once the
+    /// reservation is durable. If the disk write fails, nothing is reserved and
+    /// the caller retries after a pause (a record is never numbered from an
+    /// unreserved block).
+    async fn reserve(&self, upto: u64) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let ok = self.db.send(DbOp::Reserve(upto, tx)).is_ok() && matches!(rx.await, Ok(Ok(())));
+        if ok {
+            let mut st = self.lock();
+            st.reserved = st.reserved.max(upto);
+        } else {
+            tracing::error!(
+                upto,
+                "cannot reserve record sequence numbers in the worker database; retrying"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
     }
 
     /// The highest sequence number assigned so far.
@@ -453,11 +510,22 @@ fn db_loop(mut conn: Connection, rx: mpsc::Receiver<DbOp>) {
             }
         }
         let mut replies = Vec::new();
+        let mut sync = false;
         let result = (|| -> rusqlite::Result<()> {
             let tx = conn.transaction()?;
             let mut max_seq = 0u64;
             for op in ops {
                 match op {
+                    DbOp::Reserve(upto, reply) => {
+                        let r = tx
+                            .execute(
+                                "INSERT INTO meta(key,value) VALUES('seq_reserved', ?1) ON CONFLICT(key) DO UPDATE SET value=max(CAST(value AS INTEGER), CAST(?1 AS INTEGER))",
+                                [upto.to_string()],
+                            )
+                            .map(|_| ());
+                        sync = true;
+                        replies.push((reply, r));
+                    }
                     DbOp::Insert(rows) => {
                         let mut st = tx.prepare_cached(
                             "INSERT OR REPLACE INTO spool(seq, record) VALUES(?1, ?2)",
@@ -481,7 +549,19 @@ fn db_loop(mut conn: Connection, rx: mpsc::Receiver<DbOp>) {
             if max_seq > 0 {
                 tx.execute("INSERT INTO meta(key,value) VALUES('last_seq', ?1) ON CONFLICT(key) DO UPDATE SET value=max(CAST(value AS INTEGER), CAST(?1 AS INTEGER))", [max_seq.to_string()])?;
             }
-            tx.commit()
+            tx.commit()?;
+            if sync {
+                // synchronous=NORMAL does not fsync a WAL commit; a checkpoint
+                // does (WAL and database file), so the reservation survives a
+                // power cut too.
+                let busy: i64 = conn.query_row("PRAGMA wal_checkpoint(FULL)", [], |r| r.get(0))?;
+                if busy != 0 {
+                    return Err(rusqlite::Error::ToSqlConversionFailure(
+                        "the reservation could not be synced (checkpoint busy)".into(),
+                    ));
+                }
+            }
+            Ok(())
         })();
         if let Err(e) = &result {
             tracing::error!(error = %e, "worker database write failed");
@@ -495,5 +575,58 @@ fn db_loop(mut conn: Connection, rx: mpsc::Receiver<DbOp>) {
             };
             let _ = reply.send(r);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(job: &str) -> pb::Record {
+        pb::Record {
+            seq: 0,
+            job_id: job.into(),
+            attempt: 1,
+            body: None,
+        }
+    }
+
+    /// A worker killed after sending records but before its spool wrote them
+    /// must not number its next records with the same sequence numbers: the
+    /// coordinator would take them for duplicates and drop them.
+    #[tokio::test]
+    async fn a_restart_never_reuses_a_sequence_number_the_disk_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("worker.db");
+        let sent = {
+            let spool = Spool::open(&path, 1 << 20).unwrap();
+            let last = spool.append(vec![record("job-a"), record("job-b")]).await;
+            spool.exec(|_| Ok(())).await.unwrap();
+            last
+        };
+        assert_eq!(sent, 2);
+        // The crash: the rows of the records already sent never reached the disk.
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch("DELETE FROM spool; DELETE FROM meta WHERE key='last_seq';")
+                .unwrap();
+        }
+        let spool = Spool::open(&path, 1 << 20).unwrap();
+        let next = spool.append(vec![record("job-c")]).await;
+        assert!(
+            next > sent,
+            "sequence number {next} reused (sent up to {sent})"
+        );
+        // And the reservation itself is on disk before a number is used.
+        let reserved: u64 = spool
+            .read(|c| {
+                c.query_row("SELECT value FROM meta WHERE key='seq_reserved'", [], |r| {
+                    r.get::<_, String>(0)
+                })
+            })
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(reserved >= next);
     }
 }
