@@ -10,7 +10,9 @@ use crate::model::{JobEvent, JobState, Outcome, StopRequest, SweepState};
 use crate::results::Outcomes;
 use crate::search::sweep::SweepSearch;
 use crate::search::{TrialData, TrialStatus};
-use crate::store::{CheckpointRow, JobRow, LogRow, MetricRow, NewJobs, Op, Store, StoreError};
+use crate::store::{
+    CheckpointRow, JobRow, JobUpdate, LogRow, MetricRow, NewJobs, Op, Store, StoreError,
+};
 use liandan_common::config::CoordinatorConfig;
 use liandan_common::ids::{JobId, SweepId, TrialId, WorkerId};
 use liandan_common::sweep::{self, Format, Goal, SweepSpec};
@@ -171,18 +173,14 @@ impl JobMem {
         }
     }
 
-    fn row(&self, id: &JobId) -> JobRow {
-        JobRow {
+    /// Its row's changing fields, for [`Op::UpdateJob`].
+    fn update(&self) -> JobUpdate {
+        JobUpdate {
             seq: self.seq,
-            id: id.to_string(),
-            sweep_id: self.sweep.to_string(),
-            trial_id: self.trial.to_string(),
-            ord: self.ord,
-            seed: self.seed,
-            state: self.state.as_str().into(),
+            state: self.state.as_str(),
             attempt: self.attempt,
             retries_used: self.retries_used,
-            worker_id: self.worker.as_ref().map(|w| w.to_string()),
+            worker_id: self.worker.clone(),
             cancel_requested: self.stop.to_db(),
             final_metric: self.final_metric,
             best_metric: self.best_metric,
@@ -551,7 +549,7 @@ impl Core {
             JobState::Queued => {
                 if let Some(next) = job.state.on(event) {
                     job.state = next;
-                    ops.push(Op::UpdateJob(job.row(id)));
+                    ops.push(Op::UpdateJob(job.update()));
                     let sid = job.sweep.clone();
                     if let Some(s) = st.sweeps.get_mut(&sid) {
                         s.moved(JobState::Queued, next);
@@ -563,7 +561,7 @@ impl Core {
                     || (why == StopRequest::Cancel && job.stop != StopRequest::Cancel) =>
             {
                 job.stop = why;
-                ops.push(Op::UpdateJob(job.row(id)));
+                ops.push(Op::UpdateJob(job.update()));
                 let attempt = job.attempt;
                 if let Some(tx) = job
                     .worker
@@ -1385,7 +1383,7 @@ impl Core {
             // Invariant 3: a result is recorded at most once per job.
             job.result_recorded = true;
         }
-        ops.push(Op::UpdateJob(job.row(jid)));
+        ops.push(Op::UpdateJob(job.update()));
         let sweep_id = job.sweep.clone();
         if let Some(s) = st.sweeps.get_mut(&sweep_id) {
             s.running = s.running.saturating_sub(1);
@@ -1625,7 +1623,7 @@ impl Core {
             worker_id: wid.to_string(),
             started_at: now_secs(),
         });
-        ops.push(Op::UpdateJob(job.row(jid)));
+        ops.push(Op::UpdateJob(job.update()));
         let (attempt, seed, params_json, trial) = (
             job.attempt,
             job.seed,

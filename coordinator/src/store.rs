@@ -15,7 +15,7 @@
 //! The interface is engine-neutral (ops in, rows out) so that the same suite can
 //! later run against PostgreSQL.
 
-use liandan_common::ids::{JobId, SweepId, TrialId};
+use liandan_common::ids::{JobId, SweepId, TrialId, WorkerId};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
@@ -116,7 +116,25 @@ pub struct MetricRow {
     pub json: String,
 }
 
-/// A job row's mutable fields.
+/// What changes in a job's row as it moves through its states. A shared id
+/// and a static state name: built on every state change, it allocates
+/// nothing.
+#[derive(Clone, Debug)]
+pub struct JobUpdate {
+    /// The row's key ([`JobRow::seq`]).
+    pub seq: i64,
+    pub state: &'static str,
+    pub attempt: u64,
+    pub retries_used: u32,
+    pub worker_id: Option<WorkerId>,
+    /// [`crate::model::StopRequest::to_db`].
+    pub cancel_requested: i64,
+    pub final_metric: Option<f64>,
+    pub best_metric: Option<f64>,
+    pub result_recorded: bool,
+}
+
+/// A stored job row, as start-up reads it.
 #[derive(Clone, Debug)]
 pub struct JobRow {
     /// The row's key: assigned by the coordinator in submission order.
@@ -185,7 +203,7 @@ pub enum Op {
         id: String,
         state: String,
     },
-    UpdateJob(JobRow),
+    UpdateJob(JobUpdate),
     InsertAttempt {
         job_id: String,
         attempt: u64,
@@ -423,7 +441,7 @@ fn apply(tx: &rusqlite::Transaction, op: &Op) -> Result<(), rusqlite::Error> {
                 "UPDATE jobs SET state=?2, attempt=?3, retries_used=?4, worker_id=?5, cancel_requested=?6, final_metric=?7, best_metric=?8, result_recorded=?9, updated_at=?10 WHERE seq=?1",
             )?
             .execute(params![
-                j.seq, j.state, j.attempt as i64, j.retries_used, j.worker_id, j.cancel_requested, j.final_metric, j.best_metric, j.result_recorded,
+                j.seq, j.state, j.attempt as i64, j.retries_used, j.worker_id.as_ref().map(|w| w.as_str()), j.cancel_requested, j.final_metric, j.best_metric, j.result_recorded,
                 liandan_common::time::now_secs()
             ])?;
         }

@@ -50,16 +50,7 @@ async fn run_bayes(restart_after: Option<usize>) -> Vec<String> {
         if restart_after == Some(finished_trials) && !restarted {
             // Crash with the trial assigned, and come back.
             restarted = true;
-            let held: Vec<pb::HeldAttempt> = inbox
-                .assigned
-                .iter()
-                .map(|a| pb::HeldAttempt {
-                    job_id: a.job_id.clone(),
-                    attempt: a.attempt,
-                    running: true,
-                    ..Default::default()
-                })
-                .collect();
+            let held = held(&inbox.assigned);
             drop(w);
             drop(c);
             c = core(dir.path());
@@ -282,15 +273,7 @@ async fn a_restarted_coordinator_judges_with_the_histories_it_stored() {
     }
     metric(&c, &mut w, &bad, 0, 9.0).await;
     assert!(drain(&mut w).stops.is_empty());
-    let held: Vec<pb::HeldAttempt> = jobs
-        .iter()
-        .map(|a| pb::HeldAttempt {
-            job_id: a.job_id.clone(),
-            attempt: a.attempt,
-            running: true,
-            ..Default::default()
-        })
-        .collect();
+    let held = held(&jobs);
     let seq = w.seq;
     drop(w);
     drop(c);

@@ -157,6 +157,8 @@ impl Spool {
         }
         let mut pending = VecDeque::new();
         let mut bytes = 0u64;
+        // `last_seq`: the high-water mark of databases from before the
+        // reservation (`seq_reserved`, below), which bounds every number since.
         let mut max_seq: u64 = w
             .query_row("SELECT value FROM meta WHERE key='last_seq'", [], |r| {
                 r.get::<_, String>(0)
@@ -513,7 +515,6 @@ fn db_loop(mut conn: Connection, rx: mpsc::Receiver<DbOp>) {
         let mut sync = false;
         let result = (|| -> rusqlite::Result<()> {
             let tx = conn.transaction()?;
-            let mut max_seq = 0u64;
             for op in ops {
                 match op {
                     DbOp::Reserve(upto, reply) => {
@@ -532,22 +533,17 @@ fn db_loop(mut conn: Connection, rx: mpsc::Receiver<DbOp>) {
                         )?;
                         for (seq, blob) in rows {
                             st.execute(params![seq as i64, blob])?;
-                            max_seq = max_seq.max(seq);
                         }
                     }
                     DbOp::DeleteUpTo(seq) => {
                         tx.prepare_cached("DELETE FROM spool WHERE seq <= ?1")?
                             .execute([seq as i64])?;
-                        max_seq = max_seq.max(seq);
                     }
                     DbOp::Exec(f, reply) => {
                         let r = f(&tx);
                         replies.push((reply, r));
                     }
                 }
-            }
-            if max_seq > 0 {
-                tx.execute("INSERT INTO meta(key,value) VALUES('last_seq', ?1) ON CONFLICT(key) DO UPDATE SET value=max(CAST(value AS INTEGER), CAST(?1 AS INTEGER))", [max_seq.to_string()])?;
             }
             tx.commit()?;
             if sync {

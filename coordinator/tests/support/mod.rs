@@ -101,3 +101,16 @@ pub async fn exit(core: &Core, w: &mut Worker, a: &pb::Assignment, outcome: &str
     });
     send(core, w, a, body).await;
 }
+
+/// What a restarted worker says it still runs: these assignments.
+pub fn held(assigned: &[pb::Assignment]) -> Vec<pb::HeldAttempt> {
+    assigned
+        .iter()
+        .map(|a| pb::HeldAttempt {
+            job_id: a.job_id.clone(),
+            attempt: a.attempt,
+            running: true,
+            ..Default::default()
+        })
+        .collect()
+}

@@ -520,15 +520,7 @@ async fn logs(lines: u64) -> Res<()> {
     let n = 2000;
     let py = format!("import time,sys\nfor i in range({n}):\n    print('%.6f' % time.time(), flush=True)\n    time.sleep(0.005)\n");
     let spec = format!("name: follow\nprogram: python3\ncommand: [\"python3\", \"-c\", {}]\nmethod: grid\nparameters:\n  x: {{value: 1}}\n", serde_json::Value::String(py));
-    let r = user
-        .submit_sweep(pb::SubmitSweepRequest {
-            spec,
-            format: "yaml".into(),
-            name: String::new(),
-        })
-        .await?
-        .into_inner();
-    let sweep = r.sweep.unwrap_or_default().id;
+    let sweep = submit_spec(&mut user, spec).await?.id;
     let job = loop {
         let j = user
             .list_jobs(pb::ListJobsRequest {
@@ -581,7 +573,7 @@ async fn checkpoint(mib: usize) -> Res<()> {
     let mut user = UserServiceClient::new(channel(&url).await?);
     // A simulated worker holds the attempt (uploads are fenced to the current attempt).
     let (mut wclient, out, mut inbound) = open_session(&url, "wk-ckpt", 1, 8).await?;
-    user.submit_sweep(pb::SubmitSweepRequest { spec: "name: ck\nprogram: /bin/true\ncommand: [/bin/true]\nmethod: grid\nparameters:\n  x: {value: 1}\n".into(), format: "yaml".into(), name: String::new() }).await?;
+    submit_spec(&mut user, "name: ck\nprogram: /bin/true\ncommand: [/bin/true]\nmethod: grid\nparameters:\n  x: {value: 1}\n".into()).await?;
     let a = loop {
         if let Some(Msg::Assign(a)) = inbound.message().await?.and_then(|m| m.msg) {
             break a;
