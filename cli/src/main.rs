@@ -13,7 +13,7 @@ mod results;
 
 use clap::{CommandFactory, Parser, Subcommand};
 use liandan_common::exit;
-use liandan_common::sweep::{self, command, Format as SpecFormat};
+use liandan_common::sweep::{self, command, Format as SpecFormat, Method as SpecMethod};
 use liandan_proto::v1 as pb;
 use output::{num, opt_num, render, Format, Listing};
 use pb::user_service_client::UserServiceClient;
@@ -51,13 +51,22 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Check a sweep file (offline). Exit 0 when valid, 65 when not.
-    Validate { file: PathBuf },
+    Validate {
+        file: PathBuf,
+        /// `json`: the verdict, the warnings and the parsed spec, for scripts.
+        #[arg(short = 'o', long, value_enum, default_value = "text")]
+        output: TextFormat,
+    },
     /// List every job a sweep file expands to, with its command line (offline).
     Expand {
         file: PathBuf,
         /// The sweep name the ids derive from (as `submit --name`).
         #[arg(long)]
         name: Option<String>,
+        /// For sweeps that propose trials as they run (bayes, tpe, random
+        /// without run_cap): show the first N trials random search would draw.
+        #[arg(long, value_name = "N", default_value_t = 10)]
+        first: usize,
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: Format,
     },
@@ -69,6 +78,9 @@ enum Cmd {
         /// Wait for the sweep to finish, showing progress.
         #[arg(long)]
         wait: bool,
+        /// `json`: {"sweep_id", "name", "created", "trials", "jobs", "warnings"}.
+        #[arg(short = 'o', long, value_enum, default_value = "text")]
+        output: TextFormat,
     },
     /// Sweeps and their progress, or one sweep.
     Status {
@@ -196,6 +208,13 @@ enum CertsCmd {
     },
 }
 
+/// Output of commands that print a message rather than a listing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum TextFormat {
+    Text,
+    Json,
+}
+
 /// A failure with the exit code it maps to.
 struct Fail(i32, String);
 
@@ -317,8 +336,16 @@ fn sweep_listing(sweeps: &[pb::Sweep]) -> Listing {
                 s.id.clone(),
                 s.name.clone(),
                 s.state.clone(),
-                s.method.clone(),
-                s.trials.to_string(),
+                if s.unbounded {
+                    format!("{} (unbounded)", s.method)
+                } else {
+                    s.method.clone()
+                },
+                if s.unbounded {
+                    format!("{}+", s.trials)
+                } else {
+                    s.trials.to_string()
+                },
                 s.jobs.to_string(),
                 c.succeeded.to_string(),
                 c.running.to_string(),
@@ -333,7 +360,7 @@ fn sweep_listing(sweeps: &[pb::Sweep]) -> Listing {
         .iter()
         .map(|s| {
             let c = counts(s);
-            json!({"id": s.id, "name": s.name, "state": s.state, "method": s.method, "metric": s.metric_name, "goal": s.metric_goal, "trials": s.trials, "jobs": s.jobs,
+            json!({"id": s.id, "name": s.name, "state": s.state, "method": s.method, "metric": s.metric_name, "goal": s.metric_goal, "trials": s.trials, "jobs": s.jobs, "unbounded": s.unbounded,
                    "succeeded": c.succeeded, "running": c.running, "queued": c.queued, "failed": c.failed, "cancelled": c.cancelled, "pruned": c.pruned, "created_at": s.created_at})
         })
         .collect::<Vec<_>>());
@@ -369,9 +396,24 @@ async fn run(cli: Cli) -> R<i32> {
         ca_cert: cli.ca_cert.clone(),
     };
     match cli.cmd {
-        Cmd::Validate { file } => {
+        Cmd::Validate { file, output } => {
             let (text, fmt) = read_spec(&file)?;
-            match sweep::parse(&text, fmt) {
+            let parsed = sweep::parse(&text, fmt);
+            if output == TextFormat::Json {
+                let (js, code) = match &parsed {
+                    Ok(p) => (
+                        json!({"file": file.display().to_string(), "valid": true, "warnings": p.warnings, "spec": p.spec}),
+                        exit::OK,
+                    ),
+                    Err(e) => (
+                        json!({"file": file.display().to_string(), "valid": false, "warnings": [], "error": {"path": e.path, "line": e.line, "message": e.message}}),
+                        exit::DATAERR,
+                    ),
+                };
+                print(format!("{}\n", serde_json::to_string_pretty(&js).unwrap_or_default()));
+                return Ok(code);
+            }
+            match parsed {
                 Ok(p) => {
                     for w in &p.warnings {
                         eprintln!("warning: {w}");
@@ -388,19 +430,41 @@ async fn run(cli: Cli) -> R<i32> {
                 Err(e) => Err(Fail(exit::DATAERR, format!("{}: {e}", file.display()))),
             }
         }
-        Cmd::Expand { file, name, output } => {
+        Cmd::Expand {
+            file,
+            name,
+            first,
+            output,
+        } => {
             let (text, fmt) = read_spec(&file)?;
             let parsed = sweep::parse(&text, fmt)
                 .map_err(|e| Fail(exit::DATAERR, format!("{}: {e}", file.display())))?;
             let spec = parsed.spec;
             let name = sweep::resolve_name(&spec, name.as_deref().unwrap_or(""));
             let sid = liandan_common::SweepId::for_name(&name);
-            let e = sweep::expand(&spec, &sid)
+            let mut e = sweep::expand(&spec, &sid)
                 .map_err(|e| Fail(exit::DATAERR, format!("{}: {e}", file.display())))?;
-            for w in parsed.warnings.iter().chain(&e.warnings) {
-                eprintln!("warning: {w}");
+            let lazy = spec.is_lazy();
+            if lazy && spec.method == SpecMethod::Random {
+                // What the coordinator will draw, trial by trial.
+                for k in 0..first {
+                    let params = sweep::expand::random_params(&spec, k as u64);
+                    let (t, jobs) = sweep::adaptive_trial(&sid, k, params, &spec.liandan.seeds);
+                    e.trials.push(t);
+                    e.jobs.extend(jobs);
+                }
+                e.warnings.push(format!(
+                    "showing the first {first} trials (--first N); the sweep draws more until it is cancelled"
+                ));
             }
-            let env = |k: &str| std::env::var(k).ok().or_else(|| Some(format!("${{{k}}}")));
+            let mut warnings = parsed.warnings.clone();
+            warnings.extend(e.warnings.iter().cloned());
+            if output != Format::Json {
+                for w in &warnings {
+                    eprintln!("warning: {w}");
+                }
+            }
+            let env = |k: &str| std::env::var(k).ok().or_else(|| Some(format!("${{envvar:{k}}}")));
             let ctx = command::offline_context(&env);
             let mut rows = Vec::new();
             let mut js = Vec::new();
@@ -408,6 +472,8 @@ async fn run(cli: Cli) -> R<i32> {
                 let params = &e.trials[j.trial_index].params;
                 let argv = command::build_argv(&spec, params, j.seed, &ctx)
                     .map_err(|e| Fail(exit::DATAERR, e.to_string()))?;
+                let args: serde_json::Map<String, serde_json::Value> =
+                    command::program_params(&spec, params, j.seed).into_iter().collect();
                 rows.push(vec![
                     j.id.to_string(),
                     j.trial.to_string(),
@@ -415,12 +481,12 @@ async fn run(cli: Cli) -> R<i32> {
                     params.to_string(),
                     argv.join(" "),
                 ]);
-                js.push(json!({"job_id": j.id, "trial_id": j.trial, "seed": j.seed, "params": params, "argv": argv}));
+                js.push(json!({"job_id": j.id, "trial_id": j.trial, "seed": j.seed, "params": params, "args": args, "argv": argv}));
             }
             let l = Listing {
                 columns: vec!["job", "trial", "seed", "params", "command"],
                 rows,
-                json: json!({"sweep_id": sid, "name": name, "jobs": js}),
+                json: json!({"sweep_id": sid, "name": name, "method": spec.method.as_str(), "lazy": lazy, "warnings": warnings, "jobs": js}),
             };
             print(render(&l, output));
             Ok(exit::OK)
@@ -446,7 +512,12 @@ async fn run(cli: Cli) -> R<i32> {
             );
             Ok(exit::OK)
         }
-        Cmd::Submit { file, name, wait } => {
+        Cmd::Submit {
+            file,
+            name,
+            wait,
+            output,
+        } => {
             let (text, fmt) = read_spec(&file)?;
             // Validate locally first: the same message as `validate`, without a round trip.
             sweep::parse(&text, fmt)
@@ -465,11 +536,22 @@ async fn run(cli: Cli) -> R<i32> {
                 })
                 .await?
                 .into_inner();
-            for w in &r.warnings {
-                eprintln!("warning: {w}");
-            }
             let s = r.sweep.unwrap_or_default();
-            if r.created {
+            if output == TextFormat::Json {
+                let js = json!({"sweep_id": s.id, "name": s.name, "created": r.created, "trials": s.trials, "jobs": s.jobs, "unbounded": s.unbounded, "warnings": r.warnings});
+                print(format!("{}\n", serde_json::to_string_pretty(&js).unwrap_or_default()));
+            } else {
+                for w in &r.warnings {
+                    eprintln!("warning: {w}");
+                }
+            }
+            if output == TextFormat::Json {
+            } else if r.created && s.unbounded {
+                println!(
+                    "submitted sweep {} ({}): trials are proposed as slots free, until you cancel it (`liandan cancel {}`)",
+                    s.id, s.name, s.id
+                );
+            } else if r.created {
                 println!(
                     "submitted sweep {} ({}): {} trials, {} jobs",
                     s.id, s.name, s.trials, s.jobs

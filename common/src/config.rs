@@ -322,6 +322,9 @@ pub struct WorkerConfig {
     pub reconnect_max_secs: f64,
     /// Path of `liandan-train`; empty means next to this binary, then PATH.
     pub train_binary: String,
+    /// Directory a sweep's relative `liandan.workdir` and relative `program`
+    /// are taken from; empty means the directory the worker was started in.
+    pub base_dir: PathBuf,
     /// Log format: "text" or "json".
     pub log_format: String,
     /// CA certificate (PEM) that signed the coordinator's certificate; needed for https:// URLs.
@@ -349,6 +352,7 @@ impl Default for WorkerConfig {
             spool_max_bytes: 1 << 30,
             reconnect_max_secs: 10.0,
             train_binary: String::new(),
+            base_dir: PathBuf::new(),
             log_format: "text".into(),
             tls_ca: String::new(),
             tls_cert: String::new(),

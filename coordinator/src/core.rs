@@ -1239,7 +1239,11 @@ impl Core {
                 return false;
             };
             let t0 = std::time::Instant::now();
-            let data = Self::trial_data(st, search);
+            let data = if search.learns() {
+                Self::trial_data(st, search)
+            } else {
+                Vec::new()
+            };
             let params = search.propose(&data);
             tracing::debug!(sweep = %sid, trial = search.trials.len(), ms = t0.elapsed().as_secs_f64() * 1e3, "proposed a trial");
             (params, search.trials.len(), s.spec.liandan.seeds.clone())
@@ -1959,6 +1963,10 @@ fn sweep_info(st: &State, id: &SweepId) -> pb::Sweep {
         created_at: s.created_at,
         spec_json: s.spec_json.to_string(),
         algorithm: s.algorithm.clone(),
+        unbounded: s.spec.is_lazy()
+            && s.spec.run_cap.is_none()
+            && s.search.as_ref().is_some_and(|x| x.can_propose())
+            && s.state != SweepState::Cancelled,
     }
 }
 
@@ -2009,7 +2017,7 @@ fn load(store: &Store, cfg: &CoordinatorConfig) -> Result<State, CoreError> {
                     let (id, sweep, p, idx) = row?;
                     if let Some((sid, s)) = SweepId::parse(&sweep).ok().and_then(|sid| st.sweeps.get_mut(&sid).map(|s| (sid, s))) {
                         s.trials += 1;
-                        if s.spec.method.is_adaptive() || s.spec.early_terminate.is_some() {
+                        if s.spec.has_search() {
                             if let Ok(tid) = TrialId::parse(&id) {
                                 trial_order.entry(sid).or_default().push((idx, tid));
                             }
@@ -2149,7 +2157,7 @@ fn load_search(
     let sids: Vec<SweepId> = st
         .sweeps
         .iter()
-        .filter(|(_, s)| s.spec.method.is_adaptive() || s.spec.early_terminate.is_some())
+        .filter(|(_, s)| s.spec.has_search())
         .map(|(k, _)| k.clone())
         .collect();
     for sid in sids {

@@ -82,6 +82,7 @@ impl JobState {
                 _ if stop == StopRequest::Prune && outcome != Outcome::Succeeded => Pruned,
                 Outcome::Succeeded => Succeeded,
                 o if !o.counts_as_failure() => Queued,
+                o if o.is_deterministic() => Failed,
                 _ if retries_left => Queued,
                 _ => Failed,
             }),
@@ -151,6 +152,12 @@ pub enum Outcome {
     OomKilled,
     /// The program could not be started (bad command, missing file).
     SpawnFailed,
+    /// The job's working directory or program is missing on the worker: it
+    /// would be missing on the next attempt too, so no retry is spent on it.
+    SetupFailed,
+    /// Exit code 2 within a second of starting: a command-line usage error
+    /// (argparse, getopt), the same on every attempt, so the job fails at once.
+    UsageError,
     /// Killed by us on the user's request.
     Cancelled,
     /// Asked to stop by a drain or a worker shutdown; resumes elsewhere.
@@ -169,6 +176,8 @@ impl Outcome {
             Outcome::Signalled => "signalled",
             Outcome::OomKilled => "oom_killed",
             Outcome::SpawnFailed => "spawn_failed",
+            Outcome::SetupFailed => "setup_failed",
+            Outcome::UsageError => "usage_error",
             Outcome::Cancelled => "cancelled",
             Outcome::Preempted => "preempted",
             Outcome::Interrupted => "interrupted",
@@ -183,6 +192,8 @@ impl Outcome {
             "signalled" => Outcome::Signalled,
             "oom_killed" => Outcome::OomKilled,
             "spawn_failed" => Outcome::SpawnFailed,
+            "setup_failed" => Outcome::SetupFailed,
+            "usage_error" => Outcome::UsageError,
             "cancelled" => Outcome::Cancelled,
             "preempted" => Outcome::Preempted,
             "interrupted" => Outcome::Interrupted,
@@ -196,8 +207,18 @@ impl Outcome {
     pub fn counts_as_failure(self) -> bool {
         matches!(
             self,
-            Outcome::Failed | Outcome::Signalled | Outcome::OomKilled | Outcome::SpawnFailed
+            Outcome::Failed
+                | Outcome::Signalled
+                | Outcome::OomKilled
+                | Outcome::SpawnFailed
+                | Outcome::SetupFailed
+                | Outcome::UsageError
         )
+    }
+
+    /// Whether another attempt would end the same way, so none is made.
+    pub fn is_deterministic(self) -> bool {
+        matches!(self, Outcome::SetupFailed | Outcome::UsageError)
     }
 }
 
@@ -275,6 +296,22 @@ mod tests {
                 JobState::Running,
                 end(Outcome::Failed, false, false),
                 Some(JobState::Failed),
+            ),
+            // Deterministic failures fail at once, with retries left.
+            (
+                JobState::Running,
+                end(Outcome::UsageError, false, true),
+                Some(JobState::Failed),
+            ),
+            (
+                JobState::Running,
+                end(Outcome::SetupFailed, false, true),
+                Some(JobState::Failed),
+            ),
+            (
+                JobState::Running,
+                end(Outcome::UsageError, true, true),
+                Some(JobState::Cancelled),
             ),
             (
                 JobState::Running,

@@ -6,7 +6,7 @@
 
 use crate::spool::{JournalEntry, UploadEntry};
 use crate::WorkerCtx;
-use liandan_common::sweep::command::{build_argv, CommandContext};
+use liandan_common::sweep::command::{args_json, build_argv, expand_envvars, CommandContext};
 use liandan_common::sweep::{spec::TRAINER_PROGRAM, SweepSpec};
 use liandan_common::time::now_secs;
 use liandan_proto::v1 as pb;
@@ -50,30 +50,78 @@ pub fn process_start_ticks(pid: i32) -> Option<u64> {
 }
 
 /// Resolves `liandan-train` to the binary next to this worker, then PATH.
-fn resolve_program(ctx: &WorkerCtx, program: Option<&str>) -> Option<String> {
-    let p = program?;
+/// The worker's base directory: `base_dir`, or the directory it was started in.
+fn base_dir(ctx: &WorkerCtx) -> PathBuf {
+    if !ctx.cfg.base_dir.as_os_str().is_empty() {
+        return ctx.cfg.base_dir.clone();
+    }
+    std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"))
+}
+
+/// The job's working directory from `liandan.workdir` (absolute, or relative
+/// to the base directory), which must exist: a missing one is a setup error.
+fn resolve_workdir(ctx: &WorkerCtx, spec: &SweepSpec) -> Result<Option<PathBuf>, String> {
+    let Some(w) = spec.liandan.workdir.as_deref() else {
+        return Ok(None);
+    };
+    let w = expand_envvars(w, &|k| std::env::var(k).ok()).map_err(|e| format!("liandan.workdir: {e}"))?;
+    let path = base_dir(ctx).join(&w);
+    if !path.is_dir() {
+        return Err(format!(
+            "the working directory {} (liandan.workdir {w:?}, relative to the worker's base_dir {}) does not exist on worker {}; create it there or fix liandan.workdir",
+            path.display(),
+            base_dir(ctx).display(),
+            ctx.worker_id
+        ));
+    }
+    Ok(Some(path))
+}
+
+/// The program as the job runs it. A relative path is taken relative to the
+/// workdir (else the worker's base directory, as W&B's agent takes it
+/// relative to its own). A path that names no file there (one with a `/`, or
+/// a script such as `train.py`) is a setup error naming the path and the
+/// worker; a bare command name is left for PATH.
+fn resolve_program(
+    ctx: &WorkerCtx,
+    program: Option<&str>,
+    workdir: Option<&Path>,
+) -> Result<Option<String>, String> {
+    let Some(p) = program else {
+        return Ok(None);
+    };
     if p != TRAINER_PROGRAM {
-        // Jobs run in their attempt directory: a relative program is taken
-        // relative to the worker's own directory (as W&B's agent does).
-        if !p.starts_with('/') && Path::new(p).exists() {
-            if let Ok(abs) = std::path::absolute(p) {
-                return Some(abs.display().to_string());
-            }
+        let dir = workdir.map(Path::to_path_buf).unwrap_or_else(|| base_dir(ctx));
+        let path = dir.join(p);
+        if path.exists() {
+            return Ok(Some(path.display().to_string()));
         }
-        return Some(p.to_string());
+        let looks_like_a_file = p.contains('/')
+            || [".py", ".sh", ".jl", ".R", ".lua", ".rb", ".pl", ".js"]
+                .iter()
+                .any(|e| p.ends_with(e));
+        if looks_like_a_file {
+            return Err(format!(
+                "the program {} does not exist on worker {} (program {p:?}, relative to {}); copy it there, or set liandan.workdir to the directory that holds it",
+                path.display(),
+                ctx.worker_id,
+                if workdir.is_some() { "liandan.workdir" } else { "the worker's base_dir" }
+            ));
+        }
+        return Ok(Some(p.to_string()));
     }
     if !ctx.cfg.train_binary.is_empty() {
-        return Some(ctx.cfg.train_binary.clone());
+        return Ok(Some(ctx.cfg.train_binary.clone()));
     }
     if let Some(sibling) = std::env::current_exe()
         .ok()
         .and_then(|e| e.parent().map(|d| d.join(TRAINER_PROGRAM)))
     {
         if sibling.exists() {
-            return Some(sibling.display().to_string());
+            return Ok(Some(sibling.display().to_string()));
         }
     }
-    Some(p.to_string())
+    Ok(Some(p.to_string()))
 }
 
 /// W&B's `${interpreter}` is `python`; Debian has only `python3` unless
@@ -367,19 +415,34 @@ pub async fn run_attempt(
         message,
     };
 
+    // Setup errors (a missing workdir or program) end the attempt before it
+    // starts and are not retried: the next attempt would find the same.
+    let setup = (|| -> Result<(Option<PathBuf>, Option<String>, Vec<(String, String)>), String> {
+        let workdir = resolve_workdir(&ctx, &launch.spec)?;
+        let program = resolve_program(&ctx, launch.spec.program.as_deref(), workdir.as_deref())?;
+        let mut env = Vec::new();
+        for (k, v) in &launch.spec.liandan.env {
+            let v = expand_envvars(v, &|k| std::env::var(k).ok())
+                .map_err(|e| format!("liandan.env.{k}: {e}"))?;
+            env.push((k.clone(), v));
+        }
+        Ok((workdir, program, env))
+    })();
+    let (workdir, program, job_env) = match setup {
+        Ok(x) => x,
+        Err(msg) => {
+            finish(&ctx, &job, attempt, exit("setup_failed", -1, 0, msg)).await;
+            return;
+        }
+    };
     let prepared = (|| -> Result<Vec<String>, String> {
         std::fs::create_dir_all(&ckpt_dir)
             .map_err(|e| format!("cannot create {}: {e}", ckpt_dir.display()))?;
         let params: serde_json::Value = serde_json::from_str(&a.params_json)
             .map_err(|e| format!("bad params from coordinator: {e}"))?;
-        let mut all = match &params {
-            serde_json::Value::Object(m) => m.clone(),
-            _ => serde_json::Map::new(),
-        };
-        all.insert(launch.spec.liandan.seed_param.clone(), a.seed.into());
-        std::fs::write(&params_path, serde_json::Value::Object(all).to_string())
+        // What `${args_json_file}` names: the arguments as W&B's agent writes them.
+        std::fs::write(&params_path, args_json(&launch.spec, &params, a.seed))
             .map_err(|e| format!("cannot write {}: {e}", params_path.display()))?;
-        let program = resolve_program(&ctx, launch.spec.program.as_deref());
         let env_lookup = |k: &str| std::env::var(k).ok();
         let params_file = params_path.display().to_string();
         let cctx = CommandContext {
@@ -401,7 +464,8 @@ pub async fn run_attempt(
 
     let mut cmd = tokio::process::Command::new(&argv[0]);
     cmd.args(&argv[1..])
-        .current_dir(&launch.dir)
+        .current_dir(workdir.as_deref().unwrap_or(&launch.dir))
+        .envs(job_env.iter().map(|(k, v)| (k, v)))
         .process_group(0)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
@@ -441,6 +505,7 @@ pub async fn run_attempt(
             return;
         }
     };
+    let started = std::time::Instant::now();
     let pid = child.id().map(|p| p as i32).unwrap_or(0);
     let _ = ctx
         .spool
@@ -550,8 +615,11 @@ pub async fn run_attempt(
         }
         Err(_) => (-1, 0),
     };
+    let quick = started.elapsed() < Duration::from_secs(1);
     let outcome = match (reason, code, signal) {
         (Some(StopReason::Preempt), _, _) => "preempted",
+        // argparse's (and getopt's) usage error, before any work was done.
+        (None, 2, 0) if quick => "usage_error",
         (Some(StopReason::Cancel), _, _) | (Some(StopReason::Stale), _, _) => "cancelled",
         (None, 0, 0) => "succeeded",
         // SIGKILL that we did not send is what the kernel's OOM killer sends.
@@ -560,6 +628,9 @@ pub async fn run_attempt(
         _ => "failed",
     };
     let message = match status {
+        Ok(_) if outcome == "usage_error" => format!(
+            "exit status 2 within a second of starting: a command-line usage error (see `liandan logs {job}`); every attempt would end the same, so none is retried"
+        ),
         Ok(s) => format!("{s}"),
         Err(e) => format!("wait failed: {e}"),
     };
@@ -569,7 +640,7 @@ pub async fn run_attempt(
 async fn finish(ctx: &WorkerCtx, job: &str, attempt: u64, exited: pb::JobExited) {
     tracing::info!(job, attempt, outcome = %exited.outcome, code = exited.exit_code, signal = exited.signal, message = %exited.message, "job ended");
     let mut recs = Vec::new();
-    if exited.outcome == "spawn_failed" {
+    if matches!(exited.outcome.as_str(), "spawn_failed" | "setup_failed") {
         // The job never ran: its log says why, where the user looks.
         let text = format!(
             "liandan-worker: the job could not start: {}",

@@ -61,35 +61,169 @@ pub fn py_float(x: f64) -> String {
     }
 }
 
-/// A parameter value as it appears in an argument.
+/// Python's `repr` of a string (the quotes W&B's `str(list)` puts around items).
+fn py_repr_str(s: &str) -> String {
+    let quote = if s.contains('\'') && !s.contains('"') { '"' } else { '\'' };
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push(quote);
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c == quote => {
+                out.push('\\');
+                out.push(c);
+            }
+            c if (c as u32) < 0x20 || c as u32 == 0x7f => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push(quote);
+    out
+}
+
+fn py_number(n: &serde_json::Number) -> String {
+    if n.is_f64() {
+        py_float(n.as_f64().unwrap_or(f64::NAN))
+    } else {
+        n.to_string()
+    }
+}
+
+/// Python's `repr` of a value (items of lists and dicts).
+fn py_repr(v: &Value) -> String {
+    match v {
+        Value::String(s) => py_repr_str(s),
+        Value::Array(a) => format!("[{}]", a.iter().map(py_repr).collect::<Vec<_>>().join(", ")),
+        Value::Object(m) => format!(
+            "{{{}}}",
+            m.iter()
+                .map(|(k, v)| format!("{}: {}", py_repr_str(k), py_repr(v)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        other => format_value(other),
+    }
+}
+
+/// A parameter value as W&B's agent puts it in an argument: Python's `str()`
+/// (`True`, `None`, `1e-05`, `['a', 1]`, `{'k': 2}`).
 pub fn format_value(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         Value::Bool(true) => "True".into(),
         Value::Bool(false) => "False".into(),
         Value::Null => "None".into(),
-        Value::Number(n) => {
-            if n.is_f64() {
-                py_float(n.as_f64().unwrap_or(f64::NAN))
-            } else {
-                n.to_string()
-            }
-        }
-        other => other.to_string(),
+        Value::Number(n) => py_number(n),
+        other => py_repr(other),
     }
 }
 
-/// The parameters passed to the program: the trial's values plus the seed.
-pub fn program_params(spec: &SweepSpec, params: &Value, seed: i64) -> Vec<(String, Value)> {
-    let mut out: Vec<(String, Value)> = match params {
-        Value::Object(m) => m.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-        _ => Vec::new(),
-    };
-    out.push((spec.liandan.seed_param.clone(), Value::Number(seed.into())));
+/// Python's `json.dumps` with its defaults (`", "` and `": "` separators,
+/// non-ASCII escaped, floats as `repr`): `${args_json}` and the file
+/// `${args_json_file}` names hold exactly what W&B's agent writes.
+pub fn py_json(v: &Value) -> String {
+    fn string(s: &str, out: &mut String) {
+        out.push('"');
+        for c in s.chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                '\t' => out.push_str("\\t"),
+                '\u{08}' => out.push_str("\\b"),
+                '\u{0c}' => out.push_str("\\f"),
+                c if (c as u32) < 0x20 || (c as u32) > 0x7e => {
+                    let mut buf = [0u16; 2];
+                    for unit in c.encode_utf16(&mut buf) {
+                        out.push_str(&format!("\\u{unit:04x}"));
+                    }
+                }
+                c => out.push(c),
+            }
+        }
+        out.push('"');
+    }
+    fn go(v: &Value, out: &mut String) {
+        match v {
+            Value::Null => out.push_str("null"),
+            Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+            Value::Number(n) => out.push_str(&py_number(n)),
+            Value::String(s) => string(s, out),
+            Value::Array(a) => {
+                out.push('[');
+                for (i, x) in a.iter().enumerate() {
+                    if i > 0 {
+                        out.push_str(", ");
+                    }
+                    go(x, out);
+                }
+                out.push(']');
+            }
+            Value::Object(m) => {
+                out.push('{');
+                for (i, (k, x)) in m.iter().enumerate() {
+                    if i > 0 {
+                        out.push_str(", ");
+                    }
+                    string(k, out);
+                    out.push_str(": ");
+                    go(x, out);
+                }
+                out.push('}');
+            }
+        }
+    }
+    let mut out = String::new();
+    go(v, &mut out);
     out
 }
 
-/// Builds the argv for one job.
+/// Keys sorted at every level: W&B's backend hands the agent run configs
+/// serialised by Go's `encoding/json`, which sorts map keys.
+fn sorted(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => {
+            let mut keys: Vec<&String> = m.keys().collect();
+            keys.sort();
+            Value::Object(keys.into_iter().map(|k| (k.clone(), sorted(&m[k]))).collect())
+        }
+        Value::Array(a) => Value::Array(a.iter().map(sorted).collect()),
+        other => other.clone(),
+    }
+}
+
+/// The parameters passed to the program, in the order W&B's agent passes
+/// them (names sorted): the trial's values, plus the seed when the sweep
+/// passes one ([`SweepSpec::passes_seed`]: `liandan.seeds`, a seed parameter,
+/// or the built-in trainer).
+pub fn program_params(spec: &SweepSpec, params: &Value, seed: i64) -> Vec<(String, Value)> {
+    let mut obj = match params {
+        Value::Object(m) => m.clone(),
+        _ => serde_json::Map::new(),
+    };
+    if spec.passes_seed() && !obj.contains_key(&spec.liandan.seed_param) {
+        obj.insert(spec.liandan.seed_param.clone(), Value::Number(seed.into()));
+    }
+    match sorted(&Value::Object(obj)) {
+        Value::Object(m) => m.into_iter().collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// The parameters as the JSON object `${args_json}` shows and the file
+/// `${args_json_file}` holds, in W&B's formatting.
+pub fn args_json(spec: &SweepSpec, params: &Value, seed: i64) -> String {
+    py_json(&Value::Object(program_params(spec, params, seed).into_iter().collect()))
+}
+
+/// Builds the argv for one job as W&B's agent does: `${envvar:NAME}` is
+/// replaced anywhere in an argument; an argument that is a whole `${...}`
+/// macro becomes that macro's arguments (an unknown macro: none); any other
+/// argument is passed as written.
 pub fn build_argv(
     spec: &SweepSpec,
     params: &Value,
@@ -99,12 +233,24 @@ pub fn build_argv(
     let kv = program_params(spec, params, seed);
     let mut argv = Vec::new();
     for token in &spec.command {
-        match token.as_str() {
-            "${args}" => argv.extend(kv.iter().map(|(k, v)| format!("--{k}={}", format_value(v)))),
-            "${args_no_hyphens}" => {
-                argv.extend(kv.iter().map(|(k, v)| format!("{k}={}", format_value(v))))
+        let token = substitute_envvars(token, ctx)?;
+        if !(token.starts_with("${") && token.ends_with('}')) {
+            argv.push(token);
+            continue;
+        }
+        let flag = |(k, v): &(String, Value)| format!("{k}={}", format_value(v));
+        match &token[2..token.len() - 1] {
+            "args" => argv.extend(kv.iter().map(|p| format!("--{}", flag(p)))),
+            "args_no_hyphens" => argv.extend(kv.iter().map(flag)),
+            "args_append_hydra" => argv.extend(kv.iter().map(|p| format!("+{}", flag(p)))),
+            "args_override_hydra" => argv.extend(kv.iter().map(|p| format!("++{}", flag(p)))),
+            "args_no_equals" => {
+                for (k, v) in &kv {
+                    argv.push(format!("--{k}"));
+                    argv.push(format_value(v));
+                }
             }
-            "${args_no_boolean_flags}" => {
+            "args_no_boolean_flags" => {
                 for (k, v) in &kv {
                     match v {
                         Value::Bool(true) => argv.push(format!("--{k}")),
@@ -113,12 +259,20 @@ pub fn build_argv(
                     }
                 }
             }
-            "${args_json}" => {
-                let obj: serde_json::Map<String, Value> = kv.iter().cloned().collect();
-                argv.push(Value::Object(obj).to_string());
-            }
-            "${args_json_file}" => argv.push(ctx.args_json_file.to_string()),
-            other => argv.push(substitute(other, spec, ctx)?),
+            "args_json" => argv.push(py_json(&Value::Object(kv.iter().cloned().collect()))),
+            // W&B's agent extends the command with the dict itself: its keys.
+            "args_dict" => argv.extend(kv.iter().map(|(k, _)| k.clone())),
+            "args_json_file" => argv.push(ctx.args_json_file.to_string()),
+            "env" => argv.push(ctx.env.to_string()),
+            "interpreter" => argv.push(ctx.interpreter.to_string()),
+            "program" => argv.push(
+                ctx.program
+                    .or(spec.program.as_deref())
+                    .ok_or(CommandError::NoProgram)?
+                    .to_string(),
+            ),
+            // As in W&B's agent, a macro it does not know expands to nothing.
+            _ => {}
         }
     }
     if argv.is_empty() {
@@ -127,35 +281,39 @@ pub fn build_argv(
     Ok(argv)
 }
 
-fn substitute(token: &str, spec: &SweepSpec, ctx: &CommandContext) -> Result<String, CommandError> {
+/// Replaces `${envvar:NAME}` (NAME in `[A-Z0-9_]*`, W&B's pattern) in one argument.
+fn substitute_envvars(token: &str, ctx: &CommandContext) -> Result<String, CommandError> {
+    expand_envvars(token, ctx.envvar)
+}
+
+/// Replaces `${envvar:NAME}` in `text` with the variable's value. W&B's agent
+/// leaves the bare name where a variable is missing, which turns a typo into a
+/// wrong path; liandan refuses instead, naming the variable.
+pub fn expand_envvars(
+    text: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<String, CommandError> {
     let mut out = String::new();
-    let mut rest = token;
-    while let Some(start) = rest.find("${") {
-        out.push_str(&rest[..start]);
+    let mut rest = text;
+    while let Some(start) = rest.find("${envvar:") {
         let after = &rest[start..];
-        let Some(end) = after.find('}') else {
-            out.push_str(after);
-            return Ok(out);
-        };
-        let mac = &after[..=end];
-        match mac {
-            "${env}" => out.push_str(ctx.env),
-            "${interpreter}" => out.push_str(ctx.interpreter),
-            "${program}" => out.push_str(
-                ctx.program
-                    .or(spec.program.as_deref())
-                    .ok_or(CommandError::NoProgram)?,
-            ),
-            m if m.starts_with("${envvar:") => {
-                let name = &m["${envvar:".len()..m.len() - 1];
+        let name_end = after["${envvar:".len()..]
+            .find(|c: char| !(c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'))
+            .map(|i| i + "${envvar:".len());
+        match name_end {
+            Some(e) if after[e..].starts_with('}') => {
+                let name = &after["${envvar:".len()..e];
+                out.push_str(&rest[..start]);
                 out.push_str(
-                    &(ctx.envvar)(name)
-                        .ok_or_else(|| CommandError::MissingEnvVar(name.to_string()))?,
+                    &lookup(name).ok_or_else(|| CommandError::MissingEnvVar(name.to_string()))?,
                 );
+                rest = &after[e + 1..];
             }
-            other => out.push_str(other),
+            _ => {
+                out.push_str(&rest[..start + "${envvar:".len()]);
+                rest = &after["${envvar:".len()..];
+            }
         }
-        rest = &after[end + 1..];
     }
     out.push_str(rest);
     Ok(out)

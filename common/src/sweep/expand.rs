@@ -1,8 +1,10 @@
-//! Expansion of a spec into trials and jobs: W&B's grid (Cartesian product in
-//! declaration order, duplicates removed) and reproducible random sampling
-//! ([`crate::rng`]). No I/O; the same spec and ids give the same jobs forever.
+//! Expansion of a spec into trials and jobs: W&B's grid (the Cartesian product
+//! in W&B's order: parameter names sorted at every level, nested ones
+//! flattened in place, the last varying fastest; duplicates removed as W&B's
+//! engine removes them) and reproducible random sampling ([`crate::rng`]).
+//! No I/O; the same spec and ids give the same jobs forever.
 
-use super::spec::{Method, Param, SpecError, SweepSpec};
+use super::spec::{Method, Param, SeedSource, SpecError, SweepSpec};
 use crate::ids::{JobId, SweepId, TrialId};
 use crate::rng::Rng;
 use serde_json::{Map, Number, Value};
@@ -87,6 +89,28 @@ fn set_path(obj: &mut Map<String, Value>, path: &[&str], v: Value) {
     }
 }
 
+/// The leaves in W&B's grid order: names sorted (by bytes, as Python sorts
+/// `str`) at every level, a nested parameter's leaves in its place.
+fn leaves_sorted<'a>(
+    params: &'a [(String, Param)],
+    prefix: &mut Vec<&'a str>,
+    out: &mut Vec<Leaf<'a>>,
+) {
+    let mut sorted: Vec<&'a (String, Param)> = params.iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    for (name, p) in sorted {
+        prefix.push(name);
+        match p {
+            Param::Nested { parameters } => leaves_sorted(parameters, prefix, out),
+            other => out.push(Leaf {
+                path: prefix.clone(),
+                param: other,
+            }),
+        }
+        prefix.pop();
+    }
+}
+
 /// Every leaf parameter (nested ones flattened) with its path, in declaration order.
 pub fn leaf_params(params: &[(String, Param)]) -> Vec<(Vec<String>, Param)> {
     let mut ls = Vec::new();
@@ -133,41 +157,104 @@ fn float(x: f64) -> Value {
         .unwrap_or(Value::Null)
 }
 
-/// Rounds away the noise of `min + k*q` so that 0.1 steps print as 0.3, not 0.30000000000000004.
-fn tidy(x: f64) -> f64 {
-    if x == 0.0 || !x.is_finite() {
-        return x;
+/// numpy's `arange(start, stop, step)` for floats, value for value: the length
+/// is ceil((stop - start) / step), and element i is `start + i * d` with
+/// `d = (start + step) - start` (numpy fills from the first two elements).
+/// W&B enumerates a q_uniform grid with it, so `max` itself is excluded and a
+/// 0.1 step gives 0.30000000000000004 exactly as W&B passes it.
+fn np_arange(start: f64, stop: f64, step: f64) -> Vec<f64> {
+    let n = ((stop - start) / step).ceil();
+    if !n.is_finite() || n <= 0.0 {
+        return Vec::new();
     }
-    let digits = 12 - x.abs().log10().ceil() as i32;
-    let scale = 10f64.powi(digits.clamp(-300, 300));
-    (x * scale).round() / scale
+    let n = n as usize;
+    let d = (start + step) - start;
+    (0..n)
+        .map(|i| match i {
+            0 => start,
+            1 => start + step,
+            _ => start + i as f64 * d,
+        })
+        .collect()
+}
+
+/// A value's identity for W&B's grid deduplication (`yaml_hash`): a float
+/// with an integral value is the same point as the integer.
+fn dedupe_key(v: &Value) -> String {
+    match v {
+        Value::Number(n) if n.is_f64() => match n.as_f64() {
+            Some(x) if x.fract() == 0.0 && x.abs() < 9.0e15 => format!("{}", x as i64),
+            _ => canonical_json(v),
+        },
+        other => canonical_json(other),
+    }
+}
+
+/// One grid axis with W&B's duplicates removed: a value equal to an earlier
+/// one keeps the earlier one's place, and the last spelling wins (W&B looks
+/// values up by hash in a dict built from the whole list).
+fn dedupe_axis(values: Vec<Value>) -> Vec<Value> {
+    let mut out: Vec<Value> = Vec::with_capacity(values.len());
+    let mut at: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for v in values {
+        let k = dedupe_key(&v);
+        match at.get(&k) {
+            Some(&i) => out[i] = v,
+            None => {
+                at.insert(k, out.len());
+                out.push(v);
+            }
+        }
+    }
+    out
 }
 
 fn grid_values(path: &str, p: &Param) -> Result<Vec<Value>, SpecError> {
-    Ok(match p {
+    let too_large = |what: String| SpecError {
+        path: path.into(),
+        line: None,
+        message: format!("{what} is too large for a grid"),
+    };
+    Ok(dedupe_axis(match p {
         Param::Constant { value } => vec![value.clone()],
-        Param::Categorical { values } | Param::CategoricalWProbabilities { values, .. } => values.clone(),
+        Param::Categorical { values } => values.clone(),
         Param::IntUniform { min, max } => {
             if (*max - *min) as u64 >= MAX_JOBS as u64 {
-                return Err(SpecError { path: path.into(), line: None, message: format!("int_uniform range {min}..={max} is too large for a grid") });
+                return Err(too_large(format!("int_uniform range {min}..={max}")));
             }
             (*min..=*max).map(|i| Value::Number(i.into())).collect()
         }
-        Param::QUniform { min, max, q, integer } => {
-            let n = ((max - min) / q + 1e-9).floor();
-            if n >= MAX_JOBS as f64 {
-                return Err(SpecError { path: path.into(), line: None, message: format!("q_uniform from {min} to {max} in steps of {q} is too large for a grid") });
+        Param::QUniform {
+            min,
+            max,
+            q,
+            integer,
+            int_bounds,
+        } => {
+            if (max - min) / q >= MAX_JOBS as f64 {
+                return Err(too_large(format!(
+                    "q_uniform from {min} to {max} in steps of {q}"
+                )));
             }
-            (0..=n as u64)
-                .map(|k| {
-                    let x = tidy(min + k as f64 * q);
-                    if *integer {
-                        Value::Number((x.round() as i64).into())
+            // numpy's arange is integer-typed only when min, max and q all are.
+            let ints = *integer && *int_bounds;
+            np_arange(*min, *max, *q)
+                .into_iter()
+                .map(|x| {
+                    if ints {
+                        Value::Number((x as i64).into())
                     } else {
                         float(x)
                     }
                 })
                 .collect()
+        }
+        Param::CategoricalWProbabilities { .. } => {
+            return Err(SpecError {
+                path: path.into(),
+                line: None,
+                message: "grid search takes no probabilities (W&B refuses them too); drop `probabilities` or use method random".into(),
+            })
         }
         other => {
             return Err(SpecError {
@@ -176,7 +263,7 @@ fn grid_values(path: &str, p: &Param) -> Result<Vec<Value>, SpecError> {
                 message: format!("grid search cannot enumerate the continuous distribution `{}`; use `values`, int_uniform or q_uniform, or method random", other.name()),
             })
         }
-    })
+    }))
 }
 
 fn quantize(x: f64, q: f64) -> f64 {
@@ -214,6 +301,7 @@ pub fn sample(p: &Param, rng: &mut Rng) -> Value {
             max,
             q,
             integer,
+            ..
         } => {
             let x = quantize(rng.uniform(*min, *max), *q);
             if *integer {
@@ -277,28 +365,47 @@ pub fn adaptive_trial(
     (trial, jobs)
 }
 
-/// Expands a spec for the sweep `sweep`.
-pub fn expand(spec: &SweepSpec, sweep: &SweepId) -> Result<Expansion, ExpandError> {
+/// The `draw`-th random point of a random sweep: each leaf sampled in
+/// declaration order from a generator keyed by the sweep seed and the draw.
+/// Up-front expansion (with run_cap) skips draws that repeat a point; a lazy
+/// random sweep (no run_cap) takes draw k as its k-th trial.
+pub fn random_params(spec: &SweepSpec, draw: u64) -> Value {
     let mut ls = Vec::new();
     leaves(&spec.parameters, &mut Vec::new(), &mut ls);
+    let mut rng = Rng::keyed("liandan.random-trial", &[spec.liandan.sweep_seed, draw]);
+    let mut obj = Map::new();
+    for leaf in &ls {
+        set_path(&mut obj, &leaf.path, sample(leaf.param, &mut rng));
+    }
+    Value::Object(obj)
+}
+
+/// Expands a spec for the sweep `sweep`. Lazy sweeps (bayes, tpe, random
+/// without run_cap) expand to nothing here: the coordinator proposes their
+/// trials as slots free.
+pub fn expand(spec: &SweepSpec, sweep: &SweepId) -> Result<Expansion, ExpandError> {
     let seeds = &spec.liandan.seeds;
     let mut warnings = Vec::new();
-    let mut seen = HashSet::new();
-    let mut trials = Vec::new();
-    let mut push = |params: Map<String, Value>, trials: &mut Vec<Trial>| -> bool {
+    let mut by_canon: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    let mut trials: Vec<Trial> = Vec::new();
+    // The trial a parameter point belongs to, added when new. With a seed
+    // axis several grid points (one per seed) share a trial.
+    let mut trial_of = |params: Map<String, Value>, trials: &mut Vec<Trial>| -> Option<usize> {
         let params = Value::Object(params);
         let canon = canonical_json(&params);
-        if !seen.insert(canon.clone()) {
-            return false;
+        if let Some(&i) = by_canon.get(&canon) {
+            return Some(i);
         }
+        by_canon.insert(canon.clone(), trials.len());
         trials.push(Trial {
             index: trials.len(),
             id: TrialId::for_params(sweep, &canon),
             params,
         });
-        true
+        Some(trials.len() - 1)
     };
     let cap_trials = spec.run_cap.map(|c| (c as usize / seeds.len()).max(1));
+    let mut jobs: Option<Vec<Job>> = None;
     match spec.method {
         Method::Bayes | Method::Tpe => {
             warnings.push(format!(
@@ -310,7 +417,28 @@ pub fn expand(spec: &SweepSpec, sweep: &SweepId) -> Result<Expansion, ExpandErro
                 }
             ));
         }
+        Method::Random if spec.run_cap.is_none() => {
+            warnings.push("method `random` without run_cap draws trials as slots free, until you cancel the sweep or metric.target is met; nothing is expanded up front".into());
+        }
         Method::Grid => {
+            // The seed axis of a W&B file is one of W&B's grid parameters, in
+            // its sorted place; liandan.seeds (not a W&B notion) vary fastest
+            // within each trial.
+            let seed_axis = spec.liandan.seed_source == SeedSource::Parameter;
+            let mut all = spec.parameters.clone();
+            if seed_axis {
+                all.push((
+                    spec.liandan.seed_param.clone(),
+                    Param::Categorical {
+                        values: seeds.iter().map(|s| Value::Number((*s).into())).collect(),
+                    },
+                ));
+            }
+            let mut ls = Vec::new();
+            leaves_sorted(&all, &mut Vec::new(), &mut ls);
+            let seed_leaf = ls.iter().position(|l| {
+                seed_axis && l.path.len() == 1 && l.path[0] == spec.liandan.seed_param
+            });
             let axes: Vec<Vec<Value>> = ls
                 .iter()
                 .map(|l| {
@@ -325,40 +453,74 @@ pub fn expand(spec: &SweepSpec, sweep: &SweepId) -> Result<Expansion, ExpandErro
                 .iter()
                 .try_fold(1usize, |acc, a| acc.checked_mul(a.len()))
                 .unwrap_or(usize::MAX);
-            if size.saturating_mul(seeds.len()) > MAX_JOBS {
+            let runs_per_point = if seed_axis { 1 } else { seeds.len() };
+            if size.saturating_mul(runs_per_point) > MAX_JOBS {
                 return Err(ExpandError::TooLarge(
-                    size.saturating_mul(seeds.len()),
+                    size.saturating_mul(runs_per_point),
                     MAX_JOBS,
                 ));
             }
-            // Odometer over the axes; the last declared parameter varies fastest.
+            // run_cap counts runs: with a seed axis, W&B's first run_cap runs;
+            // otherwise whole trials (every seed of each).
+            let cap_points = if seed_axis {
+                spec.run_cap.map(|c| c as usize)
+            } else {
+                cap_trials
+            };
+            let mut out_jobs = Vec::new();
+            let mut points = 0usize;
+            // Odometer over the axes; the last varies fastest (itertools.product).
             let mut idx = vec![0usize; axes.len()];
-            'outer: loop {
-                let mut obj = Map::new();
-                for (leaf, (axis, &i)) in ls.iter().zip(axes.iter().zip(&idx)) {
-                    set_path(&mut obj, &leaf.path, axis[i].clone());
-                }
-                push(obj, &mut trials);
-                if cap_trials.is_some_and(|c| trials.len() >= c) {
-                    if trials.len() < size {
-                        warnings.push(format!(
-                            "run_cap {} stops the grid after {} of its {} points",
-                            spec.run_cap.unwrap_or(0),
-                            trials.len(),
-                            size
-                        ));
+            if size > 0 {
+                'outer: loop {
+                    let mut obj = Map::new();
+                    let mut seed = None;
+                    for (k, (leaf, (axis, &i))) in ls.iter().zip(axes.iter().zip(&idx)).enumerate() {
+                        if Some(k) == seed_leaf {
+                            seed = axis[i].as_i64();
+                        } else {
+                            set_path(&mut obj, &leaf.path, axis[i].clone());
+                        }
+                    }
+                    if let Some(t) = trial_of(obj, &mut trials) {
+                        let trial = &trials[t];
+                        let run_seeds: Vec<i64> = match seed {
+                            Some(s) => vec![s],
+                            None => seeds.clone(),
+                        };
+                        for s in run_seeds {
+                            out_jobs.push(Job {
+                                id: JobId::for_trial_seed(&trial.id, s),
+                                trial: trial.id.clone(),
+                                trial_index: trial.index,
+                                seed: s,
+                            });
+                        }
+                        points += 1;
+                    }
+                    if cap_points.is_some_and(|c| points >= c) {
+                        if points < size {
+                            warnings.push(format!(
+                                "run_cap {} stops the grid after {} of its {} {}",
+                                spec.run_cap.unwrap_or(0),
+                                points,
+                                size,
+                                if seed_axis { "runs" } else { "points" }
+                            ));
+                        }
+                        break;
+                    }
+                    for d in (0..axes.len()).rev() {
+                        idx[d] += 1;
+                        if idx[d] < axes[d].len() {
+                            continue 'outer;
+                        }
+                        idx[d] = 0;
                     }
                     break;
                 }
-                for d in (0..axes.len()).rev() {
-                    idx[d] += 1;
-                    if idx[d] < axes[d].len() {
-                        continue 'outer;
-                    }
-                    idx[d] = 0;
-                }
-                break;
             }
+            jobs = Some(out_jobs);
         }
         Method::Random => {
             let want = cap_trials.unwrap_or(1);
@@ -367,21 +529,29 @@ pub fn expand(spec: &SweepSpec, sweep: &SweepId) -> Result<Expansion, ExpandErro
             }
             let mut draw = 0u64;
             let max_draws = (want as u64).saturating_mul(100).max(1000);
+            let mut seen_random = HashSet::new();
             while trials.len() < want && draw < max_draws {
-                let mut rng = Rng::keyed("liandan.random-trial", &[spec.liandan.sweep_seed, draw]);
+                let params = random_params(spec, draw);
                 draw += 1;
-                let mut obj = Map::new();
-                for leaf in &ls {
-                    set_path(&mut obj, &leaf.path, sample(leaf.param, &mut rng));
+                let canon = canonical_json(&params);
+                if !seen_random.insert(canon.clone()) {
+                    continue;
                 }
-                push(obj, &mut trials);
+                trials.push(Trial {
+                    index: trials.len(),
+                    id: TrialId::for_params(sweep, &canon),
+                    params,
+                });
             }
             if trials.len() < want {
                 warnings.push(format!("the parameter space has only {} distinct points; run_cap asked for {want} trials", trials.len()));
             }
         }
     }
-    let jobs = jobs_for(&trials, seeds);
+    let jobs = match jobs {
+        Some(j) => j,
+        None => jobs_for(&trials, seeds),
+    };
     // Ids are hashes: a collision is astronomically rare, but must be an error, never a silent merge.
     let mut ids = HashSet::with_capacity(jobs.len() + trials.len());
     for id in trials

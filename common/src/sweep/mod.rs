@@ -5,6 +5,7 @@
 pub mod command;
 pub mod expand;
 pub mod spec;
+pub mod yaml11;
 
 pub use expand::{adaptive_trial, canonical_json, expand, ExpandError, Expansion, Job, Trial};
 pub use spec::{parse, Format, Goal, Method, Param, Parsed, SpecError, SweepSpec};

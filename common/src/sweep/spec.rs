@@ -176,7 +176,12 @@ pub enum Param {
         min: f64,
         max: f64,
         q: f64,
+        /// `q` was written as an integer: W&B's samples are then integers.
         integer: bool,
+        /// `min` and `max` were written as integers too (a grid is then
+        /// integers, as numpy's arange of three integers is).
+        #[serde(default)]
+        int_bounds: bool,
     },
     /// Bounds are exponents: X = exp(U(min, max)). Deprecated in W&B.
     LogUniform {
@@ -375,6 +380,21 @@ impl Default for CheckpointPolicy {
     }
 }
 
+/// Where a sweep's seeds come from, which decides whether the program is
+/// given the seed as an argument.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SeedSource {
+    /// Neither `liandan.seeds` nor a seed parameter: one seed, 0, in
+    /// `LIANDAN_SEED` only; the command line is W&B's, with nothing added.
+    None,
+    /// `liandan.seeds`: passed as `--<seed_param>=N`.
+    #[default]
+    Liandan,
+    /// A parameter named `seed_param` with `values`: W&B passes it like any parameter.
+    Parameter,
+}
+
 /// liandan's own section (`liandan:`), so a W&B file stays a valid W&B file.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Extensions {
@@ -382,6 +402,17 @@ pub struct Extensions {
     pub seeds: Vec<i64>,
     /// The name under which the seed is passed to the program (`--seed=N`).
     pub seed_param: String,
+    /// Where the seeds came from. Specs stored before this field existed
+    /// passed the seed always, as `Liandan` does.
+    #[serde(default)]
+    pub seed_source: SeedSource,
+    /// Extra environment of every job (`${envvar:NAME}` expanded on the worker).
+    #[serde(default)]
+    pub env: Vec<(String, String)>,
+    /// The job's working directory on the worker: absolute, or relative to the
+    /// worker's base directory; a relative `program` resolves against it.
+    #[serde(default)]
+    pub workdir: Option<String>,
     pub resources: Resources,
     /// Most jobs of this sweep running at once.
     pub concurrency: Option<u32>,
@@ -405,6 +436,9 @@ impl Default for Extensions {
         Self {
             seeds: vec![0],
             seed_param: "seed".into(),
+            seed_source: SeedSource::None,
+            env: Vec::new(),
+            workdir: None,
             resources: Resources::default(),
             concurrency: None,
             retries: 1,
@@ -433,6 +467,24 @@ pub struct SweepSpec {
     pub run_cap: Option<u64>,
     pub early_terminate: Option<EarlyTerminate>,
     pub liandan: Extensions,
+}
+
+impl SweepSpec {
+    /// Trials are proposed one at a time while the sweep runs instead of
+    /// expanded at submission: bayes and tpe, and random search without run_cap.
+    pub fn is_lazy(&self) -> bool {
+        self.method.is_adaptive() || (self.method == Method::Random && self.run_cap.is_none())
+    }
+
+    /// The coordinator keeps search state for this sweep (lazy proposals or early stopping).
+    pub fn has_search(&self) -> bool {
+        self.is_lazy() || self.early_terminate.is_some()
+    }
+
+    /// Whether the program is given the seed as an argument.
+    pub fn passes_seed(&self) -> bool {
+        self.liandan.seed_source != SeedSource::None || self.liandan.trainer
+    }
 }
 
 /// W&B's default command.
@@ -472,10 +524,14 @@ const TOP_KEYS: &[&str] = &[
 struct Ctx<'a> {
     text: &'a str,
     format: Format,
-    warnings: Vec<String>,
+    warnings: std::cell::RefCell<Vec<String>>,
 }
 
 impl Ctx<'_> {
+    fn warn(&self, w: String) {
+        self.warnings.borrow_mut().push(w);
+    }
+
     fn err(&self, path: &str, message: impl Into<String>) -> SpecError {
         let line = if self.format == Format::Yaml {
             locate_line(self.text, path)
@@ -493,15 +549,11 @@ impl Ctx<'_> {
 /// Parses and validates a spec.
 pub fn parse(text: &str, format: Format) -> Result<Parsed, SpecError> {
     let root: Value = match format {
-        Format::Yaml => serde_saphyr::from_str_with_options::<Value>(text, yaml_options())
-            .map_err(|e| SpecError {
-                path: String::new(),
-                line: None,
-                message: format!(
-                    "not valid YAML: {}",
-                    e.to_string().lines().next().unwrap_or_default()
-                ),
-            })?,
+        Format::Yaml => super::yaml11::load(text).map_err(|e| SpecError {
+            path: String::new(),
+            line: e.line,
+            message: format!("not valid YAML: {}", e.message),
+        })?,
         Format::Toml => {
             let t: toml::Table = toml::from_str(text).map_err(|e| SpecError {
                 path: String::new(),
@@ -524,21 +576,13 @@ pub fn parse(text: &str, format: Format) -> Result<Parsed, SpecError> {
     let mut ctx = Ctx {
         text,
         format,
-        warnings: Vec::new(),
+        warnings: Default::default(),
     };
     let spec = from_value(&root, &mut ctx)?;
     Ok(Parsed {
         spec,
-        warnings: ctx.warnings,
+        warnings: ctx.warnings.into_inner(),
     })
-}
-
-/// YAML 1.2 booleans only: `y`, `n`, `on`, `off` stay strings (a categorical
-/// value `y` must not turn into `true`).
-fn yaml_options() -> serde_saphyr::Options {
-    let mut o = serde_saphyr::Options::default();
-    o.strict_booleans = true;
-    o
 }
 
 fn describe(v: &Value) -> String {
@@ -593,8 +637,19 @@ fn get_f64(
         Some(v) => {
             let n = match v {
                 Value::Number(n) => n.as_f64(),
-                // A YAML 1.1 habit: `1e-3` written without a dot is still a number here.
-                Value::String(s) => s.trim().parse::<f64>().ok(),
+                // PyYAML (YAML 1.1, what W&B reads files with) keeps `1e-3`
+                // without a dot a string, and W&B's engine then refuses the
+                // file; YAML 1.2 reads a number. liandan takes the number and says so.
+                Value::String(s) => {
+                    let x = s.trim().parse::<f64>().ok();
+                    if x.is_some() {
+                        ctx.warn(format!(
+                            "{}: {s:?} is read as a number; W&B reads it as a string (YAML 1.1) and refuses the file; write it with a dot (e.g. 1.0e-5) to keep the file valid for W&B",
+                            join(path, key)
+                        ));
+                    }
+                    x
+                }
                 _ => None,
             };
             match n {
@@ -814,7 +869,7 @@ fn from_value(root: &Value, ctx: &mut Ctx) -> Result<SweepSpec, SpecError> {
         ));
     }
     let liandan = match map.get("liandan") {
-        None | Some(Value::Null) => Extensions::default(),
+        None | Some(Value::Null) => (Extensions::default(), None),
         Some(v) => parse_extensions(ctx, v)?,
     };
     let mut program = get_str(ctx, "", map, "program")?;
@@ -848,7 +903,7 @@ fn from_value(root: &Value, ctx: &mut Ctx) -> Result<SweepSpec, SpecError> {
             ))
         }
     };
-    let command = match (command, liandan.trainer) {
+    let command = match (command, liandan.0.trainer) {
         (Some(c), _) => c,
         (None, true) => {
             program.get_or_insert_with(|| TRAINER_PROGRAM.to_string());
@@ -861,16 +916,18 @@ fn from_value(root: &Value, ctx: &mut Ctx) -> Result<SweepSpec, SpecError> {
     }
     if let Some(name) = get_str(ctx, "", map, "name")? {
         if crate::names::validate("sweep name", &name).is_err() {
-            ctx.warnings.push(format!(
+            ctx.warn(format!(
                 "name {name:?} is not usable as a sweep id; submit with --name to choose one"
             ));
         }
     }
-    let seed_param = &liandan.seed_param;
-    if parameters.iter().any(|(n, _)| n == seed_param) {
-        return Err(ctx.err(
-            &format!("parameters.{seed_param}"),
-            format!("collides with the seed liandan passes as `--{seed_param}`; list seeds under liandan.seeds, or set liandan.seed_param to another name"),
+    let (mut liandan, seed_axis) = liandan;
+    let mut parameters = parameters;
+    seed_axis_from_parameters(ctx, &mut liandan, &mut parameters, seed_axis)?;
+    if liandan.seeds.len() == 1 && liandan.seed_source != SeedSource::None {
+        ctx.warn(format!(
+            "one seed ({}): results will show no seed-to-seed spread; give several seeds to see it",
+            liandan.seeds[0]
         ));
     }
     if let (Some(pattern), _) = (&liandan.metric_pattern, ()) {
@@ -888,10 +945,7 @@ fn from_value(root: &Value, ctx: &mut Ctx) -> Result<SweepSpec, SpecError> {
         }
     }
     if method == Method::Random && run_cap.is_none() {
-        return Err(ctx.err(
-            "run_cap",
-            "method `random` needs run_cap (the number of runs liandan generates and schedules)",
-        ));
+        ctx.warn("method `random` without run_cap draws trials as slots free until the sweep is cancelled (or metric.target is met)".into());
     }
     Ok(SweepSpec {
         name: get_str(ctx, "", map, "name")?,
@@ -907,38 +961,81 @@ fn from_value(root: &Value, ctx: &mut Ctx) -> Result<SweepSpec, SpecError> {
     })
 }
 
-/// Checks the one macro with an argument. Other `${...}` text is left alone,
-/// as W&B does, so shell code such as `${HOME}` in a command works.
+/// Checks macros the way W&B's agent reads them: `${envvar:NAME}` is replaced
+/// anywhere in an argument, for NAME in `[A-Z0-9_]*` (anything else stays
+/// literal, so shell text such as `${HOME}` passes through); every other macro
+/// counts only as a whole argument, so one inside a longer argument is passed
+/// literally. Both are warned about, since they are rarely what was meant.
 fn check_macros(ctx: &Ctx, path: &str, s: &str) -> Result<(), SpecError> {
     let mut rest = s;
     while let Some(start) = rest.find("${envvar:") {
         let after = &rest[start..];
-        let end = after
-            .find('}')
-            .ok_or_else(|| ctx.err(path, format!("unclosed ${{envvar:...}} in {s:?}")))?;
+        let Some(end) = after.find('}') else {
+            ctx.warn(format!("{path}: unclosed ${{envvar:...}} in {s:?} is passed literally"));
+            break;
+        };
         let name = &after["${envvar:".len()..end];
-        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            return Err(ctx.err(
-                path,
-                format!(
-                    "${{envvar:{name}}} needs an environment variable name (letters, digits, _)"
-                ),
+        if !name.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_') {
+            ctx.warn(format!(
+                "{path}: ${{envvar:{name}}} is passed literally: W&B replaces only upper-case names ([A-Z0-9_])"
             ));
         }
         rest = &after[end + 1..];
     }
+    if !path.starts_with("command") {
+        return Ok(());
+    }
+    let whole = s.starts_with("${") && s.ends_with('}');
+    for mac in MACROS {
+        let m = format!("${{{mac}}}");
+        if s.contains(&m) && !(whole && s == m) {
+            ctx.warn(format!(
+                "{path}: {m} inside {s:?} is passed literally, as W&B's agent does; make it a list item of its own"
+            ));
+        }
+    }
+    if whole && !s.starts_with("${envvar:") && !MACROS.contains(&&s[2..s.len() - 1]) {
+        ctx.warn(format!(
+            "{path}: {s} is not a W&B macro and expands to nothing, as in W&B's agent; known: {}",
+            MACROS.join(", ")
+        ));
+    }
     Ok(())
 }
+
+/// The whole-argument macros of W&B's agent.
+pub const MACROS: &[&str] = &[
+    "env",
+    "interpreter",
+    "program",
+    "args",
+    "args_no_equals",
+    "args_no_hyphens",
+    "args_no_boolean_flags",
+    "args_json",
+    "args_json_file",
+    "args_dict",
+    "args_append_hydra",
+    "args_override_hydra",
+];
 
 fn parse_params(ctx: &mut Ctx, path: &str, v: &Value) -> Result<Vec<(String, Param)>, SpecError> {
     let map = as_map(ctx, path, v)?;
     let mut out = Vec::new();
     for (name, pv) in map {
         let p = join(path, name);
-        if name.is_empty() || name.contains(char::is_whitespace) || name.contains('=') {
+        // W&B's schema: `^[A-Za-z_][A-Za-z0-9_.-]*$` at every level.
+        let ok = name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+        if !ok {
             return Err(ctx.err(
                 &p,
-                "a parameter name must be non-empty, without spaces or '='",
+                format!("{name:?} is not a parameter name W&B accepts: letters, digits, _, . and -, starting with a letter or _"),
             ));
         }
         out.push((name.clone(), parse_param(ctx, &p, pv)?));
@@ -1111,7 +1208,7 @@ fn parse_param(ctx: &mut Ctx, path: &str, v: &Value) -> Result<Param, SpecError>
         }
     };
     if matches!(d, "log_uniform" | "q_log_uniform" | "inv_log_uniform") {
-        ctx.warnings.push(format!("{path}: distribution `{d}` takes exponents as bounds and is deprecated in W&B; prefer `{d}_values`"));
+        ctx.warn(format!("{path}: distribution `{d}` takes exponents as bounds and is deprecated in W&B; prefer `{d}_values`"));
     }
     Ok(match d {
         "constant" => Param::Constant {
@@ -1188,14 +1285,13 @@ fn parse_param(ctx: &mut Ctx, path: &str, v: &Value) -> Result<Param, SpecError>
         }
         "q_uniform" => {
             let (min, max) = bounds(ctx)?;
-            let integer = is_int(map.get("min"))
-                && is_int(map.get("max"))
-                && (map.get("q").is_none() || is_int(map.get("q")));
+            // W&B's default q is 1.0, a float: without q the values are floats.
             Param::QUniform {
                 min,
                 max,
                 q: q(ctx)?,
-                integer,
+                integer: is_int(map.get("q")),
+                int_bounds: is_int(map.get("min")) && is_int(map.get("max")),
             }
         }
         "log_uniform" => {
@@ -1334,7 +1430,116 @@ fn parse_early_terminate(ctx: &Ctx, v: &Value) -> Result<EarlyTerminate, SpecErr
     })
 }
 
-fn parse_extensions(ctx: &Ctx, v: &Value) -> Result<Extensions, SpecError> {
+/// W&B files sweep seeds as an ordinary parameter (`seed: {values: [1, 2, 3]}`).
+/// Such a parameter becomes the seed axis: its values are the sweep's seeds,
+/// each trial (a point of the other parameters) runs once per seed, and the
+/// program gets the seed exactly as W&B would pass that parameter.
+fn seed_axis_from_parameters(
+    ctx: &Ctx,
+    ext: &mut Extensions,
+    parameters: &mut Vec<(String, Param)>,
+    seed_axis: Option<bool>,
+) -> Result<(), SpecError> {
+    let name = ext.seed_param.clone();
+    let Some(pos) = parameters.iter().position(|(n, _)| *n == name) else {
+        return Ok(());
+    };
+    let path = format!("parameters.{name}");
+    if ext.seed_source == SeedSource::Liandan {
+        return Err(ctx.err(
+            &path,
+            format!("both this parameter and liandan.seeds give the seeds; remove one (or set liandan.seed_param to another name to keep `{name}` an ordinary parameter)"),
+        ));
+    }
+    if seed_axis == Some(false) {
+        return Ok(());
+    }
+    let values: Option<Vec<Value>> = match &parameters[pos].1 {
+        Param::Categorical { values } => Some(values.clone()),
+        Param::Constant { value } => Some(vec![value.clone()]),
+        _ => None,
+    };
+    let Some(values) = values else {
+        ctx.warn(format!(
+            "{path}: a `{}` seed stays an ordinary parameter (each run draws one); list seeds with `values` or under liandan.seeds to see results over seeds",
+            parameters[pos].1.name()
+        ));
+        return Ok(());
+    };
+    let mut seeds: Vec<i64> = Vec::new();
+    for v in &values {
+        match v.as_i64() {
+            Some(x) if v.is_i64() || v.is_u64() => {
+                if !seeds.contains(&x) {
+                    seeds.push(x);
+                }
+            }
+            _ => {
+                ctx.warn(format!(
+                    "{path}: the value {v} is not an integer, so `{name}` stays an ordinary parameter; liandan.seeds takes integer seeds"
+                ));
+                return Ok(());
+            }
+        }
+    }
+    if seeds.len() < values.len() {
+        ctx.warn(format!("{path}: repeated seeds are run once each"));
+    }
+    ctx.warn(format!(
+        "{path}: {} value{} used as the seed axis; liandan.seed_axis: false keeps it an ordinary parameter",
+        seeds.len(),
+        if seeds.len() == 1 { "" } else { "s" }
+    ));
+    parameters.remove(pos);
+    ext.seeds = seeds;
+    ext.seed_source = SeedSource::Parameter;
+    Ok(())
+}
+
+/// Reads `liandan.env`: names as the shell allows them; values strings (numbers
+/// and booleans are written as they read). liandan's own variables and the
+/// GPU assignment are the worker's to set.
+fn parse_env(ctx: &Ctx, v: &Value) -> Result<Vec<(String, String)>, SpecError> {
+    let p = "liandan.env";
+    let m = as_map(ctx, p, v)?;
+    let mut out = Vec::new();
+    for (k, val) in m {
+        let kp = join(p, k);
+        let ok = k
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !ok {
+            return Err(ctx.err(
+                &kp,
+                "an environment variable name is letters, digits and _, not starting with a digit",
+            ));
+        }
+        if k.starts_with("LIANDAN_") || k == "CUDA_VISIBLE_DEVICES" || k == "CUDA_DEVICE_ORDER" {
+            return Err(ctx.err(
+                &kp,
+                format!("{k} is set by the worker for every job and cannot be overridden"),
+            ));
+        }
+        let text = match val {
+            Value::String(s) => s.clone(),
+            Value::Number(n) => n.to_string(),
+            Value::Bool(b) => b.to_string(),
+            other => {
+                return Err(ctx.err(
+                    &kp,
+                    format!("expected a string, found {}", describe(other)),
+                ))
+            }
+        };
+        check_macros(ctx, &kp, &text)?;
+        out.push((k.clone(), text));
+    }
+    Ok(out)
+}
+
+fn parse_extensions(ctx: &Ctx, v: &Value) -> Result<(Extensions, Option<bool>), SpecError> {
     let p = "liandan";
     let m = as_map(ctx, p, v)?;
     check_keys(
@@ -1353,9 +1558,32 @@ fn parse_extensions(ctx: &Ctx, v: &Value) -> Result<Extensions, SpecError> {
             "metric_pattern",
             "trainer",
             "objective",
+            "env",
+            "workdir",
+            "seed_axis",
         ],
     )?;
     let mut ext = Extensions::default();
+    if let Some(e) = m.get("env").filter(|e| !e.is_null()) {
+        ext.env = parse_env(ctx, e)?;
+    }
+    if let Some(w) = get_str(ctx, p, m, "workdir")? {
+        if w.trim().is_empty() {
+            return Err(ctx.err("liandan.workdir", "empty; leave it out to run jobs in their own attempt directory"));
+        }
+        check_macros(ctx, "liandan.workdir", &w)?;
+        ext.workdir = Some(w);
+    }
+    let seed_axis = match m.get("seed_axis") {
+        None | Some(Value::Null) => None,
+        Some(Value::Bool(b)) => Some(*b),
+        Some(v) => {
+            return Err(ctx.err(
+                "liandan.seed_axis",
+                format!("expected true or false, found {}", describe(v)),
+            ))
+        }
+    };
     if let Some(o) = get_str(ctx, p, m, "objective")? {
         ext.objective = match o.as_str() {
             "mean" => Objective::Mean,
@@ -1372,7 +1600,10 @@ fn parse_extensions(ctx: &Ctx, v: &Value) -> Result<Extensions, SpecError> {
     match m.get("seeds") {
         None | Some(Value::Null) => {}
         Some(Value::Number(n)) => match n.as_u64() {
-            Some(c) if (1..=10_000).contains(&c) => ext.seeds = (0..c as i64).collect(),
+            Some(c) if (1..=10_000).contains(&c) => {
+                ext.seeds = (0..c as i64).collect();
+                ext.seed_source = SeedSource::Liandan;
+            }
             _ => {
                 return Err(ctx.err(
                     "liandan.seeds",
@@ -1401,6 +1632,7 @@ fn parse_extensions(ctx: &Ctx, v: &Value) -> Result<Extensions, SpecError> {
                 return Err(ctx.err("liandan.seeds", "empty; give at least one seed"));
             }
             ext.seeds = seeds;
+            ext.seed_source = SeedSource::Liandan;
         }
         Some(v) => {
             return Err(ctx.err(
@@ -1536,7 +1768,7 @@ fn parse_extensions(ctx: &Ctx, v: &Value) -> Result<Extensions, SpecError> {
             ))
         }
     }
-    Ok(ext)
+    Ok((ext, seed_axis))
 }
 
 /// Parses sizes like "512MB", "16GiB", "1024".

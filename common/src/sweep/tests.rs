@@ -49,46 +49,128 @@ fn type_inference_follows_wandb() {
 }
 
 #[test]
-fn grid_is_cartesian_in_declaration_order_with_duplicates_removed() {
+fn grid_is_cartesian_in_wandb_order_with_duplicates_removed() {
+    // W&B's engine sorts parameter names (a before z) and varies the last fastest.
     let s = yaml("method: grid\nprogram: t.py\nparameters:\n  z: {values: [1, 2]}\n  a: {values: [x, y, x]}\n");
     let e = expand(&s, &sid()).unwrap();
     let got: Vec<Value> = e.trials.iter().map(|t| t.params.clone()).collect();
     assert_eq!(
         got,
         vec![
-            json!({"z":1,"a":"x"}),
-            json!({"z":1,"a":"y"}),
-            json!({"z":2,"a":"x"}),
-            json!({"z":2,"a":"y"})
+            json!({"a":"x","z":1}),
+            json!({"a":"x","z":2}),
+            json!({"a":"y","z":1}),
+            json!({"a":"y","z":2})
         ]
     );
     assert_eq!(e.jobs.len(), 4);
+    // 1 and 1.0 are one point to W&B; the later spelling is the one it passes.
+    let s = yaml("method: grid\nprogram: t.py\nparameters:\n  a: {values: [1, 1.0, 2]}\n");
+    let got: Vec<Value> = expand(&s, &sid()).unwrap().trials.iter().map(|t| t.params["a"].clone()).collect();
+    assert_eq!(got, vec![json!(1.0), json!(2)]);
+}
+
+#[test]
+fn nested_grid_parameters_sort_inside_their_parent() {
+    let s = yaml("method: grid\nprogram: t.py\nparameters:\n  opt:\n    parameters:\n      lr: {values: [1, 2]}\n      beta: {values: [3, 4]}\n  bs: {values: [8, 16]}\n");
+    let got: Vec<Value> = expand(&s, &sid()).unwrap().trials.iter().map(|t| t.params.clone()).collect();
+    // bs < opt; inside opt, beta < lr: bs slowest, opt.lr fastest.
+    assert_eq!(got[0], json!({"bs": 8, "opt": {"beta": 3, "lr": 1}}));
+    assert_eq!(got[1], json!({"bs": 8, "opt": {"beta": 3, "lr": 2}}));
+    assert_eq!(got[2], json!({"bs": 8, "opt": {"beta": 4, "lr": 1}}));
+    assert_eq!(got[4], json!({"bs": 16, "opt": {"beta": 3, "lr": 1}}));
 }
 
 #[test]
 fn grid_expands_int_uniform_and_q_uniform() {
+    // q_uniform is numpy's arange(min, max, q): max excluded, values as numpy computes them.
     let s = yaml("method: grid\nprogram: t.py\nparameters:\n  n: {min: 1, max: 3}\n  lr: {distribution: q_uniform, min: 0.1, max: 0.3, q: 0.1}\n");
     let e = expand(&s, &sid()).unwrap();
     let ns: Vec<Value> = e.trials.iter().map(|t| t.params["n"].clone()).collect();
-    assert_eq!(
-        ns,
-        vec![
-            json!(1),
-            json!(1),
-            json!(1),
-            json!(2),
-            json!(2),
-            json!(2),
-            json!(3),
-            json!(3),
-            json!(3)
-        ]
-    );
-    let lrs: Vec<f64> = e.trials[..3]
-        .iter()
-        .map(|t| t.params["lr"].as_f64().unwrap())
-        .collect();
-    assert_eq!(lrs, vec![0.1, 0.2, 0.3]);
+    assert_eq!(ns, vec![json!(1), json!(2), json!(3), json!(1), json!(2), json!(3)]);
+    let lrs: Vec<f64> = e.trials.iter().step_by(3).map(|t| t.params["lr"].as_f64().unwrap()).collect();
+    assert_eq!(lrs, vec![0.1, 0.2]);
+    let s = yaml("method: grid\nprogram: t.py\nparameters:\n  x: {distribution: q_uniform, min: 0.1, max: 0.8, q: 0.2}\n  k: {distribution: q_uniform, min: 0, max: 6, q: 2}\n  f: {distribution: q_uniform, min: 0, max: 2}\n");
+    let e = expand(&s, &sid()).unwrap();
+    let col = |k: &str| -> Vec<Value> {
+        let mut v: Vec<Value> = Vec::new();
+        for t in &e.trials {
+            if !v.contains(&t.params[k]) {
+                v.push(t.params[k].clone());
+            }
+        }
+        v
+    };
+    assert_eq!(col("x"), vec![json!(0.1), json!(0.30000000000000004), json!(0.5000000000000001), json!(0.7000000000000001)]);
+    assert_eq!(col("k"), vec![json!(0), json!(2), json!(4)]);
+    // W&B's default q is 1.0: floats.
+    assert_eq!(col("f"), vec![json!(0.0), json!(1.0)]);
+}
+
+#[test]
+fn a_seed_parameter_with_values_is_the_seed_axis() {
+    let p = parse("method: grid\nprogram: t.py\nparameters:\n  width: {values: [8, 16]}\n  seed: {values: [11, 22, 33]}\n", Format::Yaml).unwrap();
+    assert_eq!(p.spec.liandan.seeds, vec![11, 22, 33]);
+    assert!(p.spec.parameters.iter().all(|(n, _)| n != "seed"));
+    assert!(p.warnings.iter().any(|w| w.contains("parameters.seed: 3 values used as the seed axis")), "{:?}", p.warnings);
+    let e = expand(&p.spec, &sid()).unwrap();
+    assert_eq!(e.trials.len(), 2);
+    // W&B's order: seed sorts before width, so it varies slowest.
+    let order: Vec<(i64, Value)> = e.jobs.iter().map(|j| (j.seed, e.trials[j.trial_index].params["width"].clone())).collect();
+    assert_eq!(order[..3], [(11, json!(8)), (11, json!(16)), (22, json!(8))]);
+    let argv = build_argv(&p.spec, &e.trials[0].params, 11, &offline_context(&|_| None)).unwrap();
+    assert_eq!(argv, ["/usr/bin/env", "python", "t.py", "--seed=11", "--width=8"]);
+    // run_cap counts runs: W&B's first four.
+    let s = yaml("method: grid\nprogram: t.py\nrun_cap: 4\nparameters:\n  width: {values: [8, 16]}\n  seed: {values: [11, 22, 33]}\n");
+    let e = expand(&s, &sid()).unwrap();
+    let seeds: Vec<i64> = e.jobs.iter().map(|j| j.seed).collect();
+    assert_eq!(seeds, [11, 11, 22, 22]);
+    // Kept ordinary on request, or when it is a distribution.
+    let p = parse("method: grid\nprogram: t.py\nparameters:\n  seed: {values: [1, 2]}\nliandan: {seed_axis: false}\n", Format::Yaml).unwrap();
+    assert_eq!(p.spec.liandan.seeds, vec![0]);
+    assert_eq!(expand(&p.spec, &sid()).unwrap().jobs.len(), 2);
+    let p = parse("method: random\nprogram: t.py\nrun_cap: 3\nparameters:\n  seed: {min: 0, max: 100}\n", Format::Yaml).unwrap();
+    assert!(p.warnings.iter().any(|w| w.contains("liandan.seeds")), "{:?}", p.warnings);
+    let p = parse("method: grid\nprogram: t.py\nparameters:\n  a: {values: [1]}\n  seed: {value: 5}\n", Format::Yaml).unwrap();
+    assert!(p.warnings.iter().any(|w| w.contains("no seed-to-seed spread")), "{:?}", p.warnings);
+}
+
+#[test]
+fn without_liandan_seeds_nothing_is_added_to_the_command_line() {
+    let s = yaml("method: grid\nprogram: t.py\nparameters:\n  lr: {values: [0.1]}\n");
+    let e = expand(&s, &sid()).unwrap();
+    assert_eq!(e.jobs[0].seed, 0);
+    let argv = build_argv(&s, &e.trials[0].params, 0, &offline_context(&|_| None)).unwrap();
+    assert_eq!(argv, ["/usr/bin/env", "python", "t.py", "--lr=0.1"]);
+    let s = yaml("method: grid\nprogram: t.py\nparameters:\n  lr: {values: [0.1]}\nliandan: {seeds: [3]}\n");
+    let argv = build_argv(&s, &expand(&s, &sid()).unwrap().trials[0].params, 3, &offline_context(&|_| None)).unwrap();
+    assert_eq!(argv, ["/usr/bin/env", "python", "t.py", "--lr=0.1", "--seed=3"]);
+}
+
+#[test]
+fn random_without_run_cap_is_lazy() {
+    let p = parse("method: random\nprogram: t.py\nparameters:\n  lr: {min: 0.0, max: 1.0}\n", Format::Yaml).unwrap();
+    assert!(p.spec.is_lazy());
+    let e = expand(&p.spec, &sid()).unwrap();
+    assert!(e.trials.is_empty() && e.jobs.is_empty());
+    // Draw k is the same point an up-front expansion draws k-th.
+    let capped = yaml("method: random\nprogram: t.py\nrun_cap: 3\nparameters:\n  lr: {min: 0.0, max: 1.0}\n");
+    let up_front = expand(&capped, &sid()).unwrap();
+    for k in 0..3 {
+        assert_eq!(expand::random_params(&p.spec, k as u64), up_front.trials[k].params);
+    }
+}
+
+#[test]
+fn yaml_is_read_as_pyyaml_reads_it() {
+    let p = parse("method: grid\nprogram: t.py\nparameters:\n  flag: {values: [on, off]}\n  lr: {values: [1e-5, 1.0e-5]}\n  n: {value: 010}\n", Format::Yaml).unwrap();
+    let e = expand(&p.spec, &sid()).unwrap();
+    let argv = build_argv(&p.spec, &e.trials[0].params, 0, &offline_context(&|_| None)).unwrap();
+    assert_eq!(argv, ["/usr/bin/env", "python", "t.py", "--flag=True", "--lr=1e-5", "--n=8"]);
+    // In a numeric field the string is taken as the number, with a warning naming the key.
+    let p = parse("method: random\nrun_cap: 1\nprogram: t.py\nparameters:\n  lr: {min: 1e-5, max: 0.1}\n", Format::Yaml).unwrap();
+    assert_eq!(p.spec.parameters[0].1, Param::Uniform { min: 1e-5, max: 0.1 });
+    assert!(p.warnings.iter().any(|w| w.contains("parameters.lr.min")), "{:?}", p.warnings);
 }
 
 #[test]
@@ -131,13 +213,14 @@ fn errors_name_key_path_and_line() {
         ("method: sideways\nparameters:\n  a: {value: 1}\n", "method", Some(1)),
         ("method: grid\nprogram: t.py\nparameters:\n  a:\n    distribution: gaussian\n", "parameters.a.distribution", Some(5)),
         ("method: grid\nprogram: t.py\nparameters:\n  a:\n    values: [1]\n    bogus: 2\n", "parameters.a.bogus", Some(6)),
-        ("method: random\nprogram: t.py\nparameters:\n  a: {value: 1}\n", "run_cap", None),
         ("method: grid\nprogram: t.py\nparameters:\n  a: {values: [1], probabilities: [0.5]}\n", "parameters.a.probabilities", Some(4)),
         ("method: grid\nprogram: t.py\nparameters:\n  a: {value: 1}\nliandan:\n  seeds: [1, 1]\n", "liandan.seeds[1]", Some(6)),
         ("method: grid\nprogram: t.py\nparameters:\n  a: {value: 1}\nliandan:\n  metric_pattern: 'loss=([0-9.]+)'\n", "liandan.metric_pattern", Some(6)),
-        ("method: grid\nprogram: t.py\ncommand: [\"${envvar:}\"]\nparameters:\n  a: {value: 1}\n", "command[0]", Some(3)),
         ("method: grid\nparameters:\n  a: {value: 1}\n", "program", None),
-        ("method: grid\nprogram: t.py\nparameters:\n  seed: {values: [1, 2]}\n", "parameters.seed", Some(4)),
+        ("method: grid\nprogram: t.py\nparameters:\n  seed: {values: [1, 2]}\nliandan:\n  seeds: 2\n", "parameters.seed", Some(4)),
+        ("method: grid\nprogram: t.py\nparameters:\n  1lr: {values: [1, 2]}\n", "parameters.1lr", Some(4)),
+        ("method: grid\nprogram: t.py\nparameters:\n  learning rate: {values: [1, 2]}\n", "parameters.learning rate", Some(4)),
+        ("method: grid\nprogram: t.py\nparameters:\n  a: {value: 1}\nliandan:\n  env: {LIANDAN_SEED: '3'}\n", "liandan.env.LIANDAN_SEED", Some(6)),
         ("method: bayes\nprogram: t.py\nparameters:\n  a: {min: 0.0, max: 1.0}\n", "metric", None),
     ];
     for (text, path, line) in cases {
@@ -267,14 +350,13 @@ fn command_macros_expand_as_wandb() {
             "python",
             "train.py",
             "--data=/data",
-            "--lr=1e-05",
             "--flag=True",
-            "--name=; rm -rf /",
-            "--seed=7"
+            "--lr=1e-05",
+            "--name=; rm -rf /"
         ]
     );
 
-    let s2 = yaml("method: grid\nprogram: p\ncommand: ['${program}', '${args_no_boolean_flags}', '${args_no_hyphens}', '${args_json}']\nparameters:\n  a: {value: false}\n  b: {value: true}\n");
+    let s2 = yaml("method: grid\nprogram: p\ncommand: ['${program}', '${args_no_boolean_flags}', '${args_no_hyphens}', '${args_json}', '${args_no_equals}', '${nonsense}', '--p=${program}']\nparameters:\n  a: {value: false}\n  b: {value: true}\n  l: {value: [1, 'x', null]}\nliandan: {seeds: [0]}\n");
     let argv = build_argv(
         &s2,
         &expand(&s2, &sid()).unwrap().trials[0].params,
@@ -287,11 +369,22 @@ fn command_macros_expand_as_wandb() {
         [
             "p",
             "--b",
+            "--l=[1, 'x', None]",
             "--seed=0",
             "a=False",
             "b=True",
+            "l=[1, 'x', None]",
             "seed=0",
-            r#"{"a":false,"b":true,"seed":0}"#
+            r#"{"a": false, "b": true, "l": [1, "x", null], "seed": 0}"#,
+            "--a",
+            "False",
+            "--b",
+            "True",
+            "--l",
+            "[1, 'x', None]",
+            "--seed",
+            "0",
+            "--p=${program}"
         ]
     );
 
@@ -427,6 +520,7 @@ fn quantized_and_discrete_distributions() {
             max: 10.0,
             q: 2.5,
             integer: false,
+            int_bounds: false,
         },
         N,
     );

@@ -205,6 +205,7 @@ fn decode_one(p: &Param, u: f64) -> Value {
             max,
             q,
             integer,
+            ..
         } => {
             let x = quantize(min + u * (max - min), *q);
             if *integer {

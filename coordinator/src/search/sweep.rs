@@ -42,6 +42,10 @@ pub struct StopDecision {
 /// The search state of one sweep.
 pub struct SweepSearch {
     pub method: Method,
+    /// Trials are proposed here as slots free (bayes, tpe, random without run_cap).
+    lazy: bool,
+    /// For lazy random search: the spec its points are drawn from.
+    random: Option<std::sync::Arc<SweepSpec>>,
     pub space: Space,
     objectives: Option<Objectives>,
     early: Option<(EarlyTerminate, Vec<u64>)>,
@@ -58,12 +62,15 @@ pub struct SweepSearch {
 impl SweepSearch {
     /// The search state for a spec, or `None` when the sweep neither adapts nor stops early.
     pub fn for_spec(spec: &SweepSpec) -> Option<SweepSearch> {
-        if !spec.method.is_adaptive() && spec.early_terminate.is_none() {
+        if !spec.has_search() {
             return None;
         }
         let seeds = spec.liandan.seeds.len().max(1);
         Some(SweepSearch {
             method: spec.method,
+            lazy: spec.is_lazy(),
+            random: (spec.is_lazy() && spec.method == Method::Random)
+                .then(|| std::sync::Arc::new(spec.clone())),
             space: Space::new(&spec.parameters),
             objectives: spec.metric.as_ref().map(|m| Objectives {
                 goal: m.goal,
@@ -110,17 +117,27 @@ impl SweepSearch {
 
     /// Whether another trial may be proposed now.
     pub fn can_propose(&self) -> bool {
-        self.method.is_adaptive()
+        self.lazy
             && !self.closed
             && self.max_trials.is_none_or(|m| self.trials.len() < m)
     }
 
+    /// Whether proposals learn from the trials so far (random search does not).
+    pub fn learns(&self) -> bool {
+        self.random.is_none()
+    }
+
     /// The params of the next trial, from the trials so far (`data`, in index order).
     pub fn propose(&self, data: &[TrialData]) -> Value {
+        let index = self.trials.len() as u64;
+        if let Some(spec) = &self.random {
+            // Unbounded random search: the index-th draw, as an up-front
+            // expansion would have drawn it.
+            return liandan_common::sweep::expand::random_params(spec, index);
+        }
         let Some(o) = self.objectives else {
             return self.space.decode(&vec![0.5; self.space.len()]);
         };
-        let index = self.trials.len() as u64;
         let mut rng = Rng::keyed("liandan.adaptive-trial", &[self.sweep_seed, index]);
         let u = propose(self.method, &self.space, data, &o, &mut rng);
         self.space.decode(&u)
