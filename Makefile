@@ -4,6 +4,7 @@
 
 SHELL := /bin/bash
 TORCH_ENV = eval "$$(scripts/setup-libtorch.sh)"
+# The reference implementations the conformance tests hold liandan against (W&B's engine and agent).
 
 .PHONY: all build test demo bench chaos clean lint
 
@@ -13,9 +14,10 @@ all: build
 build:
 	@$(TORCH_ENV) && cargo build --workspace --all-targets
 
-## test: the whole test suite (unit, integration, end-to-end with real binaries)
+## test: the whole test suite (unit, integration, end-to-end with real binaries, and
+## conformance against the reference implementations installed by scripts/setup-testenv.sh)
 test: build
-	@$(TORCH_ENV) && if cargo nextest --version >/dev/null 2>&1; then \
+	@$(TORCH_ENV) && eval "$$(scripts/setup-testenv.sh)" && if cargo nextest --version >/dev/null 2>&1; then \
 		cargo nextest run --workspace --no-fail-fast; \
 	else \
 		cargo test --workspace --no-fail-fast; \

@@ -28,6 +28,14 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
+/// The repository's root directory.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
 /// Whether a workspace binary was built (the trainer needs libtorch).
 pub fn has_bin(name: &str) -> bool {
     std::env::current_exe()
@@ -225,6 +233,9 @@ impl Cluster {
         let mut cmd = Command::new(bin("liandan-worker"));
         cmd.args(["--coordinator", url, "--state-dir"])
             .arg(self.dir.path().join(format!("worker-{i}")))
+            // Workers deployed from a checkout: examples/ resolves from the repository root.
+            .arg("--base-dir")
+            .arg(repo_root())
             .args([
                 "--slots",
                 &self.opts.slots.to_string(),

@@ -304,7 +304,7 @@ fn a_job_runs_end_to_end_over_mutual_tls() {
     let log = s.cli(Some(&token), &["logs", id]);
     assert_eq!(
         String::from_utf8_lossy(&log.stdout).trim(),
-        "hello --x=1 --seed=0"
+        "hello --x=1"
     );
 }
 

@@ -550,14 +550,26 @@ def check_space(f: SweepFile, wb: WandbView, ld: LiandanView) -> str | None:
         raise Mismatch("space: `liandan validate -o json` has no `spec` object")
     ld_space = flatten_liandan_space(spec.get("parameters"))
     show = lambda n: n.replace(NEST, ".")  # noqa: E731
-    wb_names, ld_names = set(wb.space), set(ld_space)
+    wb_space = dict(wb.space)
+    if f.seed_axis is not None and f.seed_axis in wb_space:
+        # liandan lifts the seed parameter out of the space into its seed axis
+        # (spec.liandan.seeds); W&B's values must be those seeds, in order.
+        wb_type, wb_cfg = wb_space.pop(f.seed_axis)
+        seeds = (spec.get("liandan") or {}).get("seeds")
+        if f.seed_axis in ld_space:
+            ld_space.pop(f.seed_axis)
+        elif wb_type == "param_categorical" and seeds is not None:
+            diff = first_difference(wb_cfg["values"], seeds, "seeds")
+            if diff:
+                raise Mismatch(f"space: seed axis {f.seed_axis}: {diff}")
+    wb_names, ld_names = set(wb_space), set(ld_space)
     if wb_names != ld_names:
         raise Mismatch(
             f"space: parameters only in W&B {sorted(map(show, wb_names - ld_names))}, "
             f"only in liandan {sorted(map(show, ld_names - wb_names))}"
         )
-    for name in sorted(wb.space):
-        wb_type, wb_cfg = wb.space[name]
+    for name in sorted(wb_space):
+        wb_type, wb_cfg = wb_space[name]
         ld_spec = ld_space[name]
         want = DISTRIBUTION[wb_type]
         if ld_spec.get("distribution") != want:
@@ -582,7 +594,7 @@ def check_space(f: SweepFile, wb: WandbView, ld: LiandanView) -> str | None:
                 diff = first_difference(wb_value, ld_value, f"{show(name)}.{key}")
                 if diff:
                     raise Mismatch(f"space: {diff}")
-    return f"space of {len(wb.space)}"
+    return f"space of {len(wb_space)}"
 
 
 def check_seed_axis(f: SweepFile, wb: WandbView, ld: LiandanView) -> str | None:

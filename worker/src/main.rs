@@ -30,6 +30,10 @@ struct Args {
     /// Path of liandan-train.
     #[arg(long, value_name = "PATH")]
     train_binary: Option<String>,
+    /// Directory relative `liandan.workdir` and `program` paths are taken from
+    /// (default: the directory the worker was started in).
+    #[arg(long, value_name = "DIR")]
+    base_dir: Option<PathBuf>,
     /// Log format: text or json.
     #[arg(long, value_name = "FORMAT")]
     log_format: Option<String>,
@@ -58,6 +62,9 @@ fn main() {
     }
     if let Some(v) = &args.train_binary {
         o.push(("train_binary", v.clone()));
+    }
+    if let Some(v) = &args.base_dir {
+        o.push(("base_dir", v.display().to_string()));
     }
     if let Some(v) = &args.log_format {
         o.push(("log_format", v.clone()));

@@ -854,6 +854,9 @@ fn from_value(root: &Value, ctx: &mut Ctx) -> Result<SweepSpec, SpecError> {
     if parameters.is_empty() {
         return Err(ctx.err("parameters", "empty; a sweep needs at least one parameter"));
     }
+    if method == Method::Grid {
+        check_grid(ctx, "parameters", &parameters)?;
+    }
     let run_cap = get_u64(ctx, "", map, "run_cap")?;
     if run_cap == Some(0) {
         return Err(ctx.err("run_cap", "expected an integer >= 1"));
@@ -892,9 +895,12 @@ fn from_value(root: &Value, ctx: &mut Ctx) -> Result<SweepSpec, SpecError> {
                 out.push(s);
             }
             if out.is_empty() {
-                return Err(ctx.err("command", "empty; leave it out to use the default `${env} ${interpreter} ${program} ${args}`"));
+                // W&B's agent takes an empty command as its default one.
+                ctx.warn("command: empty, so the default `${env} ${interpreter} ${program} ${args}` is used (as W&B does)".into());
+                None
+            } else {
+                Some(out)
             }
-            Some(out)
         }
         Some(v) => {
             return Err(ctx.err(
@@ -1271,10 +1277,10 @@ fn parse_param(ctx: &mut Ctx, path: &str, v: &Value) -> Result<Param, SpecError>
                 }
             };
             let (min, max) = (ints("min")?, ints("max")?);
-            if min > max {
+            if min >= max {
                 return Err(ctx.err(
                     &join(path, "max"),
-                    format!("must be at least min ({min}), found {max}"),
+                    format!("must be greater than min ({min}), found {max} (W&B's rule; for one value use `value`)"),
                 ));
             }
             Param::IntUniform { min, max }
@@ -1428,6 +1434,28 @@ fn parse_early_terminate(ctx: &Ctx, v: &Value) -> Result<EarlyTerminate, SpecErr
         eta,
         strict,
     })
+}
+
+/// A grid enumerates constants, values, int_uniform and q_uniform only (W&B's
+/// engine refuses the rest when it proposes the first run).
+fn check_grid(ctx: &Ctx, path: &str, params: &[(String, Param)]) -> Result<(), SpecError> {
+    for (name, p) in params {
+        let here = join(path, name);
+        match p {
+            Param::Nested { parameters } => check_grid(ctx, &join(&here, "parameters"), parameters)?,
+            Param::Constant { .. }
+            | Param::Categorical { .. }
+            | Param::IntUniform { .. }
+            | Param::QUniform { .. } => {}
+            Param::CategoricalWProbabilities { .. } => {
+                return Err(ctx.err(&join(&here, "probabilities"), "grid search takes no probabilities (W&B refuses them too); drop `probabilities` or use method random"))
+            }
+            other => {
+                return Err(ctx.err(&here, format!("grid search cannot enumerate the continuous distribution `{}`; use `values`, int_uniform or q_uniform, or method random", other.name())))
+            }
+        }
+    }
+    Ok(())
 }
 
 /// W&B files sweep seeds as an ordinary parameter (`seed: {values: [1, 2, 3]}`).

@@ -175,9 +175,12 @@ fn yaml_is_read_as_pyyaml_reads_it() {
 
 #[test]
 fn grid_with_continuous_distribution_names_the_parameter() {
-    let s = yaml("method: grid\nprogram: t.py\nparameters:\n  lr: {min: 0.1, max: 0.3}\n");
-    let e = expand(&s, &sid()).unwrap_err().to_string();
-    assert!(e.contains("parameters.lr") && e.contains("uniform"), "{e}");
+    // Refused by validation itself, so `validate` and `submit` agree.
+    let e = yaml_err("method: grid\nprogram: t.py\nparameters:\n  lr: {min: 0.1, max: 0.3}\n");
+    assert_eq!(e.path, "parameters.lr");
+    assert!(e.message.contains("uniform"), "{e}");
+    let e = yaml_err("method: grid\nprogram: t.py\nparameters:\n  o:\n    parameters:\n      lr: {distribution: normal}\n");
+    assert_eq!(e.path, "parameters.o.parameters.lr");
 }
 
 #[test]
