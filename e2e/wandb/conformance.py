@@ -42,6 +42,7 @@ from typing import Any
 # sweeps 0.3.0 still uses a pydantic v1 config key; the warning is noise here.
 warnings.filterwarnings("ignore", message=".*Valid config keys have changed in V2.*")
 
+import jsonschema  # noqa: E402
 import yaml  # noqa: E402  (PyYAML, as `wandb sweep` reads files)
 
 import sweeps  # noqa: E402
@@ -135,6 +136,20 @@ def sorted_deep(value: Any) -> Any:
     if isinstance(value, list):
         return [sorted_deep(v) for v in value]
     return value
+
+
+def through_backend(values: dict) -> dict:
+    """A run config as it reaches the agent: the backend stores it as JSON (the
+    engine's numpy scalars become plain numbers), then hands it over with keys
+    sorted at every level (Go's encoding/json). Whole floats stay floats here;
+    see README ("Not modelled")."""
+
+    def plain(o: Any) -> Any:
+        if hasattr(o, "item") and callable(o.item):  # numpy scalar
+            return o.item()
+        raise TypeError(f"Object of type {type(o).__name__} is not JSON serializable")
+
+    return sorted_deep(json.loads(json.dumps(values, default=plain)))
 
 
 def key_order_difference(expected: Any, got: Any, where: str = "args") -> str | None:
@@ -233,21 +248,22 @@ def wandb_load(text: str) -> Any:
     return cfg
 
 
-def wandb_verdict(cfg: Any) -> tuple[bool, str]:
-    """W&B accepts a sweep when SweepConfig accepts it AND its engine can act on
-    it: the first suggestion (grid_search_next_runs / next_runs) and, with
-    early_terminate, the stop rule (stop_runs) must not raise. SweepConfig alone
-    lets through a grid over a continuous parameter or a bayes sweep without a
-    metric; the engine then raises on every request and the sweep never runs."""
+def wandb_verdict(cfg: Any, env: dict[str, str]) -> tuple[bool, str]:
+    """W&B accepts a sweep when SweepConfig accepts it AND W&B can act on it:
+    the engine's first suggestion (grid_search_next_runs / next_runs) and, with
+    early_terminate, its stop rule (stop_runs) must not raise, and the agent
+    must be able to build the first run's command. SweepConfig alone lets
+    through a grid over a continuous parameter, a bayes sweep without a metric,
+    or the default command without a program; W&B then fails on every run."""
     try:
         sweeps.SweepConfig(copy.deepcopy(cfg))
     except Exception as e:  # noqa: BLE001  (any refusal of W&B's is a verdict)
         return False, f"SweepConfig: {type(e).__name__}: {first_line(e)}"
     try:
         if cfg["method"] == "grid":
-            grid_search_next_runs([], copy.deepcopy(cfg), n=1)
+            first = grid_search_next_runs([], copy.deepcopy(cfg), n=1)[0]
         else:
-            sweeps.next_runs(copy.deepcopy(cfg), [], n=1)
+            first = sweeps.next_runs(copy.deepcopy(cfg), [], n=1)[0]
     except Exception as e:  # noqa: BLE001
         return False, f"engine (first suggestion): {type(e).__name__}: {first_line(e)}"
     if "early_terminate" in cfg:
@@ -255,6 +271,16 @@ def wandb_verdict(cfg: Any) -> tuple[bool, str]:
             sweeps.stop_runs(copy.deepcopy(cfg), [])
         except Exception as e:  # noqa: BLE001
             return False, f"engine (stop_runs): {type(e).__name__}: {first_line(e)}"
+    if first is not None:
+        values = {name: holder["value"] for name, holder in first.config.items()}
+        try:
+            with environment(env), tempfile.TemporaryDirectory(prefix="liandan-wandb-agent-") as tmp:
+                argv, _, _ = wandb_agent_argv(cfg, values, 0, tmp)
+            bad = [a for a in argv if not isinstance(a, str)]
+            if bad:
+                raise TypeError(f"the command holds {bad[0]!r}, which the agent cannot start")
+        except Exception as e:  # noqa: BLE001
+            return False, f"agent (first run): {type(e).__name__}: {first_line(e)}"
     return True, ""
 
 
@@ -267,7 +293,7 @@ def wandb_grid_runs(cfg: dict) -> list[dict]:
     runs = grid_search_next_runs([], copy.deepcopy(cfg), n=1_000_000)
     runs = [r for r in runs if r is not None]
     if "run_cap" in cfg:
-        runs = runs[: cfg["run_cap"]]  # W&B's controller stops there
+        runs = runs[: int(cfg["run_cap"])]  # W&B's controller stops there (4.0 is an integer to its schema)
     out = []
     for run in runs:
         values = {}
@@ -301,8 +327,7 @@ def wandb_agent_argv(cfg: dict, run_values: dict, index: int, wandb_dir: str) ->
     agent._forward_signals = False
     agent._run_processes = {}
     run_id = f"run{index}"
-    # The backend serialises the run config with Go's encoding/json: keys sorted at every level.
-    args = {k: {"value": v} for k, v in sorted_deep(run_values).items()}
+    args = {k: {"value": v} for k, v in through_backend(run_values).items()}
     saved_process = wandb_agent.AgentProcess
     wandb_agent.AgentProcess = _RecordedProcess
     _RecordedProcess.last = None
@@ -355,8 +380,8 @@ def wandb_view(f: SweepFile) -> WandbView:
     except yaml.YAMLError as e:
         view.valid, view.reason = False, f"PyYAML: {first_line(e)}"
         return view
+    view.valid, view.reason = wandb_verdict(view.cfg, f.env)
     with environment(f.env):
-        view.valid, view.reason = wandb_verdict(view.cfg)
         if view.valid and view.cfg.get("method") == "grid":
             view.runs = wandb_grid_runs(view.cfg)
             view.argv, view.json_files, view.json_path_tokens = [], [], []
@@ -369,7 +394,8 @@ def wandb_view(f: SweepFile) -> WandbView:
     if view.valid:
         view.space = flatten_wandb_space(view.cfg["parameters"])
     elif f.lenient:
-        with contextlib.suppress(Exception):  # best effort: skipped when W&B cannot build it
+        # Best effort: skipped where W&B cannot build even the repaired space.
+        with contextlib.suppress(ValueError, AssertionError, jsonschema.ValidationError):
             view.space = flatten_wandb_space(repaired_for_leniency(view.cfg)["parameters"])
     return view
 
@@ -551,17 +577,16 @@ def check_space(f: SweepFile, wb: WandbView, ld: LiandanView) -> str | None:
     ld_space = flatten_liandan_space(spec.get("parameters"))
     show = lambda n: n.replace(NEST, ".")  # noqa: E731
     wb_space = dict(wb.space)
-    if f.seed_axis is not None and f.seed_axis in wb_space:
+    if f.seed_axis is not None and f.seed_axis in wb_space and f.seed_axis not in ld_space:
         # liandan lifts the seed parameter out of the space into its seed axis
         # (spec.liandan.seeds); W&B's values must be those seeds, in order.
         wb_type, wb_cfg = wb_space.pop(f.seed_axis)
         seeds = (spec.get("liandan") or {}).get("seeds")
-        if f.seed_axis in ld_space:
-            ld_space.pop(f.seed_axis)
-        elif wb_type == "param_categorical" and seeds is not None:
-            diff = first_difference(wb_cfg["values"], seeds, "seeds")
+        wb_seeds = {"param_categorical": lambda: wb_cfg["values"], "param_single_value": lambda: [wb_cfg["value"]]}
+        if wb_type in wb_seeds and seeds is not None:
+            diff = first_difference(wb_seeds[wb_type](), seeds, "seeds")
             if diff:
-                raise Mismatch(f"space: seed axis {f.seed_axis}: {diff}")
+                raise Mismatch(f"space: seed axis {f.seed_axis}: W&B's values are the seeds; {diff}")
     wb_names, ld_names = set(wb_space), set(ld_space)
     if wb_names != ld_names:
         raise Mismatch(

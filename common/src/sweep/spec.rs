@@ -518,6 +518,8 @@ const TOP_KEYS: &[&str] = &[
     "project",
     "entity",
     "controller",
+    "kind",
+    "apiVersion",
     "liandan",
 ];
 
@@ -690,7 +692,16 @@ fn get_u64(
 ) -> Result<Option<u64>, SpecError> {
     match map.get(key) {
         None | Some(Value::Null) => Ok(None),
-        Some(v) => v.as_u64().map(Some).ok_or_else(|| {
+        // JSON Schema (W&B's validation) counts 4.0 as an integer.
+        Some(v) => v
+            .as_u64()
+            .or_else(|| {
+                v.as_f64()
+                    .filter(|x| x.fract() == 0.0 && *x >= 0.0 && *x < 9.0e15)
+                    .map(|x| x as u64)
+            })
+            .map(Some)
+            .ok_or_else(|| {
             ctx.err(
                 &join(path, key),
                 format!("expected a non-negative integer, found {}", describe(v)),
@@ -808,7 +819,11 @@ fn from_value(root: &Value, ctx: &mut Ctx) -> Result<SweepSpec, SpecError> {
                 })?,
             };
             let impute_while_running = match m.get("impute_while_running") {
-                None | Some(Value::Null) | Some(Value::Bool(false)) => None,
+                None | Some(Value::Null) => None,
+                Some(Value::Bool(false)) => {
+                    ctx.warn("metric.impute_while_running: the boolean false is taken as \"false\"; W&B's schema takes only the string and refuses the file, so write it quoted".into());
+                    None
+                }
                 Some(Value::String(s)) if s == "false" => None,
                 Some(Value::String(s)) => Some(Impute::parse(s).ok_or_else(|| {
                     ctx.err(
@@ -1218,7 +1233,12 @@ fn parse_param(ctx: &mut Ctx, path: &str, v: &Value) -> Result<Param, SpecError>
     }
     Ok(match d {
         "constant" => Param::Constant {
-            value: map.get("value").cloned().unwrap_or(Value::Null),
+            value: map.get("value").cloned().ok_or_else(|| {
+                ctx.err(
+                    &join(path, "value"),
+                    "distribution `constant` needs `value` (use `value: null` for None)",
+                )
+            })?,
         },
         "categorical" => Param::Categorical {
             values: values(ctx)?,
@@ -1251,7 +1271,8 @@ fn parse_param(ctx: &mut Ctx, path: &str, v: &Value) -> Result<Param, SpecError>
                 ));
             }
             let sum: f64 = probs.iter().sum();
-            if (sum - 1.0).abs() > 1e-6 {
+            // W&B's check: numpy's isclose(sum, 1).
+            if (sum - 1.0).abs() > 1e-8 + 1e-5 {
                 return Err(ctx.err(
                     &join(path, "probabilities"),
                     format!("must sum to 1, found {sum}"),

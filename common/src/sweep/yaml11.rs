@@ -71,9 +71,22 @@ pub fn load(text: &str) -> Result<Value, YamlError> {
             Some(_) => {}
         }
     }
-    match loader.next()? {
-        None | Some((Event::DocumentEnd, _)) | Some((Event::StreamEnd, _)) => Ok(Value::Null),
-        Some((ev, span)) => loader.node(ev, span),
+    let v = match loader.next()? {
+        None | Some((Event::DocumentEnd, _)) | Some((Event::StreamEnd, _)) => return Ok(Value::Null),
+        Some((ev, span)) => loader.node(ev, span)?,
+    };
+    // PyYAML's safe_load takes exactly one document.
+    loop {
+        match loader.next()? {
+            None | Some((Event::StreamEnd, _)) => return Ok(v),
+            Some((Event::DocumentStart(..), span)) => {
+                return Err(YamlError {
+                    line: line_of(&span),
+                    message: "a second YAML document (`---`); a sweep file holds one".into(),
+                })
+            }
+            Some(_) => {}
+        }
     }
 }
 
@@ -441,6 +454,13 @@ mod tests {
         assert_eq!(v["x"], json!({"min": 1, "max": 5}));
         assert_eq!(v["y"], json!({"min": 1, "max": 9}));
         assert_eq!(v["z"], json!([1, 2]));
+    }
+
+    #[test]
+    fn one_document_only() {
+        let e = load("a: 1\n---\nb: 2\n").expect_err("two documents");
+        assert!(e.message.contains("second YAML document"), "{}", e.message);
+        assert_eq!(load("---\na: 1\n...\n").expect("one document"), json!({"a": 1}));
     }
 
     #[test]
