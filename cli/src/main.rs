@@ -151,11 +151,23 @@ enum Cmd {
         output: Option<PathBuf>,
     },
     /// Cancel a sweep (sw-...) or a job (job-...).
-    Cancel { target: String },
+    Cancel {
+        target: String,
+        #[arg(short = 'o', long, value_enum, default_value = "text")]
+        output: TextFormat,
+    },
     /// Stop starting new jobs of a sweep (running ones continue).
-    Pause { sweep: String },
+    Pause {
+        sweep: String,
+        #[arg(short = 'o', long, value_enum, default_value = "text")]
+        output: TextFormat,
+    },
     /// Start jobs of a paused sweep again.
-    Resume { sweep: String },
+    Resume {
+        sweep: String,
+        #[arg(short = 'o', long, value_enum, default_value = "text")]
+        output: TextFormat,
+    },
     /// Wait for a sweep to finish. Exit 1 if a job failed, 130 on Ctrl-C (the sweep goes on).
     Wait { sweep: String },
     /// Workers, their resources and what they run.
@@ -169,6 +181,8 @@ enum Cmd {
         /// Lift the drain: the worker takes jobs again.
         #[arg(long)]
         undo: bool,
+        #[arg(short = 'o', long, value_enum, default_value = "text")]
+        output: TextFormat,
     },
     /// A job's stored checkpoints.
     Checkpoints {
@@ -384,6 +398,22 @@ fn sweep_listing(sweeps: &[pb::Sweep]) -> Listing {
     }
 }
 
+/// Prints a command's result: the sentence, or its JSON form for scripts.
+fn say(output: TextFormat, text: String, js: serde_json::Value) {
+    match output {
+        TextFormat::Text => println!("{text}"),
+        TextFormat::Json => print(format!(
+            "{}\n",
+            serde_json::to_string_pretty(&js).unwrap_or_default()
+        )),
+    }
+}
+
+/// One sweep in the JSON form `status -o json` uses.
+fn sweep_json(s: &pb::Sweep) -> serde_json::Value {
+    sweep_listing(std::slice::from_ref(s)).json[0].clone()
+}
+
 fn print(s: String) {
     let mut out = std::io::stdout().lock();
     let _ = out.write_all(s.as_bytes());
@@ -546,6 +576,7 @@ async fn run(cli: Cli) -> R<i32> {
                 }
             }
             if output == TextFormat::Json {
+                // The JSON above says it all.
             } else if r.created && s.unbounded {
                 println!(
                     "submitted sweep {} ({}): trials are proposed as slots free, until you cancel it (`liandan cancel {}`)",
@@ -793,54 +824,66 @@ async fn run(cli: Cli) -> R<i32> {
             println!("wrote {}", path.display());
             Ok(exit::OK)
         }
-        Cmd::Cancel { target } => {
+        Cmd::Cancel { target, output } => {
             let mut c = connect(&url).await?;
             if target.starts_with("job-") {
                 let j = c
                     .cancel_job(pb::JobRef { job_id: target })
                     .await?
                     .into_inner();
-                println!(
-                    "job {}: {}",
-                    j.id,
-                    if j.state == "running" {
-                        "cancelling (SIGTERM, then SIGKILL after the grace period)"
-                    } else {
-                        &j.state
-                    }
+                say(
+                    output,
+                    format!(
+                        "job {}: {}",
+                        j.id,
+                        if j.state == "running" {
+                            "cancelling (SIGTERM, then SIGKILL after the grace period)"
+                        } else {
+                            &j.state
+                        }
+                    ),
+                    json!({"job_id": j.id, "state": j.state}),
                 );
             } else {
                 let s = c
                     .cancel_sweep(pb::SweepRef { sweep_id: target })
                     .await?
                     .into_inner();
-                println!(
-                    "sweep {} cancelled; {} running job(s) are being stopped",
-                    s.id,
-                    counts(&s).running
+                say(
+                    output,
+                    format!(
+                        "sweep {} cancelled; {} running job(s) are being stopped",
+                        s.id,
+                        counts(&s).running
+                    ),
+                    sweep_json(&s),
                 );
             }
             Ok(exit::OK)
         }
-        Cmd::Pause { sweep } => {
+        Cmd::Pause { sweep, output } => {
             let s = connect(&url)
                 .await?
                 .pause_sweep(pb::SweepRef { sweep_id: sweep })
                 .await?
                 .into_inner();
-            println!(
-                "sweep {} paused; running jobs continue, no new ones start",
-                s.id
+            say(
+                output,
+                format!(
+                    "sweep {} paused; running jobs continue, no new ones start",
+                    s.id
+                ),
+                sweep_json(&s),
             );
             Ok(exit::OK)
         }
-        Cmd::Resume { sweep } => {
+        Cmd::Resume { sweep, output } => {
             let s = connect(&url)
                 .await?
                 .resume_sweep(pb::SweepRef { sweep_id: sweep })
                 .await?
                 .into_inner();
-            println!("sweep {} resumed", s.id);
+            say(output, format!("sweep {} resumed", s.id), sweep_json(&s));
             Ok(exit::OK)
         }
         Cmd::Wait { sweep } => {
@@ -897,7 +940,11 @@ async fn run(cli: Cli) -> R<i32> {
             ));
             Ok(exit::OK)
         }
-        Cmd::Drain { worker, undo } => {
+        Cmd::Drain {
+            worker,
+            undo,
+            output,
+        } => {
             let w = connect(&url)
                 .await?
                 .drain_worker(pb::DrainWorkerRequest {
@@ -906,10 +953,11 @@ async fn run(cli: Cli) -> R<i32> {
                 })
                 .await?
                 .into_inner();
+            let js = json!({"worker_id": w.id, "draining": !undo, "running_jobs": w.running_jobs});
             if undo {
-                println!("worker {} takes jobs again", w.id);
+                say(output, format!("worker {} takes jobs again", w.id), js);
             } else {
-                println!("worker {} is draining: no new jobs; {} running job(s) finish (lift with --undo)", w.id, w.running_jobs.len());
+                say(output, format!("worker {} is draining: no new jobs; {} running job(s) finish (lift with --undo)", w.id, w.running_jobs.len()), js);
             }
             Ok(exit::OK)
         }
