@@ -440,7 +440,10 @@ async fn run(cli: Cli) -> R<i32> {
                         exit::DATAERR,
                     ),
                 };
-                print(format!("{}\n", serde_json::to_string_pretty(&js).unwrap_or_default()));
+                print(format!(
+                    "{}\n",
+                    serde_json::to_string_pretty(&js).unwrap_or_default()
+                ));
                 return Ok(code);
             }
             match parsed {
@@ -494,7 +497,11 @@ async fn run(cli: Cli) -> R<i32> {
                     eprintln!("warning: {w}");
                 }
             }
-            let env = |k: &str| std::env::var(k).ok().or_else(|| Some(format!("${{envvar:{k}}}")));
+            let env = |k: &str| {
+                std::env::var(k)
+                    .ok()
+                    .or_else(|| Some(format!("${{envvar:{k}}}")))
+            };
             let ctx = command::offline_context(&env);
             let mut rows = Vec::new();
             let mut js = Vec::new();
@@ -503,7 +510,9 @@ async fn run(cli: Cli) -> R<i32> {
                 let argv = command::build_argv(&spec, params, j.seed, &ctx)
                     .map_err(|e| Fail(exit::DATAERR, e.to_string()))?;
                 let args: serde_json::Map<String, serde_json::Value> =
-                    command::program_params(&spec, params, j.seed).into_iter().collect();
+                    command::program_params(&spec, params, j.seed)
+                        .into_iter()
+                        .collect();
                 rows.push(vec![
                     j.id.to_string(),
                     j.trial.to_string(),
@@ -569,7 +578,10 @@ async fn run(cli: Cli) -> R<i32> {
             let s = r.sweep.unwrap_or_default();
             if output == TextFormat::Json {
                 let js = json!({"sweep_id": s.id, "name": s.name, "created": r.created, "trials": s.trials, "jobs": s.jobs, "unbounded": s.unbounded, "warnings": r.warnings});
-                print(format!("{}\n", serde_json::to_string_pretty(&js).unwrap_or_default()));
+                print(format!(
+                    "{}\n",
+                    serde_json::to_string_pretty(&js).unwrap_or_default()
+                ));
             } else {
                 for w in &r.warnings {
                     eprintln!("warning: {w}");

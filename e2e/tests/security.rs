@@ -302,10 +302,7 @@ fn a_job_runs_end_to_end_over_mutual_tls() {
             .unwrap();
     let id = jobs[0]["id"].as_str().unwrap();
     let log = s.cli(Some(&token), &["logs", id]);
-    assert_eq!(
-        String::from_utf8_lossy(&log.stdout).trim(),
-        "hello --x=1"
-    );
+    assert_eq!(String::from_utf8_lossy(&log.stdout).trim(), "hello --x=1");
 }
 
 fn plain_config(dir: &Path, listen: &str, extra: &str) -> PathBuf {

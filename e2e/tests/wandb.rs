@@ -93,10 +93,7 @@ fn an_unmodified_argparse_script_runs_from_a_wandb_file() {
     let r = results(&c, &sweep);
     let trials = r["trials"].as_array().unwrap();
     assert_eq!(trials.len(), 4, "{r}");
-    let means: Vec<f64> = trials
-        .iter()
-        .map(|t| t["mean"].as_f64().unwrap())
-        .collect();
+    let means: Vec<f64> = trials.iter().map(|t| t["mean"].as_f64().unwrap()).collect();
     assert!(
         means.windows(2).all(|w| w[0] <= w[1]),
         "ranked by loss: {means:?}"
@@ -182,7 +179,11 @@ fn a_seed_parameter_with_values_is_what_results_aggregate_over() {
         "{said}"
     );
     let out = c.cli(&["submit", spec.to_str().unwrap(), "-o", "json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let sub: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(sub["trials"], 2, "{sub}");
     assert_eq!(sub["jobs"], 6, "{sub}");
@@ -202,7 +203,10 @@ fn a_seed_parameter_with_values_is_what_results_aggregate_over() {
             .map(|s| s["seed"].as_i64().unwrap())
             .collect();
         assert_eq!(seeds, [1111, 2222, 3333], "{t}");
-        assert!(t["params"].get("seed").is_none(), "seed is the axis, not a parameter: {t}");
+        assert!(
+            t["params"].get("seed").is_none(),
+            "seed is the axis, not a parameter: {t}"
+        );
         assert!(t["std"].as_f64().unwrap() > 0.0, "the seeds spread: {t}");
     }
     assert_eq!(trials[0]["params"]["lr"], 0.1);
@@ -220,7 +224,11 @@ fn random_search_without_run_cap_keeps_proposing_until_cancelled() {
     );
     let spec = c.write("sweep.yaml", &text);
     let out = c.cli(&["submit", spec.to_str().unwrap(), "-o", "json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let sub: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(sub["unbounded"], true, "{sub}");
     let sweep = sub["sweep_id"].as_str().unwrap().to_string();
@@ -236,7 +244,11 @@ fn random_search_without_run_cap_keeps_proposing_until_cancelled() {
     let table = String::from_utf8_lossy(&c.cli(&["status"]).stdout).to_string();
     assert!(table.contains("random (unbounded)"), "{table}");
     let out = c.cli(&["cancel", &sweep]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let done = eventually(Duration::from_secs(30), || {
         let s = status();
         (s["running"] == 0 && s["queued"] == 0).then_some(s)
@@ -245,7 +257,11 @@ fn random_search_without_run_cap_keeps_proposing_until_cancelled() {
     assert_eq!(done["state"], "cancelled", "{done}");
     assert_eq!(done["unbounded"], false, "{done}");
     std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(status()["trials"], done["trials"], "no trial after the cancel");
+    assert_eq!(
+        status()["trials"],
+        done["trials"],
+        "no trial after the cancel"
+    );
     // Every trial drew a different learning rate within its bounds.
     let r = results(&c, &sweep);
     let lrs: Vec<f64> = r["trials"]

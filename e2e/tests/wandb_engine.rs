@@ -20,7 +20,10 @@ fn liandan_agrees_with_wandbs_engine_and_agent_on_the_corpus() {
                 .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "yaml"))
         })
         .count();
-    assert!(files >= 40, "the corpus has {files} files; it needs at least 40");
+    assert!(
+        files >= 40,
+        "the corpus has {files} files; it needs at least 40"
+    );
     let out = Command::new(python)
         .arg(root.join("e2e/wandb/conformance.py"))
         .arg("--liandan")
@@ -41,5 +44,8 @@ fn liandan_agrees_with_wandbs_engine_and_agent_on_the_corpus() {
             .collect::<Vec<_>>()
             .join("\n")
     );
-    assert!(stdout.contains(&format!("{files} passed, 0 failed")), "{stdout}");
+    assert!(
+        stdout.contains(&format!("{files} passed, 0 failed")),
+        "{stdout}"
+    );
 }

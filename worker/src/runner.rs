@@ -64,7 +64,8 @@ fn resolve_workdir(ctx: &WorkerCtx, spec: &SweepSpec) -> Result<Option<PathBuf>,
     let Some(w) = spec.liandan.workdir.as_deref() else {
         return Ok(None);
     };
-    let w = expand_envvars(w, &|k| std::env::var(k).ok()).map_err(|e| format!("liandan.workdir: {e}"))?;
+    let w = expand_envvars(w, &|k| std::env::var(k).ok())
+        .map_err(|e| format!("liandan.workdir: {e}"))?;
     let path = base_dir(ctx).join(&w);
     if !path.is_dir() {
         return Err(format!(
@@ -91,7 +92,9 @@ fn resolve_program(
         return Ok(None);
     };
     if p != TRAINER_PROGRAM {
-        let dir = workdir.map(Path::to_path_buf).unwrap_or_else(|| base_dir(ctx));
+        let dir = workdir
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| base_dir(ctx));
         let path = dir.join(p);
         if path.exists() {
             return Ok(Some(path.display().to_string()));
@@ -388,6 +391,31 @@ async fn scan_checkpoints(
     }
 }
 
+/// Where and how a job runs on this worker, from its sweep's spec.
+struct Setup {
+    workdir: Option<PathBuf>,
+    program: Option<String>,
+    env: Vec<(String, String)>,
+}
+
+/// Resolves the workdir, the program and `liandan.env`; an error is a setup
+/// error (the next attempt would find the same), said with the path and worker.
+fn setup(ctx: &WorkerCtx, spec: &SweepSpec) -> Result<Setup, String> {
+    let workdir = resolve_workdir(ctx, spec)?;
+    let program = resolve_program(ctx, spec.program.as_deref(), workdir.as_deref())?;
+    let mut env = Vec::new();
+    for (k, v) in &spec.liandan.env {
+        let v = expand_envvars(v, &|k| std::env::var(k).ok())
+            .map_err(|e| format!("liandan.env.{k}: {e}"))?;
+        env.push((k.clone(), v));
+    }
+    Ok(Setup {
+        workdir,
+        program,
+        env,
+    })
+}
+
 /// Everything needed to start an attempt.
 pub struct Launch {
     pub assignment: pb::Assignment,
@@ -417,18 +445,11 @@ pub async fn run_attempt(
 
     // Setup errors (a missing workdir or program) end the attempt before it
     // starts and are not retried: the next attempt would find the same.
-    let setup = (|| -> Result<(Option<PathBuf>, Option<String>, Vec<(String, String)>), String> {
-        let workdir = resolve_workdir(&ctx, &launch.spec)?;
-        let program = resolve_program(&ctx, launch.spec.program.as_deref(), workdir.as_deref())?;
-        let mut env = Vec::new();
-        for (k, v) in &launch.spec.liandan.env {
-            let v = expand_envvars(v, &|k| std::env::var(k).ok())
-                .map_err(|e| format!("liandan.env.{k}: {e}"))?;
-            env.push((k.clone(), v));
-        }
-        Ok((workdir, program, env))
-    })();
-    let (workdir, program, job_env) = match setup {
+    let Setup {
+        workdir,
+        program,
+        env: job_env,
+    } = match setup(&ctx, &launch.spec) {
         Ok(x) => x,
         Err(msg) => {
             finish(&ctx, &job, attempt, exit("setup_failed", -1, 0, msg)).await;

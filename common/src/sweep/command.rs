@@ -63,7 +63,11 @@ pub fn py_float(x: f64) -> String {
 
 /// Python's `repr` of a string (the quotes W&B's `str(list)` puts around items).
 fn py_repr_str(s: &str) -> String {
-    let quote = if s.contains('\'') && !s.contains('"') { '"' } else { '\'' };
+    let quote = if s.contains('\'') && !s.contains('"') {
+        '"'
+    } else {
+        '\''
+    };
     let mut out = String::with_capacity(s.len() + 2);
     out.push(quote);
     for c in s.chars() {
@@ -76,7 +80,9 @@ fn py_repr_str(s: &str) -> String {
                 out.push('\\');
                 out.push(c);
             }
-            c if (c as u32) < 0x20 || c as u32 == 0x7f => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
+                out.push_str(&format!("\\x{:02x}", c as u32))
+            }
             c => out.push(c),
         }
     }
@@ -189,7 +195,11 @@ fn sorted(v: &Value) -> Value {
         Value::Object(m) => {
             let mut keys: Vec<&String> = m.keys().collect();
             keys.sort();
-            Value::Object(keys.into_iter().map(|k| (k.clone(), sorted(&m[k]))).collect())
+            Value::Object(
+                keys.into_iter()
+                    .map(|k| (k.clone(), sorted(&m[k])))
+                    .collect(),
+            )
         }
         Value::Array(a) => Value::Array(a.iter().map(sorted).collect()),
         other => other.clone(),
@@ -217,7 +227,9 @@ pub fn program_params(spec: &SweepSpec, params: &Value, seed: i64) -> Vec<(Strin
 /// The parameters as the JSON object `${args_json}` shows and the file
 /// `${args_json_file}` holds, in W&B's formatting.
 pub fn args_json(spec: &SweepSpec, params: &Value, seed: i64) -> String {
-    py_json(&Value::Object(program_params(spec, params, seed).into_iter().collect()))
+    py_json(&Value::Object(
+        program_params(spec, params, seed).into_iter().collect(),
+    ))
 }
 
 /// Builds the argv for one job as W&B's agent does: `${envvar:NAME}` is

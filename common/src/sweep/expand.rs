@@ -475,7 +475,8 @@ pub fn expand(spec: &SweepSpec, sweep: &SweepId) -> Result<Expansion, ExpandErro
                 'outer: loop {
                     let mut obj = Map::new();
                     let mut seed = None;
-                    for (k, (leaf, (axis, &i))) in ls.iter().zip(axes.iter().zip(&idx)).enumerate() {
+                    for (k, (leaf, (axis, &i))) in ls.iter().zip(axes.iter().zip(&idx)).enumerate()
+                    {
                         if Some(k) == seed_leaf {
                             seed = axis[i].as_i64();
                         } else {

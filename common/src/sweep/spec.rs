@@ -702,11 +702,11 @@ fn get_u64(
             })
             .map(Some)
             .ok_or_else(|| {
-            ctx.err(
-                &join(path, key),
-                format!("expected a non-negative integer, found {}", describe(v)),
-            )
-        }),
+                ctx.err(
+                    &join(path, key),
+                    format!("expected a non-negative integer, found {}", describe(v)),
+                )
+            }),
     }
 }
 
@@ -992,11 +992,16 @@ fn check_macros(ctx: &Ctx, path: &str, s: &str) -> Result<(), SpecError> {
     while let Some(start) = rest.find("${envvar:") {
         let after = &rest[start..];
         let Some(end) = after.find('}') else {
-            ctx.warn(format!("{path}: unclosed ${{envvar:...}} in {s:?} is passed literally"));
+            ctx.warn(format!(
+                "{path}: unclosed ${{envvar:...}} in {s:?} is passed literally"
+            ));
             break;
         };
         let name = &after["${envvar:".len()..end];
-        if !name.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_') {
+        if !name
+            .chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+        {
             ctx.warn(format!(
                 "{path}: ${{envvar:{name}}} is passed literally: W&B replaces only upper-case names ([A-Z0-9_])"
             ));
@@ -1576,10 +1581,7 @@ fn parse_env(ctx: &Ctx, v: &Value) -> Result<Vec<(String, String)>, SpecError> {
             Value::Number(n) => n.to_string(),
             Value::Bool(b) => b.to_string(),
             other => {
-                return Err(ctx.err(
-                    &kp,
-                    format!("expected a string, found {}", describe(other)),
-                ))
+                return Err(ctx.err(&kp, format!("expected a string, found {}", describe(other))))
             }
         };
         check_macros(ctx, &kp, &text)?;
@@ -1618,7 +1620,10 @@ fn parse_extensions(ctx: &Ctx, v: &Value) -> Result<(Extensions, Option<bool>), 
     }
     if let Some(w) = get_str(ctx, p, m, "workdir")? {
         if w.trim().is_empty() {
-            return Err(ctx.err("liandan.workdir", "empty; leave it out to run jobs in their own attempt directory"));
+            return Err(ctx.err(
+                "liandan.workdir",
+                "empty; leave it out to run jobs in their own attempt directory",
+            ));
         }
         check_macros(ctx, "liandan.workdir", &w)?;
         ext.workdir = Some(w);

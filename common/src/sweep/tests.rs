@@ -66,14 +66,24 @@ fn grid_is_cartesian_in_wandb_order_with_duplicates_removed() {
     assert_eq!(e.jobs.len(), 4);
     // 1 and 1.0 are one point to W&B; the later spelling is the one it passes.
     let s = yaml("method: grid\nprogram: t.py\nparameters:\n  a: {values: [1, 1.0, 2]}\n");
-    let got: Vec<Value> = expand(&s, &sid()).unwrap().trials.iter().map(|t| t.params["a"].clone()).collect();
+    let got: Vec<Value> = expand(&s, &sid())
+        .unwrap()
+        .trials
+        .iter()
+        .map(|t| t.params["a"].clone())
+        .collect();
     assert_eq!(got, vec![json!(1.0), json!(2)]);
 }
 
 #[test]
 fn nested_grid_parameters_sort_inside_their_parent() {
     let s = yaml("method: grid\nprogram: t.py\nparameters:\n  opt:\n    parameters:\n      lr: {values: [1, 2]}\n      beta: {values: [3, 4]}\n  bs: {values: [8, 16]}\n");
-    let got: Vec<Value> = expand(&s, &sid()).unwrap().trials.iter().map(|t| t.params.clone()).collect();
+    let got: Vec<Value> = expand(&s, &sid())
+        .unwrap()
+        .trials
+        .iter()
+        .map(|t| t.params.clone())
+        .collect();
     // bs < opt; inside opt, beta < lr: bs slowest, opt.lr fastest.
     assert_eq!(got[0], json!({"bs": 8, "opt": {"beta": 3, "lr": 1}}));
     assert_eq!(got[1], json!({"bs": 8, "opt": {"beta": 3, "lr": 2}}));
@@ -87,8 +97,16 @@ fn grid_expands_int_uniform_and_q_uniform() {
     let s = yaml("method: grid\nprogram: t.py\nparameters:\n  n: {min: 1, max: 3}\n  lr: {distribution: q_uniform, min: 0.1, max: 0.3, q: 0.1}\n");
     let e = expand(&s, &sid()).unwrap();
     let ns: Vec<Value> = e.trials.iter().map(|t| t.params["n"].clone()).collect();
-    assert_eq!(ns, vec![json!(1), json!(2), json!(3), json!(1), json!(2), json!(3)]);
-    let lrs: Vec<f64> = e.trials.iter().step_by(3).map(|t| t.params["lr"].as_f64().unwrap()).collect();
+    assert_eq!(
+        ns,
+        vec![json!(1), json!(2), json!(3), json!(1), json!(2), json!(3)]
+    );
+    let lrs: Vec<f64> = e
+        .trials
+        .iter()
+        .step_by(3)
+        .map(|t| t.params["lr"].as_f64().unwrap())
+        .collect();
     assert_eq!(lrs, vec![0.1, 0.2]);
     let s = yaml("method: grid\nprogram: t.py\nparameters:\n  x: {distribution: q_uniform, min: 0.1, max: 0.8, q: 0.2}\n  k: {distribution: q_uniform, min: 0, max: 6, q: 2}\n  f: {distribution: q_uniform, min: 0, max: 2}\n");
     let e = expand(&s, &sid()).unwrap();
@@ -101,7 +119,15 @@ fn grid_expands_int_uniform_and_q_uniform() {
         }
         v
     };
-    assert_eq!(col("x"), vec![json!(0.1), json!(0.30000000000000004), json!(0.5000000000000001), json!(0.7000000000000001)]);
+    assert_eq!(
+        col("x"),
+        vec![
+            json!(0.1),
+            json!(0.30000000000000004),
+            json!(0.5000000000000001),
+            json!(0.7000000000000001)
+        ]
+    );
     assert_eq!(col("k"), vec![json!(0), json!(2), json!(4)]);
     // W&B's default q is 1.0: floats.
     assert_eq!(col("f"), vec![json!(0.0), json!(1.0)]);
@@ -112,14 +138,36 @@ fn a_seed_parameter_with_values_is_the_seed_axis() {
     let p = parse("method: grid\nprogram: t.py\nparameters:\n  width: {values: [8, 16]}\n  seed: {values: [11, 22, 33]}\n", Format::Yaml).unwrap();
     assert_eq!(p.spec.liandan.seeds, vec![11, 22, 33]);
     assert!(p.spec.parameters.iter().all(|(n, _)| n != "seed"));
-    assert!(p.warnings.iter().any(|w| w.contains("parameters.seed: 3 values used as the seed axis")), "{:?}", p.warnings);
+    assert!(
+        p.warnings
+            .iter()
+            .any(|w| w.contains("parameters.seed: 3 values used as the seed axis")),
+        "{:?}",
+        p.warnings
+    );
     let e = expand(&p.spec, &sid()).unwrap();
     assert_eq!(e.trials.len(), 2);
     // W&B's order: seed sorts before width, so it varies slowest.
-    let order: Vec<(i64, Value)> = e.jobs.iter().map(|j| (j.seed, e.trials[j.trial_index].params["width"].clone())).collect();
-    assert_eq!(order[..3], [(11, json!(8)), (11, json!(16)), (22, json!(8))]);
-    let argv = build_argv(&p.spec, &e.trials[0].params, 11, &offline_context(&|_| None)).unwrap();
-    assert_eq!(argv, ["/usr/bin/env", "python", "t.py", "--seed=11", "--width=8"]);
+    let order: Vec<(i64, Value)> = e
+        .jobs
+        .iter()
+        .map(|j| (j.seed, e.trials[j.trial_index].params["width"].clone()))
+        .collect();
+    assert_eq!(
+        order[..3],
+        [(11, json!(8)), (11, json!(16)), (22, json!(8))]
+    );
+    let argv = build_argv(
+        &p.spec,
+        &e.trials[0].params,
+        11,
+        &offline_context(&|_| None),
+    )
+    .unwrap();
+    assert_eq!(
+        argv,
+        ["/usr/bin/env", "python", "t.py", "--seed=11", "--width=8"]
+    );
     // run_cap counts runs: W&B's first four.
     let s = yaml("method: grid\nprogram: t.py\nrun_cap: 4\nparameters:\n  width: {values: [8, 16]}\n  seed: {values: [11, 22, 33]}\n");
     let e = expand(&s, &sid()).unwrap();
@@ -129,10 +177,28 @@ fn a_seed_parameter_with_values_is_the_seed_axis() {
     let p = parse("method: grid\nprogram: t.py\nparameters:\n  seed: {values: [1, 2]}\nliandan: {seed_axis: false}\n", Format::Yaml).unwrap();
     assert_eq!(p.spec.liandan.seeds, vec![0]);
     assert_eq!(expand(&p.spec, &sid()).unwrap().jobs.len(), 2);
-    let p = parse("method: random\nprogram: t.py\nrun_cap: 3\nparameters:\n  seed: {min: 0, max: 100}\n", Format::Yaml).unwrap();
-    assert!(p.warnings.iter().any(|w| w.contains("liandan.seeds")), "{:?}", p.warnings);
-    let p = parse("method: grid\nprogram: t.py\nparameters:\n  a: {values: [1]}\n  seed: {value: 5}\n", Format::Yaml).unwrap();
-    assert!(p.warnings.iter().any(|w| w.contains("no seed-to-seed spread")), "{:?}", p.warnings);
+    let p = parse(
+        "method: random\nprogram: t.py\nrun_cap: 3\nparameters:\n  seed: {min: 0, max: 100}\n",
+        Format::Yaml,
+    )
+    .unwrap();
+    assert!(
+        p.warnings.iter().any(|w| w.contains("liandan.seeds")),
+        "{:?}",
+        p.warnings
+    );
+    let p = parse(
+        "method: grid\nprogram: t.py\nparameters:\n  a: {values: [1]}\n  seed: {value: 5}\n",
+        Format::Yaml,
+    )
+    .unwrap();
+    assert!(
+        p.warnings
+            .iter()
+            .any(|w| w.contains("no seed-to-seed spread")),
+        "{:?}",
+        p.warnings
+    );
 }
 
 #[test]
@@ -142,22 +208,42 @@ fn without_liandan_seeds_nothing_is_added_to_the_command_line() {
     assert_eq!(e.jobs[0].seed, 0);
     let argv = build_argv(&s, &e.trials[0].params, 0, &offline_context(&|_| None)).unwrap();
     assert_eq!(argv, ["/usr/bin/env", "python", "t.py", "--lr=0.1"]);
-    let s = yaml("method: grid\nprogram: t.py\nparameters:\n  lr: {values: [0.1]}\nliandan: {seeds: [3]}\n");
-    let argv = build_argv(&s, &expand(&s, &sid()).unwrap().trials[0].params, 3, &offline_context(&|_| None)).unwrap();
-    assert_eq!(argv, ["/usr/bin/env", "python", "t.py", "--lr=0.1", "--seed=3"]);
+    let s = yaml(
+        "method: grid\nprogram: t.py\nparameters:\n  lr: {values: [0.1]}\nliandan: {seeds: [3]}\n",
+    );
+    let argv = build_argv(
+        &s,
+        &expand(&s, &sid()).unwrap().trials[0].params,
+        3,
+        &offline_context(&|_| None),
+    )
+    .unwrap();
+    assert_eq!(
+        argv,
+        ["/usr/bin/env", "python", "t.py", "--lr=0.1", "--seed=3"]
+    );
 }
 
 #[test]
 fn random_without_run_cap_is_lazy() {
-    let p = parse("method: random\nprogram: t.py\nparameters:\n  lr: {min: 0.0, max: 1.0}\n", Format::Yaml).unwrap();
+    let p = parse(
+        "method: random\nprogram: t.py\nparameters:\n  lr: {min: 0.0, max: 1.0}\n",
+        Format::Yaml,
+    )
+    .unwrap();
     assert!(p.spec.is_lazy());
     let e = expand(&p.spec, &sid()).unwrap();
     assert!(e.trials.is_empty() && e.jobs.is_empty());
     // Draw k is the same point an up-front expansion draws k-th.
-    let capped = yaml("method: random\nprogram: t.py\nrun_cap: 3\nparameters:\n  lr: {min: 0.0, max: 1.0}\n");
+    let capped = yaml(
+        "method: random\nprogram: t.py\nrun_cap: 3\nparameters:\n  lr: {min: 0.0, max: 1.0}\n",
+    );
     let up_front = expand(&capped, &sid()).unwrap();
     for k in 0..3 {
-        assert_eq!(expand::random_params(&p.spec, k as u64), up_front.trials[k].params);
+        assert_eq!(
+            expand::random_params(&p.spec, k as u64),
+            up_front.trials[k].params
+        );
     }
 }
 
@@ -166,11 +252,35 @@ fn yaml_is_read_as_pyyaml_reads_it() {
     let p = parse("method: grid\nprogram: t.py\nparameters:\n  flag: {values: [on, off]}\n  lr: {values: [1e-5, 1.0e-5]}\n  n: {value: 010}\n", Format::Yaml).unwrap();
     let e = expand(&p.spec, &sid()).unwrap();
     let argv = build_argv(&p.spec, &e.trials[0].params, 0, &offline_context(&|_| None)).unwrap();
-    assert_eq!(argv, ["/usr/bin/env", "python", "t.py", "--flag=True", "--lr=1e-5", "--n=8"]);
+    assert_eq!(
+        argv,
+        [
+            "/usr/bin/env",
+            "python",
+            "t.py",
+            "--flag=True",
+            "--lr=1e-5",
+            "--n=8"
+        ]
+    );
     // In a numeric field the string is taken as the number, with a warning naming the key.
-    let p = parse("method: random\nrun_cap: 1\nprogram: t.py\nparameters:\n  lr: {min: 1e-5, max: 0.1}\n", Format::Yaml).unwrap();
-    assert_eq!(p.spec.parameters[0].1, Param::Uniform { min: 1e-5, max: 0.1 });
-    assert!(p.warnings.iter().any(|w| w.contains("parameters.lr.min")), "{:?}", p.warnings);
+    let p = parse(
+        "method: random\nrun_cap: 1\nprogram: t.py\nparameters:\n  lr: {min: 1e-5, max: 0.1}\n",
+        Format::Yaml,
+    )
+    .unwrap();
+    assert_eq!(
+        p.spec.parameters[0].1,
+        Param::Uniform {
+            min: 1e-5,
+            max: 0.1
+        }
+    );
+    assert!(
+        p.warnings.iter().any(|w| w.contains("parameters.lr.min")),
+        "{:?}",
+        p.warnings
+    );
 }
 
 #[test]

@@ -72,7 +72,9 @@ pub fn load(text: &str) -> Result<Value, YamlError> {
         }
     }
     let v = match loader.next()? {
-        None | Some((Event::DocumentEnd, _)) | Some((Event::StreamEnd, _)) => return Ok(Value::Null),
+        None | Some((Event::DocumentEnd, _)) | Some((Event::StreamEnd, _)) => {
+            return Ok(Value::Null)
+        }
         Some((ev, span)) => loader.node(ev, span)?,
     };
     // PyYAML's safe_load takes exactly one document.
@@ -174,8 +176,9 @@ impl<'a> Loader<'a> {
                     if matches!(kev, Event::MappingEnd) {
                         break;
                     }
-                    let is_merge = matches!(&kev, Event::Scalar(t, ScalarStyle::Plain, _, None) if t == "<<");
-                    let key = self.node(kev, ksp.clone())?;
+                    let is_merge =
+                        matches!(&kev, Event::Scalar(t, ScalarStyle::Plain, _, None) if t == "<<");
+                    let key = self.node(kev, ksp)?;
                     let (vev, vsp) = self.expect_next()?;
                     let value = self.node(vev, vsp)?;
                     if is_merge {
@@ -340,12 +343,14 @@ fn int_value(text: &str) -> Option<Value> {
         i128::from_str_radix(b, 2).ok()?
     } else if let Some(h) = digits.strip_prefix("0x") {
         i128::from_str_radix(h, 16).ok()?
-    } else if digits.starts_with('0') {
-        i128::from_str_radix(&digits[1..], 8).ok()?
+    } else if let Some(o) = digits.strip_prefix('0') {
+        i128::from_str_radix(o, 8).ok()?
     } else if digits.contains(':') {
         let mut acc: i128 = 0;
         for part in digits.split(':') {
-            acc = acc.checked_mul(60)?.checked_add(part.parse::<i128>().ok()?)?;
+            acc = acc
+                .checked_mul(60)?
+                .checked_add(part.parse::<i128>().ok()?)?;
         }
         acc
     } else {
@@ -433,7 +438,11 @@ mod tests {
             let got = load(&doc).unwrap_or_else(|e| panic!("{text:?}: {e:?}"));
             assert_eq!(&got["k"], want, "{text:?}");
             if let Value::Number(n) = want {
-                assert_eq!(got["k"].as_number().map(|m| m.is_f64()), Some(n.is_f64()), "{text:?} keeps int vs float");
+                assert_eq!(
+                    got["k"].as_number().map(|m| m.is_f64()),
+                    Some(n.is_f64()),
+                    "{text:?} keeps int vs float"
+                );
             }
         }
     }
@@ -449,7 +458,8 @@ mod tests {
 
     #[test]
     fn anchors_aliases_and_merges() {
-        let text = "base: &b {min: 1, max: 5}\nx: *b\ny:\n  <<: *b\n  max: 9\nlist: &l [1, 2]\nz: *l\n";
+        let text =
+            "base: &b {min: 1, max: 5}\nx: *b\ny:\n  <<: *b\n  max: 9\nlist: &l [1, 2]\nz: *l\n";
         let v = load(text).expect("yaml");
         assert_eq!(v["x"], json!({"min": 1, "max": 5}));
         assert_eq!(v["y"], json!({"min": 1, "max": 9}));
@@ -460,7 +470,10 @@ mod tests {
     fn one_document_only() {
         let e = load("a: 1\n---\nb: 2\n").expect_err("two documents");
         assert!(e.message.contains("second YAML document"), "{}", e.message);
-        assert_eq!(load("---\na: 1\n...\n").expect("one document"), json!({"a": 1}));
+        assert_eq!(
+            load("---\na: 1\n...\n").expect("one document"),
+            json!({"a": 1})
+        );
     }
 
     #[test]

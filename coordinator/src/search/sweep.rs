@@ -117,9 +117,7 @@ impl SweepSearch {
 
     /// Whether another trial may be proposed now.
     pub fn can_propose(&self) -> bool {
-        self.lazy
-            && !self.closed
-            && self.max_trials.is_none_or(|m| self.trials.len() < m)
+        self.lazy && !self.closed && self.max_trials.is_none_or(|m| self.trials.len() < m)
     }
 
     /// Whether proposals learn from the trials so far (random search does not).
