@@ -51,6 +51,14 @@ liandan:
   metric_pattern: 'loss: (?P<loss>[0-9.]+)'
 "#;
 
+/// A project directory with `train.py` in it, as a user's checkout would be.
+fn project(c: &Cluster, script: &str) -> std::path::PathBuf {
+    let work = c.dir.path().join("project");
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::write(work.join("train.py"), script).unwrap();
+    work
+}
+
 fn results(c: &Cluster, sweep: &str) -> Value {
     c.cli_json(&["results", sweep, "-o", "json"])
 }
@@ -58,9 +66,7 @@ fn results(c: &Cluster, sweep: &str) -> Value {
 #[test]
 fn an_unmodified_argparse_script_runs_from_a_wandb_file() {
     let c = Cluster::start(2, Opts::default());
-    let work = c.dir.path().join("project");
-    std::fs::create_dir_all(&work).unwrap();
-    std::fs::write(work.join("train.py"), ARGPARSE_SCRIPT).unwrap();
+    let work = project(&c, ARGPARSE_SCRIPT);
     std::fs::write(work.join("data.csv"), "x,y\n1,0.5\n2,1.5\n").unwrap();
     let spec = c.write(
         "sweep.yaml",
@@ -127,13 +133,10 @@ fn a_missing_workdir_fails_at_once_and_spends_no_retry() {
 #[test]
 fn a_usage_error_fails_the_job_without_burning_its_retries() {
     let c = Cluster::start(1, Opts::default());
-    let work = c.dir.path().join("project");
-    std::fs::create_dir_all(&work).unwrap();
-    std::fs::write(
-        work.join("train.py"),
+    let work = project(
+        &c,
         "import argparse\np = argparse.ArgumentParser()\np.add_argument('--lr', type=float)\np.parse_args()\n",
-    )
-    .unwrap();
+    );
     let spec = c.write(
         "sweep.yaml",
         &format!(
@@ -164,9 +167,7 @@ print(f"score={1.0 - abs(a.lr - 0.1) + (a.seed % 7) * 0.001}")
 #[test]
 fn a_seed_parameter_with_values_is_what_results_aggregate_over() {
     let c = Cluster::start(2, Opts::default());
-    let work = c.dir.path().join("project");
-    std::fs::create_dir_all(&work).unwrap();
-    std::fs::write(work.join("train.py"), SEEDED_SCRIPT).unwrap();
+    let work = project(&c, SEEDED_SCRIPT);
     let text = format!(
         "program: train.py\nmethod: grid\nmetric: {{name: score, goal: maximize}}\nparameters:\n  lr: {{values: [0.1, 0.3]}}\n  seed: {{values: [1111, 2222, 3333]}}\nliandan:\n  workdir: {}\n  metric_pattern: 'score=(?P<score>[0-9.]+)'\n",
         work.display()
@@ -215,9 +216,7 @@ fn a_seed_parameter_with_values_is_what_results_aggregate_over() {
 #[test]
 fn random_search_without_run_cap_keeps_proposing_until_cancelled() {
     let c = Cluster::start(1, Opts::default());
-    let work = c.dir.path().join("project");
-    std::fs::create_dir_all(&work).unwrap();
-    std::fs::write(work.join("train.py"), SEEDED_SCRIPT).unwrap();
+    let work = project(&c, SEEDED_SCRIPT);
     let text = format!(
         "program: train.py\nmethod: random\nmetric: {{name: score, goal: maximize}}\nparameters:\n  lr: {{distribution: log_uniform_values, min: 0.001, max: 1.0}}\nliandan:\n  workdir: {}\n  seeds: [5]\n  metric_pattern: 'score=(?P<score>[0-9.]+)'\n",
         work.display()

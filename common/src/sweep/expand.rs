@@ -59,10 +59,26 @@ struct Leaf<'a> {
 }
 
 fn leaves<'a>(params: &'a [(String, Param)], prefix: &mut Vec<&'a str>, out: &mut Vec<Leaf<'a>>) {
-    for (name, p) in params {
+    leaves_in(params, false, prefix, out)
+}
+
+/// The leaves in declaration order, or (`sorted`) in W&B's grid order: names
+/// sorted by bytes (as Python sorts `str`) at every level, a nested
+/// parameter's leaves in its place.
+fn leaves_in<'a>(
+    params: &'a [(String, Param)],
+    sorted: bool,
+    prefix: &mut Vec<&'a str>,
+    out: &mut Vec<Leaf<'a>>,
+) {
+    let mut order: Vec<&'a (String, Param)> = params.iter().collect();
+    if sorted {
+        order.sort_by(|a, b| a.0.cmp(&b.0));
+    }
+    for (name, p) in order {
         prefix.push(name);
         match p {
-            Param::Nested { parameters } => leaves(parameters, prefix, out),
+            Param::Nested { parameters } => leaves_in(parameters, sorted, prefix, out),
             other => out.push(Leaf {
                 path: prefix.clone(),
                 param: other,
@@ -86,28 +102,6 @@ fn set_path(obj: &mut Map<String, Value>, path: &[&str], v: Value) {
                 set_path(m, rest, v);
             }
         }
-    }
-}
-
-/// The leaves in W&B's grid order: names sorted (by bytes, as Python sorts
-/// `str`) at every level, a nested parameter's leaves in its place.
-fn leaves_sorted<'a>(
-    params: &'a [(String, Param)],
-    prefix: &mut Vec<&'a str>,
-    out: &mut Vec<Leaf<'a>>,
-) {
-    let mut sorted: Vec<&'a (String, Param)> = params.iter().collect();
-    sorted.sort_by(|a, b| a.0.cmp(&b.0));
-    for (name, p) in sorted {
-        prefix.push(name);
-        match p {
-            Param::Nested { parameters } => leaves_sorted(parameters, prefix, out),
-            other => out.push(Leaf {
-                path: prefix.clone(),
-                param: other,
-            }),
-        }
-        prefix.pop();
     }
 }
 
@@ -435,7 +429,7 @@ pub fn expand(spec: &SweepSpec, sweep: &SweepId) -> Result<Expansion, ExpandErro
                 ));
             }
             let mut ls = Vec::new();
-            leaves_sorted(&all, &mut Vec::new(), &mut ls);
+            leaves_in(&all, true, &mut Vec::new(), &mut ls);
             let seed_leaf = ls.iter().position(|l| {
                 seed_axis && l.path.len() == 1 && l.path[0] == spec.liandan.seed_param
             });
