@@ -1013,6 +1013,8 @@ impl Core {
             let mut metrics = Vec::new();
             let mut ops = Vec::new();
             let mut sends = Vec::new();
+            // Jobs whose final/best value changed in this batch: written once each.
+            let mut metric_changed: Vec<JobId> = Vec::new();
             for rec in records {
                 if rec.seq <= acked {
                     continue;
@@ -1045,7 +1047,11 @@ impl Core {
                         text: l.text,
                     }),
                     Some(pb::record::Body::Metric(m)) => {
-                        self.observe_metric(&mut st, &jid, &m.json, m.step, &mut ops, &mut sends);
+                        if self.observe_metric(&mut st, &jid, &m.json, m.step, &mut ops, &mut sends)
+                            && !metric_changed.contains(&jid)
+                        {
+                            metric_changed.push(jid.clone());
+                        }
                         metrics.push(MetricRow {
                             job_id: jid.to_string(),
                             attempt: rec.attempt,
@@ -1086,6 +1092,15 @@ impl Core {
             if !metrics.is_empty() {
                 ops.push(Op::Metrics(metrics));
             }
+            for jid in &metric_changed {
+                if let Some(j) = st.jobs.get(jid) {
+                    ops.push(Op::JobMetrics {
+                        seq: j.seq,
+                        final_metric: j.final_metric,
+                        best_metric: j.best_metric,
+                    });
+                }
+            }
             if let Some(w) = st.workers.get_mut(wid) {
                 w.acked_seq = acked;
             }
@@ -1118,6 +1133,9 @@ impl Core {
         Ok(ack)
     }
 
+    /// Feeds a metric record to the job's final/best values and its sweep's
+    /// search; returns whether it set them (then the caller persists them in
+    /// the same batch as the record).
     #[allow(clippy::too_many_arguments)]
     fn observe_metric(
         &self,
@@ -1127,24 +1145,26 @@ impl Core {
         step: Option<i64>,
         ops: &mut Vec<Op>,
         sends: &mut Sends,
-    ) {
-        let Some(job) = st.jobs.get(jid) else { return };
+    ) -> bool {
+        let Some(job) = st.jobs.get(jid) else {
+            return false;
+        };
         let (sid, tid) = (job.sweep.clone(), job.trial.clone());
         let Some(sweep) = st.sweeps.get_mut(&sid) else {
-            return;
+            return false;
         };
         let Some(metric) = sweep.spec.metric.as_ref() else {
-            return;
+            return false;
         };
         let Ok(v) = serde_json::from_str::<serde_json::Value>(json) else {
-            return;
+            return false;
         };
         let Some(x) = v
             .get(&metric.name)
             .and_then(|x| x.as_f64())
             .filter(|x| x.is_finite())
         else {
-            return;
+            return false;
         };
         let goal = metric.goal;
         // Early stopping decides on every reported value. The reporting job is
@@ -1164,6 +1184,7 @@ impl Core {
             tracing::info!(sweep = %sid, trial = %tid, rule = ?d.rule, band = d.band, value = d.value, "early stopping prunes the trial");
             self.prune_trial(st, &sid, t, ops, sends);
         }
+        true
     }
 
     /// Stops every job of a trial that early stopping pruned: queued ones

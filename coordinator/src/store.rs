@@ -204,6 +204,14 @@ pub enum Op {
         state: String,
     },
     UpdateJob(JobUpdate),
+    /// A job's final and best values of the sweep metric, in the same batch
+    /// as the metric rows that changed them (an acknowledged metric must be
+    /// the job's result after a crash, not only its memory's).
+    JobMetrics {
+        seq: i64,
+        final_metric: Option<f64>,
+        best_metric: Option<f64>,
+    },
     InsertAttempt {
         job_id: String,
         attempt: u64,
@@ -444,6 +452,14 @@ fn apply(tx: &rusqlite::Transaction, op: &Op) -> Result<(), rusqlite::Error> {
                 j.seq, j.state, j.attempt as i64, j.retries_used, j.worker_id.as_ref().map(|w| w.as_str()), j.cancel_requested, j.final_metric, j.best_metric, j.result_recorded,
                 liandan_common::time::now_secs()
             ])?;
+        }
+        Op::JobMetrics {
+            seq,
+            final_metric,
+            best_metric,
+        } => {
+            tx.prepare_cached("UPDATE jobs SET final_metric=?2, best_metric=?3 WHERE seq=?1")?
+                .execute(params![seq, final_metric, best_metric])?;
         }
         Op::InsertAttempt {
             job_id,
