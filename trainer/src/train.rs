@@ -386,7 +386,19 @@ pub fn train(p: &Params, data: Dataset) -> TrainResult<i32> {
     let ckpt_every = e(p.usize("checkpoint_every"))? as u64;
     let clip = p.f64("grad_clip").map_err(|e| e.to_string())?;
     let smoothing = p.f64("label_smoothing").map_err(|e| e.to_string())?;
-    let ckpt_dir = std::env::var_os("LIANDAN_CHECKPOINT_DIR").map(PathBuf::from);
+    let ckpt_dir = std::env::var_os("LIANDAN_CHECKPOINT_DIR")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from);
+    // Made (or found unusable) before training, not at the first checkpoint
+    // after minutes of work.
+    if let Some(dir) = &ckpt_dir {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            format!(
+                "LIANDAN_CHECKPOINT_DIR {}: cannot create it: {e}",
+                dir.display()
+            )
+        })?;
+    }
     let fingerprint = p.fingerprint();
     let mut sink = Sink::from_env()?;
     let mut step = 0u64;

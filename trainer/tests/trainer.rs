@@ -393,3 +393,51 @@ fn doctor_reports_libtorch_and_cuda() {
     assert!(text.contains("libtorch 2.11.0"), "{text}");
     assert!(text.contains("cuda available:"));
 }
+
+#[test]
+fn a_new_checkpoint_directory_is_created_and_an_unusable_one_is_refused_before_training() {
+    let r = Run::new();
+    let fresh = r.dir.path().join("new/nested/ckpt");
+    let out = Command::new(BIN)
+        .args([
+            "--steps=20",
+            "--checkpoint_every=10",
+            "--width=8",
+            "--threads=1",
+        ])
+        .env("LIANDAN_METRICS_FILE", r.metrics("m.jsonl"))
+        .env("LIANDAN_CHECKPOINT_DIR", &fresh)
+        .env_remove("LIANDAN_RESUME_FROM")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        fresh.join("step-20.ckpt").exists(),
+        "checkpoints written into the new directory"
+    );
+    // A path through a regular file cannot be a directory: refused at once, naming it.
+    let file = r.dir.path().join("plain-file");
+    std::fs::write(&file, "x").unwrap();
+    let t0 = std::time::Instant::now();
+    let out = Command::new(BIN)
+        .args(["--steps=100000", "--width=8", "--threads=1"])
+        .env("LIANDAN_METRICS_FILE", r.metrics("m2.jsonl"))
+        .env("LIANDAN_CHECKPOINT_DIR", file.join("ckpt"))
+        .env_remove("LIANDAN_RESUME_FROM")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("LIANDAN_CHECKPOINT_DIR") && err.contains("plain-file"),
+        "{err}"
+    );
+    assert!(
+        t0.elapsed() < std::time::Duration::from_secs(20),
+        "refused before training"
+    );
+}
