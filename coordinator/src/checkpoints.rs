@@ -300,37 +300,50 @@ impl CheckpointStore {
         // content does not match (clients verify the hash too and discard it).
         let btx = tx.clone();
         let offset0 = r.offset;
-        let reader = tokio::task::spawn_blocking(move || -> std::io::Result<(String, u64)> {
-            use std::io::Seek;
-            let mut file = std::fs::File::open(&path)?;
-            file.seek(std::io::SeekFrom::Start(offset0))?;
-            let mut hasher = blake3::Hasher::new();
-            let mut offset = offset0;
-            let mut first = true;
-            loop {
-                let mut buf = vec![0u8; CHUNK];
-                let n = file.read(&mut buf)?;
-                if n == 0 && !first {
-                    break;
+        // `None`: the client went away before the end. Only a read of the
+        // whole file can judge it; a cut-off reader says nothing about it.
+        let reader =
+            tokio::task::spawn_blocking(move || -> std::io::Result<Option<(String, u64)>> {
+                use std::io::Seek;
+                let mut file = std::fs::File::open(&path)?;
+                file.seek(std::io::SeekFrom::Start(offset0))?;
+                let mut hasher = blake3::Hasher::new();
+                let mut offset = offset0;
+                let mut first = true;
+                loop {
+                    let mut buf = vec![0u8; CHUNK];
+                    let n = file.read(&mut buf)?;
+                    if n == 0 && !first {
+                        break;
+                    }
+                    buf.truncate(n);
+                    hasher.update(&buf);
+                    let chunk = pb::CheckpointChunk {
+                        meta: first.then(|| meta.clone()),
+                        offset,
+                        data: buf,
+                    };
+                    first = false;
+                    offset += n as u64;
+                    if btx.blocking_send(Ok(chunk)).is_err() {
+                        return Ok(None);
+                    }
+                    if n == 0 {
+                        break;
+                    }
                 }
-                buf.truncate(n);
-                hasher.update(&buf);
-                let chunk = pb::CheckpointChunk {
-                    meta: first.then(|| meta.clone()),
-                    offset,
-                    data: buf,
-                };
-                first = false;
-                offset += n as u64;
-                if btx.blocking_send(Ok(chunk)).is_err() || n == 0 {
-                    break;
-                }
-            }
-            Ok((hasher.finalize().to_hex().to_string(), offset - offset0))
-        });
+                Ok(Some((
+                    hasher.finalize().to_hex().to_string(),
+                    offset - offset0,
+                )))
+            });
         tokio::spawn(async move {
             let verdict = match reader.await {
-                Ok(Ok((hash, n))) => offset0 > 0 || (hash == c.blake3 && n == c.size),
+                Ok(Ok(None)) => {
+                    tracing::debug!(job = %c.job_id, step = c.step, "checkpoint download ended by the client before the end");
+                    true
+                }
+                Ok(Ok(Some((hash, n)))) => offset0 > 0 || (hash == c.blake3 && n == c.size),
                 _ => false,
             };
             if !verdict {

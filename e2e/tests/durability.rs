@@ -57,3 +57,88 @@ fn a_metric_acknowledged_before_a_coordinator_crash_is_the_jobs_result_after_it(
     assert_eq!(r["trials"][0]["n"], 1, "{r}");
     assert_eq!(r["trials"][0]["mean"].as_f64(), Some(0.777), "{r}");
 }
+
+/// Publishes one 64 MiB checkpoint, then waits for a file before exiting 0.
+const CHECKPOINT_THEN_WAIT: &str = r#"
+import os, sys, time
+d = os.environ["LIANDAN_CHECKPOINT_DIR"]
+tmp = os.path.join(d, ".step-1.tmp")
+with open(tmp, "wb") as f:
+    f.write(os.urandom(64 << 20))
+    f.flush()
+    os.fsync(f.fileno())
+os.rename(tmp, os.path.join(d, "step-1.ckpt"))
+gate = sys.argv[1]
+while not os.path.exists(gate):
+    time.sleep(0.05)
+"#;
+
+#[test]
+fn a_download_cut_off_midway_leaves_the_checkpoint_stored() {
+    use liandan_proto::v1 as pb;
+    let c = Cluster::start(1, Opts::default());
+    let script = c.write("ckpt.py", CHECKPOINT_THEN_WAIT);
+    let gate = c.dir.path().join("gate");
+    let spec = c.write(
+        "sweep.yaml",
+        &format!(
+            "method: grid\ncommand: [python3, '{}', '{}']\nparameters:\n  a: {{value: 1}}\n",
+            script.display(),
+            gate.display()
+        ),
+    );
+    let sweep = c.submit(&spec);
+    let job = eventually(Duration::from_secs(30), || {
+        let jobs = c.cli_json(&["jobs", &sweep, "-o", "json"]);
+        let id = jobs[0]["id"].as_str()?.to_string();
+        let cs = c.cli_json(&["checkpoints", &id, "-o", "json"]);
+        (cs.as_array()?.len() == 1).then_some(id)
+    })
+    .expect("the checkpoint was uploaded");
+    // A client that reads the first chunk and goes away (Ctrl-C, a dropped link).
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    for _ in 0..3 {
+        rt.block_on(async {
+            let mut user = pb::user_service_client::UserServiceClient::connect(c.url())
+                .await
+                .unwrap();
+            let mut stream = user
+                .download_checkpoint(pb::DownloadCheckpointRequest {
+                    job_id: job.clone(),
+                    step: -1,
+                    offset: 0,
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            let first = stream.message().await.unwrap().expect("a first chunk");
+            assert!(!first.data.is_empty());
+            drop(stream);
+        });
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let cs = c.cli_json(&["checkpoints", &job, "-o", "json"]);
+    assert_eq!(
+        cs.as_array().unwrap().len(),
+        1,
+        "a cut-off reader is no verdict on the file: {cs}\n{}",
+        c.coordinator.log_text()
+    );
+    assert!(
+        !c.coordinator.log_text().contains("corrupt"),
+        "{}",
+        c.coordinator.log_text()
+    );
+    // And a whole download still verifies.
+    let out_path = c.dir.path().join("got.ckpt");
+    let out = c.cli(&["download", &job, "-o", out_path.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::metadata(&out_path).unwrap().len(), 64 << 20);
+    std::fs::write(&gate, "").unwrap();
+    let st = c.wait_finished(&sweep, Duration::from_secs(30));
+    assert_eq!(st["succeeded"], 1, "{st}");
+}
