@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod exit;
 pub mod hash;
 pub mod ids;
+pub mod lockdir;
 pub mod logging;
 pub mod names;
 pub mod rng;

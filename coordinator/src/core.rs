@@ -237,6 +237,8 @@ pub struct Core {
     store: Store,
     cfg: CoordinatorConfig,
     log_generation: watch::Sender<u64>,
+    /// Set once at shutdown: every worker session ends (workers reconnect).
+    closing: watch::Sender<bool>,
 }
 
 fn secs(s: f64) -> Duration {
@@ -256,12 +258,32 @@ impl Core {
         let store = Store::open(&cfg.data_dir.join("coordinator.db"))?;
         let state = load(&store, &cfg)?;
         let (log_generation, _) = watch::channel(0);
+        let (closing, _) = watch::channel(false);
         Ok(Arc::new(Core {
             state: Mutex::new(state),
             store,
             cfg,
             log_generation,
+            closing,
         }))
+    }
+
+    /// Resolves when the coordinator shuts down: worker sessions end then.
+    pub fn closing(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.closing.subscribe();
+        async move {
+            let _ = rx.wait_for(|c| *c).await;
+        }
+    }
+
+    /// Ends every worker session (at shutdown); returns how many were open.
+    pub fn end_sessions(&self) -> usize {
+        self.closing.send_replace(true);
+        self.lock()
+            .workers
+            .values()
+            .filter(|w| w.session.is_some())
+            .count()
     }
 
     pub fn store(&self) -> &Store {

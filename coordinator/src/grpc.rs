@@ -327,9 +327,15 @@ impl WorkerService for Api {
         let (wid, session) = core.hello(hello, tx.clone()).await?;
         // On cancel (the stream ends) the worker is marked disconnected and its
         // lease runs down; on error the same, and the error is logged.
+        let closing = core.closing();
         tokio::spawn(async move {
+            let mut closing = std::pin::pin!(core.closing());
             loop {
-                match inbound.message().await {
+                let msg = tokio::select! {
+                    m = inbound.message() => m,
+                    _ = &mut closing => break,
+                };
+                match msg {
                     Ok(Some(pb::WorkerMessage {
                         msg: Some(pb::worker_message::Msg::Heartbeat(h)),
                     })) => core.heartbeat(&wid, session, h.stopping),
@@ -364,7 +370,9 @@ impl WorkerService for Api {
             }
             core.disconnected(&wid, session);
         });
-        let out = UnboundedReceiverStream::new(rx).map(Ok);
+        // The stream ends at shutdown, so a graceful stop is not held open by
+        // workers (they reconnect to the next coordinator).
+        let out = futures::StreamExt::take_until(UnboundedReceiverStream::new(rx).map(Ok), closing);
         Ok(Response::new(Box::pin(out)))
     }
 

@@ -38,7 +38,15 @@ pub enum RunError {
     Transport(#[from] tonic::transport::Error),
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// Another coordinator holds the data directory.
+    #[error("data directory {0}")]
+    Locked(liandan_common::lockdir::LockError),
 }
+
+/// After the shutdown signal: how long connections get to finish (workers are
+/// told to reconnect and their streams are closed first) before the server
+/// is stopped regardless.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Serves the coordinator on `listener` until `shutdown` resolves, with the
 /// `security` loaded from `cfg` beforehand ([`security::Security::load`], so a
@@ -50,6 +58,10 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
+    // One coordinator per data directory, for as long as this one runs.
+    std::fs::create_dir_all(&cfg.data_dir).map_err(RunError::Checkpoints)?;
+    let _lock = liandan_common::lockdir::lock_dir(&cfg.data_dir, "coordinator.lock")
+        .map_err(RunError::Locked)?;
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_service_status("", ServingStatus::NotServing)
@@ -91,6 +103,13 @@ pub async fn run(
     );
 
     let local = listener.local_addr().ok();
+    // The shutdown signal stops accepting connections; `stopping` then ends
+    // the workers' streams and bounds the wait for the rest.
+    let (stopping_tx, mut stopping) = tokio::sync::watch::channel(false);
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stopping_tx.send(true);
+    };
     // Larger HTTP/2 windows: checkpoint uploads are bulk transfers and the
     // default 64 KiB stream window caps them far below the link's speed.
     let mut builder = tonic::transport::Server::builder();
@@ -161,7 +180,25 @@ pub async fn run(
     liandan_common::systemd::ready("serving");
     let watchdog = liandan_common::systemd::spawn_watchdog(liveness);
     tracing::info!("coordinator ready");
-    let result = server.await;
+    let mut server = server;
+    let result = tokio::select! {
+        r = &mut server => r,
+        _ = stopping.wait_for(|s| *s) => {
+            // Long-lived worker streams would hold a graceful shutdown open
+            // forever: end them (workers reconnect with backoff), then give
+            // what is in flight a bounded time.
+            let n = core.end_sessions();
+            tracing::info!(workers = n, "shutting down: worker streams closed");
+            match tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await {
+                Ok(r) => r,
+                Err(_) => {
+                    tracing::warn!(secs = SHUTDOWN_GRACE.as_secs_f64(), "connections still open after the shutdown grace; closing them");
+                    server.abort();
+                    Ok(Ok(()))
+                }
+            }
+        }
+    };
     ticker.abort();
     if let Some(w) = watchdog {
         w.abort();

@@ -101,6 +101,12 @@ fn main() {
         };
         match liandan_coordinator::run(cfg, security, listener, shutdown).await {
             Ok(()) => exit::OK,
+            // A second coordinator on one data directory: an operator's
+            // mistake that a restart loop would not fix.
+            Err(e @ liandan_coordinator::RunError::Locked(_)) => {
+                eprintln!("error: {e}");
+                exit::CONFIG
+            }
             Err(e) => {
                 eprintln!("error: {e}");
                 exit::SOFTWARE

@@ -142,3 +142,59 @@ fn a_download_cut_off_midway_leaves_the_checkpoint_stored() {
     let st = c.wait_finished(&sweep, Duration::from_secs(30));
     assert_eq!(st["succeeded"], 1, "{st}");
 }
+
+#[test]
+fn one_coordinator_per_data_dir_and_a_stop_is_bounded_with_workers_connected() {
+    let mut c = Cluster::start(1, Opts::default());
+    // A job keeps the worker's stream busy while the coordinator stops.
+    let spec = c.write(
+        "sweep.yaml",
+        "method: grid\ncommand: [/bin/sleep, '30']\nparameters:\n  a: {value: 1}\n",
+    );
+    let sweep = c.submit(&spec);
+    eventually(Duration::from_secs(20), || {
+        let s = c.cli_json(&["status", &sweep, "-o", "json"]);
+        (s[0]["running"] == 1).then_some(())
+    })
+    .expect("the job runs");
+    // A second coordinator on the same data directory is refused, naming the first.
+    let mut second = std::process::Command::new(liandan_e2e::bin("liandan-coordinator"))
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(c.dir.path().join("coordinator"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let code = eventually(Duration::from_secs(10), || second.try_wait().ok().flatten());
+    if code.is_none() {
+        let _ = second.kill();
+    }
+    let out = second.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        code.and_then(|s| s.code()),
+        Some(78),
+        "a second coordinator ran: {err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "in use by another process (pid {})",
+            c.coordinator.pid()
+        )),
+        "{err}"
+    );
+    // SIGTERM with a worker connected: gone within seconds, not when the worker leaves.
+    let t0 = std::time::Instant::now();
+    let status = c
+        .coordinator
+        .terminate(Duration::from_secs(30))
+        .expect("exited");
+    let took = t0.elapsed();
+    assert!(status.success(), "{status:?}");
+    assert!(took < Duration::from_secs(8), "the stop took {took:?}");
+    // The worker reconnects to the next coordinator and its job carries on.
+    c.restart_coordinator();
+    let s = c.cli_json(&["status", &sweep, "-o", "json"]);
+    assert_eq!(s[0]["running"], 1, "{s}");
+    assert_eq!(s[0]["failed"], 0, "{s}");
+}

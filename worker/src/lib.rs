@@ -198,33 +198,12 @@ impl WorkerCtx {
     }
 }
 
-fn lock_state_dir(dir: &std::path::Path) -> Result<nix::fcntl::Flock<std::fs::File>, WorkerError> {
-    use std::io::{Read, Seek, Write};
-    let path = dir.join("worker.lock");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .read(true)
-        .write(true)
-        .open(&path)
-        .map_err(|e| WorkerError::StateDir(dir.to_path_buf(), e))?;
-    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
-        Ok(mut lock) => {
-            let _ = lock.set_len(0);
-            let _ = lock.seek(std::io::SeekFrom::Start(0));
-            let _ = write!(lock, "{}", std::process::id());
-            let _ = lock.sync_all();
-            Ok(lock)
-        }
-        Err((mut file, _)) => {
-            let mut pid = String::new();
-            let _ = file.read_to_string(&mut pid);
-            Err(WorkerError::Locked(
-                dir.to_path_buf(),
-                pid.trim().to_string(),
-            ))
-        }
-    }
+fn lock_state_dir(dir: &std::path::Path) -> Result<liandan_common::lockdir::DirLock, WorkerError> {
+    use liandan_common::lockdir::{lock_dir, LockError};
+    lock_dir(dir, "worker.lock").map_err(|e| match e {
+        LockError::Io(_, e) => WorkerError::StateDir(dir.to_path_buf(), e),
+        LockError::Held(p, pid) => WorkerError::Locked(p, pid),
+    })
 }
 
 fn new_worker_id() -> WorkerId {
