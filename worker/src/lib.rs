@@ -534,7 +534,7 @@ async fn session(
                             tracing::warn!(refused = a.refused, "the coordinator refused records from stale attempts");
                         }
                     }
-                    Some(pb::coordinator_message::Msg::Assign(a)) => start(ctx, a).await,
+                    Some(pb::coordinator_message::Msg::Assign(a)) => start(ctx, a),
                     Some(pb::coordinator_message::Msg::Cancel(c)) => {
                         let reason = match c.reason.as_str() { "preempted" => StopReason::Preempt, "stale" => StopReason::Stale, _ => StopReason::Cancel };
                         ctx.stop(&c.job_id, c.attempt, reason);
@@ -585,7 +585,11 @@ async fn send_pending(
 }
 
 /// Starts an assigned attempt: journal, fetch its checkpoint, run.
-async fn start(ctx: &Arc<WorkerCtx>, a: pb::Assignment) {
+/// Takes an assignment. Not async on purpose: the session loop that calls it
+/// is the only place acks are processed, and anything here that waited (for
+/// spool space, say, which only an ack frees) would deadlock it; all waiting
+/// happens in the spawned task.
+fn start(ctx: &Arc<WorkerCtx>, a: pb::Assignment) {
     let key = (a.job_id.clone(), a.attempt);
     if liandan_common::ids::JobId::parse(&a.job_id).is_err() {
         tracing::error!(job = %a.job_id, "refusing an assignment with an invalid job id");
@@ -605,7 +609,10 @@ async fn start(ctx: &Arc<WorkerCtx>, a: pb::Assignment) {
             attempt: a.attempt,
             body: Some(pb::record::Body::Exited(exited)),
         };
-        ctx.spool.append(vec![rec]).await;
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            ctx.spool.append(vec![rec]).await;
+        });
         return;
     }
     let (stop_tx, stop_rx) = watch::channel(None);
