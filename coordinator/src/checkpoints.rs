@@ -111,8 +111,8 @@ impl CheckpointStore {
         }
         // Only the worker that holds the job's current attempt may store its checkpoints.
         if !core.holds(&job, h.attempt, &h.worker_id) {
-            // Counted by add_checkpoint's refusal path.
-            let _ = core.add_checkpoint(row(&h, String::new())).await;
+            core.refuse_stale("checkpoint upload", &h.job_id, h.attempt, &h.worker_id)
+                .await;
             return Err(Status::failed_precondition(format!(
                 "attempt {} is not the current attempt of {job}; checkpoint refused",
                 h.attempt
@@ -230,7 +230,7 @@ impl CheckpointStore {
             .unwrap_or(&final_path)
             .to_string_lossy()
             .to_string();
-        match core.add_checkpoint(row(&h, rel)).await {
+        match core.add_checkpoint(row(&h, rel), &h.worker_id).await {
             Ok(removed) => {
                 // Older checkpoints go only now that the newer one is durable.
                 for f in removed {

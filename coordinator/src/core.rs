@@ -144,6 +144,15 @@ impl WorkerMem {
 }
 
 impl JobMem {
+    /// The fence, the one predicate every write from a worker passes: the
+    /// write's attempt is the current attempt of this running job, on the
+    /// worker that holds it. Anything else is a stale attempt's write.
+    fn accepts(&self, attempt: u64, worker: &str) -> bool {
+        self.state == JobState::Running
+            && self.attempt == attempt
+            && self.worker.as_ref().is_some_and(|w| w.as_str() == worker)
+    }
+
     /// A new job, queued, never run.
     fn queued(
         seq: i64,
@@ -888,11 +897,10 @@ impl Core {
                 let Ok(jid) = JobId::parse(&h.job_id) else {
                     continue;
                 };
-                let current = st.jobs.get(&jid).is_some_and(|j| {
-                    j.state == JobState::Running
-                        && j.attempt == h.attempt
-                        && j.worker.as_ref() == Some(&wid)
-                });
+                let current = st
+                    .jobs
+                    .get(&jid)
+                    .is_some_and(|j| j.accepts(h.attempt, wid.as_str()));
                 if current {
                     if let Some(j) = st.jobs.get_mut(&jid) {
                         j.gpus = h.gpu_uuids.clone();
@@ -1049,11 +1057,10 @@ impl Core {
                         continue;
                     }
                 };
-                let current = st.jobs.get(&jid).is_some_and(|j| {
-                    j.state == JobState::Running
-                        && j.attempt == rec.attempt
-                        && j.worker.as_ref() == Some(wid)
-                });
+                let current = st
+                    .jobs
+                    .get(&jid)
+                    .is_some_and(|j| j.accepts(rec.attempt, wid.as_str()));
                 if !current {
                     refused += 1;
                     tracing::warn!(worker = %wid, job = %jid, attempt = rec.attempt, "refused a write from a stale attempt");
@@ -1712,16 +1719,38 @@ impl Core {
 
     /// Whether `worker` holds `attempt`, the current attempt of a running job.
     pub fn holds(&self, jid: &JobId, attempt: u64, worker: &str) -> bool {
-        let st = self.lock();
-        st.jobs.get(jid).is_some_and(|j| {
-            j.state == JobState::Running
-                && j.attempt == attempt
-                && j.worker.as_ref().is_some_and(|w| w.as_str() == worker)
-        })
+        self.lock()
+            .jobs
+            .get(jid)
+            .is_some_and(|j| j.accepts(attempt, worker))
     }
 
-    /// Records a durable checkpoint file and returns the files no longer kept.
-    pub async fn add_checkpoint(&self, row: CheckpointRow) -> Result<Vec<String>, CoreError> {
+    /// Counts a refused write from a stale attempt (durably, like every counter).
+    pub async fn refuse_stale(&self, what: &str, jid: &str, attempt: u64, worker: &str) {
+        let fut = {
+            let mut st = self.lock();
+            st.refused_stale += 1;
+            tracing::warn!(
+                job = jid,
+                attempt,
+                worker,
+                "refused a {what} from a stale attempt"
+            );
+            self.store.enqueue(vec![Op::AddCounter {
+                name: REFUSED_STALE.into(),
+                delta: 1,
+            }])
+        };
+        let _ = fut.await;
+    }
+
+    /// Records a durable checkpoint file that `worker` uploaded and returns
+    /// the files no longer kept.
+    pub async fn add_checkpoint(
+        &self,
+        row: CheckpointRow,
+        worker: &str,
+    ) -> Result<Vec<String>, CoreError> {
         let jid =
             JobId::parse(&row.job_id).map_err(|e| CoreError::InvalidArgument(e.to_string()))?;
         let row_attempt = row.attempt;
@@ -1730,7 +1759,7 @@ impl Core {
             let current = st
                 .jobs
                 .get(&jid)
-                .is_some_and(|j| j.state == JobState::Running && j.attempt == row.attempt);
+                .is_some_and(|j| j.accepts(row.attempt, worker));
             if !current {
                 st.refused_stale += 1;
                 tracing::warn!(job = %jid, attempt = row.attempt, "refused a checkpoint from a stale attempt");
