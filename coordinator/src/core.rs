@@ -121,6 +121,10 @@ struct JobMem {
     /// Resources reserved on `worker` while running.
     gpus: Vec<String>,
     cpus: u32,
+    /// When the current attempt was handed out (or found running at start):
+    /// a heartbeat that leaves it out counts only once the assignment had
+    /// time to arrive.
+    assigned_at: Option<Instant>,
 }
 
 impl WorkerMem {
@@ -179,6 +183,7 @@ impl JobMem {
             params_json,
             gpus: Vec::new(),
             cpus: 0,
+            assigned_at: None,
         }
     }
 
@@ -312,16 +317,29 @@ impl Core {
         self.log_generation.subscribe()
     }
 
+    /// Waits for a batch to be durable, then delivers the messages decided
+    /// with it, from a task the caller cannot cancel: a client that resets
+    /// its RPC (Ctrl-C during a submit) drops this future, and the decisions
+    /// already queued to the store (a job now `running` on W) must still
+    /// reach W, or W would never run a job the database says it runs.
     async fn finish(
         &self,
-        fut: impl std::future::Future<Output = Result<(), StoreError>>,
+        fut: impl std::future::Future<Output = Result<(), StoreError>> + Send + 'static,
         sends: Sends,
     ) -> Result<(), CoreError> {
-        fut.await?;
-        for (tx, msg) in sends {
-            let _ = tx.send(msg);
+        let delivered = tokio::spawn(async move {
+            fut.await?;
+            for (tx, msg) in sends {
+                let _ = tx.send(msg);
+            }
+            Ok::<(), StoreError>(())
+        });
+        match delivered.await {
+            Ok(r) => Ok(r?),
+            Err(e) => Err(CoreError::FailedPrecondition(format!(
+                "delivering a committed decision: {e}"
+            ))),
         }
-        Ok(())
     }
 
     // ------------------------------------------------------------ sweeps
@@ -988,18 +1006,92 @@ impl Core {
     /// A heartbeat renews the worker's lease.
     /// A heartbeat renews the worker's lease; `stopping` says it is shutting
     /// down (SIGTERM): it gets no new jobs until it says hello again.
-    pub fn heartbeat(&self, wid: &WorkerId, session: u64, stopping: bool) {
-        let mut st = self.lock();
-        if let Some(w) = st.workers.get_mut(wid) {
-            if w.session.as_ref().is_some_and(|s| s.id == session) {
-                w.lease_deadline = Instant::now() + secs(self.cfg.lease_timeout_secs);
-                w.last_seen = now_secs();
-                if stopping && !w.stopping {
-                    tracing::info!(worker = %wid, "worker is shutting down; no new jobs for it");
-                }
-                w.stopping |= stopping;
+    /// A heartbeat: renews the worker's lease and reconciles what it holds
+    /// with what the coordinator believes (a Kubernetes-style controller; no
+    /// single lost message can leave the two apart for good). An attempt the
+    /// coordinator has running on the worker that the worker does not hold,
+    /// once its assignment had time to arrive, is lost: the job is requeued
+    /// without spending a retry. An attempt the worker holds that is not
+    /// current is told to stop.
+    pub async fn heartbeat(
+        &self,
+        wid: &WorkerId,
+        session: u64,
+        hb: pb::Heartbeat,
+    ) -> Result<(), CoreError> {
+        let grace = secs((3.0 * self.cfg.heartbeat_interval_secs).max(2.0));
+        let (fut, sends) = {
+            let mut st = self.lock();
+            let Some(w) = st.workers.get_mut(wid) else {
+                return Ok(());
+            };
+            if w.session.as_ref().is_none_or(|s| s.id != session) {
+                return Ok(());
             }
-        }
+            w.lease_deadline = Instant::now() + secs(self.cfg.lease_timeout_secs);
+            w.last_seen = now_secs();
+            if hb.stopping && !w.stopping {
+                tracing::info!(worker = %wid, "worker is shutting down; no new jobs for it");
+            }
+            w.stopping |= hb.stopping;
+            if !hb.reports_held {
+                // An older worker that sends no list: nothing to reconcile.
+                return Ok(());
+            }
+            let tx = w.session.as_ref().map(|s| s.tx.clone());
+            let believed: Vec<JobId> = w.running.iter().cloned().collect();
+            let held: HashSet<(&str, u64)> = hb
+                .held
+                .iter()
+                .map(|h| (h.job_id.as_str(), h.attempt))
+                .collect();
+            let mut ops = Vec::new();
+            let mut sends = Vec::new();
+            for jid in believed {
+                let Some(j) = st.jobs.get(&jid) else { continue };
+                let settled = j.assigned_at.is_none_or(|t| t.elapsed() >= grace);
+                if j.accepts(j.attempt, wid.as_str())
+                    && settled
+                    && !held.contains(&(jid.as_str(), j.attempt))
+                {
+                    tracing::warn!(worker = %wid, job = %jid, attempt = j.attempt, "the worker does not hold an attempt it was given; requeued without spending a retry");
+                    self.lose_attempt(
+                        &mut st,
+                        &jid,
+                        "the worker does not hold this attempt (its assignment was lost)",
+                        &mut ops,
+                    );
+                }
+            }
+            for h in &hb.held {
+                let stale = JobId::parse(&h.job_id).ok().is_some_and(|jid| {
+                    st.jobs.get(&jid).is_none_or(|j| {
+                        !j.accepts(h.attempt, wid.as_str())
+                            && (j.attempt > h.attempt || j.state != JobState::Running)
+                    })
+                });
+                if stale && h.running {
+                    if let Some(tx) = &tx {
+                        sends.push((
+                            tx.clone(),
+                            pb::CoordinatorMessage {
+                                msg: Some(pb::coordinator_message::Msg::Cancel(pb::Cancel {
+                                    job_id: h.job_id.clone(),
+                                    attempt: h.attempt,
+                                    reason: "stale".into(),
+                                })),
+                            },
+                        ));
+                    }
+                }
+            }
+            if ops.is_empty() && sends.is_empty() {
+                return Ok(());
+            }
+            self.dispatch(&mut st, &mut ops, &mut sends);
+            (self.store.enqueue(ops), sends)
+        };
+        self.finish(fut, sends).await
     }
 
     /// The worker's stream ended. Its lease keeps running down.
@@ -1671,6 +1763,7 @@ impl Core {
         job.worker = Some(wid.clone());
         job.gpus = taken.clone();
         job.cpus = cpus;
+        job.assigned_at = Some(Instant::now());
         ops.push(Op::InsertAttempt {
             job_id: jid.to_string(),
             attempt: job.attempt,
@@ -2171,6 +2264,7 @@ fn load(store: &Store, cfg: &CoordinatorConfig) -> Result<State, CoreError> {
                             params_json,
                             gpus: Vec::new(),
                             cpus,
+                            assigned_at: (state == JobState::Running).then(Instant::now),
                         },
                     );
                 }

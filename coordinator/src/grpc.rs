@@ -338,7 +338,12 @@ impl WorkerService for Api {
                 match msg {
                     Ok(Some(pb::WorkerMessage {
                         msg: Some(pb::worker_message::Msg::Heartbeat(h)),
-                    })) => core.heartbeat(&wid, session, h.stopping),
+                    })) => {
+                        if let Err(e) = core.heartbeat(&wid, session, h).await {
+                            tracing::warn!(worker = %wid, error = %e, "closing worker session");
+                            break;
+                        }
+                    }
                     Ok(Some(pb::WorkerMessage {
                         msg: Some(pb::worker_message::Msg::Records(r)),
                     })) => match core.records(&wid, session, r.records).await {

@@ -17,6 +17,22 @@ struct Worker {
     seq: u64,
 }
 
+/// A heartbeat of a simulated worker that sends no held list (as before
+/// reconciliation existed).
+async fn beat(core: &Core, w: &liandan_common::WorkerId, session: u64) {
+    core.heartbeat(
+        w,
+        session,
+        pb::Heartbeat {
+            held: Vec::new(),
+            stopping: false,
+            reports_held: false,
+        },
+    )
+    .await
+    .expect("heartbeat");
+}
+
 fn core(dir: &std::path::Path) -> Arc<Core> {
     let cfg = CoordinatorConfig {
         data_dir: dir.to_path_buf(),
@@ -146,7 +162,7 @@ async fn a_stalled_coordinator_does_not_blame_its_workers() {
     let mut a = hello(&core, "wk-aaaa", vec![]).await;
     let job = assignments(&mut a).pop().expect("assigned").job_id;
     run_for(&core, Duration::from_secs(2)).await;
-    core.heartbeat(&wid(&a), a.session, false);
+    beat(&core, &wid(&a), a.session).await;
     // The coordinator stops for 30 s (three leases): no tick, no heartbeat
     // processed. When it runs again, the worker's queued heartbeat is still
     // on its way; its job must not be lost.
@@ -158,7 +174,7 @@ async fn a_stalled_coordinator_does_not_blame_its_workers() {
         ("running", 1),
         "not lost to the stall"
     );
-    core.heartbeat(&wid(&a), a.session, false);
+    beat(&core, &wid(&a), a.session).await;
     run_for(&core, Duration::from_secs(9)).await;
     assert_eq!(core.get_job(&job).await.unwrap().state, "running");
     // A worker that really went silent still loses its lease.
@@ -181,7 +197,7 @@ async fn heartbeats_keep_the_lease_and_silence_loses_it() {
     // Heartbeats every 5 s for 30 s: still running, still attempt 1.
     for _ in 0..6 {
         run_for(&core, Duration::from_secs(5)).await;
-        core.heartbeat(&wid(&a), a.session, false);
+        beat(&core, &wid(&a), a.session).await;
         core.tick().await.unwrap();
     }
     let j = core.get_job(&job).await.unwrap();
@@ -244,7 +260,7 @@ async fn failed_attempts_retry_with_exponential_backoff_then_fail() {
     exit(&core, &mut w, &job, 1, "failed").await;
     assert!(assignments(&mut w).is_empty(), "no immediate retry");
     run_for(&core, Duration::from_millis(3_900)).await;
-    core.heartbeat(&wid(&w), w.session, false);
+    beat(&core, &wid(&w), w.session).await;
     core.tick().await.unwrap();
     assert!(assignments(&mut w).is_empty(), "still backing off");
     run_for(&core, Duration::from_millis(200)).await;
@@ -259,7 +275,7 @@ async fn failed_attempts_retry_with_exponential_backoff_then_fail() {
     // Second failure: 8 s.
     exit(&core, &mut w, &job, 2, "failed").await;
     run_for(&core, Duration::from_millis(7_900)).await;
-    core.heartbeat(&wid(&w), w.session, false);
+    beat(&core, &wid(&w), w.session).await;
     core.tick().await.unwrap();
     assert!(assignments(&mut w).is_empty());
     run_for(&core, Duration::from_millis(200)).await;
@@ -320,7 +336,7 @@ async fn restart_gives_workers_a_grace_period() {
     }];
     let w = hello(&core, "wk-dddd", held).await;
     run_for(&core, Duration::from_secs(8)).await;
-    core.heartbeat(&wid(&w), w.session, false);
+    beat(&core, &wid(&w), w.session).await;
     core.tick().await.unwrap();
     let j = core.get_job(&job).await.unwrap();
     assert_eq!((j.state.as_str(), j.attempt), ("running", 1));
@@ -430,4 +446,72 @@ async fn scheduling_packs_whole_gpus_honours_labels_caps_and_shares_fairly() {
     assert!(by_sweep("elsewhere").is_empty());
     assert_eq!(got.len(), 5);
     counts_agree(&core);
+}
+
+/// Heartbeats carry what the worker holds, and the coordinator repairs any
+/// difference: an assignment the worker never got (a reply future dropped
+/// after its commit, say) is requeued without spending a retry instead of
+/// running forever on a heartbeating worker; an attempt the worker still runs
+/// that is no longer current is told to stop.
+#[tokio::test(start_paused = true)]
+async fn heartbeats_reconcile_what_the_worker_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let core = core(dir.path());
+    core.submit(SPEC, "yaml", "").await.unwrap();
+    let mut w = hello(&core, "wk-a", Vec::new()).await;
+    let a = assignments(&mut w).pop().expect("assigned");
+    let hb = |held: Vec<pb::HeldAttempt>| pb::Heartbeat {
+        held,
+        stopping: false,
+        reports_held: true,
+    };
+    // Within the grace an assignment may still be on its way: nothing happens.
+    core.heartbeat(&wid(&w), w.session, hb(Vec::new()))
+        .await
+        .unwrap();
+    let j = &core.list_jobs("t", "").unwrap()[0];
+    assert_eq!((j.state.as_str(), j.attempt), ("running", 1));
+    // Past it (3 heartbeat intervals), the worker still says it holds
+    // nothing: lost, requeued, no retry spent.
+    run_for(&core, Duration::from_secs(7)).await;
+    core.heartbeat(&wid(&w), w.session, hb(Vec::new()))
+        .await
+        .unwrap();
+    let again = assignments(&mut w);
+    let j = &core.list_jobs("t", "").unwrap()[0];
+    assert_eq!(j.retries_used, 0, "{j:?}");
+    assert_eq!(again.len(), 1, "handed out again: {j:?}");
+    assert_eq!(again[0].attempt, 2);
+    counts_agree(&core);
+    // The worker holds attempt 2 and, somehow, a still-running attempt 1: stop that one.
+    run_for(&core, Duration::from_secs(3)).await;
+    let held = |attempt, running| pb::HeldAttempt {
+        job_id: a.job_id.clone(),
+        attempt,
+        running,
+        gpu_uuids: Vec::new(),
+    };
+    core.heartbeat(&wid(&w), w.session, hb(vec![held(2, true), held(1, true)]))
+        .await
+        .unwrap();
+    let mut stops = Vec::new();
+    while let Ok(m) = w.rx.try_recv() {
+        if let Some(Msg::Cancel(c)) = m.msg {
+            stops.push((c.attempt, c.reason));
+        }
+    }
+    assert_eq!(stops, vec![(1, "stale".to_string())]);
+    let j = &core.list_jobs("t", "").unwrap()[0];
+    assert_eq!(
+        (j.state.as_str(), j.attempt),
+        ("running", 2),
+        "the current one runs on"
+    );
+    // An ended attempt whose exit record is unacknowledged still counts as held.
+    run_for(&core, Duration::from_secs(3)).await;
+    core.heartbeat(&wid(&w), w.session, hb(vec![held(2, false)]))
+        .await
+        .unwrap();
+    let j = &core.list_jobs("t", "").unwrap()[0];
+    assert_eq!((j.state.as_str(), j.attempt), ("running", 2));
 }

@@ -177,6 +177,33 @@ impl WorkerCtx {
         }
     }
 
+    /// What heartbeats say this worker holds, from memory only (no database
+    /// read every heartbeat): attempts taken and not yet ended, and ended
+    /// ones whose exit record the coordinator has not acknowledged.
+    fn held_now(&self) -> Vec<pb::HeldAttempt> {
+        let mut out: Vec<pb::HeldAttempt> = self
+            .running()
+            .iter()
+            .map(|((job, attempt), r)| pb::HeldAttempt {
+                job_id: job.clone(),
+                attempt: *attempt,
+                running: r.alive,
+                gpu_uuids: Vec::new(),
+            })
+            .collect();
+        for (job, attempt) in self.spool.unacked_exits() {
+            if !out.iter().any(|h| h.job_id == job && h.attempt == attempt) {
+                out.push(pb::HeldAttempt {
+                    job_id: job,
+                    attempt,
+                    running: false,
+                    gpu_uuids: Vec::new(),
+                });
+            }
+        }
+        out
+    }
+
     /// The attempts this worker holds, for hello.
     fn held(&self) -> Vec<pb::HeldAttempt> {
         let journal = self.spool.journal().unwrap_or_default();
@@ -548,14 +575,14 @@ async fn session(
             }
             _ = heartbeat.tick() => {
                 let stopping = ctx.stopping.load(Ordering::SeqCst);
-                out.send(pb::WorkerMessage { msg: Some(pb::worker_message::Msg::Heartbeat(pb::Heartbeat { held: Vec::new(), stopping })) }).await.map_err(|e| e.to_string())?;
+                out.send(pb::WorkerMessage { msg: Some(pb::worker_message::Msg::Heartbeat(pb::Heartbeat { held: ctx.held_now(), stopping, reports_held: true })) }).await.map_err(|e| e.to_string())?;
                 // The main loop is alive while it heartbeats (or keeps trying to connect).
                 ctx.liveness.beat();
             }
             _ = ctx.announce_stop.notified() => {
                 // Said before any preempted exit record, on the same ordered stream,
                 // so the coordinator never hands a stopping worker a requeued job.
-                out.send(pb::WorkerMessage { msg: Some(pb::worker_message::Msg::Heartbeat(pb::Heartbeat { held: Vec::new(), stopping: true })) }).await.map_err(|e| e.to_string())?;
+                out.send(pb::WorkerMessage { msg: Some(pb::worker_message::Msg::Heartbeat(pb::Heartbeat { held: ctx.held_now(), stopping: true, reports_held: true })) }).await.map_err(|e| e.to_string())?;
                 ctx.stop_announced.notify_waiters();
             }
             _ = ctx.spool.new_records.notified() => send_pending(ctx, &out).await?,

@@ -95,6 +95,9 @@ struct Inner {
     /// Numbers up to here are reserved on disk (see the module docs).
     reserved: u64,
     pending: VecDeque<(u64, pb::Record, usize)>,
+    /// The unacknowledged exit records, by sequence number: their attempts
+    /// still count as held (the coordinator has not heard they ended).
+    exits: std::collections::BTreeMap<u64, (String, u64)>,
     bytes: u64,
     /// Records up to here were sent on the current session.
     sent_up_to: u64,
@@ -156,6 +159,7 @@ impl Spool {
             }
         }
         let mut pending = VecDeque::new();
+        let mut exits = std::collections::BTreeMap::new();
         let mut bytes = 0u64;
         // `last_seq`: the high-water mark of databases from before the
         // reservation (`seq_reserved`, below), which bounds every number since.
@@ -168,6 +172,7 @@ impl Spool {
             .unwrap_or(0);
         {
             let mut q = w.prepare("SELECT seq, record FROM spool ORDER BY seq")?;
+            exits.clear();
             let rows = q.query_map([], |r| {
                 Ok((r.get::<_, i64>(0)? as u64, r.get::<_, Vec<u8>>(1)?))
             })?;
@@ -175,6 +180,9 @@ impl Spool {
                 let (seq, blob) = row?;
                 if let Ok(rec) = pb::Record::decode(blob.as_slice()) {
                     bytes += blob.len() as u64;
+                    if matches!(rec.body, Some(pb::record::Body::Exited(_))) {
+                        exits.insert(seq, (rec.job_id.clone(), rec.attempt));
+                    }
                     pending.push_back((seq, rec, blob.len()));
                 }
                 max_seq = max_seq.max(seq);
@@ -200,6 +208,7 @@ impl Spool {
                 next_seq: max_seq + 1,
                 reserved: max_seq,
                 pending,
+                exits,
                 bytes,
                 sent_up_to: 0,
             })),
@@ -243,6 +252,9 @@ impl Spool {
                         st.next_seq += 1;
                         let blob = rec.encode_to_vec();
                         st.bytes += blob.len() as u64;
+                        if matches!(rec.body, Some(pb::record::Body::Exited(_))) {
+                            st.exits.insert(rec.seq, (rec.job_id.clone(), rec.attempt));
+                        }
                         st.pending.push_back((rec.seq, rec, blob.len()));
                         rows.push((st.next_seq - 1, blob));
                     }
@@ -291,6 +303,7 @@ impl Spool {
                     st.bytes -= n as u64;
                 }
             }
+            st.exits = st.exits.split_off(&(seq + 1));
             // Sequence numbers are never reused, even if the spool was emptied.
             if st.next_seq <= seq {
                 st.next_seq = seq + 1;
@@ -298,6 +311,11 @@ impl Spool {
         }
         let _ = self.db.send(DbOp::DeleteUpTo(seq));
         self.space.notify_waiters();
+    }
+
+    /// Attempts whose exit record the coordinator has not acknowledged yet.
+    pub fn unacked_exits(&self) -> Vec<(String, u64)> {
+        self.lock().exits.values().cloned().collect()
     }
 
     /// Starts a new session: everything unacknowledged is to be sent again.
