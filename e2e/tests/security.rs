@@ -113,6 +113,10 @@ impl Secure {
     }
 
     fn worker(&self, name: &str, cfg_extra: &str) -> Proc {
+        self.worker_with_env(name, cfg_extra, &[])
+    }
+
+    fn worker_with_env(&self, name: &str, cfg_extra: &str, env: &[(&str, &str)]) -> Proc {
         let cfg = self.dir.path().join(format!("{name}.toml"));
         std::fs::write(
             &cfg,
@@ -128,6 +132,7 @@ impl Secure {
             .arg("--config")
             .arg(&cfg)
             .env_remove("LIANDAN_TOKEN")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
@@ -459,4 +464,54 @@ async fn hostile_names_and_huge_messages_are_refused_without_effect() {
                 .map(|m| m.len() != 3)
                 .unwrap_or(true)
     );
+}
+
+#[test]
+fn jobs_never_see_the_workers_secrets() {
+    let s = Secure::new();
+    let p = s.pki();
+    let join = std::fs::read_to_string(p.join("join.token")).unwrap();
+    // A join-token worker given its token the way a shell or a unit would.
+    let _w = s.worker_with_env(
+        "w",
+        &format!("tls_ca = \"{}\"\n", p.join("ca.pem").display()),
+        &[
+            ("LIANDAN_TOKEN", join.trim()),
+            // A worker setting from the environment: the worker's, not the job's.
+            ("LIANDAN_GRACE_PERIOD_SECS", "7"),
+        ],
+    );
+    let spec = s.dir.path().join("s.yaml");
+    std::fs::write(
+        &spec,
+        "name: env\nmethod: grid\ncommand: [/usr/bin/env]\nparameters:\n  x: {value: 1}\n",
+    )
+    .unwrap();
+    let token = p.join("user.token");
+    let out = s.cli(Some(&token), &["submit", spec.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let done = liandan_e2e::eventually(std::time::Duration::from_secs(30), || {
+        let j: serde_json::Value =
+            serde_json::from_slice(&s.cli(Some(&token), &["jobs", "env", "-o", "json"]).stdout)
+                .ok()?;
+        (j[0]["state"] == "succeeded").then_some(j)
+    });
+    let jobs =
+        done.unwrap_or_else(|| panic!("the job did not finish; worker log:\n{}", _w.log_text()));
+    let id = jobs[0]["id"].as_str().unwrap();
+    let log = String::from_utf8_lossy(&s.cli(Some(&token), &["logs", id]).stdout).to_string();
+    assert!(
+        log.contains("LIANDAN_JOB_ID="),
+        "the job's own variables are there: {log}"
+    );
+    assert!(
+        !log.contains(join.trim()),
+        "the join token leaked into the job: {log}"
+    );
+    assert!(!log.contains("LIANDAN_TOKEN"), "{log}");
+    assert!(!log.contains("LIANDAN_GRACE_PERIOD_SECS"), "{log}");
 }

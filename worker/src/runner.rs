@@ -484,6 +484,16 @@ pub async fn run_attempt(
     };
 
     let mut cmd = tokio::process::Command::new(&argv[0]);
+    // A job sees none of the worker's own settings and secrets: every
+    // inherited LIANDAN_* variable (LIANDAN_TOKEN, LIANDAN_TOKEN_FILE, the
+    // worker's TLS key path ...) and systemd's credentials directory are
+    // removed; the job's own LIANDAN_* variables are set below.
+    for (k, _) in std::env::vars_os() {
+        let name = k.to_string_lossy();
+        if name.starts_with("LIANDAN_") || name == "CREDENTIALS_DIRECTORY" {
+            cmd.env_remove(&k);
+        }
+    }
     cmd.args(&argv[1..])
         .current_dir(workdir.as_deref().unwrap_or(&launch.dir))
         .envs(job_env.iter().map(|(k, v)| (k, v)))
@@ -496,7 +506,6 @@ pub async fn run_attempt(
         .env_remove("WATCHDOG_PID")
         .env_remove("LISTEN_FDS")
         .env_remove("LISTEN_PID")
-        .env_remove("LIANDAN_RESUME_FROM")
         .env("LIANDAN_JOB_ID", &job)
         .env("LIANDAN_ATTEMPT", attempt.to_string())
         .env("LIANDAN_SEED", a.seed.to_string())
