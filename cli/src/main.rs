@@ -288,7 +288,10 @@ fn is_loopback_host(host: &str) -> bool {
 /// A token goes over plaintext `http://` only to this machine: anywhere else
 /// anyone on the path could read it and act as its owner.
 fn token_transport_ok(url: &str, host: &str, has_token: bool) -> R<()> {
-    if has_token && url.starts_with("http://") && !is_loopback_host(host) {
+    let plaintext = url
+        .get(..7)
+        .is_some_and(|p| p.eq_ignore_ascii_case("http://"));
+    if has_token && plaintext && !is_loopback_host(host) {
         return Err(Fail(
             exit::USAGE,
             format!("refusing to send your token over plaintext http:// to {host}: anyone on the path could read it and act as you; use an https:// URL with --ca-cert (see `liandan certs init`), or reach the coordinator on a loopback address"),

@@ -452,7 +452,8 @@ async fn scheduling_packs_whole_gpus_honours_labels_caps_and_shares_fairly() {
 /// difference: an assignment the worker never got (a reply future dropped
 /// after its commit, say) is requeued without spending a retry instead of
 /// running forever on a heartbeating worker; an attempt the worker still runs
-/// that is no longer current is told to stop.
+/// that is no longer current is told to stop; a current one asked to stop is
+/// asked again.
 #[tokio::test(start_paused = true)]
 async fn heartbeats_reconcile_what_the_worker_holds() {
     let dir = tempfile::tempdir().unwrap();
@@ -460,23 +461,32 @@ async fn heartbeats_reconcile_what_the_worker_holds() {
     core.submit(SPEC, "yaml", "").await.unwrap();
     let mut w = hello(&core, "wk-a", Vec::new()).await;
     let a = assignments(&mut w).pop().expect("assigned");
+    let held = |attempt, running| pb::HeldAttempt {
+        job_id: a.job_id.clone(),
+        attempt,
+        running,
+        gpu_uuids: Vec::new(),
+    };
     let hb = |held: Vec<pb::HeldAttempt>| pb::Heartbeat {
         held,
         stopping: false,
         reports_held: true,
     };
-    // Within the grace an assignment may still be on its way: nothing happens.
-    core.heartbeat(&wid(&w), w.session, hb(Vec::new()))
-        .await
-        .unwrap();
+    // Heartbeats every 2 s for `secs`, each saying the worker holds `h`.
+    async fn beats(core: &Core, w: &Worker, secs: u64, h: &dyn Fn() -> pb::Heartbeat) {
+        for _ in 0..secs / 2 {
+            run_for(core, Duration::from_secs(2)).await;
+            core.heartbeat(&wid(w), w.session, h()).await.unwrap();
+        }
+    }
+    // Within the grace (the lease timeout, 10 s) an assignment may still be
+    // on its way: a heartbeat without it changes nothing.
+    beats(&core, &w, 8, &|| hb(Vec::new())).await;
     let j = &core.list_jobs("t", "").unwrap()[0];
     assert_eq!((j.state.as_str(), j.attempt), ("running", 1));
-    // Past it (3 heartbeat intervals), the worker still says it holds
-    // nothing: lost, requeued, no retry spent.
-    run_for(&core, Duration::from_secs(7)).await;
-    core.heartbeat(&wid(&w), w.session, hb(Vec::new()))
-        .await
-        .unwrap();
+    assert!(assignments(&mut w).is_empty());
+    // Past it, the worker still holds nothing: lost, requeued, no retry spent.
+    beats(&core, &w, 4, &|| hb(Vec::new())).await;
     let again = assignments(&mut w);
     let j = &core.list_jobs("t", "").unwrap()[0];
     assert_eq!(j.retries_used, 0, "{j:?}");
@@ -484,34 +494,33 @@ async fn heartbeats_reconcile_what_the_worker_holds() {
     assert_eq!(again[0].attempt, 2);
     counts_agree(&core);
     // The worker holds attempt 2 and, somehow, a still-running attempt 1: stop that one.
-    run_for(&core, Duration::from_secs(3)).await;
-    let held = |attempt, running| pb::HeldAttempt {
-        job_id: a.job_id.clone(),
-        attempt,
-        running,
-        gpu_uuids: Vec::new(),
-    };
     core.heartbeat(&wid(&w), w.session, hb(vec![held(2, true), held(1, true)]))
         .await
         .unwrap();
-    let mut stops = Vec::new();
-    while let Ok(m) = w.rx.try_recv() {
-        if let Some(Msg::Cancel(c)) = m.msg {
-            stops.push((c.attempt, c.reason));
+    let stops = |w: &mut Worker| {
+        let mut out = Vec::new();
+        while let Ok(m) = w.rx.try_recv() {
+            if let Some(Msg::Cancel(c)) = m.msg {
+                out.push((c.attempt, c.reason));
+            }
         }
-    }
-    assert_eq!(stops, vec![(1, "stale".to_string())]);
+        out
+    };
+    assert_eq!(stops(&mut w), vec![(1, "stale".to_string())]);
+    // Long past the grace, an attempt that ended with its exit record not yet
+    // acknowledged still counts as held: nothing is requeued.
+    beats(&core, &w, 14, &|| hb(vec![held(2, false)])).await;
     let j = &core.list_jobs("t", "").unwrap()[0];
     assert_eq!(
         (j.state.as_str(), j.attempt),
         ("running", 2),
         "the current one runs on"
     );
-    // An ended attempt whose exit record is unacknowledged still counts as held.
-    run_for(&core, Duration::from_secs(3)).await;
-    core.heartbeat(&wid(&w), w.session, hb(vec![held(2, false)]))
+    // A cancel that the worker missed is sent again with the next heartbeat.
+    core.cancel_job(&a.job_id).await.unwrap();
+    let _ = stops(&mut w);
+    core.heartbeat(&wid(&w), w.session, hb(vec![held(2, true)]))
         .await
         .unwrap();
-    let j = &core.list_jobs("t", "").unwrap()[0];
-    assert_eq!((j.state.as_str(), j.attempt), ("running", 2));
+    assert_eq!(stops(&mut w), vec![(2, "cancelled".to_string())]);
 }

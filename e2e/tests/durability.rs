@@ -13,7 +13,9 @@ with open(os.environ["LIANDAN_METRICS_FILE"], "a") as f:
     f.write(json.dumps({"step": 1, "score": 0.777}) + "\n")
     f.flush()
 gate = sys.argv[1]
-while not os.path.exists(gate):
+# Bounded, so a failed test leaves no process behind for long.
+deadline = time.time() + 120
+while not os.path.exists(gate) and time.time() < deadline:
     time.sleep(0.05)
 "#;
 
@@ -69,7 +71,9 @@ with open(tmp, "wb") as f:
     os.fsync(f.fileno())
 os.rename(tmp, os.path.join(d, "step-1.ckpt"))
 gate = sys.argv[1]
-while not os.path.exists(gate):
+# Bounded, so a failed test leaves no process behind for long.
+deadline = time.time() + 120
+while not os.path.exists(gate) and time.time() < deadline:
     time.sleep(0.05)
 "#;
 

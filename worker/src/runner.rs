@@ -50,6 +50,22 @@ pub fn process_start_ticks(pid: i32) -> Option<u64> {
 }
 
 /// Resolves `liandan-train` to the binary next to this worker, then PATH.
+/// Whether a variable of the worker's environment is kept from jobs: its
+/// own settings and secrets (`LIANDAN_*`) and systemd's credentials.
+fn private_var(name: &str) -> bool {
+    name.starts_with("LIANDAN_") || name == "CREDENTIALS_DIRECTORY"
+}
+
+/// `${envvar:NAME}` as a job may use it: from the worker's environment
+/// without its private variables (`${envvar:LIANDAN_TOKEN}` expands to
+/// nothing, not to the worker's token).
+fn job_envvar(name: &str) -> Option<String> {
+    if private_var(name) {
+        return None;
+    }
+    std::env::var(name).ok()
+}
+
 /// The worker's base directory: `base_dir`, or the directory it was started in.
 fn base_dir(ctx: &WorkerCtx) -> PathBuf {
     if !ctx.cfg.base_dir.as_os_str().is_empty() {
@@ -64,8 +80,7 @@ fn resolve_workdir(ctx: &WorkerCtx, spec: &SweepSpec) -> Result<Option<PathBuf>,
     let Some(w) = spec.liandan.workdir.as_deref() else {
         return Ok(None);
     };
-    let w = expand_envvars(w, &|k| std::env::var(k).ok())
-        .map_err(|e| format!("liandan.workdir: {e}"))?;
+    let w = expand_envvars(w, &job_envvar).map_err(|e| format!("liandan.workdir: {e}"))?;
     let path = base_dir(ctx).join(&w);
     if !path.is_dir() {
         return Err(format!(
@@ -405,8 +420,7 @@ fn setup(ctx: &WorkerCtx, spec: &SweepSpec) -> Result<Setup, String> {
     let program = resolve_program(ctx, spec.program.as_deref(), workdir.as_deref())?;
     let mut env = Vec::new();
     for (k, v) in &spec.liandan.env {
-        let v = expand_envvars(v, &|k| std::env::var(k).ok())
-            .map_err(|e| format!("liandan.env.{k}: {e}"))?;
+        let v = expand_envvars(v, &job_envvar).map_err(|e| format!("liandan.env.{k}: {e}"))?;
         env.push((k.clone(), v));
     }
     Ok(Setup {
@@ -464,7 +478,7 @@ pub async fn run_attempt(
         // What `${args_json_file}` names: the arguments as W&B's agent writes them.
         std::fs::write(&params_path, args_json(&launch.spec, &params, a.seed))
             .map_err(|e| format!("cannot write {}: {e}", params_path.display()))?;
-        let env_lookup = |k: &str| std::env::var(k).ok();
+        let env_lookup = job_envvar;
         let params_file = params_path.display().to_string();
         let cctx = CommandContext {
             env: "/usr/bin/env",
@@ -489,8 +503,7 @@ pub async fn run_attempt(
     // worker's TLS key path ...) and systemd's credentials directory are
     // removed; the job's own LIANDAN_* variables are set below.
     for (k, _) in std::env::vars_os() {
-        let name = k.to_string_lossy();
-        if name.starts_with("LIANDAN_") || name == "CREDENTIALS_DIRECTORY" {
+        if private_var(&k.to_string_lossy()) {
             cmd.env_remove(&k);
         }
     }

@@ -264,6 +264,17 @@ fn quantize(x: f64, q: f64) -> f64 {
     (x / q).round_ties_even() * q
 }
 
+/// `x` rounded to a multiple of `q` (numpy's round, half to even), as an
+/// integer when `q` was written as one (W&B's `astype(int)`).
+pub fn quantized(x: f64, q: f64, integer: bool) -> Value {
+    let v = quantize(x, q);
+    if integer && v.is_finite() && v.abs() < 9.0e18 {
+        Value::Number((v as i64).into())
+    } else {
+        float(v)
+    }
+}
+
 /// The value of `categorical_w_probabilities` that `u` in [0, 1) falls on.
 pub fn pick_weighted(values: &[Value], probabilities: &[f64], u: f64) -> Value {
     let mut acc = 0.0;
@@ -306,22 +317,38 @@ pub fn sample(p: &Param, rng: &mut Rng) -> Value {
         }
         Param::LogUniform { min, max } => float(rng.uniform(*min, *max).exp()),
         Param::LogUniformValues { min, max } => float(rng.uniform(min.ln(), max.ln()).exp()),
-        Param::QLogUniform { min, max, q } => float(quantize(rng.uniform(*min, *max).exp(), *q)),
-        Param::QLogUniformValues { min, max, q } => {
-            float(quantize(rng.uniform(min.ln(), max.ln()).exp(), *q))
-        }
+        Param::QLogUniform {
+            min,
+            max,
+            q,
+            integer,
+        } => quantized(rng.uniform(*min, *max).exp(), *q, *integer),
+        Param::QLogUniformValues {
+            min,
+            max,
+            q,
+            integer,
+        } => quantized(rng.uniform(min.ln(), max.ln()).exp(), *q, *integer),
         Param::InvLogUniform { min, max } => float((-rng.uniform(*min, *max)).exp()),
         Param::InvLogUniformValues { min, max } => {
             float((-rng.uniform((1.0 / max).ln(), (1.0 / min).ln())).exp())
         }
         Param::Normal { mu, sigma } => float(mu + sigma * rng.normal01()),
-        Param::QNormal { mu, sigma, q } => float(quantize(mu + sigma * rng.normal01(), *q)),
+        Param::QNormal {
+            mu,
+            sigma,
+            q,
+            integer,
+        } => quantized(mu + sigma * rng.normal01(), *q, *integer),
         Param::LogNormal { mu, sigma } => float((mu + sigma * rng.normal01()).exp()),
-        Param::QLogNormal { mu, sigma, q } => {
-            float(quantize((mu + sigma * rng.normal01()).exp(), *q))
-        }
+        Param::QLogNormal {
+            mu,
+            sigma,
+            q,
+            integer,
+        } => quantized((mu + sigma * rng.normal01()).exp(), *q, *integer),
         Param::Beta { a, b } => float(rng.beta(*a, *b)),
-        Param::QBeta { a, b, q } => float(quantize(rng.beta(*a, *b), *q)),
+        Param::QBeta { a, b, q, integer } => quantized(rng.beta(*a, *b), *q, *integer),
         Param::Nested { .. } => Value::Null,
     }
 }

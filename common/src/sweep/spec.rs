@@ -196,11 +196,17 @@ pub enum Param {
         min: f64,
         max: f64,
         q: f64,
+        /// `q` was written as an integer: W&B's samples are integers.
+        #[serde(default)]
+        integer: bool,
     },
     QLogUniformValues {
         min: f64,
         max: f64,
         q: f64,
+        /// `q` was written as an integer: W&B's samples are integers.
+        #[serde(default)]
+        integer: bool,
     },
     InvLogUniform {
         min: f64,
@@ -218,6 +224,9 @@ pub enum Param {
         mu: f64,
         sigma: f64,
         q: f64,
+        /// `q` was written as an integer: W&B's samples are integers.
+        #[serde(default)]
+        integer: bool,
     },
     LogNormal {
         mu: f64,
@@ -227,6 +236,9 @@ pub enum Param {
         mu: f64,
         sigma: f64,
         q: f64,
+        /// `q` was written as an integer: W&B's samples are integers.
+        #[serde(default)]
+        integer: bool,
     },
     Beta {
         a: f64,
@@ -236,6 +248,9 @@ pub enum Param {
         a: f64,
         b: f64,
         q: f64,
+        /// `q` was written as an integer: W&B's samples are integers.
+        #[serde(default)]
+        integer: bool,
     },
     /// A parameter with its own `parameters:` (a dict-valued parameter).
     Nested {
@@ -897,9 +912,12 @@ fn from_value(root: &Value, ctx: &mut Ctx) -> Result<SweepSpec, SpecError> {
             let mut out = Vec::new();
             for (i, it) in items.iter().enumerate() {
                 let p = format!("command[{i}]");
+                // W&B's agent passes str() of each item: 10, 1e-05, True, None.
                 let s = match it {
                     Value::String(s) => s.clone(),
-                    Value::Number(n) => n.to_string(),
+                    v @ (Value::Number(_) | Value::Bool(_) | Value::Null) => {
+                        super::command::format_value(v)
+                    }
                     other => {
                         return Err(
                             ctx.err(&p, format!("expected a string, found {}", describe(other)))
@@ -1303,6 +1321,16 @@ fn parse_param(ctx: &mut Ctx, path: &str, v: &Value) -> Result<Param, SpecError>
                 }
             };
             let (min, max) = (ints("min")?, ints("max")?);
+            // W&B's backend holds numbers as float64; beyond 2^53 they are not exact.
+            const LIMIT: i64 = 1 << 53;
+            for (k, x) in [("min", min), ("max", max)] {
+                if !(-LIMIT..=LIMIT).contains(&x) {
+                    return Err(ctx.err(
+                        &join(path, k),
+                        format!("int_uniform bounds must lie within ±2^53, found {x}"),
+                    ));
+                }
+            }
             if min >= max {
                 return Err(ctx.err(
                     &join(path, "max"),
@@ -1340,6 +1368,7 @@ fn parse_param(ctx: &mut Ctx, path: &str, v: &Value) -> Result<Param, SpecError>
                 min,
                 max,
                 q: q(ctx)?,
+                integer: is_int(map.get("q")),
             }
         }
         "q_log_uniform_values" => {
@@ -1348,6 +1377,7 @@ fn parse_param(ctx: &mut Ctx, path: &str, v: &Value) -> Result<Param, SpecError>
                 min,
                 max,
                 q: q(ctx)?,
+                integer: is_int(map.get("q")),
             }
         }
         "inv_log_uniform" => {
@@ -1368,6 +1398,7 @@ fn parse_param(ctx: &mut Ctx, path: &str, v: &Value) -> Result<Param, SpecError>
                 mu,
                 sigma,
                 q: q(ctx)?,
+                integer: is_int(map.get("q")),
             }
         }
         "log_normal" => {
@@ -1380,6 +1411,7 @@ fn parse_param(ctx: &mut Ctx, path: &str, v: &Value) -> Result<Param, SpecError>
                 mu,
                 sigma,
                 q: q(ctx)?,
+                integer: is_int(map.get("q")),
             }
         }
         "beta" => {
@@ -1388,7 +1420,12 @@ fn parse_param(ctx: &mut Ctx, path: &str, v: &Value) -> Result<Param, SpecError>
         }
         _ => {
             let (a, b) = beta(ctx)?;
-            Param::QBeta { a, b, q: q(ctx)? }
+            Param::QBeta {
+                a,
+                b,
+                q: q(ctx)?,
+                integer: is_int(map.get("q")),
+            }
         }
     })
 }
@@ -1521,10 +1558,11 @@ fn seed_axis_from_parameters(
         return Ok(());
     };
     let mut seeds: Vec<i64> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     for v in &values {
         match v.as_i64() {
             Some(x) if v.is_i64() || v.is_u64() => {
-                if !seeds.contains(&x) {
+                if seen.insert(x) {
                     seeds.push(x);
                 }
             }
@@ -1667,6 +1705,7 @@ fn parse_extensions(ctx: &Ctx, v: &Value) -> Result<(Extensions, Option<bool>), 
         },
         Some(Value::Array(a)) => {
             let mut seeds = Vec::new();
+            let mut seen = std::collections::HashSet::new();
             for (i, s) in a.iter().enumerate() {
                 let seed = s.as_i64().ok_or_else(|| {
                     ctx.err(
@@ -1674,7 +1713,7 @@ fn parse_extensions(ctx: &Ctx, v: &Value) -> Result<(Extensions, Option<bool>), 
                         format!("expected an integer, found {}", describe(s)),
                     )
                 })?;
-                if seeds.contains(&seed) {
+                if !seen.insert(seed) {
                     return Err(ctx.err(
                         &format!("liandan.seeds[{i}]"),
                         format!("seed {seed} is listed twice"),

@@ -645,6 +645,7 @@ fn quantized_and_discrete_distributions() {
             mu: 0.0,
             sigma: 3.0,
             q: 1.0,
+            integer: false,
         },
         N,
     );
@@ -655,6 +656,7 @@ fn quantized_and_discrete_distributions() {
             a: 2.0,
             b: 2.0,
             q: 0.1,
+            integer: false,
         },
         N,
     );
@@ -666,6 +668,7 @@ fn quantized_and_discrete_distributions() {
             min: 1.0,
             max: 1000.0,
             q: 1.0,
+            integer: false,
         },
         N,
     );
@@ -677,6 +680,7 @@ fn quantized_and_discrete_distributions() {
             mu: 2.0,
             sigma: 0.3,
             q: 1.0,
+            integer: false,
         },
         N,
     );
@@ -686,6 +690,7 @@ fn quantized_and_discrete_distributions() {
             min: 0.0,
             max: 3.0,
             q: 1.0,
+            integer: false,
         },
         N,
     );
@@ -797,4 +802,23 @@ mod props {
             prop_assert_eq!(e.clone(), expand(&spec, &sid()).unwrap());
         }
     }
+}
+
+#[test]
+fn an_integer_q_gives_integer_samples_as_in_wandb() {
+    // W&B's engine casts to int when q is an int (`astype(int)`), for every q-distribution.
+    let s = yaml("method: random\nprogram: t.py\nrun_cap: 20\nparameters:\n  bs: {distribution: q_log_uniform_values, min: 16, max: 512, q: 16}\n  n: {distribution: q_normal, mu: 10, sigma: 3, q: 1}\n  f: {distribution: q_normal, mu: 10, sigma: 3, q: 0.5}\n");
+    let e = expand(&s, &sid()).unwrap();
+    for t in &e.trials {
+        assert!(t.params["bs"].is_i64(), "{}", t.params);
+        assert_eq!(t.params["bs"].as_i64().unwrap() % 16, 0);
+        assert!(t.params["n"].is_i64(), "{}", t.params);
+        assert!(t.params["f"].is_f64(), "{}", t.params);
+    }
+    let argv = build_argv(&s, &e.trials[0].params, 0, &offline_context(&|_| None)).unwrap();
+    assert!(
+        argv.iter()
+            .any(|a| a.starts_with("--bs=") && !a.contains('.')),
+        "{argv:?}"
+    );
 }

@@ -62,6 +62,7 @@ pub fn load(text: &str) -> Result<Value, YamlError> {
     let mut loader = Loader {
         parser: Parser::new_from_str_with_options(text, opts),
         anchors: HashMap::new(),
+        nodes: 0,
     };
     loop {
         match loader.next()? {
@@ -94,7 +95,22 @@ pub fn load(text: &str) -> Result<Value, YamlError> {
 
 struct Loader<'a> {
     parser: Parser<'a, granit_parser::StrInput<'a>>,
-    anchors: HashMap<usize, Value>,
+    /// Anchored values with their size in nodes.
+    anchors: HashMap<usize, (Value, usize)>,
+    /// Nodes built so far, aliases counted at their full size: a file of a
+    /// few lines must not expand into a billion values (an alias bomb).
+    nodes: usize,
+}
+
+/// Most values one sweep file may expand to, aliases included.
+const MAX_NODES: usize = 1_000_000;
+
+fn size_of(v: &Value) -> usize {
+    match v {
+        Value::Array(a) => 1 + a.iter().map(size_of).sum::<usize>(),
+        Value::Object(m) => 1 + m.values().map(size_of).sum::<usize>(),
+        _ => 1,
+    }
 }
 
 fn line_of(span: &Span) -> Option<usize> {
@@ -131,21 +147,43 @@ impl<'a> Loader<'a> {
         })
     }
 
+    fn count(&mut self, n: usize, span: &Span) -> Result<(), YamlError> {
+        self.nodes = self.nodes.saturating_add(n);
+        if self.nodes > MAX_NODES {
+            return Err(YamlError {
+                line: line_of(span),
+                message: format!(
+                    "the file expands to more than {MAX_NODES} values (aliases of aliases?); a sweep file this large is refused"
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    fn remember(&mut self, anchor: usize, v: &Value) {
+        if anchor != 0 {
+            self.anchors.insert(anchor, (v.clone(), size_of(v)));
+        }
+    }
+
     fn node(&mut self, ev: Event<'a>, span: Span) -> Result<Value, YamlError> {
         match ev {
             Event::Scalar(text, style, anchor, tag) => {
                 let tag = tag.map(|t| (t.handle().to_string(), t.suffix().to_string()));
                 let v = scalar(&text, style, tag.as_ref(), &span)?;
-                if anchor != 0 {
-                    self.anchors.insert(anchor, v.clone());
-                }
+                self.count(1, &span)?;
+                self.remember(anchor, &v);
                 Ok(v)
             }
-            Event::Alias(id) => self.anchors.get(&id).cloned().ok_or(YamlError {
-                line: line_of(&span),
-                message: "an alias (*name) refers to an anchor that is not defined before it"
-                    .into(),
-            }),
+            Event::Alias(id) => {
+                let (v, n) = self.anchors.get(&id).cloned().ok_or(YamlError {
+                    line: line_of(&span),
+                    message: "an alias (*name) refers to an anchor that is not defined before it"
+                        .into(),
+                })?;
+                self.count(n, &span)?;
+                Ok(v)
+            }
             Event::UnresolvedAlias(name) => Err(YamlError {
                 line: line_of(&span),
                 message: format!("the alias *{name} has no anchor &{name} before it"),
@@ -161,9 +199,8 @@ impl<'a> Loader<'a> {
                     items.push(self.node(ev, sp)?);
                 }
                 let v = Value::Array(items);
-                if anchor != 0 {
-                    self.anchors.insert(anchor, v.clone());
-                }
+                self.count(1, &span)?;
+                self.remember(anchor, &v);
                 Ok(v)
             }
             Event::MappingStart(_, anchor, tag) => {
@@ -214,9 +251,8 @@ impl<'a> Loader<'a> {
                     }
                     Value::Object(out)
                 };
-                if anchor != 0 {
-                    self.anchors.insert(anchor, v.clone());
-                }
+                self.count(1, &span)?;
+                self.remember(anchor, &v);
                 Ok(v)
             }
             other => Err(YamlError {
@@ -464,6 +500,19 @@ mod tests {
         assert_eq!(v["x"], json!({"min": 1, "max": 5}));
         assert_eq!(v["y"], json!({"min": 1, "max": 9}));
         assert_eq!(v["z"], json!([1, 2]));
+    }
+
+    #[test]
+    fn an_alias_bomb_is_refused() {
+        let mut text = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..9 {
+            let refs = vec![format!("*a{}", i - 1); 10].join(", ");
+            text.push_str(&format!("a{i}: &a{i} [{refs}]\n"));
+        }
+        let e = load(&text).expect_err("a billion values");
+        assert!(e.message.contains("more than"), "{}", e.message);
+        // A few aliases of a small anchor are fine.
+        assert!(load("b: &b [1, 2]\nc: [*b, *b, *b]\n").is_ok());
     }
 
     #[test]

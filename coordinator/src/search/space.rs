@@ -5,7 +5,7 @@
 //! the declared distributions, and a model's proposal decodes through the
 //! inverse CDF, then W&B's quantisation and integer rounding.
 
-use liandan_common::sweep::expand::{leaf_params, pick_weighted, set_param_path};
+use liandan_common::sweep::expand::{leaf_params, pick_weighted, quantized, set_param_path};
 use liandan_common::sweep::Param;
 use serde_json::{Map, Number, Value};
 use statrs::distribution::{Beta, ContinuousCDF, Normal};
@@ -215,33 +215,50 @@ fn decode_one(p: &Param, u: f64) -> Value {
             }
         }
         Param::LogUniform { min, max } => float((min + u * (max - min)).exp()),
-        Param::QLogUniform { min, max, q } => float(quantize((min + u * (max - min)).exp(), *q)),
+        Param::QLogUniform {
+            min,
+            max,
+            q,
+            integer,
+        } => quantized((min + u * (max - min)).exp(), *q, *integer),
         Param::LogUniformValues { min, max } => float((min.ln() + u * (max.ln() - min.ln())).exp()),
-        Param::QLogUniformValues { min, max, q } => {
-            float(quantize((min.ln() + u * (max.ln() - min.ln())).exp(), *q))
-        }
+        Param::QLogUniformValues {
+            min,
+            max,
+            q,
+            integer,
+        } => quantized((min.ln() + u * (max.ln() - min.ln())).exp(), *q, *integer),
         Param::InvLogUniform { min, max } => float((-(min + u * (max - min))).exp()),
         Param::InvLogUniformValues { min, max } => {
             let (lo, hi) = ((1.0 / max).ln(), (1.0 / min).ln());
             float((-(lo + u * (hi - lo))).exp())
         }
         Param::Normal { mu, sigma } => float(mu + sigma * std_normal().inverse_cdf(inner)),
-        Param::QNormal { mu, sigma, q } => {
-            float(quantize(mu + sigma * std_normal().inverse_cdf(inner), *q))
-        }
+        Param::QNormal {
+            mu,
+            sigma,
+            q,
+            integer,
+        } => quantized(mu + sigma * std_normal().inverse_cdf(inner), *q, *integer),
         Param::LogNormal { mu, sigma } => {
             float((mu + sigma * std_normal().inverse_cdf(inner)).exp())
         }
-        Param::QLogNormal { mu, sigma, q } => float(quantize(
+        Param::QLogNormal {
+            mu,
+            sigma,
+            q,
+            integer,
+        } => quantized(
             (mu + sigma * std_normal().inverse_cdf(inner)).exp(),
             *q,
-        )),
+            *integer,
+        ),
         Param::Beta { a, b } => match Beta::new(*a, *b) {
             Ok(d) => float(d.inverse_cdf(inner)),
             Err(_) => Value::Null,
         },
-        Param::QBeta { a, b, q } => match Beta::new(*a, *b) {
-            Ok(d) => float(quantize(d.inverse_cdf(inner), *q)),
+        Param::QBeta { a, b, q, integer } => match Beta::new(*a, *b) {
+            Ok(d) => quantized(d.inverse_cdf(inner), *q, *integer),
             Err(_) => Value::Null,
         },
     }
