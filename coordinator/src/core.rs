@@ -329,10 +329,10 @@ impl Core {
         fut: impl std::future::Future<Output = Result<(), StoreError>> + Send + 'static,
         sends: Sends,
     ) -> Result<(), CoreError> {
+        type Commit =
+            std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), StoreError>> + Send>>;
         struct Deliver {
-            fut: Option<
-                std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), StoreError>> + Send>>,
-            >,
+            fut: Option<Commit>,
             sends: Option<Sends>,
         }
         impl Drop for Deliver {
