@@ -1,10 +1,41 @@
-//! One process per state directory: an exclusive `flock` on a lock file in
-//! it, holding the holder's pid, so a second daemon on the same directory is
-//! refused with a message that names the running one (two coordinators on one
-//! database, or two workers on one spool, corrupt each other's work).
+//! A daemon's state directory: private to its user (0700, databases 0600,
+//! since they hold every sweep's commands, logs and checkpoints), and used by
+//! one process at a time: an exclusive `flock` on a lock file in it, holding
+//! the holder's pid, so a second daemon on the same directory is refused with
+//! a message that names the running one (two coordinators on one database, or
+//! two workers on one spool, corrupt each other's work).
 
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
+
+/// Creates `dir` (and its parents) with mode 0700 where it does not exist; an
+/// existing directory keeps the mode its administrator gave it.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+/// Creates an empty file with mode 0600 if none is there (SQLite then gives
+/// its -wal and -shm files the same mode); an existing file is left alone.
+pub fn create_private_file(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
 
 /// Why a directory could not be locked.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +78,22 @@ pub fn lock_dir(dir: &Path, name: &str) -> Result<DirLock, LockError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn new_directories_and_files_are_private_and_existing_ones_keep_their_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().expect("tempdir");
+        let mode = |p: &Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+        let dir = d.path().join("a/b");
+        create_private_dir(&dir).expect("dir");
+        assert_eq!(mode(&dir), 0o700);
+        let f = dir.join("x.db");
+        create_private_file(&f).expect("file");
+        assert_eq!(mode(&f), 0o600);
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+        create_private_file(&f).expect("again");
+        assert_eq!(mode(&f), 0o640, "an existing file keeps its mode");
+    }
 
     #[test]
     fn a_second_lock_is_refused_naming_the_holder_and_freed_on_drop() {

@@ -59,7 +59,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
     // One coordinator per data directory, for as long as this one runs.
-    std::fs::create_dir_all(&cfg.data_dir).map_err(RunError::Checkpoints)?;
+    liandan_common::lockdir::create_private_dir(&cfg.data_dir).map_err(RunError::Checkpoints)?;
     let _lock = liandan_common::lockdir::lock_dir(&cfg.data_dir, "coordinator.lock")
         .map_err(RunError::Locked)?;
     let (health, health_service) = tonic_health::server::health_reporter();

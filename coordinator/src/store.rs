@@ -263,6 +263,9 @@ pub struct Store {
 }
 
 fn open(path: &Path) -> Result<Connection, StoreError> {
+    // Private before SQLite creates it (its WAL files inherit the mode). A
+    // failure here shows up as SQLite's own error just below.
+    let _ = liandan_common::lockdir::create_private_file(path);
     let conn = Connection::open(path).map_err(|source| StoreError::Open {
         path: path.to_path_buf(),
         source,

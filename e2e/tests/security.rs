@@ -515,3 +515,20 @@ fn jobs_never_see_the_workers_secrets() {
     assert!(!log.contains("LIANDAN_TOKEN"), "{log}");
     assert!(!log.contains("LIANDAN_GRACE_PERIOD_SECS"), "{log}");
 }
+
+#[test]
+fn state_directories_and_databases_are_private_to_the_daemon() {
+    use std::os::unix::fs::PermissionsExt;
+    let c = liandan_e2e::Cluster::start(1, liandan_e2e::Opts::default());
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let data = c.dir.path().join("coordinator");
+    let state = c.dir.path().join("worker-0");
+    liandan_e2e::eventually(std::time::Duration::from_secs(10), || {
+        state.join("worker.db").exists().then_some(())
+    })
+    .expect("the worker opened its database");
+    assert_eq!(mode(&data), 0o700, "coordinator data dir");
+    assert_eq!(mode(&data.join("coordinator.db")), 0o600);
+    assert_eq!(mode(&state), 0o700, "worker state dir");
+    assert_eq!(mode(&state.join("worker.db")), 0o600);
+}

@@ -247,7 +247,7 @@ fn new_worker_id() -> WorkerId {
 pub async fn prepare(
     mut cfg: WorkerConfig,
 ) -> Result<(Arc<WorkerCtx>, nix::fcntl::Flock<std::fs::File>), WorkerError> {
-    std::fs::create_dir_all(&cfg.state_dir)
+    liandan_common::lockdir::create_private_dir(&cfg.state_dir)
         .map_err(|e| WorkerError::StateDir(cfg.state_dir.clone(), e))?;
     // Jobs run in their own directories: every path handed to them must be absolute.
     cfg.state_dir = std::path::absolute(&cfg.state_dir)

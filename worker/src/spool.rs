@@ -130,6 +130,8 @@ pub enum SpoolError {
 
 impl Spool {
     pub fn open(path: &Path, max_bytes: u64) -> Result<Spool, SpoolError> {
+        // Private before SQLite creates it (its WAL files inherit the mode).
+        let _ = liandan_common::lockdir::create_private_file(path);
         let open = || -> Result<Connection, SpoolError> {
             let c = Connection::open(path)
                 .map_err(|e| SpoolError::Open(path.display().to_string(), e))?;
