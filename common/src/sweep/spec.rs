@@ -982,6 +982,14 @@ fn from_value(root: &Value, ctx: &mut Ctx) -> Result<SweepSpec, SpecError> {
                 "needs at least one named group, e.g. loss=(?P<loss>[0-9.eE+-]+)",
             ));
         }
+        if let Some(m) = &metric {
+            if !re.capture_names().flatten().any(|g| g == m.name) {
+                ctx.warn(format!(
+                    "liandan.metric_pattern has no group named {:?} (metric.name), so stdout never reports the sweep's metric; name a group (?P<{}>...)",
+                    m.name, m.name
+                ));
+            }
+        }
     }
     if method == Method::Random && run_cap.is_none() {
         ctx.warn("method `random` without run_cap draws trials as slots free until the sweep is cancelled (or metric.target is met)".into());

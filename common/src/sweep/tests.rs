@@ -822,3 +822,21 @@ fn an_integer_q_gives_integer_samples_as_in_wandb() {
         "{argv:?}"
     );
 }
+
+#[test]
+fn a_metric_pattern_without_the_metrics_group_is_warned_about() {
+    let p = parse("method: grid\nprogram: t.py\nmetric: {name: loss}\nparameters:\n  a: {value: 1}\nliandan:\n  metric_pattern: 'loss: (?P<val>[0-9.]+)'\n", Format::Yaml).unwrap();
+    assert!(
+        p.warnings
+            .iter()
+            .any(|w| w.contains("no group named \"loss\"")),
+        "{:?}",
+        p.warnings
+    );
+    let p = parse("method: grid\nprogram: t.py\nmetric: {name: loss}\nparameters:\n  a: {value: 1}\nliandan:\n  metric_pattern: 'loss: (?P<loss>[0-9.]+)'\n", Format::Yaml).unwrap();
+    assert!(
+        p.warnings.iter().all(|w| !w.contains("no group")),
+        "{:?}",
+        p.warnings
+    );
+}
