@@ -277,6 +277,21 @@ type Client = UserServiceClient<
     >,
 >;
 
+/// Text from the wire made safe for a terminal: control characters (an
+/// escape sequence in a worker's hostname could rewrite the screen) are shown
+/// escaped instead of sent raw.
+fn printable(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 /// Whether a URL's host is this machine (`localhost`, 127.0.0.0/8, ::1).
 fn is_loopback_host(host: &str) -> bool {
     let h = host.trim_start_matches('[').trim_end_matches(']');
@@ -950,7 +965,7 @@ async fn run(cli: Cli) -> R<i32> {
                     };
                     vec![
                         w.id.clone(),
-                        w.hostname.clone(),
+                        printable(&w.hostname),
                         state.into(),
                         format!("{}/{}", w.free_cpu_slots, r.cpu_slots),
                         format!("{}/{}", w.free_gpus, r.gpus.len()),
@@ -1247,6 +1262,13 @@ fn main() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_characters_from_the_wire_are_escaped() {
+        assert_eq!(printable("gpu-01"), "gpu-01");
+        assert_eq!(printable("h\u{1b}[2Jx"), "h\\u{1b}[2Jx");
+        assert_eq!(printable("a\nb\u{7}"), "a\\nb\\u{7}");
+    }
 
     #[test]
     fn a_token_goes_over_plaintext_only_to_loopback() {
