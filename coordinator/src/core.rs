@@ -245,6 +245,10 @@ type Sends = Vec<(
     pb::CoordinatorMessage,
 )>;
 
+/// Least time after an assignment before a heartbeat that leaves it out
+/// makes it lost (the lease timeout when that is longer).
+pub const RECONCILE_GRACE_SECS: f64 = 30.0;
+
 /// The coordinator's state owner.
 pub struct Core {
     state: Mutex<State>,
@@ -1047,15 +1051,12 @@ impl Core {
         hb: pb::Heartbeat,
     ) -> Result<(), CoreError> {
         // Generous on purpose: an assignment reaches the worker only after
-        // its batch commits (behind a big submit, seconds), and a heartbeat
-        // is judged after the records queued before it. A lost assignment is
-        // rare; a wrong repair would run the job twice.
-        let grace = secs(
-            self.cfg
-                .lease_timeout_secs
-                .max(3.0 * self.cfg.heartbeat_interval_secs)
-                .max(2.0),
-        );
+        // its batch commits (behind a big submit, seconds), a heartbeat is
+        // judged after the records queued before it, and a loaded machine
+        // stretches both (seen: a 2 s grace misfired once in CI). A lost
+        // assignment is rare and a slow repair harmless; a wrong repair runs
+        // the job twice.
+        let grace = secs(self.cfg.lease_timeout_secs.max(RECONCILE_GRACE_SECS));
         let (fut, sends) = {
             let mut st = self.lock();
             let Some(w) = st.workers.get_mut(wid) else {

@@ -479,9 +479,9 @@ async fn heartbeats_reconcile_what_the_worker_holds() {
             core.heartbeat(&wid(w), w.session, h()).await.unwrap();
         }
     }
-    // Within the grace (the lease timeout, 10 s) an assignment may still be
-    // on its way: a heartbeat without it changes nothing.
-    beats(&core, &w, 8, &|| hb(Vec::new())).await;
+    // Within the grace (30 s) an assignment may still be on its way: a
+    // heartbeat without it changes nothing.
+    beats(&core, &w, 28, &|| hb(Vec::new())).await;
     let j = &core.list_jobs("t", "").unwrap()[0];
     assert_eq!((j.state.as_str(), j.attempt), ("running", 1));
     assert!(assignments(&mut w).is_empty());
@@ -509,7 +509,7 @@ async fn heartbeats_reconcile_what_the_worker_holds() {
     assert_eq!(stops(&mut w), vec![(1, "stale".to_string())]);
     // Long past the grace, an attempt that ended with its exit record not yet
     // acknowledged still counts as held: nothing is requeued.
-    beats(&core, &w, 14, &|| hb(vec![held(2, false)])).await;
+    beats(&core, &w, 34, &|| hb(vec![held(2, false)])).await;
     let j = &core.list_jobs("t", "").unwrap()[0];
     assert_eq!(
         (j.state.as_str(), j.attempt),
