@@ -245,6 +245,37 @@ type Sends = Vec<(
     pb::CoordinatorMessage,
 )>;
 
+/// What the coordinator makes of an attempt a worker says it holds (at hello
+/// and in every heartbeat): the job, when it is that job's current attempt on
+/// this worker; and the stop to send while its process runs: the user's
+/// cancel or a prune not yet carried out, or `stale` for an attempt that is
+/// not current.
+fn held_verdict(
+    st: &State,
+    wid: &WorkerId,
+    h: &pb::HeldAttempt,
+) -> (Option<JobId>, Option<pb::Cancel>) {
+    let Ok(jid) = JobId::parse(&h.job_id) else {
+        return (None, None);
+    };
+    let job = st
+        .jobs
+        .get(&jid)
+        .filter(|j| j.accepts(h.attempt, wid.as_str()));
+    let reason = match job.map(|j| j.stop) {
+        None => Some("stale"),
+        Some(StopRequest::None) => None,
+        Some(StopRequest::Prune) => Some("pruned"),
+        Some(StopRequest::Cancel) => Some("cancelled"),
+    };
+    let cancel = reason.filter(|_| h.running).map(|r| pb::Cancel {
+        job_id: h.job_id.clone(),
+        attempt: h.attempt,
+        reason: r.into(),
+    });
+    (job.map(|_| jid), cancel)
+}
+
 /// Least time after an assignment before a heartbeat that leaves it out
 /// makes it lost (the lease timeout when that is longer).
 pub const RECONCILE_GRACE_SECS: f64 = 30.0;
@@ -943,38 +974,14 @@ impl Core {
             let mut kill = Vec::new();
             let mut kept: HashSet<JobId> = HashSet::new();
             for h in &hello.held {
-                let Ok(jid) = JobId::parse(&h.job_id) else {
-                    continue;
-                };
-                let current = st
-                    .jobs
-                    .get(&jid)
-                    .is_some_and(|j| j.accepts(h.attempt, wid.as_str()));
-                if current {
+                let (current, cancel) = held_verdict(&st, &wid, h);
+                kill.extend(cancel);
+                if let Some(jid) = current {
                     if let Some(j) = st.jobs.get_mut(&jid) {
                         j.gpus = h.gpu_uuids.clone();
                     }
-                    let stop = st.jobs.get(&jid).map(|j| j.stop).unwrap_or_default();
-                    if stop != StopRequest::None && h.running {
-                        kill.push(pb::Cancel {
-                            job_id: h.job_id.clone(),
-                            attempt: h.attempt,
-                            reason: if stop == StopRequest::Prune {
-                                "pruned"
-                            } else {
-                                "cancelled"
-                            }
-                            .into(),
-                        });
-                    }
                     keep.push(h.clone());
                     kept.insert(jid);
-                } else if h.running {
-                    kill.push(pb::Cancel {
-                        job_id: h.job_id.clone(),
-                        attempt: h.attempt,
-                        reason: "stale".into(),
-                    });
                 }
             }
             // Attempts we believed ran there that the worker no longer has are lost.
@@ -1101,51 +1108,13 @@ impl Core {
                 }
             }
             for h in &hb.held {
-                let stale = JobId::parse(&h.job_id).ok().is_some_and(|jid| {
-                    st.jobs.get(&jid).is_none_or(|j| {
-                        !j.accepts(h.attempt, wid.as_str())
-                            && (j.attempt > h.attempt || j.state != JobState::Running)
-                    })
-                });
-                // A current attempt that was asked to stop is asked again: a
-                // Cancel can overtake its Assign and be ignored by the worker.
-                let stop_again = JobId::parse(&h.job_id).ok().and_then(|jid| {
-                    st.jobs
-                        .get(&jid)
-                        .filter(|j| j.accepts(h.attempt, wid.as_str()))
-                        .map(|j| j.stop)
-                        .filter(|s| *s != StopRequest::None)
-                });
-                if let (Some(stop), true, Some(tx)) = (stop_again, h.running, &tx) {
+                if let (Some(c), Some(tx)) = (held_verdict(&st, wid, h).1, &tx) {
                     sends.push((
                         tx.clone(),
                         pb::CoordinatorMessage {
-                            msg: Some(pb::coordinator_message::Msg::Cancel(pb::Cancel {
-                                job_id: h.job_id.clone(),
-                                attempt: h.attempt,
-                                reason: if stop == StopRequest::Prune {
-                                    "pruned"
-                                } else {
-                                    "cancelled"
-                                }
-                                .into(),
-                            })),
+                            msg: Some(pb::coordinator_message::Msg::Cancel(c)),
                         },
                     ));
-                }
-                if stale && h.running {
-                    if let Some(tx) = &tx {
-                        sends.push((
-                            tx.clone(),
-                            pb::CoordinatorMessage {
-                                msg: Some(pb::coordinator_message::Msg::Cancel(pb::Cancel {
-                                    job_id: h.job_id.clone(),
-                                    attempt: h.attempt,
-                                    reason: "stale".into(),
-                                })),
-                            },
-                        ));
-                    }
                 }
             }
             if ops.is_empty() && sends.is_empty() {
