@@ -6,18 +6,31 @@ use liandan_e2e::{eventually, Cluster, Opts};
 use serde_json::Value;
 use std::time::Duration;
 
-/// Writes one metric, then waits for a file before exiting 0.
-const METRIC_THEN_WAIT: &str = r#"
+/// Writes one metric (then [`gated_job`] waits).
+const METRIC: &str = r#"
 import json, os, sys, time
 with open(os.environ["LIANDAN_METRICS_FILE"], "a") as f:
     f.write(json.dumps({"step": 1, "score": 0.777}) + "\n")
     f.flush()
-gate = sys.argv[1]
-# Bounded, so a failed test leaves no process behind for long.
-deadline = time.time() + 120
-while not os.path.exists(gate) and time.time() < deadline:
-    time.sleep(0.05)
 "#;
+
+/// Submits a one-job sweep running `script` (Python), which then waits until
+/// the returned gate file exists (at most 120 s, so a failed test leaves no
+/// process behind for long).
+fn gated_job(c: &Cluster, script: &str, metric: &str) -> (String, std::path::PathBuf) {
+    let wait = "\nimport os as _os, sys as _sys, time as _time\n_d = _time.time() + 120\nwhile not _os.path.exists(_sys.argv[1]) and _time.time() < _d:\n    _time.sleep(0.05)\n";
+    let path = c.write("job.py", &format!("{script}{wait}"));
+    let gate = c.dir.path().join("gate");
+    let spec = c.write(
+        "sweep.yaml",
+        &format!(
+            "method: grid\n{metric}command: [python3, '{}', '{}']\nparameters:\n  a: {{value: 1}}\n",
+            path.display(),
+            gate.display()
+        ),
+    );
+    (c.submit(&spec), gate)
+}
 
 #[test]
 fn a_metric_acknowledged_before_a_coordinator_crash_is_the_jobs_result_after_it() {
@@ -29,17 +42,7 @@ fn a_metric_acknowledged_before_a_coordinator_crash_is_the_jobs_result_after_it(
             ..Opts::default()
         },
     );
-    let script = c.write("metric.py", METRIC_THEN_WAIT);
-    let gate = c.dir.path().join("gate");
-    let spec = c.write(
-        "sweep.yaml",
-        &format!(
-            "method: grid\nmetric: {{name: score, goal: maximize}}\ncommand: [python3, '{}', '{}']\nparameters:\n  a: {{value: 1}}\n",
-            script.display(),
-            gate.display()
-        ),
-    );
-    let sweep = c.submit(&spec);
+    let (sweep, gate) = gated_job(&c, METRIC, "metric: {name: score, goal: maximize}\n");
     let job = eventually(Duration::from_secs(20), || {
         let jobs = c.cli_json(&["jobs", &sweep, "-o", "json"]);
         let id = jobs[0]["id"].as_str()?.to_string();
@@ -60,8 +63,8 @@ fn a_metric_acknowledged_before_a_coordinator_crash_is_the_jobs_result_after_it(
     assert_eq!(r["trials"][0]["mean"].as_f64(), Some(0.777), "{r}");
 }
 
-/// Publishes one 64 MiB checkpoint, then waits for a file before exiting 0.
-const CHECKPOINT_THEN_WAIT: &str = r#"
+/// Publishes one 64 MiB checkpoint (then [`gated_job`] waits).
+const CHECKPOINT: &str = r#"
 import os, sys, time
 d = os.environ["LIANDAN_CHECKPOINT_DIR"]
 tmp = os.path.join(d, ".step-1.tmp")
@@ -70,28 +73,13 @@ with open(tmp, "wb") as f:
     f.flush()
     os.fsync(f.fileno())
 os.rename(tmp, os.path.join(d, "step-1.ckpt"))
-gate = sys.argv[1]
-# Bounded, so a failed test leaves no process behind for long.
-deadline = time.time() + 120
-while not os.path.exists(gate) and time.time() < deadline:
-    time.sleep(0.05)
 "#;
 
 #[test]
 fn a_download_cut_off_midway_leaves_the_checkpoint_stored() {
     use liandan_proto::v1 as pb;
     let c = Cluster::start(1, Opts::default());
-    let script = c.write("ckpt.py", CHECKPOINT_THEN_WAIT);
-    let gate = c.dir.path().join("gate");
-    let spec = c.write(
-        "sweep.yaml",
-        &format!(
-            "method: grid\ncommand: [python3, '{}', '{}']\nparameters:\n  a: {{value: 1}}\n",
-            script.display(),
-            gate.display()
-        ),
-    );
-    let sweep = c.submit(&spec);
+    let (sweep, gate) = gated_job(&c, CHECKPOINT, "");
     let job = eventually(Duration::from_secs(30), || {
         let jobs = c.cli_json(&["jobs", &sweep, "-o", "json"]);
         let id = jobs[0]["id"].as_str()?.to_string();

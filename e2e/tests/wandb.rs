@@ -59,6 +59,17 @@ fn project(c: &Cluster, script: &str) -> std::path::PathBuf {
     work
 }
 
+/// `liandan submit FILE -o json`, which must succeed.
+fn submit_json(c: &Cluster, spec: &std::path::Path) -> Value {
+    let out = c.cli(&["submit", spec.to_str().unwrap(), "-o", "json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 fn results(c: &Cluster, sweep: &str) -> Value {
     c.cli_json(&["results", sweep, "-o", "json"])
 }
@@ -179,13 +190,7 @@ fn a_seed_parameter_with_values_is_what_results_aggregate_over() {
         said.contains("parameters.seed: 3 values used as the seed axis; liandan.seed_axis: false keeps it an ordinary parameter"),
         "{said}"
     );
-    let out = c.cli(&["submit", spec.to_str().unwrap(), "-o", "json"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let sub: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let sub = submit_json(&c, &spec);
     assert_eq!(sub["trials"], 2, "{sub}");
     assert_eq!(sub["jobs"], 6, "{sub}");
     assert_eq!(sub["created"], true, "{sub}");
@@ -222,13 +227,7 @@ fn random_search_without_run_cap_keeps_proposing_until_cancelled() {
         work.display()
     );
     let spec = c.write("sweep.yaml", &text);
-    let out = c.cli(&["submit", spec.to_str().unwrap(), "-o", "json"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let sub: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let sub = submit_json(&c, &spec);
     assert_eq!(sub["unbounded"], true, "{sub}");
     let sweep = sub["sweep_id"].as_str().unwrap().to_string();
     let status = || c.cli_json(&["status", &sweep, "-o", "json"])[0].clone();
