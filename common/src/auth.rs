@@ -117,6 +117,33 @@ pub fn bearer<T>(req: &tonic::Request<T>) -> Option<String> {
         .map(|s| s.trim().to_string())
 }
 
+/// Whether a URL's host is this machine (`localhost`, 127.0.0.0/8, ::1).
+pub fn is_loopback_host(host: &str) -> bool {
+    let h = host.trim_start_matches('[').trim_end_matches(']');
+    h.eq_ignore_ascii_case("localhost")
+        || h.parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// The host a token would reach in the clear: `Some` when `url` is plaintext
+/// `http://` (any case) to anything but this machine, where anyone on the
+/// path could read the token and act as its owner. The CLI (user tokens) and
+/// the worker (join tokens) refuse to connect then.
+pub fn token_in_the_clear(url: &str) -> Option<String> {
+    let plaintext = url
+        .get(..7)
+        .is_some_and(|p| p.eq_ignore_ascii_case("http://"));
+    if !plaintext {
+        return None;
+    }
+    let host = url
+        .parse::<tonic::codegen::http::Uri>()
+        .ok()
+        .and_then(|u| u.host().map(str::to_string))
+        .unwrap_or_else(|| url.to_string());
+    (!is_loopback_host(&host)).then_some(host)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -142,5 +169,33 @@ mod tests {
         let t = generate_token();
         assert_eq!(t.len(), 64);
         assert_ne!(t, generate_token());
+    }
+}
+
+#[cfg(test)]
+mod transport_tests {
+    use super::*;
+
+    #[test]
+    fn a_token_goes_over_plaintext_only_to_loopback() {
+        let cases: &[(&str, Option<&str>)] = &[
+            ("http://127.0.0.1:7477", None),
+            ("http://127.3.4.5:7477", None),
+            ("http://localhost:7477", None),
+            ("http://[::1]:7477", None),
+            (
+                "http://coordinator.example:7477",
+                Some("coordinator.example"),
+            ),
+            (
+                "HTTP://coordinator.example:7477",
+                Some("coordinator.example"),
+            ),
+            ("http://192.0.2.7:7477", Some("192.0.2.7")),
+            ("https://coordinator.example:7477", None),
+        ];
+        for (url, want) in cases {
+            assert_eq!(token_in_the_clear(url).as_deref(), *want, "{url}");
+        }
     }
 }

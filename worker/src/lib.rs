@@ -313,6 +313,14 @@ pub async fn prepare(
         (true, Ok(t)) if !t.trim().is_empty() => Some(t.trim().to_string()),
         _ => None,
     };
+    if let Some(host) = token
+        .as_ref()
+        .and_then(|_| liandan_common::auth::token_in_the_clear(&cfg.coordinator))
+    {
+        return Err(WorkerError::Tls(format!(
+            "refusing to send the join token over plaintext http:// to {host}: anyone on the path could read it and join as a worker; use an https:// coordinator URL with tls_ca, or a loopback address"
+        )));
+    }
     let token =
         liandan_common::auth::TokenInterceptor::new(token.as_deref()).map_err(WorkerError::Tls)?;
     let jobs_dir = cfg.state_dir.join("jobs");

@@ -6,7 +6,9 @@
 
 use crate::spool::{JournalEntry, UploadEntry};
 use crate::WorkerCtx;
-use liandan_common::sweep::command::{args_json, build_argv, expand_envvars, CommandContext};
+use liandan_common::sweep::command::{
+    args_json, build_argv, expand_envvars, job_envvar, private_var, CommandContext,
+};
 use liandan_common::sweep::{spec::TRAINER_PROGRAM, SweepSpec};
 use liandan_common::time::now_secs;
 use liandan_proto::v1 as pb;
@@ -50,22 +52,6 @@ pub fn process_start_ticks(pid: i32) -> Option<u64> {
 }
 
 /// Resolves `liandan-train` to the binary next to this worker, then PATH.
-/// Whether a variable of the worker's environment is kept from jobs: its
-/// own settings and secrets (`LIANDAN_*`) and systemd's credentials.
-fn private_var(name: &str) -> bool {
-    name.starts_with("LIANDAN_") || name == "CREDENTIALS_DIRECTORY"
-}
-
-/// `${envvar:NAME}` as a job may use it: from the worker's environment
-/// without its private variables (`${envvar:LIANDAN_TOKEN}` expands to
-/// nothing, not to the worker's token).
-fn job_envvar(name: &str) -> Option<String> {
-    if private_var(name) {
-        return None;
-    }
-    std::env::var(name).ok()
-}
-
 /// The worker's base directory: `base_dir`, or the directory it was started in.
 fn base_dir(ctx: &WorkerCtx) -> PathBuf {
     if !ctx.cfg.base_dir.as_os_str().is_empty() {

@@ -298,6 +298,21 @@ fn substitute_envvars(token: &str, ctx: &CommandContext) -> Result<String, Comma
     expand_envvars(token, ctx.envvar)
 }
 
+/// Whether a variable of the worker's environment is kept from jobs: its
+/// own settings and secrets (`LIANDAN_*`) and systemd's credentials.
+pub fn private_var(name: &str) -> bool {
+    name.starts_with("LIANDAN_") || name == "CREDENTIALS_DIRECTORY"
+}
+
+/// `${envvar:NAME}` as a job sees it: the environment without its private
+/// variables (`${envvar:LIANDAN_TOKEN}` expands to nothing, not to a token).
+pub fn job_envvar(name: &str) -> Option<String> {
+    if private_var(name) {
+        return None;
+    }
+    std::env::var(name).ok()
+}
+
 /// Replaces `${envvar:NAME}` in `text` with the variable's value. W&B's agent
 /// leaves the bare name where a variable is missing, which turns a typo into a
 /// wrong path; liandan refuses instead, naming the variable.
