@@ -298,7 +298,7 @@ impl Core {
     /// Opens the database in the data dir and rebuilds memory from it. Running
     /// attempts get `restart_grace_secs` for their workers to reconnect.
     pub fn open(cfg: CoordinatorConfig) -> Result<Arc<Core>, CoreError> {
-        std::fs::create_dir_all(&cfg.data_dir).map_err(|e| {
+        liandan_common::lockdir::create_private_dir(&cfg.data_dir).map_err(|e| {
             CoreError::FailedPrecondition(format!(
                 "cannot create data dir {}: {e}; check the path and its permissions",
                 cfg.data_dir.display()
@@ -1080,6 +1080,9 @@ impl Core {
             w.stopping |= hb.stopping;
             if !hb.reports_held {
                 // An older worker that sends no list: nothing to reconcile.
+                return Ok(());
+            }
+            if w.running.is_empty() && hb.held.is_empty() {
                 return Ok(());
             }
             let tx = w.session.as_ref().map(|s| s.tx.clone());

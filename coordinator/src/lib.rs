@@ -39,8 +39,10 @@ pub enum RunError {
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
     /// Another coordinator holds the data directory.
-    #[error("data directory {0}")]
+    #[error("data directory: {0}")]
     Locked(liandan_common::lockdir::LockError),
+    #[error("cannot create the data directory {0}: {1}; check the path and its permissions (data_dir, --data-dir)")]
+    DataDir(std::path::PathBuf, std::io::Error),
 }
 
 /// After the shutdown signal: how long connections get to finish (workers are
@@ -59,7 +61,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
     // One coordinator per data directory, for as long as this one runs.
-    liandan_common::lockdir::create_private_dir(&cfg.data_dir).map_err(RunError::Checkpoints)?;
+    liandan_common::lockdir::create_private_dir(&cfg.data_dir)
+        .map_err(|e| RunError::DataDir(cfg.data_dir.clone(), e))?;
     let _lock = liandan_common::lockdir::lock_dir(&cfg.data_dir, "coordinator.lock")
         .map_err(RunError::Locked)?;
     let (health, health_service) = tonic_health::server::health_reporter();

@@ -103,7 +103,10 @@ fn main() {
             Ok(()) => exit::OK,
             // A second coordinator on one data directory: an operator's
             // mistake that a restart loop would not fix.
-            Err(e @ liandan_coordinator::RunError::Locked(_)) => {
+            Err(
+                e @ (liandan_coordinator::RunError::Locked(_)
+                | liandan_coordinator::RunError::DataDir(..)),
+            ) => {
                 eprintln!("error: {e}");
                 exit::CONFIG
             }

@@ -174,7 +174,6 @@ impl Spool {
             .unwrap_or(0);
         {
             let mut q = w.prepare("SELECT seq, record FROM spool ORDER BY seq")?;
-            exits.clear();
             let rows = q.query_map([], |r| {
                 Ok((r.get::<_, i64>(0)? as u64, r.get::<_, Vec<u8>>(1)?))
             })?;
@@ -689,5 +688,40 @@ mod tests {
             next > highest,
             "sequence number {next} reused (assigned up to {highest})"
         );
+    }
+
+    /// Heartbeats count an ended attempt as held until its exit record is
+    /// acknowledged: tracked on append, dropped on ack, rebuilt on reopen.
+    #[tokio::test]
+    async fn unacknowledged_exits_stay_held_until_acked_and_across_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("worker.db");
+        let exit = |job: &str| pb::Record {
+            seq: 0,
+            job_id: job.into(),
+            attempt: 2,
+            body: Some(pb::record::Body::Exited(pb::JobExited::default())),
+        };
+        let seq_a = {
+            let spool = Spool::open(&path, 1 << 20).unwrap();
+            let a = spool.append(vec![record("job-x"), exit("job-a")]).await;
+            let b = spool.append(vec![exit("job-b")]).await;
+            assert_eq!(
+                spool.unacked_exits(),
+                vec![("job-a".to_string(), 2), ("job-b".to_string(), 2)]
+            );
+            spool.ack(a);
+            assert_eq!(spool.unacked_exits(), vec![("job-b".to_string(), 2)]);
+            spool.exec(|_| Ok(())).await.unwrap();
+            b
+        };
+        let spool = Spool::open(&path, 1 << 20).unwrap();
+        assert_eq!(
+            spool.unacked_exits(),
+            vec![("job-b".to_string(), 2)],
+            "rebuilt from disk"
+        );
+        spool.ack(seq_a + 10);
+        assert!(spool.unacked_exits().is_empty());
     }
 }
