@@ -347,6 +347,15 @@ impl Core {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Hands `v` back once everything decided before this call is durable.
+    /// Every reply built from memory goes through here: memory runs ahead of
+    /// the database by the batches in flight, and a caller must never be told
+    /// of a sweep, job or result that a crash now would revert.
+    pub async fn committed<T>(&self, v: T) -> Result<T, CoreError> {
+        self.store.barrier().await?;
+        Ok(v)
+    }
+
     /// Subscribes to "new log lines are durable" notifications.
     pub fn log_updates(&self) -> watch::Receiver<u64> {
         self.log_generation.subscribe()
@@ -452,108 +461,114 @@ impl Core {
         let mut warnings = warnings0;
         warnings.extend(expansion.warnings.iter().cloned());
         let spec = Arc::new(spec);
-        let (fut, sends) = {
+        let decided = {
             let mut st = self.lock();
             if let Some(existing) = st.sweeps.get(&sweep_id) {
                 if existing.spec_hash == spec_hash {
-                    let info = sweep_info(&st, &sweep_id);
-                    return Ok((info, false, warnings));
+                    // "Exists" only once the first submit's commit is durable.
+                    Err(sweep_info(&st, &sweep_id))
+                } else {
+                    return Err(CoreError::AlreadyExists(format!(
+                        "a different sweep named {name:?} exists ({sweep_id}); submit with --name to choose another name"
+                    )));
                 }
-                return Err(CoreError::AlreadyExists(format!(
-                    "a different sweep named {name:?} exists ({sweep_id}); submit with --name to choose another name"
-                )));
-            }
-            if let Some(j) = expansion.jobs.iter().find(|j| st.jobs.contains_key(&j.id)) {
-                return Err(CoreError::AlreadyExists(format!("job id {} already belongs to another sweep (a hash collision); submit under another --name", j.id)));
-            }
-            let created_at = now_secs();
-            let mut ops = vec![Op::InsertSweep {
-                id: sweep_id.to_string(),
-                name: name.clone(),
-                spec_json: spec_json.clone(),
-                spec_hash: spec_hash.clone(),
-                method: spec.method.as_str().into(),
-                algorithm: liandan_common::rng::ALGORITHM.into(),
-                created_at,
-            }];
-            let mut params_by_trial = HashMap::new();
-            for t in &expansion.trials {
-                let pj: Arc<str> = t.params.to_string().into();
-                ops.push(Op::InsertTrial {
-                    id: t.id.to_string(),
-                    sweep_id: sweep_id.to_string(),
-                    idx: t.index as i64,
-                    params_json: pj.to_string(),
-                });
-                params_by_trial.insert(t.id.clone(), pj);
-            }
-            let mut job_ids = Vec::with_capacity(expansion.jobs.len());
-            let first_seq = st.next_seq;
-            st.next_seq += expansion.jobs.len() as i64;
-            st.jobs.reserve(expansion.jobs.len());
-            for (ord, j) in expansion.jobs.iter().enumerate() {
-                let params = params_by_trial
-                    .get(&j.trial)
-                    .cloned()
-                    .unwrap_or_else(|| "{}".into());
-                let mem = JobMem::queued(
-                    first_seq + ord as i64,
-                    sweep_id.clone(),
-                    j.trial.clone(),
-                    ord as i64,
-                    j.seed,
-                    params,
-                );
-                st.jobs.insert(j.id.clone(), mem);
-                job_ids.push(j.id.clone());
-            }
-            ops.push(Op::InsertJobs(NewJobs {
-                sweep_id: sweep_id.clone(),
-                first_seq,
-                first_ord: 0,
-                jobs: expansion
-                    .jobs
-                    .iter()
-                    .map(|j| (j.id.clone(), j.trial.clone(), j.seed))
-                    .collect(),
-            }));
-            let mut search = SweepSearch::for_spec(&spec);
-            if let Some(search) = search.as_mut() {
-                let mut by_trial: HashMap<&TrialId, Vec<JobId>> = HashMap::new();
-                for j in &expansion.jobs {
-                    by_trial.entry(&j.trial).or_default().push(j.id.clone());
+            } else {
+                if let Some(j) = expansion.jobs.iter().find(|j| st.jobs.contains_key(&j.id)) {
+                    return Err(CoreError::AlreadyExists(format!("job id {} already belongs to another sweep (a hash collision); submit under another --name", j.id)));
                 }
-                for t in &expansion.trials {
-                    search.add_trial(
-                        t.id.clone(),
-                        &t.params,
-                        by_trial.remove(&t.id).unwrap_or_default(),
-                    );
-                }
-            }
-            st.sweeps.insert(
-                sweep_id.clone(),
-                SweepMem {
-                    search,
-                    name,
-                    spec: spec.clone(),
-                    run_spec_json: run_spec_json(&spec),
-                    spec_json: spec_json.into(),
-                    spec_hash,
-                    state: SweepState::Active,
+                let created_at = now_secs();
+                let mut ops = vec![Op::InsertSweep {
+                    id: sweep_id.to_string(),
+                    name: name.clone(),
+                    spec_json: spec_json.clone(),
+                    spec_hash: spec_hash.clone(),
+                    method: spec.method.as_str().into(),
                     algorithm: liandan_common::rng::ALGORITHM.into(),
                     created_at,
-                    trials: expansion.trials.len() as u64,
-                    ready: job_ids.iter().cloned().collect(),
-                    counts: [job_ids.len() as u64, 0, 0, 0, 0, 0],
-                    jobs: job_ids,
-                    running: 0,
-                    outcomes: Outcomes::default(),
-                },
-            );
-            let mut sends = Vec::new();
-            self.dispatch(&mut st, &mut ops, &mut sends);
-            (self.store.enqueue(ops), sends)
+                }];
+                let mut params_by_trial = HashMap::new();
+                for t in &expansion.trials {
+                    let pj: Arc<str> = t.params.to_string().into();
+                    ops.push(Op::InsertTrial {
+                        id: t.id.to_string(),
+                        sweep_id: sweep_id.to_string(),
+                        idx: t.index as i64,
+                        params_json: pj.to_string(),
+                    });
+                    params_by_trial.insert(t.id.clone(), pj);
+                }
+                let mut job_ids = Vec::with_capacity(expansion.jobs.len());
+                let first_seq = st.next_seq;
+                st.next_seq += expansion.jobs.len() as i64;
+                st.jobs.reserve(expansion.jobs.len());
+                for (ord, j) in expansion.jobs.iter().enumerate() {
+                    let params = params_by_trial
+                        .get(&j.trial)
+                        .cloned()
+                        .unwrap_or_else(|| "{}".into());
+                    let mem = JobMem::queued(
+                        first_seq + ord as i64,
+                        sweep_id.clone(),
+                        j.trial.clone(),
+                        ord as i64,
+                        j.seed,
+                        params,
+                    );
+                    st.jobs.insert(j.id.clone(), mem);
+                    job_ids.push(j.id.clone());
+                }
+                ops.push(Op::InsertJobs(NewJobs {
+                    sweep_id: sweep_id.clone(),
+                    first_seq,
+                    first_ord: 0,
+                    jobs: expansion
+                        .jobs
+                        .iter()
+                        .map(|j| (j.id.clone(), j.trial.clone(), j.seed))
+                        .collect(),
+                }));
+                let mut search = SweepSearch::for_spec(&spec);
+                if let Some(search) = search.as_mut() {
+                    let mut by_trial: HashMap<&TrialId, Vec<JobId>> = HashMap::new();
+                    for j in &expansion.jobs {
+                        by_trial.entry(&j.trial).or_default().push(j.id.clone());
+                    }
+                    for t in &expansion.trials {
+                        search.add_trial(
+                            t.id.clone(),
+                            &t.params,
+                            by_trial.remove(&t.id).unwrap_or_default(),
+                        );
+                    }
+                }
+                st.sweeps.insert(
+                    sweep_id.clone(),
+                    SweepMem {
+                        search,
+                        name,
+                        spec: spec.clone(),
+                        run_spec_json: run_spec_json(&spec),
+                        spec_json: spec_json.into(),
+                        spec_hash,
+                        state: SweepState::Active,
+                        algorithm: liandan_common::rng::ALGORITHM.into(),
+                        created_at,
+                        trials: expansion.trials.len() as u64,
+                        ready: job_ids.iter().cloned().collect(),
+                        counts: [job_ids.len() as u64, 0, 0, 0, 0, 0],
+                        jobs: job_ids,
+                        running: 0,
+                        outcomes: Outcomes::default(),
+                    },
+                );
+                let mut sends = Vec::new();
+                self.dispatch(&mut st, &mut ops, &mut sends);
+                Ok((self.store.enqueue(ops), sends))
+            }
+        };
+        let (fut, sends) = match decided {
+            Ok(v) => v,
+            Err(info) => return self.committed((info, false, warnings)).await,
         };
         tracing::debug!(
             secs = t0.elapsed().as_secs_f64(),
@@ -562,7 +577,7 @@ impl Core {
         self.finish(fut, sends).await?;
         tracing::debug!(secs = t0.elapsed().as_secs_f64(), "sweep committed");
         let info = sweep_info(&self.lock(), &sweep_id);
-        Ok((info, true, warnings))
+        self.committed((info, true, warnings)).await
     }
 
     fn sweep_id(&self, st: &State, id: &str) -> Result<SweepId, CoreError> {
@@ -630,7 +645,8 @@ impl Core {
             (self.store.enqueue(ops), sends, sid)
         };
         self.finish(fut, sends).await?;
-        Ok(sweep_info(&self.lock(), &sid))
+        let info = sweep_info(&self.lock(), &sid);
+        self.committed(info).await
     }
 
     fn cancel_job_locked(&self, st: &mut State, id: &JobId, ops: &mut Vec<Op>, sends: &mut Sends) {
@@ -739,6 +755,7 @@ impl Core {
             })?;
             job_info(&jid, m)
         };
+        self.store.barrier().await?;
         let key = jid.to_string();
         info.attempts = self
             .store
@@ -924,12 +941,13 @@ impl Core {
             (self.store.enqueue(ops), sends)
         };
         self.finish(fut, sends).await?;
-        let st = self.lock();
-        Ok(st
+        let info = self
+            .lock()
             .workers
             .get(&wid)
             .map(|w| worker_info(&wid, w))
-            .unwrap_or_default())
+            .unwrap_or_default();
+        self.committed(info).await
     }
 
     /// A worker opened its stream. Returns the session id and the welcome.

@@ -80,17 +80,19 @@ impl UserService for Api {
         &self,
         req: Request<pb::GetSweepRequest>,
     ) -> Result<Response<pb::Sweep>, Status> {
-        Ok(Response::new(
-            self.core()?.get_sweep(&req.into_inner().sweep_id)?,
-        ))
+        let core = self.core()?;
+        let sweep = core.get_sweep(&req.into_inner().sweep_id)?;
+        Ok(Response::new(core.committed(sweep).await?))
     }
 
     async fn list_sweeps(
         &self,
         _: Request<pb::ListSweepsRequest>,
     ) -> Result<Response<pb::ListSweepsResponse>, Status> {
+        let core = self.core()?;
+        let sweeps = core.list_sweeps();
         Ok(Response::new(pb::ListSweepsResponse {
-            sweeps: self.core()?.list_sweeps(),
+            sweeps: core.committed(sweeps).await?,
         }))
     }
 
@@ -135,8 +137,10 @@ impl UserService for Api {
         req: Request<pb::ListJobsRequest>,
     ) -> Result<Response<pb::ListJobsResponse>, Status> {
         let r = req.into_inner();
+        let core = self.core()?;
+        let jobs = core.list_jobs(&r.sweep_id, &r.state)?;
         Ok(Response::new(pb::ListJobsResponse {
-            jobs: self.core()?.list_jobs(&r.sweep_id, &r.state)?,
+            jobs: core.committed(jobs).await?,
         }))
     }
 
@@ -218,7 +222,10 @@ impl UserService for Api {
             let mut sent = std::collections::HashSet::new();
             let mut from = 0;
             loop {
-                let r = core.results_chunk(&sid, from, 20_000, &mut sent);
+                let r = match core.results_chunk(&sid, from, 20_000, &mut sent) {
+                    Ok(v) => core.committed(v).await,
+                    Err(e) => Err(e),
+                };
                 let (chunk, done) = match r {
                     Ok(v) => v,
                     Err(e) => {
@@ -245,6 +252,7 @@ impl UserService for Api {
         let core = self.core()?;
         let sid = core.resolve_sweep(&r.sweep_id)?;
         let chunks = core.trial_results(&sid, r.best, r.limit as usize, 10_000)?;
+        let chunks = core.committed(chunks).await?;
         let stream = tokio_stream::iter(chunks.into_iter().map(Ok));
         Ok(Response::new(Box::pin(stream)))
     }
@@ -253,8 +261,10 @@ impl UserService for Api {
         &self,
         _: Request<pb::ListWorkersRequest>,
     ) -> Result<Response<pb::ListWorkersResponse>, Status> {
+        let core = self.core()?;
+        let workers = core.list_workers();
         Ok(Response::new(pb::ListWorkersResponse {
-            workers: self.core()?.list_workers(),
+            workers: core.committed(workers).await?,
         }))
     }
 
@@ -272,7 +282,9 @@ impl UserService for Api {
         &self,
         req: Request<pb::JobRef>,
     ) -> Result<Response<pb::ListCheckpointsResponse>, Status> {
-        let rows = self.core()?.checkpoints(&req.into_inner().job_id)?;
+        let core = self.core()?;
+        let rows = core.checkpoints(&req.into_inner().job_id)?;
+        let rows = core.committed(rows).await?;
         Ok(Response::new(pb::ListCheckpointsResponse {
             checkpoints: rows.iter().map(crate::core::checkpoint_info).collect(),
         }))

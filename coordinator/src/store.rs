@@ -259,7 +259,35 @@ type Reply = oneshot::Sender<Result<(), StoreError>>;
 pub struct Store {
     tx: mpsc::Sender<(Vec<Op>, Reply)>,
     reader: Arc<Mutex<Connection>>,
+    gate: Arc<Gate>,
     pub path: PathBuf,
+}
+
+/// Lets a test hold the writer between batches ([`Store::hold_commits`]),
+/// so it can see what callers are told while a commit is outstanding.
+#[derive(Default)]
+struct Gate {
+    held: Mutex<bool>,
+    released: std::sync::Condvar,
+}
+
+impl Gate {
+    fn wait_open(&self) {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        while *held {
+            held = self.released.wait(held).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+/// While alive, the writer commits nothing (see [`Store::hold_commits`]).
+pub struct CommitHold(Arc<Gate>);
+
+impl Drop for CommitHold {
+    fn drop(&mut self) {
+        *self.0.held.lock().unwrap_or_else(|p| p.into_inner()) = false;
+        self.0.released.notify_all();
+    }
 }
 
 fn open(path: &Path) -> Result<Connection, StoreError> {
@@ -298,15 +326,18 @@ impl Store {
         migrate(&mut writer)?;
         let reader = open(path)?;
         let (tx, rx) = mpsc::channel::<(Vec<Op>, Reply)>();
+        let gate = Arc::new(Gate::default());
+        let writer_gate = gate.clone();
         std::thread::Builder::new()
             .name("liandan-db-writer".into())
-            .spawn(move || writer_loop(writer, rx))
+            .spawn(move || writer_loop(writer, rx, &writer_gate))
             .map_err(|e| {
                 StoreError::CommitFailed(format!("cannot start the writer thread: {e}"))
             })?;
         Ok(Store {
             tx,
             reader: Arc::new(Mutex::new(reader)),
+            gate,
             path: path.to_path_buf(),
         })
     }
@@ -331,6 +362,23 @@ impl Store {
     /// Queues a batch and waits until it is durable.
     pub async fn commit(&self, ops: Vec<Op>) -> Result<(), StoreError> {
         self.enqueue(ops).await
+    }
+
+    /// Resolves once everything queued before this call is durable. A reply
+    /// built from memory waits on it, so callers are never told of state a
+    /// crash would revert (memory runs ahead of the disk by the batches in
+    /// flight; queue order is commit order). Costs no disk write.
+    pub fn barrier(
+        &self,
+    ) -> impl std::future::Future<Output = Result<(), StoreError>> + Send + 'static {
+        self.enqueue(Vec::new())
+    }
+
+    /// For tests: the writer commits nothing until the returned guard drops.
+    #[doc(hidden)]
+    pub fn hold_commits(&self) -> CommitHold {
+        *self.gate.held.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        CommitHold(self.gate.clone())
     }
 
     /// Runs a read query on a blocking thread.
@@ -361,8 +409,9 @@ impl Store {
 /// Most batches merged into one transaction.
 const MAX_GROUP: usize = 512;
 
-fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<(Vec<Op>, Reply)>) {
+fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<(Vec<Op>, Reply)>, gate: &Gate) {
     while let Ok(first) = rx.recv() {
+        gate.wait_open();
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
             match rx.try_recv() {
@@ -391,6 +440,10 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<(Vec<Op>, Reply)>) {
 }
 
 fn apply_group(conn: &mut Connection, group: &[(Vec<Op>, Reply)]) -> Result<(), rusqlite::Error> {
+    if group.iter().all(|(ops, _)| ops.is_empty()) {
+        // Only barriers: everything before them is already committed.
+        return Ok(());
+    }
     let tx = conn.transaction()?;
     for (ops, _) in group {
         for op in ops {
