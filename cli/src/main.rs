@@ -951,6 +951,12 @@ async fn run(cli: Cli) -> R<i32> {
                         format!("{}/{}", w.free_cpu_slots, r.cpu_slots),
                         format!("{}/{}", w.free_gpus, r.gpus.len()),
                         w.running_jobs.len().to_string(),
+                        w.disk
+                            .map(|d| human_bytes(d.jobs_bytes))
+                            .unwrap_or_else(|| "-".into()),
+                        w.disk
+                            .map(|d| human_bytes(d.free_bytes))
+                            .unwrap_or_else(|| "-".into()),
                         r.labels.join(","),
                     ]
                 })
@@ -961,13 +967,22 @@ async fn run(cli: Cli) -> R<i32> {
                     let r = w.resources.clone().unwrap_or_default();
                     json!({"id": w.id, "hostname": w.hostname, "connected": w.connected, "draining": w.draining, "cpu_slots": r.cpu_slots, "free_cpu_slots": w.free_cpu_slots,
                            "gpus": r.gpus.iter().map(|g| json!({"index": g.index, "uuid": g.uuid, "name": g.name, "memory_bytes": g.memory_bytes})).collect::<Vec<_>>(),
-                           "free_gpus": w.free_gpus, "running_jobs": w.running_jobs, "labels": r.labels, "last_seen": w.last_seen})
+                           "free_gpus": w.free_gpus, "running_jobs": w.running_jobs, "labels": r.labels, "last_seen": w.last_seen,
+                           "disk": w.disk.map(|d| json!({"jobs_bytes": d.jobs_bytes, "free_bytes": d.free_bytes, "attempt_dirs": d.attempt_dirs}))})
                 })
                 .collect::<Vec<_>>());
             print(render(
                 &Listing {
                     columns: vec![
-                        "worker", "host", "state", "cpu free", "gpu free", "jobs", "labels",
+                        "worker",
+                        "host",
+                        "state",
+                        "cpu free",
+                        "gpu free",
+                        "jobs",
+                        "job dirs",
+                        "disk free",
+                        "labels",
                     ],
                     rows,
                     json,
@@ -1240,6 +1255,22 @@ fn main() {
     std::process::exit(code);
 }
 
+/// Bytes for people: `512 B`, `3.2 MiB`, `1.5 TiB`.
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1264,5 +1295,14 @@ mod tests {
         );
         assert!(token_transport_ok("http://coordinator.example:7477", false).is_ok());
         assert!(token_transport_ok("http://127.0.0.1:7477", true).is_ok());
+    }
+
+    #[test]
+    fn bytes_are_shown_in_binary_units() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(25 << 30), "25.0 GiB");
+        assert_eq!(human_bytes(u64::MAX), "16384.0 PiB");
     }
 }

@@ -336,6 +336,13 @@ pub struct WorkerConfig {
     /// File holding the cluster join token (when mutual TLS is not used); or
     /// set LIANDAN_TOKEN. The file must be private (mode 600).
     pub token_file: String,
+    /// Days a failed attempt's directory (its output files and checkpoints)
+    /// is kept for inspection; finished attempts whose records and uploads the
+    /// coordinator acknowledged are removed at once. 0 removes failed ones too.
+    pub keep_failed_days: f64,
+    /// Seconds between sweeps of the job directories (also run at start and
+    /// whenever the coordinator acknowledges an attempt's end).
+    pub retention_interval_secs: f64,
 }
 
 impl Default for WorkerConfig {
@@ -358,6 +365,8 @@ impl Default for WorkerConfig {
             tls_cert: String::new(),
             tls_key: String::new(),
             token_file: String::new(),
+            keep_failed_days: 7.0,
+            retention_interval_secs: 300.0,
         }
     }
 }
@@ -397,6 +406,16 @@ impl WorkerConfig {
         }
         positive("grace_period_secs", self.grace_period_secs)?;
         positive("reconnect_max_secs", self.reconnect_max_secs)?;
+        positive("retention_interval_secs", self.retention_interval_secs)?;
+        if !(self.keep_failed_days.is_finite() && self.keep_failed_days >= 0.0) {
+            return Err(ConfigError::Key {
+                key: "keep_failed_days".into(),
+                message: format!(
+                    "expected a number of days >= 0, found {}",
+                    self.keep_failed_days
+                ),
+            });
+        }
         if self.tls_cert.is_empty() != self.tls_key.is_empty() {
             return Err(ConfigError::Key {
                 key: "tls_key".into(),

@@ -22,7 +22,21 @@ pub const MAX_SIZE: u64 = 256 << 30;
 
 pub struct CheckpointStore {
     root: PathBuf,
+    /// Final paths of uploads between their rename into place and their row
+    /// (orphan collection must not take them for orphans).
+    inflight: std::sync::Mutex<std::collections::HashSet<PathBuf>>,
 }
+
+/// What one orphan collection removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Collected {
+    pub files: u64,
+    pub partials: u64,
+    pub bytes: u64,
+}
+
+/// How often the coordinator looks for orphaned checkpoint files.
+pub const ORPHAN_SCAN: std::time::Duration = std::time::Duration::from_secs(600);
 
 fn is_hex64(s: &str) -> bool {
     s.len() == 64
@@ -39,6 +53,67 @@ fn io(e: std::io::Error, what: &str) -> Status {
     Status::internal(format!("{what}: {e}{hint}"))
 }
 
+/// Takes an upload off the in-flight set when it is done (or dropped).
+struct InFlight<'a>(&'a CheckpointStore, PathBuf);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.inflight().remove(&self.1);
+    }
+}
+
+struct Listed {
+    /// Stored files, relative to the root, with sizes.
+    files: Vec<(String, u64)>,
+    /// Partial uploads: file names in `.partial`, with sizes.
+    partials: Vec<(String, u64)>,
+}
+
+fn list_files(root: &Path) -> Listed {
+    let mut l = Listed {
+        files: Vec::new(),
+        partials: Vec::new(),
+    };
+    let Ok(rd) = std::fs::read_dir(root) else {
+        return l;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        let Ok(t) = e.file_type() else { continue };
+        if !t.is_dir() {
+            continue;
+        }
+        let Ok(inner) = std::fs::read_dir(e.path()) else {
+            continue;
+        };
+        for f in inner.flatten() {
+            if !f.file_type().is_ok_and(|t| t.is_file()) {
+                continue;
+            }
+            let size = f.metadata().map(|m| m.len()).unwrap_or(0);
+            let fname = f.file_name().to_string_lossy().to_string();
+            if name == ".partial" {
+                l.partials.push((fname, size));
+            } else {
+                l.files.push((format!("{name}/{fname}"), size));
+            }
+        }
+    }
+    l
+}
+
+/// The job and attempt of a partial upload's file name
+/// (`{job}-{attempt}-{step}-{hash16}.part`).
+fn parse_partial(name: &str) -> Option<(JobId, u64)> {
+    let stem = name.strip_suffix(".part")?;
+    let mut it = stem.rsplitn(4, '-');
+    let _hash = it.next()?;
+    let _step = it.next()?;
+    let attempt = it.next()?.parse().ok()?;
+    let job = JobId::parse(it.next()?).ok()?;
+    Some((job, attempt))
+}
+
 fn fsync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
@@ -47,7 +122,82 @@ impl CheckpointStore {
     pub fn new(data_dir: &Path) -> std::io::Result<Self> {
         let root = data_dir.join("checkpoints");
         std::fs::create_dir_all(root.join(".partial"))?;
-        Ok(Self { root })
+        Ok(Self {
+            root,
+            inflight: Default::default(),
+        })
+    }
+
+    fn inflight(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<PathBuf>> {
+        self.inflight.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Removes checkpoint files no row refers to (a crash between the rename
+    /// and the row, a row dropped as corrupt, a file replaced at the same
+    /// step, a failed removal), partial uploads of attempts that are no longer
+    /// current (they can never be resumed: the fence refuses them), and
+    /// emptied job directories. Runs at start and every [`ORPHAN_SCAN`].
+    pub async fn collect_orphans(&self, core: &Core) -> Collected {
+        let root = self.root.clone();
+        // Order: list the files, then see which uploads are between rename
+        // and row, then read the rows (an upload not in flight by then has
+        // its row in memory already).
+        let Ok(listed) = tokio::task::spawn_blocking(move || list_files(&root)).await else {
+            return Collected::default();
+        };
+        let inflight = self.inflight().clone();
+        let referenced = core.checkpoint_files();
+        let mut doomed = Vec::new();
+        let mut partials = Vec::new();
+        for (rel, size) in listed.files {
+            if !referenced.contains(&rel) && !inflight.contains(&self.root.join(&rel)) {
+                doomed.push((self.root.join(rel), size));
+            }
+        }
+        for (name, size) in listed.partials {
+            let current = parse_partial(&name)
+                .is_some_and(|(job, attempt)| core.job_progress(&job) == Some((attempt, false)));
+            if !current {
+                partials.push((self.root.join(".partial").join(name), size));
+            }
+        }
+        let root = self.root.clone();
+        let done = tokio::task::spawn_blocking(move || {
+            let mut c = Collected::default();
+            for (p, size) in doomed {
+                if std::fs::remove_file(&p).is_ok() {
+                    c.files += 1;
+                    c.bytes += size;
+                    tracing::info!(file = %p.display(), bytes = size, "removed an orphaned checkpoint file");
+                }
+            }
+            for (p, size) in partials {
+                if std::fs::remove_file(&p).is_ok() {
+                    c.partials += 1;
+                    c.bytes += size;
+                }
+            }
+            // Emptied job directories (remove_dir refuses non-empty ones).
+            if let Ok(rd) = std::fs::read_dir(&root) {
+                for e in rd.flatten() {
+                    if e.file_name() != ".partial" && e.file_type().is_ok_and(|t| t.is_dir()) {
+                        let _ = std::fs::remove_dir(e.path());
+                    }
+                }
+            }
+            c
+        })
+        .await
+        .unwrap_or_default();
+        if done.files + done.partials > 0 {
+            tracing::info!(
+                files = done.files,
+                partials = done.partials,
+                bytes = done.bytes,
+                "orphaned checkpoint data removed"
+            );
+        }
+        done
     }
 
     fn partial(&self, job: &JobId, attempt: u64, step: i64, hash: &str) -> PathBuf {
@@ -216,6 +366,8 @@ impl CheckpointStore {
         let dir = self.root.join(job.as_str());
         let final_path = dir.join(format!("{}-{}.ckpt", h.step, &h.blake3[..16]));
         let (d, p, f) = (dir.clone(), part.clone(), final_path.clone());
+        self.inflight().insert(final_path.clone());
+        let _inflight = InFlight(self, final_path.clone());
         let moved = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
             std::fs::create_dir_all(&d)?;
             std::fs::rename(&p, &f)?;

@@ -142,6 +142,7 @@ impl WorkerMem {
             stopping: false,
             acked_seq: 0,
             last_seen: 0.0,
+            disk: None,
             known: false,
         }
     }
@@ -221,6 +222,8 @@ struct WorkerMem {
     stopping: bool,
     acked_seq: u64,
     last_seen: f64,
+    /// What its last heartbeat said of its disk (memory only).
+    disk: Option<pb::DiskUsage>,
     /// Until the worker says hello after a coordinator restart, its capacity is unknown.
     known: bool,
 }
@@ -1092,6 +1095,9 @@ impl Core {
             }
             w.lease_deadline = Instant::now() + secs(self.cfg.lease_timeout_secs);
             w.last_seen = now_secs();
+            if hb.disk.is_some() {
+                w.disk = hb.disk;
+            }
             if hb.stopping && !w.stopping {
                 tracing::info!(worker = %wid, "worker is shutting down; no new jobs for it");
             }
@@ -1999,6 +2005,17 @@ impl Core {
     }
 
     /// Forgets a checkpoint whose file failed verification, so it is never used.
+    /// Every stored checkpoint file the database knows (paths relative to
+    /// the checkpoint root), for orphan collection.
+    pub fn checkpoint_files(&self) -> HashSet<String> {
+        let st = self.lock();
+        st.checkpoints
+            .values()
+            .flatten()
+            .map(|c| c.file.clone())
+            .collect()
+    }
+
     pub async fn drop_checkpoint(&self, job_id: &str, step: i64) -> Result<(), CoreError> {
         let fut = {
             let mut st = self.lock();
@@ -2125,6 +2142,7 @@ fn worker_info(id: &WorkerId, w: &WorkerMem) -> pb::Worker {
         last_seen: w.last_seen,
         free_cpu_slots: w.free_cpus,
         free_gpus: w.free_gpus.len() as u32,
+        disk: w.disk,
     }
 }
 

@@ -151,7 +151,17 @@ pub async fn run(
     };
     let ckpts =
         Arc::new(checkpoints::CheckpointStore::new(&cfg.data_dir).map_err(RunError::Checkpoints)?);
-    api.set_ready(core.clone(), ckpts);
+    // Orphans from before this start go before any upload can begin; then
+    // every ORPHAN_SCAN.
+    ckpts.collect_orphans(&core).await;
+    api.set_ready(core.clone(), ckpts.clone());
+    let (orphan_core, orphan_ckpts) = (core.clone(), ckpts);
+    let orphans = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(checkpoints::ORPHAN_SCAN).await;
+            orphan_ckpts.collect_orphans(&orphan_core).await;
+        }
+    });
     health.set_service_status("", ServingStatus::Serving).await;
     health
         .set_serving::<pb::user_service_server::UserServiceServer<grpc::Api>>()
@@ -203,6 +213,7 @@ pub async fn run(
         }
     };
     ticker.abort();
+    orphans.abort();
     if let Some(w) = watchdog {
         w.abort();
     }

@@ -27,6 +27,7 @@ async fn beat(core: &Core, w: &liandan_common::WorkerId, session: u64) {
             held: Vec::new(),
             stopping: false,
             reports_held: false,
+            disk: None,
         },
     )
     .await
@@ -471,6 +472,7 @@ async fn heartbeats_reconcile_what_the_worker_holds() {
         held,
         stopping: false,
         reports_held: true,
+        disk: None,
     };
     // Heartbeats every 2 s for `secs`, each saying the worker holds `h`.
     async fn beats(core: &Core, w: &Worker, secs: u64, h: &dyn Fn() -> pb::Heartbeat) {

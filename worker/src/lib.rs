@@ -11,6 +11,7 @@
 
 pub mod checkpoint;
 pub mod gpu;
+pub mod retention;
 pub mod runner;
 pub mod spool;
 
@@ -74,6 +75,10 @@ pub struct WorkerCtx {
     stop_announced: Notify,
     /// Progress of the session / connect loop, for the systemd watchdog.
     liveness: Arc<liandan_common::systemd::Liveness>,
+    /// Woken when the coordinator acknowledged an attempt's end.
+    retention: Notify,
+    /// The disk as of the last retention pass, for heartbeats.
+    disk: Mutex<Option<pb::DiskUsage>>,
 }
 
 /// A worker-service client that carries the join token.
@@ -90,6 +95,15 @@ impl WorkerCtx {
         WorkerServiceClient::with_interceptor(channel, self.token.clone())
             .max_decoding_message_size(64 << 20)
             .max_encoding_message_size(64 << 20)
+    }
+
+    /// The directory of one attempt of a job.
+    pub(crate) fn attempt_dir(&self, job: &str, attempt: u64) -> PathBuf {
+        self.jobs_dir.join(job).join(attempt.to_string())
+    }
+
+    fn disk(&self) -> Option<pb::DiskUsage> {
+        *self.disk.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn running(&self) -> std::sync::MutexGuard<'_, HashMap<(String, u64), Running>> {
@@ -158,6 +172,7 @@ impl WorkerCtx {
             let pending = self
                 .spool
                 .uploads_pending()
+                .await
                 .unwrap_or_default()
                 .iter()
                 .any(|u| u.job_id == job && u.attempt == attempt);
@@ -205,8 +220,8 @@ impl WorkerCtx {
     }
 
     /// The attempts this worker holds, for hello.
-    fn held(&self) -> Vec<pb::HeldAttempt> {
-        let journal = self.spool.journal().unwrap_or_default();
+    async fn held(&self) -> Vec<pb::HeldAttempt> {
+        let journal = self.spool.journal().await.unwrap_or_default();
         let running = self.running();
         journal
             .into_iter()
@@ -274,13 +289,13 @@ pub async fn prepare(
             })?,
         )
     };
-    let worker_id = match cert_id.or_else(|| {
-        spool
-            .meta("worker_id")
-            .ok()
-            .flatten()
-            .and_then(|s| WorkerId::parse(&s).ok())
-    }) {
+    let stored = spool
+        .meta("worker_id")
+        .await
+        .ok()
+        .flatten()
+        .and_then(|s| WorkerId::parse(&s).ok());
+    let worker_id = match cert_id.or(stored) {
         Some(id) => {
             spool.set_meta("worker_id", id.to_string()).await?;
             id
@@ -341,6 +356,8 @@ pub async fn prepare(
         token,
         announce_stop: Notify::new(),
         stop_announced: Notify::new(),
+        retention: Notify::new(),
+        disk: Mutex::new(None),
     });
     recover(&ctx).await?;
     Ok((ctx, lock))
@@ -352,7 +369,7 @@ pub async fn prepare(
 /// requeues it without spending a retry, and it resumes from its checkpoint.
 async fn recover(ctx: &WorkerCtx) -> Result<(), WorkerError> {
     liandan_common::systemd::status("recovering the journal");
-    for e in ctx.spool.journal()? {
+    for e in ctx.spool.journal().await? {
         if e.exit_seq.is_some() {
             continue;
         }
@@ -422,6 +439,7 @@ pub async fn run(
     let (ctx, _lock) = prepare(cfg).await?;
     tracing::info!(worker = %ctx.worker_id, gpus = ctx.resources.gpus.len(), slots = ctx.resources.cpu_slots, "worker starting");
     let uploader = tokio::spawn(upload_loop(ctx.clone()));
+    let retention = tokio::spawn(retention_loop(ctx.clone()));
     let watchdog = liandan_common::systemd::spawn_watchdog(ctx.liveness.clone());
     let (stop_tx, stop_rx) = watch::channel(false);
     let sessions = tokio::spawn(connect_loop(ctx.clone(), endpoint, stop_rx));
@@ -447,6 +465,7 @@ pub async fn run(
     let _ = stop_tx.send(true);
     let _ = sessions.await;
     uploader.abort();
+    retention.abort();
     if let Some(w) = watchdog {
         w.abort();
     }
@@ -511,7 +530,7 @@ async fn session(
         worker_id: ctx.worker_id.to_string(),
         hostname: gethostname::gethostname().to_string_lossy().to_string(),
         resources: Some(ctx.resources.clone()),
-        held: ctx.held(),
+        held: ctx.held().await,
         version: env!("CARGO_PKG_VERSION").into(),
         last_seq: ctx.spool.last_seq(),
     };
@@ -532,8 +551,11 @@ async fn session(
         _ => return Err("the coordinator did not answer hello with welcome".into()),
     };
     *backoff = Duration::from_millis(100);
-    ctx.spool.ack(welcome.acked_seq);
+    let ended = ctx.spool.ack(welcome.acked_seq);
     let _ = ctx.spool.journal_prune(welcome.acked_seq).await;
+    if ended {
+        ctx.retention.notify_one();
+    }
     for k in &welcome.kill {
         tracing::warn!(job = %k.job_id, attempt = k.attempt, reason = %k.reason, "coordinator says this attempt must stop");
         ctx.stop(
@@ -563,8 +585,11 @@ async fn session(
                 let msg = msg.map_err(|e| e.to_string())?.ok_or("the coordinator closed the session")?;
                 match msg.msg {
                     Some(pb::coordinator_message::Msg::Ack(a)) => {
-                        ctx.spool.ack(a.seq);
+                        let ended = ctx.spool.ack(a.seq);
                         let _ = ctx.spool.journal_prune(a.seq).await;
+                        if ended {
+                            ctx.retention.notify_one();
+                        }
                         if a.refused > 0 {
                             tracing::warn!(refused = a.refused, "the coordinator refused records from stale attempts");
                         }
@@ -583,14 +608,14 @@ async fn session(
             }
             _ = heartbeat.tick() => {
                 let stopping = ctx.stopping.load(Ordering::SeqCst);
-                out.send(pb::WorkerMessage { msg: Some(pb::worker_message::Msg::Heartbeat(pb::Heartbeat { held: ctx.held_now(), stopping, reports_held: true })) }).await.map_err(|e| e.to_string())?;
+                out.send(pb::WorkerMessage { msg: Some(pb::worker_message::Msg::Heartbeat(pb::Heartbeat { held: ctx.held_now(), stopping, reports_held: true, disk: ctx.disk() })) }).await.map_err(|e| e.to_string())?;
                 // The main loop is alive while it heartbeats (or keeps trying to connect).
                 ctx.liveness.beat();
             }
             _ = ctx.announce_stop.notified() => {
                 // Said before any preempted exit record, on the same ordered stream,
                 // so the coordinator never hands a stopping worker a requeued job.
-                out.send(pb::WorkerMessage { msg: Some(pb::worker_message::Msg::Heartbeat(pb::Heartbeat { held: ctx.held_now(), stopping: true, reports_held: true })) }).await.map_err(|e| e.to_string())?;
+                out.send(pb::WorkerMessage { msg: Some(pb::worker_message::Msg::Heartbeat(pb::Heartbeat { held: ctx.held_now(), stopping: true, reports_held: true, disk: ctx.disk() })) }).await.map_err(|e| e.to_string())?;
                 ctx.stop_announced.notify_waiters();
             }
             _ = ctx.spool.new_records.notified() => send_pending(ctx, &out).await?,
@@ -667,7 +692,7 @@ fn start(ctx: &Arc<WorkerCtx>, a: pb::Assignment) {
     let ctx = ctx.clone();
     tokio::spawn(async move {
         let job_dir = ctx.jobs_dir.join(&a.job_id);
-        let dir = job_dir.join(a.attempt.to_string());
+        let dir = ctx.attempt_dir(&a.job_id, a.attempt);
         if let Err(e) = runner::journal(&ctx, &a, &dir).await {
             tracing::error!(error = %e, "cannot journal the attempt");
         }
@@ -727,6 +752,65 @@ fn start(ctx: &Arc<WorkerCtx>, a: pb::Assignment) {
     });
 }
 
+/// Removes job directories nothing is owed from (see [`retention`]): at
+/// start, whenever the coordinator acknowledged an attempt's end (at most
+/// every few seconds), and every `retention_interval_secs`.
+async fn retention_loop(ctx: Arc<WorkerCtx>) {
+    let interval = Duration::from_secs_f64(ctx.cfg.retention_interval_secs);
+    let keep_failed = Duration::from_secs_f64(ctx.cfg.keep_failed_days * 86_400.0);
+    loop {
+        let notified = ctx.retention.notified();
+        retention_pass(&ctx, keep_failed).await;
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = notified => tokio::time::sleep(Duration::from_secs(2).min(interval)).await,
+        }
+    }
+}
+
+async fn retention_pass(ctx: &Arc<WorkerCtx>, keep_failed: Duration) {
+    let dir = ctx.jobs_dir.clone();
+    // Listed before the journal is read (the order the module docs explain).
+    let Ok(listed) = tokio::task::spawn_blocking(move || retention::list(&dir)).await else {
+        return;
+    };
+    let (Ok(journal), Ok(uploads)) = (ctx.spool.journal().await, ctx.spool.uploads_pending().await)
+    else {
+        return;
+    };
+    let mut owed: std::collections::HashSet<(String, u64)> =
+        journal.into_iter().map(|e| (e.job_id, e.attempt)).collect();
+    owed.extend(uploads.into_iter().map(|u| (u.job_id, u.attempt)));
+    owed.extend(ctx.running().keys().cloned());
+    let (dir, state) = (ctx.jobs_dir.clone(), ctx.cfg.state_dir.clone());
+    let done = tokio::task::spawn_blocking(move || {
+        let pass = retention::collect(
+            &dir,
+            listed,
+            &owed,
+            keep_failed,
+            std::time::SystemTime::now(),
+        );
+        (pass, retention::free_bytes(&state))
+    })
+    .await;
+    let Ok((pass, free)) = done else { return };
+    if pass.removed > 0 {
+        tracing::info!(
+            removed = pass.removed,
+            kept = pass.kept,
+            bytes = pass.bytes,
+            "removed finished job directories"
+        );
+        let _ = ctx.spool.uploads_prune().await;
+    }
+    *ctx.disk.lock().unwrap_or_else(|p| p.into_inner()) = Some(pb::DiskUsage {
+        jobs_bytes: pass.bytes,
+        free_bytes: free,
+        attempt_dirs: pass.kept,
+    });
+}
+
 /// Uploads published checkpoints whenever connected; each upload resumes
 /// where the coordinator says an earlier one stopped.
 async fn upload_loop(ctx: Arc<WorkerCtx>) {
@@ -739,7 +823,7 @@ async fn upload_loop(ctx: Arc<WorkerCtx>) {
             .clone();
         if let Some(ch) = channel {
             let mut client = ctx.client(ch);
-            for u in ctx.spool.uploads_pending().unwrap_or_default() {
+            for u in ctx.spool.uploads_pending().await.unwrap_or_default() {
                 match checkpoint::upload(&mut client, &ctx, &u).await {
                     Ok(accepted) => {
                         // Accepted, or refused for good (a stale attempt): either way done.

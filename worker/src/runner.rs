@@ -361,7 +361,11 @@ async fn scan_checkpoints(
     let Ok(mut rd) = tokio::fs::read_dir(dir).await else {
         return;
     };
-    let known = ctx.spool.uploads_known(job, attempt).unwrap_or_default();
+    let known = ctx
+        .spool
+        .uploads_known(job, attempt)
+        .await
+        .unwrap_or_default();
     while let Ok(Some(e)) = rd.next_entry().await {
         let name = e.file_name().to_string_lossy().to_string();
         let Some(step) = checkpoint_step(&name) else {
@@ -686,6 +690,8 @@ async fn finish(ctx: &WorkerCtx, job: &str, attempt: u64, exited: pb::JobExited)
             }),
         ));
     }
+    // Before the exit record: retention reads it once the exit is acknowledged.
+    crate::retention::write_outcome(&ctx.attempt_dir(job, attempt), &exited.outcome);
     recs.push(record(job, attempt, pb::record::Body::Exited(exited)));
     let seq = ctx.spool.append(recs).await;
     let _ = ctx

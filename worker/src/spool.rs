@@ -295,10 +295,12 @@ impl Spool {
         self.lock().next_seq - 1
     }
 
-    /// Drops records the coordinator acknowledged.
-    pub fn ack(&self, seq: u64) {
-        {
+    /// Drops records the coordinator acknowledged; true when an exit record
+    /// was among them (an attempt is now off the worker's books).
+    pub fn ack(&self, seq: u64) -> bool {
+        let ended = {
             let mut st = self.lock();
+            let before = st.exits.len();
             while st.pending.front().is_some_and(|(s, _, _)| *s <= seq) {
                 if let Some((_, _, n)) = st.pending.pop_front() {
                     st.bytes -= n as u64;
@@ -309,9 +311,11 @@ impl Spool {
             if st.next_seq <= seq {
                 st.next_seq = seq + 1;
             }
-        }
+            st.exits.len() < before
+        };
         let _ = self.db.send(DbOp::DeleteUpTo(seq));
         self.space.notify_waiters();
+        ended
     }
 
     /// Attempts whose exit record the coordinator has not acknowledged yet.
@@ -360,9 +364,19 @@ impl Spool {
             .map_err(SpoolError::from)
     }
 
-    fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, SpoolError> {
-        let c = self.reader.lock().unwrap_or_else(|p| p.into_inner());
-        f(&c).map_err(SpoolError::from)
+    /// Runs a read on a blocking thread: SQLite calls block, and these run
+    /// from async code (per job, several times a second).
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, SpoolError> {
+        let reader = self.reader.clone();
+        tokio::task::spawn_blocking(move || {
+            let c = reader.lock().unwrap_or_else(|p| p.into_inner());
+            f(&c).map_err(SpoolError::from)
+        })
+        .await
+        .map_err(|_| SpoolError::Gone)?
     }
 
     /// Persists the worker's identity.
@@ -377,7 +391,7 @@ impl Spool {
         .await
     }
 
-    pub fn meta(&self, key: &str) -> Result<Option<String>, SpoolError> {
+    pub async fn meta(&self, key: &str) -> Result<Option<String>, SpoolError> {
         let key = key.to_string();
         self.read(move |c| {
             c.query_row("SELECT value FROM meta WHERE key=?1", [key], |r| r.get(0))
@@ -387,6 +401,7 @@ impl Spool {
                     e => Err(e),
                 })
         })
+        .await
     }
 
     pub async fn journal_insert(&self, e: JournalEntry) -> Result<(), SpoolError> {
@@ -445,7 +460,7 @@ impl Spool {
         .await
     }
 
-    pub fn journal(&self) -> Result<Vec<JournalEntry>, SpoolError> {
+    pub async fn journal(&self) -> Result<Vec<JournalEntry>, SpoolError> {
         self.read(|c| {
             let mut q = c.prepare("SELECT job_id, attempt, pid, start_ticks, gpus, cpus, dir, exit_seq FROM attempts ORDER BY job_id, attempt")?;
             let rows = q.query_map([], |r| {
@@ -463,6 +478,19 @@ impl Spool {
             })?;
             rows.collect()
         })
+        .await
+    }
+
+    /// Forgets finished uploads of attempts no longer journaled (acknowledged).
+    pub async fn uploads_prune(&self) -> Result<(), SpoolError> {
+        self.exec(|c| {
+            c.execute(
+                "DELETE FROM uploads WHERE done=1 AND NOT EXISTS (SELECT 1 FROM attempts a WHERE a.job_id=uploads.job_id AND a.attempt=uploads.attempt)",
+                [],
+            )
+            .map(|_| ())
+        })
+        .await
     }
 
     pub async fn upload_insert(&self, u: UploadEntry) -> Result<(), SpoolError> {
@@ -492,7 +520,7 @@ impl Spool {
         .await
     }
 
-    pub fn uploads_pending(&self) -> Result<Vec<UploadEntry>, SpoolError> {
+    pub async fn uploads_pending(&self) -> Result<Vec<UploadEntry>, SpoolError> {
         self.read(|c| {
             let mut q = c.prepare("SELECT job_id, attempt, step, path, size, blake3, metric, done FROM uploads WHERE done=0 ORDER BY job_id, attempt, step")?;
             let rows = q.query_map([], |r| {
@@ -509,15 +537,17 @@ impl Spool {
             })?;
             rows.collect()
         })
+        .await
     }
 
-    pub fn uploads_known(&self, job: &str, attempt: u64) -> Result<Vec<i64>, SpoolError> {
+    pub async fn uploads_known(&self, job: &str, attempt: u64) -> Result<Vec<i64>, SpoolError> {
         let job = job.to_string();
         self.read(move |c| {
             let mut q = c.prepare("SELECT step FROM uploads WHERE job_id=?1 AND attempt=?2")?;
             let rows = q.query_map(params![job, attempt as i64], |r| r.get(0))?;
             rows.collect()
         })
+        .await
     }
 }
 
@@ -639,6 +669,7 @@ mod tests {
                     r.get::<_, String>(0)
                 })
             })
+            .await
             .unwrap()
             .parse()
             .unwrap();

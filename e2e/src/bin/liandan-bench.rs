@@ -103,7 +103,7 @@ async fn sim_worker(url: String, id: String, slots: u32) -> Res<()> {
                 out.send(pb::WorkerMessage { msg: Some(pb::worker_message::Msg::Records(pb::Records { records: recs })) }).await?;
             }
             _ = hb.tick() => {
-                out.send(pb::WorkerMessage { msg: Some(pb::worker_message::Msg::Heartbeat(pb::Heartbeat { held: vec![], stopping: false, reports_held: false })) }).await?;
+                out.send(pb::WorkerMessage { msg: Some(pb::worker_message::Msg::Heartbeat(pb::Heartbeat { held: vec![], stopping: false, reports_held: false, disk: None })) }).await?;
             }
         }
     }
@@ -590,6 +590,7 @@ async fn checkpoint(mib: usize) -> Res<()> {
                         stopping: false,
                         // The simulated workers keep no attempts: nothing to reconcile.
                         reports_held: false,
+                        disk: None,
                     })),
                 })
                 .await
