@@ -52,6 +52,9 @@ fn sweep_mem<'a>(st: &'a State, sid: &SweepId) -> Result<&'a SweepMem, CoreError
     })
 }
 
+/// Jobs a cancel ends per hold of the lock.
+const CANCEL_CHUNK: usize = 20_000;
+
 /// How often the coordinator's timer calls [`Core::tick`].
 pub const TICK: Duration = Duration::from_millis(200);
 
@@ -82,6 +85,8 @@ struct SweepMem {
     search: Option<SweepSearch>,
     /// Succeeded jobs' values by trial (what `results` ranks).
     outcomes: Outcomes,
+    /// A proposal for this (learning) sweep is being computed off the lock.
+    proposing: bool,
 }
 
 fn state_index(s: JobState) -> usize {
@@ -291,6 +296,12 @@ pub struct Core {
     log_generation: watch::Sender<u64>,
     /// Set once at shutdown: every worker session ends (workers reconnect).
     closing: watch::Sender<bool>,
+    /// This core, for tasks it starts (proposals computed off the lock).
+    me: std::sync::Weak<Core>,
+    /// Proposals being computed or applied.
+    proposals: std::sync::atomic::AtomicUsize,
+    /// Tests hold proposals here, before the fit ([`Core::hold_proposals`]).
+    proposal_gate: Arc<crate::gate::Gate>,
 }
 
 fn secs(s: f64) -> Duration {
@@ -308,15 +319,20 @@ impl Core {
             ))
         })?;
         let store = Store::open(&cfg.data_dir.join("coordinator.db"))?;
+        // A cancel commits in chunks; one a crash cut short is finished first.
+        futures::executor::block_on(store.commit(vec![Op::FinishCancels]))?;
         let state = load(&store, &cfg)?;
         let (log_generation, _) = watch::channel(0);
         let (closing, _) = watch::channel(false);
-        Ok(Arc::new(Core {
+        Ok(Arc::new_cyclic(|me| Core {
             state: Mutex::new(state),
             store,
             cfg,
             log_generation,
             closing,
+            me: me.clone(),
+            proposals: Default::default(),
+            proposal_gate: Default::default(),
         }))
     }
 
@@ -464,6 +480,51 @@ impl Core {
         let mut warnings = warnings0;
         warnings.extend(expansion.warnings.iter().cloned());
         let spec = Arc::new(spec);
+        // Sequence numbers for the jobs, reserved in a moment under the lock
+        // (a refused submit leaves a gap, which is harmless: they only order rows).
+        let n = expansion.jobs.len() as i64;
+        let reserved = {
+            let mut st = self.lock();
+            match st.sweeps.get(&sweep_id) {
+                // A resubmit (the usual idempotent retry) answers before any building.
+                Some(existing) if existing.spec_hash == spec_hash => {
+                    Err(sweep_info(&st, &sweep_id))
+                }
+                _ => {
+                    let f = st.next_seq;
+                    st.next_seq += n;
+                    Ok(f)
+                }
+            }
+        };
+        let first_seq = match reserved {
+            Ok(f) => f,
+            Err(info) => return self.committed((info, false, warnings)).await,
+        };
+        // Everything a million-job sweep needs in memory and in the batch is
+        // built here, off the lock and off the runtime threads; the lock is
+        // then held only to check and insert.
+        let built = {
+            let (spec, sweep_id, name, spec_json, spec_hash) = (
+                spec.clone(),
+                sweep_id.clone(),
+                name.clone(),
+                spec_json.clone(),
+                spec_hash.clone(),
+            );
+            tokio::task::spawn_blocking(move || {
+                build_sweep(
+                    spec, sweep_id, name, spec_json, spec_hash, expansion, first_seq,
+                )
+            })
+            .await
+            .map_err(|e| CoreError::FailedPrecondition(format!("building the sweep: {e}")))?
+        };
+        let Built {
+            mut ops,
+            jobs: new_jobs,
+            sweep: new_sweep,
+        } = built;
         let decided = {
             let mut st = self.lock();
             if let Some(existing) = st.sweeps.get(&sweep_id) {
@@ -476,94 +537,12 @@ impl Core {
                     )));
                 }
             } else {
-                if let Some(j) = expansion.jobs.iter().find(|j| st.jobs.contains_key(&j.id)) {
-                    return Err(CoreError::AlreadyExists(format!("job id {} already belongs to another sweep (a hash collision); submit under another --name", j.id)));
+                if let Some((j, _)) = new_jobs.iter().find(|(j, _)| st.jobs.contains_key(j)) {
+                    return Err(CoreError::AlreadyExists(format!("job id {j} already belongs to another sweep (a hash collision); submit under another --name")));
                 }
-                let created_at = now_secs();
-                let mut ops = vec![Op::InsertSweep {
-                    id: sweep_id.to_string(),
-                    name: name.clone(),
-                    spec_json: spec_json.clone(),
-                    spec_hash: spec_hash.clone(),
-                    method: spec.method.as_str().into(),
-                    algorithm: liandan_common::rng::ALGORITHM.into(),
-                    created_at,
-                }];
-                let mut params_by_trial = HashMap::new();
-                for t in &expansion.trials {
-                    let pj: Arc<str> = t.params.to_string().into();
-                    ops.push(Op::InsertTrial {
-                        id: t.id.to_string(),
-                        sweep_id: sweep_id.to_string(),
-                        idx: t.index as i64,
-                        params_json: pj.to_string(),
-                    });
-                    params_by_trial.insert(t.id.clone(), pj);
-                }
-                let mut job_ids = Vec::with_capacity(expansion.jobs.len());
-                let first_seq = st.next_seq;
-                st.next_seq += expansion.jobs.len() as i64;
-                st.jobs.reserve(expansion.jobs.len());
-                for (ord, j) in expansion.jobs.iter().enumerate() {
-                    let params = params_by_trial
-                        .get(&j.trial)
-                        .cloned()
-                        .unwrap_or_else(|| "{}".into());
-                    let mem = JobMem::queued(
-                        first_seq + ord as i64,
-                        sweep_id.clone(),
-                        j.trial.clone(),
-                        ord as i64,
-                        j.seed,
-                        params,
-                    );
-                    st.jobs.insert(j.id.clone(), mem);
-                    job_ids.push(j.id.clone());
-                }
-                ops.push(Op::InsertJobs(NewJobs {
-                    sweep_id: sweep_id.clone(),
-                    first_seq,
-                    first_ord: 0,
-                    jobs: expansion
-                        .jobs
-                        .iter()
-                        .map(|j| (j.id.clone(), j.trial.clone(), j.seed))
-                        .collect(),
-                }));
-                let mut search = SweepSearch::for_spec(&spec);
-                if let Some(search) = search.as_mut() {
-                    let mut by_trial: HashMap<&TrialId, Vec<JobId>> = HashMap::new();
-                    for j in &expansion.jobs {
-                        by_trial.entry(&j.trial).or_default().push(j.id.clone());
-                    }
-                    for t in &expansion.trials {
-                        search.add_trial(
-                            t.id.clone(),
-                            &t.params,
-                            by_trial.remove(&t.id).unwrap_or_default(),
-                        );
-                    }
-                }
-                st.sweeps.insert(
-                    sweep_id.clone(),
-                    SweepMem {
-                        search,
-                        name,
-                        spec: spec.clone(),
-                        run_spec_json: run_spec_json(&spec),
-                        spec_json: spec_json.into(),
-                        spec_hash,
-                        state: SweepState::Active,
-                        algorithm: liandan_common::rng::ALGORITHM.into(),
-                        created_at,
-                        trials: expansion.trials.len() as u64,
-                        ready: job_ids.iter().cloned().collect(),
-                        counts: [job_ids.len() as u64, 0, 0, 0, 0, 0],
-                        jobs: job_ids,
-                        running: 0,
-                        outcomes: Outcomes::default(),
-                    },
-                );
+                st.jobs.reserve(new_jobs.len());
+                st.jobs.extend(new_jobs);
+                st.sweeps.insert(sweep_id.clone(), new_sweep);
                 let mut sends = Vec::new();
                 self.dispatch(&mut st, &mut ops, &mut sends);
                 Ok((self.store.enqueue(ops), sends))
@@ -638,16 +617,36 @@ impl Core {
             if let Some(s) = st.sweeps.get_mut(&sid) {
                 s.state = new;
             }
-            if new == SweepState::Cancelled {
-                let jobs = st.sweeps[&sid].jobs.clone();
-                for j in jobs {
-                    self.cancel_job_locked(&mut st, &j, &mut ops, &mut sends);
-                }
-            }
             self.dispatch(&mut st, &mut ops, &mut sends);
             (self.store.enqueue(ops), sends, sid)
         };
         self.finish(fut, sends).await?;
+        if new == SweepState::Cancelled {
+            // The sweep is cancelled (nothing more starts); its jobs end in
+            // chunks, each under the lock for a moment, so a million-job
+            // cancel never stalls heartbeats. A crash between chunks is
+            // finished at start (`Op::FinishCancels`).
+            let mut from = 0;
+            loop {
+                let (fut, sends, next, total) = {
+                    let mut st = self.lock();
+                    let Some(s) = st.sweeps.get(&sid) else { break };
+                    let total = s.jobs.len();
+                    let end = (from + CANCEL_CHUNK).min(total);
+                    let ids: Vec<JobId> = s.jobs[from.min(end)..end].to_vec();
+                    let (mut ops, mut sends) = (Vec::new(), Vec::new());
+                    for j in ids {
+                        self.cancel_job_locked(&mut st, &j, &mut ops, &mut sends);
+                    }
+                    (self.store.enqueue(ops), sends, end, total)
+                };
+                self.finish(fut, sends).await?;
+                if next >= total {
+                    break;
+                }
+                from = next;
+            }
+        }
         let info = sweep_info(&self.lock(), &sid);
         self.committed(info).await
     }
@@ -1433,22 +1432,114 @@ impl Core {
     /// Proposes the next trial of an adaptive sweep and queues its jobs (all
     /// seeds together, so they run side by side). False when it may not.
     fn propose_trial(&self, st: &mut State, sid: &SweepId, ops: &mut Vec<Op>) -> bool {
-        let (params, index, seeds) = {
+        let (params, index) = {
             let Some(s) = st.sweeps.get(sid) else {
                 return false;
             };
             let Some(search) = s.search.as_ref().filter(|x| x.can_propose()) else {
                 return false;
             };
-            let t0 = std::time::Instant::now();
+            if s.proposing {
+                return false;
+            }
+            if search.learns() {
+                // Fitting a model takes milliseconds to tens of them: done on a
+                // blocking thread from a snapshot, applied under the lock after
+                // (heartbeats and records are not held up meanwhile).
+                if let (Some(core), Ok(rt)) =
+                    (self.me.upgrade(), tokio::runtime::Handle::try_current())
+                {
+                    let proposal = search.proposal(Self::trial_data(st, search));
+                    if let Some(s) = st.sweeps.get_mut(sid) {
+                        s.proposing = true;
+                    }
+                    self.proposals
+                        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let sid = sid.clone();
+                    rt.spawn(async move {
+                        let t0 = std::time::Instant::now();
+                        let index = proposal.index;
+                        let gate = core.proposal_gate.clone();
+                        let params = tokio::task::spawn_blocking(move || {
+                            gate.wait_open();
+                            proposal.run()
+                        })
+                        .await;
+                        tracing::debug!(sweep = %sid, trial = index, ms = t0.elapsed().as_secs_f64() * 1e3, "proposed a trial");
+                        core.apply_proposal(&sid, index, params.ok()).await;
+                        core.proposals
+                            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                    });
+                    return false;
+                }
+            }
             let data = if search.learns() {
                 Self::trial_data(st, search)
             } else {
                 Vec::new()
             };
-            let params = search.propose(&data);
-            tracing::debug!(sweep = %sid, trial = search.trials.len(), ms = t0.elapsed().as_secs_f64() * 1e3, "proposed a trial");
-            (params, search.trials.len(), s.spec.liandan.seeds.clone())
+            (search.propose(&data), search.trials.len())
+        };
+        self.add_proposed_trial(st, sid, index, params, ops)
+    }
+
+    /// Applies a proposal computed off the lock: the trial is added if the
+    /// search still wants trial `index` (not cancelled, paused or closed
+    /// meanwhile), then the sweep is dispatched.
+    async fn apply_proposal(&self, sid: &SweepId, index: u64, params: Option<serde_json::Value>) {
+        let (fut, sends) = {
+            let mut st = self.lock();
+            let mut ops = Vec::new();
+            let mut sends = Vec::new();
+            if let Some(s) = st.sweeps.get_mut(sid) {
+                s.proposing = false;
+                let wanted = s.state == SweepState::Active
+                    && s.search
+                        .as_ref()
+                        .is_some_and(|x| x.can_propose() && x.trials.len() as u64 == index);
+                match params {
+                    Some(p) if wanted => {
+                        self.add_proposed_trial(&mut st, sid, index as usize, p, &mut ops);
+                    }
+                    Some(_) => {}
+                    None => {
+                        tracing::error!(sweep = %sid, trial = index, "the proposal failed; it is tried again")
+                    }
+                }
+            }
+            self.dispatch(&mut st, &mut ops, &mut sends);
+            (self.store.enqueue(ops), sends)
+        };
+        if let Err(e) = self.finish(fut, sends).await {
+            tracing::error!(sweep = %sid, error = %e, "storing a proposed trial failed");
+        }
+    }
+
+    /// For tests: proposals wait, before fitting, until the guard drops.
+    #[doc(hidden)]
+    pub fn hold_proposals(&self) -> crate::gate::Hold {
+        self.proposal_gate.hold()
+    }
+
+    /// Resolves once no proposal is being computed or applied (tests).
+    #[doc(hidden)]
+    pub async fn proposals_settled(&self) {
+        while self.proposals.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    /// Adds trial `index` with `params` and its jobs (one per seed), queued.
+    fn add_proposed_trial(
+        &self,
+        st: &mut State,
+        sid: &SweepId,
+        index: usize,
+        params: serde_json::Value,
+        ops: &mut Vec<Op>,
+    ) -> bool {
+        let Some(seeds) = st.sweeps.get(sid).map(|s| s.spec.liandan.seeds.clone()) else {
+            return false;
         };
         let (trial, jobs) = sweep::adaptive_trial(sid, index, params, &seeds);
         if jobs.iter().any(|j| st.jobs.contains_key(&j.id)) {
@@ -2146,6 +2237,108 @@ fn worker_info(id: &WorkerId, w: &WorkerMem) -> pb::Worker {
     }
 }
 
+/// A sweep as submit inserts it: its batch, its jobs and its memory.
+struct Built {
+    ops: Vec<Op>,
+    jobs: Vec<(JobId, JobMem)>,
+    sweep: SweepMem,
+}
+
+/// Builds a new sweep's batch and memory from its expansion (no lock held).
+fn build_sweep(
+    spec: Arc<SweepSpec>,
+    sweep_id: SweepId,
+    name: String,
+    spec_json: String,
+    spec_hash: String,
+    expansion: sweep::Expansion,
+    first_seq: i64,
+) -> Built {
+    let created_at = now_secs();
+    let mut ops = Vec::with_capacity(expansion.trials.len() + 2);
+    ops.push(Op::InsertSweep {
+        id: sweep_id.to_string(),
+        name: name.clone(),
+        spec_json: spec_json.clone(),
+        spec_hash: spec_hash.clone(),
+        method: spec.method.as_str().into(),
+        algorithm: liandan_common::rng::ALGORITHM.into(),
+        created_at,
+    });
+    let mut params_by_trial = HashMap::new();
+    for t in &expansion.trials {
+        let pj: Arc<str> = t.params.to_string().into();
+        ops.push(Op::InsertTrial {
+            id: t.id.to_string(),
+            sweep_id: sweep_id.to_string(),
+            idx: t.index as i64,
+            params_json: pj.to_string(),
+        });
+        params_by_trial.insert(t.id.clone(), pj);
+    }
+    let mut jobs = Vec::with_capacity(expansion.jobs.len());
+    let mut job_ids = Vec::with_capacity(expansion.jobs.len());
+    for (ord, j) in expansion.jobs.iter().enumerate() {
+        let params = params_by_trial
+            .get(&j.trial)
+            .cloned()
+            .unwrap_or_else(|| "{}".into());
+        let mem = JobMem::queued(
+            first_seq + ord as i64,
+            sweep_id.clone(),
+            j.trial.clone(),
+            ord as i64,
+            j.seed,
+            params,
+        );
+        jobs.push((j.id.clone(), mem));
+        job_ids.push(j.id.clone());
+    }
+    ops.push(Op::InsertJobs(NewJobs {
+        sweep_id: sweep_id.clone(),
+        first_seq,
+        first_ord: 0,
+        jobs: expansion
+            .jobs
+            .iter()
+            .map(|j| (j.id.clone(), j.trial.clone(), j.seed))
+            .collect(),
+    }));
+    let mut search = SweepSearch::for_spec(&spec);
+    if let Some(search) = search.as_mut() {
+        let mut by_trial: HashMap<&TrialId, Vec<JobId>> = HashMap::new();
+        for j in &expansion.jobs {
+            by_trial.entry(&j.trial).or_default().push(j.id.clone());
+        }
+        for t in &expansion.trials {
+            search.add_trial(
+                t.id.clone(),
+                &t.params,
+                by_trial.remove(&t.id).unwrap_or_default(),
+            );
+        }
+    }
+    let sweep = SweepMem {
+        search,
+        name,
+        run_spec_json: run_spec_json(&spec),
+        spec,
+        spec_json: spec_json.into(),
+        spec_hash,
+        state: SweepState::Active,
+        algorithm: liandan_common::rng::ALGORITHM.into(),
+        created_at,
+        trials: expansion.trials.len() as u64,
+        ready: job_ids.iter().cloned().collect(),
+        counts: [job_ids.len() as u64, 0, 0, 0, 0, 0],
+        jobs: job_ids,
+        running: 0,
+        outcomes: Outcomes::default(),
+        proposing: false,
+    };
+    Built { ops, jobs, sweep }
+}
+
 fn run_spec_json(spec: &SweepSpec) -> Arc<str> {
     let mut run = spec.clone();
     run.parameters.clear();
@@ -2240,6 +2433,7 @@ fn load(store: &Store, cfg: &CoordinatorConfig) -> Result<State, CoreError> {
                             counts: [0; 6],
                             search: None,
                             outcomes: Outcomes::default(),
+                        proposing: false,
                         },
                     );
                 }

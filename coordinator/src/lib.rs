@@ -12,6 +12,7 @@
 
 pub mod checkpoints;
 pub mod core;
+pub mod gate;
 pub mod grpc;
 pub mod logs;
 pub mod model;

@@ -203,6 +203,9 @@ pub enum Op {
         id: String,
         state: String,
     },
+    /// Ends the queued jobs of cancelled sweeps: completes a cancel that a
+    /// crash interrupted between its chunks (run at start).
+    FinishCancels,
     UpdateJob(JobUpdate),
     /// A job's final and best values of the sweep metric, in the same batch
     /// as the metric rows that changed them (an acknowledged metric must be
@@ -259,35 +262,8 @@ type Reply = oneshot::Sender<Result<(), StoreError>>;
 pub struct Store {
     tx: mpsc::Sender<(Vec<Op>, Reply)>,
     reader: Arc<Mutex<Connection>>,
-    gate: Arc<Gate>,
+    gate: Arc<crate::gate::Gate>,
     pub path: PathBuf,
-}
-
-/// Lets a test hold the writer between batches ([`Store::hold_commits`]),
-/// so it can see what callers are told while a commit is outstanding.
-#[derive(Default)]
-struct Gate {
-    held: Mutex<bool>,
-    released: std::sync::Condvar,
-}
-
-impl Gate {
-    fn wait_open(&self) {
-        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
-        while *held {
-            held = self.released.wait(held).unwrap_or_else(|p| p.into_inner());
-        }
-    }
-}
-
-/// While alive, the writer commits nothing (see [`Store::hold_commits`]).
-pub struct CommitHold(Arc<Gate>);
-
-impl Drop for CommitHold {
-    fn drop(&mut self) {
-        *self.0.held.lock().unwrap_or_else(|p| p.into_inner()) = false;
-        self.0.released.notify_all();
-    }
 }
 
 fn open(path: &Path) -> Result<Connection, StoreError> {
@@ -326,7 +302,7 @@ impl Store {
         migrate(&mut writer)?;
         let reader = open(path)?;
         let (tx, rx) = mpsc::channel::<(Vec<Op>, Reply)>();
-        let gate = Arc::new(Gate::default());
+        let gate = Arc::new(crate::gate::Gate::default());
         let writer_gate = gate.clone();
         std::thread::Builder::new()
             .name("liandan-db-writer".into())
@@ -376,9 +352,8 @@ impl Store {
 
     /// For tests: the writer commits nothing until the returned guard drops.
     #[doc(hidden)]
-    pub fn hold_commits(&self) -> CommitHold {
-        *self.gate.held.lock().unwrap_or_else(|p| p.into_inner()) = true;
-        CommitHold(self.gate.clone())
+    pub fn hold_commits(&self) -> crate::gate::Hold {
+        self.gate.hold()
     }
 
     /// Runs a read query on a blocking thread.
@@ -409,7 +384,11 @@ impl Store {
 /// Most batches merged into one transaction.
 const MAX_GROUP: usize = 512;
 
-fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<(Vec<Op>, Reply)>, gate: &Gate) {
+fn writer_loop(
+    mut conn: Connection,
+    rx: mpsc::Receiver<(Vec<Op>, Reply)>,
+    gate: &crate::gate::Gate,
+) {
     while let Ok(first) = rx.recv() {
         gate.wait_open();
         let mut group = vec![first];
@@ -499,6 +478,15 @@ fn apply(tx: &rusqlite::Transaction, op: &Op) -> Result<(), rusqlite::Error> {
         Op::SetSweepState { id, state } => {
             tx.prepare_cached("UPDATE sweeps SET state=?2 WHERE id=?1")?
                 .execute(params![id, state])?;
+        }
+        Op::FinishCancels => {
+            let n = tx.execute(
+                "UPDATE jobs SET state='cancelled' WHERE state='queued' AND sweep_id IN (SELECT id FROM sweeps WHERE state='cancelled')",
+                [],
+            )?;
+            if n > 0 {
+                tracing::info!(jobs = n, "finished an interrupted cancel");
+            }
         }
         Op::UpdateJob(j) => {
             tx.prepare_cached(

@@ -6,6 +6,7 @@
 mod support;
 
 use liandan_proto::v1 as pb;
+use std::time::Duration;
 use support::*;
 
 fn x_of(a: &pb::Assignment) -> f64 {
@@ -36,7 +37,7 @@ async fn run_bayes(restart_after: Option<usize>) -> Vec<String> {
     let mut finished_trials = 0;
     let mut restarted = false;
     loop {
-        let inbox = drain(&mut w);
+        let inbox = settled_inbox(&c, &mut w).await;
         if inbox.assigned.is_empty() {
             break;
         }
@@ -57,7 +58,7 @@ async fn run_bayes(restart_after: Option<usize>) -> Vec<String> {
             let seq = 1_000;
             w = hello(&c, 2, held, seq).await;
             assert!(
-                drain(&mut w).assigned.is_empty(),
+                settled_inbox(&c, &mut w).await.assigned.is_empty(),
                 "nothing new while the held trial runs"
             );
         }
@@ -120,11 +121,15 @@ async fn metric_target_stops_the_search_early() {
     let spec = "name: t\nprogram: t.py\nmethod: tpe\nmetric: {name: loss, goal: minimize, target: 100.0}\nrun_cap: 10\nparameters:\n  x: {min: 0.0, max: 1.0}\n";
     let (sweep, _, _) = c.submit(spec, "yaml", "").await.expect("submit");
     let mut w = hello(&c, 1, vec![], 0).await;
-    let a = drain(&mut w).assigned.pop().expect("a first trial");
+    let a = settled_inbox(&c, &mut w)
+        .await
+        .assigned
+        .pop()
+        .expect("a first trial");
     metric(&c, &mut w, &a, 1, 5.0).await;
     exit(&c, &mut w, &a, "succeeded").await;
     assert!(
-        drain(&mut w).assigned.is_empty(),
+        settled_inbox(&c, &mut w).await.assigned.is_empty(),
         "the target was met: nothing more is proposed"
     );
     let s = c.get_sweep(&sweep.id).expect("sweep");
@@ -139,7 +144,7 @@ async fn hyperband_prunes_a_trial_through_the_stop_path_and_the_decision_survive
     let c = core(dir.path());
     let (sweep, _, _) = c.submit(HYPERBAND, "yaml", "").await.expect("submit");
     let mut w = hello(&c, 3, vec![], 0).await;
-    let jobs = drain(&mut w).assigned;
+    let jobs = settled_inbox(&c, &mut w).await.assigned;
     assert_eq!(jobs.len(), 3);
     // Band 1 (index 1, eta 2): the threshold is the middle of three values.
     let losses = |x: f64| if x == 3.0 { [9.0, 9.0] } else { [9.0, 1.0 / x] };
@@ -148,7 +153,7 @@ async fn hyperband_prunes_a_trial_through_the_stop_path_and_the_decision_survive
             metric(&c, &mut w, a, step, losses(x_of(a))[step as usize]).await;
         }
     }
-    let inbox = drain(&mut w);
+    let inbox = settled_inbox(&c, &mut w).await;
     assert_eq!(
         inbox.stops.len(),
         1,
@@ -199,7 +204,7 @@ async fn asha_judges_a_trial_on_its_seeds_mean_once_every_seed_reached_the_rung(
     c.submit(spec, "yaml", "").await.expect("submit");
     // Three slots: trial 1's two seeds and trial 2's first seed run; its second seed waits.
     let mut w = hello(&c, 3, vec![], 0).await;
-    let jobs = drain(&mut w).assigned;
+    let jobs = settled_inbox(&c, &mut w).await.assigned;
     assert_eq!(jobs.len(), 3);
     let send_acc = |a: &pb::Assignment, step: i64, acc: f64| {
         (
@@ -229,12 +234,12 @@ async fn asha_judges_a_trial_on_its_seeds_mean_once_every_seed_reached_the_rung(
         .await;
     }
     // Trial 2 has one seed with a history: its seeds' mean is not known yet, so no decision.
-    assert!(drain(&mut w).stops.is_empty());
+    assert!(settled_inbox(&c, &mut w).await.stops.is_empty());
     // Trial 1 finishes; trial 2's second seed starts and reaches rung 2 below trial 1: pruned.
     for a in jobs.iter().filter(|a| x_of(a) == 1.0) {
         exit(&c, &mut w, a, "succeeded").await;
     }
-    let second = drain(&mut w).assigned;
+    let second = settled_inbox(&c, &mut w).await.assigned;
     assert_eq!(second.len(), 1);
     for step in 1..=2 {
         send(
@@ -249,7 +254,7 @@ async fn asha_judges_a_trial_on_its_seeds_mean_once_every_seed_reached_the_rung(
         )
         .await;
     }
-    let stops = drain(&mut w).stops;
+    let stops = settled_inbox(&c, &mut w).await.stops;
     assert_eq!(
         stops.len(),
         2,
@@ -264,7 +269,7 @@ async fn a_restarted_coordinator_judges_with_the_histories_it_stored() {
     let c = core(dir.path());
     let (sweep, _, _) = c.submit(HYPERBAND, "yaml", "").await.expect("submit");
     let mut w = hello(&c, 3, vec![], 0).await;
-    let jobs = drain(&mut w).assigned;
+    let jobs = settled_inbox(&c, &mut w).await.assigned;
     // The two good trials report past band 1 before the crash; the bad one only its first value.
     let bad = jobs.iter().find(|a| x_of(a) == 3.0).expect("x=3").clone();
     for a in jobs.iter().filter(|a| a.job_id != bad.job_id) {
@@ -272,17 +277,17 @@ async fn a_restarted_coordinator_judges_with_the_histories_it_stored() {
         metric(&c, &mut w, a, 1, 1.0 / x_of(a)).await;
     }
     metric(&c, &mut w, &bad, 0, 9.0).await;
-    assert!(drain(&mut w).stops.is_empty());
+    assert!(settled_inbox(&c, &mut w).await.stops.is_empty());
     let held = held(&jobs);
     let seq = w.seq;
     drop(w);
     drop(c);
     let c = core(dir.path());
     let mut w = hello(&c, 3, held, seq).await;
-    drain(&mut w);
+    settled_inbox(&c, &mut w).await;
     // Its second value is judged against the thresholds of the stored histories.
     metric(&c, &mut w, &bad, 1, 9.0).await;
-    let stops = drain(&mut w).stops;
+    let stops = settled_inbox(&c, &mut w).await.stops;
     assert_eq!(
         stops.len(),
         1,
@@ -293,4 +298,34 @@ async fn a_restarted_coordinator_judges_with_the_histories_it_stored() {
         (bad.job_id.as_str(), "pruned")
     );
     let _ = sweep;
+}
+
+/// The model is fitted away from the core's lock: while a proposal is held
+/// before its fit, the core goes on (other sweeps are scheduled, reads
+/// answer), and the trial arrives once the fit is done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proposal_is_fitted_off_the_cores_lock() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = core(dir.path());
+    let hold = c.hold_proposals();
+    let spec = "name: b1\nprogram: t.py\nmethod: bayes\nmetric: {name: loss, goal: minimize}\nrun_cap: 4\nparameters:\n  x: {min: 0.0, max: 1.0}\n";
+    let (bayes, _, _) = c.submit(spec, "yaml", "").await.expect("submit");
+    let mut w = hello(&c, 2, vec![], 0).await;
+    assert!(
+        drain(&mut w).assigned.is_empty(),
+        "the trial is not proposed while its fit is held"
+    );
+    let grid = "name: g\nprogram: t.py\nmethod: grid\nparameters:\n  x: {value: 1}\n";
+    let (g, _, _) = tokio::time::timeout(Duration::from_secs(10), c.submit(grid, "yaml", ""))
+        .await
+        .expect("a submit is not held up by a pending fit")
+        .expect("submit");
+    let got = drain(&mut w).assigned;
+    assert_eq!(got.len(), 1, "the other sweep is scheduled meanwhile");
+    assert_eq!(got[0].sweep_id, g.id);
+    assert_eq!(c.list_workers().len(), 1);
+    drop(hold);
+    let got = settled_inbox(&c, &mut w).await.assigned;
+    assert_eq!(got.len(), 1, "the proposed trial arrives after the fit");
+    assert_eq!(got[0].sweep_id, bayes.id);
 }

@@ -26,7 +26,7 @@ fn api(core: &Arc<liandan_coordinator::core::Core>, dir: &std::path::Path) -> Ap
 /// Runs `call` and asserts it does not answer while `hold` is alive, and does once it drops.
 async fn answers_only_after_commit<T: Send + 'static>(
     what: &str,
-    hold: liandan_coordinator::store::CommitHold,
+    hold: liandan_coordinator::gate::Hold,
     call: impl std::future::Future<Output = T> + Send + 'static,
 ) -> T {
     let task = tokio::spawn(call);

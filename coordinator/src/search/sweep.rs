@@ -127,20 +127,55 @@ impl SweepSearch {
 
     /// The params of the next trial, from the trials so far (`data`, in index order).
     pub fn propose(&self, data: &[TrialData]) -> Value {
-        let index = self.trials.len() as u64;
+        self.proposal(data.to_vec()).run()
+    }
+
+    /// Everything the next proposal depends on, owned, so the model can be
+    /// fitted away from the core's lock ([`Proposal::run`]).
+    pub fn proposal(&self, data: Vec<TrialData>) -> Proposal {
+        Proposal {
+            method: self.method,
+            random: self.random.clone(),
+            space: self.space.clone(),
+            objectives: self.objectives,
+            sweep_seed: self.sweep_seed,
+            index: self.trials.len() as u64,
+            data,
+        }
+    }
+}
+
+/// One proposal's inputs: a snapshot of the search (see [`SweepSearch::proposal`]).
+pub struct Proposal {
+    method: Method,
+    random: Option<std::sync::Arc<SweepSpec>>,
+    space: Space,
+    objectives: Option<Objectives>,
+    sweep_seed: u64,
+    /// The trial index it proposes.
+    pub index: u64,
+    data: Vec<TrialData>,
+}
+
+impl Proposal {
+    /// The proposed params: a pure function of the snapshot (the same inputs
+    /// give the same trial, so a restarted search continues identically).
+    pub fn run(&self) -> Value {
         if let Some(spec) = &self.random {
             // Unbounded random search: the index-th draw, as an up-front
             // expansion would have drawn it.
-            return liandan_common::sweep::expand::random_params(spec, index);
+            return liandan_common::sweep::expand::random_params(spec, self.index);
         }
         let Some(o) = self.objectives else {
             return self.space.decode(&vec![0.5; self.space.len()]);
         };
-        let mut rng = Rng::keyed("liandan.adaptive-trial", &[self.sweep_seed, index]);
-        let u = propose(self.method, &self.space, data, &o, &mut rng);
+        let mut rng = Rng::keyed("liandan.adaptive-trial", &[self.sweep_seed, self.index]);
+        let u = propose(self.method, &self.space, &self.data, &o, &mut rng);
         self.space.decode(&u)
     }
+}
 
+impl SweepSearch {
     fn sign(&self) -> f64 {
         match self.objectives.map(|o| o.goal) {
             Some(Goal::Maximize) => -1.0,

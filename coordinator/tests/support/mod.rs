@@ -114,3 +114,10 @@ pub fn held(assigned: &[pb::Assignment]) -> Vec<pb::HeldAttempt> {
         })
         .collect()
 }
+
+/// What the worker was sent once the core's proposals (computed off its
+/// lock, for adaptive sweeps) are applied.
+pub async fn settled_inbox(core: &Core, w: &mut Worker) -> Inbox {
+    core.proposals_settled().await;
+    drain(w)
+}
