@@ -408,6 +408,61 @@ impl Cluster {
         }
     }
 
+    /// Running jobs (by the coordinator's database) whose worker does not
+    /// hold the attempt (by the worker's journal): `job attempt on worker`.
+    /// Transiently non-empty while an assignment is on its way; a lasting
+    /// entry is a job that will never run.
+    pub fn running_not_held(&self) -> Vec<String> {
+        let ro = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY;
+        let mut held = std::collections::HashSet::new();
+        for i in 0..self.workers.len() {
+            let path = self
+                .dir
+                .path()
+                .join(format!("worker-{i}"))
+                .join("worker.db");
+            let Ok(db) = rusqlite::Connection::open_with_flags(&path, ro) else {
+                continue;
+            };
+            let Ok(wid) = db.query_row("SELECT value FROM meta WHERE key='worker_id'", [], |r| {
+                r.get::<_, String>(0)
+            }) else {
+                continue;
+            };
+            let Ok(mut q) = db.prepare("SELECT job_id, attempt FROM attempts") else {
+                continue;
+            };
+            let rows = q.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)));
+            for (job, attempt) in rows.into_iter().flatten().flatten() {
+                held.insert((job, attempt, wid.clone()));
+            }
+        }
+        let Ok(db) = rusqlite::Connection::open_with_flags(
+            self.dir.path().join("coordinator").join("coordinator.db"),
+            ro,
+        ) else {
+            return vec!["(no coordinator database)".into()];
+        };
+        let Ok(mut q) = db.prepare(
+            "SELECT id, attempt, COALESCE(worker_id, '') FROM jobs WHERE state = 'running'",
+        ) else {
+            return vec!["(query failed)".into()];
+        };
+        let rows = q.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        });
+        rows.into_iter()
+            .flatten()
+            .flatten()
+            .filter(|k| !held.contains(k))
+            .map(|(j, a, w)| format!("{j} attempt {a} on {w}"))
+            .collect()
+    }
+
     /// Reads a counter from the coordinator's database.
     pub fn counter(&self, name: &str) -> i64 {
         let c =

@@ -190,3 +190,68 @@ fn one_coordinator_per_data_dir_and_a_stop_is_bounded_with_workers_connected() {
     assert_eq!(s[0]["running"], 1, "{s}");
     assert_eq!(s[0]["failed"], 0, "{s}");
 }
+
+/// A client that goes away mid-submit (Ctrl-C during a big `submit`): the
+/// handler is dropped, possibly after its batch committed and before the
+/// assignments went out. Whatever was decided must reach the worker: no job
+/// may stay `running` on a worker that does not run it.
+#[test]
+fn a_submit_cut_off_mid_rpc_leaves_no_job_running_nowhere() {
+    use liandan_proto::v1 as pb;
+    let c = Cluster::start(1, Opts::default());
+    let values: Vec<String> = (0..50_000).map(|i| i.to_string()).collect();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let spec_of = |name: &str| {
+        format!(
+            "name: {name}\nmethod: grid\ncommand: [sleep, '30']\nparameters:\n  x: {{values: [{}]}}\n",
+            values.join(", ")
+        )
+    };
+    // How long a whole submit takes here; the cuts land in its last part,
+    // where the batch is committing and the assignments are about to go out.
+    let t0 = std::time::Instant::now();
+    let probe = c.write("probe.yaml", &spec_of("probe"));
+    c.submit(&probe);
+    let whole = t0.elapsed().as_millis() as u64;
+    assert!(c.cli(&["cancel", "probe"]).status.success());
+    let mut cut = 0;
+    for (k, pct) in [50u64, 65, 75, 85, 92, 97].into_iter().enumerate() {
+        let ms = whole * pct / 100;
+        let spec = spec_of(&format!("cut{k}"));
+        let answered = rt.block_on(async {
+            let mut user = pb::user_service_client::UserServiceClient::connect(c.url())
+                .await
+                .expect("connect");
+            let call = user.submit_sweep(pb::SubmitSweepRequest {
+                spec,
+                format: "yaml".into(),
+                name: String::new(),
+            });
+            tokio::time::timeout(Duration::from_millis(ms), call)
+                .await
+                .is_ok()
+        });
+        if !answered {
+            cut += 1;
+        }
+        // Let the sweep settle, then hand the slots to the next one.
+        std::thread::sleep(Duration::from_millis(1500));
+        let lost = eventually(Duration::from_secs(10), || {
+            let l = c.running_not_held();
+            l.is_empty().then_some(())
+        });
+        assert!(
+            lost.is_some(),
+            "after a submit cut off at {ms} ms, jobs run nowhere: {:?}\n{}",
+            c.running_not_held(),
+            c.unfinished_jobs()
+                .lines()
+                .take(10)
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        let st = c.cli(&["cancel", &format!("cut{k}")]);
+        let _ = st;
+    }
+    assert!(cut > 0, "no submit was cut off; the test proves nothing");
+}
