@@ -131,8 +131,24 @@ pub struct Report {
     pub results_missing: i64,
     /// (job, attempt) metric records stored more than once.
     pub metric_duplicates: Vec<String>,
-    /// Stored checkpoints whose file is missing or not the recorded size.
+    /// Stored checkpoints whose file is missing, not the recorded size or
+    /// not the recorded hash.
     pub checkpoint_problems: Vec<String>,
+    /// Checkpoint files no row refers to (after the coordinator's collection).
+    pub orphan_files: Vec<String>,
+    /// Succeeded jobs whose recorded result is not their last metric record,
+    /// or whose best is not the best of their records.
+    pub metric_mismatches: Vec<String>,
+    /// Jobs `running` on a worker that did not hold the attempt, seen for
+    /// longer than an assignment can take to arrive.
+    pub running_nowhere: Vec<String>,
+    /// Sweeps submitted by an RPC the harness cut off, and whether each exists.
+    pub cut_submits: (u32, u32),
+    /// Jobs of sweeps whose cancel was cut off: neither cancelled nor
+    /// succeeded, or unfinished.
+    pub cancel_problems: Vec<String>,
+    /// Whether a worker ran on a small file system that the harness filled.
+    pub disk_full: bool,
     /// Attempts the coordinator gave up on for a silent worker (lease expired)
     /// while nothing had happened to that worker.
     pub blameless_losses: Vec<String>,
@@ -153,6 +169,10 @@ impl Report {
             && self.results_missing == 0
             && self.metric_duplicates.is_empty()
             && self.checkpoint_problems.is_empty()
+            && self.orphan_files.is_empty()
+            && self.metric_mismatches.is_empty()
+            && self.running_nowhere.is_empty()
+            && self.cancel_problems.is_empty()
             && self.blameless_losses.is_empty()
             && self.log_problems.is_empty()
             && self.trainer_mismatches.is_empty()
@@ -210,9 +230,44 @@ impl Report {
             self.metric_duplicates.is_empty(),
         );
         s += &row(
-            "stored checkpoints missing or short",
+            "stored checkpoints missing, short or corrupt",
             self.checkpoint_problems.len().to_string(),
             self.checkpoint_problems.is_empty(),
+        );
+        s += &row(
+            "checkpoint files without a row",
+            self.orphan_files.len().to_string(),
+            self.orphan_files.is_empty(),
+        );
+        s += &row(
+            "results differing from the last/best metric record",
+            self.metric_mismatches.len().to_string(),
+            self.metric_mismatches.is_empty(),
+        );
+        s += &row(
+            "jobs running on a worker that did not hold them",
+            self.running_nowhere.len().to_string(),
+            self.running_nowhere.is_empty(),
+        );
+        s += &row(
+            "submits cut off mid-RPC (created / cut)",
+            format!("{} / {}", self.cut_submits.1, self.cut_submits.0),
+            true,
+        );
+        s += &row(
+            "jobs of cut-off cancels neither cancelled nor done",
+            self.cancel_problems.len().to_string(),
+            self.cancel_problems.is_empty(),
+        );
+        s += &row(
+            "a worker's disk filled up",
+            if self.disk_full {
+                "yes"
+            } else {
+                "no (no small fs)"
+            }
+            .into(),
+            true,
         );
         s += &row(
             "attempts lost with nothing wrong with their worker",
@@ -239,6 +294,10 @@ impl Report {
             .iter()
             .chain(&self.metric_duplicates)
             .chain(&self.checkpoint_problems)
+            .chain(&self.orphan_files)
+            .chain(&self.metric_mismatches)
+            .chain(&self.running_nowhere)
+            .chain(&self.cancel_problems)
             .chain(&self.blameless_losses)
             .chain(&self.trainer_mismatches)
             .chain(&self.leftover_processes)
@@ -253,14 +312,141 @@ impl Report {
 const LINES: u32 = 300;
 
 fn spec(train: bool, round: u32) -> String {
-    let cmd = format!(
-        "name: chaos-lines-{round}\nprogram: /bin/sh\ncommand: [\"/bin/sh\", \"-c\", \"i=1; while [ $i -le {LINES} ]; do echo line $i; i=$((i+1)); sleep 0.01; done\", \"${{args}}\"]\nmethod: grid\nparameters:\n  k: {{values: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]}}\nliandan:\n  retries: 0\n"
-    );
     if !train {
-        return cmd;
+        return lines_spec(&format!("chaos-lines-{round}"));
     }
     format!("name: chaos-train-{round}\nmethod: grid\nmetric: {{name: val_accuracy, goal: maximize}}\nparameters:\n  steps: {{value: 4000}}\n  checkpoint_every: {{value: 250}}\n  log_every: {{value: 250}}\n  width: {{value: 32}}\n  dropout: {{value: 0.1}}\n  threads: {{value: 1}}\n  lr: {{values: [0.01, 0.03]}}\nliandan:\n  trainer: true\n  seeds: 3\n  retries: 0\n")
 }
+
+/// The command sweep (12 jobs printing numbered lines) under `name`.
+fn lines_spec(name: &str) -> String {
+    let cmd = format!(
+        "name: {name}\nprogram: /bin/sh\ncommand: [\"/bin/sh\", \"-c\", \"i=1; while [ $i -le {LINES} ]; do echo line $i; i=$((i+1)); sleep 0.01; done\", \"${{args}}\"]\nmethod: grid\nparameters:\n  k: {{values: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]}}\nliandan:\n  retries: 0\n"
+    );
+    cmd
+}
+
+/// A small file system (tmpfs) mounted on a worker's state dir, so the
+/// harness can fill it; unmounted on drop. Needs root (CI and this project's
+/// machines run as root); elsewhere the disk-full fault is skipped.
+struct SmallFs {
+    path: std::path::PathBuf,
+}
+
+impl SmallFs {
+    fn mount(path: &Path, bytes: u64) -> Option<SmallFs> {
+        std::fs::create_dir_all(path).ok()?;
+        let ok = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={bytes},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(path)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| SmallFs {
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Fills the file system to the last byte; returns the filler's path.
+    fn fill(&self) -> std::path::PathBuf {
+        let p = self.path.join("filler");
+        if let Ok(mut f) = std::fs::File::create(&p) {
+            let block = vec![0u8; 1 << 20];
+            while f.write_all(&block).is_ok() {}
+            let small = [0u8; 4096];
+            while f.write_all(&small).is_ok() {}
+            let _ = f.write_all(&[0u8; 512]);
+        }
+        p
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.path)
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
+/// Starts downloading a stored checkpoint of `job` and goes away after
+/// `chunks` chunks (Ctrl-C, a dropped link, a resume fetch cut off).
+fn cut_download(rt: &tokio::runtime::Runtime, url: &str, job: &str, chunks: u64) {
+    use liandan_proto::v1 as pb;
+    rt.block_on(async {
+        let Ok(mut user) =
+            pb::user_service_client::UserServiceClient::connect(url.to_string()).await
+        else {
+            return;
+        };
+        let req = pb::DownloadCheckpointRequest {
+            job_id: job.into(),
+            step: -1,
+            offset: 0,
+        };
+        let Ok(r) =
+            tokio::time::timeout(Duration::from_secs(5), user.download_checkpoint(req)).await
+        else {
+            return;
+        };
+        if let Ok(r) = r {
+            let mut stream = r.into_inner();
+            for _ in 0..chunks {
+                if !matches!(stream.message().await, Ok(Some(_))) {
+                    break;
+                }
+            }
+        }
+    });
+}
+
+/// Sends a submit of `spec` and goes away after `ms`; true if it answered.
+fn cut_submit(rt: &tokio::runtime::Runtime, url: &str, spec: String, ms: u64) -> bool {
+    use liandan_proto::v1 as pb;
+    rt.block_on(async {
+        let Ok(mut user) =
+            pb::user_service_client::UserServiceClient::connect(url.to_string()).await
+        else {
+            return false;
+        };
+        let call = user.submit_sweep(pb::SubmitSweepRequest {
+            spec,
+            format: "yaml".into(),
+            name: String::new(),
+        });
+        tokio::time::timeout(Duration::from_millis(ms), call)
+            .await
+            .is_ok()
+    })
+}
+
+/// Sends a cancel of `sweep` and goes away after `ms`.
+fn cut_cancel(rt: &tokio::runtime::Runtime, url: &str, sweep: &str, ms: u64) {
+    use liandan_proto::v1 as pb;
+    rt.block_on(async {
+        let Ok(mut user) =
+            pb::user_service_client::UserServiceClient::connect(url.to_string()).await
+        else {
+            return;
+        };
+        let call = user.cancel_sweep(pb::SweepRef {
+            sweep_id: sweep.into(),
+        });
+        let _ = tokio::time::timeout(Duration::from_millis(ms), call).await;
+    })
+}
+
+/// Jobs running on a worker that does not hold them, longer than this, are
+/// lost (an assignment arrives in milliseconds; no fault lasts this long).
+const RUNNING_NOWHERE_SECS: u64 = 20;
 
 fn cwd_under(pid: &str, dir: &Path) -> bool {
     std::fs::read_link(format!("/proc/{pid}/cwd"))
@@ -334,6 +520,10 @@ pub fn run_for(seed: u64, length: Length) -> Report {
         worker_env: Vec::new(),
     };
     let mut c = Cluster::start(0, opts);
+    // Worker 2 keeps its state on a small file system the harness fills now
+    // and then (where it can mount one).
+    let small_fs = SmallFs::mount(&c.dir.path().join("worker-2"), 64 << 20);
+    report.disk_full = small_fs.is_some();
     // Every worker reaches the coordinator through its own proxy, and always
     // comes back behind it.
     let proxies: Vec<Proxy> = (0..3).map(|_| Proxy::start(c.addr.clone())).collect();
@@ -344,6 +534,17 @@ pub fn run_for(seed: u64, length: Length) -> Report {
     for (i, url) in urls.iter().enumerate() {
         c.add_worker_via(i, url);
     }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    // The client faults draw from their own stream, so the seeds of earlier
+    // schedules still replay the same process and network faults.
+    let mut rng2 = Rng::keyed("liandan.chaos.clients", &[seed]);
+    let mut cut_sweeps: Vec<String> = Vec::new();
+    let mut doomed: Vec<String> = Vec::new();
+    let mut nowhere_since: std::collections::HashMap<String, Instant> = Default::default();
+    let mut primary = 0usize;
     let restart = |c: &mut Cluster, i: usize| c.add_worker_via(i, &urls[i]);
     let train = crate::has_bin("liandan-train");
     let mut sweeps = Vec::new();
@@ -362,8 +563,60 @@ pub fn run_for(seed: u64, length: Length) -> Report {
         Length::Secs(s) => start.elapsed() < Duration::from_secs(s),
         Length::Faults(n) => faults < n,
     };
-    while going(report.faults.len()) {
+    while going(primary) {
         std::thread::sleep(Duration::from_millis(700 + rng.below(1500)));
+        // A client or disk fault first, now and then (before the process or
+        // network fault, so a schedule's last fault stays the one it was).
+        match rng2.below(8) {
+            0 => {
+                let stored: Vec<(String,)> = {
+                    let db = rusqlite::Connection::open_with_flags(
+                        c.dir.path().join("coordinator").join("coordinator.db"),
+                        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+                    )
+                    .expect("db");
+                    rows(&db, "SELECT job_id FROM checkpoints ORDER BY job_id", [])
+                };
+                if !stored.is_empty() {
+                    let job = &stored[rng2.below(stored.len() as u64) as usize].0;
+                    let chunks = rng2.below(3);
+                    report
+                        .faults
+                        .push(format!("download cut after {chunks} chunks"));
+                    cut_download(&rt, &c.url(), job, chunks);
+                }
+            }
+            1 => {
+                let name = format!("chaos-lines-cut{}", cut_sweeps.len());
+                let ms = rng2.below(400);
+                report.faults.push(format!("submit cut after {ms} ms"));
+                let answered = cut_submit(&rt, &c.url(), lines_spec(&name), ms);
+                report.cut_submits.0 += u32::from(!answered);
+                cut_sweeps.push(name);
+            }
+            2 => {
+                let name = format!("chaos-doomed-{}", doomed.len());
+                c.submit(&c.write(&format!("{name}.yaml"), &lines_spec(&name)));
+                std::thread::sleep(Duration::from_millis(rng2.below(1500)));
+                let ms = rng2.below(60);
+                report.faults.push(format!("cancel cut after {ms} ms"));
+                cut_cancel(&rt, &c.url(), &name, ms);
+                doomed.push(name);
+            }
+            3 => {
+                if let Some(fs) = &small_fs {
+                    let d = 1500 + rng2.below(2500);
+                    report
+                        .faults
+                        .push(format!("disk of worker 2 full for {d} ms"));
+                    let filler = fs.fill();
+                    std::thread::sleep(Duration::from_millis(d));
+                    let _ = std::fs::remove_file(filler);
+                }
+            }
+            _ => {}
+        }
+        primary += 1;
         let i = rng.below(3) as usize;
         let from = now_secs();
         let kind = rng.below(8);
@@ -435,23 +688,54 @@ pub fn run_for(seed: u64, length: Length) -> Report {
                 to: now_secs(),
             });
         }
+        // A job the coordinator says runs on a worker whose journal does not
+        // have it, for longer than any assignment takes, will never run.
+        let now = Instant::now();
+        let seen = c.running_not_held();
+        nowhere_since.retain(|k, _| seen.contains(k));
+        for k in seen {
+            let since = *nowhere_since.entry(k.clone()).or_insert(now);
+            if now.duration_since(since) >= Duration::from_secs(RUNNING_NOWHERE_SECS)
+                && !report.running_nowhere.contains(&k)
+            {
+                report.running_nowhere.push(k);
+            }
+        }
         let unfinished =
             c.query_i64("SELECT COUNT(*) FROM jobs WHERE state IN ('queued', 'running')");
-        if unfinished < LOW_WATER && going(report.faults.len()) {
+        if unfinished < LOW_WATER && going(primary) {
             submit_round(&c, &mut sweeps, report.rounds);
             report.rounds += 1;
         }
     }
-    for s in &sweeps {
+    // A cut-off submit may or may not have created its sweep.
+    for name in &cut_sweeps {
+        if c.cli(&["status", name]).status.success() {
+            report.cut_submits.1 += 1;
+            sweeps.push(name.clone());
+        }
+    }
+    for s in sweeps.iter().chain(&doomed) {
         c.wait_finished(s, Duration::from_secs(300));
     }
+    // A cancelled sweep's running jobs end as their workers stop them.
+    crate::eventually(Duration::from_secs(60), || {
+        (c.query_i64("SELECT COUNT(*) FROM jobs j JOIN sweeps s ON s.id = j.sweep_id WHERE s.name LIKE 'chaos-doomed-%' AND j.state IN ('queued', 'running')") == 0).then_some(())
+    });
     // Stop the workers (drain), then look at what is left.
     for w in c.workers.iter_mut() {
         w.terminate(Duration::from_secs(30));
     }
+    // A coordinator start collects orphaned checkpoint files (a crash between
+    // an upload's rename and its row leaves one until then).
+    c.restart_coordinator();
     std::thread::sleep(Duration::from_millis(300));
-    report.jobs = c.query_i64("SELECT COUNT(*) FROM jobs");
-    report.succeeded = c.query_i64("SELECT COUNT(*) FROM jobs WHERE state='succeeded'");
+    const NOT_DOOMED: &str =
+        "sweep_id NOT IN (SELECT id FROM sweeps WHERE name LIKE 'chaos-doomed-%')";
+    report.jobs = c.query_i64(&format!("SELECT COUNT(*) FROM jobs WHERE {NOT_DOOMED}"));
+    report.succeeded = c.query_i64(&format!(
+        "SELECT COUNT(*) FROM jobs WHERE state='succeeded' AND {NOT_DOOMED}"
+    ));
     report.failed = c.query_i64("SELECT COUNT(*) FROM jobs WHERE state='failed'");
     report.results_recorded_max_per_job =
         c.query_i64("SELECT COALESCE(MAX(result_recorded), 0) FROM jobs");
@@ -475,18 +759,82 @@ pub fn run_for(seed: u64, length: Length) -> Report {
             ));
         }
     }
-    // Every stored checkpoint is on disk at its recorded size.
+    // Every stored checkpoint is on disk at its recorded size and hash, and
+    // every file on disk has its row.
     {
         let root = c.dir.path().join("coordinator").join("checkpoints");
-        let stored: Vec<(String, i64, i64, String)> =
-            rows(&db, "SELECT job_id, step, size, file FROM checkpoints", []);
-        for (job, step, size, file) in stored {
-            let on_disk = std::fs::metadata(root.join(&file)).map(|m| m.len() as i64);
-            if on_disk.as_ref().ok() != Some(&size) {
-                report.checkpoint_problems.push(format!(
-                    "{job} step {step}: {file} is {on_disk:?}, recorded {size} bytes"
+        let stored: Vec<(String, i64, i64, String, String)> = rows(
+            &db,
+            "SELECT job_id, step, size, blake3, file FROM checkpoints",
+            [],
+        );
+        let mut known = std::collections::HashSet::new();
+        for (job, step, size, hash, file) in stored {
+            let on_disk = std::fs::read(root.join(&file));
+            match &on_disk {
+                Ok(bytes) if bytes.len() as i64 == size => {
+                    let got = blake3::hash(bytes).to_hex().to_string();
+                    if got != hash {
+                        report.checkpoint_problems.push(format!(
+                            "{job} step {step}: {file} hashes to {got}, recorded {hash}"
+                        ));
+                    }
+                }
+                other => report.checkpoint_problems.push(format!(
+                    "{job} step {step}: {file} is {:?} bytes, recorded {size}",
+                    other.as_ref().map(|b| b.len()).map_err(|e| e.to_string())
+                )),
+            }
+            known.insert(file);
+        }
+        for d in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+            let dname = d.file_name().to_string_lossy().to_string();
+            for f in std::fs::read_dir(d.path()).into_iter().flatten().flatten() {
+                let rel = format!("{dname}/{}", f.file_name().to_string_lossy());
+                if !known.contains(&rel) {
+                    report
+                        .orphan_files
+                        .push(format!("{rel}: a file without a row"));
+                }
+            }
+        }
+    }
+    // Every succeeded job's result is its last metric record, and its best
+    // the best of its records (the trainer sweeps maximise val_accuracy).
+    {
+        let jobs: Vec<(String, Option<f64>, Option<f64>)> = rows(&db, "SELECT j.id, j.final_metric, j.best_metric FROM jobs j JOIN sweeps s ON s.id = j.sweep_id WHERE s.name LIKE 'chaos-train-%' AND j.state = 'succeeded'", []);
+        for (job, fin, best) in jobs {
+            let values: Vec<f64> = rows::<(String,)>(
+                &db,
+                "SELECT json FROM metrics WHERE job_id=?1 ORDER BY id",
+                [&job],
+            )
+            .into_iter()
+            .filter_map(|(j,)| {
+                serde_json::from_str::<serde_json::Value>(&j)
+                    .ok()?
+                    .get("val_accuracy")?
+                    .as_f64()
+                    .filter(|x| x.is_finite())
+            })
+            .collect();
+            let last = values.last().copied();
+            let top = values.iter().copied().reduce(f64::max);
+            if fin != last || best != top {
+                report.metric_mismatches.push(format!(
+                    "{job}: result {fin:?} best {best:?}, records say last {last:?} best {top:?}"
                 ));
             }
+        }
+    }
+    // A cut-off cancel either took (its jobs cancelled, or already done) or
+    // did not (they ran to the end); nothing is left running or failed.
+    {
+        let bad: Vec<(String, String, String)> = rows(&db, "SELECT s.name, j.id, j.state FROM jobs j JOIN sweeps s ON s.id = j.sweep_id WHERE s.name LIKE 'chaos-doomed-%' AND j.state NOT IN ('cancelled', 'succeeded')", []);
+        for (sweep, job, state) in bad {
+            report
+                .cancel_problems
+                .push(format!("{sweep} {job}: {state}"));
         }
     }
     // A lease expires only for a worker something happened to: killed, frozen
