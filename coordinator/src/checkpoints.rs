@@ -24,7 +24,7 @@ pub struct CheckpointStore {
     root: PathBuf,
     /// Final paths of uploads between their rename into place and their row
     /// (orphan collection must not take them for orphans).
-    inflight: std::sync::Mutex<std::collections::HashSet<PathBuf>>,
+    inflight: std::sync::Mutex<std::collections::HashMap<PathBuf, usize>>,
 }
 
 /// What one orphan collection removed.
@@ -58,7 +58,13 @@ struct InFlight<'a>(&'a CheckpointStore, PathBuf);
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.0.inflight().remove(&self.1);
+        let mut m = self.0.inflight();
+        if let Some(n) = m.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.1);
+            }
+        }
     }
 }
 
@@ -128,7 +134,7 @@ impl CheckpointStore {
         })
     }
 
-    fn inflight(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<PathBuf>> {
+    fn inflight(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<PathBuf, usize>> {
         self.inflight.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -146,11 +152,15 @@ impl CheckpointStore {
             return Collected::default();
         };
         let inflight = self.inflight().clone();
-        let referenced = core.checkpoint_files();
+        // Memory drops a replaced row before its commit: only once that is
+        // durable may the old file go (a crash would bring the row back).
+        let Ok(referenced) = core.committed(core.checkpoint_files()).await else {
+            return Collected::default();
+        };
         let mut doomed = Vec::new();
         let mut partials = Vec::new();
         for (rel, size) in listed.files {
-            if !referenced.contains(&rel) && !inflight.contains(&self.root.join(&rel)) {
+            if !referenced.contains(&rel) && !inflight.contains_key(&self.root.join(&rel)) {
                 doomed.push((self.root.join(rel), size));
             }
         }
@@ -366,7 +376,7 @@ impl CheckpointStore {
         let dir = self.root.join(job.as_str());
         let final_path = dir.join(format!("{}-{}.ckpt", h.step, &h.blake3[..16]));
         let (d, p, f) = (dir.clone(), part.clone(), final_path.clone());
-        self.inflight().insert(final_path.clone());
+        *self.inflight().entry(final_path.clone()).or_default() += 1;
         let _inflight = InFlight(self, final_path.clone());
         let moved = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
             std::fs::create_dir_all(&d)?;
@@ -382,7 +392,10 @@ impl CheckpointStore {
             .unwrap_or(&final_path)
             .to_string_lossy()
             .to_string();
-        match core.add_checkpoint(row(&h, rel), &h.worker_id).await {
+        match core
+            .add_checkpoint(row(&h, rel.clone()), &h.worker_id)
+            .await
+        {
             Ok(removed) => {
                 // Older checkpoints go only now that the newer one is durable.
                 for f in removed {
@@ -394,7 +407,11 @@ impl CheckpointStore {
                 })
             }
             Err(e) => {
-                let _ = tokio::fs::remove_file(&final_path).await;
+                // Refused (a stale attempt): its file goes, unless a stored row
+                // names the same file (same step and content from another attempt).
+                if !core.checkpoint_files().contains(&rel) {
+                    let _ = tokio::fs::remove_file(&final_path).await;
+                }
                 Err(e.into())
             }
         }
@@ -406,7 +423,8 @@ impl CheckpointStore {
         r: pb::DownloadCheckpointRequest,
     ) -> Result<Pin<Box<dyn Stream<Item = Result<pb::CheckpointChunk, Status>> + Send>>, Status>
     {
-        let list = core.checkpoints(&r.job_id)?;
+        // Only a committed row is served (a crash must not revert what was downloaded).
+        let list = core.committed(core.checkpoints(&r.job_id)?).await?;
         let c = if r.step < 0 {
             list.iter().max_by_key(|c| c.step)
         } else {

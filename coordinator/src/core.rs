@@ -624,8 +624,31 @@ impl Core {
         if new == SweepState::Cancelled {
             // The sweep is cancelled (nothing more starts); its jobs end in
             // chunks, each under the lock for a moment, so a million-job
-            // cancel never stalls heartbeats. A crash between chunks is
-            // finished at start (`Op::FinishCancels`).
+            // cancel never stalls heartbeats. The chunks run in a task the
+            // caller cannot cancel (a client gone mid-RPC must not leave the
+            // sweep half-cancelled); a crash between chunks is finished at
+            // start (`Op::FinishCancels`).
+            let Some(me) = self.me.upgrade() else {
+                return Err(CoreError::FailedPrecondition(
+                    "the coordinator is stopping".into(),
+                ));
+            };
+            let chunks = tokio::spawn({
+                let sid = sid.clone();
+                async move { me.cancel_chunks(&sid).await }
+            });
+            chunks.await.map_err(|e| {
+                CoreError::FailedPrecondition(format!("cancelling the sweep: {e}"))
+            })??;
+        }
+        let info = sweep_info(&self.lock(), &sid);
+        self.committed(info).await
+    }
+
+    /// Ends every job of cancelled sweep `sid`, [`CANCEL_CHUNK`] per hold of the lock.
+    async fn cancel_chunks(&self, sid: &SweepId) -> Result<(), CoreError> {
+        {
+            let sid = sid.clone();
             let mut from = 0;
             loop {
                 let (fut, sends, next, total) = {
@@ -647,8 +670,7 @@ impl Core {
                 from = next;
             }
         }
-        let info = sweep_info(&self.lock(), &sid);
-        self.committed(info).await
+        Ok(())
     }
 
     fn cancel_job_locked(&self, st: &mut State, id: &JobId, ops: &mut Vec<Op>, sends: &mut Sends) {
@@ -1465,6 +1487,10 @@ impl Core {
                             proposal.run()
                         })
                         .await;
+                        if params.is_err() {
+                            // A fit that panics would panic again at once: not in a hot loop.
+                            tokio::time::sleep(Duration::from_secs(5)).await;
+                        }
                         tracing::debug!(sweep = %sid, trial = index, ms = t0.elapsed().as_secs_f64() * 1e3, "proposed a trial");
                         core.apply_proposal(&sid, index, params.ok()).await;
                         core.proposals
@@ -2095,7 +2121,6 @@ impl Core {
         Ok(st.checkpoints.get(&jid).cloned().unwrap_or_default())
     }
 
-    /// Forgets a checkpoint whose file failed verification, so it is never used.
     /// Every stored checkpoint file the database knows (paths relative to
     /// the checkpoint root), for orphan collection.
     pub fn checkpoint_files(&self) -> HashSet<String> {
@@ -2107,6 +2132,7 @@ impl Core {
             .collect()
     }
 
+    /// Forgets a checkpoint whose file failed verification, so it is never used.
     pub async fn drop_checkpoint(&self, job_id: &str, step: i64) -> Result<(), CoreError> {
         let fut = {
             let mut st = self.lock();

@@ -164,6 +164,8 @@ pub enum Outcome {
     Preempted,
     /// The worker restarted and the process was gone.
     Interrupted,
+    /// The job failed writing to the worker's full disk (ENOSPC).
+    DiskFull,
     /// The worker stopped heartbeating; the lease expired.
     Lost,
 }
@@ -181,6 +183,7 @@ impl Outcome {
             Outcome::Cancelled => "cancelled",
             Outcome::Preempted => "preempted",
             Outcome::Interrupted => "interrupted",
+            Outcome::DiskFull => "disk_full",
             Outcome::Lost => "lost",
         }
     }
@@ -197,13 +200,14 @@ impl Outcome {
             "cancelled" => Outcome::Cancelled,
             "preempted" => Outcome::Preempted,
             "interrupted" => Outcome::Interrupted,
+            "disk_full" => Outcome::DiskFull,
             "lost" => Outcome::Lost,
             _ => return None,
         })
     }
 
     /// Whether this ending spends one of the job's retries. A lost worker, a
-    /// drain or a worker restart is not the job's fault.
+    /// drain, a worker restart or a worker's full disk is not the job's fault.
     pub fn counts_as_failure(self) -> bool {
         matches!(
             self,

@@ -203,8 +203,9 @@ pub enum Op {
         id: String,
         state: String,
     },
-    /// Ends the queued jobs of cancelled sweeps: completes a cancel that a
-    /// crash interrupted between its chunks (run at start).
+    /// Ends the queued jobs of cancelled sweeps and asks their running ones
+    /// to stop: completes a cancel that a crash interrupted between its
+    /// chunks (run at start).
     FinishCancels,
     UpdateJob(JobUpdate),
     /// A job's final and best values of the sweep metric, in the same batch
@@ -482,6 +483,11 @@ fn apply(tx: &rusqlite::Transaction, op: &Op) -> Result<(), rusqlite::Error> {
         Op::FinishCancels => {
             let n = tx.execute(
                 "UPDATE jobs SET state='cancelled' WHERE state='queued' AND sweep_id IN (SELECT id FROM sweeps WHERE state='cancelled')",
+                [],
+            )?;
+            // Running ones are asked to stop (their workers hear it at hello).
+            tx.execute(
+                "UPDATE jobs SET cancel_requested=1 WHERE state='running' AND sweep_id IN (SELECT id FROM sweeps WHERE state='cancelled')",
                 [],
             )?;
             if n > 0 {

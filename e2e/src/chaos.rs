@@ -408,26 +408,6 @@ fn cut_download(rt: &tokio::runtime::Runtime, url: &str, job: &str, chunks: u64)
     });
 }
 
-/// Sends a submit of `spec` and goes away after `ms`; true if it answered.
-fn cut_submit(rt: &tokio::runtime::Runtime, url: &str, spec: String, ms: u64) -> bool {
-    use liandan_proto::v1 as pb;
-    rt.block_on(async {
-        let Ok(mut user) =
-            pb::user_service_client::UserServiceClient::connect(url.to_string()).await
-        else {
-            return false;
-        };
-        let call = user.submit_sweep(pb::SubmitSweepRequest {
-            spec,
-            format: "yaml".into(),
-            name: String::new(),
-        });
-        tokio::time::timeout(Duration::from_millis(ms), call)
-            .await
-            .is_ok()
-    })
-}
-
 /// Sends a cancel of `sweep` and goes away after `ms`.
 fn cut_cancel(rt: &tokio::runtime::Runtime, url: &str, sweep: &str, ms: u64) {
     use liandan_proto::v1 as pb;
@@ -590,7 +570,7 @@ pub fn run_for(seed: u64, length: Length) -> Report {
                 let name = format!("chaos-lines-cut{}", cut_sweeps.len());
                 let ms = rng2.below(400);
                 report.faults.push(format!("submit cut after {ms} ms"));
-                let answered = cut_submit(&rt, &c.url(), lines_spec(&name), ms);
+                let answered = crate::cut_submit(&rt, &c.url(), lines_spec(&name), ms);
                 report.cut_submits.0 += u32::from(!answered);
                 cut_sweeps.push(name);
             }
@@ -609,9 +589,16 @@ pub fn run_for(seed: u64, length: Length) -> Report {
                     report
                         .faults
                         .push(format!("disk of worker 2 full for {d} ms"));
+                    let from = now_secs();
                     let filler = fs.fill();
                     std::thread::sleep(Duration::from_millis(d));
                     let _ = std::fs::remove_file(filler);
+                    // Its attempts may be lost meanwhile (a worker that cannot write).
+                    windows.push(Window {
+                        worker: 2,
+                        from,
+                        to: now_secs(),
+                    });
                 }
             }
             _ => {}
@@ -718,10 +705,22 @@ pub fn run_for(seed: u64, length: Length) -> Report {
     for s in sweeps.iter().chain(&doomed) {
         c.wait_finished(s, Duration::from_secs(300));
     }
-    // A cancelled sweep's running jobs end as their workers stop them.
-    crate::eventually(Duration::from_secs(60), || {
-        (c.query_i64("SELECT COUNT(*) FROM jobs j JOIN sweeps s ON s.id = j.sweep_id WHERE s.name LIKE 'chaos-doomed-%' AND j.state IN ('queued', 'running')") == 0).then_some(())
-    });
+    // A cancelled sweep's running jobs end as their workers stop them, and
+    // its queued ones at once: none may be left (checked before the final
+    // coordinator start, which would finish an interrupted cancel itself).
+    let doomed_left = || {
+        c.query_i64("SELECT COUNT(*) FROM jobs j JOIN sweeps s ON s.id = j.sweep_id WHERE s.name LIKE 'chaos-doomed-%' AND j.state IN ('queued', 'running')")
+    };
+    if crate::eventually(Duration::from_secs(60), || {
+        (doomed_left() == 0).then_some(())
+    })
+    .is_none()
+    {
+        report.cancel_problems.push(format!(
+            "{} jobs of cancelled sweeps still queued or running a minute after their cancel",
+            doomed_left()
+        ));
+    }
     // Stop the workers (drain), then look at what is left.
     for w in c.workers.iter_mut() {
         w.terminate(Duration::from_secs(30));

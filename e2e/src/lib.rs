@@ -485,6 +485,27 @@ impl Cluster {
     }
 }
 
+/// Sends a submit of `spec` over gRPC and goes away after `ms` (a client
+/// cut off mid-RPC: Ctrl-C, a dropped link); true if it answered in time.
+pub fn cut_submit(rt: &tokio::runtime::Runtime, url: &str, spec: String, ms: u64) -> bool {
+    use liandan_proto::v1 as pb;
+    rt.block_on(async {
+        let Ok(mut user) =
+            pb::user_service_client::UserServiceClient::connect(url.to_string()).await
+        else {
+            return false;
+        };
+        let call = user.submit_sweep(pb::SubmitSweepRequest {
+            spec,
+            format: "yaml".into(),
+            name: String::new(),
+        });
+        tokio::time::timeout(Duration::from_millis(ms), call)
+            .await
+            .is_ok()
+    })
+}
+
 /// The last `n` lines of a text.
 pub fn tail(s: &str, n: usize) -> String {
     let lines: Vec<&str> = s.lines().collect();

@@ -197,7 +197,6 @@ fn one_coordinator_per_data_dir_and_a_stop_is_bounded_with_workers_connected() {
 /// may stay `running` on a worker that does not run it.
 #[test]
 fn a_submit_cut_off_mid_rpc_leaves_no_job_running_nowhere() {
-    use liandan_proto::v1 as pb;
     let c = Cluster::start(1, Opts::default());
     let values: Vec<String> = (0..50_000).map(|i| i.to_string()).collect();
     let rt = tokio::runtime::Runtime::new().expect("runtime");
@@ -218,19 +217,7 @@ fn a_submit_cut_off_mid_rpc_leaves_no_job_running_nowhere() {
     for (k, pct) in [50u64, 65, 75, 85, 92, 97].into_iter().enumerate() {
         let ms = whole * pct / 100;
         let spec = spec_of(&format!("cut{k}"));
-        let answered = rt.block_on(async {
-            let mut user = pb::user_service_client::UserServiceClient::connect(c.url())
-                .await
-                .expect("connect");
-            let call = user.submit_sweep(pb::SubmitSweepRequest {
-                spec,
-                format: "yaml".into(),
-                name: String::new(),
-            });
-            tokio::time::timeout(Duration::from_millis(ms), call)
-                .await
-                .is_ok()
-        });
+        let answered = liandan_e2e::cut_submit(&rt, &c.url(), spec, ms);
         if !answered {
             cut += 1;
         }

@@ -1,6 +1,6 @@
 //! Security: TLS, mutual TLS, tokens, safe defaults, hostile input.
 
-use liandan_e2e::{bin, eventually, Proc};
+use liandan_e2e::{bin, eventually, Cluster, Opts, Proc};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -531,4 +531,86 @@ fn state_directories_and_databases_are_private_to_the_daemon() {
     assert_eq!(mode(&data.join("coordinator.db")), 0o600);
     assert_eq!(mode(&state), 0o700, "worker state dir");
     assert_eq!(mode(&state.join("worker.db")), 0o600);
+}
+
+/// Peak resident memory of a process, from /proc (VmHWM), in bytes.
+fn peak_rss(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}
+
+/// Output no reasonable job prints, and a worker must survive it: 400 lines
+/// of 64 KiB (25 MiB, more than one message may carry), 100 MiB without a
+/// newline, and a 40 MiB line in the metrics file. The next job on the same
+/// worker must still run, and the worker must not hold the output in memory.
+#[test]
+fn a_job_printing_huge_lines_neither_wedges_nor_bloats_its_worker() {
+    let c = Cluster::start(
+        1,
+        Opts {
+            slots: 1,
+            ..Opts::default()
+        },
+    );
+    let script = c.write(
+        "flood.py",
+        r#"
+import json, os, sys
+line = "x" * 65536
+for i in range(400):
+    sys.stdout.write(line + "\n")
+sys.stdout.write("y" * (100 << 20))
+sys.stdout.write("\nend\n")
+sys.stdout.flush()
+with open(os.environ["LIANDAN_METRICS_FILE"], "a") as f:
+    f.write('{"a": "' + "z" * (40 << 20) + '"}\n')
+    f.write(json.dumps({"step": 1, "loss": 0.5}) + "\n")
+"#,
+    );
+    let spec = c.write(
+        "flood.yaml",
+        &format!(
+            "method: grid\ncommand: [python3, '{}', '${{args}}']\nparameters:\n  k: {{values: [1, 2]}}\n",
+            script.display()
+        ),
+    );
+    let sweep = c.submit(&spec);
+    let st = c.wait_finished(&sweep, Duration::from_secs(180));
+    assert_eq!(st["succeeded"], 2, "{st}\n{}", c.workers[0].log_text());
+    let jobs = c.cli_json(&["jobs", &sweep, "-o", "json"]);
+    let job = jobs[0]["id"].as_str().expect("job id").to_string();
+    let out = c.cli(&["logs", &job, "--tail", "4"]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        text.contains(&format!(
+            "[liandan: line cut after 1048576 bytes; {} more bytes dropped]",
+            (100u64 << 20) - (1 << 20)
+        )),
+        "the cut is visible in the log: {}",
+        text.chars().rev().take(400).collect::<String>()
+    );
+    assert!(
+        text.contains("dropped]\nend\n"),
+        "the lines after it are kept: {:?}",
+        text.chars().rev().take(300).collect::<String>()
+    );
+    let err = c.cli(&["logs", &job, "--stderr"]);
+    assert!(
+        String::from_utf8_lossy(&err.stdout).contains("longer than 1048576 bytes; skipped"),
+        "{}",
+        String::from_utf8_lossy(&err.stdout)
+    );
+    let m = c.cli_json(&["metrics", &job, "-o", "json"]);
+    assert_eq!(m.as_array().map(|a| a.len()), Some(1), "{m}");
+    let peak = peak_rss(c.workers[0].pid());
+    assert!(
+        peak < 200 << 20,
+        "the worker held the output in memory: peak RSS {} MiB",
+        peak >> 20
+    );
 }

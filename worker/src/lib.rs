@@ -77,6 +77,10 @@ pub struct WorkerCtx {
     liveness: Arc<liandan_common::systemd::Liveness>,
     /// Woken when the coordinator acknowledged an attempt's end.
     retention: Notify,
+    /// Jobs whose directories retention is removing: a new attempt of one
+    /// waits before creating its directories (see [`retention::collect`]).
+    retiring: Mutex<std::collections::HashSet<String>>,
+    retired: Notify,
     /// The disk as of the last retention pass, for heartbeats.
     disk: Mutex<Option<pb::DiskUsage>>,
 }
@@ -100,6 +104,44 @@ impl WorkerCtx {
     /// The directory of one attempt of a job.
     pub(crate) fn attempt_dir(&self, job: &str, attempt: u64) -> PathBuf {
         self.jobs_dir.join(job).join(attempt.to_string())
+    }
+
+    /// Retention may remove `job`'s directories: no attempt of it runs, and
+    /// none will create directories until [`WorkerCtx::release_job`].
+    fn claim_job(&self, job: &str) -> bool {
+        let running = self.running();
+        if running.keys().any(|(j, _)| j == job) {
+            return false;
+        }
+        self.retiring
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(job.to_string());
+        true
+    }
+
+    fn release_job(&self, job: &str) {
+        self.retiring
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(job);
+        self.retired.notify_waiters();
+    }
+
+    /// Waits while retention is removing `job`'s directories.
+    async fn wait_not_retiring(&self, job: &str) {
+        loop {
+            let released = self.retired.notified();
+            if !self
+                .retiring
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(job)
+            {
+                return;
+            }
+            released.await;
+        }
     }
 
     fn disk(&self) -> Option<pb::DiskUsage> {
@@ -357,6 +399,8 @@ pub async fn prepare(
         announce_stop: Notify::new(),
         stop_announced: Notify::new(),
         retention: Notify::new(),
+        retiring: Mutex::new(Default::default()),
+        retired: Notify::new(),
         disk: Mutex::new(None),
     });
     recover(&ctx).await?;
@@ -630,7 +674,8 @@ async fn send_pending(
     out: &mpsc::Sender<pb::WorkerMessage>,
 ) -> Result<(), String> {
     loop {
-        let batch = ctx.spool.next_batch(4096);
+        // 4 MiB a message: well under the coordinator's limit (16 MiB by default).
+        let batch = ctx.spool.next_batch(4096, 4 << 20);
         if batch.is_empty() {
             return Ok(());
         }
@@ -691,6 +736,8 @@ fn start(ctx: &Arc<WorkerCtx>, a: pb::Assignment) {
     }
     let ctx = ctx.clone();
     tokio::spawn(async move {
+        // Retention may be removing this job's old directories right now.
+        ctx.wait_not_retiring(&a.job_id).await;
         let job_dir = ctx.jobs_dir.join(&a.job_id);
         let dir = ctx.attempt_dir(&a.job_id, a.attempt);
         if let Err(e) = runner::journal(&ctx, &a, &dir).await {
@@ -782,7 +829,7 @@ async fn retention_pass(ctx: &Arc<WorkerCtx>, keep_failed: Duration) {
         journal.into_iter().map(|e| (e.job_id, e.attempt)).collect();
     owed.extend(uploads.into_iter().map(|u| (u.job_id, u.attempt)));
     owed.extend(ctx.running().keys().cloned());
-    let (dir, state) = (ctx.jobs_dir.clone(), ctx.cfg.state_dir.clone());
+    let (dir, state, c) = (ctx.jobs_dir.clone(), ctx.cfg.state_dir.clone(), ctx.clone());
     let done = tokio::task::spawn_blocking(move || {
         let pass = retention::collect(
             &dir,
@@ -790,6 +837,8 @@ async fn retention_pass(ctx: &Arc<WorkerCtx>, keep_failed: Duration) {
             &owed,
             keep_failed,
             std::time::SystemTime::now(),
+            &|job| c.claim_job(job),
+            &|job| c.release_job(job),
         );
         (pass, retention::free_bytes(&state))
     })

@@ -24,7 +24,7 @@ pub const OUTCOME_FILE: &str = "outcome";
 fn finished_cleanly(outcome: &str) -> bool {
     matches!(
         outcome,
-        "succeeded" | "cancelled" | "pruned" | "preempted" | "interrupted"
+        "succeeded" | "cancelled" | "pruned" | "preempted" | "interrupted" | "disk_full"
     )
 }
 
@@ -73,62 +73,85 @@ pub fn list(jobs_dir: &Path) -> Vec<(String, u64, PathBuf)> {
 }
 
 /// Removes what `owed` does not hold on to. `listed` must come from [`list`]
-/// called before `owed` was computed (see the module docs).
+/// called before `owed` was computed (see the module docs). Every attempt
+/// directory of a job with an owed attempt stays (a new attempt may resume
+/// from a checkpoint in an older one's directory). Before touching a job's
+/// directories, `claim(job)` must say yes (no attempt of it started since
+/// `owed` was read, and none will create its directories until
+/// `release(job)`), so removal never races a new attempt.
 pub fn collect(
     jobs_dir: &Path,
     listed: Vec<(String, u64, PathBuf)>,
     owed: &HashSet<(String, u64)>,
     keep_failed: Duration,
     now: SystemTime,
+    claim: &dyn Fn(&str) -> bool,
+    release: &dyn Fn(&str),
 ) -> Pass {
     let mut pass = Pass::default();
-    let mut touched = HashSet::new();
-    for (job, attempt, dir) in listed {
-        let key = (job.clone(), attempt);
-        let keep = owed.contains(&key) || {
-            let outcome_path = dir.join(OUTCOME_FILE);
-            match std::fs::read_to_string(&outcome_path) {
-                // No outcome file: ended before this was written (a crash), or
-                // an older worker's directory; not owed, so it goes.
-                Err(_) => false,
-                Ok(o) if finished_cleanly(o.trim()) => false,
-                Ok(_) => std::fs::metadata(&outcome_path)
-                    .and_then(|m| m.modified())
-                    .ok()
-                    .and_then(|t| now.duration_since(t).ok())
-                    .is_none_or(|age| age < keep_failed),
-            }
-        };
-        if keep {
-            pass.kept += 1;
+    let owed_jobs: HashSet<&str> = owed.iter().map(|(j, _)| j.as_str()).collect();
+    let mut by_job: std::collections::BTreeMap<String, Vec<PathBuf>> = Default::default();
+    for (job, _attempt, dir) in listed {
+        by_job.entry(job).or_default().push(dir);
+    }
+    for (job, dirs) in by_job {
+        if owed_jobs.contains(job.as_str()) {
+            pass.kept += dirs.len() as u64;
             continue;
         }
-        match std::fs::remove_dir_all(&dir) {
-            Ok(()) => pass.removed += 1,
-            Err(e) => {
-                tracing::warn!(dir = %dir.display(), error = %e, "cannot remove a finished job directory");
-                pass.kept += 1;
+        let (doomed, kept): (Vec<PathBuf>, Vec<PathBuf>) =
+            dirs.into_iter().partition(|d| expired(d, keep_failed, now));
+        pass.kept += kept.len() as u64;
+        if doomed.is_empty() {
+            continue;
+        }
+        if !claim(&job) {
+            pass.kept += doomed.len() as u64;
+            continue;
+        }
+        for dir in doomed {
+            match std::fs::remove_dir_all(&dir) {
+                Ok(()) => pass.removed += 1,
+                Err(e) => {
+                    tracing::warn!(dir = %dir.display(), error = %e, "cannot remove a finished job directory");
+                    pass.kept += 1;
+                }
             }
         }
-        touched.insert(job);
-    }
-    // A job directory with no attempt directory left (only cached resume
-    // copies) goes too, unless an attempt of it is owed (it may be starting).
-    for job in touched {
-        let dir = jobs_dir.join(&job);
-        let has_attempt = std::fs::read_dir(&dir).is_ok_and(|rd| {
-            rd.flatten().any(|e| {
-                e.file_name()
-                    .to_str()
-                    .is_some_and(|s| s.parse::<u64>().is_ok())
-            })
-        });
-        if !has_attempt && !owed.iter().any(|(j, _)| *j == job) {
-            let _ = std::fs::remove_dir_all(&dir);
+        // No attempt directory left (only cached resume copies): the job's goes.
+        if kept.is_empty() {
+            let dir = jobs_dir.join(&job);
+            let has_attempt = std::fs::read_dir(&dir).is_ok_and(|rd| {
+                rd.flatten().any(|e| {
+                    e.file_name()
+                        .to_str()
+                        .is_some_and(|s| s.parse::<u64>().is_ok())
+                })
+            });
+            if !has_attempt {
+                let _ = std::fs::remove_dir_all(&dir);
+            }
         }
+        release(&job);
     }
     pass.bytes = du(jobs_dir);
     pass
+}
+
+/// Whether an attempt directory nothing is owed from may go now: at once
+/// for a clean ending (or none recorded: a crash, an older worker), after
+/// `keep_failed` for a failure.
+fn expired(dir: &Path, keep_failed: Duration, now: SystemTime) -> bool {
+    let outcome_path = dir.join(OUTCOME_FILE);
+    match std::fs::read_to_string(&outcome_path) {
+        Err(_) => true,
+        Ok(o) if finished_cleanly(o.trim()) => true,
+        Ok(_) => std::fs::metadata(&outcome_path)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| now.duration_since(t).ok())
+            .is_some_and(|age| age >= keep_failed),
+    }
 }
 
 /// Bytes of the regular files under `dir` (symlinks are not followed).
@@ -186,7 +209,15 @@ mod tests {
         let listed = list(root);
         assert_eq!(listed.len(), 5);
         let now = SystemTime::now();
-        let pass = collect(root, listed, &keep, Duration::from_secs(3600), now);
+        let pass = collect(
+            root,
+            listed,
+            &keep,
+            Duration::from_secs(3600),
+            now,
+            &|_| true,
+            &|_| {},
+        );
         assert_eq!(pass.removed, 2, "{pass:?}");
         assert_eq!(pass.kept, 3);
         assert!(
@@ -201,22 +232,63 @@ mod tests {
         );
         // A day later the failed attempt's time is up.
         let later = now + Duration::from_secs(2 * 3600);
-        let pass = collect(root, list(root), &keep, Duration::from_secs(3600), later);
+        let pass = collect(
+            root,
+            list(root),
+            &keep,
+            Duration::from_secs(3600),
+            later,
+            &|_| true,
+            &|_| {},
+        );
         assert_eq!(pass.removed, 1);
         assert!(!failed.exists() && !root.join("jb-fail").exists());
         assert!(owed.exists() && running.exists());
     }
 
     #[test]
-    fn an_owed_attempt_keeps_its_job_directory_even_with_no_attempt_dir_yet() {
+    fn an_owed_attempt_keeps_every_directory_of_its_job() {
         let t = tempfile::tempdir().expect("tempdir");
         let root = t.path();
-        attempt(root, "jb-a", 1, Some("failed"));
+        // Attempt 1 was preempted; attempt 2 is starting and may resume from
+        // attempt 1's checkpoint (a local copy in its directory).
+        let prev = attempt(root, "jb-a", 1, Some("preempted"));
         std::fs::write(root.join("jb-a").join("resume-1-abc.ckpt"), b"x").expect("write");
-        // Attempt 2 is starting: journaled, its directory not yet made.
         let keep: HashSet<(String, u64)> = [("jb-a".to_string(), 2)].into();
-        let pass = collect(root, list(root), &keep, Duration::ZERO, SystemTime::now());
-        assert_eq!(pass.removed, 1);
-        assert!(root.join("jb-a").join("resume-1-abc.ckpt").exists());
+        let pass = collect(
+            root,
+            list(root),
+            &keep,
+            Duration::ZERO,
+            SystemTime::now(),
+            &|_| true,
+            &|_| {},
+        );
+        assert_eq!(pass.removed, 0);
+        assert!(prev.exists() && root.join("jb-a").join("resume-1-abc.ckpt").exists());
+    }
+
+    #[test]
+    fn a_job_that_cannot_be_claimed_is_left_alone() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let root = t.path();
+        let done = attempt(root, "jb-b", 1, Some("succeeded"));
+        // An attempt of it started after the owed set was read.
+        let claimed = std::cell::RefCell::new(Vec::new());
+        let pass = collect(
+            root,
+            list(root),
+            &HashSet::new(),
+            Duration::ZERO,
+            SystemTime::now(),
+            &|j| {
+                claimed.borrow_mut().push(j.to_string());
+                false
+            },
+            &|_| panic!("released what was not claimed"),
+        );
+        assert_eq!((pass.removed, pass.kept), (0, 1));
+        assert!(done.exists());
+        assert_eq!(claimed.into_inner(), vec!["jb-b".to_string()]);
     }
 }

@@ -34,6 +34,13 @@ pub enum StopReason {
 /// Longest line stored as one record; longer lines are split.
 const MAX_LINE: usize = 64 * 1024;
 
+/// Pieces one over-long line is split into before the rest of it is dropped
+/// (with a marker line saying how much): 1 MiB of one line is kept.
+const MAX_PIECES: usize = 16;
+
+/// Longest metrics-file line read; a longer one is skipped with a notice.
+const MAX_METRIC_LINE: usize = 1 << 20;
+
 fn record(job: &str, attempt: u64, body: pb::record::Body) -> pb::Record {
     pb::Record {
         seq: 0,
@@ -144,6 +151,7 @@ fn interpreter() -> &'static str {
 
 /// Sends output lines to the spool in batches, numbering them per attempt,
 /// and picks metrics out of stdout with the sweep's `metric_pattern`.
+#[allow(clippy::too_many_arguments)]
 async fn sink(
     ctx: Arc<WorkerCtx>,
     job: String,
@@ -152,6 +160,7 @@ async fn sink(
     mut rx: mpsc::Receiver<(bool, String)>,
     last_metric: Arc<Mutex<Option<f64>>>,
     metric_name: Option<String>,
+    enospc: Arc<std::sync::atomic::AtomicBool>,
 ) {
     let mut line_no = 0u64;
     let mut buf = Vec::with_capacity(1024);
@@ -160,6 +169,9 @@ async fn sink(
         for (is_err, text) in buf.drain(..) {
             line_no += 1;
             let ts = now_secs();
+            if is_err && text.contains("No space left on device") {
+                enospc.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
             if !is_err {
                 if let Some(m) = pattern.as_ref().and_then(|re| metrics_from_line(re, &text)) {
                     note_metric(&m, &last_metric, metric_name.as_deref());
@@ -215,34 +227,89 @@ fn note_metric(v: &serde_json::Value, last: &Mutex<Option<f64>>, name: Option<&s
     }
 }
 
+/// Reads a job's output as lines, holding at most [`MAX_LINE`] bytes of it:
+/// a longer line is sent in pieces of `MAX_LINE`, and past [`MAX_PIECES`]
+/// pieces the rest of it is dropped and a marker line says how many bytes
+/// (a job printing a gigabyte without a newline costs the worker 64 KiB).
 async fn read_lines<R: AsyncRead + Unpin>(r: R, is_err: bool, tx: mpsc::Sender<(bool, String)>) {
     let mut reader = BufReader::with_capacity(64 * 1024, r);
-    let mut buf = Vec::new();
+    let mut buf: Vec<u8> = Vec::with_capacity(MAX_LINE);
+    // Pieces of the current line sent so far, and bytes of it dropped.
+    let mut pieces = 0usize;
+    let mut dropped = 0u64;
+    let send = |text: String| {
+        let tx = tx.clone();
+        async move { tx.send((is_err, text)).await.is_ok() }
+    };
     loop {
-        buf.clear();
-        match reader.read_until(b'\n', &mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {
-                if buf.last() == Some(&b'\n') {
-                    buf.pop();
-                    if buf.last() == Some(&b'\r') {
-                        buf.pop();
-                    }
-                }
-                for chunk in buf.chunks(MAX_LINE) {
-                    if tx
-                        .send((is_err, String::from_utf8_lossy(chunk).into_owned()))
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
-                if buf.is_empty() && tx.send((is_err, String::new())).await.is_err() {
+        let chunk = match reader.fill_buf().await {
+            Ok([]) | Err(_) => break,
+            Ok(c) => c,
+        };
+        let (take, newline) = match chunk.iter().position(|b| *b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (chunk.len(), false),
+        };
+        let mut part = &chunk[..take];
+        if newline {
+            part = &part[..part.len() - 1];
+        }
+        if pieces >= MAX_PIECES {
+            dropped += part.len() as u64;
+        } else {
+            let room = MAX_LINE - buf.len();
+            buf.extend_from_slice(&part[..part.len().min(room)]);
+            let rest = part.len().saturating_sub(room);
+            if buf.len() == MAX_LINE && (rest > 0 || !newline) {
+                // A full piece of a line that goes on.
+                let text = String::from_utf8_lossy(&buf).into_owned();
+                buf.clear();
+                pieces += 1;
+                if !send(text).await {
                     return;
+                }
+                if pieces >= MAX_PIECES {
+                    dropped += rest as u64;
+                } else {
+                    buf.extend_from_slice(&part[part.len() - rest..]);
                 }
             }
         }
+        reader.consume(take);
+        if newline {
+            if buf.last() == Some(&b'\r') {
+                buf.pop();
+            }
+            if !buf.is_empty() || pieces == 0 {
+                let text = String::from_utf8_lossy(&buf).into_owned();
+                if !send(text).await {
+                    return;
+                }
+            }
+            if dropped > 0 {
+                let note = format!(
+                    "[liandan: line cut after {} bytes; {dropped} more bytes dropped]",
+                    MAX_LINE * MAX_PIECES
+                );
+                if !send(note).await {
+                    return;
+                }
+            }
+            buf.clear();
+            pieces = 0;
+            dropped = 0;
+        }
+    }
+    // The output ended without a final newline.
+    if !buf.is_empty() {
+        let _ = send(String::from_utf8_lossy(&buf).into_owned()).await;
+    }
+    if dropped > 0 {
+        let _ = send(format!(
+            "[liandan: line cut after {} bytes; {dropped} more bytes dropped]",
+            MAX_LINE * MAX_PIECES
+        ))
+        .await;
     }
 }
 
@@ -252,6 +319,8 @@ struct MetricsTail {
     offset: u64,
     partial: Vec<u8>,
     line: u64,
+    /// Inside a line longer than [`MAX_METRIC_LINE`]: skipped to its newline.
+    skipping: bool,
 }
 
 impl MetricsTail {
@@ -262,21 +331,53 @@ impl MetricsTail {
         attempt: u64,
         last: &Mutex<Option<f64>>,
         name: Option<&str>,
-    ) {
+    ) -> bool {
         use tokio::io::{AsyncReadExt, AsyncSeekExt};
         let Ok(mut f) = tokio::fs::File::open(&self.path).await else {
-            return;
+            return false;
         };
         if f.seek(std::io::SeekFrom::Start(self.offset)).await.is_err() {
-            return;
+            return false;
         }
+        // A bounded read per poll: the file can grow faster than it is read.
         let mut data = Vec::new();
-        if f.read_to_end(&mut data).await.is_err() || data.is_empty() {
-            return;
+        let mut bounded = f.take(4 * MAX_METRIC_LINE as u64);
+        if bounded.read_to_end(&mut data).await.is_err() || data.is_empty() {
+            return false;
         }
         self.offset += data.len() as u64;
-        self.partial.extend_from_slice(&data);
         let mut recs = Vec::new();
+        let mut data = &data[..];
+        if self.skipping {
+            match data.iter().position(|b| *b == b'\n') {
+                Some(i) => {
+                    self.skipping = false;
+                    data = &data[i + 1..];
+                }
+                None => return true,
+            }
+        }
+        self.partial.extend_from_slice(data);
+        if !self.partial.contains(&b'\n') && self.partial.len() > MAX_METRIC_LINE {
+            // A line this long is no metrics record: say so and skip to its end.
+            self.line += 1;
+            self.partial.clear();
+            self.skipping = true;
+            tracing::warn!(job, line = self.line, "metrics line over the limit");
+            recs.push(record(
+                job,
+                attempt,
+                pb::record::Body::Log(pb::LogRecord {
+                    line: 0,
+                    stream: "stderr".into(),
+                    ts: now_secs(),
+                    text: format!(
+                        "liandan-worker: metrics file line {} is longer than {MAX_METRIC_LINE} bytes; skipped",
+                        self.line
+                    ),
+                }),
+            ));
+        }
         // Complete lines only; a partial last line waits for its newline.
         let complete = self
             .partial
@@ -289,6 +390,22 @@ impl MetricsTail {
         let body = buf.strip_suffix(b"\n").unwrap_or(&[]);
         for line in body.split(|b| *b == b'\n').filter(|_| !buf.is_empty()) {
             self.line += 1;
+            if line.len() > MAX_METRIC_LINE {
+                recs.push(record(
+                    job,
+                    attempt,
+                    pb::record::Body::Log(pb::LogRecord {
+                        line: 0,
+                        stream: "stderr".into(),
+                        ts: now_secs(),
+                        text: format!(
+                            "liandan-worker: metrics file line {} is longer than {MAX_METRIC_LINE} bytes; skipped",
+                            self.line
+                        ),
+                    }),
+                ));
+                continue;
+            }
             let text = String::from_utf8_lossy(line).trim().to_string();
             if text.is_empty() {
                 continue;
@@ -340,6 +457,7 @@ impl MetricsTail {
                 ctx.notice(job, attempt, l.text).await;
             }
         }
+        true
     }
 }
 
@@ -566,6 +684,8 @@ pub async fn run_attempt(
         .as_deref()
         .and_then(|p| regex::Regex::new(p).ok());
     let (line_tx, line_rx) = mpsc::channel(8192);
+    // The job said its disk is full (ENOSPC's message on stderr).
+    let enospc = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let sink_task = tokio::spawn(sink(
         ctx.clone(),
         job.clone(),
@@ -574,6 +694,7 @@ pub async fn run_attempt(
         line_rx,
         last_metric.clone(),
         metric_name.clone(),
+        enospc.clone(),
     ));
     ctx.register_notices(&job, attempt, line_tx.clone());
     let out = child
@@ -587,6 +708,7 @@ pub async fn run_attempt(
     drop(line_tx);
 
     let mut tail = MetricsTail {
+        skipping: false,
         path: metrics_path,
         offset: 0,
         partial: Vec::new(),
@@ -631,8 +753,11 @@ pub async fn run_attempt(
     for t in [out, err].into_iter().flatten() {
         let _ = t.await;
     }
-    tail.poll(&ctx, &job, attempt, &last_metric, metric_name.as_deref())
-        .await;
+    // Everything the job wrote, a bounded read at a time.
+    while tail
+        .poll(&ctx, &job, attempt, &last_metric, metric_name.as_deref())
+        .await
+    {}
     ctx.unregister_notices(&job, attempt);
     let _ = sink_task.await;
     scan_checkpoints(&ctx, &job, attempt, &ckpt_dir, &last_metric).await;
@@ -651,6 +776,11 @@ pub async fn run_attempt(
     let quick = started.elapsed() < Duration::from_secs(1);
     let outcome = match (reason, code, signal) {
         (Some(StopReason::Preempt), _, _) => "preempted",
+        // The worker's disk filled up under the job: the worker's trouble, not
+        // the job's (it is requeued without spending a retry).
+        (None, c, s) if (c != 0 || s != 0) && enospc.load(std::sync::atomic::Ordering::SeqCst) => {
+            "disk_full"
+        }
         // argparse's (and getopt's) usage error, before any work was done.
         (None, 2, 0) if quick => "usage_error",
         (Some(StopReason::Cancel), _, _) | (Some(StopReason::Stale), _, _) => "cancelled",

@@ -328,15 +328,23 @@ impl Spool {
         self.lock().sent_up_to = 0;
     }
 
-    /// Takes up to `max` records not yet sent on this session.
-    pub fn next_batch(&self, max: usize) -> Vec<pb::Record> {
+    /// Takes records not yet sent on this session: up to `max` of them and
+    /// `max_bytes` of encoded size (at least one), so a batch always fits
+    /// the coordinator's message limit, whatever the job printed.
+    pub fn next_batch(&self, max: usize, max_bytes: usize) -> Vec<pb::Record> {
         let mut st = self.lock();
         let from = st.sent_up_to;
+        let (mut bytes, mut taken) = (0usize, 0usize);
         let batch: Vec<pb::Record> = st
             .pending
             .iter()
             .filter(|(s, _, _)| *s > from)
             .take(max)
+            .take_while(|(_, _, n)| {
+                taken += 1;
+                bytes += n;
+                taken == 1 || bytes <= max_bytes
+            })
             .map(|(_, r, _)| r.clone())
             .collect();
         if let Some(last) = batch.last() {
