@@ -79,10 +79,16 @@ pub fn worker_id_from_cert_pem(pem: &str) -> Option<WorkerId> {
     Some(worker_id_from_cert_der(cert.as_ref()))
 }
 
-/// Adds `authorization: Bearer <token>` to every request (when there is a token).
+/// A join-token worker's identity as the coordinator issued it: (id, secret).
+pub type WorkerIdentity = std::sync::Arc<std::sync::Mutex<Option<(String, String)>>>;
+
+/// Adds `authorization: Bearer <token>` to every request (when there is a
+/// token) and, for a worker that was issued an identity, its id and secret
+/// (`liandan-worker-id`, `liandan-worker-secret`).
 #[derive(Clone, Default)]
 pub struct TokenInterceptor {
     header: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+    worker: Option<WorkerIdentity>,
 }
 
 impl TokenInterceptor {
@@ -94,7 +100,16 @@ impl TokenInterceptor {
                 })?),
                 None => None,
             };
-        Ok(TokenInterceptor { header })
+        Ok(TokenInterceptor {
+            header,
+            worker: None,
+        })
+    }
+
+    /// Also sends the worker identity held in `identity` (once it is set).
+    pub fn with_worker_identity(mut self, identity: WorkerIdentity) -> TokenInterceptor {
+        self.worker = Some(identity);
+        self
     }
 }
 
@@ -102,6 +117,17 @@ impl tonic::service::Interceptor for TokenInterceptor {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
         if let Some(h) = &self.header {
             req.metadata_mut().insert("authorization", h.clone());
+        }
+        let identity = self
+            .worker
+            .as_ref()
+            .and_then(|w| w.lock().unwrap_or_else(|p| p.into_inner()).clone());
+        if let Some((id, secret)) = identity {
+            // Ids and issued secrets are lowercase hex and dashes: always valid values.
+            if let (Ok(i), Ok(s)) = (id.parse(), secret.parse()) {
+                req.metadata_mut().insert("liandan-worker-id", i);
+                req.metadata_mut().insert("liandan-worker-secret", s);
+            }
         }
         Ok(req)
     }

@@ -239,7 +239,7 @@ impl CheckpointStore {
     pub async fn upload(
         &self,
         core: Arc<Core>,
-        cert_id: Option<liandan_common::ids::WorkerId>,
+        caller: String,
         mut stream: Streaming<pb::CheckpointUpload>,
     ) -> Result<pb::UploadCheckpointResponse, Status> {
         let first = stream
@@ -261,13 +261,11 @@ impl CheckpointStore {
                 h.size
             )));
         }
-        if let Some(id) = &cert_id {
-            if h.worker_id != id.as_str() {
-                return Err(Status::permission_denied(format!(
-                    "this client certificate belongs to worker {id}, not {:?}",
-                    h.worker_id
-                )));
-            }
+        if h.worker_id != caller {
+            return Err(Status::permission_denied(format!(
+                "this upload comes from worker {caller}, not {:?}",
+                h.worker_id
+            )));
         }
         // Only the worker that holds the job's current attempt may store its checkpoints.
         if !core.holds(&job, h.attempt, &h.worker_id) {

@@ -39,6 +39,8 @@ pub enum CoreError {
     AlreadyExists(String),
     #[error("{0}")]
     FailedPrecondition(String),
+    #[error("{0}")]
+    PermissionDenied(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -51,6 +53,9 @@ fn sweep_mem<'a>(st: &'a State, sid: &SweepId) -> Result<&'a SweepMem, CoreError
         hint: "status",
     })
 }
+
+/// How far past its last stored record a worker's sequence numbers may jump.
+const MAX_SEQ_JUMP: u64 = 1 << 40;
 
 /// Jobs a cancel ends per hold of the lock.
 const CANCEL_CHUNK: usize = 20_000;
@@ -148,6 +153,8 @@ impl WorkerMem {
             acked_seq: 0,
             last_seen: 0.0,
             disk: None,
+            cert_bound: false,
+            secret_hash: None,
             known: false,
         }
     }
@@ -229,6 +236,10 @@ struct WorkerMem {
     last_seen: f64,
     /// What its last heartbeat said of its disk (memory only).
     disk: Option<pb::DiskUsage>,
+    /// Seen with a client certificate: this id is usable only with it.
+    cert_bound: bool,
+    /// BLAKE3 of the secret issued with this id to a join-token worker.
+    secret_hash: Option<String>,
     /// Until the worker says hello after a coordinator restart, its capacity is unknown.
     known: bool,
 }
@@ -979,16 +990,21 @@ impl Core {
         &self,
         hello: pb::Hello,
         tx: mpsc::UnboundedSender<pb::CoordinatorMessage>,
+        cert: Option<WorkerId>,
     ) -> Result<(WorkerId, u64), CoreError> {
-        let wid = WorkerId::parse(&hello.worker_id)
-            .map_err(|e| CoreError::InvalidArgument(e.to_string()))?;
+        if !hello.worker_id.is_empty() {
+            WorkerId::parse(&hello.worker_id)
+                .map_err(|e| CoreError::InvalidArgument(e.to_string()))?;
+        }
         let resources = hello.resources.unwrap_or_default();
         for l in &resources.labels {
             liandan_common::names::validate("label", l)
                 .map_err(|e| CoreError::InvalidArgument(e.to_string()))?;
         }
-        let (fut, sends, session) = {
+        let (fut, sends, session, wid) = {
             let mut st = self.lock();
+            let (wid, issued) =
+                identify(&st, &hello.worker_id, &hello.worker_secret, cert.as_ref())?;
             st.next_session += 1;
             let session = st.next_session;
             let now = Instant::now();
@@ -997,6 +1013,13 @@ impl Core {
                 .workers
                 .entry(wid.clone())
                 .or_insert_with(|| WorkerMem::unknown(now + lease));
+            if cert.is_some() {
+                w.cert_bound = true;
+            }
+            if let Some((_, hash)) = &issued {
+                w.secret_hash = Some(hash.clone());
+            }
+            let issued_secret = issued.map(|(secret, _)| secret).unwrap_or_default();
             w.hostname = hello.hostname.chars().take(256).collect();
             w.resources = resources;
             w.session = Some(Session {
@@ -1064,6 +1087,7 @@ impl Core {
                     heartbeat_interval_ms: (self.cfg.heartbeat_interval_secs * 1000.0) as u32,
                     keep,
                     kill,
+                    worker_secret: issued_secret,
                 })),
             };
             sends.push((tx.clone(), welcome));
@@ -1076,11 +1100,35 @@ impl Core {
                 ));
             }
             self.dispatch(&mut st, &mut ops, &mut sends);
-            (self.store.enqueue(ops), sends, session)
+            (self.store.enqueue(ops), sends, session, wid)
         };
         self.finish(fut, sends).await?;
         tracing::info!(worker = %wid, session, "worker connected");
         Ok((wid, session))
+    }
+
+    /// Whether `secret` is the one issued with `worker`'s id (join-token
+    /// workers), for RPCs outside the session (checkpoint transfers).
+    pub fn worker_secret_ok(&self, worker: &str, secret: &str) -> bool {
+        let Ok(wid) = WorkerId::parse(worker) else {
+            return false;
+        };
+        let st = self.lock();
+        st.workers.get(&wid).is_some_and(|w| {
+            !w.cert_bound
+                && w.secret_hash
+                    .as_deref()
+                    .is_some_and(|h| liandan_common::auth::token_eq(h, &secret_hash(secret)))
+        })
+    }
+
+    /// Whether `worker` runs an attempt of `job` now (any attempt: a resume
+    /// fetch comes before the worker reports its new attempt started).
+    pub fn runs_job(&self, job: &JobId, worker: &str) -> bool {
+        let st = self.lock();
+        st.jobs.get(job).is_some_and(|j| {
+            j.state == JobState::Running && j.worker.as_ref().is_some_and(|w| w.as_str() == worker)
+        })
     }
 
     /// A heartbeat renews the worker's lease.
@@ -1112,7 +1160,11 @@ impl Core {
                 return Ok(());
             };
             if w.session.as_ref().is_none_or(|s| s.id != session) {
-                return Ok(());
+                // A newer stream of this worker replaced this one: it ends
+                // here (kept open, it would look alive and hold nothing).
+                return Err(CoreError::FailedPrecondition(
+                    "this stream was replaced by a newer one from the same worker".into(),
+                ));
             }
             w.lease_deadline = Instant::now() + secs(self.cfg.lease_timeout_secs);
             w.last_seen = now_secs();
@@ -1206,6 +1258,18 @@ impl Core {
                 return Err(CoreError::FailedPrecondition(
                     "this stream was replaced by a newer one from the same worker".into(),
                 ));
+            }
+            // A worker's numbers grow by at most one reserved block per
+            // restart; one far past what is stored is no record of this
+            // worker's (taking it would make every later record a "duplicate").
+            if let Some(r) = records
+                .iter()
+                .find(|r| r.seq > w.acked_seq.saturating_add(MAX_SEQ_JUMP))
+            {
+                return Err(CoreError::InvalidArgument(format!(
+                    "record sequence number {} is too far past the last stored one ({})",
+                    r.seq, w.acked_seq
+                )));
             }
             w.lease_deadline = Instant::now() + secs(self.cfg.lease_timeout_secs);
             w.last_seen = now_secs();
@@ -2179,6 +2243,62 @@ pub(crate) fn checkpoint_info(c: &CheckpointRow) -> pb::Checkpoint {
     }
 }
 
+fn secret_hash(secret: &str) -> String {
+    blake3::hash(secret.as_bytes()).to_hex().to_string()
+}
+
+/// Who a hello is from. With a client certificate: the id the certificate
+/// binds (the handler checked the hello names it). Without one (the join
+/// token): an id the coordinator issued, proven by its secret; a worker that
+/// has none yet (its first hello) is issued a new id and secret, returned
+/// here as (secret, hash). An id once used with a certificate is refused
+/// without it. Ids stored before secrets existed get one on their next hello.
+fn identify(
+    st: &State,
+    claimed: &str,
+    secret: &str,
+    cert: Option<&WorkerId>,
+) -> Result<(WorkerId, Option<(String, String)>), CoreError> {
+    if let Some(id) = cert {
+        return Ok((id.clone(), None));
+    }
+    let issue = || {
+        let secret = liandan_common::auth::generate_token();
+        let hash = secret_hash(&secret);
+        let id = WorkerId::from_suffix(&liandan_common::ids::short_hash(&[hash.as_bytes()], 6));
+        (id, Some((secret, hash)))
+    };
+    let Ok(claimed) = WorkerId::parse(claimed) else {
+        return Ok(issue());
+    };
+    let Some(w) = st.workers.get(&claimed) else {
+        // Unknown here (a new worker, or one whose coordinator lost its data).
+        return Ok(issue());
+    };
+    if w.cert_bound {
+        return Err(CoreError::PermissionDenied(format!(
+            "worker id {claimed} is bound to a client certificate; only that certificate can use it"
+        )));
+    }
+    match &w.secret_hash {
+        Some(h)
+            if !secret.is_empty() && liandan_common::auth::token_eq(h, &secret_hash(secret)) =>
+        {
+            Ok((claimed, None))
+        }
+        Some(_) => Err(CoreError::PermissionDenied(format!(
+            "wrong or missing secret for worker {claimed}; a worker presents the secret the coordinator issued with its id (kept in its state dir)"
+        ))),
+        None => {
+            // Registered before issued identities: it gets its secret now.
+            let secret = liandan_common::auth::generate_token();
+            let hash = secret_hash(&secret);
+            tracing::warn!(worker = %claimed, "issuing a secret to a worker registered before worker secrets");
+            Ok((claimed, Some((secret, hash))))
+        }
+    }
+}
+
 fn worker_upsert(id: &WorkerId, w: &WorkerMem) -> Op {
     Op::UpsertWorker {
         id: id.to_string(),
@@ -2187,6 +2307,8 @@ fn worker_upsert(id: &WorkerId, w: &WorkerMem) -> Op {
         acked_seq: w.acked_seq,
         draining: w.draining,
         last_seen: w.last_seen,
+        cert_bound: w.cert_bound,
+        secret_hash: w.secret_hash.clone(),
     }
 }
 
@@ -2562,10 +2684,10 @@ fn load(store: &Store, cfg: &CoordinatorConfig) -> Result<State, CoreError> {
                 }
             }
             {
-                let mut q = c.prepare("SELECT id, hostname, resources_json, acked_seq, draining, last_seen FROM workers")?;
-                let rows = q.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, i64>(3)?, r.get::<_, bool>(4)?, r.get::<_, f64>(5)?)))?;
+                let mut q = c.prepare("SELECT id, hostname, resources_json, acked_seq, draining, last_seen, cert_bound, secret_hash FROM workers")?;
+                let rows = q.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, i64>(3)?, r.get::<_, bool>(4)?, r.get::<_, f64>(5)?, r.get::<_, bool>(6)?, r.get::<_, Option<String>>(7)?)))?;
                 for row in rows {
-                    let (id, hostname, res, acked, draining, last_seen) = row?;
+                    let (id, hostname, res, acked, draining, last_seen, cert_bound, secret_hash) = row?;
                     let Ok(wid) = WorkerId::parse(&id) else { continue };
                     let w = st.workers.entry(wid).or_insert_with(|| WorkerMem::unknown(grace_deadline));
                     w.hostname = hostname;
@@ -2573,6 +2695,8 @@ fn load(store: &Store, cfg: &CoordinatorConfig) -> Result<State, CoreError> {
                     w.acked_seq = acked as u64;
                     w.draining = draining;
                     w.last_seen = last_seen;
+                    w.cert_bound = cert_bound;
+                    w.secret_hash = secret_hash;
                     w.lease_deadline = grace_deadline;
                 }
             }

@@ -325,7 +325,7 @@ impl WorkerService for Api {
                 ))
             }
         };
-        if let Some(id) = cert_id {
+        if let Some(id) = &cert_id {
             // Mutual TLS: the certificate is the worker's identity.
             if hello.worker_id != id.as_str() {
                 tracing::warn!(claimed = %hello.worker_id.chars().take(80).collect::<String>(), certificate = %id, "refused a worker whose hello does not match its certificate");
@@ -336,7 +336,7 @@ impl WorkerService for Api {
             }
         }
         let (tx, rx) = mpsc::unbounded_channel();
-        let (wid, session) = core.hello(hello, tx.clone()).await?;
+        let (wid, session) = core.hello(hello, tx.clone(), cert_id).await?;
         // On cancel (the stream ends) the worker is marked disconnected and its
         // lease runs down; on error the same, and the error is logged.
         let closing = core.closing();
@@ -397,11 +397,9 @@ impl WorkerService for Api {
         &self,
         req: Request<Streaming<pb::CheckpointUpload>>,
     ) -> Result<Response<pb::UploadCheckpointResponse>, Status> {
-        let cert_id = crate::security::cert_worker_id(&req);
-        let r = self
-            .ckpt()?
-            .upload(self.core()?, cert_id, req.into_inner())
-            .await?;
+        let core = self.core()?;
+        let caller = calling_worker(&core, &req)?;
+        let r = self.ckpt()?.upload(core, caller, req.into_inner()).await?;
         Ok(Response::new(r))
     }
 
@@ -409,7 +407,18 @@ impl WorkerService for Api {
         &self,
         req: Request<pb::CheckpointUploadStatusRequest>,
     ) -> Result<Response<pb::CheckpointUploadStatusResponse>, Status> {
-        Ok(Response::new(self.ckpt()?.status(req.into_inner()).await?))
+        let core = self.core()?;
+        let caller = calling_worker(&core, &req)?;
+        let r = req.into_inner();
+        // Only the attempt's holder learns how much of its upload arrived.
+        let job = job_id(&r.job_id)?;
+        if !core.holds(&job, r.attempt, &caller) {
+            return Err(Status::failed_precondition(format!(
+                "attempt {} of {job} is not held by worker {caller}",
+                r.attempt
+            )));
+        }
+        Ok(Response::new(self.ckpt()?.status(r).await?))
     }
 
     type FetchCheckpointStream = BoxStream<pb::CheckpointChunk>;
@@ -418,11 +427,35 @@ impl WorkerService for Api {
         &self,
         req: Request<pb::DownloadCheckpointRequest>,
     ) -> Result<Response<Self::FetchCheckpointStream>, Status> {
-        let s = self
-            .ckpt()?
-            .download(self.core()?, req.into_inner())
-            .await?;
+        let core = self.core()?;
+        let caller = calling_worker(&core, &req)?;
+        let r = req.into_inner();
+        // A worker reads the checkpoints of a job it runs, no other's.
+        let job = job_id(&r.job_id)?;
+        if !core.runs_job(&job, &caller) {
+            return Err(Status::permission_denied(format!(
+                "worker {caller} does not run {job}; it cannot fetch its checkpoints"
+            )));
+        }
+        let s = self.ckpt()?.download(core, r).await?;
         Ok(Response::new(s))
+    }
+}
+
+/// The worker a checkpoint RPC comes from: the id its client certificate
+/// binds, or (a join-token worker) the id and issued secret it sends as
+/// `liandan-worker-id` and `liandan-worker-secret` metadata.
+fn calling_worker<T>(core: &Core, req: &Request<T>) -> Result<String, Status> {
+    if let Some(id) = crate::security::cert_worker_id(req) {
+        return Ok(id.to_string());
+    }
+    let md = req.metadata();
+    let get = |k: &str| md.get(k).and_then(|v| v.to_str().ok());
+    match (get("liandan-worker-id"), get("liandan-worker-secret")) {
+        (Some(id), Some(secret)) if core.worker_secret_ok(id, secret) => Ok(id.to_string()),
+        _ => Err(Status::permission_denied(
+            "a worker without a client certificate sends the id and secret the coordinator issued it (liandan-worker-id, liandan-worker-secret)",
+        )),
     }
 }
 
@@ -433,6 +466,7 @@ impl From<CoreError> for Status {
             CoreError::InvalidArgument(m) => Status::invalid_argument(m),
             CoreError::AlreadyExists(m) => Status::already_exists(m),
             CoreError::FailedPrecondition(m) => Status::failed_precondition(m),
+            CoreError::PermissionDenied(m) => Status::permission_denied(m),
             CoreError::Store(s) => Status::internal(s.to_string()),
         }
     }

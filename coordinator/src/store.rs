@@ -23,7 +23,7 @@ use tokio::sync::oneshot;
 
 /// The schema version this binary writes. Older databases are migrated forward;
 /// newer ones are refused.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 const MIGRATIONS: &[&str] = &[
     // version 1
@@ -73,6 +73,13 @@ const MIGRATIONS: &[&str] = &[
         FROM jobs ORDER BY sweep_id, ord;
     DROP TABLE jobs;
     ALTER TABLE jobs_v2 RENAME TO jobs;
+    "#,
+    // version 3: worker identity. A worker id once used with a client
+    // certificate is usable only with it; a join-token worker's id comes with
+    // a secret the coordinator issued (its BLAKE3 hash is kept).
+    r#"
+    ALTER TABLE workers ADD COLUMN cert_bound INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE workers ADD COLUMN secret_hash TEXT;
     "#,
 ];
 
@@ -240,6 +247,10 @@ pub enum Op {
         acked_seq: u64,
         draining: bool,
         last_seen: f64,
+        /// Once true, stays true.
+        cert_bound: bool,
+        /// Kept when `None`.
+        secret_hash: Option<String>,
     },
     WorkerAcked {
         id: String,
@@ -560,12 +571,15 @@ fn apply(tx: &rusqlite::Transaction, op: &Op) -> Result<(), rusqlite::Error> {
             acked_seq,
             draining,
             last_seen,
+            cert_bound,
+            secret_hash,
         } => {
             tx.prepare_cached(
-                "INSERT INTO workers(id,hostname,resources_json,acked_seq,draining,last_seen) VALUES(?1,?2,?3,?4,?5,?6)
-                 ON CONFLICT(id) DO UPDATE SET hostname=?2, resources_json=?3, acked_seq=max(acked_seq, ?4), draining=?5, last_seen=?6",
+                "INSERT INTO workers(id,hostname,resources_json,acked_seq,draining,last_seen,cert_bound,secret_hash) VALUES(?1,?2,?3,?4,?5,?6,?7,?8)
+                 ON CONFLICT(id) DO UPDATE SET hostname=?2, resources_json=?3, acked_seq=max(acked_seq, ?4), draining=?5, last_seen=?6,
+                 cert_bound=max(cert_bound, ?7), secret_hash=COALESCE(?8, secret_hash)",
             )?
-            .execute(params![id, hostname, resources_json, *acked_seq as i64, draining, last_seen])?;
+            .execute(params![id, hostname, resources_json, *acked_seq as i64, draining, last_seen, cert_bound, secret_hash])?;
         }
         Op::WorkerAcked { id, acked_seq } => {
             tx.prepare_cached("UPDATE workers SET acked_seq=max(acked_seq, ?2) WHERE id=?1")?

@@ -93,7 +93,7 @@ fn feed(bytes: &[u8]) {
         // The worker path: a hello and records, as the session handler passes them on.
         if let Ok(h) = pb::Hello::decode(bytes) {
             let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
-            if let Ok((wid, session)) = e.core.hello(h, tx).await {
+            if let Ok((wid, session)) = e.core.hello(h, tx, None).await {
                 if let Ok(r) = pb::Records::decode(bytes) {
                     let _ = e.core.records(&wid, session, r.records).await;
                 }
@@ -123,7 +123,7 @@ proptest! {
         pb::DownloadCheckpointRequest { job_id: format!("job-{id}"), step, offset: n }.encode(&mut buf).unwrap();
         feed(&buf);
         buf.clear();
-        pb::Hello { worker_id: format!("wk-{}", id.to_lowercase()), hostname: id.clone(), resources: None, held: vec![pb::HeldAttempt { job_id: id.clone(), attempt: n, running: true, gpu_uuids: vec![id] }], version: String::new(), last_seq: n }.encode(&mut buf).unwrap();
+        pb::Hello { worker_id: format!("wk-{}", id.to_lowercase()), hostname: id.clone(), resources: None, held: vec![pb::HeldAttempt { job_id: id.clone(), attempt: n, running: true, gpu_uuids: vec![id] }], version: String::new(), last_seq: n, worker_secret: String::new() }.encode(&mut buf).unwrap();
         feed(&buf);
     }
 }

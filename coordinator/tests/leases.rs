@@ -58,8 +58,11 @@ async fn hello(core: &Core, id: &str, held: Vec<pb::HeldAttempt>) -> Worker {
         held,
         version: "t".into(),
         last_seq: 0,
+        worker_secret: String::new(),
     };
-    let (wid, session) = core.hello(h, tx).await.unwrap();
+    // Certificate-bound: the id stays the worker's across reconnects.
+    let cert = liandan_common::WorkerId::parse(id).ok();
+    let (wid, session) = core.hello(h, tx, cert).await.unwrap();
     Worker {
         id: wid.to_string(),
         session,
@@ -384,6 +387,7 @@ fn worker_with(id: &str, cpu_slots: u32, gpus: &[&str], labels: &[&str]) -> pb::
         held: vec![],
         version: "t".into(),
         last_seq: 0,
+        worker_secret: String::new(),
     }
 }
 
@@ -417,9 +421,13 @@ async fn scheduling_packs_whole_gpus_honours_labels_caps_and_shares_fairly() {
         .await
         .unwrap();
     let (tx, mut rx) = mpsc::unbounded_channel();
-    core.hello(worker_with("wk-gggg", 3, &["GPU-a", "GPU-b"], &["a"]), tx)
-        .await
-        .unwrap();
+    core.hello(
+        worker_with("wk-gggg", 3, &["GPU-a", "GPU-b"], &["a"]),
+        tx,
+        liandan_common::WorkerId::parse("wk-gggg").ok(),
+    )
+    .await
+    .unwrap();
     let mut got = Vec::new();
     while let Ok(m) = rx.try_recv() {
         if let Some(Msg::Assign(a)) = m.msg {
@@ -525,4 +533,25 @@ async fn heartbeats_reconcile_what_the_worker_holds() {
         .await
         .unwrap();
     assert_eq!(stops(&mut w), vec![(2, "cancelled".to_string())]);
+}
+
+/// A worker that reconnects replaces its stream; the old one (a half-open
+/// connection, say) is ended at its next message instead of staying open.
+#[tokio::test]
+async fn a_replaced_stream_is_ended_at_its_next_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let core = core(dir.path());
+    let old = hello(&core, "wk-twice", vec![]).await;
+    let new = hello(&core, "wk-twice", vec![]).await;
+    assert_ne!(old.session, new.session);
+    let hb = pb::Heartbeat {
+        reports_held: true,
+        ..Default::default()
+    };
+    let wid = liandan_common::WorkerId::parse("wk-twice").unwrap();
+    let r = core.heartbeat(&wid, old.session, hb.clone()).await;
+    assert!(r.is_err(), "the replaced stream is told to end");
+    core.heartbeat(&wid, new.session, hb)
+        .await
+        .expect("the new stream lives");
 }

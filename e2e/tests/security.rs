@@ -415,7 +415,8 @@ async fn hostile_names_and_huge_messages_are_refused_without_effect() {
         }]))
         .await
         .unwrap_err();
-    assert_eq!(up.code(), tonic::Code::InvalidArgument);
+    // Refused before its header is read: the caller is no worker it can prove to be.
+    assert_eq!(up.code(), tonic::Code::PermissionDenied);
     // A 100 MB message is refused, and the coordinator's memory does not jump.
     let rss = |pid: i32| -> u64 {
         let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -613,4 +614,236 @@ with open(os.environ["LIANDAN_METRICS_FILE"], "a") as f:
         "the worker held the output in memory: peak RSS {} MiB",
         peak >> 20
     );
+}
+
+/// A worker-service client over TLS (the cluster CA) that presents the join
+/// token and nothing else: what anyone holding the join token can do.
+async fn token_only_client(
+    s: &Secure,
+) -> liandan_proto::v1::worker_service_client::WorkerServiceClient<
+    tonic::service::interceptor::InterceptedService<
+        tonic::transport::Channel,
+        liandan_common::auth::TokenInterceptor,
+    >,
+> {
+    liandan_common::auth::install_crypto_provider();
+    let ca = std::fs::read(s.pki().join("ca.pem")).expect("ca");
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(ca))
+        .domain_name("localhost");
+    let channel = tonic::transport::Endpoint::from_shared(s.url())
+        .expect("url")
+        .tls_config(tls)
+        .expect("tls")
+        .connect()
+        .await
+        .expect("connect");
+    let token = std::fs::read_to_string(s.pki().join("join.token")).expect("token");
+    let auth = liandan_common::auth::TokenInterceptor::new(Some(token.trim())).expect("token");
+    liandan_proto::v1::worker_service_client::WorkerServiceClient::with_interceptor(channel, auth)
+}
+
+/// Says hello as `worker_id` (with `secret`); the coordinator's answer:
+/// the welcome, or the refusal.
+async fn hello_as(
+    s: &Secure,
+    worker_id: &str,
+    secret: &str,
+) -> Result<liandan_proto::v1::Welcome, tonic::Status> {
+    use liandan_proto::v1 as pb;
+    let mut client = token_only_client(s).await;
+    let hello = pb::WorkerMessage {
+        msg: Some(pb::worker_message::Msg::Hello(pb::Hello {
+            worker_id: worker_id.into(),
+            hostname: "intruder".into(),
+            resources: Some(pb::Resources {
+                cpu_slots: 4,
+                ..Default::default()
+            }),
+            worker_secret: secret.into(),
+            ..Default::default()
+        })),
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(hello).await.expect("send");
+    let mut inbound = client
+        .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    let first = inbound.message().await?;
+    // Keep the stream open a moment, as a real worker would, then go.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(tx);
+    match first.and_then(|m| m.msg) {
+        Some(pb::coordinator_message::Msg::Welcome(w)) => Ok(w),
+        other => Err(tonic::Status::unknown(format!("{other:?}"))),
+    }
+}
+
+/// The join token does not make its holder any worker it names: an id bound
+/// to a certificate needs that certificate, a join-token worker's id needs
+/// the secret the coordinator issued with it, and checkpoint RPCs are scoped
+/// to the caller's own attempts. The real workers' jobs run on undisturbed.
+#[test]
+fn the_join_token_takes_no_workers_identity() {
+    use liandan_proto::v1 as pb;
+    let s = Secure::new();
+    let p = s.pki();
+    let _certified = s.worker(
+        "certified",
+        &format!(
+            "tls_ca = \"{}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+            p.join("ca.pem").display(),
+            p.join("worker-1.pem").display(),
+            p.join("worker-1-key.pem").display()
+        ),
+    );
+    let _joined = s.worker(
+        "joined",
+        &format!(
+            "tls_ca = \"{}\"\ntoken_file = \"{}\"\n",
+            p.join("ca.pem").display(),
+            p.join("join.token").display()
+        ),
+    );
+    let cert_id = liandan_common::auth::worker_id_from_cert_pem(
+        &std::fs::read_to_string(p.join("worker-1.pem")).expect("cert"),
+    )
+    .expect("cert id")
+    .to_string();
+    let ws = eventually(Duration::from_secs(20), || {
+        let w = s.workers();
+        (w.len() == 2).then_some(w)
+    })
+    .expect("both workers registered");
+    let joined_id = ws
+        .iter()
+        .filter_map(|w| w["id"].as_str())
+        .find(|id| *id != cert_id)
+        .expect("the joined worker")
+        .to_string();
+    let token = p.join("user.token");
+    let spec = s.dir.path().join("long.yaml");
+    std::fs::write(
+        &spec,
+        "name: long\nmethod: grid\ncommand: [sleep, '120']\nparameters:\n  x: {values: [1, 2]}\n",
+    )
+    .expect("spec");
+    assert!(s
+        .cli(Some(&token), &["submit", spec.to_str().expect("utf-8")])
+        .status
+        .success());
+    let jobs_now = || -> Vec<serde_json::Value> {
+        serde_json::from_slice::<serde_json::Value>(
+            &s.cli(Some(&token), &["jobs", "long", "-o", "json"]).stdout,
+        )
+        .ok()
+        .and_then(|v| v.as_array().cloned())
+        .unwrap_or_default()
+    };
+    let before = eventually(Duration::from_secs(20), || {
+        let j = jobs_now();
+        (j.len() == 2 && j.iter().all(|j| j["state"] == "running")).then_some(j)
+    })
+    .expect("both jobs running");
+    let cert_job = before
+        .iter()
+        .find(|j| j["worker_id"] == cert_id.as_str())
+        .and_then(|j| j["id"].as_str())
+        .expect("a job on the certified worker")
+        .to_string();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+
+    // The certified worker's id, with the join token only: refused.
+    let r = rt.block_on(hello_as(&s, &cert_id, ""));
+    assert_eq!(
+        r.as_ref().map_err(|e| e.code()).err(),
+        Some(tonic::Code::PermissionDenied),
+        "{r:?}"
+    );
+    // The joined worker's id without its secret, or with a made-up one: refused.
+    for secret in [
+        "",
+        "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+    ] {
+        let r = rt.block_on(hello_as(&s, &joined_id, secret));
+        assert_eq!(
+            r.as_ref().map_err(|e| e.code()).err(),
+            Some(tonic::Code::PermissionDenied),
+            "{r:?}"
+        );
+    }
+    // A hello naming no id (or an unknown one) is issued a new identity.
+    let issued = rt
+        .block_on(hello_as(&s, "wk-0123456789abcdef", ""))
+        .expect("a new worker joins");
+    assert!(!issued.worker_secret.is_empty());
+    assert!(
+        issued.worker_id != cert_id && issued.worker_id != joined_id,
+        "{issued:?}"
+    );
+
+    // Checkpoint RPCs: naming the holder in an upload header, or fetching a
+    // job the caller does not run, is refused.
+    let refused = rt.block_on(async {
+        let mut c = token_only_client(&s).await;
+        let header = pb::CheckpointUpload {
+            header: Some(pb::CheckpointUploadHeader {
+                job_id: cert_job.clone(),
+                attempt: 1,
+                step: i64::MAX,
+                size: 4,
+                blake3: "0".repeat(64),
+                metric: None,
+                worker_id: cert_id.clone(),
+            }),
+            offset: 0,
+            data: b"evil".to_vec(),
+        };
+        let upload = c
+            .upload_checkpoint(tokio_stream::iter(vec![header]))
+            .await
+            .map(|_| ())
+            .map_err(|e| e.code());
+        let mut req = tonic::Request::new(pb::DownloadCheckpointRequest {
+            job_id: cert_job.clone(),
+            step: -1,
+            offset: 0,
+        });
+        req.metadata_mut()
+            .insert("liandan-worker-id", issued.worker_id.parse().expect("id"));
+        req.metadata_mut().insert(
+            "liandan-worker-secret",
+            issued.worker_secret.parse().expect("secret"),
+        );
+        let fetch = c
+            .fetch_checkpoint(req)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.code());
+        (upload, fetch)
+    });
+    assert_eq!(
+        refused.0,
+        Err(tonic::Code::PermissionDenied),
+        "upload as the holder"
+    );
+    assert_eq!(
+        refused.1,
+        Err(tonic::Code::PermissionDenied),
+        "fetch of another's job"
+    );
+
+    // Nothing happened to the real workers' jobs.
+    std::thread::sleep(Duration::from_secs(2));
+    let after = jobs_now();
+    for (b, a) in before.iter().zip(&after) {
+        assert_eq!(
+            (&a["state"], &a["attempt"], &a["worker_id"]),
+            (&b["state"], &b["attempt"], &b["worker_id"]),
+            "{a}"
+        );
+    }
+    let cs = s.cli(Some(&token), &["checkpoints", &cert_job, "-o", "json"]);
+    assert_eq!(String::from_utf8_lossy(&cs.stdout).trim(), "[]");
 }

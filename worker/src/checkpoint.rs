@@ -39,7 +39,7 @@ pub async fn upload(
         size: u.size,
         blake3: u.blake3.clone(),
         metric: u.metric,
-        worker_id: ctx.worker_id.to_string(),
+        worker_id: ctx.id(),
     };
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     let size = u.size;

@@ -58,7 +58,11 @@ struct Running {
 pub struct WorkerCtx {
     pub cfg: WorkerConfig,
     pub spool: Spool,
-    pub worker_id: WorkerId,
+    /// This worker's id: its certificate's, or the one the coordinator
+    /// issued with a secret (`None` until a join-token worker's first hello).
+    worker_id: Mutex<Option<WorkerId>>,
+    /// The issued id and secret, which the interceptor sends on checkpoint RPCs.
+    identity: liandan_common::auth::WorkerIdentity,
     pub resources: pb::Resources,
     running: Mutex<HashMap<(String, u64), Running>>,
     sinks: Mutex<HashMap<(String, u64), LineSender>>,
@@ -99,6 +103,16 @@ impl WorkerCtx {
         WorkerServiceClient::with_interceptor(channel, self.token.clone())
             .max_decoding_message_size(64 << 20)
             .max_encoding_message_size(64 << 20)
+    }
+
+    /// This worker's id, or `(unregistered)` before a join-token worker's first hello.
+    pub fn id(&self) -> String {
+        self.worker_id
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|w| w.to_string())
+            .unwrap_or_else(|| "(unregistered)".into())
     }
 
     /// The directory of one attempt of a job.
@@ -290,16 +304,6 @@ fn lock_state_dir(dir: &std::path::Path) -> Result<liandan_common::lockdir::DirL
     })
 }
 
-fn new_worker_id() -> WorkerId {
-    let host = gethostname::gethostname().to_string_lossy().to_string();
-    let salt = format!(
-        "{host}-{}-{}",
-        std::process::id(),
-        liandan_common::time::now_secs()
-    );
-    WorkerId::from_suffix(&liandan_common::ids::short_hash(&[salt.as_bytes()], 6))
-}
-
 /// Opens the state dir and recovers; returns the context ready to connect.
 pub async fn prepare(
     mut cfg: WorkerConfig,
@@ -337,17 +341,20 @@ pub async fn prepare(
         .ok()
         .flatten()
         .and_then(|s| WorkerId::parse(&s).ok());
-    let worker_id = match cert_id.or(stored) {
-        Some(id) => {
-            spool.set_meta("worker_id", id.to_string()).await?;
-            id
-        }
-        None => {
-            let id = new_worker_id();
-            spool.set_meta("worker_id", id.to_string()).await?;
-            id
-        }
-    };
+    let secret = spool.meta("worker_secret").await.ok().flatten();
+    // A certificate is the identity; otherwise the one the coordinator issued
+    // (an id stored without a secret is from before issued identities: the
+    // coordinator gives it a secret at its next hello).
+    let cert_bound = cert_id.is_some();
+    let worker_id = cert_id.or(stored);
+    if let (true, Some(id)) = (cert_bound, &worker_id) {
+        spool.set_meta("worker_id", id.to_string()).await?;
+    }
+    let identity: liandan_common::auth::WorkerIdentity = Default::default();
+    if let (false, Some(id), Some(secret)) = (cert_bound, &worker_id, &secret) {
+        *identity.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((id.to_string(), secret.clone()));
+    }
     let gpus = match cfg.gpus.as_str() {
         "auto" => gpu::discover(),
         "visible" => gpu::visible(
@@ -378,14 +385,16 @@ pub async fn prepare(
             "refusing to send the join token over plaintext http:// to {host}: anyone on the path could read it and join as a worker; use an https:// coordinator URL with tls_ca, or a loopback address"
         )));
     }
-    let token =
-        liandan_common::auth::TokenInterceptor::new(token.as_deref()).map_err(WorkerError::Tls)?;
+    let token = liandan_common::auth::TokenInterceptor::new(token.as_deref())
+        .map_err(WorkerError::Tls)?
+        .with_worker_identity(identity.clone());
     let jobs_dir = cfg.state_dir.join("jobs");
     std::fs::create_dir_all(&jobs_dir).map_err(|e| WorkerError::StateDir(jobs_dir.clone(), e))?;
     let ctx = Arc::new(WorkerCtx {
         cfg,
         spool,
-        worker_id,
+        worker_id: Mutex::new(worker_id),
+        identity,
         resources,
         running: Mutex::new(HashMap::new()),
         sinks: Mutex::new(HashMap::new()),
@@ -481,7 +490,7 @@ pub async fn run(
             .map_err(|e| WorkerError::Tls(format!("TLS configuration: {e}")))?;
     }
     let (ctx, _lock) = prepare(cfg).await?;
-    tracing::info!(worker = %ctx.worker_id, gpus = ctx.resources.gpus.len(), slots = ctx.resources.cpu_slots, "worker starting");
+    tracing::info!(worker = %ctx.id(), gpus = ctx.resources.gpus.len(), slots = ctx.resources.cpu_slots, "worker starting");
     let uploader = tokio::spawn(upload_loop(ctx.clone()));
     let retention = tokio::spawn(retention_loop(ctx.clone()));
     let watchdog = liandan_common::systemd::spawn_watchdog(ctx.liveness.clone());
@@ -570,8 +579,23 @@ async fn session(
 ) -> Result<(), String> {
     let mut client = ctx.client(channel);
     let (out, out_rx) = mpsc::channel::<pb::WorkerMessage>(32);
+    let secret = ctx
+        .identity
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_ref()
+        .map(|(_, s)| s.clone())
+        .unwrap_or_default();
+    let me = ctx
+        .worker_id
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_ref()
+        .map(|w| w.to_string())
+        .unwrap_or_default();
     let hello = pb::Hello {
-        worker_id: ctx.worker_id.to_string(),
+        worker_id: me,
+        worker_secret: secret,
         hostname: gethostname::gethostname().to_string_lossy().to_string(),
         resources: Some(ctx.resources.clone()),
         held: ctx.held().await,
@@ -594,6 +618,23 @@ async fn session(
         }) => w,
         _ => return Err("the coordinator did not answer hello with welcome".into()),
     };
+    if !welcome.worker_secret.is_empty() {
+        // Issued an identity (a first hello, or one from before issued
+        // identities): kept in the state dir before anything else happens.
+        let id = WorkerId::parse(&welcome.worker_id).map_err(|e| e.to_string())?;
+        ctx.spool
+            .set_meta("worker_id", id.to_string())
+            .await
+            .map_err(|e| e.to_string())?;
+        ctx.spool
+            .set_meta("worker_secret", welcome.worker_secret.clone())
+            .await
+            .map_err(|e| e.to_string())?;
+        *ctx.identity.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((id.to_string(), welcome.worker_secret.clone()));
+        *ctx.worker_id.lock().unwrap_or_else(|p| p.into_inner()) = Some(id.clone());
+        tracing::info!(worker = %id, "the coordinator issued this worker its identity");
+    }
     *backoff = Duration::from_millis(100);
     let ended = ctx.spool.ack(welcome.acked_seq);
     let _ = ctx.spool.journal_prune(welcome.acked_seq).await;
@@ -613,7 +654,7 @@ async fn session(
         );
     }
     ctx.spool.rewind();
-    tracing::info!(worker = %ctx.worker_id, acked = welcome.acked_seq, unacked = ctx.spool.unacked(), "connected to the coordinator");
+    tracing::info!(worker = %ctx.id(), acked = welcome.acked_seq, unacked = ctx.spool.unacked(), "connected to the coordinator");
     if !*ready_sent {
         *ready_sent = true;
         // Ready only now: the journal is recovered and the worker is registered.

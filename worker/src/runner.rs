@@ -80,7 +80,7 @@ fn resolve_workdir(ctx: &WorkerCtx, spec: &SweepSpec) -> Result<Option<PathBuf>,
             "the working directory {} (liandan.workdir {w:?}, relative to the worker's base_dir {}) does not exist on worker {}; create it there or fix liandan.workdir",
             path.display(),
             base_dir(ctx).display(),
-            ctx.worker_id
+            ctx.id()
         ));
     }
     Ok(Some(path))
@@ -115,7 +115,7 @@ fn resolve_program(
             return Err(format!(
                 "the program {} does not exist on worker {} (program {p:?}, relative to {}); copy it there, or set liandan.workdir to the directory that holds it",
                 path.display(),
-                ctx.worker_id,
+                ctx.id(),
                 if workdir.is_some() { "liandan.workdir" } else { "the worker's base_dir" }
             ));
         }

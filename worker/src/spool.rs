@@ -306,10 +306,10 @@ impl Spool {
                     st.bytes -= n as u64;
                 }
             }
-            st.exits = st.exits.split_off(&(seq + 1));
+            st.exits = st.exits.split_off(&seq.saturating_add(1));
             // Sequence numbers are never reused, even if the spool was emptied.
             if st.next_seq <= seq {
-                st.next_seq = seq + 1;
+                st.next_seq = seq.saturating_add(1);
             }
             st.exits.len() < before
         };

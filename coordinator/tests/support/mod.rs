@@ -36,8 +36,11 @@ pub async fn hello(core: &Core, slots: u32, held: Vec<pb::HeldAttempt>, last_seq
         held,
         version: "t".into(),
         last_seq,
+        worker_secret: String::new(),
     };
-    let (id, session) = core.hello(h, tx).await.expect("hello");
+    // As a certificate-bound worker: the id is its own across reconnects.
+    let cert = liandan_common::WorkerId::parse("wk-one").ok();
+    let (id, session) = core.hello(h, tx, cert).await.expect("hello");
     Worker {
         id,
         session,

@@ -59,6 +59,7 @@ async fn open_session(
         held: vec![],
         version: "bench".into(),
         last_seq: 0,
+        worker_secret: String::new(),
     };
     out.send(pb::WorkerMessage {
         msg: Some(pb::worker_message::Msg::Hello(hello)),
@@ -574,11 +575,16 @@ async fn checkpoint(mib: usize) -> Res<()> {
     // A simulated worker holds the attempt (uploads are fenced to the current attempt).
     let (mut wclient, out, mut inbound) = open_session(&url, "wk-ckpt", 1, 8).await?;
     submit_spec(&mut user, "name: ck\nprogram: /bin/true\ncommand: [/bin/true]\nmethod: grid\nparameters:\n  x: {value: 1}\n".into()).await?;
+    // The coordinator issues the simulated worker its identity in the welcome.
+    let mut me = (String::new(), String::new());
     let a = loop {
-        if let Some(Msg::Assign(a)) = inbound.message().await?.and_then(|m| m.msg) {
-            break a;
+        match inbound.message().await?.and_then(|m| m.msg) {
+            Some(Msg::Welcome(w)) => me = (w.worker_id, w.worker_secret),
+            Some(Msg::Assign(a)) => break a,
+            _ => {}
         }
     };
+
     let hb = out.clone();
     tokio::spawn(async move {
         loop {
@@ -619,23 +625,29 @@ async fn checkpoint(mib: usize) -> Res<()> {
             size: size as u64,
             blake3: hash,
             metric: None,
-            worker_id: "wk-ckpt".into(),
+            worker_id: me.0.clone(),
         };
         let d = data.clone();
         let stream = async_stream(d, header);
         let t = Instant::now();
-        let r = wclient.upload_checkpoint(stream).await?.into_inner();
+        let r = wclient
+            .upload_checkpoint(with_identity(&me, tonic::Request::new(stream))?)
+            .await?
+            .into_inner();
         assert!(r.accepted, "{}", r.message);
         up.push(size as f64 / t.elapsed().as_secs_f64() / 1e6);
         // Download to a file, fsynced.
         let path = cluster.dir.path().join("down.ckpt");
         let t = Instant::now();
         let mut s = wclient
-            .fetch_checkpoint(pb::DownloadCheckpointRequest {
-                job_id: a.job_id.clone(),
-                step: round + 1,
-                offset: 0,
-            })
+            .fetch_checkpoint(with_identity(
+                &me,
+                tonic::Request::new(pb::DownloadCheckpointRequest {
+                    job_id: a.job_id.clone(),
+                    step: round + 1,
+                    offset: 0,
+                }),
+            )?)
             .await?
             .into_inner();
         let mut f = std::fs::File::create(&path)?;
@@ -652,6 +664,14 @@ async fn checkpoint(mib: usize) -> Res<()> {
     let (u, d, t) = (median(&mut up), median(&mut down), median(&mut tcp));
     println!("checkpoint: {mib} MiB, median of 3: upload {u:.0} MB/s, download {d:.0} MB/s, plain TCP copy {t:.0} MB/s; ratio upload/TCP {:.2}, download/TCP {:.2}", u / t, d / t);
     Ok(())
+}
+
+/// A request carrying the identity the coordinator issued the simulated worker.
+fn with_identity<T>(me: &(String, String), mut r: tonic::Request<T>) -> Res<tonic::Request<T>> {
+    r.metadata_mut().insert("liandan-worker-id", me.0.parse()?);
+    r.metadata_mut()
+        .insert("liandan-worker-secret", me.1.parse()?);
+    Ok(r)
 }
 
 fn liandan_common_rng(seed: u64) -> Xorshift {
