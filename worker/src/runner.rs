@@ -313,6 +313,23 @@ async fn read_lines<R: AsyncRead + Unpin>(r: R, is_err: bool, tx: mpsc::Sender<(
     }
 }
 
+/// The notice (for the job's stderr) that metrics-file line `line` was too long.
+fn too_long(job: &str, attempt: u64, line: u64) -> pb::Record {
+    tracing::warn!(job, line, "metrics line over the limit");
+    record(
+        job,
+        attempt,
+        pb::record::Body::Log(pb::LogRecord {
+            line: 0,
+            stream: "stderr".into(),
+            ts: now_secs(),
+            text: format!(
+                "liandan-worker: metrics file line {line} is longer than {MAX_METRIC_LINE} bytes; skipped"
+            ),
+        }),
+    )
+}
+
 /// Reads complete new lines of the metrics file from `offset`.
 struct MetricsTail {
     path: PathBuf,
@@ -363,20 +380,7 @@ impl MetricsTail {
             self.line += 1;
             self.partial.clear();
             self.skipping = true;
-            tracing::warn!(job, line = self.line, "metrics line over the limit");
-            recs.push(record(
-                job,
-                attempt,
-                pb::record::Body::Log(pb::LogRecord {
-                    line: 0,
-                    stream: "stderr".into(),
-                    ts: now_secs(),
-                    text: format!(
-                        "liandan-worker: metrics file line {} is longer than {MAX_METRIC_LINE} bytes; skipped",
-                        self.line
-                    ),
-                }),
-            ));
+            recs.push(too_long(job, attempt, self.line));
         }
         // Complete lines only; a partial last line waits for its newline.
         let complete = self
@@ -391,19 +395,7 @@ impl MetricsTail {
         for line in body.split(|b| *b == b'\n').filter(|_| !buf.is_empty()) {
             self.line += 1;
             if line.len() > MAX_METRIC_LINE {
-                recs.push(record(
-                    job,
-                    attempt,
-                    pb::record::Body::Log(pb::LogRecord {
-                        line: 0,
-                        stream: "stderr".into(),
-                        ts: now_secs(),
-                        text: format!(
-                            "liandan-worker: metrics file line {} is longer than {MAX_METRIC_LINE} bytes; skipped",
-                            self.line
-                        ),
-                    }),
-                ));
+                recs.push(too_long(job, attempt, self.line));
                 continue;
             }
             let text = String::from_utf8_lossy(line).trim().to_string();
