@@ -792,7 +792,18 @@ pub async fn run_attempt(
     finish(&ctx, &job, attempt, exit(outcome, code, signal, message)).await;
 }
 
-async fn finish(ctx: &WorkerCtx, job: &str, attempt: u64, exited: pb::JobExited) {
+/// An attempt the worker could not even set up because its own disk is full
+/// (ENOSPC creating the attempt's directory or files) ends `disk_full`, not
+/// as the job's failure: the next attempt, elsewhere or later, can run.
+fn worker_disk_full(outcome: &str, message: &str) -> bool {
+    outcome == "spawn_failed"
+        && (message.contains("(os error 28)") || message.contains("No space left on device"))
+}
+
+async fn finish(ctx: &WorkerCtx, job: &str, attempt: u64, mut exited: pb::JobExited) {
+    if worker_disk_full(&exited.outcome, &exited.message) {
+        exited.outcome = "disk_full".into();
+    }
     tracing::info!(job, attempt, outcome = %exited.outcome, code = exited.exit_code, signal = exited.signal, message = %exited.message, "job ended");
     let mut recs = Vec::new();
     if matches!(exited.outcome.as_str(), "spawn_failed" | "setup_failed") {
@@ -847,6 +858,21 @@ pub async fn journal(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_set_up_failing_on_a_full_disk_is_the_workers_trouble() {
+        let e = std::io::Error::from_raw_os_error(28);
+        let msg = format!("cannot create /state/jobs/j/1/checkpoints: {e}");
+        assert!(worker_disk_full("spawn_failed", &msg), "{msg}");
+        assert!(!worker_disk_full(
+            "spawn_failed",
+            "cannot start \"python9\": No such file or directory (os error 2)"
+        ));
+        assert!(
+            !worker_disk_full("setup_failed", &msg),
+            "a missing workdir stays the job's"
+        );
+    }
 
     #[test]
     fn metric_pattern_picks_named_numbers_from_stdout() {
