@@ -54,6 +54,9 @@ fn sweep_mem<'a>(st: &'a State, sid: &SweepId) -> Result<&'a SweepMem, CoreError
     })
 }
 
+/// How long a worker whose disk filled up under a job gets no new jobs.
+const DISK_FULL_PAUSE: Duration = Duration::from_secs(30);
+
 /// How far past its last stored record a worker's sequence numbers may jump.
 const MAX_SEQ_JUMP: u64 = 1 << 40;
 
@@ -153,6 +156,7 @@ impl WorkerMem {
             acked_seq: 0,
             last_seen: 0.0,
             disk: None,
+            disk_full_until: None,
             cert_bound: false,
             secret_hash: None,
             known: false,
@@ -236,6 +240,8 @@ struct WorkerMem {
     last_seen: f64,
     /// What its last heartbeat said of its disk (memory only).
     disk: Option<pb::DiskUsage>,
+    /// Its last attempt ended `disk_full`: no new jobs until then (memory only).
+    disk_full_until: Option<Instant>,
     /// Seen with a client certificate: this id is usable only with it.
     cert_bound: bool,
     /// BLAKE3 of the secret issued with this id to a join-token worker.
@@ -1336,6 +1342,14 @@ impl Core {
                             ops.push(Op::Metrics(std::mem::take(&mut metrics)));
                         }
                         let outcome = Outcome::parse(&e.outcome).unwrap_or(Outcome::Failed);
+                        if outcome == Outcome::DiskFull {
+                            // A worker on a full disk would take the job back at once
+                            // and fail it again: it gets nothing new for a while.
+                            if let Some(w) = st.workers.get_mut(wid) {
+                                w.disk_full_until = Some(Instant::now() + DISK_FULL_PAUSE);
+                            }
+                            tracing::warn!(worker = %wid, job = %jid, "the worker's disk is full; no new jobs for it for {} s", DISK_FULL_PAUSE.as_secs());
+                        }
                         let code = (outcome != Outcome::Signalled).then_some(e.exit_code);
                         let signal = (e.signal != 0).then_some(e.signal);
                         self.end_attempt(
@@ -1903,7 +1917,13 @@ impl Core {
         let workers: Vec<WorkerId> = st
             .workers
             .iter()
-            .filter(|(_, w)| w.session.is_some() && w.known && !w.draining && !w.stopping)
+            .filter(|(_, w)| {
+                w.session.is_some()
+                    && w.known
+                    && !w.draining
+                    && !w.stopping
+                    && w.disk_full_until.is_none_or(|t| t <= Instant::now())
+            })
             .map(|(k, _)| k.clone())
             .collect();
         for wid in workers {

@@ -555,3 +555,34 @@ async fn a_replaced_stream_is_ended_at_its_next_message() {
         .await
         .expect("the new stream lives");
 }
+
+/// A job that ends `disk_full` (the worker's disk, not the job) is requeued
+/// without spending a retry, and that worker gets nothing new for a while:
+/// it would fail every job it took at once.
+#[tokio::test(start_paused = true)]
+async fn a_worker_whose_disk_filled_gets_no_new_job_for_a_while() {
+    let dir = tempfile::tempdir().unwrap();
+    let core = core(dir.path());
+    core.submit(SPEC, "yaml", "").await.unwrap();
+    let mut w = hello(&core, "wk-full", vec![]).await;
+    let a = assignments(&mut w).pop().expect("a job");
+    exit(&core, &mut w, &a.job_id, a.attempt, "disk_full").await;
+    beat(&core, &wid(&w), w.session).await;
+    run_for(&core, Duration::from_secs(5)).await;
+    assert!(
+        assignments(&mut w).is_empty(),
+        "nothing new while its disk is full"
+    );
+    let job = core.get_job(&a.job_id).await.unwrap();
+    assert_eq!((job.state.as_str(), job.retries_used), ("queued", 0));
+    // The worker heartbeats meanwhile (its lease is 10 s).
+    for _ in 0..6 {
+        beat(&core, &wid(&w), w.session).await;
+        run_for(&core, Duration::from_secs(5)).await;
+    }
+    let job = core.get_job(&a.job_id).await.unwrap();
+    assert!(
+        !assignments(&mut w).is_empty(),
+        "work again once the pause is over: {job:?}"
+    );
+}
