@@ -313,9 +313,8 @@ async fn read_lines<R: AsyncRead + Unpin>(r: R, is_err: bool, tx: mpsc::Sender<(
     }
 }
 
-/// The notice (for the job's stderr) that metrics-file line `line` was too long.
-fn too_long(job: &str, attempt: u64, line: u64) -> pb::Record {
-    tracing::warn!(job, line, "metrics line over the limit");
+/// A line from the worker itself for the job's stderr (numbered by the log sink).
+fn stderr_notice(job: &str, attempt: u64, text: String) -> pb::Record {
     record(
         job,
         attempt,
@@ -323,10 +322,18 @@ fn too_long(job: &str, attempt: u64, line: u64) -> pb::Record {
             line: 0,
             stream: "stderr".into(),
             ts: now_secs(),
-            text: format!(
-                "liandan-worker: metrics file line {line} is longer than {MAX_METRIC_LINE} bytes; skipped"
-            ),
+            text,
         }),
+    )
+}
+
+/// The notice that metrics-file line `line` was too long.
+fn too_long(job: &str, attempt: u64, line: u64) -> pb::Record {
+    tracing::warn!(job, line, "metrics line over the limit");
+    stderr_notice(
+        job,
+        attempt,
+        format!("liandan-worker: metrics file line {line} is longer than {MAX_METRIC_LINE} bytes; skipped"),
     )
 }
 
@@ -424,16 +431,7 @@ impl MetricsTail {
                         self.line,
                         text.chars().take(200).collect::<String>()
                     );
-                    recs.push(record(
-                        job,
-                        attempt,
-                        pb::record::Body::Log(pb::LogRecord {
-                            line: 0,
-                            stream: "stderr".into(),
-                            ts: now_secs(),
-                            text: msg,
-                        }),
-                    ));
+                    recs.push(stderr_notice(job, attempt, msg));
                 }
             }
         }
