@@ -319,6 +319,12 @@ pub struct Core {
     proposals: std::sync::atomic::AtomicUsize,
     /// Tests hold proposals here, before the fit ([`Core::hold_proposals`]).
     proposal_gate: Arc<crate::gate::Gate>,
+    /// Tests hold a submit here, while its batch is built ([`Core::hold_builds`]).
+    build_gate: Arc<crate::gate::Gate>,
+    /// When this core started (seconds since the epoch): worker expiry counts
+    /// from here at the earliest, since a worker's last sighting is stored
+    /// only now and then.
+    started_at: f64,
 }
 
 fn secs(s: f64) -> Duration {
@@ -350,6 +356,8 @@ impl Core {
             me: me.clone(),
             proposals: Default::default(),
             proposal_gate: Default::default(),
+            build_gate: Default::default(),
+            started_at: now_secs(),
         }))
     }
 
@@ -529,7 +537,9 @@ impl Core {
                 spec_json.clone(),
                 spec_hash.clone(),
             );
+            let gate = self.build_gate.clone();
             tokio::task::spawn_blocking(move || {
+                gate.wait_open();
                 build_sweep(
                     spec, sweep_id, name, spec_json, spec_hash, expansion, first_seq,
                 )
@@ -1623,6 +1633,18 @@ impl Core {
     #[doc(hidden)]
     pub fn hold_proposals(&self) -> crate::gate::Hold {
         self.proposal_gate.hold()
+    }
+
+    /// For tests: a submit's batch waits, before it is built, until the guard drops.
+    #[doc(hidden)]
+    pub fn hold_builds(&self) -> crate::gate::Hold {
+        self.build_gate.hold()
+    }
+
+    /// For tests: submits waiting at the build gate.
+    #[doc(hidden)]
+    pub fn builds_held(&self) -> usize {
+        self.build_gate.waiting()
     }
 
     /// Resolves once no proposal is being computed or applied (tests).

@@ -9,15 +9,27 @@ use std::sync::{Arc, Condvar, Mutex};
 pub struct Gate {
     held: Mutex<bool>,
     released: Condvar,
+    waiting: std::sync::atomic::AtomicUsize,
 }
 
 impl Gate {
     /// Blocks the calling thread while the gate is held.
     pub fn wait_open(&self) {
         let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
-        while *held {
-            held = self.released.wait(held).unwrap_or_else(|p| p.into_inner());
+        if *held {
+            self.waiting
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            while *held {
+                held = self.released.wait(held).unwrap_or_else(|p| p.into_inner());
+            }
+            self.waiting
+                .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
         }
+    }
+
+    /// How many threads wait at the gate now.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Closes the gate until the returned guard drops.

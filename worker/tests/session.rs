@@ -1,0 +1,266 @@
+//! The worker's session loop against a scripted coordinator: the protocol
+//! cases a real coordinator rarely produces on cue (acknowledgements withheld,
+//! an assignment crossing the worker's stop).
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use liandan_proto::v1 as pb;
+use pb::worker_service_server::{WorkerService, WorkerServiceServer};
+use tokio::sync::mpsc;
+use tonic::{Request, Response, Status, Streaming};
+
+type Out = mpsc::UnboundedSender<Result<pb::CoordinatorMessage, Status>>;
+
+/// A coordinator the test scripts: what the worker sends arrives on `inbound`,
+/// what the test sends goes out on the one session it accepts.
+struct Scripted {
+    inbound: mpsc::UnboundedSender<pb::WorkerMessage>,
+    outbound: Mutex<Option<mpsc::UnboundedReceiver<Result<pb::CoordinatorMessage, Status>>>>,
+}
+
+type BoxStream<T> =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl WorkerService for Scripted {
+    type SessionStream = BoxStream<pb::CoordinatorMessage>;
+
+    async fn session(
+        &self,
+        req: Request<Streaming<pb::WorkerMessage>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let rx = self
+            .outbound
+            .lock()
+            .unwrap()
+            .take()
+            .ok_or_else(|| Status::unavailable("this test coordinator takes one session"))?;
+        let mut from_worker = req.into_inner();
+        let tx = self.inbound.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(m)) = from_worker.message().await {
+                if tx.send(m).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::UnboundedReceiverStream::new(rx),
+        )))
+    }
+
+    async fn upload_checkpoint(
+        &self,
+        _: Request<Streaming<pb::CheckpointUpload>>,
+    ) -> Result<Response<pb::UploadCheckpointResponse>, Status> {
+        Err(Status::unimplemented("not in this test"))
+    }
+
+    async fn checkpoint_upload_status(
+        &self,
+        _: Request<pb::CheckpointUploadStatusRequest>,
+    ) -> Result<Response<pb::CheckpointUploadStatusResponse>, Status> {
+        Err(Status::unimplemented("not in this test"))
+    }
+
+    type FetchCheckpointStream = BoxStream<pb::CheckpointChunk>;
+
+    async fn fetch_checkpoint(
+        &self,
+        _: Request<pb::DownloadCheckpointRequest>,
+    ) -> Result<Response<Self::FetchCheckpointStream>, Status> {
+        Err(Status::unimplemented("not in this test"))
+    }
+}
+
+/// Starts the scripted coordinator on a loopback port: its URL, what the
+/// worker sends, and the sender of what the worker is told.
+async fn scripted() -> (String, mpsc::UnboundedReceiver<pb::WorkerMessage>, Out) {
+    let (in_tx, in_rx) = mpsc::unbounded_channel();
+    let (out_tx, out_rx) = mpsc::unbounded_channel();
+    let svc = Scripted {
+        inbound: in_tx,
+        outbound: Mutex::new(Some(out_rx)),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(WorkerServiceServer::new(svc))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    (format!("http://{addr}"), in_rx, out_tx)
+}
+
+fn assignment(job: &str, spec_json: &str) -> pb::CoordinatorMessage {
+    pb::CoordinatorMessage {
+        msg: Some(pb::coordinator_message::Msg::Assign(pb::Assignment {
+            job_id: job.into(),
+            attempt: 1,
+            sweep_id: "sw-0123456789abcdef".into(),
+            trial_id: "tr-0123456789abcdef".into(),
+            seed: 0,
+            params_json: r#"{"x":1}"#.into(),
+            spec_json: spec_json.into(),
+            cpu_slots: 1,
+            ..Default::default()
+        })),
+    }
+}
+
+/// Waits for the next message the predicate picks out; the others it passes
+/// over are returned too (the records among them are what the test acks).
+async fn until(
+    inbound: &mut mpsc::UnboundedReceiver<pb::WorkerMessage>,
+    seen: &mut Vec<pb::Record>,
+    max: Duration,
+    mut pick: impl FnMut(&pb::WorkerMessage, &[pb::Record]) -> bool,
+) -> bool {
+    let deadline = tokio::time::Instant::now() + max;
+    loop {
+        let m = match tokio::time::timeout_at(deadline, inbound.recv()).await {
+            Ok(Some(m)) => m,
+            _ => return false,
+        };
+        if let Some(pb::worker_message::Msg::Records(r)) = &m.msg {
+            seen.extend(r.records.iter().cloned());
+        }
+        if pick(&m, seen) {
+            return true;
+        }
+    }
+}
+
+fn exited(seen: &[pb::Record], job: &str) -> Option<String> {
+    seen.iter().find_map(|r| match &r.body {
+        Some(pb::record::Body::Exited(e)) if r.job_id == job => Some(e.outcome.clone()),
+        _ => None,
+    })
+}
+
+/// Issue #18 item 11: with the spool full (nothing acknowledged yet) and the
+/// worker stopping, an assignment that crosses the stop must not block the
+/// session loop — that loop is the only place acknowledgements are taken, and
+/// only an acknowledgement frees the space the hand-back record waits for.
+/// Once the coordinator acknowledges, both attempts' exit records arrive and
+/// the worker finishes stopping.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_assignment_crossing_the_stop_with_the_spool_full_does_not_wedge_the_session() {
+    let state = tempfile::tempdir().unwrap();
+    let (url, mut inbound, out) = scripted().await;
+    let spec = liandan_common::sweep::parse(
+        "name: t\nmethod: grid\ncommand: [sleep, '30']\nparameters:\n  x: {value: 1}\n",
+        liandan_common::sweep::Format::Yaml,
+    )
+    .unwrap()
+    .spec;
+    let spec_json = serde_json::to_string(&spec).unwrap();
+    let cfg = liandan_common::config::WorkerConfig {
+        coordinator: url,
+        state_dir: state.path().to_path_buf(),
+        slots: 2,
+        gpus: "none".into(),
+        grace_period_secs: 1.0,
+        // One unacknowledged record fills it.
+        spool_max_bytes: 1,
+        reconnect_max_secs: 1.0,
+        base_dir: state.path().to_path_buf(),
+        ..Default::default()
+    };
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let worker = tokio::spawn(liandan_worker::run(cfg, async {
+        let _ = stop_rx.await;
+    }));
+    let mut seen = Vec::new();
+    assert!(
+        until(&mut inbound, &mut seen, Duration::from_secs(20), |m, _| {
+            matches!(m.msg, Some(pb::worker_message::Msg::Hello(_)))
+        })
+        .await,
+        "the worker never said hello"
+    );
+    out.send(Ok(pb::CoordinatorMessage {
+        msg: Some(pb::coordinator_message::Msg::Welcome(pb::Welcome {
+            worker_id: "wk-0123456789abcdef".into(),
+            acked_seq: 0,
+            heartbeat_interval_ms: 200,
+            worker_secret: "a-secret-for-the-test".into(),
+            ..Default::default()
+        })),
+    }))
+    .unwrap();
+    let (a, b) = ("job-00000000000000aa", "job-00000000000000bb");
+    out.send(Ok(assignment(a, &spec_json))).unwrap();
+    // A's start record is spooled and sent, and never acknowledged: the spool is full.
+    assert!(
+        until(
+            &mut inbound,
+            &mut seen,
+            Duration::from_secs(20),
+            |_, seen| {
+                seen.iter()
+                    .any(|r| r.job_id == a && matches!(r.body, Some(pb::record::Body::Started(_))))
+            }
+        )
+        .await,
+        "job A never started: {seen:?}"
+    );
+    let _ = stop_tx.send(());
+    assert!(
+        until(&mut inbound, &mut seen, Duration::from_secs(10), |m, _| {
+            matches!(&m.msg, Some(pb::worker_message::Msg::Heartbeat(h)) if h.stopping)
+        })
+        .await,
+        "the worker never announced its stop"
+    );
+    // B crosses the stop: the worker must hand it back, without waiting in the loop.
+    out.send(Ok(assignment(b, &spec_json))).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Now acknowledge whatever arrives; both exit records must follow.
+    let ack = |seq: u64| {
+        Ok(pb::CoordinatorMessage {
+            msg: Some(pb::coordinator_message::Msg::Ack(pb::Ack {
+                seq,
+                refused: 0,
+            })),
+        })
+    };
+    let mut acked = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while (exited(&seen, a).is_none() || exited(&seen, b).is_none())
+        && tokio::time::Instant::now() < deadline
+    {
+        let top = seen.iter().map(|r| r.seq).max().unwrap_or(0);
+        if top > acked {
+            acked = top;
+            out.send(ack(top)).unwrap();
+        }
+        until(
+            &mut inbound,
+            &mut seen,
+            Duration::from_millis(200),
+            |_, _| false,
+        )
+        .await;
+    }
+    assert_eq!(
+        exited(&seen, a).as_deref(),
+        Some("preempted"),
+        "job A's exit never arrived: the session loop is wedged ({} records seen)",
+        seen.len()
+    );
+    assert_eq!(
+        exited(&seen, b).as_deref(),
+        Some("preempted"),
+        "job B was not handed back: the session loop is wedged"
+    );
+    let top = seen.iter().map(|r| r.seq).max().unwrap_or(0);
+    out.send(ack(top)).unwrap();
+    // And the worker finishes stopping (its last flush delivered everything).
+    let ended = tokio::time::timeout(Duration::from_secs(30), worker).await;
+    assert!(
+        matches!(ended, Ok(Ok(Ok(())))),
+        "the worker did not stop: {ended:?}"
+    );
+}
