@@ -15,7 +15,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 use liandan_common::exit;
 use liandan_common::sweep::{self, command, Format as SpecFormat, Method as SpecMethod};
 use liandan_proto::v1 as pb;
-use output::{num, opt_num, render, Format, Listing};
+use output::{num, opt_num, printable, render, Format, Listing};
 use pb::user_service_client::UserServiceClient;
 use serde_json::json;
 use std::io::{IsTerminal, Write};
@@ -174,6 +174,10 @@ enum Cmd {
     Workers {
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: Format,
+        /// Remove a disconnected worker that holds no job from the list (a
+        /// machine gone for good); it is registered again if it comes back.
+        #[arg(long, value_name = "WORKER")]
+        forget: Option<String>,
     },
     /// Stop giving a worker new jobs; its running jobs finish. Lasts until --undo.
     Drain {
@@ -276,21 +280,6 @@ type Client = UserServiceClient<
         liandan_common::auth::TokenInterceptor,
     >,
 >;
-
-/// Text from the wire made safe for a terminal: control characters (an
-/// escape sequence in a worker's hostname could rewrite the screen) are shown
-/// escaped instead of sent raw.
-fn printable(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if c.is_control() {
-                c.escape_default().to_string()
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
-}
 
 /// A user token goes over plaintext `http://` only to this machine.
 fn token_transport_ok(url: &str, has_token: bool) -> R<()> {
@@ -926,7 +915,27 @@ async fn run(cli: Cli) -> R<i32> {
             let mut c = connect(&url).await?;
             wait_for(&mut c, &sweep).await
         }
-        Cmd::Workers { output } => {
+        Cmd::Workers {
+            output,
+            forget: Some(worker),
+        } => {
+            let w = connect(&url)
+                .await?
+                .forget_worker(pb::ForgetWorkerRequest { worker_id: worker })
+                .await?
+                .into_inner();
+            let text = format!("worker {} ({}) forgotten", w.id, printable(&w.hostname));
+            let js = json!({"worker_id": w.id, "forgotten": true});
+            match output {
+                Format::Json => say(TextFormat::Json, text, js),
+                _ => say(TextFormat::Text, text, js),
+            }
+            Ok(exit::OK)
+        }
+        Cmd::Workers {
+            output,
+            forget: None,
+        } => {
             let ws = connect(&url)
                 .await?
                 .list_workers(pb::ListWorkersRequest {})

@@ -59,6 +59,11 @@ fn truncate(s: &str, w: usize) -> String {
 
 /// Renders a table whose total width fits `width`, shrinking the widest columns first.
 pub fn table(columns: &[&str], rows: &[Vec<String>], width: usize) -> String {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| r.iter().map(|c| printable(c)).collect())
+        .collect();
+    let rows = &rows;
     let mut widths: Vec<usize> = columns.iter().map(|c| c.chars().count()).collect();
     for r in rows {
         for (i, c) in r.iter().enumerate() {
@@ -103,7 +108,26 @@ pub fn table(columns: &[&str], rows: &[Vec<String>], width: usize) -> String {
     out
 }
 
+/// `s` with control characters (terminal escape sequences among them: a
+/// worker's hostname, a job's message) shown as escapes, never sent raw to a
+/// terminal.
+pub fn printable(s: &str) -> String {
+    if !s.chars().any(char::is_control) {
+        return s.to_string();
+    }
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 fn csv_cell(s: &str) -> String {
+    let s = &printable(s);
     if s.contains([',', '"', '\n']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {
@@ -164,6 +188,14 @@ mod tests {
         }
         assert!(t.contains('…'));
         assert_eq!(t.lines().next().unwrap(), format!("ID     {}", "PARAMS"));
+    }
+
+    #[test]
+    fn control_characters_never_reach_the_terminal_raw() {
+        let rows = vec![vec!["\u{1b}]0;owned\u{7}\u{1b}[31mred".to_string()]];
+        let t = table(&["hostname"], &rows, 80);
+        assert!(!t.chars().any(|c| c.is_control() && c != '\n'), "{t:?}");
+        assert!(t.contains("\\u{1b}[31mred"), "{t}");
     }
 
     #[test]

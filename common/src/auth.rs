@@ -43,6 +43,14 @@ pub fn read_secret_file(path: &Path) -> Result<String, SecretError> {
     Ok(t)
 }
 
+/// The file of the systemd credential `name` (`LoadCredential=NAME:PATH` in the
+/// unit), when the service was given one: `$CREDENTIALS_DIRECTORY/NAME`.
+pub fn credential(name: &str) -> Option<std::path::PathBuf> {
+    let dir = std::env::var_os("CREDENTIALS_DIRECTORY")?;
+    let p = Path::new(&dir).join(name);
+    p.is_file().then_some(p)
+}
+
 /// Compares two tokens in constant time (for equal lengths).
 pub fn token_eq(a: &str, b: &str) -> bool {
     use subtle::ConstantTimeEq;

@@ -69,6 +69,11 @@ fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
+/// Keys that were renamed: (old, new). The worker's `token_file` became
+/// `join_token_file`, so that `LIANDAN_TOKEN_FILE` (the CLI's user token)
+/// no longer sets it from a user's shell.
+const RENAMED: &[(&str, &str)] = &[("token_file", "join_token_file")];
+
 /// Rejects keys in the file that `T` does not have (a typo must not be silently ignored).
 fn check_known_keys<T: Serialize + Default>(path: &Path, text: &str) -> Result<(), ConfigError> {
     let file: toml::Table = toml::from_str(text).map_err(|e| ConfigError::File {
@@ -83,6 +88,15 @@ fn check_known_keys<T: Serialize + Default>(path: &Path, text: &str) -> Result<(
     collect_toml_keys(&toml::Value::Table(file), "", &mut file_keys, &known);
     for key in file_keys {
         if !known_keys.contains(&key) {
+            if let Some((_, new)) = RENAMED
+                .iter()
+                .find(|(old, new)| *old == key && known_keys.contains(*new))
+            {
+                return Err(ConfigError::File {
+                    path: path.to_path_buf(),
+                    message: format!("key `{key}` is now `{new}`; rename it"),
+                });
+            }
             let known = known_keys.iter().cloned().collect::<Vec<_>>().join(", ");
             return Err(ConfigError::UnknownKey {
                 path: path.to_path_buf(),
@@ -205,6 +219,24 @@ pub struct CoordinatorConfig {
     /// Allow listening beyond loopback without TLS or without authentication.
     /// Anyone who reaches the port can then run commands on every worker.
     pub insecure: bool,
+    /// Open connections served at once (further ones wait in the listen
+    /// queue). Lowered at start to fit the open-file limit.
+    pub max_connections: u32,
+    /// Open connections from one IP address; beyond it new ones are closed at once.
+    pub max_connections_per_ip: u32,
+    /// Seconds a new connection has to complete its TLS handshake (or, without
+    /// TLS, to send its HTTP/2 preface) before it is closed.
+    pub handshake_timeout_secs: f64,
+    /// Days after which a worker that has not connected (and holds no job) is
+    /// forgotten: removed from `liandan workers` (it is registered again if it
+    /// comes back). 0 keeps workers until `liandan workers --forget`.
+    pub worker_expiry_days: f64,
+    /// Checkpoint uploads taken at once; more are refused with "retry shortly"
+    /// (workers retry on their own).
+    pub max_uploads: u32,
+    /// Seconds an upload may go without sending data before it is ended (it
+    /// resumes from where it stopped).
+    pub upload_idle_timeout_secs: f64,
 }
 
 impl Default for CoordinatorConfig {
@@ -226,6 +258,12 @@ impl Default for CoordinatorConfig {
             user_token_file: String::new(),
             join_token_file: String::new(),
             insecure: false,
+            max_connections: 8192,
+            max_connections_per_ip: 1024,
+            handshake_timeout_secs: 10.0,
+            worker_expiry_days: 7.0,
+            max_uploads: 32,
+            upload_idle_timeout_secs: 60.0,
         }
     }
 }
@@ -263,6 +301,29 @@ impl CoordinatorConfig {
         positive("heartbeat_interval_secs", self.heartbeat_interval_secs)?;
         positive("retry_backoff_secs", self.retry_backoff_secs)?;
         positive("retry_backoff_max_secs", self.retry_backoff_max_secs)?;
+        positive("handshake_timeout_secs", self.handshake_timeout_secs)?;
+        positive("upload_idle_timeout_secs", self.upload_idle_timeout_secs)?;
+        if !(self.worker_expiry_days.is_finite() && self.worker_expiry_days >= 0.0) {
+            return Err(ConfigError::Key {
+                key: "worker_expiry_days".into(),
+                message: format!(
+                    "expected a number of days >= 0 (0: never), found {}",
+                    self.worker_expiry_days
+                ),
+            });
+        }
+        for (key, v) in [
+            ("max_connections", self.max_connections),
+            ("max_connections_per_ip", self.max_connections_per_ip),
+            ("max_uploads", self.max_uploads),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::Key {
+                    key: key.into(),
+                    message: "expected an integer >= 1".into(),
+                });
+            }
+        }
         if self.heartbeat_interval_secs >= self.lease_timeout_secs {
             return Err(ConfigError::Key {
                 key: "heartbeat_interval_secs".into(),
@@ -334,8 +395,9 @@ pub struct WorkerConfig {
     pub tls_cert: String,
     pub tls_key: String,
     /// File holding the cluster join token (when mutual TLS is not used); or
-    /// set LIANDAN_TOKEN. The file must be private (mode 600).
-    pub token_file: String,
+    /// set LIANDAN_JOIN_TOKEN, or pass the credential `liandan-join-token`
+    /// (systemd `LoadCredential=`). The file must be private (mode 600).
+    pub join_token_file: String,
     /// Days a failed attempt's directory (its output files and checkpoints)
     /// is kept for inspection; finished attempts whose records and uploads the
     /// coordinator acknowledged are removed at once. 0 removes failed ones too.
@@ -364,7 +426,7 @@ impl Default for WorkerConfig {
             tls_ca: String::new(),
             tls_cert: String::new(),
             tls_key: String::new(),
-            token_file: String::new(),
+            join_token_file: String::new(),
             keep_failed_days: 7.0,
             retention_interval_secs: 300.0,
         }

@@ -61,3 +61,15 @@ pub async fn shutdown_signal() {
         } => {}
     }
 }
+
+/// Raises the soft open-file limit to the hard one (the default soft limit,
+/// 1024, is far below what a server with many connections needs) and returns
+/// the soft limit in effect, or None if it cannot be read.
+pub fn raise_nofile() -> Option<u64> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
+    if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        return Some(hard);
+    }
+    Some(soft)
+}

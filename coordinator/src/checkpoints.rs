@@ -25,7 +25,20 @@ pub struct CheckpointStore {
     /// Final paths of uploads between their rename into place and their row
     /// (orphan collection must not take them for orphans).
     inflight: std::sync::Mutex<std::collections::HashMap<PathBuf, usize>>,
+    /// Uploads in progress at once (each holds a blocking thread that writes
+    /// and hashes as bytes arrive): at most `max_uploads`.
+    uploads: Arc<tokio::sync::Semaphore>,
+    max_uploads: usize,
+    /// Longest wait for an upload's next message.
+    idle: std::time::Duration,
+    /// Partial files an upload is writing now (one upload per checkpoint).
+    writing: std::sync::Mutex<std::collections::HashSet<PathBuf>>,
 }
+
+/// Default of `max_uploads`.
+pub const MAX_UPLOADS: usize = 32;
+/// Default of `upload_idle_timeout_secs`.
+pub const UPLOAD_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// What one orphan collection removed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +64,15 @@ fn io(e: std::io::Error, what: &str) -> Status {
         ""
     };
     Status::internal(format!("{what}: {e}{hint}"))
+}
+
+/// Takes an upload's partial file off the set being written when it ends.
+struct Writing<'a>(&'a CheckpointStore, PathBuf);
+
+impl Drop for Writing<'_> {
+    fn drop(&mut self) {
+        self.0.writing().remove(&self.1);
+    }
 }
 
 /// Takes an upload off the in-flight set when it is done (or dropped).
@@ -131,7 +153,38 @@ impl CheckpointStore {
         Ok(Self {
             root,
             inflight: Default::default(),
+            uploads: Arc::new(tokio::sync::Semaphore::new(MAX_UPLOADS)),
+            max_uploads: MAX_UPLOADS,
+            idle: UPLOAD_IDLE,
+            writing: Default::default(),
         })
+    }
+
+    /// At most `max` uploads at once, each waiting at most `idle` for its next message.
+    pub fn with_upload_limits(mut self, max: usize, idle: std::time::Duration) -> Self {
+        self.uploads = Arc::new(tokio::sync::Semaphore::new(max.max(1)));
+        self.max_uploads = max.max(1);
+        self.idle = idle;
+        self
+    }
+
+    fn writing(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<PathBuf>> {
+        self.writing.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The next message of an upload, or an error once `idle` passes without one.
+    async fn next_message(
+        &self,
+        stream: &mut Streaming<pb::CheckpointUpload>,
+        stored: u64,
+    ) -> Result<Option<pb::CheckpointUpload>, Status> {
+        match tokio::time::timeout(self.idle, stream.message()).await {
+            Ok(m) => m,
+            Err(_) => Err(Status::deadline_exceeded(format!(
+                "no upload data for {} s; the upload stops here (resume from {stored})",
+                self.idle.as_secs_f64()
+            ))),
+        }
     }
 
     fn inflight(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<PathBuf, usize>> {
@@ -242,8 +295,8 @@ impl CheckpointStore {
         caller: String,
         mut stream: Streaming<pb::CheckpointUpload>,
     ) -> Result<pb::UploadCheckpointResponse, Status> {
-        let first = stream
-            .message()
+        let first = self
+            .next_message(&mut stream, 0)
             .await?
             .ok_or_else(|| Status::invalid_argument("empty upload"))?;
         let h = first.header.clone().ok_or_else(|| {
@@ -276,7 +329,21 @@ impl CheckpointStore {
                 h.attempt
             )));
         }
+        // Bounded: each upload holds a blocking thread, and those are shared
+        // with everything else the coordinator does off its runtime threads.
+        let Ok(_permit) = self.uploads.clone().try_acquire_owned() else {
+            return Err(Status::resource_exhausted(format!(
+                "{} checkpoint uploads are in progress, the most this coordinator takes at once (max_uploads); retry shortly",
+                self.max_uploads
+            )));
+        };
         let part = self.partial(&job, h.attempt, h.step, &h.blake3);
+        if !self.writing().insert(part.clone()) {
+            return Err(Status::aborted(
+                "an upload of this checkpoint is already in progress; retry when it ends",
+            ));
+        }
+        let _writing = Writing(self, part.clone());
         let mut len = tokio::fs::metadata(&part)
             .await
             .map(|m| m.len())
@@ -341,7 +408,7 @@ impl CheckpointStore {
                     break;
                 }
             }
-            msg = match stream.message().await {
+            msg = match self.next_message(&mut stream, len).await {
                 Ok(m) => m,
                 Err(e) => {
                     failure = Some(e);

@@ -1001,6 +1001,40 @@ impl Core {
         self.committed(info).await
     }
 
+    /// Removes a disconnected worker that holds no job from the records
+    /// (`liandan workers --forget`); it is registered again if it comes back.
+    pub async fn forget_worker(&self, id: &str) -> Result<pb::Worker, CoreError> {
+        let wid = WorkerId::parse(id).map_err(|e| CoreError::InvalidArgument(e.to_string()))?;
+        let (fut, info) = {
+            let mut st = self.lock();
+            let w = st.workers.get(&wid).ok_or_else(|| CoreError::NotFound {
+                kind: "worker",
+                id: wid.to_string(),
+                hint: "workers",
+            })?;
+            if w.session.is_some() {
+                return Err(CoreError::FailedPrecondition(format!(
+                    "worker {wid} is connected; stop its daemon first (systemctl stop liandan-worker), then forget it"
+                )));
+            }
+            if !w.running.is_empty() {
+                return Err(CoreError::FailedPrecondition(format!(
+                    "worker {wid} still holds {} job(s); they are requeued when its lease expires (lease_timeout_secs), then forget it",
+                    w.running.len()
+                )));
+            }
+            let info = worker_info(&wid, w);
+            st.workers.remove(&wid);
+            tracing::info!(worker = %wid, "worker forgotten");
+            let op = Op::DeleteWorker {
+                id: wid.to_string(),
+            };
+            (self.store.enqueue(vec![op]), info)
+        };
+        self.finish(fut, Vec::new()).await?;
+        Ok(info)
+    }
+
     /// A worker opened its stream. Returns the session id and the welcome.
     pub async fn hello(
         &self,
@@ -1036,7 +1070,13 @@ impl Core {
                 w.secret_hash = Some(hash.clone());
             }
             let issued_secret = issued.map(|(secret, _)| secret).unwrap_or_default();
-            w.hostname = hello.hostname.chars().take(256).collect();
+            // Shown in listings: no control characters (terminal escapes).
+            w.hostname = hello
+                .hostname
+                .chars()
+                .filter(|c| !c.is_control())
+                .take(256)
+                .collect();
             w.resources = resources;
             w.session = Some(Session {
                 id: session,
@@ -1857,6 +1897,32 @@ impl Core {
     /// sent during the stall are still queued. So every lease moves on by the
     /// stall instead of expiring at once and restarting every running job of
     /// the cluster (the chaos suite found that: seed 1795805961348097836).
+    /// Forgets workers gone for `worker_expiry_days` that hold nothing (the
+    /// registrations of machines that never came back).
+    fn expire_workers(&self, st: &mut State, ops: &mut Vec<Op>) {
+        let days = self.cfg.worker_expiry_days;
+        if days <= 0.0 {
+            return;
+        }
+        let before = now_secs() - days * 86_400.0;
+        if self.started_at > before {
+            return;
+        }
+        let gone: Vec<WorkerId> = st
+            .workers
+            .iter()
+            .filter(|(_, w)| w.session.is_none() && w.running.is_empty() && w.last_seen < before)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for wid in gone {
+            tracing::info!(worker = %wid, days, "forgetting a worker not seen for worker_expiry_days");
+            st.workers.remove(&wid);
+            ops.push(Op::DeleteWorker {
+                id: wid.to_string(),
+            });
+        }
+    }
+
     pub async fn tick(&self) -> Result<(), CoreError> {
         let (fut, sends) = {
             let mut st = self.lock();
@@ -1876,6 +1942,7 @@ impl Core {
             }
             st.last_tick = Some(now);
             let mut ops = Vec::new();
+            self.expire_workers(&mut st, &mut ops);
             let expired: Vec<WorkerId> = st
                 .workers
                 .iter()

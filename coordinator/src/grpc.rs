@@ -278,6 +278,16 @@ impl UserService for Api {
         ))
     }
 
+    async fn forget_worker(
+        &self,
+        req: Request<pb::ForgetWorkerRequest>,
+    ) -> Result<Response<pb::Worker>, Status> {
+        let r = req.into_inner();
+        Ok(Response::new(
+            self.core()?.forget_worker(&r.worker_id).await?,
+        ))
+    }
+
     async fn list_checkpoints(
         &self,
         req: Request<pb::JobRef>,

@@ -11,6 +11,7 @@
 //! tests start the coordinator in-process on `127.0.0.1:0`.
 
 pub mod checkpoints;
+pub mod conn;
 pub mod core;
 pub mod gate;
 pub mod grpc;
@@ -117,24 +118,30 @@ pub async fn run(
     // Larger HTTP/2 windows: checkpoint uploads are bulk transfers and the
     // default 64 KiB stream window caps them far below the link's speed.
     let mut builder = tonic::transport::Server::builder();
+    let handshake = std::time::Duration::from_secs_f64(cfg.handshake_timeout_secs);
     if let Some(tls) = security.tls.clone() {
-        builder = builder.tls_config(tls)?;
+        builder = builder.tls_config(tls.timeout(handshake))?;
     }
+    let limits = conn::Limits::new(
+        cfg.max_connections,
+        cfg.max_connections_per_ip,
+        handshake,
+        liandan_common::daemon::raise_nofile(),
+    );
     let server = builder
         .initial_stream_window_size(Some(8 << 20))
         .initial_connection_window_size(Some(32 << 20))
-        .tcp_nodelay(true)
+        // Peers that vanished (a power cut) are found and their connections closed.
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(user)
         .add_service(worker)
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            shutdown,
-        );
+        .serve_with_incoming_shutdown(conn::incoming(listener, limits), shutdown);
     let server = tokio::spawn(server);
-    tracing::info!(listen = ?local, data_dir = %cfg.data_dir.display(), "coordinator listening; loading state");
+    tracing::info!(listen = ?local, max_connections = limits.max, data_dir = %cfg.data_dir.display(), "coordinator listening; loading state");
 
     // Load the state off the runtime threads, then turn SERVING.
     let cfg2 = cfg.clone();
@@ -150,8 +157,14 @@ pub async fn run(
             return Err(core::CoreError::FailedPrecondition(format!("loading state: {e}")).into());
         }
     };
-    let ckpts =
-        Arc::new(checkpoints::CheckpointStore::new(&cfg.data_dir).map_err(RunError::Checkpoints)?);
+    let ckpts = Arc::new(
+        checkpoints::CheckpointStore::new(&cfg.data_dir)
+            .map_err(RunError::Checkpoints)?
+            .with_upload_limits(
+                cfg.max_uploads as usize,
+                std::time::Duration::from_secs_f64(cfg.upload_idle_timeout_secs),
+            ),
+    );
     // Orphans from before this start go before any upload can begin; then
     // every ORPHAN_SCAN.
     ckpts.collect_orphans(&core).await;

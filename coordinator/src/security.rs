@@ -55,25 +55,27 @@ impl Security {
             }
             Some(t)
         };
-        let user_tokens = if cfg.user_token_file.is_empty() {
-            Vec::new()
-        } else {
-            let text = read_secret_file(std::path::Path::new(&cfg.user_token_file))
-                .map_err(|e| e.to_string())?;
-            text.lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                .map(String::from)
-                .collect()
+        // A file the configuration names, else the systemd credential
+        // (`LoadCredential=liandan-user-tokens:...` / `liandan-join-token:...`).
+        let secret = |file: &str, credential: &str| -> Result<Option<String>, String> {
+            let path = if file.is_empty() {
+                liandan_common::auth::credential(credential)
+            } else {
+                Some(std::path::PathBuf::from(file))
+            };
+            path.map(|p| read_secret_file(&p).map_err(|e| e.to_string()))
+                .transpose()
         };
-        let join_token = if cfg.join_token_file.is_empty() {
-            None
-        } else {
-            Some(
-                read_secret_file(std::path::Path::new(&cfg.join_token_file))
-                    .map_err(|e| e.to_string())?,
-            )
-        };
+        let user_tokens = secret(&cfg.user_token_file, "liandan-user-tokens")?
+            .map(|text| {
+                text.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .map(String::from)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let join_token = secret(&cfg.join_token_file, "liandan-join-token")?;
         let mtls = !cfg.tls_client_ca.is_empty();
         let auth = Auth {
             user_tokens,
@@ -140,7 +142,7 @@ impl Auth {
             (Some(j), Some(t)) if token_eq(j, &t) => Ok(()),
             (_, got) => {
                 tracing::warn!(peer = ?req.remote_addr(), presented = got.is_some(), "refused a worker RPC: no client certificate and no valid join token");
-                Err(Status::unauthenticated("workers need a client certificate signed by the cluster CA, or the cluster join token (token_file or LIANDAN_TOKEN)"))
+                Err(Status::unauthenticated("workers need a client certificate signed by the cluster CA, or the cluster join token (join_token_file or LIANDAN_JOIN_TOKEN)"))
             }
         }
     }

@@ -240,6 +240,10 @@ pub enum Op {
     },
     Logs(Vec<LogRow>),
     Metrics(Vec<MetricRow>),
+    /// A worker forgotten (`liandan workers --forget`, or expired).
+    DeleteWorker {
+        id: String,
+    },
     UpsertWorker {
         id: String,
         hostname: String,
@@ -580,6 +584,10 @@ fn apply(tx: &rusqlite::Transaction, op: &Op) -> Result<(), rusqlite::Error> {
                  cert_bound=max(cert_bound, ?7), secret_hash=COALESCE(?8, secret_hash)",
             )?
             .execute(params![id, hostname, resources_json, *acked_seq as i64, draining, last_seen, cert_bound, secret_hash])?;
+        }
+        Op::DeleteWorker { id } => {
+            tx.prepare_cached("DELETE FROM workers WHERE id=?1")?
+                .execute(params![id])?;
         }
         Op::WorkerAcked { id, acked_seq } => {
             tx.prepare_cached("UPDATE workers SET acked_seq=max(acked_seq, ?2) WHERE id=?1")?

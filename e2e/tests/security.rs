@@ -30,15 +30,34 @@ fn certs(dir: &Path, name: &str) -> PathBuf {
 
 /// Starts a coordinator; returns the process and the first stdout line's address, or the exit output.
 fn start(config: &Path, args: &[&str], log: &Path) -> Result<(Proc, String), Output> {
+    start_limited(config, args, log, None)
+}
+
+/// As [`start`], with the open-file limit (soft and hard) set to `nofile`.
+fn start_limited(
+    config: &Path,
+    args: &[&str],
+    log: &Path,
+    nofile: Option<u64>,
+) -> Result<(Proc, String), Output> {
     let err = std::fs::File::create(log).unwrap();
-    let mut child = Command::new(bin("liandan-coordinator"))
-        .arg("--config")
+    let mut cmd = Command::new(bin("liandan-coordinator"));
+    cmd.arg("--config")
         .arg(config)
         .args(args)
         .stdout(Stdio::piped())
-        .stderr(err)
-        .spawn()
-        .unwrap();
+        .stderr(err);
+    if let Some(n) = nofile {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: setrlimit is async-signal-safe; nothing else runs in the child.
+        unsafe {
+            cmd.pre_exec(move || {
+                nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, n, n)
+                    .map_err(std::io::Error::from)
+            });
+        }
+    }
+    let mut child = cmd.spawn().unwrap();
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
@@ -68,20 +87,26 @@ fn start(config: &Path, args: &[&str], log: &Path) -> Result<(Proc, String), Out
 
 impl Secure {
     fn new() -> Secure {
+        Secure::with("", None)
+    }
+
+    /// With more coordinator configuration, and an open-file limit.
+    fn with(extra: &str, nofile: Option<u64>) -> Secure {
         let dir = tempfile::tempdir().unwrap();
         let pki = certs(dir.path(), "pki");
         let cfg = dir.path().join("coordinator.toml");
         std::fs::write(
             &cfg,
             format!(
-                "listen = \"127.0.0.1:0\"\ndata_dir = \"{d}/data\"\ntls_cert = \"{p}/coordinator.pem\"\ntls_key = \"{p}/coordinator-key.pem\"\ntls_client_ca = \"{p}/ca.pem\"\nuser_token_file = \"{p}/user.token\"\njoin_token_file = \"{p}/join.token\"\nlease_timeout_secs = 5.0\nheartbeat_interval_secs = 1.0\n",
+                "listen = \"127.0.0.1:0\"\ndata_dir = \"{d}/data\"\ntls_cert = \"{p}/coordinator.pem\"\ntls_key = \"{p}/coordinator-key.pem\"\ntls_client_ca = \"{p}/ca.pem\"\nuser_token_file = \"{p}/user.token\"\njoin_token_file = \"{p}/join.token\"\nlease_timeout_secs = 5.0\nheartbeat_interval_secs = 1.0\n{extra}",
                 d = dir.path().display(),
                 p = pki.display()
             ),
         )
         .unwrap();
-        let (coordinator, addr) = start(&cfg, &[], &dir.path().join("coordinator.log"))
-            .unwrap_or_else(|o| panic!("{}", String::from_utf8_lossy(&o.stderr)));
+        let (coordinator, addr) =
+            start_limited(&cfg, &[], &dir.path().join("coordinator.log"), nofile)
+                .unwrap_or_else(|o| panic!("{}", String::from_utf8_lossy(&o.stderr)));
         Secure {
             dir,
             coordinator,
@@ -112,6 +137,34 @@ impl Secure {
         c.args(args).output().unwrap()
     }
 
+    /// Runs the CLI as [`Secure::cli`]; true if it succeeded within `max`
+    /// (killed after it: a call stuck on an unresponsive coordinator).
+    fn cli_within(&self, max: Duration, token: Option<&Path>, args: &[&str]) -> bool {
+        let mut c = Command::new(bin("liandan"));
+        c.args(["--coordinator", &self.url(), "--ca-cert"])
+            .arg(self.pki().join("ca.pem"))
+            .env_remove("LIANDAN_TOKEN")
+            .env_remove("LIANDAN_TOKEN_FILE")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let Some(t) = token {
+            c.arg("--token-file").arg(t);
+        }
+        let mut child = c.args(args).spawn().unwrap();
+        let deadline = std::time::Instant::now() + max;
+        loop {
+            if let Ok(Some(st)) = child.try_wait() {
+                return st.success();
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     fn worker(&self, name: &str, cfg_extra: &str) -> Proc {
         self.worker_with_env(name, cfg_extra, &[])
     }
@@ -132,6 +185,9 @@ impl Secure {
             .arg("--config")
             .arg(&cfg)
             .env_remove("LIANDAN_TOKEN")
+            .env_remove("LIANDAN_TOKEN_FILE")
+            .env_remove("LIANDAN_JOIN_TOKEN")
+            .env_remove("CREDENTIALS_DIRECTORY")
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -237,7 +293,7 @@ fn workers_authenticate_by_certificate_or_join_token_and_a_foreign_ca_is_rejecte
     let joined = s.worker(
         "joined",
         &format!(
-            "tls_ca = \"{}\"\ntoken_file = \"{}\"\n",
+            "tls_ca = \"{}\"\njoin_token_file = \"{}\"\n",
             p.join("ca.pem").display(),
             p.join("join.token").display()
         ),
@@ -477,7 +533,7 @@ fn jobs_never_see_the_workers_secrets() {
         "w",
         &format!("tls_ca = \"{}\"\n", p.join("ca.pem").display()),
         &[
-            ("LIANDAN_TOKEN", join.trim()),
+            ("LIANDAN_JOIN_TOKEN", join.trim()),
             // A worker setting from the environment: the worker's, not the job's.
             ("LIANDAN_GRACE_PERIOD_SECS", "7"),
         ],
@@ -513,7 +569,7 @@ fn jobs_never_see_the_workers_secrets() {
         !log.contains(join.trim()),
         "the join token leaked into the job: {log}"
     );
-    assert!(!log.contains("LIANDAN_TOKEN"), "{log}");
+    assert!(!log.contains("LIANDAN_JOIN_TOKEN"), "{log}");
     assert!(!log.contains("LIANDAN_GRACE_PERIOD_SECS"), "{log}");
 }
 
@@ -650,12 +706,22 @@ async fn hello_as(
     worker_id: &str,
     secret: &str,
 ) -> Result<liandan_proto::v1::Welcome, tonic::Status> {
+    hello_named(s, worker_id, secret, "intruder").await
+}
+
+/// [`hello_as`], with the hostname to claim.
+async fn hello_named(
+    s: &Secure,
+    worker_id: &str,
+    secret: &str,
+    hostname: &str,
+) -> Result<liandan_proto::v1::Welcome, tonic::Status> {
     use liandan_proto::v1 as pb;
     let mut client = token_only_client(s).await;
     let hello = pb::WorkerMessage {
         msg: Some(pb::worker_message::Msg::Hello(pb::Hello {
             worker_id: worker_id.into(),
-            hostname: "intruder".into(),
+            hostname: hostname.into(),
             resources: Some(pb::Resources {
                 cpu_slots: 4,
                 ..Default::default()
@@ -701,7 +767,7 @@ fn the_join_token_takes_no_workers_identity() {
     let _joined = s.worker(
         "joined",
         &format!(
-            "tls_ca = \"{}\"\ntoken_file = \"{}\"\n",
+            "tls_ca = \"{}\"\njoin_token_file = \"{}\"\n",
             p.join("ca.pem").display(),
             p.join("join.token").display()
         ),
@@ -846,4 +912,165 @@ fn the_join_token_takes_no_workers_identity() {
     }
     let cs = s.cli(Some(&token), &["checkpoints", &cert_job, "-o", "json"]);
     assert_eq!(String::from_utf8_lossy(&cs.stdout).trim(), "[]");
+}
+
+/// Opens `n` connections to `port` from `from` (a loopback address) that never
+/// send a byte.
+async fn idle_connections(from: &str, port: u16, n: usize) -> Vec<tokio::net::TcpStream> {
+    let mut v = Vec::with_capacity(n);
+    for _ in 0..n {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind(format!("{from}:0").parse().unwrap()).unwrap();
+        match tokio::time::timeout(
+            Duration::from_secs(5),
+            sock.connect(format!("127.0.0.1:{port}").parse().unwrap()),
+        )
+        .await
+        {
+            Ok(Ok(s)) => v.push(s),
+            // The listen queue is full: the rest would only wait too.
+            _ => break,
+        }
+    }
+    v
+}
+
+/// How many of `conns` the server has closed (a read sees the end or a reset
+/// within `wait`).
+async fn closed(conns: &mut [tokio::net::TcpStream], wait: Duration) -> usize {
+    use tokio::io::AsyncReadExt;
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut n = 0;
+    for c in conns.iter_mut() {
+        let mut b = [0u8; 64];
+        let r = tokio::time::timeout_at(deadline, c.read(&mut b)).await;
+        if matches!(r, Ok(Ok(0)) | Ok(Err(_))) {
+            n += 1;
+        }
+    }
+    n
+}
+
+/// Issue #19 item 8: 1,100 connections that never start their TLS handshake,
+/// against a coordinator with the common 1,024 open-file limit, must not
+/// starve anyone: the coordinator closes them after `handshake_timeout_secs`,
+/// serves at most what its descriptors allow (no busy loop on EMFILE), and
+/// closes connections beyond `max_connections_per_ip` from one address at once.
+#[test]
+fn idle_connections_that_never_handshake_starve_no_one() {
+    let s = Secure::with(
+        "handshake_timeout_secs = 2.0\nmax_connections_per_ip = 150\n",
+        Some(1024),
+    );
+    let port: u16 = s.addr.rsplit(':').next().unwrap().parse().unwrap();
+    let token = s.pki().join("user.token");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    // Eleven addresses, 100 connections each: under the per-address cap, over
+    // the descriptors.
+    let mut idle = rt.block_on(async {
+        let mut all = Vec::new();
+        for k in 2..13 {
+            all.extend(idle_connections(&format!("127.0.0.{k}"), port, 100).await);
+        }
+        all
+    });
+    assert!(idle.len() > 1000, "only {} connections opened", idle.len());
+    // A user is served meanwhile (at worst after the first idle ones time out).
+    let t0 = std::time::Instant::now();
+    let served = eventually(Duration::from_secs(30), || {
+        s.cli_within(Duration::from_secs(10), Some(&token), &["status"])
+            .then_some(())
+    });
+    assert!(
+        served.is_some(),
+        "status failed for 30 s while idle connections were open:\n{}",
+        liandan_e2e::tail(&s.coordinator.log_text(), 20)
+    );
+    let took = t0.elapsed();
+    // And every idle connection is closed by the coordinator, not left open.
+    let n = rt.block_on(closed(&mut idle, Duration::from_secs(20)));
+    assert_eq!(
+        n,
+        idle.len(),
+        "idle connections left open (status took {took:?})"
+    );
+    drop(idle);
+    // Beyond the per-address cap, new connections are closed at once, long
+    // before the handshake deadline.
+    let mut burst = rt.block_on(idle_connections("127.0.0.20", port, 200));
+    let early = rt.block_on(closed(&mut burst[150..], Duration::from_millis(1500)));
+    assert_eq!(
+        early, 50,
+        "connections over max_connections_per_ip were kept"
+    );
+    let ok = s.cli(Some(&token), &["status"]);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(s.coordinator.log_text().contains("max_connections_per_ip"));
+}
+
+/// Issue #19 item 12: a worker started from a user's shell, where
+/// `LIANDAN_TOKEN_FILE` and `LIANDAN_TOKEN` hold that user's CLI token, sends
+/// the join token it was given as a systemd credential, never the user's
+/// token; and a hostname carrying terminal escapes is listed without them.
+#[test]
+fn a_worker_sends_its_join_token_never_the_users_and_hostnames_are_printable() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = Secure::new();
+    let p = s.pki();
+    let creds = s.dir.path().join("credentials");
+    std::fs::create_dir(&creds).unwrap();
+    let cred = creds.join("liandan-join-token");
+    std::fs::copy(p.join("join.token"), &cred).unwrap();
+    std::fs::set_permissions(&cred, std::fs::Permissions::from_mode(0o400)).unwrap();
+    let user = std::fs::read_to_string(p.join("user.token")).unwrap();
+    let user_file = p.join("user.token");
+    let w = s.worker_with_env(
+        "from-a-shell",
+        &format!("tls_ca = \"{}\"\n", p.join("ca.pem").display()),
+        &[
+            ("LIANDAN_TOKEN_FILE", user_file.to_str().unwrap()),
+            ("LIANDAN_TOKEN", user.trim()),
+            ("CREDENTIALS_DIRECTORY", creds.to_str().unwrap()),
+        ],
+    );
+    let joined = eventually(Duration::from_secs(20), || {
+        (s.workers().len() == 1).then_some(())
+    });
+    assert!(
+        joined.is_some(),
+        "the worker did not join with its credential; its log:\n{}",
+        liandan_e2e::tail(&w.log_text(), 15)
+    );
+    assert!(
+        !w.log_text().contains(user.trim()),
+        "the user token was logged"
+    );
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(hello_named(
+        &s,
+        "",
+        "",
+        "\u{1b}]0;owned\u{7}\u{1b}[31mred\u{1b}[0m",
+    ))
+    .expect("a new worker joins");
+    let token = p.join("user.token");
+    let table = s.cli(Some(&token), &["workers"]);
+    let text = String::from_utf8_lossy(&table.stdout).to_string();
+    assert!(text.contains("red"), "{text}");
+    assert!(
+        !text.chars().any(|c| c.is_control() && c != '\n'),
+        "control characters printed raw: {text:?}"
+    );
+    let json = s.workers();
+    assert!(
+        json.iter()
+            .filter_map(|w| w["hostname"].as_str())
+            .all(|h| !h.chars().any(char::is_control)),
+        "{json:?}"
+    );
 }

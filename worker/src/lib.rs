@@ -369,14 +369,25 @@ pub async fn prepare(
         memory_bytes: 0,
         labels: cfg.labels.clone(),
     };
-    let token = match (cfg.token_file.is_empty(), std::env::var("LIANDAN_TOKEN")) {
-        (false, _) => Some(
-            liandan_common::auth::read_secret_file(std::path::Path::new(&cfg.token_file))
-                .map_err(|e| WorkerError::Tls(e.to_string()))?,
-        ),
-        (true, Ok(t)) if !t.trim().is_empty() => Some(t.trim().to_string()),
-        _ => None,
+    // The join token: the configured file, else LIANDAN_JOIN_TOKEN, else the
+    // systemd credential. Never LIANDAN_TOKEN(_FILE): those are a user's CLI
+    // token, and a worker started from that user's shell must not send it.
+    let read = |p: &std::path::Path| {
+        liandan_common::auth::read_secret_file(p).map_err(|e| WorkerError::Tls(e.to_string()))
     };
+    let token = match std::env::var("LIANDAN_JOIN_TOKEN") {
+        _ if !cfg.join_token_file.is_empty() => {
+            Some(read(std::path::Path::new(&cfg.join_token_file))?)
+        }
+        Ok(t) if !t.trim().is_empty() => Some(t.trim().to_string()),
+        _ => match liandan_common::auth::credential("liandan-join-token") {
+            Some(p) => Some(read(&p)?),
+            None => None,
+        },
+    };
+    if token.is_none() && cfg.tls_cert.is_empty() && std::env::var_os("LIANDAN_TOKEN").is_some() {
+        tracing::warn!("LIANDAN_TOKEN is the CLI's user token and is not sent by the worker; give the worker the join token with join_token_file, LIANDAN_JOIN_TOKEN or the credential liandan-join-token");
+    }
     if let Some(host) = token
         .as_ref()
         .and_then(|_| liandan_common::auth::token_in_the_clear(&cfg.coordinator))
