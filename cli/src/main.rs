@@ -175,7 +175,8 @@ enum Cmd {
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: Format,
         /// Remove a disconnected worker that holds no job from the list (a
-        /// machine gone for good); it is registered again if it comes back.
+        /// machine gone for good); it registers again if it comes back (a
+        /// join-token worker under a new id).
         #[arg(long, value_name = "WORKER")]
         forget: Option<String>,
     },
@@ -1244,7 +1245,12 @@ fn main() {
             std::process::exit(code);
         }
     };
-    let rt = match tokio::runtime::Builder::new_current_thread()
+    // One worker thread besides the main one: connections (HTTP/2 pings
+    // among them) are served there while the main thread may block writing
+    // to a paused pipe (`liandan logs -f | less`), so a follow is not closed
+    // by the coordinator's keepalive.
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
         .enable_all()
         .build()
     {

@@ -43,12 +43,22 @@ pub fn read_secret_file(path: &Path) -> Result<String, SecretError> {
     Ok(t)
 }
 
-/// The file of the systemd credential `name` (`LoadCredential=NAME:PATH` in the
-/// unit), when the service was given one: `$CREDENTIALS_DIRECTORY/NAME`.
-pub fn credential(name: &str) -> Option<std::path::PathBuf> {
+/// The systemd credential `name` (`LoadCredential=NAME:PATH` in the unit),
+/// when the service was given one: `$CREDENTIALS_DIRECTORY/NAME`, trimmed.
+/// No mode check: systemd makes that directory private to the service, and
+/// grants a `User=` service its files with an ACL, which shows as group bits.
+pub fn read_credential(name: &str) -> Option<Result<String, SecretError>> {
     let dir = std::env::var_os("CREDENTIALS_DIRECTORY")?;
-    let p = Path::new(&dir).join(name);
-    p.is_file().then_some(p)
+    let path = Path::new(&dir).join(name);
+    if !path.is_file() {
+        return None;
+    }
+    let p = path.display().to_string();
+    Some(match std::fs::read_to_string(&path) {
+        Err(source) => Err(SecretError::Read { path: p, source }),
+        Ok(t) if t.trim().is_empty() => Err(SecretError::Empty { path: p }),
+        Ok(t) => Ok(t.trim().to_string()),
+    })
 }
 
 /// Compares two tokens in constant time (for equal lengths).

@@ -69,10 +69,10 @@ fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-/// Keys that were renamed: (old, new). The worker's `token_file` became
-/// `join_token_file`, so that `LIANDAN_TOKEN_FILE` (the CLI's user token)
-/// no longer sets it from a user's shell.
-const RENAMED: &[(&str, &str)] = &[("token_file", "join_token_file")];
+/// Keys that were renamed: (configuration type, old, new). The worker's
+/// `token_file` became `join_token_file`, so that `LIANDAN_TOKEN_FILE` (the
+/// CLI's user token) no longer sets it from a user's shell.
+const RENAMED: &[(&str, &str, &str)] = &[("WorkerConfig", "token_file", "join_token_file")];
 
 /// Rejects keys in the file that `T` does not have (a typo must not be silently ignored).
 fn check_known_keys<T: Serialize + Default>(path: &Path, text: &str) -> Result<(), ConfigError> {
@@ -88,9 +88,10 @@ fn check_known_keys<T: Serialize + Default>(path: &Path, text: &str) -> Result<(
     collect_toml_keys(&toml::Value::Table(file), "", &mut file_keys, &known);
     for key in file_keys {
         if !known_keys.contains(&key) {
-            if let Some((_, new)) = RENAMED
+            let of_t = std::any::type_name::<T>();
+            if let Some((_, _, new)) = RENAMED
                 .iter()
-                .find(|(old, new)| *old == key && known_keys.contains(*new))
+                .find(|(ty, old, _)| *old == key && of_t.ends_with(ty))
             {
                 return Err(ConfigError::File {
                     path: path.to_path_buf(),
@@ -269,12 +270,13 @@ impl Default for CoordinatorConfig {
 }
 
 fn positive(key: &str, v: f64) -> Result<(), ConfigError> {
-    if v.is_finite() && v > 0.0 {
+    // Below a billion seconds (~32 years): larger ones overflow durations.
+    if v.is_finite() && v > 0.0 && v < 1e9 {
         Ok(())
     } else {
         Err(ConfigError::Key {
             key: key.into(),
-            message: format!("expected a positive number of seconds, found {v}"),
+            message: format!("expected a positive number of seconds (under 1e9), found {v}"),
         })
     }
 }

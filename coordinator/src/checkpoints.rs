@@ -31,9 +31,22 @@ pub struct CheckpointStore {
     max_uploads: usize,
     /// Longest wait for an upload's next message.
     idle: std::time::Duration,
-    /// Partial files an upload is writing now (one upload per checkpoint).
-    writing: std::sync::Mutex<std::collections::HashSet<PathBuf>>,
+    /// Uploads being written now, by partial file and by worker.
+    writing: Arc<std::sync::Mutex<Writing>>,
 }
+
+/// Uploads being written now: one per partial file (checkpoint), at most
+/// [`PER_WORKER_UPLOADS`] per worker (a worker uploads one at a time; a
+/// resumed upload may overlap the end of the one it replaces).
+#[derive(Default)]
+struct Writing {
+    files: std::collections::HashSet<PathBuf>,
+    by_worker: std::collections::HashMap<String, usize>,
+}
+
+/// Uploads one worker may have in progress at once, so that no worker holds
+/// every `max_uploads` place.
+pub const PER_WORKER_UPLOADS: usize = 2;
 
 /// Default of `max_uploads`.
 pub const MAX_UPLOADS: usize = 32;
@@ -66,12 +79,27 @@ fn io(e: std::io::Error, what: &str) -> Status {
     Status::internal(format!("{what}: {e}{hint}"))
 }
 
-/// Takes an upload's partial file off the set being written when it ends.
-struct Writing<'a>(&'a CheckpointStore, PathBuf);
+/// An upload's place: its permit, its partial file and its worker's count.
+/// Moved into the thread that writes the file, so the place is given back
+/// only when nothing writes the file any more (not when a cancelled
+/// handler is dropped while the thread still writes).
+struct UploadPlace {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    writing: Arc<std::sync::Mutex<Writing>>,
+    file: PathBuf,
+    worker: String,
+}
 
-impl Drop for Writing<'_> {
+impl Drop for UploadPlace {
     fn drop(&mut self) {
-        self.0.writing().remove(&self.1);
+        let mut w = self.writing.lock().unwrap_or_else(|p| p.into_inner());
+        w.files.remove(&self.file);
+        if let Some(n) = w.by_worker.get_mut(&self.worker) {
+            *n -= 1;
+            if *n == 0 {
+                w.by_worker.remove(&self.worker);
+            }
+        }
     }
 }
 
@@ -168,8 +196,34 @@ impl CheckpointStore {
         self
     }
 
-    fn writing(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<PathBuf>> {
-        self.writing.lock().unwrap_or_else(|p| p.into_inner())
+    /// A place for an upload of `file` by `worker`, or why there is none.
+    fn upload_place(&self, file: &Path, worker: &str) -> Result<UploadPlace, Status> {
+        let Ok(permit) = self.uploads.clone().try_acquire_owned() else {
+            return Err(Status::resource_exhausted(format!(
+                "{} checkpoint uploads are in progress, the most this coordinator takes at once (max_uploads); retry shortly",
+                self.max_uploads
+            )));
+        };
+        let mut w = self.writing.lock().unwrap_or_else(|p| p.into_inner());
+        if w.files.contains(file) {
+            return Err(Status::aborted(
+                "an upload of this checkpoint is already in progress; retry when it ends",
+            ));
+        }
+        let n = w.by_worker.get(worker).copied().unwrap_or(0);
+        if n >= PER_WORKER_UPLOADS {
+            return Err(Status::resource_exhausted(format!(
+                "worker {worker} has {n} checkpoint uploads in progress, the most one worker may; retry when one ends"
+            )));
+        }
+        w.files.insert(file.to_path_buf());
+        w.by_worker.insert(worker.to_string(), n + 1);
+        Ok(UploadPlace {
+            _permit: permit,
+            writing: self.writing.clone(),
+            file: file.to_path_buf(),
+            worker: worker.to_string(),
+        })
     }
 
     /// The next message of an upload, or an error once `idle` passes without one.
@@ -329,21 +383,10 @@ impl CheckpointStore {
                 h.attempt
             )));
         }
+        let part = self.partial(&job, h.attempt, h.step, &h.blake3);
         // Bounded: each upload holds a blocking thread, and those are shared
         // with everything else the coordinator does off its runtime threads.
-        let Ok(_permit) = self.uploads.clone().try_acquire_owned() else {
-            return Err(Status::resource_exhausted(format!(
-                "{} checkpoint uploads are in progress, the most this coordinator takes at once (max_uploads); retry shortly",
-                self.max_uploads
-            )));
-        };
-        let part = self.partial(&job, h.attempt, h.step, &h.blake3);
-        if !self.writing().insert(part.clone()) {
-            return Err(Status::aborted(
-                "an upload of this checkpoint is already in progress; retry when it ends",
-            ));
-        }
-        let _writing = Writing(self, part.clone());
+        let place = self.upload_place(&part, &h.worker_id)?;
         let mut len = tokio::fs::metadata(&part)
             .await
             .map(|m| m.len())
@@ -355,6 +398,7 @@ impl CheckpointStore {
         let size = h.size;
         let writer = tokio::task::spawn_blocking(move || -> std::io::Result<(u64, String)> {
             use std::io::Write;
+            let _place = place;
             let mut hasher = blake3::Hasher::new();
             let mut file = std::fs::OpenOptions::new()
                 .create(true)

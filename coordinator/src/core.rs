@@ -1213,7 +1213,10 @@ impl Core {
         let (fut, sends) = {
             let mut st = self.lock();
             let Some(w) = st.workers.get_mut(wid) else {
-                return Ok(());
+                // Forgotten while its stream was open: it must say hello again.
+                return Err(CoreError::FailedPrecondition(
+                    "unknown worker; say hello first".into(),
+                ));
             };
             if w.session.as_ref().is_none_or(|s| s.id != session) {
                 // A newer stream of this worker replaced this one: it ends
@@ -1887,18 +1890,8 @@ impl Core {
         }
     }
 
-    /// Expires leases, releases delayed retries and dispatches. Called by a
-    /// timer every [`TICK`]; time comes from tokio so tests can pause it.
-    ///
-    /// A lease measures how long the coordinator has been running without
-    /// hearing from a worker. When ticks stop for longer than [`STALL`], the
-    /// coordinator itself did not run (SIGSTOP, a VM or swap stall, a suspended
-    /// laptop): no worker could renew its lease meanwhile, and the heartbeats
-    /// sent during the stall are still queued. So every lease moves on by the
-    /// stall instead of expiring at once and restarting every running job of
-    /// the cluster (the chaos suite found that: seed 1795805961348097836).
-    /// Forgets workers gone for `worker_expiry_days` that hold nothing (the
-    /// registrations of machines that never came back).
+    /// Forgets workers gone for `worker_expiry_days` that hold nothing and
+    /// are not drained (the registrations of machines that never came back).
     fn expire_workers(&self, st: &mut State, ops: &mut Vec<Op>) {
         let days = self.cfg.worker_expiry_days;
         if days <= 0.0 {
@@ -1911,7 +1904,10 @@ impl Core {
         let gone: Vec<WorkerId> = st
             .workers
             .iter()
-            .filter(|(_, w)| w.session.is_none() && w.running.is_empty() && w.last_seen < before)
+            // A drained one stays: the drain must still hold when it comes back.
+            .filter(|(_, w)| {
+                w.session.is_none() && w.running.is_empty() && !w.draining && w.last_seen < before
+            })
             .map(|(k, _)| k.clone())
             .collect();
         for wid in gone {
@@ -1923,6 +1919,16 @@ impl Core {
         }
     }
 
+    /// Expires leases, releases delayed retries and dispatches. Called by a
+    /// timer every [`TICK`]; time comes from tokio so tests can pause it.
+    ///
+    /// A lease measures how long the coordinator has been running without
+    /// hearing from a worker. When ticks stop for longer than [`STALL`], the
+    /// coordinator itself did not run (SIGSTOP, a VM or swap stall, a suspended
+    /// laptop): no worker could renew its lease meanwhile, and the heartbeats
+    /// sent during the stall are still queued. So every lease moves on by the
+    /// stall instead of expiring at once and restarting every running job of
+    /// the cluster (the chaos suite found that: seed 1795805961348097836).
     pub async fn tick(&self) -> Result<(), CoreError> {
         let (fut, sends) = {
             let mut st = self.lock();

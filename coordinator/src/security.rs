@@ -58,13 +58,15 @@ impl Security {
         // A file the configuration names, else the systemd credential
         // (`LoadCredential=liandan-user-tokens:...` / `liandan-join-token:...`).
         let secret = |file: &str, credential: &str| -> Result<Option<String>, String> {
-            let path = if file.is_empty() {
-                liandan_common::auth::credential(credential)
+            if file.is_empty() {
+                liandan_common::auth::read_credential(credential)
+                    .transpose()
+                    .map_err(|e| e.to_string())
             } else {
-                Some(std::path::PathBuf::from(file))
-            };
-            path.map(|p| read_secret_file(&p).map_err(|e| e.to_string()))
-                .transpose()
+                read_secret_file(std::path::Path::new(file))
+                    .map(Some)
+                    .map_err(|e| e.to_string())
+            }
         };
         let user_tokens = secret(&cfg.user_token_file, "liandan-user-tokens")?
             .map(|text| {

@@ -380,13 +380,17 @@ pub async fn prepare(
             Some(read(std::path::Path::new(&cfg.join_token_file))?)
         }
         Ok(t) if !t.trim().is_empty() => Some(t.trim().to_string()),
-        _ => match liandan_common::auth::credential("liandan-join-token") {
-            Some(p) => Some(read(&p)?),
-            None => None,
-        },
+        _ => liandan_common::auth::read_credential("liandan-join-token")
+            .transpose()
+            .map_err(|e| WorkerError::Tls(e.to_string()))?,
     };
-    if token.is_none() && cfg.tls_cert.is_empty() && std::env::var_os("LIANDAN_TOKEN").is_some() {
-        tracing::warn!("LIANDAN_TOKEN is the CLI's user token and is not sent by the worker; give the worker the join token with join_token_file, LIANDAN_JOIN_TOKEN or the credential liandan-join-token");
+    if token.is_none()
+        && cfg.tls_cert.is_empty()
+        && ["LIANDAN_TOKEN", "LIANDAN_TOKEN_FILE"]
+            .iter()
+            .any(|v| std::env::var_os(v).is_some())
+    {
+        tracing::warn!("LIANDAN_TOKEN and LIANDAN_TOKEN_FILE are the CLI's user token and are not sent by the worker; give the worker the join token with join_token_file, LIANDAN_JOIN_TOKEN or the credential liandan-join-token");
     }
     if let Some(host) = token
         .as_ref()
