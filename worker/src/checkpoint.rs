@@ -16,15 +16,24 @@ pub async fn upload(
     ctx: &WorkerCtx,
     u: &crate::spool::UploadEntry,
 ) -> Result<bool, tonic::Status> {
-    let status = client
+    let status = match client
         .checkpoint_upload_status(pb::CheckpointUploadStatusRequest {
             job_id: u.job_id.clone(),
             attempt: u.attempt,
             step: u.step,
             blake3: u.blake3.clone(),
         })
-        .await?
-        .into_inner();
+        .await
+    {
+        Ok(s) => s.into_inner(),
+        // The attempt is no longer current (or not this worker's): the
+        // coordinator will never take it, as the upload itself would say.
+        Err(s) if s.code() == tonic::Code::FailedPrecondition => {
+            tracing::info!(job = %u.job_id, attempt = u.attempt, step = u.step, "checkpoint refused: {}", s.message());
+            return Ok(false);
+        }
+        Err(s) => return Err(s),
+    };
     let mut offset = status.received.min(u.size);
     let mut file = tokio::fs::File::open(&u.path)
         .await

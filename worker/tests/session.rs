@@ -17,6 +17,8 @@ type Out = mpsc::UnboundedSender<Result<pb::CoordinatorMessage, Status>>;
 struct Scripted {
     inbound: mpsc::UnboundedSender<pb::WorkerMessage>,
     outbound: Mutex<Option<mpsc::UnboundedReceiver<Result<pb::CoordinatorMessage, Status>>>>,
+    /// Upload-status calls so far; each is answered "not held" (a stale attempt).
+    status_calls: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 type BoxStream<T> =
@@ -59,9 +61,16 @@ impl WorkerService for Scripted {
 
     async fn checkpoint_upload_status(
         &self,
-        _: Request<pb::CheckpointUploadStatusRequest>,
+        req: Request<pb::CheckpointUploadStatusRequest>,
     ) -> Result<Response<pb::CheckpointUploadStatusResponse>, Status> {
-        Err(Status::unimplemented("not in this test"))
+        self.status_calls
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let r = req.into_inner();
+        // What the coordinator says once the attempt is no longer current.
+        Err(Status::failed_precondition(format!(
+            "attempt {} of {} is not held by this worker",
+            r.attempt, r.job_id
+        )))
     }
 
     type FetchCheckpointStream = BoxStream<pb::CheckpointChunk>;
@@ -74,14 +83,24 @@ impl WorkerService for Scripted {
     }
 }
 
+type Calls = std::sync::Arc<std::sync::atomic::AtomicUsize>;
+
 /// Starts the scripted coordinator on a loopback port: its URL, what the
-/// worker sends, and the sender of what the worker is told.
-async fn scripted() -> (String, mpsc::UnboundedReceiver<pb::WorkerMessage>, Out) {
+/// worker sends, the sender of what the worker is told, and the count of
+/// upload-status calls.
+async fn scripted() -> (
+    String,
+    mpsc::UnboundedReceiver<pb::WorkerMessage>,
+    Out,
+    Calls,
+) {
     let (in_tx, in_rx) = mpsc::unbounded_channel();
     let (out_tx, out_rx) = mpsc::unbounded_channel();
+    let calls = Calls::default();
     let svc = Scripted {
         inbound: in_tx,
         outbound: Mutex::new(Some(out_rx)),
+        status_calls: calls.clone(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -90,7 +109,7 @@ async fn scripted() -> (String, mpsc::UnboundedReceiver<pb::WorkerMessage>, Out)
             .add_service(WorkerServiceServer::new(svc))
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
-    (format!("http://{addr}"), in_rx, out_tx)
+    (format!("http://{addr}"), in_rx, out_tx, calls)
 }
 
 fn assignment(job: &str, spec_json: &str) -> pb::CoordinatorMessage {
@@ -148,7 +167,7 @@ fn exited(seen: &[pb::Record], job: &str) -> Option<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_assignment_crossing_the_stop_with_the_spool_full_does_not_wedge_the_session() {
     let state = tempfile::tempdir().unwrap();
-    let (url, mut inbound, out) = scripted().await;
+    let (url, mut inbound, out, _) = scripted().await;
     let spec = liandan_common::sweep::parse(
         "name: t\nmethod: grid\ncommand: [sleep, '30']\nparameters:\n  x: {value: 1}\n",
         liandan_common::sweep::Format::Yaml,
@@ -263,4 +282,97 @@ async fn an_assignment_crossing_the_stop_with_the_spool_full_does_not_wedge_the_
         matches!(ended, Ok(Ok(Ok(())))),
         "the worker did not stop: {ended:?}"
     );
+}
+
+/// A checkpoint of an attempt the coordinator no longer counts as current is
+/// refused for good: the worker gives its upload up instead of asking again
+/// every second (and holding up every upload queued behind it), which the
+/// chaos suite saw for 70 s after a partition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_of_a_stale_attempt_is_given_up_not_retried() {
+    let state = tempfile::tempdir().unwrap();
+    let (url, mut inbound, out, status_calls) = scripted().await;
+    let spec = liandan_common::sweep::parse(
+        "name: t\nmethod: grid\ncommand: [sh, -c, 'printf abc > \"$LIANDAN_CHECKPOINT_DIR/step-1.ckpt\"; sleep 1']\nparameters:\n  x: {value: 1}\n",
+        liandan_common::sweep::Format::Yaml,
+    )
+    .unwrap()
+    .spec;
+    let spec_json = serde_json::to_string(&spec).unwrap();
+    let cfg = liandan_common::config::WorkerConfig {
+        coordinator: url,
+        state_dir: state.path().to_path_buf(),
+        slots: 1,
+        gpus: "none".into(),
+        grace_period_secs: 1.0,
+        reconnect_max_secs: 1.0,
+        base_dir: state.path().to_path_buf(),
+        ..Default::default()
+    };
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let worker = tokio::spawn(liandan_worker::run(cfg, async {
+        let _ = stop_rx.await;
+    }));
+    let mut seen = Vec::new();
+    assert!(
+        until(&mut inbound, &mut seen, Duration::from_secs(20), |m, _| {
+            matches!(m.msg, Some(pb::worker_message::Msg::Hello(_)))
+        })
+        .await
+    );
+    out.send(Ok(pb::CoordinatorMessage {
+        msg: Some(pb::coordinator_message::Msg::Welcome(pb::Welcome {
+            worker_id: "wk-0123456789abcdef".into(),
+            heartbeat_interval_ms: 200,
+            worker_secret: "a-secret-for-the-test".into(),
+            ..Default::default()
+        })),
+    }))
+    .unwrap();
+    let a = "job-00000000000000cc";
+    out.send(Ok(assignment(a, &spec_json))).unwrap();
+    // Acknowledge everything; the job checkpoints once and exits.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut acked = 0;
+    while exited(&seen, a).is_none() && tokio::time::Instant::now() < deadline {
+        let top = seen.iter().map(|r| r.seq).max().unwrap_or(0);
+        if top > acked {
+            acked = top;
+            out.send(Ok(pb::CoordinatorMessage {
+                msg: Some(pb::coordinator_message::Msg::Ack(pb::Ack {
+                    seq: top,
+                    refused: 0,
+                })),
+            }))
+            .unwrap();
+        }
+        until(
+            &mut inbound,
+            &mut seen,
+            Duration::from_millis(200),
+            |_, _| false,
+        )
+        .await;
+    }
+    assert!(exited(&seen, a).is_some(), "the job never ended: {seen:?}");
+    let asked = || status_calls.load(std::sync::atomic::Ordering::SeqCst);
+    let first = tokio::time::timeout(Duration::from_secs(10), async {
+        while asked() == 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(
+        first.is_ok(),
+        "the worker never tried to upload its checkpoint"
+    );
+    // The worker retries a failed upload every second; a refused one it must not.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        asked(),
+        1,
+        "a refused checkpoint was asked about again and again"
+    );
+    let _ = stop_tx.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(30), worker).await;
 }
