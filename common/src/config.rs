@@ -230,7 +230,8 @@ pub struct CoordinatorConfig {
     pub handshake_timeout_secs: f64,
     /// Days after which a worker that has not connected (and holds no job) is
     /// forgotten: removed from `liandan workers` (it is registered again if it
-    /// comes back). 0 keeps workers until `liandan workers --forget`.
+    /// comes back; counted from its last disconnect; drained ones are kept).
+    /// 0 keeps workers until `liandan workers --forget`.
     pub worker_expiry_days: f64,
     /// Checkpoint uploads taken at once; more are refused with "retry shortly"
     /// (workers retry on their own).

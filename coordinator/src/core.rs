@@ -258,6 +258,8 @@ struct State {
     delayed: BinaryHeap<Reverse<(Instant, JobId)>>,
     checkpoints: HashMap<JobId, Vec<CheckpointRow>>,
     next_session: u64,
+    /// When `expire_workers` last looked (it runs at most every minute).
+    last_expiry: Option<Instant>,
     /// The store key ([`JobRow::seq`]) the next new job gets.
     next_seq: i64,
     /// When the scheduler last ticked (see [`Core::tick`]).
@@ -321,10 +323,6 @@ pub struct Core {
     proposal_gate: Arc<crate::gate::Gate>,
     /// Tests hold a submit here, while its batch is built ([`Core::hold_builds`]).
     build_gate: Arc<crate::gate::Gate>,
-    /// When this core started (seconds since the epoch): worker expiry counts
-    /// from here at the earliest, since a worker's last sighting is stored
-    /// only now and then.
-    started_at: f64,
 }
 
 fn secs(s: f64) -> Duration {
@@ -357,7 +355,6 @@ impl Core {
             proposals: Default::default(),
             proposal_gate: Default::default(),
             build_gate: Default::default(),
-            started_at: now_secs(),
         }))
     }
 
@@ -1291,6 +1288,10 @@ impl Core {
         if let Some(w) = st.workers.get_mut(wid) {
             if w.session.as_ref().is_some_and(|s| s.id == session) {
                 w.session = None;
+                // Stored, so that worker expiry counts from here after a restart too.
+                w.last_seen = now_secs();
+                // Queued now; the writer commits it without anyone waiting.
+                drop(self.store.enqueue(vec![worker_upsert(wid, w)]));
                 tracing::info!(worker = %wid, session, "worker disconnected");
             }
         }
@@ -1897,10 +1898,17 @@ impl Core {
         if days <= 0.0 {
             return;
         }
-        let before = now_secs() - days * 86_400.0;
-        if self.started_at > before {
+        // A check measured in days need not run on every 200 ms tick.
+        let every = Duration::from_secs_f64((days * 86_400.0 / 2.0).min(60.0));
+        let now = Instant::now();
+        if st
+            .last_expiry
+            .is_some_and(|t| now.saturating_duration_since(t) < every)
+        {
             return;
         }
+        st.last_expiry = Some(now);
+        let before = now_secs() - days * 86_400.0;
         let gone: Vec<WorkerId> = st
             .workers
             .iter()

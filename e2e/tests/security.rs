@@ -125,7 +125,8 @@ impl Secure {
         )
     }
 
-    fn cli(&self, token: Option<&Path>, args: &[&str]) -> Output {
+    /// The CLI against this coordinator, with `token` (if any) and `args`.
+    fn cli_command(&self, token: Option<&Path>, args: &[&str]) -> Command {
         let mut c = Command::new(bin("liandan"));
         c.args(["--coordinator", &self.url(), "--ca-cert"])
             .arg(self.pki().join("ca.pem"))
@@ -134,34 +135,30 @@ impl Secure {
         if let Some(t) = token {
             c.arg("--token-file").arg(t);
         }
-        c.args(args).output().unwrap()
+        c.args(args);
+        c
+    }
+
+    fn cli(&self, token: Option<&Path>, args: &[&str]) -> Output {
+        self.cli_command(token, args).output().unwrap()
     }
 
     /// Runs the CLI as [`Secure::cli`]; true if it succeeded within `max`
     /// (killed after it: a call stuck on an unresponsive coordinator).
     fn cli_within(&self, max: Duration, token: Option<&Path>, args: &[&str]) -> bool {
-        let mut c = Command::new(bin("liandan"));
-        c.args(["--coordinator", &self.url(), "--ca-cert"])
-            .arg(self.pki().join("ca.pem"))
-            .env_remove("LIANDAN_TOKEN")
-            .env_remove("LIANDAN_TOKEN_FILE")
+        let mut child = self
+            .cli_command(token, args)
             .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        if let Some(t) = token {
-            c.arg("--token-file").arg(t);
-        }
-        let mut child = c.args(args).spawn().unwrap();
-        let deadline = std::time::Instant::now() + max;
-        loop {
-            if let Ok(Some(st)) = child.try_wait() {
-                return st.success();
-            }
-            if std::time::Instant::now() > deadline {
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        match eventually(max, || child.try_wait().ok().flatten()) {
+            Some(st) => st.success(),
+            None => {
                 let _ = child.kill();
                 let _ = child.wait();
-                return false;
+                false
             }
-            std::thread::sleep(Duration::from_millis(50));
         }
     }
 

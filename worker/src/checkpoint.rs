@@ -15,7 +15,7 @@ pub async fn upload(
     client: &mut crate::Client,
     ctx: &WorkerCtx,
     u: &crate::spool::UploadEntry,
-) -> Result<bool, tonic::Status> {
+) -> Result<(), tonic::Status> {
     let status = match client
         .checkpoint_upload_status(pb::CheckpointUploadStatusRequest {
             job_id: u.job_id.clone(),
@@ -26,12 +26,6 @@ pub async fn upload(
         .await
     {
         Ok(s) => s.into_inner(),
-        // The attempt is no longer current (or not this worker's): the
-        // coordinator will never take it, as the upload itself would say.
-        Err(s) if s.code() == tonic::Code::FailedPrecondition => {
-            tracing::info!(job = %u.job_id, attempt = u.attempt, step = u.step, "checkpoint refused: {}", s.message());
-            return Ok(false);
-        }
         Err(s) => return Err(s),
     };
     let mut offset = status.received.min(u.size);
@@ -84,14 +78,10 @@ pub async fn upload(
         Ok(r) => {
             let r = r.into_inner();
             if r.accepted {
-                Ok(true)
+                Ok(())
             } else {
                 Err(tonic::Status::aborted(r.message))
             }
-        }
-        Err(s) if s.code() == tonic::Code::FailedPrecondition => {
-            tracing::info!(job = %u.job_id, attempt = u.attempt, step = u.step, "checkpoint refused: {}", s.message());
-            Ok(false)
         }
         Err(s) => Err(s),
     }

@@ -930,19 +930,19 @@ async fn upload_loop(ctx: Arc<WorkerCtx>) {
             let mut client = ctx.client(ch);
             for u in ctx.spool.uploads_pending().await.unwrap_or_default() {
                 match checkpoint::upload(&mut client, &ctx, &u).await {
-                    Ok(accepted) => {
-                        // Accepted, or refused for good (a stale attempt): either way done.
+                    Ok(()) => {
                         let _ = ctx
                             .spool
                             .upload_done(u.job_id.clone(), u.attempt, u.step)
                             .await;
-                        if accepted {
-                            tracing::info!(job = %u.job_id, step = u.step, bytes = u.size, "checkpoint uploaded");
-                        }
+                        tracing::info!(job = %u.job_id, step = u.step, bytes = u.size, "checkpoint uploaded");
                         ctx.upload_done.notify_waiters();
                     }
                     Err(e)
                         if e.code() == tonic::Code::NotFound
+                            // The attempt is no longer current (said by the status
+                            // call or the upload): the coordinator never takes it.
+                            || e.code() == tonic::Code::FailedPrecondition
                             || (e.code() == tonic::Code::InvalidArgument
                                 && !e.message().contains("resume from")) =>
                     {

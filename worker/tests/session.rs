@@ -158,6 +158,119 @@ fn exited(seen: &[pb::Record], job: &str) -> Option<String> {
     })
 }
 
+/// A real worker connected to the scripted coordinator, welcomed, with
+/// what it sent so far.
+struct Session {
+    _state: tempfile::TempDir,
+    inbound: mpsc::UnboundedReceiver<pb::WorkerMessage>,
+    out: Out,
+    status_calls: Calls,
+    seen: Vec<pb::Record>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    worker: tokio::task::JoinHandle<Result<(), liandan_worker::WorkerError>>,
+    /// The canonical spec JSON of a one-parameter sweep running `command` (YAML flow list).
+    spec_json: String,
+}
+
+impl Session {
+    async fn start(command: &str, slots: u32, spool_max_bytes: u64) -> Session {
+        let state = tempfile::tempdir().unwrap();
+        let (url, inbound, out, status_calls) = scripted().await;
+        let spec = liandan_common::sweep::parse(
+            &format!("name: t\nmethod: grid\ncommand: {command}\nparameters:\n  x: {{value: 1}}\n"),
+            liandan_common::sweep::Format::Yaml,
+        )
+        .unwrap()
+        .spec;
+        let cfg = liandan_common::config::WorkerConfig {
+            coordinator: url,
+            state_dir: state.path().to_path_buf(),
+            slots,
+            gpus: "none".into(),
+            grace_period_secs: 1.0,
+            spool_max_bytes,
+            reconnect_max_secs: 1.0,
+            base_dir: state.path().to_path_buf(),
+            ..Default::default()
+        };
+        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let worker = tokio::spawn(liandan_worker::run(cfg, async {
+            let _ = stop_rx.await;
+        }));
+        let mut s = Session {
+            _state: state,
+            inbound,
+            out,
+            status_calls,
+            seen: Vec::new(),
+            stop: Some(stop),
+            worker,
+            spec_json: serde_json::to_string(&spec).unwrap(),
+        };
+        assert!(
+            s.until(Duration::from_secs(20), |m, _| {
+                matches!(m.msg, Some(pb::worker_message::Msg::Hello(_)))
+            })
+            .await,
+            "the worker never said hello"
+        );
+        s.send(pb::coordinator_message::Msg::Welcome(pb::Welcome {
+            worker_id: "wk-0123456789abcdef".into(),
+            heartbeat_interval_ms: 200,
+            worker_secret: "a-secret-for-the-test".into(),
+            ..Default::default()
+        }));
+        s
+    }
+
+    fn send(&self, msg: pb::coordinator_message::Msg) {
+        self.out
+            .send(Ok(pb::CoordinatorMessage { msg: Some(msg) }))
+            .unwrap();
+    }
+
+    fn assign(&self, job: &str) {
+        let m = assignment(job, &self.spec_json);
+        self.out.send(Ok(m)).unwrap();
+    }
+
+    async fn until(
+        &mut self,
+        max: Duration,
+        pick: impl FnMut(&pb::WorkerMessage, &[pb::Record]) -> bool,
+    ) -> bool {
+        until(&mut self.inbound, &mut self.seen, max, pick).await
+    }
+
+    fn top(&self) -> u64 {
+        self.seen.iter().map(|r| r.seq).max().unwrap_or(0)
+    }
+
+    fn ack(&self, seq: u64) {
+        self.send(pb::coordinator_message::Msg::Ack(pb::Ack {
+            seq,
+            refused: 0,
+        }));
+    }
+
+    /// Acknowledges whatever arrives until every one of `jobs` has exited
+    /// (or `max` passes).
+    async fn ack_until_exited(&mut self, jobs: &[&str], max: Duration) {
+        let deadline = tokio::time::Instant::now() + max;
+        let mut acked = 0;
+        while jobs.iter().any(|j| exited(&self.seen, j).is_none())
+            && tokio::time::Instant::now() < deadline
+        {
+            let top = self.top();
+            if top > acked {
+                acked = top;
+                self.ack(top);
+            }
+            self.until(Duration::from_millis(200), |_, _| false).await;
+        }
+    }
+}
+
 /// Issue #18 item 11: with the spool full (nothing acknowledged yet) and the
 /// worker stopping, an assignment that crosses the stop must not block the
 /// session loop — that loop is the only place acknowledgements are taken, and
@@ -166,118 +279,47 @@ fn exited(seen: &[pb::Record], job: &str) -> Option<String> {
 /// the worker finishes stopping.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_assignment_crossing_the_stop_with_the_spool_full_does_not_wedge_the_session() {
-    let state = tempfile::tempdir().unwrap();
-    let (url, mut inbound, out, _) = scripted().await;
-    let spec = liandan_common::sweep::parse(
-        "name: t\nmethod: grid\ncommand: [sleep, '30']\nparameters:\n  x: {value: 1}\n",
-        liandan_common::sweep::Format::Yaml,
-    )
-    .unwrap()
-    .spec;
-    let spec_json = serde_json::to_string(&spec).unwrap();
-    let cfg = liandan_common::config::WorkerConfig {
-        coordinator: url,
-        state_dir: state.path().to_path_buf(),
-        slots: 2,
-        gpus: "none".into(),
-        grace_period_secs: 1.0,
-        // One unacknowledged record fills it.
-        spool_max_bytes: 1,
-        reconnect_max_secs: 1.0,
-        base_dir: state.path().to_path_buf(),
-        ..Default::default()
-    };
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let worker = tokio::spawn(liandan_worker::run(cfg, async {
-        let _ = stop_rx.await;
-    }));
-    let mut seen = Vec::new();
-    assert!(
-        until(&mut inbound, &mut seen, Duration::from_secs(20), |m, _| {
-            matches!(m.msg, Some(pb::worker_message::Msg::Hello(_)))
-        })
-        .await,
-        "the worker never said hello"
-    );
-    out.send(Ok(pb::CoordinatorMessage {
-        msg: Some(pb::coordinator_message::Msg::Welcome(pb::Welcome {
-            worker_id: "wk-0123456789abcdef".into(),
-            acked_seq: 0,
-            heartbeat_interval_ms: 200,
-            worker_secret: "a-secret-for-the-test".into(),
-            ..Default::default()
-        })),
-    }))
-    .unwrap();
+    // One unacknowledged record fills the spool.
+    let mut s = Session::start("[sleep, '30']", 2, 1).await;
     let (a, b) = ("job-00000000000000aa", "job-00000000000000bb");
-    out.send(Ok(assignment(a, &spec_json))).unwrap();
+    s.assign(a);
     // A's start record is spooled and sent, and never acknowledged: the spool is full.
     assert!(
-        until(
-            &mut inbound,
-            &mut seen,
-            Duration::from_secs(20),
-            |_, seen| {
-                seen.iter()
-                    .any(|r| r.job_id == a && matches!(r.body, Some(pb::record::Body::Started(_))))
-            }
-        )
+        s.until(Duration::from_secs(20), |_, seen| {
+            seen.iter()
+                .any(|r| r.job_id == a && matches!(r.body, Some(pb::record::Body::Started(_))))
+        })
         .await,
-        "job A never started: {seen:?}"
+        "job A never started: {:?}",
+        s.seen
     );
-    let _ = stop_tx.send(());
+    let _ = s.stop.take().map(|t| t.send(()));
     assert!(
-        until(&mut inbound, &mut seen, Duration::from_secs(10), |m, _| {
+        s.until(Duration::from_secs(10), |m, _| {
             matches!(&m.msg, Some(pb::worker_message::Msg::Heartbeat(h)) if h.stopping)
         })
         .await,
         "the worker never announced its stop"
     );
     // B crosses the stop: the worker must hand it back, without waiting in the loop.
-    out.send(Ok(assignment(b, &spec_json))).unwrap();
+    s.assign(b);
     tokio::time::sleep(Duration::from_millis(300)).await;
     // Now acknowledge whatever arrives; both exit records must follow.
-    let ack = |seq: u64| {
-        Ok(pb::CoordinatorMessage {
-            msg: Some(pb::coordinator_message::Msg::Ack(pb::Ack {
-                seq,
-                refused: 0,
-            })),
-        })
-    };
-    let mut acked = 0;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while (exited(&seen, a).is_none() || exited(&seen, b).is_none())
-        && tokio::time::Instant::now() < deadline
-    {
-        let top = seen.iter().map(|r| r.seq).max().unwrap_or(0);
-        if top > acked {
-            acked = top;
-            out.send(ack(top)).unwrap();
-        }
-        until(
-            &mut inbound,
-            &mut seen,
-            Duration::from_millis(200),
-            |_, _| false,
-        )
-        .await;
-    }
+    s.ack_until_exited(&[a, b], Duration::from_secs(20)).await;
     assert_eq!(
-        exited(&seen, a).as_deref(),
+        exited(&s.seen, a).as_deref(),
         Some("preempted"),
         "job A's exit never arrived: the session loop is wedged ({} records seen)",
-        seen.len()
+        s.seen.len()
     );
     assert_eq!(
-        exited(&seen, b).as_deref(),
+        exited(&s.seen, b).as_deref(),
         Some("preempted"),
         "job B was not handed back: the session loop is wedged"
     );
-    let top = seen.iter().map(|r| r.seq).max().unwrap_or(0);
-    out.send(ack(top)).unwrap();
+    s.ack(s.top());
     // And the worker finishes stopping (its last flush delivered everything).
-    let ended = tokio::time::timeout(Duration::from_secs(30), worker).await;
+    let ended = tokio::time::timeout(Duration::from_secs(30), s.worker).await;
     assert!(
         matches!(ended, Ok(Ok(Ok(())))),
         "the worker did not stop: {ended:?}"
@@ -290,72 +332,23 @@ async fn an_assignment_crossing_the_stop_with_the_spool_full_does_not_wedge_the_
 /// chaos suite saw for 70 s after a partition.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_checkpoint_of_a_stale_attempt_is_given_up_not_retried() {
-    let state = tempfile::tempdir().unwrap();
-    let (url, mut inbound, out, status_calls) = scripted().await;
-    let spec = liandan_common::sweep::parse(
-        "name: t\nmethod: grid\ncommand: [sh, -c, 'printf abc > \"$LIANDAN_CHECKPOINT_DIR/step-1.ckpt\"; sleep 1']\nparameters:\n  x: {value: 1}\n",
-        liandan_common::sweep::Format::Yaml,
+    let mut s = Session::start(
+        r#"[sh, -c, 'printf abc > "$LIANDAN_CHECKPOINT_DIR/step-1.ckpt"; sleep 1']"#,
+        1,
+        1 << 30,
     )
-    .unwrap()
-    .spec;
-    let spec_json = serde_json::to_string(&spec).unwrap();
-    let cfg = liandan_common::config::WorkerConfig {
-        coordinator: url,
-        state_dir: state.path().to_path_buf(),
-        slots: 1,
-        gpus: "none".into(),
-        grace_period_secs: 1.0,
-        reconnect_max_secs: 1.0,
-        base_dir: state.path().to_path_buf(),
-        ..Default::default()
-    };
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let worker = tokio::spawn(liandan_worker::run(cfg, async {
-        let _ = stop_rx.await;
-    }));
-    let mut seen = Vec::new();
-    assert!(
-        until(&mut inbound, &mut seen, Duration::from_secs(20), |m, _| {
-            matches!(m.msg, Some(pb::worker_message::Msg::Hello(_)))
-        })
-        .await
-    );
-    out.send(Ok(pb::CoordinatorMessage {
-        msg: Some(pb::coordinator_message::Msg::Welcome(pb::Welcome {
-            worker_id: "wk-0123456789abcdef".into(),
-            heartbeat_interval_ms: 200,
-            worker_secret: "a-secret-for-the-test".into(),
-            ..Default::default()
-        })),
-    }))
-    .unwrap();
+    .await;
     let a = "job-00000000000000cc";
-    out.send(Ok(assignment(a, &spec_json))).unwrap();
+    s.assign(a);
     // Acknowledge everything; the job checkpoints once and exits.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    let mut acked = 0;
-    while exited(&seen, a).is_none() && tokio::time::Instant::now() < deadline {
-        let top = seen.iter().map(|r| r.seq).max().unwrap_or(0);
-        if top > acked {
-            acked = top;
-            out.send(Ok(pb::CoordinatorMessage {
-                msg: Some(pb::coordinator_message::Msg::Ack(pb::Ack {
-                    seq: top,
-                    refused: 0,
-                })),
-            }))
-            .unwrap();
-        }
-        until(
-            &mut inbound,
-            &mut seen,
-            Duration::from_millis(200),
-            |_, _| false,
-        )
-        .await;
-    }
-    assert!(exited(&seen, a).is_some(), "the job never ended: {seen:?}");
-    let asked = || status_calls.load(std::sync::atomic::Ordering::SeqCst);
+    s.ack_until_exited(&[a], Duration::from_secs(20)).await;
+    assert!(
+        exited(&s.seen, a).is_some(),
+        "the job never ended: {:?}",
+        s.seen
+    );
+    let calls = s.status_calls.clone();
+    let asked = move || calls.load(std::sync::atomic::Ordering::SeqCst);
     let first = tokio::time::timeout(Duration::from_secs(10), async {
         while asked() == 0 {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -373,6 +366,6 @@ async fn a_checkpoint_of_a_stale_attempt_is_given_up_not_retried() {
         1,
         "a refused checkpoint was asked about again and again"
     );
-    let _ = stop_tx.send(());
-    let _ = tokio::time::timeout(Duration::from_secs(30), worker).await;
+    let _ = s.stop.take().map(|t| t.send(()));
+    let _ = tokio::time::timeout(Duration::from_secs(30), s.worker).await;
 }
