@@ -239,6 +239,11 @@ pub struct CoordinatorConfig {
     /// Seconds an upload may go without sending data before it is ended (it
     /// resumes from where it stopped).
     pub upload_idle_timeout_secs: f64,
+    /// A job whose worker died (a restart found the attempt's process gone)
+    /// during this many of its attempts in a row is taken to be what kills
+    /// it: that death and each further one spend a retry, as a failure
+    /// does. 0: a worker's death never counts against the job.
+    pub max_worker_deaths: u32,
 }
 
 impl Default for CoordinatorConfig {
@@ -251,6 +256,7 @@ impl Default for CoordinatorConfig {
             heartbeat_interval_secs: 2.0,
             retry_backoff_secs: 1.0,
             retry_backoff_max_secs: 60.0,
+            max_worker_deaths: 3,
             checkpoint_keep_last: 3,
             max_message_bytes: 16 * 1024 * 1024,
             log_format: "text".into(),
@@ -408,6 +414,14 @@ pub struct WorkerConfig {
     /// Seconds between sweeps of the job directories (also run at start and
     /// whenever the coordinator acknowledges an attempt's end).
     pub retention_interval_secs: f64,
+    /// The unprivileged user jobs run as (empty: the worker's own user). The
+    /// worker must then run as root or with the capabilities the README
+    /// lists; the state dir becomes unreadable to jobs.
+    pub job_user: String,
+    /// Each attempt in its own cgroup (v2), killed whole when it ends or is
+    /// cancelled: "auto" (where the worker may create cgroups, e.g. systemd's
+    /// Delegate=yes), "required" (refuse to start without) or "off".
+    pub job_cgroups: String,
 }
 
 impl Default for WorkerConfig {
@@ -432,6 +446,8 @@ impl Default for WorkerConfig {
             join_token_file: String::new(),
             keep_failed_days: 7.0,
             retention_interval_secs: 300.0,
+            job_user: String::new(),
+            job_cgroups: "auto".into(),
         }
     }
 }
@@ -493,6 +509,15 @@ impl WorkerConfig {
                 message:
                     "an https:// coordinator needs tls_ca, the CA certificate (PEM) that signed it"
                         .into(),
+            });
+        }
+        if !matches!(self.job_cgroups.as_str(), "auto" | "required" | "off") {
+            return Err(ConfigError::Key {
+                key: "job_cgroups".into(),
+                message: format!(
+                    "expected \"auto\", \"required\" or \"off\", found {:?}",
+                    self.job_cgroups
+                ),
             });
         }
         if self.spool_max_bytes < 1 << 20 {

@@ -10,23 +10,25 @@ pub const CHUNK: usize = 1 << 20;
 
 /// BLAKE3 (hex) and size of a file, computed on a blocking thread.
 pub async fn hash_file(path: PathBuf) -> std::io::Result<(String, u64)> {
-    tokio::task::spawn_blocking(move || {
-        let mut f = std::fs::File::open(&path)?;
-        let mut h = blake3::Hasher::new();
-        let mut buf = vec![0u8; CHUNK];
-        let mut n = 0u64;
-        loop {
-            let k = f.read(&mut buf)?;
-            if k == 0 {
-                break;
-            }
-            n += k as u64;
-            h.update(&buf[..k]);
+    tokio::task::spawn_blocking(move || hash_reader(std::fs::File::open(&path)?))
+        .await
+        .map_err(std::io::Error::other)?
+}
+
+/// BLAKE3 (hex) and length of everything `f` reads (call it off the runtime).
+pub fn hash_reader(mut f: impl Read) -> std::io::Result<(String, u64)> {
+    let mut h = blake3::Hasher::new();
+    let mut buf = vec![0u8; CHUNK];
+    let mut n = 0u64;
+    loop {
+        let k = f.read(&mut buf)?;
+        if k == 0 {
+            break;
         }
-        Ok((h.finalize().to_hex().to_string(), n))
-    })
-    .await
-    .map_err(std::io::Error::other)?
+        n += k as u64;
+        h.update(&buf[..k]);
+    }
+    Ok((h.finalize().to_hex().to_string(), n))
 }
 
 #[cfg(test)]

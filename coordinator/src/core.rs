@@ -125,6 +125,8 @@ struct JobMem {
     state: JobState,
     attempt: u64,
     retries_used: u32,
+    /// Attempts in a row that ended with their worker's death.
+    worker_deaths: u32,
     worker: Option<WorkerId>,
     stop: StopRequest,
     final_metric: Option<f64>,
@@ -192,6 +194,7 @@ impl JobMem {
             state: JobState::Queued,
             attempt: 0,
             retries_used: 0,
+            worker_deaths: 0,
             worker: None,
             stop: StopRequest::None,
             final_metric: None,
@@ -216,6 +219,7 @@ impl JobMem {
             final_metric: self.final_metric,
             best_metric: self.best_metric,
             result_recorded: self.result_recorded,
+            worker_deaths: self.worker_deaths,
         }
     }
 }
@@ -1814,6 +1818,31 @@ impl Core {
         if job.state != JobState::Running || job.attempt != attempt {
             return;
         }
+        // A job whose worker dies under it attempt after attempt is what
+        // kills it (`kill -9 $PPID`): from max_worker_deaths in a row on,
+        // each death is its failure. A lost lease neither counts nor clears.
+        let mut message = std::borrow::Cow::Borrowed(message);
+        let outcome = match outcome {
+            Outcome::Interrupted => {
+                job.worker_deaths += 1;
+                let max = self.cfg.max_worker_deaths;
+                if max > 0 && job.worker_deaths >= max {
+                    message = format!(
+                        "{message}; its worker died during {} attempts of this job in a row, so the job is taken to be what kills it (max_worker_deaths = {max}): counted as a failure",
+                        job.worker_deaths
+                    )
+                    .into();
+                    Outcome::WorkerDied
+                } else {
+                    outcome
+                }
+            }
+            Outcome::Lost => outcome,
+            _ => {
+                job.worker_deaths = 0;
+                outcome
+            }
+        };
         let retries = st
             .sweeps
             .get(&job.sweep)
@@ -2729,7 +2758,7 @@ fn load(store: &Store, cfg: &CoordinatorConfig) -> Result<State, CoreError> {
                 }
             }
             {
-                let mut q = c.prepare("SELECT id, sweep_id, trial_id, ord, seed, state, attempt, retries_used, worker_id, cancel_requested, final_metric, best_metric, result_recorded, seq FROM jobs ORDER BY seq")?;
+                let mut q = c.prepare("SELECT id, sweep_id, trial_id, ord, seed, state, attempt, retries_used, worker_id, cancel_requested, final_metric, best_metric, result_recorded, seq, worker_deaths FROM jobs ORDER BY seq")?;
                 let rows = q.query_map([], |r| {
                     Ok(JobRow {
                         id: r.get(0)?,
@@ -2746,6 +2775,7 @@ fn load(store: &Store, cfg: &CoordinatorConfig) -> Result<State, CoreError> {
                         best_metric: r.get(11)?,
                         result_recorded: r.get(12)?,
                         seq: r.get(13)?,
+                        worker_deaths: r.get(14)?,
                     })
                 })?;
                 for row in rows {
@@ -2793,6 +2823,7 @@ fn load(store: &Store, cfg: &CoordinatorConfig) -> Result<State, CoreError> {
                             state,
                             attempt: j.attempt,
                             retries_used: j.retries_used,
+                            worker_deaths: j.worker_deaths,
                             worker,
                             stop: StopRequest::from_db(j.cancel_requested),
                             final_metric: j.final_metric,

@@ -6,7 +6,8 @@
 //!            assign                 exited(succeeded)
 //!  Queued ─────────────► Running ───────────────────► Succeeded
 //!    ▲                     │ │ exited(failed), retries left
-//!    └─────────────────────┘ │   (or lost / preempted / interrupted: no retry spent)
+//!    └─────────────────────┘ │   (or lost / preempted / interrupted: no retry spent,
+//!                            │    until max_worker_deaths interruptions in a row)
 //!                            │ exited(failed), no retries left
 //!                            ├───────────────────────► Failed
 //!                            │ cancel + exited
@@ -168,6 +169,9 @@ pub enum Outcome {
     DiskFull,
     /// The worker stopped heartbeating; the lease expired.
     Lost,
+    /// Interrupted, but the job's worker died during `max_worker_deaths`
+    /// of its attempts in a row: the job is taken to be what kills it.
+    WorkerDied,
 }
 
 impl Outcome {
@@ -185,6 +189,7 @@ impl Outcome {
             Outcome::Interrupted => "interrupted",
             Outcome::DiskFull => "disk_full",
             Outcome::Lost => "lost",
+            Outcome::WorkerDied => "worker_died",
         }
     }
 
@@ -202,6 +207,7 @@ impl Outcome {
             "interrupted" => Outcome::Interrupted,
             "disk_full" => Outcome::DiskFull,
             "lost" => Outcome::Lost,
+            "worker_died" => Outcome::WorkerDied,
             _ => return None,
         })
     }
@@ -217,6 +223,7 @@ impl Outcome {
                 | Outcome::SpawnFailed
                 | Outcome::SetupFailed
                 | Outcome::UsageError
+                | Outcome::WorkerDied
         )
     }
 

@@ -23,7 +23,7 @@ use tokio::sync::oneshot;
 
 /// The schema version this binary writes. Older databases are migrated forward;
 /// newer ones are refused.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
 const MIGRATIONS: &[&str] = &[
     // version 1
@@ -80,6 +80,11 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE workers ADD COLUMN cert_bound INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE workers ADD COLUMN secret_hash TEXT;
+    "#,
+    // version 4: interruptions (worker deaths) in a row per job, so that a
+    // job that kills its worker stops being requeued (max_worker_deaths).
+    r#"
+    ALTER TABLE jobs ADD COLUMN worker_deaths INTEGER NOT NULL DEFAULT 0;
     "#,
 ];
 
@@ -139,6 +144,8 @@ pub struct JobUpdate {
     pub final_metric: Option<f64>,
     pub best_metric: Option<f64>,
     pub result_recorded: bool,
+    /// Attempts in a row that ended with their worker's death.
+    pub worker_deaths: u32,
 }
 
 /// A stored job row, as start-up reads it.
@@ -160,6 +167,7 @@ pub struct JobRow {
     pub final_metric: Option<f64>,
     pub best_metric: Option<f64>,
     pub result_recorded: bool,
+    pub worker_deaths: u32,
 }
 
 /// Jobs submitted together: (id, trial, seed) each, queued and never run; the
@@ -511,11 +519,11 @@ fn apply(tx: &rusqlite::Transaction, op: &Op) -> Result<(), rusqlite::Error> {
         }
         Op::UpdateJob(j) => {
             tx.prepare_cached(
-                "UPDATE jobs SET state=?2, attempt=?3, retries_used=?4, worker_id=?5, cancel_requested=?6, final_metric=?7, best_metric=?8, result_recorded=?9, updated_at=?10 WHERE seq=?1",
+                "UPDATE jobs SET state=?2, attempt=?3, retries_used=?4, worker_id=?5, cancel_requested=?6, final_metric=?7, best_metric=?8, result_recorded=?9, updated_at=?10, worker_deaths=?11 WHERE seq=?1",
             )?
             .execute(params![
                 j.seq, j.state, j.attempt as i64, j.retries_used, j.worker_id.as_ref().map(|w| w.as_str()), j.cancel_requested, j.final_metric, j.best_metric, j.result_recorded,
-                liandan_common::time::now_secs()
+                liandan_common::time::now_secs(), j.worker_deaths
             ])?;
         }
         Op::JobMetrics {

@@ -498,6 +498,11 @@ pub fn run_for(seed: u64, length: Length) -> Report {
         slots: 2,
         grace_period_secs: 3.0,
         worker_env: Vec::new(),
+        // The faults kill workers at random, several times a minute: a job
+        // interrupted three times in a row here is the suite's doing, not
+        // the job's (max_worker_deaths is tested in hostile_jobs.rs).
+        coordinator_env: vec![("LIANDAN_MAX_WORKER_DEATHS".into(), "1000".into())],
+        worker_wrapper: Vec::new(),
     };
     let mut c = Cluster::start(0, opts);
     // Worker 2 keeps its state on a small file system the harness fills now

@@ -115,6 +115,10 @@ pub struct Opts {
     pub grace_period_secs: f64,
     /// Extra environment for workers (e.g. LIANDAN_SPOOL_MAX_BYTES).
     pub worker_env: Vec<(String, String)>,
+    /// Extra environment for the coordinator.
+    pub coordinator_env: Vec<(String, String)>,
+    /// A command workers are started through (e.g. `setpriv ...`), or none.
+    pub worker_wrapper: Vec<String>,
 }
 
 impl Default for Opts {
@@ -125,6 +129,8 @@ impl Default for Opts {
             slots: 2,
             grace_period_secs: 2.0,
             worker_env: Vec::new(),
+            coordinator_env: Vec::new(),
+            worker_wrapper: Vec::new(),
         }
     }
 }
@@ -164,6 +170,11 @@ fn start_coordinator(dir: &Path, listen: &str, opts: &Opts) -> (Proc, String) {
             &(opts.lease_timeout_secs / 4.0).to_string(),
         ])
         .env("RUST_LOG", "info")
+        .envs(
+            opts.coordinator_env
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str())),
+        )
         .stdout(Stdio::piped())
         .stderr(err)
         .spawn()
@@ -187,6 +198,61 @@ fn start_coordinator(dir: &Path, listen: &str, opts: &Opts) -> (Proc, String) {
         },
         addr,
     )
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for w in &mut self.workers {
+            w.kill();
+        }
+        remove_job_cgroups(self.dir.path());
+    }
+}
+
+/// Kills and removes the cgroups the workers whose logs are in `dir` made
+/// for their jobs (a SIGKILLed worker leaves its jobs running in them).
+pub fn remove_job_cgroups(dir: &Path) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut bases = std::collections::BTreeSet::new();
+    for e in rd.flatten() {
+        if !e.file_name().to_string_lossy().ends_with(".log") {
+            continue;
+        }
+        let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+        for line in text
+            .lines()
+            .filter(|l| l.contains("jobs run in their own cgroups"))
+        {
+            if let Some(d) = line
+                .split("dir=")
+                .nth(1)
+                .and_then(|r| r.split_whitespace().next())
+            {
+                bases.insert(PathBuf::from(d));
+            }
+        }
+    }
+    for base in bases {
+        let children: Vec<PathBuf> = std::fs::read_dir(&base)
+            .map(|rd| {
+                rd.flatten()
+                    .filter(|e| e.path().is_dir())
+                    .map(|e| e.path())
+                    .collect()
+            })
+            .unwrap_or_default();
+        for d in children.iter().chain(std::iter::once(&base)) {
+            let _ = std::fs::write(d.join("cgroup.kill"), b"1");
+            for _ in 0..100 {
+                if std::fs::remove_dir(d).is_ok() || !d.exists() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
 }
 
 impl Cluster {
@@ -230,7 +296,14 @@ impl Cluster {
     fn worker_proc(&self, i: usize, url: &str) -> Proc {
         let log = log_path(self.dir.path(), &format!("worker-{i}"));
         let err = std::fs::File::create(&log).expect("log file");
-        let mut cmd = Command::new(bin("liandan-worker"));
+        let mut cmd = match self.opts.worker_wrapper.split_first() {
+            Some((w, args)) => {
+                let mut c = Command::new(w);
+                c.args(args).arg(bin("liandan-worker"));
+                c
+            }
+            None => Command::new(bin("liandan-worker")),
+        };
         cmd.args(["--coordinator", url, "--state-dir"])
             .arg(self.dir.path().join(format!("worker-{i}")))
             // Workers deployed from a checkout: examples/ resolves from the repository root.

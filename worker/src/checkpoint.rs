@@ -29,9 +29,14 @@ pub async fn upload(
         Err(s) => return Err(s),
     };
     let mut offset = status.received.min(u.size);
-    let mut file = tokio::fs::File::open(&u.path)
+    // The file as published, never through a link the job put there since.
+    let path = PathBuf::from(&u.path);
+    let opened = tokio::task::spawn_blocking(move || crate::jail::open_job_path(&path))
         .await
-        .map_err(|e| tonic::Status::not_found(format!("{}: {e}", u.path)))?;
+        .map_err(|e| tonic::Status::internal(e.to_string()))?;
+    let mut file = tokio::fs::File::from_std(
+        opened.map_err(|e| tonic::Status::not_found(format!("{}: {e}", u.path)))?,
+    );
     file.seek(std::io::SeekFrom::Start(offset))
         .await
         .map_err(|e| tonic::Status::internal(e.to_string()))?;

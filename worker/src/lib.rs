@@ -4,6 +4,7 @@
 //! - [`runner`]: one attempt as a supervised process group.
 //! - [`checkpoint`]: checkpoint uploads and resume downloads.
 //! - [`gpu`]: NVML discovery (the daemon never initialises CUDA).
+//! - [`jail`]: the job user, per-attempt cgroups, opening what jobs wrote.
 //!
 //! [`run`] owns the state dir (locked), recovers the journal, then keeps one
 //! bidirectional stream to the coordinator, reconnecting with backoff and
@@ -11,6 +12,7 @@
 
 pub mod checkpoint;
 pub mod gpu;
+pub mod jail;
 pub mod retention;
 pub mod runner;
 pub mod spool;
@@ -44,6 +46,9 @@ pub enum WorkerError {
     /// Certificates or tokens that cannot be used (a configuration error).
     #[error("{0}")]
     Tls(String),
+    /// `job_user` or `job_cgroups` cannot be had (a configuration error).
+    #[error("{0}")]
+    Jail(String),
 }
 
 /// Where a job's output lines go: (is_stderr, text).
@@ -87,6 +92,10 @@ pub struct WorkerCtx {
     retired: Notify,
     /// The disk as of the last retention pass, for heartbeats.
     disk: Mutex<Option<pb::DiskUsage>>,
+    /// The user jobs run as (`job_user`), when not the worker's.
+    pub job_user: Option<jail::JobUser>,
+    /// Where attempts get their cgroups, when the system allows it.
+    pub cgroups: Option<jail::Cgroups>,
 }
 
 /// A worker-service client that carries the join token.
@@ -405,6 +414,18 @@ pub async fn prepare(
         .with_worker_identity(identity.clone());
     let jobs_dir = cfg.state_dir.join("jobs");
     std::fs::create_dir_all(&jobs_dir).map_err(|e| WorkerError::StateDir(jobs_dir.clone(), e))?;
+    let job_user = match cfg.job_user.as_str() {
+        "" => None,
+        name => {
+            let u = jail::JobUser::resolve(name).map_err(WorkerError::Jail)?;
+            u.open_state_dir(&cfg.state_dir, &jobs_dir)
+                .map_err(WorkerError::Jail)?;
+            tracing::info!(user = %u.name, uid = u.uid, "jobs run as job_user");
+            Some(u)
+        }
+    };
+    let cgroups =
+        jail::Cgroups::open(&cfg.job_cgroups, &cfg.state_dir).map_err(WorkerError::Jail)?;
     let ctx = Arc::new(WorkerCtx {
         cfg,
         spool,
@@ -426,6 +447,8 @@ pub async fn prepare(
         retiring: Mutex::new(Default::default()),
         retired: Notify::new(),
         disk: Mutex::new(None),
+        job_user,
+        cgroups,
     });
     recover(&ctx).await?;
     Ok((ctx, lock))

@@ -84,8 +84,9 @@ fn main() {
         match liandan_worker::run(cfg, shutdown).await {
             Ok(()) => exit::OK,
             Err(
-                e
-                @ (liandan_worker::WorkerError::Locked(..) | liandan_worker::WorkerError::Tls(..)),
+                e @ (liandan_worker::WorkerError::Locked(..)
+                | liandan_worker::WorkerError::Tls(..)
+                | liandan_worker::WorkerError::Jail(..)),
             ) => {
                 eprintln!("error: {e}");
                 exit::CONFIG

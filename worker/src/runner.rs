@@ -357,9 +357,14 @@ impl MetricsTail {
         name: Option<&str>,
     ) -> bool {
         use tokio::io::{AsyncReadExt, AsyncSeekExt};
-        let Ok(mut f) = tokio::fs::File::open(&self.path).await else {
+        // Never through a link the job planted in place of its metrics file.
+        let path = self.path.clone();
+        let Ok(Ok(f)) =
+            tokio::task::spawn_blocking(move || crate::jail::open_job_path(&path)).await
+        else {
             return false;
         };
+        let mut f = tokio::fs::File::from_std(f);
         if f.seek(std::io::SeekFrom::Start(self.offset)).await.is_err() {
             return false;
         }
@@ -465,8 +470,12 @@ async fn scan_checkpoints(
     attempt: u64,
     dir: &Path,
     last: &Mutex<Option<f64>>,
+    refused: &mut std::collections::HashSet<i64>,
 ) {
-    let Ok(mut rd) = tokio::fs::read_dir(dir).await else {
+    // The directory as the job left it: never through a link it planted.
+    let d = dir.to_path_buf();
+    let Ok(Ok(names)) = tokio::task::spawn_blocking(move || crate::jail::list_job_dir(&d)).await
+    else {
         return;
     };
     let known = ctx
@@ -474,18 +483,28 @@ async fn scan_checkpoints(
         .uploads_known(job, attempt)
         .await
         .unwrap_or_default();
-    while let Ok(Some(e)) = rd.next_entry().await {
-        let name = e.file_name().to_string_lossy().to_string();
+    for name in names {
         let Some(step) = checkpoint_step(&name) else {
             continue;
         };
-        if known.contains(&step) {
+        if known.contains(&step) || refused.contains(&step) {
             continue;
         }
-        let path = e.path();
-        let Ok((hash, size)) = crate::checkpoint::hash_file(path.clone()).await else {
-            continue;
+        let (d, n) = (dir.to_path_buf(), name.clone());
+        let hashed = tokio::task::spawn_blocking(move || {
+            liandan_common::hash::hash_reader(crate::jail::open_job_file(&d, &n)?)
+        })
+        .await;
+        let (hash, size) = match hashed {
+            Ok(Ok(x)) => x,
+            Ok(Err(e)) => {
+                tracing::warn!(job, attempt, file = %name, error = %e, "not a checkpoint the worker will read (a link, a FIFO or a hard link); ignored");
+                refused.insert(step);
+                continue;
+            }
+            Err(_) => continue,
         };
+        let path = dir.join(&name);
         let metric = *last.lock().unwrap_or_else(|p| p.into_inner());
         let entry = UploadEntry {
             job_id: job.into(),
@@ -585,7 +604,17 @@ pub async fn run_attempt(
             args_json_file: &params_file,
             envvar: &env_lookup,
         };
-        build_argv(&launch.spec, &params, a.seed, &cctx).map_err(|e| e.to_string())
+        let argv = build_argv(&launch.spec, &params, a.seed, &cctx).map_err(|e| e.to_string())?;
+        if let (Some(u), Some(job_dir)) = (&ctx.job_user, launch.dir.parent()) {
+            u.give(job_dir, &launch.dir).map_err(|e| {
+                format!(
+                    "cannot hand {} to job_user {}: {e}",
+                    launch.dir.display(),
+                    u.name
+                )
+            })?;
+        }
+        Ok(argv)
     })();
     let argv = match prepared {
         Ok(v) => v,
@@ -593,6 +622,40 @@ pub async fn run_attempt(
             finish(&ctx, &job, attempt, exit("spawn_failed", -1, 0, msg)).await;
             return;
         }
+    };
+
+    // The checkpoint to resume from, lent to the job user in its own directory.
+    let resume_path = match (&launch.resume, &ctx.job_user) {
+        (Some((p, _)), Some(u)) => match u.lend(p, &launch.dir) {
+            Ok(lent) => Some(lent),
+            Err(e) => {
+                finish(
+                    &ctx,
+                    &job,
+                    attempt,
+                    exit(
+                        "spawn_failed",
+                        -1,
+                        0,
+                        format!("cannot lend {} to job_user {}: {e}", p.display(), u.name),
+                    ),
+                )
+                .await;
+                return;
+            }
+        },
+        (Some((p, _)), None) => Some(p.clone()),
+        (None, _) => None,
+    };
+    // Its own cgroup, where the system allows it: what leaves the process
+    // group (setsid) is still found and killed with the job.
+    let cgroup = match ctx.cgroups.as_ref().map(|c| c.create(&job, attempt)) {
+        Some(Ok(g)) => Some(g),
+        Some(Err(e)) => {
+            tracing::warn!(job, attempt, error = %e, "cannot create the attempt's cgroup; tracking its process group only");
+            None
+        }
+        None => None,
     };
 
     let mut cmd = tokio::process::Command::new(&argv[0]);
@@ -625,10 +688,27 @@ pub async fn run_attempt(
         .env("LIANDAN_CHECKPOINT_DIR", &ckpt_dir)
         .env("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
         .env("CUDA_VISIBLE_DEVICES", a.gpu_uuids.join(","));
-    if let Some((path, _)) = &launch.resume {
+    if let Some(path) = &resume_path {
         cmd.env("LIANDAN_RESUME_FROM", path);
     }
-    let mut child = match cmd.spawn() {
+    if let Some(u) = &ctx.job_user {
+        cmd.env("HOME", &u.home)
+            .env("USER", &u.name)
+            .env("LOGNAME", &u.name);
+    }
+    let pre = crate::jail::PreExec {
+        cgroup_procs: cgroup.as_ref().map(|g| g.procs_fd()),
+        user: ctx.job_user.as_ref().map(|u| (u.uid, u.gid)),
+    };
+    if pre.cgroup_procs.is_some() || pre.user.is_some() {
+        // SAFETY: PreExec::run makes only async-signal-safe system calls
+        // (write, setgroups, setgid, setuid) and allocates nothing.
+        unsafe {
+            cmd.pre_exec(move || pre.run());
+        }
+    }
+    let spawned = cmd.spawn();
+    let mut child = match spawned {
         Ok(c) => c,
         Err(e) => {
             finish(
@@ -639,10 +719,19 @@ pub async fn run_attempt(
                     "spawn_failed",
                     -1,
                     0,
-                    format!("cannot start {:?}: {e}", argv[0]),
+                    match &ctx.job_user {
+                        Some(u) if e.kind() == std::io::ErrorKind::PermissionDenied => format!(
+                            "cannot start {:?}: {e} (jobs run as job_user {}: it needs to read and run the program and enter its workdir)",
+                            argv[0], u.name
+                        ),
+                        _ => format!("cannot start {:?}: {e}", argv[0]),
+                    },
                 ),
             )
             .await;
+            if let Some(g) = cgroup {
+                g.remove().await;
+            }
             return;
         }
     };
@@ -705,12 +794,22 @@ pub async fn run_attempt(
         line: 0,
     };
     let mut poll = tokio::time::interval(Duration::from_millis(200));
+    // Checkpoint files refused (links, FIFOs): not looked at again.
+    let mut refused = std::collections::HashSet::new();
     let grace = Duration::from_secs_f64(ctx.cfg.grace_period_secs);
     let mut reason: Option<StopReason> = *stop.borrow();
     let mut term_deadline: Option<tokio::time::Instant> = None;
     let mut killed_by_us = false;
+    // Signals go to the job's process group and, with a cgroup, to every
+    // process in it (those that left the group too).
+    let signal = |sig: Signal| {
+        let _ = killpg(Pid::from_raw(pid), sig);
+        if let Some(g) = &cgroup {
+            g.signal(sig);
+        }
+    };
     if reason.is_some() {
-        let _ = killpg(Pid::from_raw(pid), Signal::SIGTERM);
+        signal(Signal::SIGTERM);
         term_deadline = Some(tokio::time::Instant::now() + grace);
     }
     let status = loop {
@@ -720,26 +819,30 @@ pub async fn run_attempt(
                 if changed.is_ok() {
                     reason = *stop.borrow();
                     if reason.is_some() {
-                        tracing::info!(job, attempt, ?reason, "stopping job: SIGTERM to its process group");
-                        let _ = killpg(Pid::from_raw(pid), Signal::SIGTERM);
+                        tracing::info!(job, attempt, ?reason, "stopping job: SIGTERM to its processes");
+                        signal(Signal::SIGTERM);
                         term_deadline = Some(tokio::time::Instant::now() + grace);
                     }
                 }
             }
             _ = async { match term_deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => {
-                tracing::warn!(job, attempt, "grace period over: SIGKILL to its process group");
-                let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+                tracing::warn!(job, attempt, "grace period over: SIGKILL to its processes");
+                signal(Signal::SIGKILL);
                 killed_by_us = true;
                 term_deadline = None;
             }
             _ = poll.tick() => {
                 tail.poll(&ctx, &job, attempt, &last_metric, metric_name.as_deref()).await;
-                scan_checkpoints(&ctx, &job, attempt, &ckpt_dir, &last_metric).await;
+                scan_checkpoints(&ctx, &job, attempt, &ckpt_dir, &last_metric, &mut refused).await;
             }
         }
     };
-    // Whatever the job left behind in its group (grandchildren) goes with it.
+    // Whatever the job left behind in its group or cgroup (grandchildren,
+    // daemons it started) goes with it.
     let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+    if let Some(g) = cgroup {
+        g.remove().await;
+    }
     for t in [out, err].into_iter().flatten() {
         let _ = t.await;
     }
@@ -750,11 +853,15 @@ pub async fn run_attempt(
     {}
     ctx.unregister_notices(&job, attempt);
     let _ = sink_task.await;
-    scan_checkpoints(&ctx, &job, attempt, &ckpt_dir, &last_metric).await;
+    scan_checkpoints(&ctx, &job, attempt, &ckpt_dir, &last_metric, &mut refused).await;
     // Give published checkpoints a chance to reach the coordinator before the
     // exit record makes this attempt stale there.
     ctx.wait_uploads(&job, attempt, Duration::from_secs(60))
         .await;
+    if ctx.job_user.is_some() {
+        // Nothing of an ended attempt stays open to later jobs.
+        crate::jail::JobUser::take_back(&launch.dir);
+    }
 
     let (code, signal) = match &status {
         Ok(s) => {
