@@ -108,6 +108,7 @@ pub fn init(dir: &Path, hosts: &[String], workers: usize) -> Result<String, Stri
     for (i, id) in ids.iter().enumerate() {
         out.push_str(&format!("worker-{} identity: {id}\n", i + 1));
     }
+    out.push_str("user.token is the user `admin` (an admin): give others their own with `liandan tokens add NAME` (`--admin` for admins)\n");
     out.push_str("keep ca-key.pem offline: whoever has it can mint worker certificates\n");
     Ok(out)
 }

@@ -211,6 +211,43 @@ enum Cmd {
         #[command(subcommand)]
         cmd: CertsCmd,
     },
+    /// User tokens: who may use the coordinator, as a user or an admin.
+    Tokens {
+        #[command(subcommand)]
+        cmd: TokensCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum TokensCmd {
+    /// Make a token for the user NAME (admins). It is printed once; the
+    /// coordinator keeps only its hash. NAME owns the sweeps it submits.
+    Add {
+        name: String,
+        /// An admin: may also act on every sweep, drain and forget workers,
+        /// and manage tokens. Without it, a user: acts on their own sweeps,
+        /// reads everything.
+        #[arg(long)]
+        admin: bool,
+        #[arg(short = 'o', long, value_enum, default_value = "text")]
+        output: TextFormat,
+    },
+    /// Every user: name, role, and where the token comes from (admins).
+    List {
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Format,
+    },
+    /// Revoke NAME's token: refused from now on (admins). NAME's sweeps stay.
+    Revoke {
+        name: String,
+        #[arg(short = 'o', long, value_enum, default_value = "text")]
+        output: TextFormat,
+    },
+    /// Who the coordinator takes this CLI's token for.
+    Whoami {
+        #[arg(short = 'o', long, value_enum, default_value = "text")]
+        output: TextFormat,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -354,6 +391,93 @@ fn read_spec(file: &PathBuf) -> R<(String, SpecFormat)> {
     Ok((text, SpecFormat::from_path(&file.to_string_lossy())))
 }
 
+/// `liandan tokens ...`.
+async fn tokens(url: &Target, cmd: TokensCmd) -> Result<i32, Fail> {
+    let mut c = connect(url).await?;
+    match cmd {
+        TokensCmd::Add {
+            name,
+            admin,
+            output,
+        } => {
+            let r = c
+                .create_token(pb::CreateTokenRequest {
+                    name,
+                    role: if admin { "admin" } else { "user" }.into(),
+                })
+                .await?
+                .into_inner();
+            let info = r.info.unwrap_or_default();
+            let js = json!({"name": info.name, "role": info.role, "token": r.token, "created_at": info.created_at});
+            say(
+                output,
+                format!(
+                    "token for {} ({}), shown only now; give it to them privately (a file of mode 600 for LIANDAN_TOKEN_FILE):\n{}",
+                    info.name, info.role, r.token
+                ),
+                js,
+            );
+        }
+        TokensCmd::List { output } => {
+            let ts = c
+                .list_tokens(pb::ListTokensRequest {})
+                .await?
+                .into_inner()
+                .tokens;
+            let rows = ts
+                .iter()
+                .map(|t| {
+                    vec![
+                        t.name.clone(),
+                        t.role.clone(),
+                        t.source.clone(),
+                        if t.created_at > 0.0 {
+                            num(t.created_at)
+                        } else {
+                            "-".into()
+                        },
+                    ]
+                })
+                .collect();
+            let json = json!(ts
+                .iter()
+                .map(|t| json!({"name": t.name, "role": t.role, "source": t.source, "created_at": t.created_at}))
+                .collect::<Vec<_>>());
+            print(render(
+                &Listing {
+                    columns: vec!["name", "role", "source", "created"],
+                    rows,
+                    json,
+                },
+                output,
+            ));
+        }
+        TokensCmd::Revoke { name, output } => {
+            let t = c
+                .revoke_token(pb::RevokeTokenRequest { name })
+                .await?
+                .into_inner();
+            let js = json!({"name": t.name, "role": t.role, "revoked": true});
+            say(
+                output,
+                format!("revoked {}'s token ({}); their sweeps stay", t.name, t.role),
+                js,
+            );
+        }
+        TokensCmd::Whoami { output } => {
+            let t = c.who_am_i(pb::WhoAmIRequest {}).await?.into_inner();
+            let js = json!({"name": t.name, "role": t.role, "source": t.source});
+            let text = if t.source == "none" {
+                "the coordinator checks no user tokens (loopback, no user_token_file): everyone is an admin".to_string()
+            } else {
+                format!("{} ({}, token from {})", t.name, t.role, t.source)
+            };
+            say(output, text, js);
+        }
+    }
+    Ok(exit::OK)
+}
+
 fn counts(s: &pb::Sweep) -> pb::JobCounts {
     s.counts.unwrap_or_default()
 }
@@ -366,6 +490,11 @@ fn sweep_listing(sweeps: &[pb::Sweep]) -> Listing {
             vec![
                 s.id.clone(),
                 s.name.clone(),
+                if s.owner.is_empty() {
+                    "-".into()
+                } else {
+                    printable(&s.owner)
+                },
                 s.state.clone(),
                 if s.unbounded {
                     format!("{} (unbounded)", s.method)
@@ -391,7 +520,7 @@ fn sweep_listing(sweeps: &[pb::Sweep]) -> Listing {
         .iter()
         .map(|s| {
             let c = counts(s);
-            json!({"id": s.id, "name": s.name, "state": s.state, "method": s.method, "metric": s.metric_name, "goal": s.metric_goal, "trials": s.trials, "jobs": s.jobs, "unbounded": s.unbounded,
+            json!({"id": s.id, "name": s.name, "owner": s.owner, "state": s.state, "method": s.method, "metric": s.metric_name, "goal": s.metric_goal, "trials": s.trials, "jobs": s.jobs, "unbounded": s.unbounded,
                    "succeeded": c.succeeded, "running": c.running, "queued": c.queued, "failed": c.failed, "cancelled": c.cancelled, "pruned": c.pruned, "created_at": s.created_at})
         })
         .collect::<Vec<_>>());
@@ -399,6 +528,7 @@ fn sweep_listing(sweeps: &[pb::Sweep]) -> Listing {
         columns: vec![
             "id",
             "name",
+            "owner",
             "state",
             "method",
             "trials",
@@ -556,6 +686,7 @@ async fn run(cli: Cli) -> R<i32> {
             print(summary);
             Ok(exit::OK)
         }
+        Cmd::Tokens { cmd } => tokens(&url, cmd).await,
         Cmd::Completions { shell } => {
             clap_complete::generate(
                 shell,

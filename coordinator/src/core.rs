@@ -74,6 +74,8 @@ pub const REFUSED_STALE: &str = "refused_stale_writes";
 
 struct SweepMem {
     name: String,
+    /// The name of the user who submitted it ("" without user authentication).
+    owner: String,
     spec: Arc<SweepSpec>,
     spec_json: Arc<str>,
     /// What a worker needs to run a job: the spec without its parameter space
@@ -254,9 +256,20 @@ struct WorkerMem {
     known: bool,
 }
 
+/// A user token `liandan tokens add` issued: only its hash is kept.
+#[derive(Clone, Debug)]
+pub struct IssuedToken {
+    pub name: String,
+    pub admin: bool,
+    /// BLAKE3 (hex) of the token.
+    pub hash: String,
+    pub created_at: f64,
+}
+
 #[derive(Default)]
 struct State {
     sweeps: BTreeMap<SweepId, SweepMem>,
+    tokens: BTreeMap<String, IssuedToken>,
     jobs: HashMap<JobId, JobMem>,
     workers: BTreeMap<WorkerId, WorkerMem>,
     delayed: BinaryHeap<Reverse<(Instant, JobId)>>,
@@ -468,6 +481,18 @@ impl Core {
         format: &str,
         name: &str,
     ) -> Result<(pb::Sweep, bool, Vec<String>), CoreError> {
+        self.submit_as(text, format, name, "").await
+    }
+
+    /// [`Core::submit`] for the user `owner`, whose sweep it becomes.
+    pub async fn submit_as(
+        &self,
+        text: &str,
+        format: &str,
+        name: &str,
+        owner: &str,
+    ) -> Result<(pb::Sweep, bool, Vec<String>), CoreError> {
+        let owner = owner.to_string();
         let format = Format::parse(format).ok_or_else(|| {
             CoreError::InvalidArgument(format!("unknown spec format {format:?}; use yaml or toml"))
         })?;
@@ -542,7 +567,7 @@ impl Core {
             tokio::task::spawn_blocking(move || {
                 gate.wait_open();
                 build_sweep(
-                    spec, sweep_id, name, spec_json, spec_hash, expansion, first_seq,
+                    spec, sweep_id, name, owner, spec_json, spec_hash, expansion, first_seq,
                 )
             })
             .await
@@ -611,6 +636,74 @@ impl Core {
         } else {
             Err(nf())
         }
+    }
+
+    /// Who owns a sweep (by id or name): the user who submitted it.
+    pub fn sweep_owner(&self, id: &str) -> Result<(SweepId, String), CoreError> {
+        let st = self.lock();
+        let sid = self.sweep_id(&st, id)?;
+        let owner = st.sweeps[&sid].owner.clone();
+        Ok((sid, owner))
+    }
+
+    /// Who owns a job: its sweep's owner.
+    pub fn job_owner(&self, id: &str) -> Result<String, CoreError> {
+        let jid = JobId::parse(id).map_err(|e| CoreError::InvalidArgument(e.to_string()))?;
+        let st = self.lock();
+        st.jobs
+            .get(&jid)
+            .and_then(|j| st.sweeps.get(&j.sweep))
+            .map(|s| s.owner.clone())
+            .ok_or_else(|| CoreError::NotFound {
+                kind: "job",
+                id: jid.to_string(),
+                hint: "jobs SWEEP",
+            })
+    }
+
+    /// The tokens `liandan tokens add` issued (hashes only), by name.
+    pub fn issued_tokens(&self) -> Vec<IssuedToken> {
+        self.lock().tokens.values().cloned().collect()
+    }
+
+    /// Stores a newly issued token (its hash); refused if the name is taken.
+    pub async fn issue_token(&self, t: IssuedToken) -> Result<IssuedToken, CoreError> {
+        let fut = {
+            let mut st = self.lock();
+            if st.tokens.contains_key(&t.name) {
+                return Err(CoreError::FailedPrecondition(format!(
+                    "a token named {} exists; revoke it first (liandan tokens revoke {})",
+                    t.name, t.name
+                )));
+            }
+            st.tokens.insert(t.name.clone(), t.clone());
+            self.store.enqueue(vec![Op::PutToken {
+                name: t.name.clone(),
+                role: if t.admin { "admin" } else { "user" }.into(),
+                hash: t.hash.clone(),
+                created_at: t.created_at,
+            }])
+        };
+        self.finish(fut, Vec::new()).await?;
+        Ok(t)
+    }
+
+    /// Removes an issued token: it is refused from then on.
+    pub async fn revoke_token(&self, name: &str) -> Result<IssuedToken, CoreError> {
+        let (fut, t) = {
+            let mut st = self.lock();
+            let t = st.tokens.remove(name).ok_or_else(|| CoreError::NotFound {
+                kind: "token",
+                id: name.chars().take(80).collect(),
+                hint: "tokens list",
+            })?;
+            let op = Op::DeleteToken {
+                name: name.to_string(),
+            };
+            (self.store.enqueue(vec![op]), t)
+        };
+        self.finish(fut, Vec::new()).await?;
+        Ok(t)
     }
 
     pub fn get_sweep(&self, id: &str) -> Result<pb::Sweep, CoreError> {
@@ -2545,10 +2638,12 @@ struct Built {
 }
 
 /// Builds a new sweep's batch and memory from its expansion (no lock held).
+#[allow(clippy::too_many_arguments)]
 fn build_sweep(
     spec: Arc<SweepSpec>,
     sweep_id: SweepId,
     name: String,
+    owner: String,
     spec_json: String,
     spec_hash: String,
     expansion: sweep::Expansion,
@@ -2564,6 +2659,7 @@ fn build_sweep(
         method: spec.method.as_str().into(),
         algorithm: liandan_common::rng::ALGORITHM.into(),
         created_at,
+        owner: owner.clone(),
     });
     let mut params_by_trial = HashMap::new();
     for t in &expansion.trials {
@@ -2621,6 +2717,7 @@ fn build_sweep(
     let sweep = SweepMem {
         search,
         name,
+        owner,
         run_spec_json: run_spec_json(&spec),
         spec,
         spec_json: spec_json.into(),
@@ -2697,6 +2794,7 @@ fn sweep_info(st: &State, id: &SweepId) -> pb::Sweep {
             && s.spec.run_cap.is_none()
             && s.search.as_ref().is_some_and(|x| x.can_propose())
             && s.state != SweepState::Cancelled,
+        owner: s.owner.clone(),
     }
 }
 
@@ -2707,10 +2805,10 @@ fn load(store: &Store, cfg: &CoordinatorConfig) -> Result<State, CoreError> {
         .read_now(|c| {
             let mut st = State::default();
             {
-                let mut q = c.prepare("SELECT id, name, spec_json, spec_hash, state, algorithm, created_at FROM sweeps")?;
-                let rows = q.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?, r.get::<_, String>(4)?, r.get::<_, String>(5)?, r.get::<_, f64>(6)?)))?;
+                let mut q = c.prepare("SELECT id, name, spec_json, spec_hash, state, algorithm, created_at, owner FROM sweeps")?;
+                let rows = q.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?, r.get::<_, String>(4)?, r.get::<_, String>(5)?, r.get::<_, f64>(6)?, r.get::<_, String>(7)?)))?;
                 for row in rows {
-                    let (id, name, spec_json, spec_hash, state, algorithm, created_at) = row?;
+                    let (id, name, spec_json, spec_hash, state, algorithm, created_at, owner) = row?;
                     let (Ok(sid), Ok(spec)) = (SweepId::parse(&id), serde_json::from_str::<SweepSpec>(&spec_json)) else {
                         tracing::error!(sweep = %id, "stored sweep cannot be read; skipping it");
                         continue;
@@ -2719,6 +2817,7 @@ fn load(store: &Store, cfg: &CoordinatorConfig) -> Result<State, CoreError> {
                         sid,
                         SweepMem {
                             name,
+                            owner,
                             run_spec_json: run_spec_json(&spec),
                             spec: Arc::new(spec),
                             spec_json: spec_json.into(),
@@ -2835,6 +2934,21 @@ fn load(store: &Store, cfg: &CoordinatorConfig) -> Result<State, CoreError> {
                             assigned_at: (state == JobState::Running).then(Instant::now),
                         },
                     );
+                }
+            }
+            {
+                let mut q = c.prepare("SELECT name, role, hash, created_at FROM tokens")?;
+                let rows = q.query_map([], |r| {
+                    Ok(IssuedToken {
+                        name: r.get(0)?,
+                        admin: r.get::<_, String>(1)? == "admin",
+                        hash: r.get(2)?,
+                        created_at: r.get(3)?,
+                    })
+                })?;
+                for t in rows {
+                    let t = t?;
+                    st.tokens.insert(t.name.clone(), t);
                 }
             }
             {

@@ -4,6 +4,7 @@
 use crate::checkpoints::CheckpointStore;
 use crate::core::{Core, CoreError};
 use crate::model::SweepState;
+use crate::security::{Auth, Caller};
 use liandan_common::ids::JobId;
 use liandan_proto::v1 as pb;
 use pb::user_service_server::UserService;
@@ -23,6 +24,8 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'stati
 pub struct Api {
     core: Arc<tokio::sync::OnceCell<Arc<Core>>>,
     checkpoints: Arc<tokio::sync::OnceCell<Arc<CheckpointStore>>>,
+    /// The token checks: issued tokens are added and revoked here.
+    auth: Arc<Auth>,
 }
 
 impl Api {
@@ -30,12 +33,44 @@ impl Api {
         Api {
             core: Arc::new(tokio::sync::OnceCell::new()),
             checkpoints: Arc::new(tokio::sync::OnceCell::new()),
+            auth: Arc::new(Auth::open()),
         }
     }
 
+    /// The API checking (and issuing) tokens with `auth`.
+    pub fn with_auth(mut self, auth: Arc<Auth>) -> Self {
+        self.auth = auth;
+        self
+    }
+
+    /// The state is loaded: the tokens it holds are accepted from now on.
     pub fn set_ready(&self, core: Arc<Core>, checkpoints: Arc<CheckpointStore>) {
+        self.auth.set_issued(
+            core.issued_tokens()
+                .into_iter()
+                .map(|t| {
+                    let who = Caller {
+                        name: t.name,
+                        admin: t.admin,
+                    };
+                    (t.hash, who)
+                })
+                .collect(),
+        );
         let _ = self.core.set(core);
         let _ = self.checkpoints.set(checkpoints);
+    }
+
+    /// Token management needs user authentication on, and an admin.
+    fn token_admin<T>(&self, req: &Request<T>, what: &str) -> Result<Caller, Status> {
+        if !self.auth.users_on() {
+            return Err(Status::failed_precondition(
+                "user authentication is off (no user_token_file): tokens would not be checked; configure user_token_file first (see the README's \"Deploying on a cluster\")",
+            ));
+        }
+        let caller = Caller::of(req);
+        caller.must_be_admin(what)?;
+        Ok(caller)
     }
 
     fn core(&self) -> Result<Arc<Core>, Status> {
@@ -48,6 +83,32 @@ impl Api {
         self.checkpoints.get().cloned().ok_or_else(|| {
             Status::unavailable("the coordinator is still loading its state; retry in a moment")
         })
+    }
+}
+
+/// A user may change their own sweeps and jobs; an admin any. Sweeps from
+/// before user names (owner "") are the admins'.
+fn may_change(caller: &Caller, owner: &str, what: &str) -> Result<(), Status> {
+    if caller.admin || (!owner.is_empty() && caller.name == owner) {
+        return Ok(());
+    }
+    let whose = if owner.is_empty() {
+        "no user (it predates user names): only an admin may change it".to_string()
+    } else {
+        format!("{owner}: only {owner} or an admin may change it")
+    };
+    Err(Status::permission_denied(format!(
+        "{what} belongs to {whose} (you are {}, a user)",
+        caller.name
+    )))
+}
+
+fn token_info(name: &str, admin: bool, created_at: f64, source: &str) -> pb::TokenInfo {
+    pb::TokenInfo {
+        name: name.into(),
+        role: if admin { "admin" } else { "user" }.into(),
+        created_at,
+        source: source.into(),
     }
 }
 
@@ -67,8 +128,12 @@ impl UserService for Api {
         &self,
         req: Request<pb::SubmitSweepRequest>,
     ) -> Result<Response<pb::SubmitSweepResponse>, Status> {
+        let caller = Caller::of(&req);
         let r = req.into_inner();
-        let (sweep, created, warnings) = self.core()?.submit(&r.spec, &r.format, &r.name).await?;
+        let (sweep, created, warnings) = self
+            .core()?
+            .submit_as(&r.spec, &r.format, &r.name, &caller.name)
+            .await?;
         Ok(Response::new(pb::SubmitSweepResponse {
             sweep: Some(sweep),
             created,
@@ -100,36 +165,26 @@ impl UserService for Api {
         &self,
         req: Request<pb::SweepRef>,
     ) -> Result<Response<pb::Sweep>, Status> {
-        Ok(Response::new(
-            self.core()?
-                .set_sweep_state(&req.into_inner().sweep_id, SweepState::Cancelled)
-                .await?,
-        ))
+        self.set_sweep_state(req, SweepState::Cancelled).await
     }
 
     async fn pause_sweep(&self, req: Request<pb::SweepRef>) -> Result<Response<pb::Sweep>, Status> {
-        Ok(Response::new(
-            self.core()?
-                .set_sweep_state(&req.into_inner().sweep_id, SweepState::Paused)
-                .await?,
-        ))
+        self.set_sweep_state(req, SweepState::Paused).await
     }
 
     async fn resume_sweep(
         &self,
         req: Request<pb::SweepRef>,
     ) -> Result<Response<pb::Sweep>, Status> {
-        Ok(Response::new(
-            self.core()?
-                .set_sweep_state(&req.into_inner().sweep_id, SweepState::Active)
-                .await?,
-        ))
+        self.set_sweep_state(req, SweepState::Active).await
     }
 
     async fn cancel_job(&self, req: Request<pb::JobRef>) -> Result<Response<pb::Job>, Status> {
-        Ok(Response::new(
-            self.core()?.cancel_job(&req.into_inner().job_id).await?,
-        ))
+        let core = self.core()?;
+        let caller = Caller::of(&req);
+        let id = req.into_inner().job_id;
+        may_change(&caller, &core.job_owner(&id)?, &format!("job {id}"))?;
+        Ok(Response::new(core.cancel_job(&id).await?))
     }
 
     async fn list_jobs(
@@ -272,6 +327,7 @@ impl UserService for Api {
         &self,
         req: Request<pb::DrainWorkerRequest>,
     ) -> Result<Response<pb::Worker>, Status> {
+        Caller::of(&req).must_be_admin("draining a worker")?;
         let r = req.into_inner();
         Ok(Response::new(
             self.core()?.drain(&r.worker_id, r.undo).await?,
@@ -282,6 +338,7 @@ impl UserService for Api {
         &self,
         req: Request<pb::ForgetWorkerRequest>,
     ) -> Result<Response<pb::Worker>, Status> {
+        Caller::of(&req).must_be_admin("forgetting a worker")?;
         let r = req.into_inner();
         Ok(Response::new(
             self.core()?.forget_worker(&r.worker_id).await?,
@@ -311,6 +368,126 @@ impl UserService for Api {
             .download(self.core()?, req.into_inner())
             .await?;
         Ok(Response::new(s))
+    }
+
+    async fn create_token(
+        &self,
+        req: Request<pb::CreateTokenRequest>,
+    ) -> Result<Response<pb::CreateTokenResponse>, Status> {
+        self.token_admin(&req, "making a token")?;
+        let core = self.core()?;
+        let r = req.into_inner();
+        liandan_common::names::validate("user name", &r.name)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let admin = match r.role.as_str() {
+            "" => false,
+            role => crate::security::parse_role(role).ok_or_else(|| {
+                Status::invalid_argument(format!("role {role:?}: expected \"user\" or \"admin\""))
+            })?,
+        };
+        if self.auth.file_users().iter().any(|c| c.name == r.name) {
+            return Err(Status::failed_precondition(format!(
+                "{} is a user of user_token_file; choose another name (or change that file)",
+                r.name
+            )));
+        }
+        let token = liandan_common::auth::generate_token();
+        let t = core
+            .issue_token(crate::core::IssuedToken {
+                name: r.name.clone(),
+                admin,
+                hash: crate::security::token_hash(&token),
+                created_at: liandan_common::time::now_secs(),
+            })
+            .await?;
+        // Durable first, then accepted.
+        self.auth.add_issued(
+            t.hash.clone(),
+            Caller {
+                name: t.name.clone(),
+                admin: t.admin,
+            },
+        );
+        tracing::info!(user = %t.name, role = if t.admin { "admin" } else { "user" }, "token issued");
+        Ok(Response::new(pb::CreateTokenResponse {
+            info: Some(token_info(&t.name, t.admin, t.created_at, "issued")),
+            token,
+        }))
+    }
+
+    async fn list_tokens(
+        &self,
+        req: Request<pb::ListTokensRequest>,
+    ) -> Result<Response<pb::ListTokensResponse>, Status> {
+        self.token_admin(&req, "listing tokens")?;
+        let core = self.core()?;
+        let mut tokens: Vec<pb::TokenInfo> = self
+            .auth
+            .file_users()
+            .iter()
+            .map(|c| token_info(&c.name, c.admin, 0.0, "file"))
+            .collect();
+        tokens.extend(
+            core.issued_tokens()
+                .iter()
+                .map(|t| token_info(&t.name, t.admin, t.created_at, "issued")),
+        );
+        Ok(Response::new(pb::ListTokensResponse { tokens }))
+    }
+
+    async fn revoke_token(
+        &self,
+        req: Request<pb::RevokeTokenRequest>,
+    ) -> Result<Response<pb::TokenInfo>, Status> {
+        self.token_admin(&req, "revoking a token")?;
+        let core = self.core()?;
+        let name = req.into_inner().name;
+        if self.auth.file_users().iter().any(|c| c.name == name) {
+            return Err(Status::failed_precondition(format!(
+                "{name}'s token is in user_token_file: remove its line there and restart the coordinator"
+            )));
+        }
+        // Refused from now on, before the removal is durable: a revocation
+        // that a crash undoes is repeated; one accepted late is not.
+        self.auth.remove_issued(&name);
+        let t = core.revoke_token(&name).await?;
+        tracing::info!(user = %t.name, "token revoked");
+        Ok(Response::new(token_info(
+            &t.name,
+            t.admin,
+            t.created_at,
+            "issued",
+        )))
+    }
+
+    async fn who_am_i(
+        &self,
+        req: Request<pb::WhoAmIRequest>,
+    ) -> Result<Response<pb::TokenInfo>, Status> {
+        let c = Caller::of(&req);
+        let source = if !self.auth.users_on() {
+            "none"
+        } else if self.auth.file_users().contains(&c) {
+            "file"
+        } else {
+            "issued"
+        };
+        Ok(Response::new(token_info(&c.name, c.admin, 0.0, source)))
+    }
+}
+
+impl Api {
+    async fn set_sweep_state(
+        &self,
+        req: Request<pb::SweepRef>,
+        new: SweepState,
+    ) -> Result<Response<pb::Sweep>, Status> {
+        let core = self.core()?;
+        let caller = Caller::of(&req);
+        let id = req.into_inner().sweep_id;
+        let (sid, owner) = core.sweep_owner(&id)?;
+        may_change(&caller, &owner, &format!("sweep {sid}"))?;
+        Ok(Response::new(core.set_sweep_state(&id, new).await?))
     }
 }
 

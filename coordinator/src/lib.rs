@@ -85,7 +85,7 @@ pub async fn run(
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
-    let api = grpc::Api::new();
+    let api = grpc::Api::new().with_auth(security.auth.clone());
     let max = cfg.max_message_bytes;
     // Message size limits on every RPC; authentication before any handler runs.
     let user = tonic::service::interceptor::InterceptedService::new(

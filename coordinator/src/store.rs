@@ -86,6 +86,12 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE jobs ADD COLUMN worker_deaths INTEGER NOT NULL DEFAULT 0;
     "#,
+    // version 5: users. A sweep's owner (the name of the token that submitted
+    // it) and the tokens `liandan tokens` issued (only their BLAKE3 hash).
+    r#"
+    ALTER TABLE sweeps ADD COLUMN owner TEXT NOT NULL DEFAULT '';
+    CREATE TABLE tokens(name TEXT PRIMARY KEY, role TEXT NOT NULL, hash TEXT NOT NULL UNIQUE, created_at REAL NOT NULL);
+    "#,
 ];
 
 /// A store failure. Read failures go to the caller; write failures are fatal.
@@ -205,6 +211,7 @@ pub enum Op {
         method: String,
         algorithm: String,
         created_at: f64,
+        owner: String,
     },
     InsertTrial {
         id: String,
@@ -251,6 +258,16 @@ pub enum Op {
     /// A worker forgotten (`liandan workers --forget`, or expired).
     DeleteWorker {
         id: String,
+    },
+    /// A user token issued by `liandan tokens add` (its hash only).
+    PutToken {
+        name: String,
+        role: String,
+        hash: String,
+        created_at: f64,
+    },
+    DeleteToken {
+        name: String,
     },
     UpsertWorker {
         id: String,
@@ -466,9 +483,10 @@ fn apply(tx: &rusqlite::Transaction, op: &Op) -> Result<(), rusqlite::Error> {
             method,
             algorithm,
             created_at,
+            owner,
         } => {
-            tx.prepare_cached("INSERT INTO sweeps(id,name,spec_json,spec_hash,state,method,algorithm,created_at) VALUES(?1,?2,?3,?4,'active',?5,?6,?7)")?
-                .execute(params![id, name, spec_json, spec_hash, method, algorithm, created_at])?;
+            tx.prepare_cached("INSERT INTO sweeps(id,name,spec_json,spec_hash,state,method,algorithm,created_at,owner) VALUES(?1,?2,?3,?4,'active',?5,?6,?7,?8)")?
+                .execute(params![id, name, spec_json, spec_hash, method, algorithm, created_at, owner])?;
         }
         Op::InsertTrial {
             id,
@@ -596,6 +614,19 @@ fn apply(tx: &rusqlite::Transaction, op: &Op) -> Result<(), rusqlite::Error> {
         Op::DeleteWorker { id } => {
             tx.prepare_cached("DELETE FROM workers WHERE id=?1")?
                 .execute(params![id])?;
+        }
+        Op::PutToken {
+            name,
+            role,
+            hash,
+            created_at,
+        } => {
+            tx.prepare_cached("INSERT INTO tokens(name,role,hash,created_at) VALUES(?1,?2,?3,?4)")?
+                .execute(params![name, role, hash, created_at])?;
+        }
+        Op::DeleteToken { name } => {
+            tx.prepare_cached("DELETE FROM tokens WHERE name=?1")?
+                .execute(params![name])?;
         }
         Op::WorkerAcked { id, acked_seq } => {
             tx.prepare_cached("UPDATE workers SET acked_seq=max(acked_seq, ?2) WHERE id=?1")?

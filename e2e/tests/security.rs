@@ -224,7 +224,7 @@ fn tokens_are_required_and_checked() {
         "{}",
         String::from_utf8_lossy(&none.stderr)
     );
-    assert!(String::from_utf8_lossy(&none.stderr).contains("missing or wrong token"));
+    assert!(String::from_utf8_lossy(&none.stderr).contains("missing, wrong or revoked token"));
     let wrong = s.dir.path().join("wrong.token");
     std::fs::write(&wrong, "not-the-token\n").unwrap();
     std::fs::set_permissions(&wrong, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
@@ -1121,4 +1121,157 @@ fn a_plaintext_connection_that_sends_no_preface_is_closed() {
         String::from_utf8_lossy(&out.stderr)
     );
     drop(c);
+}
+
+/// Per-user tokens (#19 item 5): an admin makes tokens for alice (a user)
+/// and bob (a user); each owns what they submit and reads everything; bob
+/// cannot pause, cancel or cancel a job of alice's sweep, nor drain a worker
+/// or make tokens; an admin can; a revoked token is refused at once and after
+/// a coordinator restart; `tokens list` never shows a token.
+#[test]
+fn users_own_their_sweeps_admins_everything_and_revoked_tokens_are_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut s = Secure::new();
+    let p = s.pki();
+    let admin = p.join("user.token");
+    let _w = s.worker(
+        "w",
+        &format!(
+            "tls_ca = \"{}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+            p.join("ca.pem").display(),
+            p.join("worker-1.pem").display(),
+            p.join("worker-1-key.pem").display()
+        ),
+    );
+    let ok = |out: &Output| {
+        assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let refused = |out: &Output, code: i32, says: &str| {
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(code), "{err}");
+        assert!(err.contains(says), "expected {says:?} in: {err}");
+    };
+    let token_file = |name: &str, admin_role: bool| -> PathBuf {
+        let mut args = vec!["tokens", "add", name, "-o", "json"];
+        if admin_role {
+            args.push("--admin");
+        }
+        let js: serde_json::Value = serde_json::from_str(&ok(&s.cli(Some(&admin), &args))).unwrap();
+        assert_eq!(js["role"], if admin_role { "admin" } else { "user" });
+        let f = s.dir.path().join(format!("{name}.token"));
+        std::fs::write(&f, js["token"].as_str().unwrap()).unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+        f
+    };
+    let alice = token_file("alice", false);
+    let bob = token_file("bob", false);
+    let carol = token_file("carol", true);
+    assert!(
+        ok(&s.cli(Some(&alice), &["tokens", "whoami"])).contains("alice (user, token from issued)")
+    );
+    // A name can be issued once.
+    refused(
+        &s.cli(Some(&admin), &["tokens", "add", "alice"]),
+        65,
+        "exists",
+    );
+
+    let spec = s.dir.path().join("a.yaml");
+    std::fs::write(
+        &spec,
+        "name: alices\nmethod: grid\ncommand: [sleep, '30']\nparameters:\n  x: {values: [1, 2]}\n",
+    )
+    .unwrap();
+    ok(&s.cli(Some(&alice), &["submit", spec.to_str().unwrap()]));
+    let sweeps: serde_json::Value =
+        serde_json::from_str(&ok(&s.cli(Some(&bob), &["status", "-o", "json"]))).unwrap();
+    assert_eq!(sweeps[0]["owner"], "alice", "{sweeps}");
+    let table = ok(&s.cli(Some(&bob), &["status"]));
+    assert!(
+        table.contains("OWNER") && table.contains("alice"),
+        "{table}"
+    );
+    // bob reads alice's jobs, and changes nothing of hers.
+    let jobs: serde_json::Value =
+        serde_json::from_str(&ok(&s.cli(Some(&bob), &["jobs", "alices", "-o", "json"]))).unwrap();
+    let job = jobs[0]["id"].as_str().unwrap().to_string();
+    for args in [
+        vec!["pause", "alices"],
+        vec!["cancel", "alices"],
+        vec!["cancel", &job],
+    ] {
+        refused(&s.cli(Some(&bob), &args), 77, "belongs to alice");
+    }
+    let workers = s.workers();
+    let wid = workers[0]["id"].as_str().unwrap().to_string();
+    refused(&s.cli(Some(&bob), &["drain", &wid]), 77, "needs an admin");
+    refused(
+        &s.cli(Some(&bob), &["tokens", "add", "mallory", "--admin"]),
+        77,
+        "needs an admin",
+    );
+    refused(
+        &s.cli(Some(&bob), &["tokens", "list"]),
+        77,
+        "needs an admin",
+    );
+    // alice pauses her own; carol (an admin) cancels it.
+    ok(&s.cli(Some(&alice), &["pause", "alices"]));
+    ok(&s.cli(Some(&carol), &["cancel", "alices"]));
+    let listed = ok(&s.cli(Some(&admin), &["tokens", "list", "-o", "json"]));
+    let names: Vec<String> = serde_json::from_str::<serde_json::Value>(&listed)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            format!(
+                "{}:{}:{}",
+                t["name"].as_str().unwrap(),
+                t["role"].as_str().unwrap(),
+                t["source"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "admin:admin:file",
+            "alice:user:issued",
+            "bob:user:issued",
+            "carol:admin:issued"
+        ]
+    );
+    for f in [&alice, &bob, &carol] {
+        let t = std::fs::read_to_string(f).unwrap();
+        assert!(!listed.contains(t.trim()), "a token is listed");
+    }
+    // Revoked: refused at once, and after a restart.
+    ok(&s.cli(Some(&admin), &["tokens", "revoke", "bob"]));
+    refused(&s.cli(Some(&bob), &["status"]), 77, "revoked");
+    refused(
+        &s.cli(Some(&admin), &["tokens", "revoke", "admin"]),
+        65,
+        "user_token_file",
+    );
+    s.coordinator.kill();
+    let cfg = s.dir.path().join("coordinator.toml");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("127.0.0.1:0", &s.addr);
+    std::fs::write(&cfg, text).unwrap();
+    let (c, _) = start(&cfg, &[], &s.dir.path().join("coordinator2.log"))
+        .unwrap_or_else(|o| panic!("{}", String::from_utf8_lossy(&o.stderr)));
+    s.coordinator = c;
+    refused(&s.cli(Some(&bob), &["status"]), 77, "revoked");
+    assert!(ok(&s.cli(Some(&alice), &["tokens", "whoami"])).contains("alice"));
+    let sweeps: serde_json::Value =
+        serde_json::from_str(&ok(&s.cli(Some(&alice), &["status", "-o", "json"]))).unwrap();
+    assert_eq!(sweeps[0]["owner"], "alice", "the owner is stored: {sweeps}");
 }
