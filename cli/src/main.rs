@@ -211,6 +211,16 @@ enum Cmd {
         #[command(subcommand)]
         cmd: CertsCmd,
     },
+    /// Delete a sweep with its jobs, logs, metrics and checkpoints. Refused
+    /// while jobs are queued or running, unless --force (they are stopped).
+    Delete {
+        sweep: String,
+        /// Delete even with jobs queued or running (running ones get SIGTERM).
+        #[arg(long)]
+        force: bool,
+        #[arg(short = 'o', long, value_enum, default_value = "text")]
+        output: TextFormat,
+    },
     /// User tokens: who may use the coordinator, as a user or an admin.
     Tokens {
         #[command(subcommand)]
@@ -389,6 +399,67 @@ fn read_spec(file: &PathBuf) -> R<(String, SpecFormat)> {
         )
     })?;
     Ok((text, SpecFormat::from_path(&file.to_string_lossy())))
+}
+
+/// Every sweep, a page at a time.
+async fn all_sweeps(c: &mut Client) -> R<Vec<pb::Sweep>> {
+    let (mut out, mut token) = (Vec::new(), String::new());
+    loop {
+        let r = c
+            .list_sweeps(pb::ListSweepsRequest {
+                page_size: 0,
+                page_token: token,
+            })
+            .await?
+            .into_inner();
+        out.extend(r.sweeps);
+        if r.next_page_token.is_empty() {
+            return Ok(out);
+        }
+        token = r.next_page_token;
+    }
+}
+
+/// Every job of a sweep (of one state, or all), a page at a time.
+async fn all_jobs(c: &mut Client, sweep: &str, state: &str) -> R<Vec<pb::Job>> {
+    let (mut out, mut token) = (Vec::new(), String::new());
+    loop {
+        let r = c
+            .list_jobs(pb::ListJobsRequest {
+                sweep_id: sweep.into(),
+                state: state.into(),
+                page_size: 0,
+                page_token: token,
+            })
+            .await?
+            .into_inner();
+        out.extend(r.jobs);
+        if r.next_page_token.is_empty() {
+            return Ok(out);
+        }
+        token = r.next_page_token;
+    }
+}
+
+/// Every metric record of a job (of one attempt, or all), a page at a time.
+async fn all_metrics(c: &mut Client, job: &str, attempt: u64) -> R<Vec<pb::MetricRecord>> {
+    let (mut out, mut token) = (Vec::new(), String::new());
+    loop {
+        let r = c
+            .get_metrics(pb::GetMetricsRequest {
+                job_id: job.into(),
+                attempt,
+                page_size: 0,
+                page_token: token,
+            })
+            .await?
+            .into_inner();
+        out.extend(r.records);
+        if r.next_page_token.is_empty() {
+            return Ok(out);
+        }
+        token = r.next_page_token;
+    }
 }
 
 /// `liandan tokens ...`.
@@ -687,6 +758,31 @@ async fn run(cli: Cli) -> R<i32> {
             Ok(exit::OK)
         }
         Cmd::Tokens { cmd } => tokens(&url, cmd).await,
+        Cmd::Delete {
+            sweep,
+            force,
+            output,
+        } => {
+            let r = connect(&url)
+                .await?
+                .delete_sweep(pb::DeleteSweepRequest {
+                    sweep_id: sweep,
+                    force,
+                })
+                .await?
+                .into_inner();
+            let s = r.sweep.unwrap_or_default();
+            let js = json!({"id": s.id, "name": s.name, "deleted": true, "jobs_deleted": r.jobs_deleted});
+            say(
+                output,
+                format!(
+                    "deleted sweep {} ({}) and its {} job(s), with their logs, metrics and checkpoints",
+                    s.id, s.name, r.jobs_deleted
+                ),
+                js,
+            );
+            Ok(exit::OK)
+        }
         Cmd::Completions { shell } => {
             clap_complete::generate(
                 shell,
@@ -762,12 +858,7 @@ async fn run(cli: Cli) -> R<i32> {
                     .get_sweep(pb::GetSweepRequest { sweep_id: id })
                     .await?
                     .into_inner()],
-                None => {
-                    c.list_sweeps(pb::ListSweepsRequest {})
-                        .await?
-                        .into_inner()
-                        .sweeps
-                }
+                None => all_sweeps(&mut c).await?,
             };
             if sweeps.is_empty() && output == Format::Table {
                 println!("no sweeps yet; submit one with `liandan submit FILE`");
@@ -782,14 +873,7 @@ async fn run(cli: Cli) -> R<i32> {
             output,
         } => {
             let mut c = connect(&url).await?;
-            let jobs = c
-                .list_jobs(pb::ListJobsRequest {
-                    sweep_id: sweep,
-                    state: state.unwrap_or_default(),
-                })
-                .await?
-                .into_inner()
-                .jobs;
+            let jobs = all_jobs(&mut c, &sweep, &state.unwrap_or_default()).await?;
             let rows = jobs
                 .iter()
                 .map(|j| {
@@ -866,14 +950,7 @@ async fn run(cli: Cli) -> R<i32> {
             output,
         } => {
             let mut c = connect(&url).await?;
-            let recs = c
-                .get_metrics(pb::GetMetricsRequest {
-                    job_id: job,
-                    attempt: attempt.unwrap_or(0),
-                })
-                .await?
-                .into_inner()
-                .records;
+            let recs = all_metrics(&mut c, &job, attempt.unwrap_or(0)).await?;
             let rows = recs
                 .iter()
                 .map(|r| {
@@ -932,14 +1009,7 @@ async fn run(cli: Cli) -> R<i32> {
             }
             let mut jobs = Vec::new();
             for j in &r.jobs {
-                let recs = c
-                    .get_metrics(pb::GetMetricsRequest {
-                        job_id: j.job_id.clone(),
-                        attempt: 0,
-                    })
-                    .await?
-                    .into_inner()
-                    .records;
+                let recs = all_metrics(&mut c, &j.job_id, 0).await?;
                 let mut points = Vec::new();
                 for rec in recs {
                     let v: serde_json::Value = serde_json::from_str(&rec.json).unwrap_or_default();

@@ -244,6 +244,13 @@ pub struct CoordinatorConfig {
     /// it: that death and each further one spend a retry, as a failure
     /// does. 0: a worker's death never counts against the job.
     pub max_worker_deaths: u32,
+    /// Largest sweep file accepted, in bytes (0: no limit but the message size).
+    pub max_spec_bytes: u64,
+    /// Queued jobs one user may have across their sweeps; a submit that would
+    /// go over is refused (0: no limit).
+    pub max_queued_jobs_per_user: u64,
+    /// Jobs of one user's sweeps running at once; the rest wait (0: no limit).
+    pub max_running_jobs_per_user: u32,
 }
 
 impl Default for CoordinatorConfig {
@@ -257,6 +264,9 @@ impl Default for CoordinatorConfig {
             retry_backoff_secs: 1.0,
             retry_backoff_max_secs: 60.0,
             max_worker_deaths: 3,
+            max_spec_bytes: 1 << 20,
+            max_queued_jobs_per_user: 0,
+            max_running_jobs_per_user: 0,
             checkpoint_keep_last: 3,
             max_message_bytes: 16 * 1024 * 1024,
             log_format: "text".into(),

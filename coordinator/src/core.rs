@@ -41,8 +41,44 @@ pub enum CoreError {
     FailedPrecondition(String),
     #[error("{0}")]
     PermissionDenied(String),
+    /// A quota or size limit: nothing was changed.
+    #[error("{0}")]
+    ResourceExhausted(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// Listing pages: at most this many bytes of items (and a quarter of the
+/// message limit), and at most the page size asked for, capped at the default.
+pub const PAGE_BYTES: usize = 4 << 20;
+pub const SWEEPS_PAGE: usize = 1000;
+pub const JOBS_PAGE: usize = 10_000;
+/// Jobs a filtered page looks at, at most (bounds the time under the lock).
+pub const JOBS_SCAN: usize = 100_000;
+
+fn page_len(asked: u32, default: usize) -> usize {
+    match asked as usize {
+        0 => default,
+        n => n.min(default),
+    }
+}
+
+fn bad_token(t: &str) -> CoreError {
+    CoreError::InvalidArgument(format!(
+        "page_token {:?} is not one this coordinator gave out; start from the first page",
+        t.chars().take(80).collect::<String>()
+    ))
+}
+
+fn job_state_filter(state: &str) -> Result<Option<JobState>, CoreError> {
+    if state.is_empty() {
+        return Ok(None);
+    }
+    JobState::parse(state).map(Some).ok_or_else(|| {
+        CoreError::InvalidArgument(format!(
+            "unknown job state {state:?}; use queued, running, succeeded, failed, cancelled or pruned"
+        ))
+    })
 }
 
 /// The sweep `sid`, or the error a user sees for an unknown one.
@@ -493,6 +529,13 @@ impl Core {
         owner: &str,
     ) -> Result<(pb::Sweep, bool, Vec<String>), CoreError> {
         let owner = owner.to_string();
+        let max = self.cfg.max_spec_bytes;
+        if max > 0 && text.len() as u64 > max {
+            return Err(CoreError::ResourceExhausted(format!(
+                "the sweep file is {} bytes, over max_spec_bytes ({max}): listings and every worker carry it; generate long value lists with a distribution or a smaller grid, or raise max_spec_bytes",
+                text.len()
+            )));
+        }
         let format = Format::parse(format).ok_or_else(|| {
             CoreError::InvalidArgument(format!("unknown spec format {format:?}; use yaml or toml"))
         })?;
@@ -556,12 +599,13 @@ impl Core {
         // built here, off the lock and off the runtime threads; the lock is
         // then held only to check and insert.
         let built = {
-            let (spec, sweep_id, name, spec_json, spec_hash) = (
+            let (spec, sweep_id, name, spec_json, spec_hash, owner) = (
                 spec.clone(),
                 sweep_id.clone(),
                 name.clone(),
                 spec_json.clone(),
                 spec_hash.clone(),
+                owner.clone(),
             );
             let gate = self.build_gate.clone();
             tokio::task::spawn_blocking(move || {
@@ -592,6 +636,21 @@ impl Core {
             } else {
                 if let Some((j, _)) = new_jobs.iter().find(|(j, _)| st.jobs.contains_key(j)) {
                     return Err(CoreError::AlreadyExists(format!("job id {j} already belongs to another sweep (a hash collision); submit under another --name")));
+                }
+                let quota = self.cfg.max_queued_jobs_per_user;
+                if quota > 0 && !owner.is_empty() {
+                    let queued: u64 = st
+                        .sweeps
+                        .values()
+                        .filter(|s| s.owner == owner)
+                        .map(|s| s.counts[state_index(JobState::Queued)])
+                        .sum();
+                    if queued + new_jobs.len() as u64 > quota {
+                        return Err(CoreError::ResourceExhausted(format!(
+                            "{owner} has {queued} queued job(s) and this sweep adds {}: over max_queued_jobs_per_user ({quota}); wait for jobs to run, cancel or delete a sweep, or ask an admin to raise the quota",
+                            new_jobs.len()
+                        )));
+                    }
                 }
                 st.jobs.reserve(new_jobs.len());
                 st.jobs.extend(new_jobs);
@@ -712,11 +771,159 @@ impl Core {
         Ok(sweep_info(&st, &sid))
     }
 
+    /// One page of sweeps in submission order, without their specs, and the
+    /// token of the next page ("" after the last).
+    pub fn list_sweeps_page(
+        &self,
+        page_size: u32,
+        token: &str,
+    ) -> Result<(Vec<pb::Sweep>, String), CoreError> {
+        let after = match token {
+            "" => None,
+            t => Some(
+                t.split_once('|')
+                    .and_then(|(c, id)| Some((c.parse::<f64>().ok()?, id.to_string())))
+                    .ok_or_else(|| bad_token(t))?,
+            ),
+        };
+        let size = page_len(page_size, SWEEPS_PAGE);
+        let max_bytes = self.page_bytes();
+        let st = self.lock();
+        let mut keys: Vec<(f64, &SweepId)> =
+            st.sweeps.iter().map(|(k, s)| (s.created_at, k)).collect();
+        keys.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.as_str().cmp(b.1.as_str())));
+        let start = match &after {
+            None => 0,
+            Some((c, id)) => keys.partition_point(|(t, k)| {
+                t.total_cmp(c).then(k.as_str().cmp(id.as_str())) != std::cmp::Ordering::Greater
+            }),
+        };
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        for (t, k) in &keys[start..] {
+            if out.len() >= size || bytes >= max_bytes {
+                let last: &pb::Sweep = out.last().expect("a page holds one sweep at least");
+                return Ok((out.clone(), format!("{}|{}", last.created_at, last.id)));
+            }
+            let mut info = sweep_info(&st, k);
+            debug_assert_eq!(info.created_at, *t);
+            info.spec_json.clear();
+            bytes += prost::Message::encoded_len(&info);
+            out.push(info);
+        }
+        Ok((out, String::new()))
+    }
+
+    /// One page of a sweep's jobs (in order, optionally of one state) and the
+    /// next page's token. A page scans at most [`JOBS_SCAN`] jobs, so a
+    /// filtered page may be short and still not the last.
+    pub fn list_jobs_page(
+        &self,
+        sweep: &str,
+        state: &str,
+        page_size: u32,
+        token: &str,
+    ) -> Result<(Vec<pb::Job>, String), CoreError> {
+        let filter = job_state_filter(state)?;
+        let from: usize = match token {
+            "" => 0,
+            t => t.parse().map_err(|_| bad_token(t))?,
+        };
+        let size = page_len(page_size, JOBS_PAGE);
+        let max_bytes = self.page_bytes();
+        let st = self.lock();
+        let sid = self.sweep_id(&st, sweep)?;
+        let jobs = &st.sweeps[&sid].jobs;
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        let mut i = from.min(jobs.len());
+        let end = jobs.len().min(i.saturating_add(JOBS_SCAN));
+        while i < end && out.len() < size && bytes < max_bytes {
+            if let Some(m) = st.jobs.get(&jobs[i]) {
+                if filter.is_none_or(|f| m.state == f) {
+                    let info = job_info(&jobs[i], m);
+                    bytes += prost::Message::encoded_len(&info);
+                    out.push(info);
+                }
+            }
+            i += 1;
+        }
+        let next = if i < jobs.len() {
+            i.to_string()
+        } else {
+            String::new()
+        };
+        Ok((out, next))
+    }
+
+    /// Bytes of items one listing page holds at most: a quarter of the
+    /// message limit, at most [`PAGE_BYTES`].
+    pub fn page_bytes(&self) -> usize {
+        (self.cfg.max_message_bytes / 4).min(PAGE_BYTES)
+    }
+
     pub fn list_sweeps(&self) -> Vec<pb::Sweep> {
         let st = self.lock();
         let mut v: Vec<pb::Sweep> = st.sweeps.keys().map(|k| sweep_info(&st, k)).collect();
         v.sort_by(|a, b| a.created_at.total_cmp(&b.created_at));
         v
+    }
+
+    /// Deletes a sweep: its jobs, attempts, logs, metrics and checkpoint rows
+    /// (the files go with the next orphan scan). Refused while jobs are queued
+    /// or running unless `force`: then running jobs are told to stop, their
+    /// resources freed, and what their workers still send is refused as stale.
+    pub async fn delete_sweep(&self, id: &str, force: bool) -> Result<(pb::Sweep, u64), CoreError> {
+        let (fut, sends, info, n) = {
+            let mut st = self.lock();
+            let sid = self.sweep_id(&st, id)?;
+            let info = sweep_info(&st, &sid);
+            let c = info.counts.unwrap_or_default();
+            if (c.queued > 0 || c.running > 0) && !force {
+                return Err(CoreError::FailedPrecondition(format!(
+                    "sweep {sid} has {} queued and {} running job(s); cancel it first (liandan cancel {sid}) or delete with --force",
+                    c.queued, c.running
+                )));
+            }
+            let Some(sweep) = st.sweeps.remove(&sid) else {
+                return Err(CoreError::NotFound {
+                    kind: "sweep",
+                    id: sid.to_string(),
+                    hint: "status",
+                });
+            };
+            let mut sends = Vec::new();
+            for jid in &sweep.jobs {
+                let Some(job) = st.jobs.remove(jid) else {
+                    continue;
+                };
+                st.checkpoints.remove(jid);
+                if job.state != JobState::Running {
+                    continue;
+                }
+                if let Some(w) = job.worker.as_ref().and_then(|w| st.workers.get_mut(w)) {
+                    w.running.remove(jid);
+                    w.free_cpus += job.cpus;
+                    w.free_gpus.extend(job.gpus.iter().cloned());
+                    if let Some(sess) = &w.session {
+                        sends.push((sess.tx.clone(), cancel_msg(jid, job.attempt, "cancelled")));
+                    }
+                }
+            }
+            tracing::info!(sweep = %sid, name = %sweep.name, jobs = sweep.jobs.len(), force, "sweep deleted");
+            let mut ops = vec![Op::DeleteSweep {
+                id: sid.to_string(),
+            }];
+            self.dispatch(&mut st, &mut ops, &mut sends);
+            (
+                self.store.enqueue(ops),
+                sends,
+                info,
+                sweep.jobs.len() as u64,
+            )
+        };
+        self.finish(fut, sends).await?;
+        Ok((info, n))
     }
 
     /// Pauses, resumes or cancels a sweep.
@@ -871,12 +1078,9 @@ impl Core {
 
     // -------------------------------------------------------------- jobs
 
+    /// Every job of a sweep (in process; the API pages, [`Core::list_jobs_page`]).
     pub fn list_jobs(&self, sweep: &str, state: &str) -> Result<Vec<pb::Job>, CoreError> {
-        let filter = if state.is_empty() {
-            None
-        } else {
-            Some(JobState::parse(state).ok_or_else(|| CoreError::InvalidArgument(format!("unknown job state {state:?}; use queued, running, succeeded, failed, cancelled or pruned")))?)
-        };
+        let filter = job_state_filter(state)?;
         let st = self.lock();
         let sid = self.sweep_id(&st, sweep)?;
         Ok(st.sweeps[&sid]
@@ -2156,6 +2360,14 @@ impl Core {
                 if w.free_cpus == 0 && w.free_gpus.is_empty() {
                     break;
                 }
+                // max_running_jobs_per_user: a user at the quota waits.
+                let quota = self.cfg.max_running_jobs_per_user;
+                let mut running_by_owner: HashMap<&str, u32> = HashMap::new();
+                if quota > 0 {
+                    for s in st.sweeps.values().filter(|s| !s.owner.is_empty()) {
+                        *running_by_owner.entry(s.owner.as_str()).or_default() += s.running;
+                    }
+                }
                 let mut candidates: Vec<(i32, u32, f64, SweepId)> = st
                     .sweeps
                     .iter()
@@ -2164,6 +2376,9 @@ impl Core {
                             && (!s.ready.is_empty()
                                 || s.search.as_ref().is_some_and(|x| x.can_propose()))
                             && s.spec.liandan.concurrency.is_none_or(|c| s.running < c)
+                            && running_by_owner
+                                .get(s.owner.as_str())
+                                .is_none_or(|r| *r < quota)
                     })
                     .map(|(k, s)| (-s.spec.liandan.priority, s.running, s.created_at, k.clone()))
                     .collect();

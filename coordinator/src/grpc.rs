@@ -152,12 +152,15 @@ impl UserService for Api {
 
     async fn list_sweeps(
         &self,
-        _: Request<pb::ListSweepsRequest>,
+        req: Request<pb::ListSweepsRequest>,
     ) -> Result<Response<pb::ListSweepsResponse>, Status> {
         let core = self.core()?;
-        let sweeps = core.list_sweeps();
+        let r = req.into_inner();
+        let page = core.list_sweeps_page(r.page_size, &r.page_token)?;
+        let (sweeps, next_page_token) = core.committed(page).await?;
         Ok(Response::new(pb::ListSweepsResponse {
-            sweeps: core.committed(sweeps).await?,
+            sweeps,
+            next_page_token,
         }))
     }
 
@@ -193,9 +196,11 @@ impl UserService for Api {
     ) -> Result<Response<pb::ListJobsResponse>, Status> {
         let r = req.into_inner();
         let core = self.core()?;
-        let jobs = core.list_jobs(&r.sweep_id, &r.state)?;
+        let page = core.list_jobs_page(&r.sweep_id, &r.state, r.page_size, &r.page_token)?;
+        let (jobs, next_page_token) = core.committed(page).await?;
         Ok(Response::new(pb::ListJobsResponse {
-            jobs: core.committed(jobs).await?,
+            jobs,
+            next_page_token,
         }))
     }
 
@@ -260,8 +265,12 @@ impl UserService for Api {
                 "job {jid} not found; list them with `liandan jobs SWEEP`"
             ))
         })?;
-        let records = crate::logs::metrics(&core, &jid, r.attempt).await?;
-        Ok(Response::new(pb::GetMetricsResponse { records }))
+        let (records, next_page_token) =
+            crate::logs::metrics(&core, &jid, r.attempt, r.page_size, &r.page_token).await?;
+        Ok(Response::new(pb::GetMetricsResponse {
+            records,
+            next_page_token,
+        }))
     }
 
     type GetResultsStream = BoxStream<pb::GetResultsResponse>;
@@ -368,6 +377,22 @@ impl UserService for Api {
             .download(self.core()?, req.into_inner())
             .await?;
         Ok(Response::new(s))
+    }
+
+    async fn delete_sweep(
+        &self,
+        req: Request<pb::DeleteSweepRequest>,
+    ) -> Result<Response<pb::DeleteSweepResponse>, Status> {
+        let core = self.core()?;
+        let caller = Caller::of(&req);
+        let r = req.into_inner();
+        let (sid, owner) = core.sweep_owner(&r.sweep_id)?;
+        may_change(&caller, &owner, &format!("sweep {sid}"))?;
+        let (sweep, jobs_deleted) = core.delete_sweep(sid.as_str(), r.force).await?;
+        Ok(Response::new(pb::DeleteSweepResponse {
+            sweep: Some(sweep),
+            jobs_deleted,
+        }))
     }
 
     async fn create_token(
@@ -654,6 +679,7 @@ impl From<CoreError> for Status {
             CoreError::AlreadyExists(m) => Status::already_exists(m),
             CoreError::FailedPrecondition(m) => Status::failed_precondition(m),
             CoreError::PermissionDenied(m) => Status::permission_denied(m),
+            CoreError::ResourceExhausted(m) => Status::resource_exhausted(m),
             CoreError::Store(s) => Status::internal(s.to_string()),
         }
     }

@@ -130,21 +130,72 @@ pub async fn follow(
     }
 }
 
-/// A job's metric records (all attempts, or one).
+/// One page of a job's metric records (all attempts, or one) after the row
+/// `after`, and the next page's token ("" after the last).
 pub async fn metrics(
     core: &Core,
     job: &JobId,
     attempt: u64,
-) -> Result<Vec<pb::MetricRecord>, CoreError> {
+    page_size: u32,
+    token: &str,
+) -> Result<(Vec<pb::MetricRecord>, String), CoreError> {
+    let after: i64 = match token {
+        "" => 0,
+        t => t.parse().map_err(|_| {
+            CoreError::InvalidArgument(format!(
+                "page_token {:?} is not one this coordinator gave out; start from the first page",
+                t.chars().take(80).collect::<String>()
+            ))
+        })?,
+    };
+    let size = match page_size {
+        0 => METRICS_PAGE,
+        n => (n as usize).min(METRICS_PAGE),
+    };
     let key = job.to_string();
-    Ok(core
+    let max_bytes = core.page_bytes();
+    let (rows, last, more) = core
         .store()
         .read(move |c| {
-            let mut st = c.prepare_cached("SELECT attempt, step, ts, json FROM metrics WHERE job_id=?1 AND (?2 = 0 OR attempt=?2) ORDER BY id")?;
-            let rows = st.query_map(rusqlite::params![key, attempt as i64], |r| {
-                Ok(pb::MetricRecord { attempt: r.get::<_, i64>(0)? as u64, step: r.get(1)?, ts: r.get(2)?, json: r.get(3)? })
-            })?;
-            rows.collect::<Result<Vec<_>, _>>()
+            let mut st = c.prepare_cached("SELECT id, attempt, step, ts, json FROM metrics WHERE job_id=?1 AND (?2 = 0 OR attempt=?2) AND id > ?3 ORDER BY id LIMIT ?4")?;
+            let rows = st.query_map(
+                rusqlite::params![key, attempt as i64, after, size as i64 + 1],
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        pb::MetricRecord {
+                            attempt: r.get::<_, i64>(1)? as u64,
+                            step: r.get(2)?,
+                            ts: r.get(3)?,
+                            json: r.get(4)?,
+                        },
+                    ))
+                },
+            )?;
+            let mut out = Vec::new();
+            let (mut bytes, mut last, mut more) = (0, after, false);
+            for row in rows {
+                let (id, rec) = row?;
+                if out.len() >= size || bytes >= max_bytes {
+                    more = true;
+                    break;
+                }
+                bytes += prost::Message::encoded_len(&rec);
+                last = id;
+                out.push(rec);
+            }
+            Ok((out, last, more))
         })
-        .await?)
+        .await?;
+    Ok((
+        rows,
+        if more {
+            last.to_string()
+        } else {
+            String::new()
+        },
+    ))
 }
+
+/// Metric records in one page, at most.
+pub const METRICS_PAGE: usize = 10_000;

@@ -259,6 +259,10 @@ pub enum Op {
     DeleteWorker {
         id: String,
     },
+    /// A sweep and everything of it (`liandan delete`).
+    DeleteSweep {
+        id: String,
+    },
     /// A user token issued by `liandan tokens add` (its hash only).
     PutToken {
         name: String,
@@ -623,6 +627,19 @@ fn apply(tx: &rusqlite::Transaction, op: &Op) -> Result<(), rusqlite::Error> {
         } => {
             tx.prepare_cached("INSERT INTO tokens(name,role,hash,created_at) VALUES(?1,?2,?3,?4)")?
                 .execute(params![name, role, hash, created_at])?;
+        }
+        Op::DeleteSweep { id } => {
+            for sql in [
+                "DELETE FROM logs WHERE job_id IN (SELECT id FROM jobs WHERE sweep_id=?1)",
+                "DELETE FROM metrics WHERE job_id IN (SELECT id FROM jobs WHERE sweep_id=?1)",
+                "DELETE FROM attempts WHERE job_id IN (SELECT id FROM jobs WHERE sweep_id=?1)",
+                "DELETE FROM checkpoints WHERE job_id IN (SELECT id FROM jobs WHERE sweep_id=?1)",
+                "DELETE FROM jobs WHERE sweep_id=?1",
+                "DELETE FROM trials WHERE sweep_id=?1",
+                "DELETE FROM sweeps WHERE id=?1",
+            ] {
+                tx.prepare_cached(sql)?.execute(params![id])?;
+            }
         }
         Op::DeleteToken { name } => {
             tx.prepare_cached("DELETE FROM tokens WHERE name=?1")?

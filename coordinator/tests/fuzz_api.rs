@@ -114,7 +114,7 @@ proptest! {
     #[test]
     fn arbitrary_well_formed_requests_never_panic(id in "\\PC{0,40}", state in "\\PC{0,12}", n in any::<u64>(), step in any::<i64>()) {
         let mut buf = Vec::new();
-        pb::ListJobsRequest { sweep_id: id.clone(), state }.encode(&mut buf).unwrap();
+        pb::ListJobsRequest { sweep_id: id.clone(), state, page_size: n as u32, page_token: id.clone() }.encode(&mut buf).unwrap();
         feed(&buf);
         buf.clear();
         pb::ReadLogsRequest { job_id: id.clone(), attempt: n, from_line: n, tail: n, follow: false, stream: id.clone() }.encode(&mut buf).unwrap();

@@ -91,14 +91,14 @@ async fn no_reply_tells_of_a_sweep_before_its_commit() {
                 .expect("get_sweep")
                 .into_inner();
             let listed = api
-                .list_sweeps(Request::new(pb::ListSweepsRequest {}))
+                .list_sweeps(Request::new(pb::ListSweepsRequest::default()))
                 .await
                 .expect("list_sweeps")
                 .into_inner();
             let jobs = api
                 .list_jobs(Request::new(pb::ListJobsRequest {
                     sweep_id: sid.clone(),
-                    state: String::new(),
+                    ..Default::default()
                 }))
                 .await
                 .expect("list_jobs")

@@ -506,7 +506,10 @@ async fn hostile_names_and_huge_messages_are_refused_without_effect() {
         "memory grew from {before_kb} kB to {after_kb} kB"
     );
     // Still serving.
-    assert!(user.list_sweeps(pb::ListSweepsRequest {}).await.is_ok());
+    assert!(user
+        .list_sweeps(pb::ListSweepsRequest::default())
+        .await
+        .is_ok());
     let after: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().file_name())
@@ -1274,4 +1277,189 @@ fn users_own_their_sweeps_admins_everything_and_revoked_tokens_are_refused() {
     let sweeps: serde_json::Value =
         serde_json::from_str(&ok(&s.cli(Some(&alice), &["status", "-o", "json"]))).unwrap();
     assert_eq!(sweeps[0]["owner"], "alice", "the owner is stored: {sweeps}");
+}
+
+/// Stalled uploads (#19 item 9) on the real binaries: 20 "workers" that
+/// joined with the join token each hold a job and open 30 uploads that send a
+/// header and nothing more (600 in all). Users are served meanwhile, every
+/// stalled upload is ended (refused at once past the caps, or after
+/// `upload_idle_timeout_secs`), and a real worker's checkpoint is stored.
+#[test]
+fn stalled_uploads_from_joined_workers_starve_no_one() {
+    use liandan_proto::v1 as pb;
+    let s = Secure::with("upload_idle_timeout_secs = 3.0\n", None);
+    let p = s.pki();
+    let token = p.join("user.token");
+    let spec = s.dir.path().join("bait.yaml");
+    let values: Vec<String> = (0..20).map(|i| i.to_string()).collect();
+    std::fs::write(
+        &spec,
+        format!(
+            "name: bait\nmethod: grid\ncommand: [sleep, '120']\nparameters:\n  x: {{values: [{}]}}\n",
+            values.join(", ")
+        ),
+    )
+    .expect("spec");
+    assert!(s
+        .cli(Some(&token), &["submit", spec.to_str().expect("utf-8")])
+        .status
+        .success());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let uploads = rt.block_on(async {
+        let mut held = Vec::new();
+        for _ in 0..20 {
+            let mut client = token_only_client(&s).await;
+            let (tx, rx) = tokio::sync::mpsc::channel(16);
+            let hello = pb::WorkerMessage {
+                msg: Some(pb::worker_message::Msg::Hello(pb::Hello {
+                    hostname: "intruder".into(),
+                    resources: Some(pb::Resources {
+                        cpu_slots: 1,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })),
+            };
+            tx.send(hello).await.expect("send");
+            let mut inbound = client
+                .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await
+                .expect("session")
+                .into_inner();
+            let (mut id, mut secret, mut job) = (String::new(), String::new(), None);
+            while job.is_none() {
+                match inbound
+                    .message()
+                    .await
+                    .expect("message")
+                    .and_then(|m| m.msg)
+                {
+                    Some(pb::coordinator_message::Msg::Welcome(w)) => {
+                        id = w.worker_id;
+                        secret = w.worker_secret;
+                    }
+                    Some(pb::coordinator_message::Msg::Assign(a)) => job = Some(a),
+                    Some(_) => {}
+                    None => panic!("the session ended before an assignment"),
+                }
+            }
+            // Heartbeats keep the lease; the rest of the stream is read and dropped.
+            tokio::spawn(async move {
+                loop {
+                    let beat = pb::WorkerMessage {
+                        msg: Some(pb::worker_message::Msg::Heartbeat(pb::Heartbeat::default())),
+                    };
+                    if tx.send(beat).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            });
+            tokio::spawn(async move { while let Ok(Some(_)) = inbound.message().await {} });
+            held.push((client, id, secret, job.expect("assigned")));
+        }
+        let mut uploads = Vec::new();
+        for (client, id, secret, a) in &held {
+            for step in 0..30 {
+                let (utx, urx) = tokio::sync::mpsc::channel(1);
+                utx.send(pb::CheckpointUpload {
+                    header: Some(pb::CheckpointUploadHeader {
+                        job_id: a.job_id.clone(),
+                        attempt: a.attempt,
+                        step,
+                        size: 1 << 20,
+                        blake3: "0".repeat(64),
+                        worker_id: id.clone(),
+                        metric: None,
+                    }),
+                    offset: 0,
+                    data: Vec::new(),
+                })
+                .await
+                .expect("header");
+                let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(urx));
+                req.metadata_mut()
+                    .insert("liandan-worker-id", id.parse().expect("id"));
+                req.metadata_mut()
+                    .insert("liandan-worker-secret", secret.parse().expect("secret"));
+                let mut client = client.clone();
+                uploads.push(tokio::spawn(async move {
+                    let r = client.upload_checkpoint(req).await;
+                    // The sender lives until the coordinator ends the upload: stalled.
+                    drop(utx);
+                    r.is_err() || r.is_ok_and(|r| !r.into_inner().accepted)
+                }));
+            }
+        }
+        uploads
+    });
+    // Everyone else is served while they stall.
+    std::thread::sleep(Duration::from_millis(500));
+    let t = std::time::Instant::now();
+    assert!(
+        s.cli_within(Duration::from_secs(5), Some(&token), &["status"]),
+        "status was not served while 600 uploads stalled"
+    );
+    assert!(s.cli_within(Duration::from_secs(5), Some(&token), &["jobs", "bait"]));
+    assert!(t.elapsed() < Duration::from_secs(5));
+    // Every stalled upload is ended by the coordinator, none accepted.
+    let ended = rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(20), async {
+            let mut n = 0;
+            for u in uploads {
+                if u.await.expect("task") {
+                    n += 1;
+                }
+            }
+            n
+        })
+        .await
+    });
+    assert_eq!(
+        ended,
+        Ok(600),
+        "every stalled upload was ended within 20 s, none accepted"
+    );
+    // A real worker's checkpoint goes through.
+    let _w = s.worker(
+        "real",
+        &format!(
+            "tls_ca = \"{}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+            p.join("ca.pem").display(),
+            p.join("worker-1.pem").display(),
+            p.join("worker-1-key.pem").display()
+        ),
+    );
+    let ck = s.dir.path().join("ck.yaml");
+    std::fs::write(
+        &ck,
+        "name: ck\nmethod: grid\ncommand: [sh, -c, 'printf mine > \"$LIANDAN_CHECKPOINT_DIR/.t\" && mv \"$LIANDAN_CHECKPOINT_DIR/.t\" \"$LIANDAN_CHECKPOINT_DIR/step-1.ckpt\" && sleep 2']\nparameters:\n  x: {value: 1}\n",
+    )
+    .expect("spec");
+    assert!(s
+        .cli(Some(&token), &["submit", ck.to_str().expect("utf-8")])
+        .status
+        .success());
+    let stored = eventually(Duration::from_secs(30), || {
+        let jobs: serde_json::Value =
+            serde_json::from_slice(&s.cli(Some(&token), &["jobs", "ck", "-o", "json"]).stdout)
+                .ok()?;
+        let job = jobs[0]["id"].as_str()?.to_string();
+        let cks: serde_json::Value = serde_json::from_slice(
+            &s.cli(Some(&token), &["checkpoints", &job, "-o", "json"])
+                .stdout,
+        )
+        .ok()?;
+        (cks.as_array()?.len() == 1).then_some(())
+    });
+    assert!(
+        stored.is_some(),
+        "the real worker's checkpoint was not stored; worker log:\n{}",
+        _w.log_text()
+    );
+    drop(rt);
 }

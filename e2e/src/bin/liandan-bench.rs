@@ -457,6 +457,7 @@ async fn run_job(
             .list_jobs(pb::ListJobsRequest {
                 sweep_id: sweep.id.clone(),
                 state: String::new(),
+                ..Default::default()
             })
             .await?
             .into_inner()
@@ -471,6 +472,7 @@ async fn run_job(
         .list_jobs(pb::ListJobsRequest {
             sweep_id: sweep.id,
             state: String::new(),
+            ..Default::default()
         })
         .await?
         .into_inner()
@@ -527,6 +529,7 @@ async fn logs(lines: u64) -> Res<()> {
             .list_jobs(pb::ListJobsRequest {
                 sweep_id: sweep.clone(),
                 state: String::new(),
+                ..Default::default()
             })
             .await?
             .into_inner()
