@@ -171,9 +171,14 @@ impl Secure {
         std::fs::write(
             &cfg,
             format!(
-                "coordinator = \"{}\"\nstate_dir = \"{}\"\ngpus = \"none\"\nslots = 1\n{cfg_extra}",
+                "coordinator = \"{}\"\nstate_dir = \"{}\"\ngpus = \"none\"\n{}{cfg_extra}",
                 self.url(),
-                self.dir.path().join(name).display()
+                self.dir.path().join(name).display(),
+                if cfg_extra.contains("slots") {
+                    ""
+                } else {
+                    "slots = 1\n"
+                }
             ),
         )
         .unwrap();
@@ -1462,4 +1467,83 @@ fn stalled_uploads_from_joined_workers_starve_no_one() {
         _w.log_text()
     );
     drop(rt);
+}
+
+/// Per-user quotas (#19 item 10) on the real binaries: alice may have 3
+/// queued jobs and 1 running; a submit past the first is refused (exit 65,
+/// naming the setting), and with two free slots only one of her jobs runs
+/// while bob's runs beside it.
+#[test]
+fn users_are_held_to_their_quotas() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = Secure::with(
+        "max_queued_jobs_per_user = 3\nmax_running_jobs_per_user = 1\n",
+        None,
+    );
+    let p = s.pki();
+    let admin = p.join("user.token");
+    let token_file = |name: &str| -> PathBuf {
+        let out = s.cli(Some(&admin), &["tokens", "add", name, "-o", "json"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let js: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let f = s.dir.path().join(format!("{name}.token"));
+        std::fs::write(&f, js["token"].as_str().unwrap()).unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+        f
+    };
+    let (alice, bob) = (token_file("alice"), token_file("bob"));
+    let write = |name: &str, n: usize| -> String {
+        let f = s.dir.path().join(format!("{name}.yaml"));
+        let v: Vec<String> = (0..n).map(|i| i.to_string()).collect();
+        std::fs::write(
+            &f,
+            format!("name: {name}\nmethod: grid\ncommand: [sleep, '30']\nparameters:\n  x: {{values: [{}]}}\n", v.join(", ")),
+        )
+        .unwrap();
+        f.display().to_string()
+    };
+    let a1 = write("a1", 2);
+    let a2 = write("a2", 2);
+    let b1 = write("b1", 2);
+    assert!(s.cli(Some(&alice), &["submit", &a1]).status.success());
+    let over = s.cli(Some(&alice), &["submit", &a2]);
+    let err = String::from_utf8_lossy(&over.stderr);
+    assert_eq!(over.status.code(), Some(65), "{err}");
+    assert!(err.contains("max_queued_jobs_per_user (3)"), "{err}");
+    assert!(s.cli(Some(&bob), &["submit", &b1]).status.success());
+    let _w = s.worker_with_env(
+        "w",
+        &format!(
+            "tls_ca = \"{}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\nslots = 3\n",
+            p.join("ca.pem").display(),
+            p.join("worker-1.pem").display(),
+            p.join("worker-1-key.pem").display()
+        ),
+        &[],
+    );
+    let running = |sweep: &str| -> usize {
+        let out = s.cli(
+            Some(&admin),
+            &["jobs", sweep, "--state", "running", "-o", "json"],
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .ok()
+            .and_then(|v| v.as_array().map(|a| a.len()))
+            .unwrap_or(0)
+    };
+    let both = eventually(Duration::from_secs(20), || {
+        (running("a1") >= 1 && running("b1") >= 1).then_some(())
+    });
+    assert!(both.is_some(), "both users' jobs run");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        running("a1"),
+        1,
+        "alice is held at one running job with a slot free"
+    );
+    assert_eq!(running("b1"), 1, "bob too");
 }
