@@ -215,7 +215,7 @@ enum Cmd {
     /// while jobs are queued or running, unless --force (they are stopped).
     Delete {
         sweep: String,
-        /// Delete even with jobs queued or running (running ones get SIGTERM).
+        /// Cancel the sweep first and wait for its running jobs to stop.
         #[arg(long)]
         force: bool,
         #[arg(short = 'o', long, value_enum, default_value = "text")]
@@ -763,8 +763,39 @@ async fn run(cli: Cli) -> R<i32> {
             force,
             output,
         } => {
-            let r = connect(&url)
-                .await?
+            let mut c = connect(&url).await?;
+            if force {
+                // Cancel, then wait for the running jobs to end: they hold
+                // their workers' GPUs until their processes are gone.
+                let s = c
+                    .get_sweep(pb::GetSweepRequest {
+                        sweep_id: sweep.clone(),
+                    })
+                    .await?
+                    .into_inner();
+                if matches!(s.state.as_str(), "queued" | "running" | "paused") {
+                    c.cancel_sweep(pb::SweepRef {
+                        sweep_id: s.id.clone(),
+                    })
+                    .await?;
+                }
+                let mut said = false;
+                loop {
+                    let Some(now) = sweep_riding_restarts(&mut c, &s.id).await? else {
+                        return Ok(exit::INTERRUPTED);
+                    };
+                    let running = counts(&now).running;
+                    if running == 0 {
+                        break;
+                    }
+                    if !said {
+                        eprintln!("cancelled {}; waiting for its {running} running job(s) to stop (each gets its grace period)", s.id);
+                        said = true;
+                    }
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+            }
+            let r = c
                 .delete_sweep(pb::DeleteSweepRequest {
                     sweep_id: sweep,
                     force,
@@ -1358,14 +1389,111 @@ async fn fetch_trial_results(
     Ok(all.unwrap_or_default())
 }
 
+/// Whether a failed call is the coordinator being away (restarting, the
+/// network), which `wait` and `logs -f` ride out, rather than an answer.
+fn coordinator_away(s: &tonic::Status) -> bool {
+    use tonic::Code::*;
+    let m = s.message();
+    matches!(s.code(), Unavailable | Cancelled)
+        || (matches!(s.code(), Unknown | Internal)
+            && (m.contains("transport") || m.contains("connection") || m.contains("h2 protocol")))
+}
+
+/// `get_sweep`, retried while the coordinator is away (a notice once, then
+/// every minute); Ctrl-C gives up (None).
+async fn sweep_riding_restarts(c: &mut Client, sweep: &str) -> R<Option<pb::Sweep>> {
+    let mut away_since: Option<std::time::Instant> = None;
+    let mut told = std::time::Instant::now();
+    loop {
+        let r = tokio::select! {
+            r = c.get_sweep(pb::GetSweepRequest { sweep_id: sweep.to_string() }) => r,
+            _ = tokio::signal::ctrl_c() => return Ok(None),
+        };
+        match r {
+            Ok(s) => {
+                if away_since.take().is_some() {
+                    eprintln!("the coordinator is back; waiting on");
+                }
+                return Ok(Some(s.into_inner()));
+            }
+            Err(e) if coordinator_away(&e) => {
+                let since = *away_since.get_or_insert_with(std::time::Instant::now);
+                if since.elapsed() < Duration::from_millis(100)
+                    || told.elapsed() >= Duration::from_secs(60)
+                {
+                    eprintln!(
+                        "the coordinator cannot be reached ({}); retrying (it may be restarting; the sweep goes on; Ctrl-C stops waiting)",
+                        e.message().chars().take(200).collect::<String>()
+                    );
+                    told = std::time::Instant::now();
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = tokio::signal::ctrl_c() => return Ok(None),
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// The first failed jobs of a sweep, each with how its last attempt ended,
+/// and the commands to see more.
+async fn name_failures(c: &mut Client, sweep: &str, failed: u64) {
+    let Ok(r) = c
+        .list_jobs(pb::ListJobsRequest {
+            sweep_id: sweep.into(),
+            state: "failed".into(),
+            page_size: 3,
+            page_token: String::new(),
+        })
+        .await
+    else {
+        return;
+    };
+    let jobs = r.into_inner().jobs;
+    for j in &jobs {
+        let how = match c
+            .get_job(pb::JobRef {
+                job_id: j.id.clone(),
+            })
+            .await
+        {
+            Ok(full) => full
+                .into_inner()
+                .attempts
+                .last()
+                .map(|a| {
+                    let msg: String = a.message.chars().take(160).collect();
+                    format!("attempt {} {}: {}", a.attempt, a.state, printable(&msg))
+                })
+                .unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        eprintln!("  failed: {} {how}", j.id);
+    }
+    if let Some(j) = jobs.first() {
+        let more = if failed > jobs.len() as u64 {
+            format!("; all {failed}: `liandan jobs {sweep} --state failed`")
+        } else {
+            String::new()
+        };
+        eprintln!("  see why: `liandan logs {} --stderr`{more}", j.id);
+    }
+}
+
 async fn wait_for(c: &mut Client, sweep: &str) -> R<i32> {
     let tty = std::io::stderr().is_terminal();
-    let first = c
-        .get_sweep(pb::GetSweepRequest {
-            sweep_id: sweep.to_string(),
-        })
-        .await?
-        .into_inner();
+    let interrupted = |bar: &Option<indicatif::ProgressBar>| {
+        if let Some(b) = bar {
+            b.abandon();
+        }
+        eprintln!("interrupted; the sweep goes on (follow it with `liandan wait {sweep}`)");
+        Ok(exit::INTERRUPTED)
+    };
+    let Some(first) = sweep_riding_restarts(c, sweep).await? else {
+        return interrupted(&None);
+    };
     let bar = tty.then(|| {
         let b = indicatif::ProgressBar::new(first.jobs);
         b.set_style(
@@ -1377,13 +1505,8 @@ async fn wait_for(c: &mut Client, sweep: &str) -> R<i32> {
     let start = std::time::Instant::now();
     let mut last_print = std::time::Instant::now() - Duration::from_secs(60);
     loop {
-        let s = tokio::select! {
-            r = c.get_sweep(pb::GetSweepRequest { sweep_id: sweep.to_string() }) => r?.into_inner(),
-            _ = tokio::signal::ctrl_c() => {
-                if let Some(b) = &bar { b.abandon(); }
-                eprintln!("interrupted; the sweep goes on (follow it with `liandan wait {sweep}`)");
-                return Ok(exit::INTERRUPTED);
-            }
+        let Some(s) = sweep_riding_restarts(c, sweep).await? else {
+            return interrupted(&bar);
         };
         let k = counts(&s);
         let done = k.succeeded + k.failed + k.cancelled + k.pruned;
@@ -1391,6 +1514,7 @@ async fn wait_for(c: &mut Client, sweep: &str) -> R<i32> {
             "running {}  queued {}  failed {}",
             k.running, k.queued, k.failed
         );
+        let over = matches!(s.state.as_str(), "finished" | "failed" | "cancelled");
         match &bar {
             Some(b) => {
                 b.set_length(s.jobs);
@@ -1398,17 +1522,14 @@ async fn wait_for(c: &mut Client, sweep: &str) -> R<i32> {
                 b.set_message(msg.clone());
             }
             None => {
-                if last_print.elapsed() >= Duration::from_secs(5)
-                    || s.state == "finished"
-                    || s.state == "cancelled"
-                {
+                if last_print.elapsed() >= Duration::from_secs(5) || over {
                     let rate = done as f64 / start.elapsed().as_secs_f64().max(1e-3);
                     eprintln!("{}: {done}/{} done, {msg}, {rate:.2} jobs/s", s.id, s.jobs);
                     last_print = std::time::Instant::now();
                 }
             }
         }
-        if s.state == "finished" || s.state == "cancelled" {
+        if over {
             if let Some(b) = &bar {
                 b.finish();
             }
@@ -1416,6 +1537,9 @@ async fn wait_for(c: &mut Client, sweep: &str) -> R<i32> {
                 "sweep {} {}: {} succeeded, {} failed, {} cancelled, {} pruned",
                 s.id, s.state, k.succeeded, k.failed, k.cancelled, k.pruned
             );
+            if k.failed > 0 {
+                name_failures(c, &s.id, k.failed).await;
+            }
             return Ok(if k.failed > 0 {
                 exit::FAILURE
             } else {
@@ -1424,11 +1548,7 @@ async fn wait_for(c: &mut Client, sweep: &str) -> R<i32> {
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-            _ = tokio::signal::ctrl_c() => {
-                if let Some(b) = &bar { b.abandon(); }
-                eprintln!("interrupted; the sweep goes on (follow it with `liandan wait {sweep}`)");
-                return Ok(exit::INTERRUPTED);
-            }
+            _ = tokio::signal::ctrl_c() => return interrupted(&bar),
         }
     }
 }

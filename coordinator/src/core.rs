@@ -81,6 +81,15 @@ fn job_state_filter(state: &str) -> Result<Option<JobState>, CoreError> {
     })
 }
 
+/// Judges whether the caller may change what `owner` (a sweep's owner)
+/// owns; checked under the core's lock, with the change.
+pub type Permit<'a> = &'a (dyn Fn(&str) -> Result<(), CoreError> + Sync);
+
+/// Anyone may (in-process callers, no user authentication).
+pub fn anyone(_: &str) -> Result<(), CoreError> {
+    Ok(())
+}
+
 /// The sweep `sid`, or the error a user sees for an unknown one.
 fn sweep_mem<'a>(st: &'a State, sid: &SweepId) -> Result<&'a SweepMem, CoreError> {
     st.sweeps.get(sid).ok_or_else(|| CoreError::NotFound {
@@ -112,6 +121,8 @@ struct SweepMem {
     name: String,
     /// The name of the user who submitted it ("" without user authentication).
     owner: String,
+    /// Its jobs' attempts are numbered above this (see `State::attempt_floors`).
+    attempt_floor: u64,
     spec: Arc<SweepSpec>,
     spec_json: Arc<str>,
     /// What a worker needs to run a job: the spec without its parameter space
@@ -305,6 +316,9 @@ pub struct IssuedToken {
 #[derive(Default)]
 struct State {
     sweeps: BTreeMap<SweepId, SweepMem>,
+    /// Deleted sweeps' highest attempt numbers (`deleted_sweeps`): a sweep
+    /// submitted again under the id numbers its attempts above them.
+    attempt_floors: HashMap<SweepId, u64>,
     tokens: BTreeMap<String, IssuedToken>,
     jobs: HashMap<JobId, JobMem>,
     workers: BTreeMap<WorkerId, WorkerMem>,
@@ -587,11 +601,11 @@ impl Core {
                 _ => {
                     let f = st.next_seq;
                     st.next_seq += n;
-                    Ok(f)
+                    Ok((f, st.attempt_floors.get(&sweep_id).copied().unwrap_or(0)))
                 }
             }
         };
-        let first_seq = match reserved {
+        let (first_seq, floor) = match reserved {
             Ok(f) => f,
             Err(info) => return self.committed((info, false, warnings)).await,
         };
@@ -611,7 +625,7 @@ impl Core {
             tokio::task::spawn_blocking(move || {
                 gate.wait_open();
                 build_sweep(
-                    spec, sweep_id, name, owner, spec_json, spec_hash, expansion, first_seq,
+                    spec, sweep_id, name, owner, spec_json, spec_hash, expansion, first_seq, floor,
                 )
             })
             .await
@@ -695,14 +709,6 @@ impl Core {
         } else {
             Err(nf())
         }
-    }
-
-    /// Who owns a sweep (by id or name): the user who submitted it.
-    pub fn sweep_owner(&self, id: &str) -> Result<(SweepId, String), CoreError> {
-        let st = self.lock();
-        let sid = self.sweep_id(&st, id)?;
-        let owner = st.sweeps[&sid].owner.clone();
-        Ok((sid, owner))
     }
 
     /// Who owns a job: its sweep's owner.
@@ -870,19 +876,36 @@ impl Core {
     }
 
     /// Deletes a sweep: its jobs, attempts, logs, metrics and checkpoint rows
-    /// (the files go with the next orphan scan). Refused while jobs are queued
-    /// or running unless `force`: then running jobs are told to stop, their
-    /// resources freed, and what their workers still send is refused as stale.
-    pub async fn delete_sweep(&self, id: &str, force: bool) -> Result<(pb::Sweep, u64), CoreError> {
-        let (fut, sends, info, n) = {
+    /// (the files go with the next orphan scan), remembering its highest
+    /// attempt number so that a sweep submitted again under its name starts
+    /// above it. Refused while a job runs (cancel first: a running job holds
+    /// its worker's GPUs until its process is gone), and while jobs are
+    /// queued unless `force`. `permit` judges the caller against the owner,
+    /// under the same lock as the deletion.
+    pub async fn delete_sweep(
+        &self,
+        id: &str,
+        force: bool,
+        permit: Permit<'_>,
+    ) -> Result<(pb::Sweep, u64), CoreError> {
+        let (fut, info, n) = {
             let mut st = self.lock();
             let sid = self.sweep_id(&st, id)?;
+            permit(&st.sweeps[&sid].owner)?;
             let info = sweep_info(&st, &sid);
             let c = info.counts.unwrap_or_default();
-            if (c.queued > 0 || c.running > 0) && !force {
+            // Running jobs hold their worker's GPUs until their processes
+            // are gone: a sweep goes only once none runs.
+            if c.running > 0 {
                 return Err(CoreError::FailedPrecondition(format!(
-                    "sweep {sid} has {} queued and {} running job(s); cancel it first (liandan cancel {sid}) or delete with --force",
-                    c.queued, c.running
+                    "sweep {sid} has {} running job(s); cancel it first (liandan cancel {sid}), or `liandan delete --force`, which cancels and waits for them",
+                    c.running
+                )));
+            }
+            if c.queued > 0 && !force {
+                return Err(CoreError::FailedPrecondition(format!(
+                    "sweep {sid} has {} queued job(s); cancel it first (liandan cancel {sid}) or delete with --force",
+                    c.queued
                 )));
             }
             let Some(sweep) = st.sweeps.remove(&sid) else {
@@ -892,49 +915,60 @@ impl Core {
                     hint: "status",
                 });
             };
-            let mut sends = Vec::new();
+            let mut max_attempt = sweep.attempt_floor;
             for jid in &sweep.jobs {
-                let Some(job) = st.jobs.remove(jid) else {
-                    continue;
-                };
+                if let Some(job) = st.jobs.remove(jid) {
+                    max_attempt = max_attempt.max(job.attempt);
+                }
                 st.checkpoints.remove(jid);
-                if job.state != JobState::Running {
-                    continue;
-                }
-                if let Some(w) = job.worker.as_ref().and_then(|w| st.workers.get_mut(w)) {
-                    w.running.remove(jid);
-                    w.free_cpus += job.cpus;
-                    w.free_gpus.extend(job.gpus.iter().cloned());
-                    if let Some(sess) = &w.session {
-                        sends.push((sess.tx.clone(), cancel_msg(jid, job.attempt, "cancelled")));
-                    }
-                }
             }
-            tracing::info!(sweep = %sid, name = %sweep.name, jobs = sweep.jobs.len(), force, "sweep deleted");
-            let mut ops = vec![Op::DeleteSweep {
+            st.attempt_floors.insert(sid.clone(), max_attempt);
+            tracing::info!(sweep = %sid, name = %sweep.name, jobs = sweep.jobs.len(), "sweep deleted");
+            let op = Op::DeleteSweep {
                 id: sid.to_string(),
-            }];
-            self.dispatch(&mut st, &mut ops, &mut sends);
-            (
-                self.store.enqueue(ops),
-                sends,
-                info,
-                sweep.jobs.len() as u64,
-            )
+                max_attempt,
+            };
+            (self.store.enqueue(vec![op]), info, sweep.jobs.len() as u64)
         };
-        self.finish(fut, sends).await?;
+        self.finish(fut, Vec::new()).await?;
         Ok((info, n))
     }
 
     /// Pauses, resumes or cancels a sweep.
     pub async fn set_sweep_state(&self, id: &str, new: SweepState) -> Result<pb::Sweep, CoreError> {
+        self.set_sweep_state_as(id, new, &anyone).await
+    }
+
+    /// [`Core::set_sweep_state`] if `permit` allows it for the sweep's owner.
+    pub async fn set_sweep_state_as(
+        &self,
+        id: &str,
+        new: SweepState,
+        permit: Permit<'_>,
+    ) -> Result<pb::Sweep, CoreError> {
         let (fut, sends, sid) = {
             let mut st = self.lock();
             let sid = self.sweep_id(&st, id)?;
+            permit(&st.sweeps[&sid].owner)?;
             let cur = st.sweeps[&sid].state;
             if cur == SweepState::Cancelled && new != SweepState::Cancelled {
                 return Err(CoreError::FailedPrecondition(format!(
                     "sweep {sid} was cancelled; submit it again under a new name to rerun it"
+                )));
+            }
+            // A sweep that is done keeps its history: pausing or cancelling
+            // it would relabel finished work.
+            let info = sweep_info(&st, &sid);
+            if matches!(info.state.as_str(), "finished" | "failed") && new != SweepState::Active {
+                let c = info.counts.unwrap_or_default();
+                let verb = if new == SweepState::Paused {
+                    "pause"
+                } else {
+                    "cancel"
+                };
+                return Err(CoreError::FailedPrecondition(format!(
+                    "sweep {sid} is {} ({} succeeded, {} failed): there is nothing left to {verb}; `liandan delete {sid}` removes it",
+                    info.state, c.succeeded, c.failed
                 )));
             }
             let mut ops = vec![Op::SetSweepState {
@@ -1057,16 +1091,27 @@ impl Core {
     }
 
     pub async fn cancel_job(&self, id: &str) -> Result<pb::Job, CoreError> {
+        self.cancel_job_as(id, &anyone).await
+    }
+
+    /// [`Core::cancel_job`] if `permit` allows it for the job's sweep's owner.
+    pub async fn cancel_job_as(&self, id: &str, permit: Permit<'_>) -> Result<pb::Job, CoreError> {
         let jid = JobId::parse(id).map_err(|e| CoreError::InvalidArgument(e.to_string()))?;
         let (fut, sends) = {
             let mut st = self.lock();
-            if !st.jobs.contains_key(&jid) {
+            let Some(job) = st.jobs.get(&jid) else {
                 return Err(CoreError::NotFound {
                     kind: "job",
                     id: jid.to_string(),
                     hint: "jobs SWEEP",
                 });
-            }
+            };
+            permit(
+                st.sweeps
+                    .get(&job.sweep)
+                    .map(|s| s.owner.as_str())
+                    .unwrap_or(""),
+            )?;
             let mut ops = Vec::new();
             let mut sends = Vec::new();
             self.cancel_job_locked(&mut st, &jid, &mut ops, &mut sends);
@@ -2032,9 +2077,10 @@ impl Core {
             return false;
         };
         let base = s.jobs.len() as i64;
+        let floor = s.attempt_floor;
         let mut ids = Vec::with_capacity(jobs.len());
         for (k, j) in jobs.iter().enumerate() {
-            let mem = JobMem::queued(
+            let mut mem = JobMem::queued(
                 first_seq + k as i64,
                 sid.clone(),
                 trial.id.clone(),
@@ -2042,6 +2088,7 @@ impl Core {
                 j.seed,
                 pj.clone(),
             );
+            mem.attempt = floor;
             st.jobs.insert(j.id.clone(), mem);
             ids.push(j.id.clone());
         }
@@ -2050,6 +2097,7 @@ impl Core {
             sweep_id: sid.clone(),
             first_seq,
             first_ord: base,
+            first_attempt: floor,
             jobs: jobs
                 .iter()
                 .map(|j| (j.id.clone(), trial.id.clone(), j.seed))
@@ -2863,6 +2911,7 @@ fn build_sweep(
     spec_hash: String,
     expansion: sweep::Expansion,
     first_seq: i64,
+    floor: u64,
 ) -> Built {
     let created_at = now_secs();
     let mut ops = Vec::with_capacity(expansion.trials.len() + 2);
@@ -2894,7 +2943,7 @@ fn build_sweep(
             .get(&j.trial)
             .cloned()
             .unwrap_or_else(|| "{}".into());
-        let mem = JobMem::queued(
+        let mut mem = JobMem::queued(
             first_seq + ord as i64,
             sweep_id.clone(),
             j.trial.clone(),
@@ -2902,6 +2951,7 @@ fn build_sweep(
             j.seed,
             params,
         );
+        mem.attempt = floor;
         jobs.push((j.id.clone(), mem));
         job_ids.push(j.id.clone());
     }
@@ -2909,6 +2959,7 @@ fn build_sweep(
         sweep_id: sweep_id.clone(),
         first_seq,
         first_ord: 0,
+        first_attempt: floor,
         jobs: expansion
             .jobs
             .iter()
@@ -2933,6 +2984,7 @@ fn build_sweep(
         search,
         name,
         owner,
+        attempt_floor: floor,
         run_spec_json: run_spec_json(&spec),
         spec,
         spec_json: spec_json.into(),
@@ -2974,6 +3026,16 @@ fn sweep_info(st: &State, id: &SweepId) -> pb::Sweep {
     let state = match s.state {
         SweepState::Cancelled => "cancelled",
         SweepState::Paused => "paused",
+        // Done, and nothing of it succeeded: say so, not "finished".
+        SweepState::Active
+            if c.queued == 0
+                && c.running == 0
+                && search_done
+                && c.succeeded == 0
+                && c.failed > 0 =>
+        {
+            "failed"
+        }
         SweepState::Active if c.queued == 0 && c.running == 0 && search_done => "finished",
         SweepState::Active
             if c.running == 0 && c.succeeded + c.failed + c.cancelled + c.pruned == 0 =>
@@ -3033,6 +3095,7 @@ fn load(store: &Store, cfg: &CoordinatorConfig) -> Result<State, CoreError> {
                         SweepMem {
                             name,
                             owner,
+                            attempt_floor: 0,
                             run_spec_json: run_spec_json(&spec),
                             spec: Arc::new(spec),
                             spec_json: spec_json.into(),
@@ -3050,6 +3113,19 @@ fn load(store: &Store, cfg: &CoordinatorConfig) -> Result<State, CoreError> {
                         proposing: false,
                         },
                     );
+                }
+            }
+            {
+                let mut q = c.prepare("SELECT id, max_attempt FROM deleted_sweeps")?;
+                let rows = q.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+                for row in rows {
+                    let (id, max) = row?;
+                    if let Ok(sid) = SweepId::parse(&id) {
+                        if let Some(s) = st.sweeps.get_mut(&sid) {
+                            s.attempt_floor = max as u64;
+                        }
+                        st.attempt_floors.insert(sid, max as u64);
+                    }
                 }
             }
             let mut params: HashMap<String, Arc<str>> = HashMap::new();

@@ -88,7 +88,7 @@ impl Api {
 
 /// A user may change their own sweeps and jobs; an admin any. Sweeps from
 /// before user names (owner "") are the admins'.
-fn may_change(caller: &Caller, owner: &str, what: &str) -> Result<(), Status> {
+fn may_change(caller: &Caller, owner: &str, what: &str) -> Result<(), CoreError> {
     if caller.admin || (!owner.is_empty() && caller.name == owner) {
         return Ok(());
     }
@@ -97,7 +97,7 @@ fn may_change(caller: &Caller, owner: &str, what: &str) -> Result<(), Status> {
     } else {
         format!("{owner}: only {owner} or an admin may change it")
     };
-    Err(Status::permission_denied(format!(
+    Err(CoreError::PermissionDenied(format!(
         "{what} belongs to {whose} (you are {}, a user)",
         caller.name
     )))
@@ -186,8 +186,9 @@ impl UserService for Api {
         let core = self.core()?;
         let caller = Caller::of(&req);
         let id = req.into_inner().job_id;
-        may_change(&caller, &core.job_owner(&id)?, &format!("job {id}"))?;
-        Ok(Response::new(core.cancel_job(&id).await?))
+        let what = format!("job {id}");
+        let permit = |owner: &str| may_change(&caller, owner, &what);
+        Ok(Response::new(core.cancel_job_as(&id, &permit).await?))
     }
 
     async fn list_jobs(
@@ -386,9 +387,9 @@ impl UserService for Api {
         let core = self.core()?;
         let caller = Caller::of(&req);
         let r = req.into_inner();
-        let (sid, owner) = core.sweep_owner(&r.sweep_id)?;
-        may_change(&caller, &owner, &format!("sweep {sid}"))?;
-        let (sweep, jobs_deleted) = core.delete_sweep(sid.as_str(), r.force).await?;
+        let what = format!("sweep {}", r.sweep_id);
+        let permit = |owner: &str| may_change(&caller, owner, &what);
+        let (sweep, jobs_deleted) = core.delete_sweep(&r.sweep_id, r.force, &permit).await?;
         Ok(Response::new(pb::DeleteSweepResponse {
             sweep: Some(sweep),
             jobs_deleted,
@@ -425,7 +426,7 @@ impl UserService for Api {
                 created_at: liandan_common::time::now_secs(),
             })
             .await?;
-        // Durable first, then accepted.
+        // Durable first, then accepted; unless a revocation came in between.
         self.auth.add_issued(
             t.hash.clone(),
             Caller {
@@ -433,6 +434,9 @@ impl UserService for Api {
                 admin: t.admin,
             },
         );
+        if !core.issued_tokens().iter().any(|x| x.hash == t.hash) {
+            self.auth.remove_issued(&t.name);
+        }
         tracing::info!(user = %t.name, role = if t.admin { "admin" } else { "user" }, "token issued");
         Ok(Response::new(pb::CreateTokenResponse {
             info: Some(token_info(&t.name, t.admin, t.created_at, "issued")),
@@ -510,9 +514,11 @@ impl Api {
         let core = self.core()?;
         let caller = Caller::of(&req);
         let id = req.into_inner().sweep_id;
-        let (sid, owner) = core.sweep_owner(&id)?;
-        may_change(&caller, &owner, &format!("sweep {sid}"))?;
-        Ok(Response::new(core.set_sweep_state(&id, new).await?))
+        let what = format!("sweep {id}");
+        let permit = |owner: &str| may_change(&caller, owner, &what);
+        Ok(Response::new(
+            core.set_sweep_state_as(&id, new, &permit).await?,
+        ))
     }
 }
 

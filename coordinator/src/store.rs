@@ -92,6 +92,13 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE sweeps ADD COLUMN owner TEXT NOT NULL DEFAULT '';
     CREATE TABLE tokens(name TEXT PRIMARY KEY, role TEXT NOT NULL, hash TEXT NOT NULL UNIQUE, created_at REAL NOT NULL);
     "#,
+    // version 6: a deleted sweep's highest attempt number. Ids come from
+    // names, so a sweep submitted again under a deleted one's name has the
+    // same job ids: its attempts are numbered above every old one, and what
+    // an old attempt still sends is fenced off as stale.
+    r#"
+    CREATE TABLE deleted_sweeps(id TEXT PRIMARY KEY, max_attempt INTEGER NOT NULL);
+    "#,
 ];
 
 /// A store failure. Read failures go to the caller; write failures are fatal.
@@ -183,6 +190,9 @@ pub struct NewJobs {
     pub sweep_id: SweepId,
     pub first_seq: i64,
     pub first_ord: i64,
+    /// The attempt number stored (the first attempt is this + 1): above
+    /// every attempt of a deleted sweep with the same id.
+    pub first_attempt: u64,
     pub jobs: Vec<(JobId, TrialId, i64)>,
 }
 
@@ -259,9 +269,11 @@ pub enum Op {
     DeleteWorker {
         id: String,
     },
-    /// A sweep and everything of it (`liandan delete`).
+    /// A sweep and everything of it (`liandan delete`), remembering its
+    /// highest attempt number.
     DeleteSweep {
         id: String,
+        max_attempt: u64,
     },
     /// A user token issued by `liandan tokens add` (its hash only).
     PutToken {
@@ -506,7 +518,7 @@ fn apply(tx: &rusqlite::Transaction, op: &Op) -> Result<(), rusqlite::Error> {
         Op::InsertJobs(n) => {
             let mut st = tx.prepare_cached(
                 "INSERT INTO jobs(seq,id,sweep_id,trial_id,ord,seed,state,attempt,retries_used,cancel_requested,result_recorded,updated_at)
-                 VALUES(?1,?2,?3,?4,?5,?6,'queued',0,0,0,0,?7)",
+                 VALUES(?1,?2,?3,?4,?5,?6,'queued',?8,0,0,0,?7)",
             )?;
             let now = liandan_common::time::now_secs();
             for (i, (id, trial, seed)) in n.jobs.iter().enumerate() {
@@ -517,7 +529,8 @@ fn apply(tx: &rusqlite::Transaction, op: &Op) -> Result<(), rusqlite::Error> {
                     trial.as_str(),
                     n.first_ord + i as i64,
                     seed,
-                    now
+                    now,
+                    n.first_attempt as i64
                 ])?;
             }
         }
@@ -628,7 +641,11 @@ fn apply(tx: &rusqlite::Transaction, op: &Op) -> Result<(), rusqlite::Error> {
             tx.prepare_cached("INSERT INTO tokens(name,role,hash,created_at) VALUES(?1,?2,?3,?4)")?
                 .execute(params![name, role, hash, created_at])?;
         }
-        Op::DeleteSweep { id } => {
+        Op::DeleteSweep { id, max_attempt } => {
+            tx.prepare_cached(
+                "INSERT INTO deleted_sweeps(id,max_attempt) VALUES(?1,?2) ON CONFLICT(id) DO UPDATE SET max_attempt=max(max_attempt, ?2)",
+            )?
+            .execute(params![id, *max_attempt as i64])?;
             for sql in [
                 "DELETE FROM logs WHERE job_id IN (SELECT id FROM jobs WHERE sweep_id=?1)",
                 "DELETE FROM metrics WHERE job_id IN (SELECT id FROM jobs WHERE sweep_id=?1)",

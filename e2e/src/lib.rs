@@ -427,7 +427,10 @@ impl Cluster {
         let deadline = Instant::now() + max;
         loop {
             let s = self.cli_json(&["status", sweep, "-o", "json"]);
-            if s[0]["state"] == "finished" || s[0]["state"] == "cancelled" {
+            if s[0]["state"] == "finished"
+                || s[0]["state"] == "failed"
+                || s[0]["state"] == "cancelled"
+            {
                 return s[0].clone();
             }
             if Instant::now() > deadline {

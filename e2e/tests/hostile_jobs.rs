@@ -89,7 +89,8 @@ fn a_job_that_kills_its_worker_fails_after_max_worker_deaths() {
 
 /// What a job plants in its checkpoint directory (a link to the worker's
 /// database, a FIFO, a hard link) is never read or uploaded, a metrics file
-/// that is a link is not followed, and a process the job started in a new
+/// that is a link is not followed, a FIFO where the worker records the
+/// attempt's outcome does not block its end, and a process the job started in a new
 /// session (`setsid`) is killed when the job is cancelled (where the worker
 /// can make cgroups).
 #[test]
@@ -110,6 +111,7 @@ ln -s "$db" "$ck/step-5.ckpt"
 mkfifo "$ck/step-6.ckpt"
 ln "$db" "$ck/step-7.ckpt"
 ln -s "$db" "$LIANDAN_METRICS_FILE"
+mkfifo "$ck/../outcome"
 printf 'mine' > "$ck/.step-1.tmp" && mv "$ck/.step-1.tmp" "$ck/step-1.ckpt"
 setsid sleep 300 &
 echo "daemon=$!"

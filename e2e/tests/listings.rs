@@ -65,9 +65,10 @@ fn a_huge_sweep_lists_in_pages_and_a_huge_spec_is_refused() {
     assert!(st[0].get("spec_json").is_none());
 }
 
-/// `liandan delete` refuses a sweep with queued jobs (exit 65, naming
-/// --force), deletes it with --force, and it stays deleted after a restart
-/// of the coordinator; its name can be used again.
+/// `liandan delete` refuses a sweep with running jobs (exit 65, naming
+/// --force), deletes it with --force (cancelled, its running jobs waited
+/// for), and it stays deleted after a restart of the coordinator; its name
+/// can be used again, its jobs' attempts numbered above the deleted ones.
 #[test]
 fn a_sweep_is_deleted_with_everything_of_it() {
     let mut c = Cluster::start(1, Opts::default());
@@ -87,7 +88,10 @@ fn a_sweep_is_deleted_with_everything_of_it() {
     let slow_id = c.submit(&slow);
     let (rc, err) = code(&c.cli(&["delete", "slow"]));
     assert_eq!(rc, Some(65), "{err}");
-    assert!(err.contains("--force") && err.contains("queued"), "{err}");
+    assert!(
+        err.contains("--force") && err.contains("running job(s)"),
+        "{err}"
+    );
     let out = c.cli(&["delete", "slow", "--force", "-o", "json"]);
     let (rc, err) = code(&out);
     assert_eq!(rc, Some(0), "{err}");
@@ -109,7 +113,18 @@ fn a_sweep_is_deleted_with_everything_of_it() {
         );
     }
     let _ = slow_id;
-    // The name is free again.
+    // The name is free again; the same job ids start at attempt 2, so what
+    // an old attempt 1 might still send is fenced off as stale.
     let again = c.submit(&done);
     assert_eq!(again, sweep);
+    let st = c.wait_finished(&again, std::time::Duration::from_secs(30));
+    assert_eq!(st["succeeded"], 2, "{st}");
+    let jobs = c.cli_json(&["jobs", &again, "-o", "json"]);
+    assert!(
+        jobs.as_array()
+            .expect("jobs")
+            .iter()
+            .all(|j| j["attempt"] == 2),
+        "{jobs}"
+    );
 }

@@ -92,25 +92,31 @@ pub async fn upload(
     }
 }
 
-/// Finds a local copy of a checkpoint with the right hash under the job's attempt dirs.
+/// Finds a local copy of a checkpoint with the right hash under the job's
+/// attempt dirs. Earlier attempts' files are the job's: opened as
+/// [`crate::jail::open_job_file`] does (no link, no FIFO, one hard link).
 async fn local_copy(job_dir: &Path, step: i64, hash: &str) -> Option<PathBuf> {
+    let hash_of = |p: PathBuf| async move {
+        tokio::task::spawn_blocking(move || {
+            liandan_common::hash::hash_reader(crate::jail::open_job_path(&p)?)
+        })
+        .await
+        .ok()?
+        .ok()
+        .map(|(h, _)| h)
+    };
     let mut rd = tokio::fs::read_dir(job_dir).await.ok()?;
     while let Ok(Some(e)) = rd.next_entry().await {
         let cand = e
             .path()
             .join("checkpoints")
             .join(format!("step-{step}.ckpt"));
-        if let Ok((h, _)) = hash_file(cand.clone()).await {
-            if h == hash {
-                return Some(cand);
-            }
+        if hash_of(cand.clone()).await.as_deref() == Some(hash) {
+            return Some(cand);
         }
     }
-    let cached = job_dir.join(format!("resume-{step}-{}.ckpt", &hash[..16]));
-    match hash_file(cached.clone()).await {
-        Ok((h, _)) if h == hash => Some(cached),
-        _ => None,
-    }
+    let cached = job_dir.join(format!("resume-{step}-{}.ckpt", hash.get(..16)?));
+    (hash_of(cached.clone()).await.as_deref() == Some(hash)).then_some(cached)
 }
 
 /// Makes the checkpoint `c` available locally and returns its path.

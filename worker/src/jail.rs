@@ -187,11 +187,28 @@ fn effective_caps() -> u64 {
 /// attempt's cgroup, then drop to the job user and every capability. Only
 /// async-signal-safe calls.
 pub struct PreExec {
-    pub cgroup_procs: Option<RawFd>,
-    pub user: Option<(u32, u32)>,
+    cgroup_procs: Option<RawFd>,
+    /// uid, gid and the supplementary groups (made before the fork).
+    user: Option<(u32, nix::unistd::Gid, Vec<nix::unistd::Gid>)>,
 }
 
 impl PreExec {
+    pub fn new(cgroup_procs: Option<RawFd>, user: Option<&JobUser>) -> PreExec {
+        PreExec {
+            cgroup_procs,
+            user: user.map(|u| {
+                (
+                    u.uid,
+                    nix::unistd::Gid::from_raw(u.gid),
+                    u.groups
+                        .iter()
+                        .map(|g| nix::unistd::Gid::from_raw(*g))
+                        .collect(),
+                )
+            }),
+        }
+    }
+
     pub fn run(&self) -> std::io::Result<()> {
         if let Some(fd) = self.cgroup_procs {
             // "0" moves the writing process itself.
@@ -200,31 +217,31 @@ impl PreExec {
                 return Err(std::io::Error::last_os_error());
             }
         }
-        if let Some((uid, gid)) = self.user {
-            let gid = nix::unistd::Gid::from_raw(gid);
-            nix::unistd::setgroups(&[gid])?;
-            nix::unistd::setgid(gid)?;
-            // A worker that is not root but holds capabilities (ambient, from
-            // its unit) would pass them on across setuid and exec: drop every
-            // one first. (From root, setuid clears them anyway.)
-            // SAFETY: prctl and capset with valid arguments; no memory is shared.
-            unsafe {
-                if nix::libc::prctl(
-                    nix::libc::PR_CAP_AMBIENT,
-                    nix::libc::PR_CAP_AMBIENT_CLEAR_ALL as nix::libc::c_ulong,
-                    0 as nix::libc::c_ulong,
-                    0 as nix::libc::c_ulong,
-                    0 as nix::libc::c_ulong,
-                ) != 0
-                {
-                    let e = std::io::Error::last_os_error();
-                    // EINVAL: a kernel without ambient capabilities (< 4.3).
-                    if e.raw_os_error() != Some(nix::libc::EINVAL) {
-                        return Err(e);
-                    }
-                }
+        // A worker that is not root but holds capabilities (ambient, from its
+        // unit) would pass them on to every job across exec: cleared always,
+        // whichever user the job runs as. (A root worker's jobs without
+        // job_user run as root, as the README says.)
+        // SAFETY: prctl with valid arguments; no memory is shared.
+        let r = unsafe {
+            nix::libc::prctl(
+                nix::libc::PR_CAP_AMBIENT,
+                nix::libc::PR_CAP_AMBIENT_CLEAR_ALL as nix::libc::c_ulong,
+                0 as nix::libc::c_ulong,
+                0 as nix::libc::c_ulong,
+                0 as nix::libc::c_ulong,
+            )
+        };
+        if r != 0 {
+            let e = std::io::Error::last_os_error();
+            // EINVAL: a kernel without ambient capabilities (< 4.3).
+            if e.raw_os_error() != Some(nix::libc::EINVAL) {
+                return Err(e);
             }
-            nix::unistd::setuid(nix::unistd::Uid::from_raw(uid))?;
+        }
+        if let Some((uid, gid, groups)) = &self.user {
+            nix::unistd::setgroups(groups)?;
+            nix::unistd::setgid(*gid)?;
+            nix::unistd::setuid(nix::unistd::Uid::from_raw(*uid))?;
             drop_all_caps()?;
         }
         Ok(())
@@ -441,10 +458,15 @@ pub fn open_job_file(dir: &Path, name: &str) -> std::io::Result<File> {
         )));
     }
     if meta.nlink() != 1 {
-        return Err(std::io::Error::other(format!(
-            "{name} has {} hard links (refused: it could be another file's)",
-            meta.nlink()
-        )));
+        // ResourceBusy: maybe only for now (a job that publishes by link,
+        // then unlink), so callers look again later.
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::ResourceBusy,
+            format!(
+                "{name} has {} hard links (refused: it could be another file's)",
+                meta.nlink()
+            ),
+        ));
     }
     Ok(f)
 }

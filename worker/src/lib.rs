@@ -474,6 +474,10 @@ async fn recover(ctx: &WorkerCtx) -> Result<(), WorkerError> {
                 );
             }
         }
+        if ctx.job_user.is_some() {
+            // The dead attempt's directory is the worker's again.
+            jail::JobUser::take_back(&ctx.attempt_dir(&e.job_id, e.attempt));
+        }
         let rec = pb::Record {
             seq: 0,
             job_id: e.job_id.clone(),

@@ -28,11 +28,38 @@ fn finished_cleanly(outcome: &str) -> bool {
     )
 }
 
-/// Records how an attempt ended, for retention (best effort).
+/// Records how an attempt ended, for retention (best effort). The job had
+/// the directory: whatever it left under the name is removed (never
+/// followed) and the file made anew, refusing a link or FIFO planted since.
 pub fn write_outcome(dir: &Path, outcome: &str) {
-    if dir.is_dir() {
-        let _ = std::fs::write(dir.join(OUTCOME_FILE), outcome);
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if !dir.is_dir() {
+        return;
     }
+    let path = dir.join(OUTCOME_FILE);
+    let _ = std::fs::remove_file(&path);
+    let made = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+        .mode(0o600)
+        .open(&path)
+        .and_then(|mut f| f.write_all(outcome.as_bytes()));
+    if let Err(e) = made {
+        tracing::warn!(dir = %dir.display(), error = %e, "cannot record how the attempt ended");
+    }
+}
+
+/// How an attempt ended, as [`write_outcome`] recorded it (read without
+/// following a link, at most 64 bytes).
+fn read_outcome(dir: &Path) -> Option<(String, std::fs::Metadata)> {
+    use std::io::Read;
+    let f = crate::jail::open_job_file(dir, OUTCOME_FILE).ok()?;
+    let meta = f.metadata().ok()?;
+    let mut text = String::new();
+    f.take(64).read_to_string(&mut text).ok()?;
+    Some((text, meta))
 }
 
 /// What a pass found and did.
@@ -142,12 +169,11 @@ pub fn collect(
 /// for a clean ending (or none recorded: a crash, an older worker), after
 /// `keep_failed` for a failure.
 fn expired(dir: &Path, keep_failed: Duration, now: SystemTime) -> bool {
-    let outcome_path = dir.join(OUTCOME_FILE);
-    match std::fs::read_to_string(&outcome_path) {
-        Err(_) => true,
-        Ok(o) if finished_cleanly(o.trim()) => true,
-        Ok(_) => std::fs::metadata(&outcome_path)
-            .and_then(|m| m.modified())
+    match read_outcome(dir) {
+        None => true,
+        Some((o, _)) if finished_cleanly(o.trim()) => true,
+        Some((_, meta)) => meta
+            .modified()
             .ok()
             .and_then(|t| now.duration_since(t).ok())
             .is_some_and(|age| age >= keep_failed),

@@ -497,8 +497,16 @@ async fn scan_checkpoints(
         .await;
         let (hash, size) = match hashed {
             Ok(Ok(x)) => x,
+            // Gone again, or (hard links) maybe only for now: look next time.
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ResourceBusy => {
+                if refused.insert(-step - 1) {
+                    tracing::warn!(job, attempt, file = %name, error = %e, "not reading a checkpoint with more than one link; looking again later");
+                }
+                continue;
+            }
             Ok(Err(e)) => {
-                tracing::warn!(job, attempt, file = %name, error = %e, "not a checkpoint the worker will read (a link, a FIFO or a hard link); ignored");
+                tracing::warn!(job, attempt, file = %name, error = %e, "not a checkpoint the worker will read (a link or not a regular file); ignored");
                 refused.insert(step);
                 continue;
             }
@@ -604,17 +612,7 @@ pub async fn run_attempt(
             args_json_file: &params_file,
             envvar: &env_lookup,
         };
-        let argv = build_argv(&launch.spec, &params, a.seed, &cctx).map_err(|e| e.to_string())?;
-        if let (Some(u), Some(job_dir)) = (&ctx.job_user, launch.dir.parent()) {
-            u.give(job_dir, &launch.dir).map_err(|e| {
-                format!(
-                    "cannot hand {} to job_user {}: {e}",
-                    launch.dir.display(),
-                    u.name
-                )
-            })?;
-        }
-        Ok(argv)
+        build_argv(&launch.spec, &params, a.seed, &cctx).map_err(|e| e.to_string())
     })();
     let argv = match prepared {
         Ok(v) => v,
@@ -647,6 +645,19 @@ pub async fn run_attempt(
         (Some((p, _)), None) => Some(p.clone()),
         (None, _) => None,
     };
+    // Only now, with everything the worker puts there written, is the
+    // attempt's directory handed to the job user.
+    if let (Some(u), Some(job_dir)) = (&ctx.job_user, launch.dir.parent()) {
+        if let Err(e) = u.give(job_dir, &launch.dir) {
+            let msg = format!(
+                "cannot hand {} to job_user {}: {e}",
+                launch.dir.display(),
+                u.name
+            );
+            finish(&ctx, &job, attempt, exit("spawn_failed", -1, 0, msg)).await;
+            return;
+        }
+    }
     // Its own cgroup, where the system allows it: what leaves the process
     // group (setsid) is still found and killed with the job.
     let cgroup = match ctx.cgroups.as_ref().map(|c| c.create(&job, attempt)) {
@@ -696,16 +707,12 @@ pub async fn run_attempt(
             .env("USER", &u.name)
             .env("LOGNAME", &u.name);
     }
-    let pre = crate::jail::PreExec {
-        cgroup_procs: cgroup.as_ref().map(|g| g.procs_fd()),
-        user: ctx.job_user.as_ref().map(|u| (u.uid, u.gid)),
-    };
-    if pre.cgroup_procs.is_some() || pre.user.is_some() {
-        // SAFETY: PreExec::run makes only async-signal-safe system calls
-        // (write, setgroups, setgid, setuid) and allocates nothing.
-        unsafe {
-            cmd.pre_exec(move || pre.run());
-        }
+    let pre =
+        crate::jail::PreExec::new(cgroup.as_ref().map(|g| g.procs_fd()), ctx.job_user.as_ref());
+    // SAFETY: PreExec::run makes only async-signal-safe system calls (write,
+    // prctl, setgroups, setgid, setuid, capset) and allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || pre.run());
     }
     let spawned = cmd.spawn();
     let mut child = match spawned {
@@ -858,10 +865,6 @@ pub async fn run_attempt(
     // exit record makes this attempt stale there.
     ctx.wait_uploads(&job, attempt, Duration::from_secs(60))
         .await;
-    if ctx.job_user.is_some() {
-        // Nothing of an ended attempt stays open to later jobs.
-        crate::jail::JobUser::take_back(&launch.dir);
-    }
 
     let (code, signal) = match &status {
         Ok(s) => {
@@ -928,8 +931,14 @@ async fn finish(ctx: &WorkerCtx, job: &str, attempt: u64, mut exited: pb::JobExi
             }),
         ));
     }
+    let dir = ctx.attempt_dir(job, attempt);
+    if ctx.job_user.is_some() {
+        // Nothing of an ended attempt stays open to later jobs; and what the
+        // worker writes next in it is written where no job can reach.
+        crate::jail::JobUser::take_back(&dir);
+    }
     // Before the exit record: retention reads it once the exit is acknowledged.
-    crate::retention::write_outcome(&ctx.attempt_dir(job, attempt), &exited.outcome);
+    crate::retention::write_outcome(&dir, &exited.outcome);
     recs.push(record(job, attempt, pb::record::Body::Exited(exited)));
     let seq = ctx.spool.append(recs).await;
     let _ = ctx
