@@ -211,6 +211,28 @@ enum Cmd {
         #[command(subcommand)]
         cmd: CertsCmd,
     },
+    /// Everything about one job: its sweep, parameters, command line,
+    /// attempts (worker, times, outcome, exit code, message) and the last
+    /// lines of its log.
+    Describe {
+        job: String,
+        #[arg(short = 'o', long, value_enum, default_value = "text")]
+        output: TextFormat,
+    },
+    /// Run failed jobs again: every failed job of SWEEP (--failed, the
+    /// default), or one job (--job, failed or cancelled). Retries are reset;
+    /// attempts go on from their last number.
+    Retry {
+        sweep: String,
+        /// Every failed job of the sweep (the default).
+        #[arg(long, conflicts_with = "job")]
+        failed: bool,
+        /// Only this job (an id or a unique prefix of one).
+        #[arg(long, value_name = "JOB")]
+        job: Option<String>,
+        #[arg(short = 'o', long, value_enum, default_value = "text")]
+        output: TextFormat,
+    },
     /// Delete a sweep with its jobs, logs, metrics and checkpoints. Refused
     /// while jobs are queued or running, unless --force (they are stopped).
     Delete {
@@ -758,6 +780,34 @@ async fn run(cli: Cli) -> R<i32> {
             Ok(exit::OK)
         }
         Cmd::Tokens { cmd } => tokens(&url, cmd).await,
+        Cmd::Describe { job, output } => describe(&url, &job, output).await,
+        Cmd::Retry {
+            sweep,
+            failed: _,
+            job,
+            output,
+        } => {
+            let r = connect(&url)
+                .await?
+                .retry(pb::RetryRequest {
+                    sweep_id: sweep,
+                    job_id: job.unwrap_or_default(),
+                })
+                .await?
+                .into_inner();
+            let s = r.sweep.unwrap_or_default();
+            let js = json!({"id": s.id, "requeued": r.requeued, "state": s.state});
+            let text = if r.requeued == 0 {
+                format!("sweep {} has no failed job to run again", s.id)
+            } else {
+                format!(
+                    "queued {} job(s) of sweep {} again, their retries reset (follow with `liandan wait {}`)",
+                    r.requeued, s.id, s.id
+                )
+            };
+            say(output, text, js);
+            Ok(exit::OK)
+        }
         Cmd::Delete {
             sweep,
             force,
@@ -891,7 +941,7 @@ async fn run(cli: Cli) -> R<i32> {
                     .into_inner()],
                 None => all_sweeps(&mut c).await?,
             };
-            if sweeps.is_empty() && output == Format::Table {
+            if sweeps.is_empty() && matches!(output, Format::Table | Format::Wide) {
                 println!("no sweeps yet; submit one with `liandan submit FILE`");
                 return Ok(exit::OK);
             }
@@ -988,7 +1038,12 @@ async fn run(cli: Cli) -> R<i32> {
                     vec![
                         r.attempt.to_string(),
                         r.step.map(|s| s.to_string()).unwrap_or_default(),
-                        num(r.ts),
+                        // A time in tables; the exact seconds in CSV.
+                        if output == Format::Csv {
+                            r.ts.to_string()
+                        } else {
+                            iso_time(r.ts)
+                        },
                         r.json.clone(),
                     ]
                 })
@@ -1017,7 +1072,7 @@ async fn run(cli: Cli) -> R<i32> {
             let r = fetch_trial_results(&mut c, &sweep, best, limit).await?;
             let a = results::analyze(&r);
             print(render(&results::listing(&a), output));
-            if output == Format::Table {
+            if matches!(output, Format::Table | Format::Wide) {
                 print(results::footer(&a));
             }
             Ok(exit::OK)
@@ -1267,9 +1322,13 @@ async fn run(cli: Cli) -> R<i32> {
                     vec![
                         c.step.to_string(),
                         c.attempt.to_string(),
-                        c.size.to_string(),
+                        if output == Format::Csv {
+                            c.size.to_string()
+                        } else {
+                            human_bytes(c.size)
+                        },
                         opt_num(c.metric),
-                        num(c.created_at),
+                        iso_time(c.created_at),
                         c.blake3.clone(),
                     ]
                 })
@@ -1280,7 +1339,7 @@ async fn run(cli: Cli) -> R<i32> {
                 .collect::<Vec<_>>());
             print(render(
                 &Listing {
-                    columns: vec!["step", "attempt", "bytes", "metric", "created", "blake3"],
+                    columns: vec!["step", "attempt", "size", "metric", "created", "blake3"],
                     rows,
                     json,
                 },
@@ -1592,6 +1651,170 @@ fn main() {
 }
 
 /// Bytes for people: `512 B`, `3.2 MiB`, `1.5 TiB`.
+/// A time (seconds since the epoch) as RFC 3339 in UTC, to the second.
+fn iso_time(secs: f64) -> String {
+    if !(secs.is_finite() && secs > 0.0) {
+        return "-".into();
+    }
+    let t = std::time::UNIX_EPOCH + Duration::from_secs_f64(secs.min(1e12));
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// A duration to the second, as `1h 2m 3s`.
+fn human_duration(secs: f64) -> String {
+    if !(secs.is_finite() && secs >= 0.0) {
+        return "-".into();
+    }
+    humantime::format_duration(Duration::from_secs(secs.round().min(1e12) as u64)).to_string()
+}
+
+/// `liandan describe JOB`: everything about one job in one place.
+async fn describe(url: &Target, job: &str, output: TextFormat) -> R<i32> {
+    let mut c = connect(url).await?;
+    let j = c
+        .get_job(pb::JobRef {
+            job_id: job.to_string(),
+        })
+        .await?
+        .into_inner();
+    let s = c
+        .get_sweep(pb::GetSweepRequest {
+            sweep_id: j.sweep_id.clone(),
+        })
+        .await?
+        .into_inner();
+    let params: serde_json::Value = serde_json::from_str(&j.params_json).unwrap_or_default();
+    // The command line as the job was started (the worker's private
+    // variables are not in it).
+    let argv = serde_json::from_str::<sweep::SweepSpec>(&s.spec_json)
+        .ok()
+        .and_then(|spec| {
+            let env = |k: &str| command::job_envvar(k).or_else(|| Some(format!("${{envvar:{k}}}")));
+            let ctx = command::offline_context(&env);
+            command::build_argv(&spec, &params, j.seed, &ctx).ok()
+        })
+        .unwrap_or_default();
+    let tail = if j.attempt > 0 {
+        let mut lines = Vec::new();
+        if let Ok(r) = c
+            .read_logs(pb::ReadLogsRequest {
+                job_id: j.id.clone(),
+                attempt: j.attempt,
+                tail: 10,
+                ..Default::default()
+            })
+            .await
+        {
+            let mut st = r.into_inner();
+            while let Ok(Some(l)) = st.message().await {
+                lines.push(l);
+            }
+        }
+        lines
+    } else {
+        Vec::new()
+    };
+    if output == TextFormat::Json {
+        let attempts: Vec<_> = j.attempts.iter().map(|a| json!({"attempt": a.attempt, "worker_id": a.worker_id, "state": a.state, "started_at": a.started_at, "ended_at": a.ended_at, "exit_code": a.exit_code, "signal": a.signal, "message": a.message})).collect();
+        let js = json!({"id": j.id, "sweep_id": j.sweep_id, "sweep": s.name, "owner": s.owner, "trial_id": j.trial_id, "seed": j.seed, "params": params, "state": j.state,
+                        "attempt": j.attempt, "retries_used": j.retries_used, "worker_id": j.worker_id, "argv": argv, "final_metric": j.final_metric, "best_metric": j.best_metric,
+                        "attempts": attempts, "log_tail": tail.iter().map(|l| json!({"line": l.line, "stream": l.stream, "text": l.text})).collect::<Vec<_>>()});
+        println!("{}", serde_json::to_string_pretty(&js).unwrap_or_default());
+        return Ok(exit::OK);
+    }
+    let mut out = String::new();
+    let mut field = |k: &str, v: String| out.push_str(&format!("{k:<9} {}\n", printable(&v)));
+    field("job", j.id.clone());
+    field("sweep", format!("{} ({})", s.id, s.name));
+    if !s.owner.is_empty() {
+        field("owner", s.owner.clone());
+    }
+    field("trial", format!("{}  seed {}", j.trial_id, j.seed));
+    field("params", j.params_json.clone());
+    field(
+        "state",
+        format!(
+            "{} (attempt {}, {} retries used)",
+            j.state, j.attempt, j.retries_used
+        ),
+    );
+    if !j.worker_id.is_empty() {
+        field("worker", j.worker_id.clone());
+    }
+    if !argv.is_empty() {
+        field("command", argv.join(" "));
+    }
+    let metric = if s.metric_name.is_empty() {
+        "the sweep names no metric".to_string()
+    } else {
+        match (j.final_metric, j.best_metric) {
+            (None, _) => format!("{}: never reported", s.metric_name),
+            (Some(f), b) => format!("{}: last {}, best {}", s.metric_name, num(f), opt_num(b)),
+        }
+    };
+    field("metric", metric);
+    print!("{out}");
+    if !j.attempts.is_empty() {
+        let rows: Vec<Vec<String>> = j
+            .attempts
+            .iter()
+            .map(|a| {
+                let ended = a.ended_at > 0.0;
+                let exit = if a.signal != 0 {
+                    format!("signal {}", a.signal)
+                } else if ended {
+                    a.exit_code.to_string()
+                } else {
+                    "-".into()
+                };
+                vec![
+                    a.attempt.to_string(),
+                    a.worker_id.clone(),
+                    a.state.clone(),
+                    iso_time(a.started_at),
+                    if ended {
+                        iso_time(a.ended_at)
+                    } else {
+                        "-".into()
+                    },
+                    if ended {
+                        human_duration(a.ended_at - a.started_at)
+                    } else {
+                        "-".into()
+                    },
+                    exit,
+                    a.message.clone(),
+                ]
+            })
+            .collect();
+        println!("\nattempts:");
+        print!(
+            "{}",
+            output::table(
+                &["#", "worker", "outcome", "started", "ended", "took", "exit", "message"],
+                &rows,
+                output::terminal_width()
+            )
+        );
+    }
+    if !tail.is_empty() {
+        println!("\nlast {} log lines (attempt {}):", tail.len(), j.attempt);
+        for l in &tail {
+            let tag = if l.stream == "stderr" { "err" } else { "out" };
+            println!("  {tag} {}", printable(&l.text));
+        }
+    }
+    let mut next = format!("\nmore: `liandan logs {}`", j.id);
+    if j.state == "failed" || j.state == "cancelled" {
+        next.push_str(&format!(
+            "; run it again: `liandan retry {} --job {}`",
+            s.id, j.id
+        ));
+    }
+    println!("{next}");
+    Ok(exit::OK)
+}
+
 fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
     let mut v = n as f64;

@@ -7,6 +7,8 @@ use std::io::IsTerminal;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
     Table,
+    /// A table whose cells are never cut to fit the terminal.
+    Wide,
     Json,
     Csv,
 }
@@ -139,6 +141,7 @@ fn csv_cell(s: &str) -> String {
 pub fn render(l: &Listing, f: Format) -> String {
     match f {
         Format::Table => table(&l.columns, &l.rows, terminal_width()),
+        Format::Wide => table(&l.columns, &l.rows, usize::MAX),
         Format::Json => format!(
             "{}\n",
             serde_json::to_string_pretty(&l.json).unwrap_or_default()

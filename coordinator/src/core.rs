@@ -81,6 +81,43 @@ fn job_state_filter(state: &str) -> Result<Option<JobState>, CoreError> {
     })
 }
 
+/// The one id among `ids` that starts with `prefix`; none is "not found",
+/// more than one is refused, naming a few.
+fn unique_prefix<'a>(
+    kind: &'static str,
+    prefix: &str,
+    ids: impl Iterator<Item = &'a str>,
+    hint: &'static str,
+) -> Result<String, CoreError> {
+    let nf = || CoreError::NotFound {
+        kind,
+        id: prefix.chars().take(80).collect(),
+        hint,
+    };
+    // At least one character past the kind's "xx-" prefix.
+    if prefix.len() < 4 || !prefix.contains('-') || prefix.ends_with('-') {
+        return Err(nf());
+    }
+    let mut found: Vec<&str> = Vec::new();
+    for id in ids {
+        if id.starts_with(prefix) {
+            found.push(id);
+            if found.len() > 3 {
+                break;
+            }
+        }
+    }
+    match found[..] {
+        [] => Err(nf()),
+        [one] => Ok(one.to_string()),
+        _ => Err(CoreError::InvalidArgument(format!(
+            "{kind} {prefix:?} is the start of more than one id ({}{}); give more of it",
+            found[..found.len().min(3)].join(", "),
+            if found.len() > 3 { ", ..." } else { "" }
+        ))),
+    }
+}
+
 /// Judges whether the caller may change what `owner` (a sweep's owner)
 /// owns; checked under the core's lock, with the change.
 pub type Permit<'a> = &'a (dyn Fn(&str) -> Result<(), CoreError> + Sync);
@@ -695,20 +732,50 @@ impl Core {
             hint: "status",
         };
         let sid = match SweepId::parse(id) {
-            Ok(s) => s,
-            // Also accept the sweep's name.
-            Err(_) => st
-                .sweeps
-                .iter()
-                .find(|(_, s)| s.name == id)
-                .map(|(k, _)| k.clone())
-                .ok_or_else(nf)?,
+            Ok(s) if st.sweeps.contains_key(&s) => s,
+            // Also accept the sweep's name, or a unique prefix of its id.
+            _ => match st.sweeps.iter().find(|(_, s)| s.name == id) {
+                Some((k, _)) => k.clone(),
+                None if id.starts_with("sw-") => {
+                    let full =
+                        unique_prefix("sweep", id, st.sweeps.keys().map(|k| k.as_str()), "status")?;
+                    SweepId::parse(&full).map_err(|_| nf())?
+                }
+                None => return Err(nf()),
+            },
         };
         if st.sweeps.contains_key(&sid) {
             Ok(sid)
         } else {
             Err(nf())
         }
+    }
+
+    /// A job by its id or a unique prefix of it (as git and docker take
+    /// short ids): `job-44abe2` is the job whose id starts so, if only one does.
+    pub fn resolve_job(&self, s: &str) -> Result<String, CoreError> {
+        // Not even the shape of an id (`job-../x`): refused as such.
+        let jid = JobId::parse(s).map_err(|e| CoreError::InvalidArgument(e.to_string()))?;
+        let st = self.lock();
+        if st.jobs.contains_key(&jid) {
+            return Ok(s.to_string());
+        }
+        unique_prefix("job", s, st.jobs.keys().map(|k| k.as_str()), "jobs SWEEP")
+    }
+
+    /// A worker by its id or a unique prefix of it.
+    pub fn resolve_worker(&self, s: &str) -> Result<String, CoreError> {
+        let wid = WorkerId::parse(s).map_err(|e| CoreError::InvalidArgument(e.to_string()))?;
+        let st = self.lock();
+        if st.workers.contains_key(&wid) {
+            return Ok(s.to_string());
+        }
+        unique_prefix(
+            "worker",
+            s,
+            st.workers.keys().map(|k| k.as_str()),
+            "workers",
+        )
     }
 
     /// Who owns a job: its sweep's owner.
@@ -1033,6 +1100,90 @@ impl Core {
             }
         }
         Ok(())
+    }
+
+    /// `liandan retry`: the sweep's failed jobs (or the one job, failed or
+    /// cancelled) are queued again with their retries reset; their attempts
+    /// go on from their last number, so nothing an old attempt sends is taken
+    /// for a new one's. Returns how many were queued and the sweep.
+    pub async fn retry(
+        &self,
+        sweep: &str,
+        job: Option<&str>,
+        permit: Permit<'_>,
+    ) -> Result<(u64, pb::Sweep), CoreError> {
+        let (fut, sends, sid, n) = {
+            let mut st = self.lock();
+            let sid = self.sweep_id(&st, sweep)?;
+            let s = &st.sweeps[&sid];
+            permit(&s.owner)?;
+            if s.state == SweepState::Cancelled {
+                return Err(CoreError::FailedPrecondition(format!(
+                    "sweep {sid} was cancelled: its jobs do not run again; submit it under a new name"
+                )));
+            }
+            if s.spec.has_search() {
+                return Err(CoreError::FailedPrecondition(format!(
+                    "sweep {sid} searches adaptively (its search decides what runs next); retry is for grid and random sweeps"
+                )));
+            }
+            let targets: Vec<JobId> = match job {
+                Some(j) => {
+                    let jid =
+                        JobId::parse(j).map_err(|e| CoreError::InvalidArgument(e.to_string()))?;
+                    match st.jobs.get(&jid) {
+                        Some(m) if m.sweep == sid => {
+                            if !matches!(m.state, JobState::Failed | JobState::Cancelled) {
+                                return Err(CoreError::FailedPrecondition(format!(
+                                    "job {jid} is {}: only a failed or cancelled job runs again",
+                                    m.state.as_str()
+                                )));
+                            }
+                            vec![jid]
+                        }
+                        _ => {
+                            return Err(CoreError::NotFound {
+                                kind: "job",
+                                id: jid.to_string(),
+                                hint: "jobs SWEEP",
+                            })
+                        }
+                    }
+                }
+                None => s
+                    .jobs
+                    .iter()
+                    .filter(|j| st.jobs.get(*j).is_some_and(|m| m.state == JobState::Failed))
+                    .cloned()
+                    .collect(),
+            };
+            let mut ops = Vec::with_capacity(targets.len());
+            for jid in &targets {
+                let Some(m) = st.jobs.get_mut(jid) else {
+                    continue;
+                };
+                let Some(next) = m.state.on(JobEvent::Retry) else {
+                    continue;
+                };
+                let from = m.state;
+                m.state = next;
+                m.retries_used = 0;
+                m.worker_deaths = 0;
+                m.stop = StopRequest::None;
+                ops.push(Op::UpdateJob(m.update()));
+                if let Some(s) = st.sweeps.get_mut(&sid) {
+                    s.moved(from, next);
+                    s.ready.push_back(jid.clone());
+                }
+            }
+            tracing::info!(sweep = %sid, jobs = targets.len(), "jobs queued again (retry)");
+            let mut sends = Vec::new();
+            self.dispatch(&mut st, &mut ops, &mut sends);
+            (self.store.enqueue(ops), sends, sid, targets.len() as u64)
+        };
+        self.finish(fut, sends).await?;
+        let info = sweep_info(&self.lock(), &sid);
+        Ok((n, info))
     }
 
     fn cancel_job_locked(&self, st: &mut State, id: &JobId, ops: &mut Vec<Op>, sends: &mut Sends) {
@@ -3404,4 +3555,28 @@ fn reached_target(
         .filter_map(|m| m.best_metric)
         .collect();
     search.meets_target(target, &best)
+}
+
+#[cfg(test)]
+mod prefix_tests {
+    use super::*;
+
+    #[test]
+    fn a_prefix_names_one_id_or_is_refused() {
+        let ids = ["job-0a1b", "job-0a2c", "job-ffff"];
+        let pick = |p: &str| unique_prefix("job", p, ids.iter().copied(), "jobs SWEEP");
+        assert_eq!(pick("job-f").expect("unique"), "job-ffff");
+        assert_eq!(pick("job-0a1").expect("unique"), "job-0a1b");
+        let e = pick("job-0a").expect_err("ambiguous");
+        assert!(
+            matches!(&e, CoreError::InvalidArgument(m) if m.contains("job-0a1b, job-0a2c") && m.contains("give more of it")),
+            "{e}"
+        );
+        for none in ["job-", "job-9", "jo", "x"] {
+            assert!(
+                matches!(pick(none), Err(CoreError::NotFound { .. })),
+                "{none}"
+            );
+        }
+    }
 }

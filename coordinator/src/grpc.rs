@@ -185,7 +185,7 @@ impl UserService for Api {
     async fn cancel_job(&self, req: Request<pb::JobRef>) -> Result<Response<pb::Job>, Status> {
         let core = self.core()?;
         let caller = Caller::of(&req);
-        let id = req.into_inner().job_id;
+        let id = core.resolve_job(&req.into_inner().job_id)?;
         let what = format!("job {id}");
         let permit = |owner: &str| may_change(&caller, owner, &what);
         Ok(Response::new(core.cancel_job_as(&id, &permit).await?))
@@ -206,9 +206,11 @@ impl UserService for Api {
     }
 
     async fn get_job(&self, req: Request<pb::JobRef>) -> Result<Response<pb::Job>, Status> {
-        Ok(Response::new(
-            self.core()?.get_job(&req.into_inner().job_id).await?,
-        ))
+        Ok(Response::new({
+            let core = self.core()?;
+            let id = core.resolve_job(&req.into_inner().job_id)?;
+            core.get_job(&id).await?
+        }))
     }
 
     type ReadLogsStream = BoxStream<pb::LogLine>;
@@ -219,7 +221,7 @@ impl UserService for Api {
     ) -> Result<Response<Self::ReadLogsStream>, Status> {
         let r = req.into_inner();
         let core = self.core()?;
-        let jid = job_id(&r.job_id)?;
+        let jid = job_id(&core.resolve_job(&r.job_id)?)?;
         let stream_filter: Option<u8> = match r.stream.as_str() {
             "" | "all" => None,
             "stdout" => Some(0),
@@ -260,7 +262,7 @@ impl UserService for Api {
     ) -> Result<Response<pb::GetMetricsResponse>, Status> {
         let r = req.into_inner();
         let core = self.core()?;
-        let jid = job_id(&r.job_id)?;
+        let jid = job_id(&core.resolve_job(&r.job_id)?)?;
         core.job_progress(&jid).ok_or_else(|| {
             Status::not_found(format!(
                 "job {jid} not found; list them with `liandan jobs SWEEP`"
@@ -339,9 +341,11 @@ impl UserService for Api {
     ) -> Result<Response<pb::Worker>, Status> {
         Caller::of(&req).must_be_admin("draining a worker")?;
         let r = req.into_inner();
-        Ok(Response::new(
-            self.core()?.drain(&r.worker_id, r.undo).await?,
-        ))
+        Ok(Response::new({
+            let core = self.core()?;
+            let id = core.resolve_worker(&r.worker_id)?;
+            core.drain(&id, r.undo).await?
+        }))
     }
 
     async fn forget_worker(
@@ -350,9 +354,11 @@ impl UserService for Api {
     ) -> Result<Response<pb::Worker>, Status> {
         Caller::of(&req).must_be_admin("forgetting a worker")?;
         let r = req.into_inner();
-        Ok(Response::new(
-            self.core()?.forget_worker(&r.worker_id).await?,
-        ))
+        Ok(Response::new({
+            let core = self.core()?;
+            let id = core.resolve_worker(&r.worker_id)?;
+            core.forget_worker(&id).await?
+        }))
     }
 
     async fn list_checkpoints(
@@ -360,7 +366,7 @@ impl UserService for Api {
         req: Request<pb::JobRef>,
     ) -> Result<Response<pb::ListCheckpointsResponse>, Status> {
         let core = self.core()?;
-        let rows = core.checkpoints(&req.into_inner().job_id)?;
+        let rows = core.checkpoints(&core.resolve_job(&req.into_inner().job_id)?)?;
         let rows = core.committed(rows).await?;
         Ok(Response::new(pb::ListCheckpointsResponse {
             checkpoints: rows.iter().map(crate::core::checkpoint_info).collect(),
@@ -373,11 +379,31 @@ impl UserService for Api {
         &self,
         req: Request<pb::DownloadCheckpointRequest>,
     ) -> Result<Response<Self::DownloadCheckpointStream>, Status> {
-        let s = self
-            .ckpt()?
-            .download(self.core()?, req.into_inner())
-            .await?;
+        let core = self.core()?;
+        let mut r = req.into_inner();
+        r.job_id = core.resolve_job(&r.job_id)?;
+        let s = self.ckpt()?.download(core, r).await?;
         Ok(Response::new(s))
+    }
+
+    async fn retry(
+        &self,
+        req: Request<pb::RetryRequest>,
+    ) -> Result<Response<pb::RetryResponse>, Status> {
+        let core = self.core()?;
+        let caller = Caller::of(&req);
+        let r = req.into_inner();
+        let job = match r.job_id.as_str() {
+            "" => None,
+            j => Some(core.resolve_job(j)?),
+        };
+        let what = format!("sweep {}", r.sweep_id);
+        let permit = |owner: &str| may_change(&caller, owner, &what);
+        let (requeued, sweep) = core.retry(&r.sweep_id, job.as_deref(), &permit).await?;
+        Ok(Response::new(pb::RetryResponse {
+            sweep: Some(sweep),
+            requeued,
+        }))
     }
 
     async fn delete_sweep(

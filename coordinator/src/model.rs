@@ -69,6 +69,8 @@ impl JobState {
         use JobState::*;
         match (self, event) {
             (Queued, Assign) => Some(Running),
+            // `liandan retry`: a new attempt, the retries reset.
+            (Failed | Cancelled, Retry) => Some(Queued),
             (Queued, Cancel) => Some(Cancelled),
             (Queued, Prune) => Some(Pruned),
             (
@@ -101,6 +103,8 @@ pub enum JobEvent {
     Cancel,
     /// Early stopping pruned a job that is not running.
     Prune,
+    /// The user asked for a failed (or cancelled) job to run again.
+    Retry,
     /// The current attempt ended.
     Ended {
         outcome: Outcome,

@@ -56,6 +56,24 @@ fn wait_rides_out_a_restart_and_names_failures_and_finished_sweeps_keep_their_hi
         err.contains(&format!("see why: `liandan logs {failed} --stderr`")),
         "{err}"
     );
+    // `describe` puts it all in one place, by a short id.
+    let out = c.cli(&["describe", &failed[..10]]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for want in [
+        format!("job       {failed}"),
+        "state     failed (attempt 1, 0 retries used)".to_string(),
+        "command   sh -c sleep 3;".to_string(),
+        "attempts:".to_string(),
+        "exit status: 3".to_string(),
+        "err boom".to_string(),
+        format!("`liandan retry {sweep} --job {failed}`"),
+    ] {
+        assert!(text.contains(&want), "{want:?} in:\n{text}");
+    }
+    let js = c.cli_json(&["describe", &failed, "-o", "json"]);
+    assert_eq!(js["attempts"][0]["exit_code"], 3, "{js}");
+    assert_eq!(js["attempts"][0]["state"], "failed", "{js}");
 
     for (verb, word) in [("pause", "pause"), ("cancel", "cancel")] {
         let out = c.cli(&[verb, &sweep]);
@@ -119,4 +137,87 @@ fn a_stopped_worker_can_be_forgotten_and_comes_back_if_it_returns() {
         (w.as_array()?.len() == 1).then_some(w)
     });
     assert!(back.is_some(), "the worker registered again");
+}
+
+/// `liandan retry` runs a sweep's failed jobs again (resubmitting said
+/// "already exists; nothing was added"): retries reset, the next attempt
+/// number. Ids can be typed short (a unique prefix, as git and docker take
+/// them) and `-o wide` never cuts a cell.
+#[test]
+fn failed_jobs_run_again_and_ids_can_be_typed_short() {
+    let c = Cluster::start(1, Opts::default());
+    let marker = c.dir.path().join("marker");
+    let spec = c.write(
+        "flaky.yaml",
+        &format!(
+            "name: flaky\nmethod: grid\ncommand: [sh, -c, 'test -e {} || {{ echo no marker >&2; exit 1; }}']\nparameters:\n  x: {{value: 1}}\nliandan:\n  retries: 0\n",
+            marker.display()
+        ),
+    );
+    let sweep = c.submit(&spec);
+    let st = c.wait_finished(&sweep, Duration::from_secs(30));
+    assert_eq!(st["failed"], 1, "{st}");
+    let out = c.cli(&["retry", "flaky", "--job", "job-"]);
+    assert_eq!(
+        out.status.code(),
+        Some(65),
+        "a bare kind is no id nor prefix"
+    );
+    let out = c.cli(&["retry", "flaky", "--job", "job-ffffffffffff"]);
+    assert_eq!(out.status.code(), Some(67), "no such job");
+    std::fs::write(&marker, b"").expect("marker");
+    let out = c.cli(&["retry", "flaky"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("queued 1 job(s) of sweep"), "{text}");
+    let st = c.wait_finished(&sweep, Duration::from_secs(30));
+    assert_eq!(st["succeeded"], 1, "{st}");
+    let jobs = c.cli_json(&["jobs", &sweep, "-o", "json"]);
+    let job = jobs[0]["id"].as_str().expect("id").to_string();
+    assert_eq!(jobs[0]["attempt"], 2, "{jobs}");
+    assert_eq!(jobs[0]["retries_used"], 0, "{jobs}");
+    // Nothing failed is left: retry says so.
+    let out = c.cli(&["retry", "flaky"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("no failed job"));
+
+    // Short ids: a job, a sweep and a worker by the start of their ids.
+    let short = &job[..10];
+    let out = c.cli(&["logs", short, "--attempt", "1"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("no marker"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        c.cli_json(&["status", &sweep[..7], "-o", "json"])[0]["id"],
+        sweep
+    );
+    let ws = c.cli_json(&["workers", "-o", "json"]);
+    let wid = ws[0]["id"].as_str().expect("worker").to_string();
+    let out = c.cli(&["drain", &wid[..6]]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(c.cli(&["drain", &wid[..6], "--undo"]).status.success());
+
+    // At 60 columns the table cuts the parameters; -o wide does not.
+    let narrow = |args: &[&str]| {
+        let out = Command::new(bin("liandan"))
+            .args(args)
+            .env("LIANDAN_COORDINATOR", c.url())
+            .env("COLUMNS", "60")
+            .output()
+            .expect("cli");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let cut = narrow(&["jobs", &sweep]);
+    let wide = narrow(&["jobs", &sweep, "-o", "wide"]);
+    assert!(!cut.contains(&job), "{cut}");
+    assert!(wide.contains(&job), "{wide}");
 }

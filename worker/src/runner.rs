@@ -627,18 +627,8 @@ pub async fn run_attempt(
         (Some((p, _)), Some(u)) => match u.lend(p, &launch.dir) {
             Ok(lent) => Some(lent),
             Err(e) => {
-                finish(
-                    &ctx,
-                    &job,
-                    attempt,
-                    exit(
-                        "spawn_failed",
-                        -1,
-                        0,
-                        format!("cannot lend {} to job_user {}: {e}", p.display(), u.name),
-                    ),
-                )
-                .await;
+                let msg = format!("cannot lend {} to job_user {}: {e}", p.display(), u.name);
+                finish(&ctx, &job, attempt, exit("spawn_failed", -1, 0, msg)).await;
                 return;
             }
         },
