@@ -1004,22 +1004,69 @@ async fn run(cli: Cli) -> R<i32> {
             } else {
                 "all"
             };
-            let mut s = c
-                .read_logs(pb::ReadLogsRequest {
-                    job_id: job,
-                    attempt: attempt.unwrap_or(0),
-                    from_line: 1,
-                    tail: tail.unwrap_or(0),
-                    follow,
-                    stream: stream.into(),
-                })
-                .await?
-                .into_inner();
+            if follow {
+                if let Ok(j) = c
+                    .get_job(pb::JobRef {
+                        job_id: job.clone(),
+                    })
+                    .await
+                {
+                    if j.get_ref().state == "queued" {
+                        eprintln!("job {} is queued; waiting for it to start", j.get_ref().id);
+                    }
+                }
+            }
+            let mut req = pb::ReadLogsRequest {
+                job_id: job,
+                attempt: attempt.unwrap_or(0),
+                from_line: 1,
+                tail: tail.unwrap_or(0),
+                follow,
+                stream: stream.into(),
+            };
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-            while let Some(line) = s.message().await? {
-                let _ = writeln!(out, "{}", line.text);
-                if follow {
-                    let _ = out.flush();
+            let mut away = false;
+            loop {
+                let r = match c.read_logs(req.clone()).await {
+                    Ok(r) => r,
+                    Err(e) if follow && coordinator_away(&e) => {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                if std::mem::take(&mut away) {
+                    eprintln!("the coordinator is back; following on");
+                }
+                let mut s = r.into_inner();
+                let ended = loop {
+                    match s.message().await {
+                        Ok(Some(line)) => {
+                            let _ = writeln!(out, "{}", line.text);
+                            if follow {
+                                let _ = out.flush();
+                            }
+                            // Where to pick up if the coordinator goes away.
+                            req.attempt = line.attempt;
+                            req.from_line = line.line + 1;
+                            req.tail = 0;
+                        }
+                        Ok(None) => break Ok(()),
+                        Err(e) => break Err(e),
+                    }
+                };
+                match ended {
+                    Ok(()) => break,
+                    Err(e) if follow && coordinator_away(&e) => {
+                        let _ = out.flush();
+                        eprintln!(
+                            "the coordinator cannot be reached ({}); retrying (Ctrl-C stops following)",
+                            e.message().chars().take(200).collect::<String>()
+                        );
+                        away = true;
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                    Err(e) => return Err(e.into()),
                 }
             }
             let _ = out.flush();

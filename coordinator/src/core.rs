@@ -1330,6 +1330,12 @@ impl Core {
         st.jobs.get(id).map(|m| (m.attempt, m.state.is_terminal()))
     }
 
+    /// Whether a job waits in the queue for its next attempt.
+    pub fn job_queued(&self, id: &JobId) -> bool {
+        let st = self.lock();
+        st.jobs.get(id).is_some_and(|m| m.state == JobState::Queued)
+    }
+
     /// The sweep id a user named (id or name), checked to exist.
     pub fn resolve_sweep(&self, sweep: &str) -> Result<SweepId, CoreError> {
         let st = self.lock();

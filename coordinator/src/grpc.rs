@@ -237,10 +237,15 @@ impl UserService for Api {
                 "job {jid} not found; list them with `liandan jobs SWEEP`"
             ))
         })?;
-        let attempt = if r.attempt == 0 {
-            current.max(1)
-        } else {
-            r.attempt
+        let queued = core.job_queued(&jid);
+        let attempt = match r.attempt {
+            // The latest; for a queued job followed, the one it waits to start.
+            0 if queued && r.follow => current + 1,
+            0 => current.max(1),
+            n if n <= current || (queued && r.follow && n == current + 1) => n,
+            n => return Err(Status::not_found(format!(
+                "job {jid} has no attempt {n}: it has had {current} (see `liandan describe {jid}`)"
+            ))),
         };
         let (tx, rx) = mpsc::channel(1024);
         tokio::spawn(crate::logs::follow(

@@ -110,9 +110,10 @@ pub async fn follow(
         if !follow || finishing {
             return;
         }
-        let done = core
-            .job_progress(&job)
-            .is_none_or(|(cur, terminal)| terminal || cur != attempt);
+        // An attempt that has not started yet (its job is queued) is waited for.
+        let done = core.job_progress(&job).is_none_or(|(cur, terminal)| {
+            terminal || cur > attempt || (cur < attempt && !core.job_queued(&job))
+        });
         if done {
             // Everything visible in memory was queued to the store; an empty
             // commit is a barrier after which it is all durable. Read once more.

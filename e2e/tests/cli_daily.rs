@@ -59,7 +59,11 @@ fn wait_rides_out_a_restart_and_names_failures_and_finished_sweeps_keep_their_hi
     // `describe` puts it all in one place, by a short id.
     let out = c.cli(&["describe", &failed[..10]]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     for want in [
         format!("job       {failed}"),
         "state     failed (attempt 1, 0 retries used)".to_string(),
@@ -220,4 +224,63 @@ fn failed_jobs_run_again_and_ids_can_be_typed_short() {
     let wide = narrow(&["jobs", &sweep, "-o", "wide"]);
     assert!(!cut.contains(&job), "{cut}");
     assert!(wide.contains(&job), "{wide}");
+}
+
+/// `logs -f` on a queued job waits for it to start (it returned at once,
+/// empty), follows it through a coordinator restart (it gave up), and
+/// `--attempt` past the job's attempts is an error (it printed nothing, 0).
+#[test]
+fn logs_follow_waits_for_a_queued_job_and_rides_out_a_restart() {
+    let mut c = Cluster::start(0, Opts::default());
+    let spec = c.write(
+        "talk.yaml",
+        "name: talk\nmethod: grid\ncommand: [sh, -c, 'for i in 1 2 3 4 5 6 7 8; do echo line-$i; sleep 0.5; done']\nparameters:\n  x: {value: 1}\n",
+    );
+    let sweep = c.submit(&spec);
+    let jobs = c.cli_json(&["jobs", &sweep, "-o", "json"]);
+    let job = jobs[0]["id"].as_str().expect("id").to_string();
+    let out = c.cli(&["logs", &job, "--attempt", "3"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(67), "{err}");
+    assert!(err.contains("has no attempt 3"), "{err}");
+    let out_path = c.dir.path().join("follow.out");
+    let err_path = c.dir.path().join("follow.err");
+    let mut follow = Command::new(bin("liandan"))
+        .args(["logs", &job, "-f"])
+        .env("LIANDAN_COORDINATOR", c.url())
+        .stdout(std::fs::File::create(&out_path).expect("file"))
+        .stderr(std::fs::File::create(&err_path).expect("file"))
+        .spawn()
+        .expect("logs -f");
+    // Queued (no worker yet): the follower waits.
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(
+        follow.try_wait().expect("wait").is_none(),
+        "logs -f ended on a queued job"
+    );
+    c.add_worker(0);
+    liandan_e2e::eventually(Duration::from_secs(20), || {
+        std::fs::read_to_string(&out_path)
+            .ok()?
+            .contains("line-2")
+            .then_some(())
+    })
+    .expect("the follower printed the first lines");
+    c.restart_coordinator_with(|_| std::thread::sleep(Duration::from_millis(1500)));
+    let status =
+        liandan_e2e::eventually(Duration::from_secs(40), || follow.try_wait().ok().flatten());
+    let text = std::fs::read_to_string(&out_path).unwrap_or_default();
+    let err = std::fs::read_to_string(&err_path).unwrap_or_default();
+    let Some(status) = status else {
+        let _ = follow.kill();
+        panic!("logs -f did not end: {text}\n{err}");
+    };
+    assert!(status.success(), "{err}");
+    assert!(err.contains("is queued; waiting for it to start"), "{err}");
+    let lines: Vec<&str> = text.lines().collect();
+    let want: Vec<String> = (1..=8).map(|i| format!("line-{i}")).collect();
+    assert_eq!(
+        lines, want,
+        "every line once, in order, across the restart\n{err}"
+    );
 }
