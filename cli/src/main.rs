@@ -1588,6 +1588,33 @@ async fn name_failures(c: &mut Client, sweep: &str, failed: u64) {
     }
 }
 
+/// Says loudly when succeeded jobs never reported the sweep's metric (a
+/// `metric_pattern` that does not match what the script prints): their
+/// results would have nothing to rank (looks at the first page of jobs).
+async fn silent_metric(c: &mut Client, s: &pb::Sweep) {
+    let Ok(r) = c
+        .list_jobs(pb::ListJobsRequest {
+            sweep_id: s.id.clone(),
+            state: "succeeded".into(),
+            ..Default::default()
+        })
+        .await
+    else {
+        return;
+    };
+    let jobs = r.into_inner().jobs;
+    let silent: Vec<&pb::Job> = jobs.iter().filter(|j| j.final_metric.is_none()).collect();
+    if let Some(first) = silent.first() {
+        eprintln!(
+            "warning: {} of {} succeeded job(s) never reported the metric {:?}: `results` has nothing to rank them by. Check liandan.metric_pattern against what the job prints (`liandan logs {}`), or write the metric to LIANDAN_METRICS_FILE",
+            silent.len(),
+            jobs.len(),
+            s.metric_name,
+            first.id
+        );
+    }
+}
+
 async fn wait_for(c: &mut Client, sweep: &str) -> R<i32> {
     let tty = std::io::stderr().is_terminal();
     let interrupted = |bar: &Option<indicatif::ProgressBar>| {
@@ -1645,6 +1672,9 @@ async fn wait_for(c: &mut Client, sweep: &str) -> R<i32> {
             );
             if k.failed > 0 {
                 name_failures(c, &s.id, k.failed).await;
+            }
+            if k.succeeded > 0 && !s.metric_name.is_empty() {
+                silent_metric(c, &s).await;
             }
             return Ok(if k.failed > 0 {
                 exit::FAILURE

@@ -63,6 +63,8 @@ pub fn analyze(r: &pb::GetTrialResultsResponse) -> Analysis {
             }
         })
         .collect();
+    // A trial without a value is never ranked among those with one, nor crowned.
+    rows.sort_by_key(|r| r.values.is_empty());
     let top: Vec<f64> = rows
         .first()
         .map(|r| r.values.iter().map(|v| v.1).collect())
@@ -153,7 +155,11 @@ pub fn listing(a: &Analysis) -> Listing {
         .map(|(i, r)| {
             let s = r.summary.as_ref();
             vec![
-                (i + 1).to_string(),
+                if r.values.is_empty() {
+                    "-".into()
+                } else {
+                    (i + 1).to_string()
+                },
                 r.trial_id.clone(),
                 s.map(|s| s.n.to_string()).unwrap_or_else(|| "0".into()),
                 opt_num(s.map(|s| s.mean)),
@@ -172,8 +178,10 @@ pub fn listing(a: &Analysis) -> Listing {
                 opt_num(s.map(|s| s.min)),
                 opt_num(s.map(|s| s.max)),
                 opt_num(r.seed_luck),
-                if i == 0 {
+                if i == 0 && !r.values.is_empty() {
                     "top".into()
+                } else if r.values.is_empty() {
+                    "no value".into()
                 } else {
                     r.p_vs_top
                         .map(|p| format!("{p:.3}"))
@@ -192,7 +200,7 @@ pub fn listing(a: &Analysis) -> Listing {
         "jobs_without_value": a.jobs_without_value,
         "trials_total": a.trials_total,
         "trials": a.rows.iter().enumerate().map(|(i, r)| json!({
-            "rank": i + 1,
+            "rank": (!r.values.is_empty()).then_some(i + 1),
             "trial_id": r.trial_id,
             "params": r.params,
             "n": r.summary.as_ref().map(|s| s.n).unwrap_or(0),
@@ -220,6 +228,13 @@ pub fn footer(a: &Analysis) -> String {
     let mut out = String::new();
     if a.metric.is_empty() {
         out.push_str("note: the sweep names no metric (metric.name); there is nothing to rank\n");
+        return out;
+    }
+    if a.rows.iter().all(|r| r.values.is_empty()) {
+        out.push_str(&format!(
+            "warning: no trial has a value for the metric {:?}: nothing is ranked. Did the jobs report it? liandan.metric_pattern needs a group named {:?}, or the job writes it to LIANDAN_METRICS_FILE (see `liandan describe JOB`)\n",
+            a.metric, a.metric
+        ));
         return out;
     }
     out.push_str(&format!(

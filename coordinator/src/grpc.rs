@@ -243,9 +243,11 @@ impl UserService for Api {
             0 if queued && r.follow => current + 1,
             0 => current.max(1),
             n if n <= current || (queued && r.follow && n == current + 1) => n,
-            n => return Err(Status::not_found(format!(
+            n => {
+                return Err(Status::not_found(format!(
                 "job {jid} has no attempt {n}: it has had {current} (see `liandan describe {jid}`)"
-            ))),
+            )))
+            }
         };
         let (tx, rx) = mpsc::channel(1024);
         tokio::spawn(crate::logs::follow(

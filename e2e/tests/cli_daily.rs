@@ -284,3 +284,32 @@ fn logs_follow_waits_for_a_queued_job_and_rides_out_a_restart() {
         "every line once, in order, across the restart\n{err}"
     );
 }
+
+/// A script prints `loss: 0.5` while `metric_pattern` expects `loss=`:
+/// `submit --wait` used to report success and `results` crowned a trial
+/// with no values. Now both say loudly that the metric never came.
+#[test]
+fn a_metric_that_never_arrives_is_said_loudly_and_nothing_is_crowned() {
+    let c = Cluster::start(1, Opts::default());
+    let spec = c.write(
+        "quiet.yaml",
+        "name: quiet\nmethod: grid\nmetric: {name: loss, goal: minimize}\ncommand: [sh, -c, 'echo \"loss: 0.5\"']\nparameters:\n  x: {values: [1, 2]}\nliandan:\n  metric_pattern: 'loss=(?P<loss>[0-9.]+)'\n",
+    );
+    let out = c.cli(&["submit", spec.to_str().expect("path"), "--wait"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("warning: 2 of 2 succeeded job(s) never reported the metric \"loss\""),
+        "{err}"
+    );
+    let out = c.cli(&["results", "quiet"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !text.contains("top"),
+        "a trial without values was crowned:\n{text}"
+    );
+    assert!(
+        text.contains("no trial has a value for the metric \"loss\""),
+        "{text}"
+    );
+}
