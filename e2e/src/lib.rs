@@ -103,6 +103,8 @@ impl Proc {
 impl Drop for Proc {
     fn drop(&mut self) {
         self.kill();
+        // A worker's job cgroups (a SIGKILLed worker leaves its jobs in them).
+        remove_cgroups_in_logs(std::slice::from_ref(&self.log));
     }
 }
 
@@ -215,12 +217,19 @@ pub fn remove_job_cgroups(dir: &Path) {
     let Ok(rd) = std::fs::read_dir(dir) else {
         return;
     };
+    let logs: Vec<PathBuf> = rd
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .collect();
+    remove_cgroups_in_logs(&logs);
+}
+
+/// [`remove_job_cgroups`] for the cgroups named in these worker logs.
+pub fn remove_cgroups_in_logs(logs: &[PathBuf]) {
     let mut bases = std::collections::BTreeSet::new();
-    for e in rd.flatten() {
-        if !e.file_name().to_string_lossy().ends_with(".log") {
-            continue;
-        }
-        let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+    for log in logs {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
         for line in text
             .lines()
             .filter(|l| l.contains("jobs run in their own cgroups"))

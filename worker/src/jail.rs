@@ -359,6 +359,13 @@ impl Cgroups {
     }
 }
 
+impl Cgroups {
+    /// Removes this worker's (empty) cgroup for jobs, when it exits.
+    pub fn close(&self) {
+        let _ = std::fs::remove_dir(&self.base);
+    }
+}
+
 impl JobCgroup {
     /// The fd the child writes itself into.
     pub fn procs_fd(&self) -> RawFd {

@@ -564,6 +564,9 @@ pub async fn run(
     if let Some(w) = watchdog {
         w.abort();
     }
+    if let Some(c) = &ctx.cgroups {
+        c.close();
+    }
     Ok(())
 }
 
