@@ -85,6 +85,13 @@ fn start_limited(
     }
 }
 
+impl Drop for Secure {
+    fn drop(&mut self) {
+        // The workers' job cgroups, once the test is over.
+        liandan_e2e::remove_job_cgroups(self.dir.path());
+    }
+}
+
 impl Secure {
     fn new() -> Secure {
         Secure::with("", None)
