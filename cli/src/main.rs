@@ -423,65 +423,76 @@ fn read_spec(file: &PathBuf) -> R<(String, SpecFormat)> {
     Ok((text, SpecFormat::from_path(&file.to_string_lossy())))
 }
 
-/// Every sweep, a page at a time.
-async fn all_sweeps(c: &mut Client) -> R<Vec<pb::Sweep>> {
+/// Every item of a paged listing: `page(token)` fetches one page and the
+/// next page's token ("" after the last).
+async fn all_pages<T, F, Fut>(mut page: F) -> R<Vec<T>>
+where
+    F: FnMut(String) -> Fut,
+    Fut: std::future::Future<Output = Result<(Vec<T>, String), tonic::Status>>,
+{
     let (mut out, mut token) = (Vec::new(), String::new());
     loop {
-        let r = c
-            .list_sweeps(pb::ListSweepsRequest {
-                page_size: 0,
-                page_token: token,
-            })
-            .await?
-            .into_inner();
-        out.extend(r.sweeps);
-        if r.next_page_token.is_empty() {
+        let (items, next) = page(token).await?;
+        out.extend(items);
+        if next.is_empty() {
             return Ok(out);
         }
-        token = r.next_page_token;
+        token = next;
     }
+}
+
+/// Every sweep, a page at a time.
+async fn all_sweeps(c: &Client) -> R<Vec<pb::Sweep>> {
+    all_pages(|page_token| {
+        let mut c = c.clone();
+        async move {
+            let r = c
+                .list_sweeps(pb::ListSweepsRequest {
+                    page_size: 0,
+                    page_token,
+                })
+                .await?
+                .into_inner();
+            Ok((r.sweeps, r.next_page_token))
+        }
+    })
+    .await
 }
 
 /// Every job of a sweep (of one state, or all), a page at a time.
-async fn all_jobs(c: &mut Client, sweep: &str, state: &str) -> R<Vec<pb::Job>> {
-    let (mut out, mut token) = (Vec::new(), String::new());
-    loop {
-        let r = c
-            .list_jobs(pb::ListJobsRequest {
-                sweep_id: sweep.into(),
-                state: state.into(),
-                page_size: 0,
-                page_token: token,
-            })
-            .await?
-            .into_inner();
-        out.extend(r.jobs);
-        if r.next_page_token.is_empty() {
-            return Ok(out);
+async fn all_jobs(c: &Client, sweep: &str, state: &str) -> R<Vec<pb::Job>> {
+    all_pages(|page_token| {
+        let mut c = c.clone();
+        let req = pb::ListJobsRequest {
+            sweep_id: sweep.into(),
+            state: state.into(),
+            page_size: 0,
+            page_token,
+        };
+        async move {
+            let r = c.list_jobs(req).await?.into_inner();
+            Ok((r.jobs, r.next_page_token))
         }
-        token = r.next_page_token;
-    }
+    })
+    .await
 }
 
 /// Every metric record of a job (of one attempt, or all), a page at a time.
-async fn all_metrics(c: &mut Client, job: &str, attempt: u64) -> R<Vec<pb::MetricRecord>> {
-    let (mut out, mut token) = (Vec::new(), String::new());
-    loop {
-        let r = c
-            .get_metrics(pb::GetMetricsRequest {
-                job_id: job.into(),
-                attempt,
-                page_size: 0,
-                page_token: token,
-            })
-            .await?
-            .into_inner();
-        out.extend(r.records);
-        if r.next_page_token.is_empty() {
-            return Ok(out);
+async fn all_metrics(c: &Client, job: &str, attempt: u64) -> R<Vec<pb::MetricRecord>> {
+    all_pages(|page_token| {
+        let mut c = c.clone();
+        let req = pb::GetMetricsRequest {
+            job_id: job.into(),
+            attempt,
+            page_size: 0,
+            page_token,
+        };
+        async move {
+            let r = c.get_metrics(req).await?.into_inner();
+            Ok((r.records, r.next_page_token))
         }
-        token = r.next_page_token;
-    }
+    })
+    .await
 }
 
 /// `liandan tokens ...`.
@@ -832,6 +843,10 @@ async fn run(cli: Cli) -> R<i32> {
                 let mut said = false;
                 loop {
                     let Some(now) = sweep_riding_restarts(&mut c, &s.id).await? else {
+                        eprintln!(
+                            "interrupted: sweep {} is cancelled but not deleted; run `liandan delete {} --force` again once its jobs have stopped",
+                            s.id, s.id
+                        );
                         return Ok(exit::INTERRUPTED);
                     };
                     let running = counts(&now).running;
@@ -939,7 +954,7 @@ async fn run(cli: Cli) -> R<i32> {
                     .get_sweep(pb::GetSweepRequest { sweep_id: id })
                     .await?
                     .into_inner()],
-                None => all_sweeps(&mut c).await?,
+                None => all_sweeps(&c).await?,
             };
             if sweeps.is_empty() && matches!(output, Format::Table | Format::Wide) {
                 println!("no sweeps yet; submit one with `liandan submit FILE`");
@@ -953,8 +968,8 @@ async fn run(cli: Cli) -> R<i32> {
             state,
             output,
         } => {
-            let mut c = connect(&url).await?;
-            let jobs = all_jobs(&mut c, &sweep, &state.unwrap_or_default()).await?;
+            let c = connect(&url).await?;
+            let jobs = all_jobs(&c, &sweep, &state.unwrap_or_default()).await?;
             let rows = jobs
                 .iter()
                 .map(|j| {
@@ -1077,8 +1092,8 @@ async fn run(cli: Cli) -> R<i32> {
             attempt,
             output,
         } => {
-            let mut c = connect(&url).await?;
-            let recs = all_metrics(&mut c, &job, attempt.unwrap_or(0)).await?;
+            let c = connect(&url).await?;
+            let recs = all_metrics(&c, &job, attempt.unwrap_or(0)).await?;
             let rows = recs
                 .iter()
                 .map(|r| {
@@ -1142,7 +1157,7 @@ async fn run(cli: Cli) -> R<i32> {
             }
             let mut jobs = Vec::new();
             for j in &r.jobs {
-                let recs = all_metrics(&mut c, &j.job_id, 0).await?;
+                let recs = all_metrics(&c, &j.job_id, 0).await?;
                 let mut points = Vec::new();
                 for rec in recs {
                     let v: serde_json::Value = serde_json::from_str(&rec.json).unwrap_or_default();
@@ -1602,12 +1617,15 @@ async fn silent_metric(c: &mut Client, s: &pb::Sweep) {
     else {
         return;
     };
-    let jobs = r.into_inner().jobs;
+    let r = r.into_inner();
+    let r_more = !r.next_page_token.is_empty();
+    let jobs = r.jobs;
     let silent: Vec<&pb::Job> = jobs.iter().filter(|j| j.final_metric.is_none()).collect();
     if let Some(first) = silent.first() {
         eprintln!(
-            "warning: {} of {} succeeded job(s) never reported the metric {:?}: `results` has nothing to rank them by. Check liandan.metric_pattern against what the job prints (`liandan logs {}`), or write the metric to LIANDAN_METRICS_FILE",
+            "warning: {} of {}{} succeeded job(s) never reported the metric {:?}: `results` has nothing to rank them by. Check liandan.metric_pattern against what the job prints (`liandan logs {}`), or write the metric to LIANDAN_METRICS_FILE",
             silent.len(),
+            if r_more { "the first " } else { "" },
             jobs.len(),
             s.metric_name,
             first.id
