@@ -53,6 +53,9 @@ enum Cmd {
     /// Check a sweep file (offline). Exit 0 when valid, 65 when not.
     Validate {
         file: PathBuf,
+        /// The sweep name to check (as `submit --name`).
+        #[arg(long)]
+        name: Option<String>,
         /// `json`: the verdict, the warnings and the parsed spec, for scripts.
         #[arg(short = 'o', long, value_enum, default_value = "text")]
         output: TextFormat,
@@ -677,19 +680,28 @@ async fn run(cli: Cli) -> R<i32> {
         ca_cert: cli.ca_cert.clone(),
     };
     match cli.cmd {
-        Cmd::Validate { file, output } => {
+        Cmd::Validate { file, name, output } => {
             let (text, fmt) = read_spec(&file)?;
-            let parsed = sweep::parse(&text, fmt);
+            // The same check a submit makes (parse, name, expansion).
+            let checked = sweep::check(&text, fmt, name.as_deref().unwrap_or(""));
             if output == TextFormat::Json {
-                let (js, code) = match &parsed {
-                    Ok(p) => (
-                        json!({"file": file.display().to_string(), "valid": true, "warnings": p.warnings, "spec": p.spec}),
+                let (js, code) = match &checked {
+                    Ok(c) => (
+                        json!({"file": file.display().to_string(), "valid": true, "warnings": c.warnings, "spec": c.spec,
+                               "sweep_id": c.sweep_id, "name": c.name, "trials": c.expansion.trials.len(), "jobs": c.expansion.jobs.len(), "lazy": c.spec.is_lazy()}),
                         exit::OK,
                     ),
-                    Err(e) => (
-                        json!({"file": file.display().to_string(), "valid": false, "warnings": [], "error": {"path": e.path, "line": e.line, "message": e.message}}),
-                        exit::DATAERR,
-                    ),
+                    Err(e) => {
+                        let errors: Vec<_> = e
+                            .errors
+                            .iter()
+                            .map(|e| json!({"path": e.path, "line": e.line, "message": e.message}))
+                            .collect();
+                        (
+                            json!({"file": file.display().to_string(), "valid": false, "warnings": [], "error": errors[0], "errors": errors}),
+                            exit::DATAERR,
+                        )
+                    }
                 };
                 print(format!(
                     "{}\n",
@@ -697,17 +709,26 @@ async fn run(cli: Cli) -> R<i32> {
                 ));
                 return Ok(code);
             }
-            match parsed {
-                Ok(p) => {
-                    for w in &p.warnings {
+            match checked {
+                Ok(c) => {
+                    for w in &c.warnings {
                         eprintln!("warning: {w}");
                     }
+                    let size = if c.spec.is_lazy() {
+                        "trials proposed as it runs".to_string()
+                    } else {
+                        format!(
+                            "{} trial(s), {} job(s)",
+                            c.expansion.trials.len(),
+                            c.expansion.jobs.len()
+                        )
+                    };
                     eprintln!(
-                        "{}: valid ({} sweep, {} parameter(s), {} seed(s))",
+                        "{}: valid ({} sweep, {} parameter(s), {} seed(s), {size})",
                         file.display(),
-                        p.spec.method.as_str(),
-                        p.spec.parameters.len(),
-                        p.spec.liandan.seeds.len()
+                        c.spec.method.as_str(),
+                        c.spec.parameters.len(),
+                        c.spec.liandan.seeds.len()
                     );
                     Ok(exit::OK)
                 }
@@ -721,13 +742,15 @@ async fn run(cli: Cli) -> R<i32> {
             output,
         } => {
             let (text, fmt) = read_spec(&file)?;
-            let parsed = sweep::parse(&text, fmt)
+            let checked = sweep::check(&text, fmt, name.as_deref().unwrap_or(""))
                 .map_err(|e| Fail(exit::DATAERR, format!("{}: {e}", file.display())))?;
-            let spec = parsed.spec;
-            let name = sweep::resolve_name(&spec, name.as_deref().unwrap_or(""));
-            let sid = liandan_common::SweepId::for_name(&name);
-            let mut e = sweep::expand(&spec, &sid)
-                .map_err(|e| Fail(exit::DATAERR, format!("{}: {e}", file.display())))?;
+            let (spec, name, sid, mut e) = (
+                checked.spec,
+                checked.name,
+                checked.sweep_id,
+                checked.expansion,
+            );
+            e.warnings = checked.warnings;
             let lazy = spec.is_lazy();
             if lazy && spec.method == SpecMethod::Random {
                 // What the coordinator will draw, trial by trial.
@@ -741,8 +764,7 @@ async fn run(cli: Cli) -> R<i32> {
                     "showing the first {first} trials (--first N); the sweep draws more until it is cancelled"
                 ));
             }
-            let mut warnings = parsed.warnings.clone();
-            warnings.extend(e.warnings.iter().cloned());
+            let warnings = e.warnings.clone();
             if output != Format::Json {
                 for w in &warnings {
                     eprintln!("warning: {w}");

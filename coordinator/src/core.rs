@@ -594,36 +594,27 @@ impl Core {
         let (text, requested) = (text.to_string(), name.to_string());
         let t0 = std::time::Instant::now();
         let prepared = tokio::task::spawn_blocking(move || -> Result<_, CoreError> {
-            let parsed = sweep::parse(&text, format)
+            let c = sweep::check(&text, format, &requested)
                 .map_err(|e| CoreError::InvalidArgument(format!("invalid sweep spec: {e}")))?;
-            let spec = parsed.spec;
-            let (spec_json, spec_hash) = sweep::spec_identity(&spec);
-            let name = sweep::resolve_name(&spec, &requested);
-            liandan_common::names::validate("sweep name", &name)
-                .map_err(|e| CoreError::InvalidArgument(e.to_string()))?;
-            let sweep_id = SweepId::for_name(&name);
-            let expansion = sweep::expand(&spec, &sweep_id)
-                .map_err(|e| CoreError::InvalidArgument(e.to_string()))?;
+            let (spec_json, spec_hash) = sweep::spec_identity(&c.spec);
             Ok((
-                parsed.warnings,
-                spec,
+                c.warnings,
+                c.spec,
                 spec_json,
                 spec_hash,
-                name,
-                sweep_id,
-                expansion,
+                c.name,
+                c.sweep_id,
+                c.expansion,
             ))
         })
         .await
         .map_err(|e| CoreError::FailedPrecondition(format!("expanding the sweep: {e}")))??;
-        let (warnings0, spec, spec_json, spec_hash, name, sweep_id, expansion) = prepared;
+        let (warnings, spec, spec_json, spec_hash, name, sweep_id, expansion) = prepared;
         tracing::debug!(
             jobs = expansion.jobs.len(),
             secs = t0.elapsed().as_secs_f64(),
             "sweep parsed and expanded"
         );
-        let mut warnings = warnings0;
-        warnings.extend(expansion.warnings.iter().cloned());
         let spec = Arc::new(spec);
         // Sequence numbers for the jobs, reserved in a moment under the lock
         // (a refused submit leaves a gap, which is harmless: they only order rows).

@@ -8,7 +8,7 @@ pub mod spec;
 pub mod yaml11;
 
 pub use expand::{adaptive_trial, canonical_json, expand, ExpandError, Expansion, Job, Trial};
-pub use spec::{parse, Format, Goal, Method, Param, Parsed, SpecError, SweepSpec};
+pub use spec::{did_you_mean, parse, Format, Goal, Method, Invalid, Param, Parsed, SpecError, SweepSpec};
 
 #[cfg(test)]
 mod tests;
@@ -34,4 +34,48 @@ pub fn resolve_name(spec: &SweepSpec, requested: &str) -> String {
         return n.clone();
     }
     format!("sweep-{}", &spec_identity(spec).1[..8])
+}
+
+/// A spec as the coordinator takes it: parsed, named and expanded.
+#[derive(Debug)]
+pub struct Checked {
+    pub spec: SweepSpec,
+    /// The parser's warnings, then the expansion's.
+    pub warnings: Vec<String>,
+    pub name: String,
+    pub sweep_id: crate::ids::SweepId,
+    pub expansion: Expansion,
+}
+
+/// Everything a submit checks of a spec file, in one place: `validate` and
+/// the coordinator's submit both call it, so a file `validate` passes is
+/// not refused at submit for its content (the coordinator's own limits,
+/// such as `max_spec_bytes` and quotas, aside). `requested` is `--name`.
+pub fn check(text: &str, format: Format, requested: &str) -> Result<Checked, Invalid> {
+    let parsed = parse(text, format)?;
+    let spec = parsed.spec;
+    let name = resolve_name(&spec, requested);
+    crate::names::validate("sweep name", &name).map_err(|e| SpecError {
+        path: "name".into(),
+        line: None,
+        message: e.to_string(),
+    })?;
+    let sweep_id = crate::ids::SweepId::for_name(&name);
+    let expansion = expand(&spec, &sweep_id).map_err(|e| match e {
+        ExpandError::Spec(e) => e,
+        other => SpecError {
+            path: String::new(),
+            line: None,
+            message: other.to_string(),
+        },
+    })?;
+    let mut warnings = parsed.warnings;
+    warnings.extend(expansion.warnings.iter().cloned());
+    Ok(Checked {
+        spec,
+        warnings,
+        name,
+        sweep_id,
+        expansion,
+    })
 }

@@ -59,6 +59,66 @@ impl fmt::Display for SpecError {
 
 impl std::error::Error for SpecError {}
 
+/// Everything wrong with a spec, in file order (never empty): a file is
+/// checked whole, so one run of `validate` names every mistake. Derefs to the
+/// first error.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Invalid {
+    pub errors: Vec<SpecError>,
+}
+
+impl Invalid {
+    fn new(mut errors: Vec<SpecError>) -> Invalid {
+        // File order: errors with a line by line, the others (whole-file
+        // ones, TOML) where they were found, after them.
+        errors.sort_by_key(|e| e.line.unwrap_or(usize::MAX));
+        errors.dedup();
+        Invalid { errors }
+    }
+}
+
+impl std::ops::Deref for Invalid {
+    type Target = SpecError;
+    fn deref(&self) -> &SpecError {
+        &self.errors[0]
+    }
+}
+
+impl From<SpecError> for Invalid {
+    fn from(e: SpecError) -> Invalid {
+        Invalid { errors: vec![e] }
+    }
+}
+
+impl fmt::Display for Invalid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.errors.as_slice() {
+            [one] => write!(f, "{one}"),
+            all => {
+                write!(f, "{} problems:", all.len())?;
+                for e in all {
+                    write!(f, "\n  - {e}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl std::error::Error for Invalid {}
+
+/// ` (did you mean `x`?)` when `word` is close to one of `known` (a typo),
+/// else nothing.
+pub fn did_you_mean(word: &str, known: &[&str]) -> String {
+    known
+        .iter()
+        .map(|k| (strsim::jaro_winkler(word, k), *k))
+        .filter(|(score, _)| *score >= 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, k)| format!(" (did you mean `{k}`?)"))
+        .unwrap_or_default()
+}
+
 /// Search method.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -542,11 +602,30 @@ struct Ctx<'a> {
     text: &'a str,
     format: Format,
     warnings: std::cell::RefCell<Vec<String>>,
+    /// Errors found so far; checking goes on past each to find the others.
+    errors: std::cell::RefCell<Vec<SpecError>>,
 }
 
 impl Ctx<'_> {
     fn warn(&self, w: String) {
         self.warnings.borrow_mut().push(w);
+    }
+
+    /// Records an error to report with the others.
+    fn record(&self, e: SpecError) {
+        self.errors.borrow_mut().push(e);
+    }
+
+    /// The value, or None with its error recorded: the independent parts of
+    /// a spec are checked on past one another's errors.
+    fn keep<T>(&self, r: Result<T, SpecError>) -> Option<T> {
+        match r {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.record(e);
+                None
+            }
+        }
     }
 
     fn err(&self, path: &str, message: impl Into<String>) -> SpecError {
@@ -564,7 +643,7 @@ impl Ctx<'_> {
 }
 
 /// Parses and validates a spec.
-pub fn parse(text: &str, format: Format) -> Result<Parsed, SpecError> {
+pub fn parse(text: &str, format: Format) -> Result<Parsed, Invalid> {
     let root: Value = match format {
         Format::Yaml => super::yaml11::load(text).map_err(|e| SpecError {
             path: String::new(),
@@ -590,16 +669,22 @@ pub fn parse(text: &str, format: Format) -> Result<Parsed, SpecError> {
             })?
         }
     };
-    let mut ctx = Ctx {
+    let ctx = Ctx {
         text,
         format,
         warnings: Default::default(),
+        errors: Default::default(),
     };
-    let spec = from_value(&root, &mut ctx)?;
-    Ok(Parsed {
-        spec,
-        warnings: ctx.warnings.into_inner(),
-    })
+    let spec = from_value(&root, &ctx);
+    let errors = ctx.errors.into_inner();
+    match spec {
+        Ok(spec) if errors.is_empty() => Ok(Parsed {
+            spec,
+            warnings: ctx.warnings.into_inner(),
+        }),
+        Ok(_) => Err(Invalid::new(errors)),
+        Err(e) => Err(Invalid::new(errors.into_iter().chain([e]).collect())),
+    }
 }
 
 fn describe(v: &Value) -> String {
@@ -632,11 +717,16 @@ fn check_keys(
     map: &Map<String, Value>,
     allowed: &[&str],
 ) -> Result<(), SpecError> {
+    // Every unknown key is recorded; the known ones are checked on.
     for k in map.keys() {
         if !allowed.contains(&k.as_str()) {
-            return Err(ctx.err(
+            ctx.record(ctx.err(
                 &join(path, k),
-                format!("unknown key; expected one of: {}", allowed.join(", ")),
+                format!(
+                    "unknown key{}; expected one of: {}",
+                    did_you_mean(k, allowed),
+                    allowed.join(", ")
+                ),
             ));
         }
     }
@@ -741,7 +831,12 @@ fn get_str(
     }
 }
 
-fn from_value(root: &Value, ctx: &mut Ctx) -> Result<SweepSpec, SpecError> {
+/// The spec, checked whole: each independent part (the method, the metric,
+/// every parameter, each section of `liandan:`) is checked on past the
+/// others' errors, which are recorded in `ctx`; a part that depends on
+/// another (the grid check on the method) is checked only when that one was
+/// fine. The result is meaningful only when `ctx` recorded no error.
+fn from_value(root: &Value, ctx: &Ctx) -> Result<SweepSpec, SpecError> {
     let map = match root {
         Value::Object(m) => m,
         Value::Null => {
@@ -762,152 +857,267 @@ fn from_value(root: &Value, ctx: &mut Ctx) -> Result<SweepSpec, SpecError> {
     };
     for k in map.keys() {
         if !TOP_KEYS.contains(&k.as_str()) {
-            return Err(ctx.err(k, format!("unknown top-level key; expected one of: {} (liandan's own settings go under `liandan:`)", TOP_KEYS.join(", "))));
+            ctx.record(ctx.err(k, format!("unknown top-level key{}; expected one of: {} (liandan's own settings go under `liandan:`)", did_you_mean(k, TOP_KEYS), TOP_KEYS.join(", "))));
         }
     }
-    let method = match map.get("method") {
-        None => {
-            return Err(ctx.err(
-                "method",
-                "missing; expected one of: grid, random, bayes, tpe",
-            ))
-        }
-        Some(Value::String(s)) => match s.as_str() {
-            "grid" => Method::Grid,
-            "random" => Method::Random,
-            "bayes" => Method::Bayes,
-            "tpe" => Method::Tpe,
-            other => {
-                return Err(ctx.err(
-                    "method",
-                    format!("expected one of: grid, random, bayes, tpe; found {other:?}"),
-                ))
-            }
-        },
-        Some(v) => {
-            return Err(ctx.err(
-                "method",
-                format!(
-                    "expected one of: grid, random, bayes, tpe; found {}",
-                    describe(v)
-                ),
-            ))
-        }
-    };
-    let metric = match map.get("metric") {
-        None | Some(Value::Null) => None,
-        Some(v) => {
-            let m = as_map(ctx, "metric", v)?;
-            check_keys(
-                ctx,
+    let method = ctx.keep(parse_method(ctx, map));
+    let metric = ctx.keep(parse_metric(ctx, map));
+    if let (Some(method), Some(None)) = (method, &metric) {
+        if method.is_adaptive() {
+            ctx.record(ctx.err(
                 "metric",
-                m,
-                &["name", "goal", "target", "impute", "impute_while_running"],
-            )?;
-            let name = get_str(ctx, "metric", m, "name")?.ok_or_else(|| {
-                ctx.err(
-                    "metric.name",
-                    "missing; name the metric the program reports",
-                )
-            })?;
-            if name.is_empty() {
-                return Err(ctx.err("metric.name", "must not be empty"));
+                format!(
+                    "method `{}` needs a metric to optimise (metric.name and metric.goal)",
+                    method.as_str()
+                ),
+            ));
+        }
+    }
+    let parameters = match map.get("parameters") {
+        None => {
+            ctx.record(ctx.err(
+                "parameters",
+                "missing; a sweep needs at least one parameter",
+            ));
+            None
+        }
+        Some(v) => {
+            if v.as_object().is_some_and(|m| m.is_empty()) {
+                ctx.record(ctx.err("parameters", "empty; a sweep needs at least one parameter"));
             }
-            let goal = match get_str(ctx, "metric", m, "goal")?.as_deref() {
-                None | Some("minimize") => Goal::Minimize,
-                Some("maximize") => Goal::Maximize,
-                Some(other) => {
-                    return Err(ctx.err(
-                        "metric.goal",
-                        format!("expected minimize or maximize, found {other:?}"),
-                    ))
-                }
-            };
-            let target = get_f64(ctx, "metric", m, "target")?;
-            let impute = match get_str(ctx, "metric", m, "impute")?.as_deref() {
-                None => Impute::Worst,
-                Some(s) => Impute::parse(s).ok_or_else(|| {
-                    ctx.err(
-                        "metric.impute",
-                        format!("expected worst, best or latest, found {s:?}"),
-                    )
-                })?,
-            };
-            let impute_while_running = match m.get("impute_while_running") {
-                None | Some(Value::Null) => None,
-                Some(Value::Bool(false)) => {
-                    ctx.warn("metric.impute_while_running: the boolean false is taken as \"false\"; W&B's schema takes only the string and refuses the file, so write it quoted".into());
-                    None
-                }
-                Some(Value::String(s)) if s == "false" => None,
-                Some(Value::String(s)) => Some(Impute::parse(s).ok_or_else(|| {
-                    ctx.err(
-                        "metric.impute_while_running",
-                        format!("expected false, worst, best or latest, found {s:?}"),
-                    )
-                })?),
-                Some(v) => {
-                    return Err(ctx.err(
-                        "metric.impute_while_running",
-                        format!(
-                            "expected false, worst, best or latest, found {}",
-                            describe(v)
-                        ),
-                    ))
-                }
-            };
-            Some(Metric {
-                name,
-                goal,
-                target,
-                impute,
-                impute_while_running,
-            })
+            ctx.keep(parse_params(ctx, "parameters", v))
         }
     };
-    if method.is_adaptive() && metric.is_none() {
-        return Err(ctx.err(
-            "metric",
-            format!(
-                "method `{}` needs a metric to optimise (metric.name and metric.goal)",
-                method.as_str()
-            ),
-        ));
+    if let (Some(Method::Grid), Some(params)) = (method, &parameters) {
+        ctx.keep(check_grid(ctx, "parameters", params));
     }
-    let params_v = map.get("parameters").ok_or_else(|| {
-        ctx.err(
-            "parameters",
-            "missing; a sweep needs at least one parameter",
-        )
-    })?;
-    let parameters = parse_params(ctx, "parameters", params_v)?;
-    if parameters.is_empty() {
-        return Err(ctx.err("parameters", "empty; a sweep needs at least one parameter"));
-    }
-    if method == Method::Grid {
-        check_grid(ctx, "parameters", &parameters)?;
-    }
-    let run_cap = get_u64(ctx, "", map, "run_cap")?;
+    let run_cap = ctx.keep(get_u64(ctx, "", map, "run_cap")).flatten();
     if run_cap == Some(0) {
-        return Err(ctx.err("run_cap", "expected an integer >= 1"));
+        ctx.record(ctx.err("run_cap", "expected an integer >= 1"));
     }
     let early_terminate = match map.get("early_terminate") {
         None | Some(Value::Null) => None,
-        Some(v) => Some(parse_early_terminate(ctx, v)?),
+        Some(v) => ctx.keep(parse_early_terminate(ctx, v)),
     };
-    if early_terminate.is_some() && metric.is_none() {
-        return Err(ctx.err(
+    if early_terminate.is_some() && matches!(metric, Some(None)) {
+        ctx.record(ctx.err(
             "metric",
             "early_terminate needs a metric to compare runs on (metric.name and metric.goal)",
         ));
     }
     let liandan = match map.get("liandan") {
-        None | Some(Value::Null) => (Extensions::default(), None),
-        Some(v) => parse_extensions(ctx, v)?,
+        None | Some(Value::Null) => Some((Extensions::default(), None)),
+        Some(v) => ctx.keep(parse_extensions(ctx, v)),
     };
-    let mut program = get_str(ctx, "", map, "program")?;
-    let command = match map.get("command") {
+    let program = ctx.keep(get_str(ctx, "", map, "program"));
+    let command = ctx.keep(parse_command(ctx, map));
+    let name = ctx.keep(get_str(ctx, "", map, "name")).flatten();
+    if let Some(name) = &name {
+        if crate::names::validate("sweep name", name).is_err() {
+            ctx.warn(format!(
+                "name {name:?} is not usable as a sweep id; submit with --name to choose one"
+            ));
+        }
+    }
+    let description = ctx.keep(get_str(ctx, "", map, "description")).flatten();
+    // What follows needs the parts above.
+    let (
+        Some(method),
+        Some(metric),
+        Some(mut parameters),
+        Some((mut liandan, seed_axis)),
+        Some(mut program),
+        Some(command),
+    ) = (method, metric, parameters, liandan, program, command)
+    else {
+        return Err(first_recorded(ctx));
+    };
+    let command = match (command, liandan.trainer) {
+        (Some(c), _) => c,
+        (None, true) => {
+            program.get_or_insert_with(|| TRAINER_PROGRAM.to_string());
+            vec!["${program}".into(), "${args}".into()]
+        }
+        (None, false) => default_command(),
+    };
+    if program.is_none() && command.iter().any(|c| c.contains("${program}")) {
+        ctx.record(ctx.err("program", "missing; the command uses ${program} (or set liandan.trainer: true to run the built-in trainer)"));
+    }
+    ctx.keep(seed_axis_from_parameters(
+        ctx,
+        &mut liandan,
+        &mut parameters,
+        seed_axis,
+    ));
+    if liandan.seeds.len() == 1 && liandan.seed_source != SeedSource::None {
+        ctx.warn(format!(
+            "one seed ({}): results will show no seed-to-seed spread; give several seeds to see it",
+            liandan.seeds[0]
+        ));
+    }
+    if let Some(pattern) = &liandan.metric_pattern {
+        ctx.keep(check_metric_pattern(ctx, pattern, metric.as_ref()));
+    }
+    if method == Method::Random && run_cap.is_none() {
+        ctx.warn("method `random` without run_cap draws trials as slots free until the sweep is cancelled (or metric.target is met)".into());
+    }
+    Ok(SweepSpec {
+        name,
+        description,
+        program,
+        command,
+        method,
+        metric,
+        parameters,
+        run_cap,
+        early_terminate,
+        liandan,
+    })
+}
+
+/// The error to stand for the recorded ones (which `parse` reports).
+fn first_recorded(ctx: &Ctx) -> SpecError {
+    ctx.errors
+        .borrow()
+        .first()
+        .cloned()
+        .unwrap_or_else(|| ctx.err("", "invalid sweep spec"))
+}
+
+const METHODS: &[&str] = &["grid", "random", "bayes", "tpe"];
+
+/// Every key a parameter may have.
+const PARAM_KEYS: &[&str] = &[
+    "distribution",
+    "value",
+    "values",
+    "probabilities",
+    "min",
+    "max",
+    "q",
+    "mu",
+    "sigma",
+    "a",
+    "b",
+    "parameters",
+];
+
+/// The first error recorded after the `before`th, taken out of the record
+/// (to be returned in its place).
+fn first_recorded_since(ctx: &Ctx, before: usize) -> SpecError {
+    ctx.errors.borrow_mut().remove(before)
+}
+
+fn parse_method(ctx: &Ctx, map: &Map<String, Value>) -> Result<Method, SpecError> {
+    match map.get("method") {
+        None => Err(ctx.err(
+            "method",
+            "missing; expected one of: grid, random, bayes, tpe",
+        )),
+        Some(Value::String(s)) => match s.as_str() {
+            "grid" => Ok(Method::Grid),
+            "random" => Ok(Method::Random),
+            "bayes" => Ok(Method::Bayes),
+            "tpe" => Ok(Method::Tpe),
+            other => Err(ctx.err(
+                "method",
+                format!(
+                    "expected one of: grid, random, bayes, tpe; found {other:?}{}",
+                    did_you_mean(other, METHODS)
+                ),
+            )),
+        },
+        Some(v) => Err(ctx.err(
+            "method",
+            format!(
+                "expected one of: grid, random, bayes, tpe; found {}",
+                describe(v)
+            ),
+        )),
+    }
+}
+
+/// `metric:`, or None when there is none.
+fn parse_metric(ctx: &Ctx, map: &Map<String, Value>) -> Result<Option<Metric>, SpecError> {
+    let v = match map.get("metric") {
+        None | Some(Value::Null) => return Ok(None),
+        Some(v) => v,
+    };
+    let m = as_map(ctx, "metric", v)?;
+    check_keys(
+        ctx,
+        "metric",
+        m,
+        &["name", "goal", "target", "impute", "impute_while_running"],
+    )?;
+    let name = get_str(ctx, "metric", m, "name")?.ok_or_else(|| {
+        ctx.err(
+            "metric.name",
+            "missing; name the metric the program reports",
+        )
+    })?;
+    if name.is_empty() {
+        return Err(ctx.err("metric.name", "must not be empty"));
+    }
+    let goal = match get_str(ctx, "metric", m, "goal")?.as_deref() {
+        None | Some("minimize") => Goal::Minimize,
+        Some("maximize") => Goal::Maximize,
+        Some(other) => {
+            return Err(ctx.err(
+                "metric.goal",
+                format!(
+                    "expected minimize or maximize, found {other:?}{}",
+                    did_you_mean(other, &["minimize", "maximize"])
+                ),
+            ))
+        }
+    };
+    let target = get_f64(ctx, "metric", m, "target")?;
+    let impute = match get_str(ctx, "metric", m, "impute")?.as_deref() {
+        None => Impute::Worst,
+        Some(s) => Impute::parse(s).ok_or_else(|| {
+            ctx.err(
+                "metric.impute",
+                format!("expected worst, best or latest, found {s:?}"),
+            )
+        })?,
+    };
+    let impute_while_running = match m.get("impute_while_running") {
         None | Some(Value::Null) => None,
+        Some(Value::Bool(false)) => {
+            ctx.warn("metric.impute_while_running: the boolean false is taken as \"false\"; W&B's schema takes only the string and refuses the file, so write it quoted".into());
+            None
+        }
+        Some(Value::String(s)) if s == "false" => None,
+        Some(Value::String(s)) => Some(Impute::parse(s).ok_or_else(|| {
+            ctx.err(
+                "metric.impute_while_running",
+                format!("expected false, worst, best or latest, found {s:?}"),
+            )
+        })?),
+        Some(v) => {
+            return Err(ctx.err(
+                "metric.impute_while_running",
+                format!(
+                    "expected false, worst, best or latest, found {}",
+                    describe(v)
+                ),
+            ))
+        }
+    };
+    Ok(Some(Metric {
+        name,
+        goal,
+        target,
+        impute,
+        impute_while_running,
+    }))
+}
+
+/// `command:` as written, or None for the default one.
+fn parse_command(ctx: &Ctx, map: &Map<String, Value>) -> Result<Option<Vec<String>>, SpecError> {
+    match map.get("command") {
+        None | Some(Value::Null) => Ok(None),
         Some(Value::Array(items)) => {
             let mut out = Vec::new();
             for (i, it) in items.iter().enumerate() {
@@ -930,82 +1140,46 @@ fn from_value(root: &Value, ctx: &mut Ctx) -> Result<SweepSpec, SpecError> {
             if out.is_empty() {
                 // W&B's agent takes an empty command as its default one.
                 ctx.warn("command: empty, so the default `${env} ${interpreter} ${program} ${args}` is used (as W&B does)".into());
-                None
+                Ok(None)
             } else {
-                Some(out)
+                Ok(Some(out))
             }
         }
-        Some(v) => {
-            return Err(ctx.err(
-                "command",
-                format!("expected a list of strings, found {}", describe(v)),
-            ))
-        }
-    };
-    let command = match (command, liandan.0.trainer) {
-        (Some(c), _) => c,
-        (None, true) => {
-            program.get_or_insert_with(|| TRAINER_PROGRAM.to_string());
-            vec!["${program}".into(), "${args}".into()]
-        }
-        (None, false) => default_command(),
-    };
-    if program.is_none() && command.iter().any(|c| c.contains("${program}")) {
-        return Err(ctx.err("program", "missing; the command uses ${program} (or set liandan.trainer: true to run the built-in trainer)"));
+        Some(v) => Err(ctx.err(
+            "command",
+            format!("expected a list of strings, found {}", describe(v)),
+        )),
     }
-    if let Some(name) = get_str(ctx, "", map, "name")? {
-        if crate::names::validate("sweep name", &name).is_err() {
-            ctx.warn(format!(
-                "name {name:?} is not usable as a sweep id; submit with --name to choose one"
-            ));
-        }
-    }
-    let (mut liandan, seed_axis) = liandan;
-    let mut parameters = parameters;
-    seed_axis_from_parameters(ctx, &mut liandan, &mut parameters, seed_axis)?;
-    if liandan.seeds.len() == 1 && liandan.seed_source != SeedSource::None {
-        ctx.warn(format!(
-            "one seed ({}): results will show no seed-to-seed spread; give several seeds to see it",
-            liandan.seeds[0]
+}
+
+/// `liandan.metric_pattern`: a regular expression with named groups, one of
+/// them (else a warning) the sweep's metric.
+fn check_metric_pattern(
+    ctx: &Ctx,
+    pattern: &str,
+    metric: Option<&Metric>,
+) -> Result<(), SpecError> {
+    let re = regex::Regex::new(pattern).map_err(|e| {
+        ctx.err(
+            "liandan.metric_pattern",
+            format!("not a valid regular expression: {e}"),
+        )
+    })?;
+    if re.capture_names().flatten().next().is_none() {
+        return Err(ctx.err(
+            "liandan.metric_pattern",
+            "needs at least one named group, e.g. loss=(?P<loss>[0-9.eE+-]+)",
         ));
     }
-    if let (Some(pattern), _) = (&liandan.metric_pattern, ()) {
-        let re = regex::Regex::new(pattern).map_err(|e| {
-            ctx.err(
-                "liandan.metric_pattern",
-                format!("not a valid regular expression: {e}"),
-            )
-        })?;
-        if re.capture_names().flatten().next().is_none() {
-            return Err(ctx.err(
-                "liandan.metric_pattern",
-                "needs at least one named group, e.g. loss=(?P<loss>[0-9.eE+-]+)",
+    if let Some(m) = metric {
+        if !re.capture_names().flatten().any(|g| g == m.name) {
+            ctx.warn(format!(
+                "liandan.metric_pattern has no group named {:?} (metric.name), so stdout never reports the sweep's metric; name a group (?P<{}>...)",
+                m.name, m.name
             ));
         }
-        if let Some(m) = &metric {
-            if !re.capture_names().flatten().any(|g| g == m.name) {
-                ctx.warn(format!(
-                    "liandan.metric_pattern has no group named {:?} (metric.name), so stdout never reports the sweep's metric; name a group (?P<{}>...)",
-                    m.name, m.name
-                ));
-            }
-        }
     }
-    if method == Method::Random && run_cap.is_none() {
-        ctx.warn("method `random` without run_cap draws trials as slots free until the sweep is cancelled (or metric.target is met)".into());
-    }
-    Ok(SweepSpec {
-        name: get_str(ctx, "", map, "name")?,
-        description: get_str(ctx, "", map, "description")?,
-        program,
-        command,
-        method,
-        metric,
-        parameters,
-        run_cap,
-        early_terminate,
-        liandan,
-    })
+    Ok(())
 }
 
 /// Checks macros the way W&B's agent reads them: `${envvar:NAME}` is replaced
@@ -1071,7 +1245,7 @@ pub const MACROS: &[&str] = &[
     "args_override_hydra",
 ];
 
-fn parse_params(ctx: &mut Ctx, path: &str, v: &Value) -> Result<Vec<(String, Param)>, SpecError> {
+fn parse_params(ctx: &Ctx, path: &str, v: &Value) -> Result<Vec<(String, Param)>, SpecError> {
     let map = as_map(ctx, path, v)?;
     let mut out = Vec::new();
     for (name, pv) in map {
@@ -1085,12 +1259,16 @@ fn parse_params(ctx: &mut Ctx, path: &str, v: &Value) -> Result<Vec<(String, Par
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
         if !ok {
-            return Err(ctx.err(
+            ctx.record(ctx.err(
                 &p,
                 format!("{name:?} is not a parameter name W&B accepts: letters, digits, _, . and -, starting with a letter or _"),
             ));
+            continue;
         }
-        out.push((name.clone(), parse_param(ctx, &p, pv)?));
+        // Each parameter is checked on its own: all their errors are told.
+        if let Some(param) = ctx.keep(parse_param(ctx, &p, pv)) {
+            out.push((name.clone(), param));
+        }
     }
     Ok(out)
 }
@@ -1116,12 +1294,12 @@ const DIST_NAMES: &[&str] = &[
     "q_beta",
 ];
 
-fn parse_param(ctx: &mut Ctx, path: &str, v: &Value) -> Result<Param, SpecError> {
+fn parse_param(ctx: &Ctx, path: &str, v: &Value) -> Result<Param, SpecError> {
     let map = as_map(ctx, path, v)?;
     if let Some(nested) = map.get("parameters") {
         check_keys(ctx, path, map, &["parameters"])?;
         let parameters = parse_params(ctx, &join(path, "parameters"), nested)?;
-        if parameters.is_empty() {
+        if nested.as_object().is_some_and(|m| m.is_empty()) {
             return Err(ctx.err(
                 &join(path, "parameters"),
                 "empty; a nested parameter needs at least one parameter",
@@ -1135,7 +1313,8 @@ fn parse_param(ctx: &mut Ctx, path: &str, v: &Value) -> Result<Param, SpecError>
                 return Err(ctx.err(
                     &join(path, "distribution"),
                     format!(
-                        "unknown distribution {d:?}; expected one of: {}",
+                        "unknown distribution {d:?}{}; expected one of: {}",
+                        did_you_mean(&d, DIST_NAMES),
                         DIST_NAMES.join(", ")
                     ),
                 ));
@@ -1165,6 +1344,12 @@ fn parse_param(ctx: &mut Ctx, path: &str, v: &Value) -> Result<Param, SpecError>
             } else if map.contains_key("a") || map.contains_key("b") {
                 "beta".into()
             } else {
+                // A misspelt key is the usual cause: name it.
+                let before = ctx.errors.borrow().len();
+                check_keys(ctx, path, map, PARAM_KEYS)?;
+                if ctx.errors.borrow().len() > before {
+                    return Err(first_recorded_since(ctx, before));
+                }
                 return Err(ctx.err(path, "cannot tell the distribution: give `value`, `values`, `min`/`max`, or `distribution`"));
             }
         }

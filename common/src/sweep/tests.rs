@@ -17,7 +17,7 @@ fn yaml(s: &str) -> SweepSpec {
     }
 }
 
-fn yaml_err(s: &str) -> SpecError {
+fn yaml_err(s: &str) -> Invalid {
     match parse(s, Format::Yaml) {
         Ok(_) => panic!("spec parsed but should not have"),
         Err(e) => e,
@@ -839,4 +839,73 @@ fn a_metric_pattern_without_the_metrics_group_is_warned_about() {
         "{:?}",
         p.warnings
     );
+}
+
+#[test]
+fn every_error_of_a_file_is_told_at_once_in_file_order_with_suggestions() {
+    let e = parse(
+        "methd: grid\nprogram: t.py\nparamters: {}\nparameters:\n  lr: {min: 1, max: 0.5}\n  depth: {valuse: [1, 2]}\n  act: {values: [relu]}\nliandan:\n  seedz: 3\n",
+        Format::Yaml,
+    )
+    .unwrap_err();
+    let told: Vec<(String, Option<usize>)> =
+        e.errors.iter().map(|e| (e.path.clone(), e.line)).collect();
+    assert_eq!(
+        told,
+        [
+            ("methd".to_string(), Some(1)),
+            ("paramters".to_string(), Some(3)),
+            ("parameters.lr.max".to_string(), Some(5)),
+            ("parameters.depth.valuse".to_string(), Some(6)),
+            ("liandan.seedz".to_string(), Some(9)),
+            ("method".to_string(), None),
+        ],
+        "{e}"
+    );
+    let text = e.to_string();
+    assert!(text.starts_with("6 problems:"), "{text}");
+    assert!(text.contains("(did you mean `method`?)"), "{text}");
+    assert!(text.contains("(did you mean `parameters`?)"), "{text}");
+    assert!(text.contains("(did you mean `values`?)"), "{text}");
+    assert!(text.contains("(did you mean `seeds`?)"), "{text}");
+    // A word near nothing known gets no suggestion.
+    assert_eq!(did_you_mean("zzzz", &["grid", "random"]), "");
+    let e = yaml_err("method: gird\nprogram: t.py\nparameters:\n  a: {distribution: unifrom, min: 0, max: 1}\n");
+    assert_eq!(e.errors.len(), 2, "{e}");
+    assert!(e.errors[0].message.contains("did you mean `grid`"), "{e}");
+    assert!(e.errors[1].message.contains("did you mean `uniform`"), "{e}");
+}
+
+#[test]
+fn what_a_submit_refuses_the_check_refuses() {
+    // A grid over a continuous distribution, and a grid past the job limit:
+    // `check` (validate's and submit's) refuses both.
+    let e = check(
+        "method: grid\nprogram: t.py\nparameters:\n  lr: {min: 0.1, max: 1.0}\n",
+        Format::Yaml,
+        "",
+    )
+    .unwrap_err();
+    assert!(e.message.contains("cannot enumerate the continuous"), "{e}");
+    let e = check(
+        "method: grid\nprogram: t.py\nparameters:\n  a: {min: 1, max: 1000}\n  b: {min: 1, max: 1001}\n",
+        Format::Yaml,
+        "",
+    )
+    .unwrap_err();
+    assert!(e.message.contains("more than the limit"), "{e}");
+    let e = check(
+        "method: grid\nprogram: t.py\nparameters:\n  a: {values: [1]}\n",
+        Format::Yaml,
+        "no spaces",
+    )
+    .unwrap_err();
+    assert_eq!(e.path, "name", "{e}");
+    let c = check(
+        "method: grid\nprogram: t.py\nparameters:\n  a: {values: [1, 2]}\nliandan: {seeds: 3}\n",
+        Format::Yaml,
+        "",
+    )
+    .unwrap();
+    assert_eq!((c.expansion.trials.len(), c.expansion.jobs.len()), (2, 6));
 }
