@@ -983,6 +983,14 @@ async fn run(cli: Cli) -> R<i32> {
                 return Ok(exit::OK);
             }
             print(render(&sweep_listing(&sweeps), output));
+            if matches!(output, Format::Table | Format::Wide) {
+                for s in &sweeps {
+                    let n = counts(s).succeeded_without_metric;
+                    if n > 0 {
+                        eprintln!("warning: sweep {}: {n} succeeded job(s) never reported the metric {:?}, so `results` cannot rank them; `liandan jobs {} --state succeeded` shows which (set liandan.require_metric: true to make that a failure)", s.id, s.metric_name, s.id);
+                    }
+                }
+            }
             Ok(exit::OK)
         }
         Cmd::Jobs {
@@ -990,8 +998,24 @@ async fn run(cli: Cli) -> R<i32> {
             state,
             output,
         } => {
-            let c = connect(&url).await?;
-            let jobs = all_jobs(&c, &sweep, &state.unwrap_or_default()).await?;
+            let mut c = connect(&url).await?;
+            let s = c
+                .get_sweep(pb::GetSweepRequest {
+                    sweep_id: sweep.clone(),
+                })
+                .await?
+                .into_inner();
+            let jobs = all_jobs(&c, &s.id, &state.unwrap_or_default()).await?;
+            let worker = |j: &pb::Job| {
+                if j.worker_id.is_empty() {
+                    j.last_attempt
+                        .as_ref()
+                        .map(|a| a.worker_id.clone())
+                        .unwrap_or_default()
+                } else {
+                    j.worker_id.clone()
+                }
+            };
             let rows = jobs
                 .iter()
                 .map(|j| {
@@ -1001,8 +1025,9 @@ async fn run(cli: Cli) -> R<i32> {
                         j.seed.to_string(),
                         j.state.clone(),
                         j.attempt.to_string(),
-                        j.worker_id.clone(),
+                        worker(j),
                         opt_num(j.final_metric),
+                        job_reason(j, &s.metric_name),
                         j.params_json.clone(),
                     ]
                 })
@@ -1010,13 +1035,15 @@ async fn run(cli: Cli) -> R<i32> {
             let json = json!(jobs
                 .iter()
                 .map(|j| json!({"id": j.id, "trial_id": j.trial_id, "seed": j.seed, "state": j.state, "attempt": j.attempt, "retries_used": j.retries_used,
-                               "worker_id": j.worker_id, "final_metric": j.final_metric, "best_metric": j.best_metric,
+                               "worker_id": worker(j), "final_metric": j.final_metric, "best_metric": j.best_metric, "reason": job_reason(j, &s.metric_name),
+                               "last_attempt": j.last_attempt.as_ref().map(|a| json!({"attempt": a.attempt, "worker_id": a.worker_id, "outcome": a.state, "started_at": a.started_at, "ended_at": a.ended_at, "exit_code": a.exit_code, "signal": a.signal, "message": a.message})),
                                "params": serde_json::from_str::<serde_json::Value>(&j.params_json).unwrap_or_default()}))
                 .collect::<Vec<_>>());
             print(render(
                 &Listing {
                     columns: vec![
-                        "job", "trial", "seed", "state", "attempt", "worker", "metric", "params",
+                        "job", "trial", "seed", "state", "attempt", "worker", "metric", "reason",
+                        "params",
                     ],
                     rows,
                     json,
@@ -1627,32 +1654,34 @@ async fn name_failures(c: &mut Client, sweep: &str, failed: u64) {
 
 /// Says loudly when succeeded jobs never reported the sweep's metric (a
 /// `metric_pattern` that does not match what the script prints): their
-/// results would have nothing to rank (looks at the first page of jobs).
+/// results would have nothing to rank. Names one such job for its log.
 async fn silent_metric(c: &mut Client, s: &pb::Sweep) {
-    let Ok(r) = c
+    let k = counts(s);
+    let silent = k.succeeded_without_metric;
+    if silent == 0 {
+        return;
+    }
+    // One of them, for the pointer to its log (the first page of succeeded jobs).
+    let example = c
         .list_jobs(pb::ListJobsRequest {
             sweep_id: s.id.clone(),
             state: "succeeded".into(),
             ..Default::default()
         })
         .await
-    else {
-        return;
-    };
-    let r = r.into_inner();
-    let r_more = !r.next_page_token.is_empty();
-    let jobs = r.jobs;
-    let silent: Vec<&pb::Job> = jobs.iter().filter(|j| j.final_metric.is_none()).collect();
-    if let Some(first) = silent.first() {
-        eprintln!(
-            "warning: {} of {}{} succeeded job(s) never reported the metric {:?}: `results` has nothing to rank them by. Check liandan.metric_pattern against what the job prints (`liandan logs {}`), or write the metric to LIANDAN_METRICS_FILE",
-            silent.len(),
-            if r_more { "the first " } else { "" },
-            jobs.len(),
-            s.metric_name,
-            first.id
-        );
-    }
+        .ok()
+        .and_then(|r| {
+            r.into_inner()
+                .jobs
+                .into_iter()
+                .find(|j| j.final_metric.is_none())
+        })
+        .map(|j| format!(" (`liandan logs {}`)", j.id))
+        .unwrap_or_default();
+    eprintln!(
+        "warning: {silent} of {} succeeded job(s) never reported the metric {:?}: `results` has nothing to rank them by. Check liandan.metric_pattern against what the job prints{example}, or write the metric to LIANDAN_METRICS_FILE; liandan.require_metric: true makes it a failure",
+        k.succeeded, s.metric_name,
+    );
 }
 
 async fn wait_for(c: &mut Client, sweep: &str) -> R<i32> {
@@ -1767,7 +1796,34 @@ fn main() {
     std::process::exit(code);
 }
 
-/// Bytes for people: `512 B`, `3.2 MiB`, `1.5 TiB`.
+/// Why a job is where it is, in a few words: how its last attempt ended
+/// (outcome, exit code or signal, message), or that a succeeded job never
+/// reported `metric` (the sweep's metric; empty for none).
+fn job_reason(j: &pb::Job, metric: &str) -> String {
+    if j.state == "succeeded" {
+        return if j.final_metric.is_none() && !metric.is_empty() {
+            format!("never reported {metric:?}")
+        } else {
+            String::new()
+        };
+    }
+    let Some(a) = j.last_attempt.as_ref().filter(|a| a.state != "succeeded") else {
+        return String::new();
+    };
+    let mut r = a.state.clone();
+    if a.signal != 0 {
+        r.push_str(&format!(", signal {}", a.signal));
+    } else if a.exit_code != 0 {
+        r.push_str(&format!(", exit {}", a.exit_code));
+    }
+    let msg = a.message.trim();
+    if !msg.is_empty() {
+        r.push_str(": ");
+        r.push_str(msg);
+    }
+    r
+}
+
 /// A time (seconds since the epoch) as RFC 3339 in UTC, to the second.
 fn iso_time(secs: f64) -> String {
     if !(secs.is_finite() && secs > 0.0) {
@@ -1932,6 +1988,7 @@ async fn describe(url: &Target, job: &str, output: TextFormat) -> R<i32> {
     Ok(exit::OK)
 }
 
+/// Bytes for people: `512 B`, `3.2 MiB`, `1.5 TiB`.
 fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
     let mut v = n as f64;

@@ -175,6 +175,8 @@ struct SweepMem {
     running: u32,
     /// Jobs per state, kept with every transition (so status is O(1) at a million jobs).
     counts: [u64; 6],
+    /// Succeeded jobs that never reported the sweep's metric (kept likewise).
+    silent: u64,
     /// Trials, metric histories and stop decisions, for sweeps that adapt or stop early.
     search: Option<SweepSearch>,
     /// Succeeded jobs' values by trial (what `results` ranks).
@@ -907,6 +909,9 @@ impl Core {
                 if filter.is_none_or(|f| m.state == f) {
                     let info = job_info(&jobs[i], m);
                     bytes += prost::Message::encoded_len(&info);
+                    if m.state.is_terminal() && m.attempt > 0 {
+                        bytes += LAST_ATTEMPT_BYTES;
+                    }
                     out.push(info);
                 }
             }
@@ -918,6 +923,58 @@ impl Core {
             String::new()
         };
         Ok((out, next))
+    }
+
+    /// Fills in each ended job's `last_attempt` from the store: the worker it
+    /// ran on and how it ended, which `liandan jobs` shows (one indexed
+    /// lookup per job, off the lock).
+    pub async fn fill_last_attempts(&self, jobs: &mut [pb::Job]) -> Result<(), CoreError> {
+        let ended = |s: &str| matches!(s, "succeeded" | "failed" | "cancelled" | "pruned");
+        let keys: Vec<(usize, String, i64)> = jobs
+            .iter()
+            .enumerate()
+            .filter(|(_, j)| j.attempt > 0 && ended(&j.state))
+            .map(|(i, j)| (i, j.id.clone(), j.attempt as i64))
+            .collect();
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let found = self
+            .store
+            .read(move |c| {
+                use rusqlite::OptionalExtension;
+                let mut st = c.prepare_cached("SELECT worker_id, state, started_at, ended_at, exit_code, signal, message FROM attempts WHERE job_id=?1 AND attempt=?2")?;
+                let mut out = Vec::with_capacity(keys.len());
+                for (i, job, attempt) in keys {
+                    let a = st
+                        .query_row(rusqlite::params![job, attempt], |r| {
+                            let mut message = r.get::<_, Option<String>>(6)?.unwrap_or_default();
+                            if let Some((cut, _)) = message.char_indices().nth(LISTED_MESSAGE_CHARS) {
+                                message.truncate(cut);
+                            }
+                            Ok(pb::Attempt {
+                                attempt: attempt as u64,
+                                worker_id: r.get(0)?,
+                                state: r.get(1)?,
+                                started_at: r.get(2)?,
+                                ended_at: r.get::<_, Option<f64>>(3)?.unwrap_or(0.0),
+                                exit_code: r.get::<_, Option<i32>>(4)?.unwrap_or(0),
+                                signal: r.get::<_, Option<i32>>(5)?.unwrap_or(0),
+                                message,
+                            })
+                        })
+                        .optional()?;
+                    if let Some(a) = a {
+                        out.push((i, a));
+                    }
+                }
+                Ok(out)
+            })
+            .await?;
+        for (i, a) in found {
+            jobs[i].last_attempt = Some(a);
+        }
+        Ok(())
     }
 
     /// Bytes of items one listing page holds at most: a quarter of the
@@ -2336,6 +2393,24 @@ impl Core {
                 outcome
             }
         };
+        // A sweep that requires its metric fails a job that exited 0 without
+        // ever reporting it, rather than count a result with no value.
+        let required = st
+            .sweeps
+            .get(&job.sweep)
+            .filter(|s| s.spec.liandan.require_metric)
+            .and_then(|s| s.spec.metric.as_ref());
+        let outcome = match required {
+            Some(m) if outcome == Outcome::Succeeded && job.final_metric.is_none() => {
+                message = format!(
+                    "exited 0 but never reported the metric {:?}, which the sweep requires (liandan.require_metric): check liandan.metric_pattern against what the program prints, or write the metric to LIANDAN_METRICS_FILE",
+                    m.name
+                )
+                .into();
+                Outcome::NoMetric
+            }
+            _ => outcome,
+        };
         let retries = st
             .sweeps
             .get(&job.sweep)
@@ -2378,6 +2453,9 @@ impl Core {
             s.running = s.running.saturating_sub(1);
             s.moved(JobState::Running, next);
             if next == JobState::Succeeded {
+                if job.final_metric.is_none() && s.spec.metric.is_some() {
+                    s.silent += 1;
+                }
                 s.outcomes.record(
                     &job.trial,
                     &job.params_json,
@@ -3021,8 +3099,16 @@ fn job_info(id: &JobId, m: &JobMem) -> pb::Job {
         final_metric: m.final_metric,
         best_metric: m.best_metric,
         worker_id: m.worker.as_ref().map(|w| w.to_string()).unwrap_or_default(),
+        last_attempt: None,
     }
 }
+
+/// Bytes a page keeps free per ended job for its `last_attempt` (filled in
+/// after the page is cut, from the store).
+const LAST_ATTEMPT_BYTES: usize = 320;
+
+/// Characters of an attempt's message a listing carries.
+const LISTED_MESSAGE_CHARS: usize = 200;
 
 fn worker_info(id: &WorkerId, w: &WorkerMem) -> pb::Worker {
     let mut running: Vec<String> = w.running.iter().map(|j| j.to_string()).collect();
@@ -3143,6 +3229,7 @@ fn build_sweep(
         trials: expansion.trials.len() as u64,
         ready: job_ids.iter().cloned().collect(),
         counts: [job_ids.len() as u64, 0, 0, 0, 0, 0],
+        silent: 0,
         jobs: job_ids,
         running: 0,
         outcomes: Outcomes::default(),
@@ -3169,6 +3256,7 @@ fn sweep_info(st: &State, id: &SweepId) -> pb::Sweep {
         failed: k[3],
         cancelled: k[4],
         pruned: k[5],
+        succeeded_without_metric: s.silent,
     };
     let search_done = s.search.as_ref().is_none_or(|x| !x.can_propose());
     let state = match s.state {
@@ -3256,6 +3344,7 @@ fn load(store: &Store, cfg: &CoordinatorConfig) -> Result<State, CoreError> {
                             ready: VecDeque::new(),
                             running: 0,
                             counts: [0; 6],
+                            silent: 0,
                             search: None,
                             outcomes: Outcomes::default(),
                         proposing: false,
@@ -3335,7 +3424,12 @@ fn load(store: &Store, cfg: &CoordinatorConfig) -> Result<State, CoreError> {
                     let mut cpus = 0;
                     match state {
                         JobState::Queued => s.ready.push_back(jid.clone()),
-                        JobState::Succeeded => s.outcomes.record(&tid, &params_json, j.seed, j.final_metric, j.best_metric),
+                        JobState::Succeeded => {
+                            if j.final_metric.is_none() && s.spec.metric.is_some() {
+                                s.silent += 1;
+                            }
+                            s.outcomes.record(&tid, &params_json, j.seed, j.final_metric, j.best_metric)
+                        }
                         JobState::Running => {
                             s.running += 1;
                             let r = &s.spec.liandan.resources;

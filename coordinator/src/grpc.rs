@@ -198,7 +198,8 @@ impl UserService for Api {
         let r = req.into_inner();
         let core = self.core()?;
         let page = core.list_jobs_page(&r.sweep_id, &r.state, r.page_size, &r.page_token)?;
-        let (jobs, next_page_token) = core.committed(page).await?;
+        let (mut jobs, next_page_token) = core.committed(page).await?;
+        core.fill_last_attempts(&mut jobs).await?;
         Ok(Response::new(pb::ListJobsResponse {
             jobs,
             next_page_token,

@@ -176,6 +176,10 @@ pub enum Outcome {
     /// Interrupted, but the job's worker died during `max_worker_deaths`
     /// of its attempts in a row: the job is taken to be what kills it.
     WorkerDied,
+    /// Exited 0 without ever reporting the sweep's metric, in a sweep with
+    /// `liandan.require_metric`: the same on every attempt (a metric_pattern
+    /// that does not match what the program prints), so not retried.
+    NoMetric,
 }
 
 impl Outcome {
@@ -194,6 +198,7 @@ impl Outcome {
             Outcome::DiskFull => "disk_full",
             Outcome::Lost => "lost",
             Outcome::WorkerDied => "worker_died",
+            Outcome::NoMetric => "no_metric",
         }
     }
 
@@ -212,6 +217,7 @@ impl Outcome {
             "disk_full" => Outcome::DiskFull,
             "lost" => Outcome::Lost,
             "worker_died" => Outcome::WorkerDied,
+            "no_metric" => Outcome::NoMetric,
             _ => return None,
         })
     }
@@ -228,12 +234,16 @@ impl Outcome {
                 | Outcome::SetupFailed
                 | Outcome::UsageError
                 | Outcome::WorkerDied
+                | Outcome::NoMetric
         )
     }
 
     /// Whether another attempt would end the same way, so none is made.
     pub fn is_deterministic(self) -> bool {
-        matches!(self, Outcome::SetupFailed | Outcome::UsageError)
+        matches!(
+            self,
+            Outcome::SetupFailed | Outcome::UsageError | Outcome::NoMetric
+        )
     }
 }
 
@@ -321,6 +331,11 @@ mod tests {
             (
                 JobState::Running,
                 end(Outcome::SetupFailed, false, true),
+                Some(JobState::Failed),
+            ),
+            (
+                JobState::Running,
+                end(Outcome::NoMetric, false, true),
                 Some(JobState::Failed),
             ),
             (

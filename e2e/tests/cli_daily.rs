@@ -46,6 +46,19 @@ fn wait_rides_out_a_restart_and_names_failures_and_finished_sweeps_keep_their_hi
     assert!(err.contains("2 succeeded, 1 failed"), "{err}");
     let jobs = c.cli_json(&["jobs", &sweep, "--state", "failed", "-o", "json"]);
     let failed = jobs[0]["id"].as_str().expect("a failed job").to_string();
+    // The failed job's row says where it ran and how it ended.
+    assert!(
+        jobs[0]["worker_id"].as_str().is_some_and(|w| w.starts_with("wk-")),
+        "{jobs}"
+    );
+    assert!(
+        jobs[0]["reason"].as_str().is_some_and(|r| r.starts_with("failed, exit 3")),
+        "{jobs}"
+    );
+    let table = c.cli(&["jobs", &sweep, "-o", "wide"]);
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(table.lines().next().is_some_and(|h| h.contains("REASON")), "{table}");
+    assert!(table.contains("failed, exit 3"), "{table}");
     assert!(err.contains(&format!("failed: {failed} attempt ")), "{err}");
     assert!(
         err.contains(&format!("see why: `liandan logs {failed} --stderr`")),
@@ -319,4 +332,31 @@ fn a_metric_that_never_arrives_is_said_loudly_and_nothing_is_crowned() {
         text.contains("no trial has a value for the metric \"loss\""),
         "{text}"
     );
+    // `status` says it too, and each job's row says why it has no value.
+    let out = c.cli(&["status"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("2 succeeded job(s) never reported the metric \"loss\""),
+        "{err}"
+    );
+    let out = c.cli(&["jobs", "quiet", "-o", "csv"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("job,trial,seed,state,attempt,worker,metric,reason,"), "{text}");
+    assert_eq!(text.matches("never reported \"\"loss\"\"").count(), 2, "{text}");
+    // A sweep that requires its metric fails such jobs at once (no retry:
+    // the next attempt would print the same), and says why.
+    let spec = c.write(
+        "strict.yaml",
+        "name: strict\nmethod: grid\nmetric: {name: loss, goal: minimize}\ncommand: [sh, -c, 'echo \"loss: 0.5\"']\nparameters:\n  x: {values: [1]}\nliandan:\n  retries: 2\n  require_metric: true\n  metric_pattern: 'loss=(?P<loss>[0-9.]+)'\n",
+    );
+    let out = c.cli(&["submit", spec.to_str().expect("path"), "--wait"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("attempt 1 no_metric: exited 0 but never reported the metric \"loss\""), "{err}");
+    let out = c.cli(&["jobs", "strict", "-o", "json"]);
+    let js: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(js[0]["state"], "failed", "{js}");
+    assert_eq!(js[0]["attempt"], 1, "not retried: {js}");
+    assert!(js[0]["worker_id"].as_str().is_some_and(|w| w.starts_with("wk-")), "{js}");
+    assert!(js[0]["reason"].as_str().is_some_and(|r| r.starts_with("no_metric: exited 0")), "{js}");
 }

@@ -504,6 +504,11 @@ pub struct Extensions {
     /// How adaptive search and early stopping combine a trial's seeds.
     #[serde(default)]
     pub objective: Objective,
+    /// A job that exits 0 without ever reporting `metric.name` fails
+    /// (outcome `no_metric`, not retried) instead of succeeding silently.
+    /// Left out of the stored form when false, so older specs keep their hash.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub require_metric: bool,
 }
 
 impl Default for Extensions {
@@ -523,6 +528,7 @@ impl Default for Extensions {
             metric_pattern: None,
             trainer: false,
             objective: Objective::default(),
+            require_metric: false,
         }
     }
 }
@@ -957,6 +963,12 @@ fn from_value(root: &Value, ctx: &Ctx) -> Result<SweepSpec, SpecError> {
     }
     if let Some(pattern) = &liandan.metric_pattern {
         ctx.keep(check_metric_pattern(ctx, pattern, metric.as_ref()));
+    }
+    if liandan.require_metric && metric.is_none() {
+        ctx.record(ctx.err(
+            "liandan.require_metric",
+            "needs metric.name: the metric every job must report",
+        ));
     }
     if method == Method::Random && run_cap.is_none() {
         ctx.warn("method `random` without run_cap draws trials as slots free until the sweep is cancelled (or metric.target is met)".into());
@@ -1839,6 +1851,7 @@ fn parse_extensions(ctx: &Ctx, v: &Value) -> Result<(Extensions, Option<bool>), 
             "checkpoint",
             "metric_pattern",
             "trainer",
+            "require_metric",
             "objective",
             "env",
             "workdir",
@@ -2044,14 +2057,19 @@ fn parse_extensions(ctx: &Ctx, v: &Value) -> Result<(Extensions, Option<bool>), 
         }
     }
     ext.metric_pattern = get_str(ctx, p, m, "metric_pattern")?;
-    match m.get("trainer") {
-        None => {}
-        Some(Value::Bool(b)) => ext.trainer = *b,
-        Some(v) => {
-            return Err(ctx.err(
-                "liandan.trainer",
-                format!("expected true or false, found {}", describe(v)),
-            ))
+    for (key, flag) in [
+        ("trainer", &mut ext.trainer),
+        ("require_metric", &mut ext.require_metric),
+    ] {
+        match m.get(key) {
+            None => {}
+            Some(Value::Bool(b)) => *flag = *b,
+            Some(v) => {
+                return Err(ctx.err(
+                    &join(p, key),
+                    format!("expected true or false, found {}", describe(v)),
+                ))
+            }
         }
     }
     Ok((ext, seed_axis))
