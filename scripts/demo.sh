@@ -35,5 +35,5 @@ echo "== liandan results demo"
 "$BIN/liandan" results demo
 "$BIN/liandan" results demo -o json >"$DEMO/results.json"
 if "$BIN/liandan" plot --help >/dev/null 2>&1; then
-  "$BIN/liandan" plot demo -o "$DEMO/demo.png" && echo "plot: $DEMO/demo.png"
+  "$BIN/liandan" plot demo --file "$DEMO/demo.png" && echo "plot: $DEMO/demo.png"
 fi

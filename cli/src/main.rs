@@ -7,11 +7,13 @@
 //! contract (`liandan-proto`) and `liandan-common`.
 
 mod certs;
+mod complete;
 mod output;
 mod plot;
 mod results;
 
 use clap::{CommandFactory, Parser, Subcommand};
+use clap_complete::engine::ArgValueCompleter;
 use liandan_common::exit;
 use liandan_common::sweep::{self, command, Format as SpecFormat, Method as SpecMethod};
 use liandan_proto::v1 as pb;
@@ -87,12 +89,14 @@ enum Cmd {
     },
     /// Sweeps and their progress, or one sweep.
     Status {
+        #[arg(add = ArgValueCompleter::new(complete::sweep))]
         sweep: Option<String>,
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: Format,
     },
     /// The jobs of a sweep.
     Jobs {
+        #[arg(add = ArgValueCompleter::new(complete::sweep))]
         sweep: String,
         /// Only jobs in this state: queued, running, succeeded, failed, cancelled, pruned.
         #[arg(long)]
@@ -102,6 +106,7 @@ enum Cmd {
     },
     /// A job's log (stdout and stderr in line order).
     Logs {
+        #[arg(add = ArgValueCompleter::new(complete::job))]
         job: String,
         /// Keep following new lines until the attempt ends.
         #[arg(short = 'f', long)]
@@ -121,6 +126,7 @@ enum Cmd {
     },
     /// A job's metric records.
     Metrics {
+        #[arg(add = ArgValueCompleter::new(complete::job))]
         job: String,
         #[arg(long)]
         attempt: Option<u64>,
@@ -129,6 +135,7 @@ enum Cmd {
     },
     /// Results per trial, aggregated over seeds, ranked by the sweep's metric.
     Results {
+        #[arg(add = ArgValueCompleter::new(complete::sweep))]
         sweep: String,
         /// Use the best value over training instead of the final one.
         #[arg(long)]
@@ -142,6 +149,7 @@ enum Cmd {
     /// Learning curves per trial (mean and band over seeds) and the final metric
     /// against a hyperparameter (a point per seed), as PNG or SVG.
     Plot {
+        #[arg(add = ArgValueCompleter::new(complete::sweep))]
         sweep: String,
         /// Metric to draw (default: the sweep's metric).
         #[arg(long)]
@@ -149,30 +157,43 @@ enum Cmd {
         /// Hyperparameter of the second chart (default: the first numeric one that varies).
         #[arg(long)]
         param: Option<String>,
-        /// Output file, .png or .svg (default: SWEEP.png).
-        #[arg(short = 'o', long)]
-        output: Option<PathBuf>,
+        /// The image format, png or svg (default: --file's extension, else png).
+        #[arg(short = 'o', long, value_name = "FORMAT")]
+        output: Option<String>,
+        /// The file to write (default: SWEEP.png or SWEEP.svg).
+        #[arg(long, value_name = "FILE")]
+        file: Option<PathBuf>,
+        /// Embed the font in an SVG (about 1 MB) so its text renders the same
+        /// everywhere; without it the SVG names DejaVu Sans and its look-alikes.
+        #[arg(long)]
+        embed_font: bool,
     },
     /// Cancel a sweep (sw-...) or a job (job-...).
     Cancel {
+        #[arg(add = ArgValueCompleter::new(complete::sweep_or_job))]
         target: String,
         #[arg(short = 'o', long, value_enum, default_value = "text")]
         output: TextFormat,
     },
     /// Stop starting new jobs of a sweep (running ones continue).
     Pause {
+        #[arg(add = ArgValueCompleter::new(complete::sweep))]
         sweep: String,
         #[arg(short = 'o', long, value_enum, default_value = "text")]
         output: TextFormat,
     },
     /// Start jobs of a paused sweep again.
     Resume {
+        #[arg(add = ArgValueCompleter::new(complete::sweep))]
         sweep: String,
         #[arg(short = 'o', long, value_enum, default_value = "text")]
         output: TextFormat,
     },
     /// Wait for a sweep to finish. Exit 1 if a job failed, 130 on Ctrl-C (the sweep goes on).
-    Wait { sweep: String },
+    Wait {
+        #[arg(add = ArgValueCompleter::new(complete::sweep))]
+        sweep: String,
+    },
     /// Workers, their resources and what they run.
     Workers {
         #[arg(short = 'o', long, value_enum, default_value = "table")]
@@ -180,11 +201,12 @@ enum Cmd {
         /// Remove a disconnected worker that holds no job from the list (a
         /// machine gone for good); it registers again if it comes back (a
         /// join-token worker under a new id).
-        #[arg(long, value_name = "WORKER")]
+        #[arg(long, value_name = "WORKER", add = ArgValueCompleter::new(complete::worker))]
         forget: Option<String>,
     },
     /// Stop giving a worker new jobs; its running jobs finish. Lasts until --undo.
     Drain {
+        #[arg(add = ArgValueCompleter::new(complete::worker))]
         worker: String,
         /// Lift the drain: the worker takes jobs again.
         #[arg(long)]
@@ -194,20 +216,28 @@ enum Cmd {
     },
     /// A job's stored checkpoints.
     Checkpoints {
+        #[arg(add = ArgValueCompleter::new(complete::job))]
         job: String,
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: Format,
     },
     /// Download a job's checkpoint (the latest, or --step N).
     Download {
+        #[arg(add = ArgValueCompleter::new(complete::job))]
         job: String,
         #[arg(long)]
         step: Option<i64>,
-        /// Output file (default: JOB-step-N.ckpt).
-        #[arg(short = 'o', long)]
-        output: Option<PathBuf>,
+        /// The file to write (default: JOB-step-N.ckpt).
+        #[arg(long, value_name = "FILE")]
+        file: Option<PathBuf>,
+        /// `json`: {"file", "bytes", "step", "blake3"} once written.
+        #[arg(short = 'o', long, value_enum, default_value = "text")]
+        output: TextFormat,
     },
-    /// Print shell completions.
+    /// Print the script that registers shell completions (ids included).
+    ///
+    /// Commands, flags, and the coordinator's sweep, job and worker ids are
+    /// completed: e.g. `source <(liandan completions bash)` in ~/.bashrc.
     Completions { shell: clap_complete::Shell },
     /// TLS certificates and tokens for a cluster (offline).
     Certs {
@@ -218,6 +248,7 @@ enum Cmd {
     /// attempts (worker, times, outcome, exit code, message) and the last
     /// lines of its log.
     Describe {
+        #[arg(add = ArgValueCompleter::new(complete::job))]
         job: String,
         #[arg(short = 'o', long, value_enum, default_value = "text")]
         output: TextFormat,
@@ -226,12 +257,13 @@ enum Cmd {
     /// default), or one job (--job, failed or cancelled). Retries are reset;
     /// attempts go on from their last number.
     Retry {
+        #[arg(add = ArgValueCompleter::new(complete::sweep))]
         sweep: String,
         /// Every failed job of the sweep (the default).
         #[arg(long, conflicts_with = "job")]
         failed: bool,
         /// Only this job (an id or a unique prefix of one).
-        #[arg(long, value_name = "JOB")]
+        #[arg(long, value_name = "JOB", add = ArgValueCompleter::new(complete::job))]
         job: Option<String>,
         #[arg(short = 'o', long, value_enum, default_value = "text")]
         output: TextFormat,
@@ -239,6 +271,7 @@ enum Cmd {
     /// Delete a sweep with its jobs, logs, metrics and checkpoints. Refused
     /// while jobs are queued or running, unless --force (they are stopped).
     Delete {
+        #[arg(add = ArgValueCompleter::new(complete::sweep))]
         sweep: String,
         /// Cancel the sweep first and wait for its running jobs to stop.
         #[arg(long)]
@@ -365,8 +398,25 @@ fn token_transport_ok(url: &str, has_token: bool) -> R<()> {
     }
 }
 
+/// A coordinator URL must say http:// or https://; `localhost:7477` alone
+/// got a transport error that did not say so.
+fn check_url(url: &str) -> R<()> {
+    match url.split_once("://") {
+        Some(("http" | "https", rest)) if !rest.is_empty() => Ok(()),
+        Some((scheme, _)) => Err(Fail(
+            exit::USAGE,
+            format!("coordinator URL {url:?}: the scheme {scheme:?} is not one liandan speaks; use http://HOST:PORT, or https://HOST:PORT with --ca-cert"),
+        )),
+        None => Err(Fail(
+            exit::USAGE,
+            format!("coordinator URL {url:?} has no scheme; use http://{url} (or https://{url} with --ca-cert)"),
+        )),
+    }
+}
+
 async fn connect(t: &Target) -> R<Client> {
     let url = &t.url;
+    check_url(url)?;
     let mut endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
         .map_err(|e| {
             Fail(
@@ -902,12 +952,7 @@ async fn run(cli: Cli) -> R<i32> {
             Ok(exit::OK)
         }
         Cmd::Completions { shell } => {
-            clap_complete::generate(
-                shell,
-                &mut Cli::command(),
-                "liandan",
-                &mut std::io::stdout(),
-            );
+            print(complete::registration(shell).map_err(|e| Fail(exit::USAGE, e))?);
             Ok(exit::OK)
         }
         Cmd::Submit {
@@ -1193,7 +1238,11 @@ async fn run(cli: Cli) -> R<i32> {
             metric,
             param,
             output,
+            file,
+            embed_font,
         } => {
+            // The format and the file are checked before anything is fetched.
+            let format = plot_format(output.as_deref(), file.as_deref())?;
             let mut c = connect(&url).await?;
             let r = fetch_results(&mut c, &sweep).await?;
             let s = r.sweep.clone().unwrap_or_default();
@@ -1203,6 +1252,9 @@ async fn run(cli: Cli) -> R<i32> {
                     exit::USAGE,
                     "the sweep names no metric; choose one with --metric".into(),
                 ));
+            }
+            if let Some(p) = &param {
+                plot_param_ok(&r, p)?;
             }
             let mut jobs = Vec::new();
             for j in &r.jobs {
@@ -1234,7 +1286,9 @@ async fn run(cli: Cli) -> R<i32> {
             if jobs.iter().all(|j| j.points.is_empty()) {
                 return Err(Fail(exit::DATAERR, format!("no job of {} reported the metric {metric:?}; check the name with `liandan metrics JOB`", s.id)));
             }
-            let path = output.unwrap_or_else(|| PathBuf::from(format!("{}.png", s.name)));
+            let path = file.unwrap_or_else(|| {
+                PathBuf::from(format!("{}.{}", s.name, format.extension()))
+            });
             plot::render(
                 &plot::PlotInput {
                     title: s.name.clone(),
@@ -1243,6 +1297,8 @@ async fn run(cli: Cli) -> R<i32> {
                     jobs,
                 },
                 &path,
+                format,
+                embed_font,
             )
             .map_err(|e| Fail(exit::IOERR, e))?;
             println!("wrote {}", path.display());
@@ -1458,7 +1514,12 @@ async fn run(cli: Cli) -> R<i32> {
             ));
             Ok(exit::OK)
         }
-        Cmd::Download { job, step, output } => {
+        Cmd::Download {
+            job,
+            step,
+            file,
+            output,
+        } => {
             let mut c = connect(&url).await?;
             let mut s = c
                 .download_checkpoint(pb::DownloadCheckpointRequest {
@@ -1491,14 +1552,18 @@ async fn run(cli: Cli) -> R<i32> {
                 ));
             }
             let path =
-                output.unwrap_or_else(|| PathBuf::from(format!("{job}-step-{}.ckpt", meta.step)));
+                file.unwrap_or_else(|| PathBuf::from(format!("{job}-step-{}.ckpt", meta.step)));
             std::fs::write(&path, &data)
                 .map_err(|e| Fail(exit::IOERR, format!("cannot write {}: {e}", path.display())))?;
-            println!(
-                "wrote {} ({} bytes, step {}, blake3 verified)",
-                path.display(),
-                data.len(),
-                meta.step
+            say(
+                output,
+                format!(
+                    "wrote {} ({} bytes, step {}, blake3 verified)",
+                    path.display(),
+                    data.len(),
+                    meta.step
+                ),
+                json!({"file": path.display().to_string(), "bytes": data.len(), "step": meta.step, "blake3": meta.blake3}),
             );
             Ok(exit::OK)
         }
@@ -1759,6 +1824,8 @@ async fn wait_for(c: &mut Client, sweep: &str) -> R<i32> {
 }
 
 fn main() {
+    // Called back by the shell when the user presses Tab (COMPLETE=SHELL).
+    clap_complete::CompleteEnv::with_factory(Cli::command).complete();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -1794,6 +1861,82 @@ fn main() {
         }
     };
     std::process::exit(code);
+}
+
+/// The image format `plot` writes: `-o` if given (png or svg), else the
+/// file's extension, else png. A file name given to `-o` (which is the
+/// format in every command) or a file whose extension disagrees is a usage
+/// error, told before anything is fetched.
+fn plot_format(output: Option<&str>, file: Option<&std::path::Path>) -> R<plot::ImageFormat> {
+    let from_file = match file {
+        None => None,
+        Some(f) => {
+            let ext = f
+                .extension()
+                .and_then(|e| e.to_str())
+                .unwrap_or("")
+                .to_ascii_lowercase();
+            Some(plot::ImageFormat::parse(&ext).ok_or_else(|| {
+                Fail(
+                    exit::USAGE,
+                    format!(
+                        "cannot write {}: plot draws PNG or SVG; name the file .png or .svg",
+                        f.display()
+                    ),
+                )
+            })?)
+        }
+    };
+    let Some(o) = output else {
+        return Ok(from_file.unwrap_or(plot::ImageFormat::Png));
+    };
+    let Some(fmt) = plot::ImageFormat::parse(&o.to_ascii_lowercase()) else {
+        let hint = if o.contains('.') || o.contains('/') {
+            format!("; -o is the output format in every command, so give the file as --file {o}")
+        } else {
+            String::new()
+        };
+        return Err(Fail(
+            exit::USAGE,
+            format!("-o {o:?}: plot draws png or svg{hint}"),
+        ));
+    };
+    match from_file {
+        Some(f) if f != fmt => Err(Fail(
+            exit::USAGE,
+            format!(
+                "-o {} but --file ends in .{}: choose one format",
+                fmt.extension(),
+                f.extension()
+            ),
+        )),
+        _ => Ok(fmt),
+    }
+}
+
+/// `plot --param P`: P must be a hyperparameter of the sweep with numbers
+/// for values (the chart's x axis), else a usage error naming the choices.
+fn plot_param_ok(r: &pb::GetResultsResponse, p: &str) -> R<()> {
+    let mut names = std::collections::BTreeSet::new();
+    let mut numeric = false;
+    for j in &r.jobs {
+        if let Ok(serde_json::Value::Object(m)) = serde_json::from_str(&j.params_json) {
+            if m.get(p).is_some_and(|v| v.as_f64().is_some()) {
+                numeric = true;
+            }
+            names.extend(m.keys().cloned());
+        }
+    }
+    if numeric {
+        return Ok(());
+    }
+    let list = names.into_iter().collect::<Vec<_>>().join(", ");
+    let what = if r.jobs.iter().any(|j| j.params_json.contains(&format!("\"{p}\""))) {
+        format!("--param {p}: its values are not numbers, so it cannot be an axis")
+    } else {
+        format!("--param {p}: the sweep has no such hyperparameter")
+    };
+    Err(Fail(exit::USAGE, format!("{what}; its hyperparameters: {list}")))
 }
 
 /// Why a job is where it is, in a few words: how its last attempt ended
@@ -2028,6 +2171,19 @@ mod tests {
         );
         assert!(token_transport_ok("http://coordinator.example:7477", false).is_ok());
         assert!(token_transport_ok("http://127.0.0.1:7477", true).is_ok());
+    }
+
+    #[test]
+    fn a_url_without_a_scheme_says_which_to_add() {
+        let Err(Fail(code, msg)) = check_url("localhost:7477") else {
+            panic!("accepted");
+        };
+        assert_eq!(code, exit::USAGE);
+        assert!(msg.contains("use http://localhost:7477"), "{msg}");
+        assert!(check_url("ftp://h:1").is_err());
+        assert!(check_url("http://").is_err());
+        assert!(check_url("http://127.0.0.1:7477").is_ok());
+        assert!(check_url("https://c.example:7477").is_ok());
     }
 
     #[test]

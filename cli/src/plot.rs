@@ -1,8 +1,10 @@
 //! `liandan plot`: learning curves per trial (the mean over seeds as a line,
 //! the band from the lowest to the highest seed), and the final metric against
-//! one hyperparameter with a point per seed. PNG or SVG; text is drawn with a
-//! font embedded in the binary (DejaVu Sans), never a system font. A metric
-//! that spans decades is drawn on a log10 axis, and the axis says so.
+//! one hyperparameter with a point per seed. PNG or SVG. Text is laid out with
+//! the font embedded in the binary (DejaVu Sans), never a system font; a PNG
+//! draws it, an SVG names it with its look-alikes as fallbacks (or, with
+//! `--embed-font`, carries it). A metric that spans decades is drawn on a
+//! log10 axis, and the axis says so; whole numbers label ticks as integers.
 
 use plotters::prelude::*;
 use serde_json::Value;
@@ -11,6 +13,49 @@ use std::path::Path;
 
 const FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
 const FAMILY: &str = "DejaVu Sans";
+
+/// What `plot` writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ImageFormat {
+    Png,
+    Svg,
+}
+
+impl ImageFormat {
+    pub fn parse(s: &str) -> Option<ImageFormat> {
+        match s {
+            "png" => Some(ImageFormat::Png),
+            "svg" => Some(ImageFormat::Svg),
+            _ => None,
+        }
+    }
+
+    pub fn extension(self) -> &'static str {
+        match self {
+            ImageFormat::Png => "png",
+            ImageFormat::Svg => "svg",
+        }
+    }
+}
+
+/// A tick label: whole numbers as integers (`50`, not `50.0`), others with
+/// at most six decimals and no trailing zeros, tiny or huge ones in
+/// scientific notation.
+pub fn tick(x: &f64) -> String {
+    let x = *x;
+    if x == 0.0 || !x.is_finite() {
+        return if x.is_finite() { "0".into() } else { x.to_string() };
+    }
+    let r = x.round();
+    if (x - r).abs() <= 1e-9 * x.abs().max(1.0) && r.abs() < 1e15 {
+        return format!("{}", r as i64);
+    }
+    if x.abs() < 1e-3 || x.abs() >= 1e7 {
+        return format!("{x:.2e}");
+    }
+    let s = format!("{x:.6}");
+    s.trim_end_matches('0').trim_end_matches('.').to_string()
+}
 
 /// One job's data for the charts.
 pub struct JobSeries {
@@ -146,6 +191,8 @@ where
         .configure_mesh()
         .x_desc("step")
         .y_desc(ylabel.as_str())
+        .x_label_formatter(&tick)
+        .y_label_formatter(&tick)
         .label_style((FAMILY, 13))
         .axis_desc_style((FAMILY, 15))
         .draw()?;
@@ -239,6 +286,8 @@ where
     c2.configure_mesh()
         .x_desc(xd.as_str())
         .y_desc(yd.as_str())
+        .x_label_formatter(&tick)
+        .y_label_formatter(&tick)
         .label_style((FAMILY, 13))
         .axis_desc_style((FAMILY, 15))
         .draw()?;
@@ -268,41 +317,45 @@ fn bounds(v: &[f64]) -> (f64, f64) {
     (lo - pad, hi + pad)
 }
 
-/// Renders to `path` (.png or .svg).
-pub fn render(input: &PlotInput, path: &Path) -> Result<(), String> {
+/// Renders to `path` as `format`; an SVG carries the font when `embed_font`.
+pub fn render(
+    input: &PlotInput,
+    path: &Path,
+    format: ImageFormat,
+    embed_font: bool,
+) -> Result<(), String> {
     register();
-    let ext = path
-        .extension()
-        .and_then(|e| e.to_str())
-        .unwrap_or("")
-        .to_ascii_lowercase();
     let size = (1200, 1000);
-    match ext.as_str() {
-        "png" => {
+    match format {
+        ImageFormat::Png => {
             let root = BitMapBackend::new(path, size).into_drawing_area();
             draw(root, input).map_err(|e| format!("drawing {}: {e}", path.display()))
         }
-        "svg" => {
+        ImageFormat::Svg => {
             let mut svg = String::new();
             {
                 let root = SVGBackend::with_string(&mut svg, size).into_drawing_area();
                 draw(root, input).map_err(|e| format!("drawing {}: {e}", path.display()))?;
             }
-            std::fs::write(path, embed_font(&svg))
+            std::fs::write(path, font_style(&svg, embed_font))
                 .map_err(|e| format!("cannot write {}: {e}", path.display()))
         }
-        _ => Err(format!(
-            "cannot tell the format of {}: use a .png or .svg file name",
-            path.display()
-        )),
     }
 }
 
-/// Embeds the font in the SVG (as a data URL), so its text renders the same anywhere.
-fn embed_font(svg: &str) -> String {
-    use base64::Engine;
-    let data = base64::engine::general_purpose::STANDARD.encode(FONT);
-    let style = format!("<defs><style>@font-face {{ font-family: '{FAMILY}'; src: url(data:font/ttf;base64,{data}) format('truetype'); }}</style></defs>");
+/// The SVG's text style: the font as a data URL (`embed`), or DejaVu Sans
+/// and the fonts that share its metrics (Bitstream Vera Sans, Verdana) as
+/// fallbacks, so text keeps the widths it was laid out with. A style rule
+/// wins over the elements' own font-family attributes.
+fn font_style(svg: &str, embed: bool) -> String {
+    let face = if embed {
+        use base64::Engine;
+        let data = base64::engine::general_purpose::STANDARD.encode(FONT);
+        format!("@font-face {{ font-family: '{FAMILY}'; src: url(data:font/ttf;base64,{data}) format('truetype'); }} ")
+    } else {
+        String::new()
+    };
+    let style = format!("<defs><style>{face}text {{ font-family: '{FAMILY}', 'Bitstream Vera Sans', Verdana, sans-serif; }}</style></defs>");
     match svg.find('>') {
         Some(i) if svg.starts_with("<svg") => format!("{}{}{}", &svg[..=i], style, &svg[i + 1..]),
         _ => svg.to_string(),
@@ -347,19 +400,37 @@ mod tests {
     fn png_and_svg_render_with_text() {
         let dir = tempfile::tempdir().unwrap();
         let png = dir.path().join("p.png");
-        render(&input(), &png).unwrap();
+        render(&input(), &png, ImageFormat::Png, false).unwrap();
         let bytes = std::fs::read(&png).unwrap();
         assert_eq!(&bytes[1..4], b"PNG");
         let svg = dir.path().join("p.svg");
-        render(&input(), &svg).unwrap();
+        render(&input(), &svg, ImageFormat::Svg, false).unwrap();
         let text = std::fs::read_to_string(&svg).unwrap();
+        assert!(text.contains("final loss against lr"), "svg lacks text");
+        assert!(text.contains("Verdana, sans-serif") && !text.contains("@font-face"));
+        // Small without the font (it was 1 MB with it, always).
+        assert!(text.len() < 200_000, "{} bytes", text.len());
+        // Steps 10..100 label their ticks as integers.
+        let labels: Vec<&str> = text.lines().map(str::trim).collect();
         assert!(
-            text.contains("@font-face") && text.contains("final loss against lr"),
-            "svg lacks text or font"
+            labels.contains(&"50") && !labels.contains(&"50.0"),
+            "integer steps"
         );
-        assert!(render(&input(), &dir.path().join("p.gif"))
-            .unwrap_err()
-            .contains(".png or .svg"));
+        render(&input(), &svg, ImageFormat::Svg, true).unwrap();
+        let embedded = std::fs::read_to_string(&svg).unwrap();
+        assert!(embedded.contains("@font-face") && embedded.len() > 900_000);
+    }
+
+    #[test]
+    fn ticks_read_as_people_write_numbers() {
+        assert_eq!(tick(&50.0), "50");
+        assert_eq!(tick(&-3.0), "-3");
+        assert_eq!(tick(&0.0), "0");
+        assert_eq!(tick(&0.25), "0.25");
+        assert_eq!(tick(&(0.1 + 0.2)), "0.3");
+        assert_eq!(tick(&0.00012), "1.20e-4");
+        assert_eq!(tick(&2.5e9), "2500000000");
+        assert_eq!(tick(&2.5e15), "2.50e15");
     }
 
     #[test]

@@ -24,6 +24,9 @@ pub enum ConfigError {
     Key { key: String, message: String },
 }
 
+/// Keys whose value is a list: comma-separated in the environment and in flags.
+const LIST_KEYS: &[&str] = &["labels"];
+
 /// Loads `T` from its defaults, an optional TOML file, `LIANDAN_*` variables and
 /// flag overrides (`(key, value)` pairs, applied last).
 pub fn load<T>(file: Option<&Path>, overrides: &[(&str, String)]) -> Result<T, ConfigError>
@@ -47,12 +50,24 @@ where
             .separator("__")
             .try_parsing(true)
             .list_separator(",")
-            .with_list_parse_key("labels")
+            .with_list_parse_key(LIST_KEYS[0])
             .ignore_empty(true),
     );
     for (key, value) in overrides {
+        // A list key's flag is comma-separated, as its environment variable.
+        let value: config::Value = if LIST_KEYS.contains(key) {
+            value
+                .split(',')
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(String::from)
+                .collect::<Vec<_>>()
+                .into()
+        } else {
+            value.clone().into()
+        };
         builder = builder
-            .set_override(*key, value.clone())
+            .set_override(*key, value)
             .map_err(|e| ConfigError::Key {
                 key: key.to_string(),
                 message: e.to_string(),
@@ -559,6 +574,15 @@ mod tests {
         assert_eq!(c.lease_timeout_secs, 30.0);
         assert_eq!(c.listen, "127.0.0.1:9001");
         assert_eq!(c.restart_grace_secs, 20.0);
+    }
+
+    #[test]
+    fn a_list_flag_is_comma_separated() {
+        let c: WorkerConfig = load(None, &[("labels", "a100, fast-disk".into())]).unwrap();
+        assert_eq!(c.labels, ["a100", "fast-disk"]);
+        assert!(c.validate().is_ok());
+        let c: WorkerConfig = load(None, &[("labels", "bad label".into())]).unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("labels"));
     }
 
     #[test]

@@ -191,7 +191,7 @@ fn a_corrupted_stored_checkpoint_is_detected_and_not_used() {
     let out = c.cli(&[
         "download",
         &id,
-        "-o",
+        "--file",
         c.dir.path().join("x.ckpt").to_str().unwrap(),
     ]);
     assert_eq!(

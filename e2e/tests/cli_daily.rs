@@ -244,6 +244,30 @@ fn failed_jobs_run_again_and_ids_can_be_typed_short() {
     let wide = narrow(&["jobs", &sweep, "-o", "wide"]);
     assert!(!cut.contains(&job), "{cut}");
     assert!(wide.contains(&job), "{wide}");
+
+    // Tab completes ids the coordinator knows (the shell calls back into
+    // the binary; fish's protocol is one candidate a line).
+    let complete = |words: &[&str]| {
+        let out = Command::new(bin("liandan"))
+            .env("COMPLETE", "fish")
+            .env("LIANDAN_COORDINATOR", c.url())
+            .arg("--")
+            .args(words)
+            .output()
+            .expect("complete");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let jobs_offered = complete(&["liandan", "logs", "job-"]);
+    assert!(jobs_offered.lines().any(|l| l.starts_with(&format!("{job}\t"))), "{jobs_offered}");
+    let sweeps_offered = complete(&["liandan", "wait", "fl"]);
+    assert!(sweeps_offered.lines().any(|l| l.starts_with("flaky\t")), "{sweeps_offered}");
+    let workers_offered = complete(&["liandan", "drain", ""]);
+    assert!(workers_offered.lines().any(|l| l.starts_with(&format!("{wid}\t"))), "{workers_offered}");
+    let registration = Command::new(bin("liandan"))
+        .args(["completions", "bash"])
+        .output()
+        .expect("completions");
+    assert!(String::from_utf8_lossy(&registration.stdout).contains("COMPLETE=\"bash\""));
 }
 
 /// `logs -f` on a queued job waits for it to start (it returned at once,

@@ -123,7 +123,7 @@ fn a_download_cut_off_midway_leaves_the_checkpoint_stored() {
     );
     // And a whole download still verifies.
     let out_path = c.dir.path().join("got.ckpt");
-    let out = c.cli(&["download", &job, "-o", out_path.to_str().unwrap()]);
+    let out = c.cli(&["download", &job, "--file", out_path.to_str().unwrap()]);
     assert!(
         out.status.success(),
         "{}",

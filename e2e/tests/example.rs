@@ -70,11 +70,29 @@ fn the_example_sweep_runs_and_results_match_the_jobs_metrics() {
     assert!(matches!(results["within_seed_noise"], Value::Bool(_)));
 
     let png = c.dir.path().join("demo.png");
-    let out = c.cli(&["plot", &sweep, "-o", png.to_str().unwrap()]);
+    let out = c.cli(&["plot", &sweep, "--file", png.to_str().unwrap()]);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(std::fs::metadata(&png).unwrap().len() > 10_000);
+    // `-o` is the format, as everywhere; a file name there is a usage error
+    // (it was written as a .jpg-less failure, exit 74), as is a --param that
+    // is not a numeric hyperparameter (it drew an empty panel, exit 0).
+    let out = c.cli(&["plot", &sweep, "-o", "x.jpg"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    assert!(err.contains("give the file as --file x.jpg"), "{err}");
+    let out = c.cli(&["plot", &sweep, "--file", "x.jpg"]);
+    assert_eq!(out.status.code(), Some(64));
+    let out = c.cli(&["plot", &sweep, "--param", "depth"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    assert!(err.contains("--param depth: the sweep has no such hyperparameter; its hyperparameters: "), "{err}");
+    let svg = c.dir.path().join("demo.svg");
+    let out = c.cli(&["plot", &sweep, "-o", "svg", "--file", svg.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let size = std::fs::metadata(&svg).unwrap().len();
+    assert!((10_000..300_000).contains(&size), "an SVG of {size} bytes");
 }

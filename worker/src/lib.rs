@@ -46,7 +46,8 @@ pub enum WorkerError {
     /// Certificates or tokens that cannot be used (a configuration error).
     #[error("{0}")]
     Tls(String),
-    /// `job_user` or `job_cgroups` cannot be had (a configuration error).
+    /// `job_user` or `job_cgroups` cannot be had, or the machine offers
+    /// nothing jobs can use (a configuration error).
     #[error("{0}")]
     Jail(String),
 }
@@ -372,6 +373,14 @@ pub async fn prepare(
         ),
         _ => Vec::new(),
     };
+    if gpus.is_empty() && cfg.slots == 0 {
+        // `slots = 0` is for a GPU machine whose CPUs are not for jobs; with
+        // no GPU found this worker would offer nothing and sit idle forever.
+        return Err(WorkerError::Jail(format!(
+            "slots = 0 and no GPU was found (gpus = {:?}): this worker would offer nothing; give --slots N for CPU jobs, or check the NVIDIA driver (the worker reads GPUs through NVML)",
+            cfg.gpus
+        )));
+    }
     let resources = pb::Resources {
         gpus,
         cpu_slots: cfg.slots,

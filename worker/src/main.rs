@@ -21,6 +21,10 @@ struct Args {
     /// CPU slots offered to jobs that need no GPU.
     #[arg(long, value_name = "N")]
     slots: Option<u32>,
+    /// Labels jobs can ask for (`liandan.resources.labels`), comma-separated:
+    /// a100,fast-disk.
+    #[arg(long, value_name = "LABELS", value_delimiter = ',')]
+    labels: Option<Vec<String>>,
     /// GPU discovery: auto, visible (only CUDA_VISIBLE_DEVICES) or none.
     #[arg(long, value_name = "MODE")]
     gpus: Option<String>,
@@ -56,6 +60,9 @@ fn main() {
     }
     if let Some(v) = &args.gpus {
         o.push(("gpus", v.clone()));
+    }
+    if let Some(v) = &args.labels {
+        o.push(("labels", v.join(",")));
     }
     if let Some(v) = args.grace_period_secs {
         o.push(("grace_period_secs", v.to_string()));
