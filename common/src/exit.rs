@@ -4,7 +4,7 @@
 pub const OK: i32 = 0;
 /// A job of the sweep failed (`liandan wait`), or a generic failure.
 pub const FAILURE: i32 = 1;
-/// Bad command-line usage (clap's own errors use 2 as well).
+/// Bad command-line usage (the CLI maps clap's parse errors to it too).
 pub const USAGE: i32 = 64;
 /// The input data (a sweep file) is invalid.
 pub const DATAERR: i32 = 65;
