@@ -130,8 +130,9 @@ liandan:
 EOF
 see 1 "sweep sw-" liandan submit "$T/fails.yaml" --wait
 see 1 "see why: \`liandan logs job-" liandan wait fails
-see 0 "failed" liandan status fails
+see 0 "\"state\": \"failed\"" liandan status fails -o json
 see 0 "failed, exit 3" liandan jobs fails -o wide
+see 0 "job,trial,seed,state,attempt,worker,metric,reason,lr" liandan jobs fails -o csv
 job=$(liandan jobs fails -o csv | sed -n 2p | cut -d, -f1)
 short=${job:0:10}
 see 0 "usage: train.py [--lr LR]" liandan describe "$short"

@@ -605,6 +605,7 @@ async fn tokens(url: &Target, cmd: TokensCmd) -> Result<i32, Fail> {
                     columns: vec!["name", "role", "source", "created"],
                     rows,
                     json,
+                    ..Default::default()
                 },
                 output,
             ));
@@ -699,6 +700,7 @@ fn sweep_listing(sweeps: &[pb::Sweep]) -> Listing {
         ],
         rows,
         json,
+        ..Default::default()
     }
 }
 
@@ -846,6 +848,11 @@ async fn run(cli: Cli) -> R<i32> {
                 columns: vec!["job", "trial", "seed", "params", "command"],
                 rows,
                 json: json!({"sweep_id": sid, "name": name, "method": spec.method.as_str(), "lazy": lazy, "warnings": warnings, "jobs": js}),
+                params: e
+                    .jobs
+                    .iter()
+                    .map(|j| e.trials[j.trial_index].params.clone())
+                    .collect(),
             };
             print(render(&l, output));
             Ok(exit::OK)
@@ -1092,6 +1099,10 @@ async fn run(cli: Cli) -> R<i32> {
                     ],
                     rows,
                     json,
+                    params: jobs
+                        .iter()
+                        .map(|j| serde_json::from_str(&j.params_json).unwrap_or_default())
+                        .collect(),
                 },
                 output,
             ));
@@ -1213,6 +1224,7 @@ async fn run(cli: Cli) -> R<i32> {
                     columns: vec!["attempt", "step", "ts", "values"],
                     rows,
                     json,
+                    ..Default::default()
                 },
                 output,
             ));
@@ -1450,6 +1462,7 @@ async fn run(cli: Cli) -> R<i32> {
                     ],
                     rows,
                     json,
+                    ..Default::default()
                 },
                 output,
             ));
@@ -1509,6 +1522,7 @@ async fn run(cli: Cli) -> R<i32> {
                     columns: vec!["step", "attempt", "size", "metric", "created", "blake3"],
                     rows,
                     json,
+                    ..Default::default()
                 },
                 output,
             ));

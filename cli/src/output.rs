@@ -14,10 +14,14 @@ pub enum Format {
 }
 
 /// A listing: column names and rows of cells; `json` is the stable JSON form.
+#[derive(Default)]
 pub struct Listing {
     pub columns: Vec<&'static str>,
     pub rows: Vec<Vec<String>>,
     pub json: Value,
+    /// Each row's hyperparameters, for listings with a `params` column:
+    /// CSV gives them one column each instead of that column.
+    pub params: Vec<Value>,
 }
 
 /// The width tables must fit: `COLUMNS`, else the terminal's; unlimited when
@@ -137,6 +141,77 @@ fn csv_cell(s: &str) -> String {
     }
 }
 
+/// The hyperparameters, nested ones as `outer.inner`, each a cell: strings
+/// as they are, other values as JSON.
+fn flatten(prefix: &str, v: &Value, out: &mut Vec<(String, String)>) {
+    match v {
+        Value::Object(m) => {
+            for (k, v) in m {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                flatten(&key, v, out);
+            }
+        }
+        Value::String(s) => out.push((prefix.to_string(), s.clone())),
+        other => out.push((prefix.to_string(), other.to_string())),
+    }
+}
+
+/// The columns and rows with the `params` column replaced by one column per
+/// hyperparameter (in name order; `param.NAME` where NAME is another
+/// column's), when the listing has the rows' parameters.
+fn params_as_columns(l: &Listing) -> (Vec<String>, Vec<Vec<String>>) {
+    let at = l.columns.iter().position(|c| *c == "params");
+    let (Some(at), true) = (at, l.params.len() == l.rows.len() && !l.rows.is_empty()) else {
+        return (
+            l.columns.iter().map(|c| c.to_string()).collect(),
+            l.rows.clone(),
+        );
+    };
+    let flat: Vec<Vec<(String, String)>> = l
+        .params
+        .iter()
+        .map(|p| {
+            let mut out = Vec::new();
+            flatten("", p, &mut out);
+            out
+        })
+        .collect();
+    let names: std::collections::BTreeSet<&String> =
+        flat.iter().flat_map(|f| f.iter().map(|(k, _)| k)).collect();
+    let mut columns: Vec<String> = l.columns.iter().map(|c| c.to_string()).collect();
+    columns.splice(
+        at..=at,
+        names.iter().map(|n| {
+            if l.columns.contains(&n.as_str()) {
+                format!("param.{n}")
+            } else {
+                n.to_string()
+            }
+        }),
+    );
+    let rows = l
+        .rows
+        .iter()
+        .zip(&flat)
+        .map(|(r, f)| {
+            let mut r = r.clone();
+            let cells = names.iter().map(|n| {
+                f.iter()
+                    .find(|(k, _)| k == *n)
+                    .map(|(_, v)| v.clone())
+                    .unwrap_or_default()
+            });
+            r.splice(at..=at, cells);
+            r
+        })
+        .collect();
+    (columns, rows)
+}
+
 /// Renders a listing in the chosen format.
 pub fn render(l: &Listing, f: Format) -> String {
     match f {
@@ -147,9 +222,14 @@ pub fn render(l: &Listing, f: Format) -> String {
             serde_json::to_string_pretty(&l.json).unwrap_or_default()
         ),
         Format::Csv => {
-            let mut out = l.columns.join(",");
+            let (columns, rows) = params_as_columns(l);
+            let mut out = columns
+                .iter()
+                .map(|c| csv_cell(c))
+                .collect::<Vec<_>>()
+                .join(",");
             out.push('\n');
-            for r in &l.rows {
+            for r in &rows {
                 out.push_str(&r.iter().map(|c| csv_cell(c)).collect::<Vec<_>>().join(","));
                 out.push('\n');
             }
@@ -207,6 +287,7 @@ mod tests {
             columns: vec!["a", "b"],
             rows: vec![vec!["1,2".into(), "say \"hi\"".into()]],
             json: Value::Null,
+            ..Default::default()
         };
         assert_eq!(render(&l, Format::Csv), "a,b\n\"1,2\",\"say \"\"hi\"\"\"\n");
     }

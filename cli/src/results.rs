@@ -220,6 +220,7 @@ pub fn listing(a: &Analysis) -> Listing {
         columns,
         rows,
         json,
+        params: a.rows.iter().map(|r| r.params.clone()).collect(),
     }
 }
 
