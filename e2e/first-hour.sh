@@ -108,6 +108,10 @@ see 0 "valid (grid sweep, 1 parameter(s), 2 seed(s), 2 trial(s), 4 job(s))" lian
 see 0 "warning: 4 of 4 succeeded job(s) never reported the metric \"loss\"" liandan submit "$T/quiet.yaml" --wait
 see 0 "4 succeeded job(s) never reported the metric \"loss\"" liandan status
 see 0 "never reported \"loss\"" liandan jobs quiet -o wide
+# Ages and durations for people; RFC 3339 and seconds for scripts.
+see 0 "AGE" liandan status -o wide
+see 0 ",created" liandan status -o csv
+see 0 "TOOK" liandan jobs quiet -o wide
 see 0 "no trial has a value for the metric \"loss\"" liandan results quiet
 see 0 "already exists with this spec; nothing was added" liandan submit "$T/quiet.yaml"
 sed 's/^name: quiet/name: strict/; s/^liandan:/liandan:\n  require_metric: true/' "$T/quiet.yaml" >"$T/strict.yaml"
@@ -132,7 +136,7 @@ see 1 "sweep sw-" liandan submit "$T/fails.yaml" --wait
 see 1 "see why: \`liandan logs job-" liandan wait fails
 see 0 "\"state\": \"failed\"" liandan status fails -o json
 see 0 "failed, exit 3" liandan jobs fails -o wide
-see 0 "job,trial,seed,state,attempt,worker,metric,reason,lr" liandan jobs fails -o csv
+see 0 "job,trial,seed,state,attempt,worker,metric,took,reason,lr" liandan jobs fails -o csv
 job=$(liandan jobs fails -o csv | sed -n 2p | cut -d, -f1)
 short=${job:0:10}
 see 0 "usage: train.py [--lr LR]" liandan describe "$short"

@@ -640,7 +640,10 @@ fn counts(s: &pb::Sweep) -> pb::JobCounts {
     s.counts.unwrap_or_default()
 }
 
-fn sweep_listing(sweeps: &[pb::Sweep]) -> Listing {
+/// The sweeps as a listing; `exact` (CSV) gives times as RFC 3339 rather
+/// than ages.
+fn sweep_listing(sweeps: &[pb::Sweep], exact: bool) -> Listing {
+    let now = now_secs();
     let rows = sweeps
         .iter()
         .map(|s| {
@@ -671,6 +674,11 @@ fn sweep_listing(sweeps: &[pb::Sweep]) -> Listing {
                 c.failed.to_string(),
                 c.cancelled.to_string(),
                 c.pruned.to_string(),
+                if exact {
+                    iso_time(s.created_at)
+                } else {
+                    human_age(now, s.created_at)
+                },
             ]
         })
         .collect();
@@ -697,6 +705,7 @@ fn sweep_listing(sweeps: &[pb::Sweep]) -> Listing {
             "failed",
             "cancelled",
             "pruned",
+            if exact { "created" } else { "age" },
         ],
         rows,
         json,
@@ -717,7 +726,7 @@ fn say(output: TextFormat, text: String, js: serde_json::Value) {
 
 /// One sweep in the JSON form `status -o json` uses.
 fn sweep_json(s: &pb::Sweep) -> serde_json::Value {
-    sweep_listing(std::slice::from_ref(s)).json[0].clone()
+    sweep_listing(std::slice::from_ref(s), true).json[0].clone()
 }
 
 fn print(s: String) {
@@ -1034,7 +1043,7 @@ async fn run(cli: Cli) -> R<i32> {
                 println!("no sweeps yet; submit one with `liandan submit FILE`");
                 return Ok(exit::OK);
             }
-            print(render(&sweep_listing(&sweeps), output));
+            print(render(&sweep_listing(&sweeps, output == Format::Csv), output));
             if matches!(output, Format::Table | Format::Wide) {
                 for s in &sweeps {
                     let n = counts(s).succeeded_without_metric;
@@ -1058,6 +1067,7 @@ async fn run(cli: Cli) -> R<i32> {
                 .await?
                 .into_inner();
             let jobs = all_jobs(&c, &s.id, &state.unwrap_or_default()).await?;
+            let now = now_secs();
             let worker = |j: &pb::Job| {
                 if j.worker_id.is_empty() {
                     j.last_attempt
@@ -1079,6 +1089,7 @@ async fn run(cli: Cli) -> R<i32> {
                         j.attempt.to_string(),
                         worker(j),
                         opt_num(j.final_metric),
+                        took(j, now, output == Format::Csv),
                         job_reason(j, &s.metric_name),
                         j.params_json.clone(),
                     ]
@@ -1094,8 +1105,8 @@ async fn run(cli: Cli) -> R<i32> {
             print(render(
                 &Listing {
                     columns: vec![
-                        "job", "trial", "seed", "state", "attempt", "worker", "metric", "reason",
-                        "params",
+                        "job", "trial", "seed", "state", "attempt", "worker", "metric", "took",
+                        "reason", "params",
                     ],
                     rows,
                     json,
@@ -1953,6 +1964,25 @@ fn plot_param_ok(r: &pb::GetResultsResponse, p: &str) -> R<()> {
     Err(Fail(exit::USAGE, format!("{what}; its hyperparameters: {list}")))
 }
 
+/// How long a job's last attempt ran (so far, while it runs): `1m 5s` in
+/// tables, seconds in CSV; nothing before it started.
+fn took(j: &pb::Job, now: f64, exact: bool) -> String {
+    let Some(a) = j
+        .last_attempt
+        .as_ref()
+        .filter(|a| a.started_at > 0.0 && j.state != "queued")
+    else {
+        return String::new();
+    };
+    let end = if a.ended_at > 0.0 { a.ended_at } else { now };
+    let secs = (end - a.started_at).max(0.0);
+    if exact {
+        format!("{secs:.3}")
+    } else {
+        two_units(human_duration(secs))
+    }
+}
+
 /// Why a job is where it is, in a few words: how its last attempt ended
 /// (outcome, exit code or signal, message), or that a succeeded job never
 /// reported `metric` (the sweep's metric; empty for none).
@@ -1963,6 +1993,9 @@ fn job_reason(j: &pb::Job, metric: &str) -> String {
         } else {
             String::new()
         };
+    }
+    if j.state == "running" {
+        return String::new();
     }
     let Some(a) = j.last_attempt.as_ref().filter(|a| a.state != "succeeded") else {
         return String::new();
@@ -1978,6 +2011,9 @@ fn job_reason(j: &pb::Job, metric: &str) -> String {
         r.push_str(": ");
         r.push_str(msg);
     }
+    if j.state == "queued" {
+        r = format!("retried after attempt {}: {r}", a.attempt);
+    }
     r
 }
 
@@ -1988,6 +2024,27 @@ fn iso_time(secs: f64) -> String {
     }
     let t = std::time::UNIX_EPOCH + Duration::from_secs_f64(secs.min(1e12));
     humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// Seconds since the epoch, now.
+fn now_secs() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// How long ago `then` was, to its largest two units (`3m 12s`, `2d 4h`).
+fn human_age(now: f64, then: f64) -> String {
+    if !(then.is_finite() && then > 0.0) {
+        return "-".into();
+    }
+    two_units(human_duration((now - then).max(0.0)))
+}
+
+/// The largest two units of a humantime duration (`1h 2m 3s` → `1h 2m`).
+fn two_units(d: String) -> String {
+    d.split(' ').take(2).collect::<Vec<_>>().join(" ")
 }
 
 /// A duration to the second, as `1h 2m 3s`.

@@ -909,7 +909,7 @@ impl Core {
                 if filter.is_none_or(|f| m.state == f) {
                     let info = job_info(&jobs[i], m);
                     bytes += prost::Message::encoded_len(&info);
-                    if m.state.is_terminal() && m.attempt > 0 {
+                    if m.attempt > 0 {
                         bytes += LAST_ATTEMPT_BYTES;
                     }
                     out.push(info);
@@ -925,15 +925,15 @@ impl Core {
         Ok((out, next))
     }
 
-    /// Fills in each ended job's `last_attempt` from the store: the worker it
-    /// ran on and how it ended, which `liandan jobs` shows (one indexed
-    /// lookup per job, off the lock).
+    /// Fills in the `last_attempt` of each job that has had one, from the
+    /// store: the worker it ran on, since when and how it ended (for a queued
+    /// job, the attempt it is retried after), which `liandan jobs` shows (one
+    /// indexed lookup per job, off the lock).
     pub async fn fill_last_attempts(&self, jobs: &mut [pb::Job]) -> Result<(), CoreError> {
-        let ended = |s: &str| matches!(s, "succeeded" | "failed" | "cancelled" | "pruned");
         let keys: Vec<(usize, String, i64)> = jobs
             .iter()
             .enumerate()
-            .filter(|(_, j)| j.attempt > 0 && ended(&j.state))
+            .filter(|(_, j)| j.attempt > 0)
             .map(|(i, j)| (i, j.id.clone(), j.attempt as i64))
             .collect();
         if keys.is_empty() {
@@ -3103,7 +3103,7 @@ fn job_info(id: &JobId, m: &JobMem) -> pb::Job {
     }
 }
 
-/// Bytes a page keeps free per ended job for its `last_attempt` (filled in
+/// Bytes a page keeps free per job with an attempt for its `last_attempt` (filled in
 /// after the page is cut, from the store).
 const LAST_ATTEMPT_BYTES: usize = 320;
 

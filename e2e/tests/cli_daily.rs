@@ -365,7 +365,7 @@ fn a_metric_that_never_arrives_is_said_loudly_and_nothing_is_crowned() {
     );
     let out = c.cli(&["jobs", "quiet", "-o", "csv"]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.starts_with("job,trial,seed,state,attempt,worker,metric,reason,"), "{text}");
+    assert!(text.starts_with("job,trial,seed,state,attempt,worker,metric,took,reason,"), "{text}");
     assert_eq!(text.matches("never reported \"\"loss\"\"").count(), 2, "{text}");
     // A sweep that requires its metric fails such jobs at once (no retry:
     // the next attempt would print the same), and says why.
