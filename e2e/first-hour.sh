@@ -147,6 +147,27 @@ touch "$T/marker"
 see 0 "queued 2 job(s) of sweep" liandan retry fails
 see 0 "2 succeeded, 0 failed" liandan wait fails
 
+# --- Checkpoints and metrics: sizes and times for people, exact in CSV. ---
+cat >"$T/ckpt.yaml" <<'EOF'
+name: ckpt
+method: grid
+command: [sh, -c, 'head -c 55117 /dev/zero > "$LIANDAN_CHECKPOINT_DIR/.t" && mv "$LIANDAN_CHECKPOINT_DIR/.t" "$LIANDAN_CHECKPOINT_DIR/step-50.ckpt"; echo "loss=0.25"; sleep 1']
+metric: {name: loss}
+parameters:
+  x: {value: 1}
+liandan:
+  metric_pattern: 'loss=(?P<loss>[0-9.]+)'
+EOF
+see 0 "0 failed" liandan submit "$T/ckpt.yaml" --wait
+cjob=$(liandan jobs ckpt -o csv | sed -n 2p | cut -d, -f1)
+see 0 "53.8 KiB" liandan checkpoints "$cjob" -o wide
+see 0 ",55117," liandan checkpoints "$cjob" -o csv
+see 0 "Z " liandan metrics "$cjob" -o wide
+see 0 "wrote $T/c.ckpt (55117 bytes, step 50, blake3 verified)" liandan download "$cjob" --file "$T/c.ckpt"
+see 64 "possible values: text, json" liandan download "$cjob" -o "$T/c.ckpt"
+# Usage lines do not make --coordinator look required.
+see 0 "Usage: liandan completions [OPTIONS] <SHELL>" liandan completions --help
+
 # --- Output: one meaning of -o, and files with --file. ---
 see 64 "give the file as --file x.jpg" liandan plot quiet -o x.jpg
 see 64 "plot draws PNG or SVG" liandan plot quiet --file "$T/x.jpg"
