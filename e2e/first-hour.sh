@@ -53,6 +53,12 @@ start_coordinator() {
     cat "$T/coordinator.log"
     exit 1
   fi
+  # It listens before its state is loaded (until then it answers "still
+  # loading its state; retry in a moment", exit 69): wait as a user would.
+  for _ in $(seq 200); do
+    "$BIN/liandan" status --coordinator "http://$addr" >/dev/null 2>&1 && break
+    sleep 0.05
+  done
 }
 
 # --- The README's first commands, with the first mistake: no scheme. ---
