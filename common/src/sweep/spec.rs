@@ -689,7 +689,10 @@ pub fn parse(text: &str, format: Format) -> Result<Parsed, Invalid> {
             warnings: ctx.warnings.into_inner(),
         }),
         Ok(_) => Err(Invalid::new(errors)),
-        Err(e) => Err(Invalid::new(errors.into_iter().chain([e]).collect())),
+        // An early return stands for the recorded errors (it is a copy of
+        // the first); only an error about the whole document is unrecorded.
+        Err(e) if errors.is_empty() => Err(Invalid::new(vec![e])),
+        Err(_) => Err(Invalid::new(errors)),
     }
 }
 

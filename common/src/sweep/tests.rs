@@ -909,3 +909,14 @@ fn what_a_submit_refuses_the_check_refuses() {
     .unwrap();
     assert_eq!((c.expansion.trials.len(), c.expansion.jobs.len()), (2, 6));
 }
+
+#[test]
+fn an_error_is_told_once_even_when_its_line_is_unknown() {
+    // Missing keys have no line, and TOML errors never do: each is told once.
+    let e = yaml_err("program: t.py\n");
+    assert_eq!(e.errors.len(), 2, "{e}");
+    let e = parse("methd = \"grid\"\nprogram = \"t.py\"\n[parameters]\na = {values = [1]}\n", Format::Toml)
+        .unwrap_err();
+    assert_eq!(e.errors.len(), 2, "{e}");
+    assert_eq!(e.errors.iter().filter(|x| x.path == "methd").count(), 1, "{e}");
+}
