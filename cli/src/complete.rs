@@ -101,7 +101,10 @@ async fn job_candidates(c: &super::Client) -> Vec<(String, String)> {
 
 /// Sweep ids and names.
 pub fn sweep(current: &OsStr) -> Vec<CompletionCandidate> {
-    ask(current, |c| async move { sweep_candidates(&sweeps(&c).await) })
+    ask(
+        current,
+        |c| async move { sweep_candidates(&sweeps(&c).await) },
+    )
 }
 
 /// Job ids of the newest sweeps.

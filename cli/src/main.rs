@@ -1043,7 +1043,10 @@ async fn run(cli: Cli) -> R<i32> {
                 println!("no sweeps yet; submit one with `liandan submit FILE`");
                 return Ok(exit::OK);
             }
-            print(render(&sweep_listing(&sweeps, output == Format::Csv), output));
+            print(render(
+                &sweep_listing(&sweeps, output == Format::Csv),
+                output,
+            ));
             if matches!(output, Format::Table | Format::Wide) {
                 for s in &sweeps {
                     let n = counts(s).succeeded_without_metric;
@@ -1309,9 +1312,8 @@ async fn run(cli: Cli) -> R<i32> {
             if jobs.iter().all(|j| j.points.is_empty()) {
                 return Err(Fail(exit::DATAERR, format!("no job of {} reported the metric {metric:?}; check the name with `liandan metrics JOB`", s.id)));
             }
-            let path = file.unwrap_or_else(|| {
-                PathBuf::from(format!("{}.{}", s.name, format.extension()))
-            });
+            let path =
+                file.unwrap_or_else(|| PathBuf::from(format!("{}.{}", s.name, format.extension())));
             plot::render(
                 &plot::PlotInput {
                     title: s.name.clone(),
@@ -1956,12 +1958,19 @@ fn plot_param_ok(r: &pb::GetResultsResponse, p: &str) -> R<()> {
         return Ok(());
     }
     let list = names.into_iter().collect::<Vec<_>>().join(", ");
-    let what = if r.jobs.iter().any(|j| j.params_json.contains(&format!("\"{p}\""))) {
+    let what = if r
+        .jobs
+        .iter()
+        .any(|j| j.params_json.contains(&format!("\"{p}\"")))
+    {
         format!("--param {p}: its values are not numbers, so it cannot be an axis")
     } else {
         format!("--param {p}: the sweep has no such hyperparameter")
     };
-    Err(Fail(exit::USAGE, format!("{what}; its hyperparameters: {list}")))
+    Err(Fail(
+        exit::USAGE,
+        format!("{what}; its hyperparameters: {list}"),
+    ))
 }
 
 /// How long a job's last attempt ran (so far, while it runs): `1m 5s` in

@@ -44,7 +44,11 @@ impl ImageFormat {
 pub fn tick(x: &f64) -> String {
     let x = *x;
     if x == 0.0 || !x.is_finite() {
-        return if x.is_finite() { "0".into() } else { x.to_string() };
+        return if x.is_finite() {
+            "0".into()
+        } else {
+            x.to_string()
+        };
     }
     let r = x.round();
     if (x - r).abs() <= 1e-9 * x.abs().max(1.0) && r.abs() < 1e15 {

@@ -47,7 +47,13 @@ fn commands(text: &str) -> Vec<String> {
 
 /// The long flags of a command, without the global ones and --help.
 fn flags(text: &str) -> BTreeSet<String> {
-    const GLOBAL: &[&str] = &["--coordinator", "--token-file", "--ca-cert", "--help", "--version"];
+    const GLOBAL: &[&str] = &[
+        "--coordinator",
+        "--token-file",
+        "--ca-cert",
+        "--help",
+        "--version",
+    ];
     section(text, "Options:")
         .iter()
         .filter_map(|l| {
@@ -70,7 +76,11 @@ fn readme_commands() -> BTreeMap<String, BTreeSet<String>> {
         .skip(2)
         .take_while(|l| l.starts_with('|'));
     for row in table {
-        let cell = row.split(" | ").next().unwrap_or("").trim_start_matches("| ");
+        let cell = row
+            .split(" | ")
+            .next()
+            .unwrap_or("")
+            .trim_start_matches("| ");
         for span in cell.split('`').skip(1).step_by(2) {
             let span = span.strip_prefix("liandan ").unwrap_or(span);
             let words: Vec<&str> = span.split_whitespace().collect();
@@ -127,7 +137,9 @@ fn the_readme_command_table_matches_the_cli() {
         }
         for f in shown {
             if !want.contains(f) {
-                wrong.push(format!("{cmd}: the README shows {f}, which it does not take"));
+                wrong.push(format!(
+                    "{cmd}: the README shows {f}, which it does not take"
+                ));
             }
         }
     }
@@ -148,12 +160,25 @@ fn the_readme_exit_codes_are_the_ones_the_binaries_use() {
     let source = std::fs::read_to_string(root().join("common/src/exit.rs")).expect("exit.rs");
     let used: BTreeSet<i32> = source
         .lines()
-        .filter_map(|l| l.strip_prefix("pub const ")?.split("= ").nth(1)?.trim_end_matches(';').parse().ok())
+        .filter_map(|l| {
+            l.strip_prefix("pub const ")?
+                .split("= ")
+                .nth(1)?
+                .trim_end_matches(';')
+                .parse()
+                .ok()
+        })
         .collect();
     assert!(used.len() >= 10, "read the constants of exit.rs: {used:?}");
-    assert_eq!(table, used, "README's exit codes against common/src/exit.rs");
+    assert_eq!(
+        table, used,
+        "README's exit codes against common/src/exit.rs"
+    );
     // And the CLI's own usage errors are the documented 64, not clap's 2.
-    let out = Command::new(BIN).args(["status", "--bogus"]).output().expect("run");
+    let out = Command::new(BIN)
+        .args(["status", "--bogus"])
+        .output()
+        .expect("run");
     assert_eq!(out.status.code(), Some(64));
     let out = Command::new(BIN).arg("frobnicate").output().expect("run");
     assert_eq!(out.status.code(), Some(64));

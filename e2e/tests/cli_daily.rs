@@ -48,16 +48,23 @@ fn wait_rides_out_a_restart_and_names_failures_and_finished_sweeps_keep_their_hi
     let failed = jobs[0]["id"].as_str().expect("a failed job").to_string();
     // The failed job's row says where it ran and how it ended.
     assert!(
-        jobs[0]["worker_id"].as_str().is_some_and(|w| w.starts_with("wk-")),
+        jobs[0]["worker_id"]
+            .as_str()
+            .is_some_and(|w| w.starts_with("wk-")),
         "{jobs}"
     );
     assert!(
-        jobs[0]["reason"].as_str().is_some_and(|r| r.starts_with("failed, exit 3")),
+        jobs[0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("failed, exit 3")),
         "{jobs}"
     );
     let table = c.cli(&["jobs", &sweep, "-o", "wide"]);
     let table = String::from_utf8_lossy(&table.stdout);
-    assert!(table.lines().next().is_some_and(|h| h.contains("REASON")), "{table}");
+    assert!(
+        table.lines().next().is_some_and(|h| h.contains("REASON")),
+        "{table}"
+    );
     assert!(table.contains("failed, exit 3"), "{table}");
     assert!(err.contains(&format!("failed: {failed} attempt ")), "{err}");
     assert!(
@@ -258,11 +265,24 @@ fn failed_jobs_run_again_and_ids_can_be_typed_short() {
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     let jobs_offered = complete(&["liandan", "logs", "job-"]);
-    assert!(jobs_offered.lines().any(|l| l.starts_with(&format!("{job}\t"))), "{jobs_offered}");
+    assert!(
+        jobs_offered
+            .lines()
+            .any(|l| l.starts_with(&format!("{job}\t"))),
+        "{jobs_offered}"
+    );
     let sweeps_offered = complete(&["liandan", "wait", "fl"]);
-    assert!(sweeps_offered.lines().any(|l| l.starts_with("flaky\t")), "{sweeps_offered}");
+    assert!(
+        sweeps_offered.lines().any(|l| l.starts_with("flaky\t")),
+        "{sweeps_offered}"
+    );
     let workers_offered = complete(&["liandan", "drain", ""]);
-    assert!(workers_offered.lines().any(|l| l.starts_with(&format!("{wid}\t"))), "{workers_offered}");
+    assert!(
+        workers_offered
+            .lines()
+            .any(|l| l.starts_with(&format!("{wid}\t"))),
+        "{workers_offered}"
+    );
     let registration = Command::new(bin("liandan"))
         .args(["completions", "bash"])
         .output()
@@ -365,8 +385,15 @@ fn a_metric_that_never_arrives_is_said_loudly_and_nothing_is_crowned() {
     );
     let out = c.cli(&["jobs", "quiet", "-o", "csv"]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.starts_with("job,trial,seed,state,attempt,worker,metric,took,reason,"), "{text}");
-    assert_eq!(text.matches("never reported \"\"loss\"\"").count(), 2, "{text}");
+    assert!(
+        text.starts_with("job,trial,seed,state,attempt,worker,metric,took,reason,"),
+        "{text}"
+    );
+    assert_eq!(
+        text.matches("never reported \"\"loss\"\"").count(),
+        2,
+        "{text}"
+    );
     // A sweep that requires its metric fails such jobs at once (no retry:
     // the next attempt would print the same), and says why.
     let spec = c.write(
@@ -376,11 +403,24 @@ fn a_metric_that_never_arrives_is_said_loudly_and_nothing_is_crowned() {
     let out = c.cli(&["submit", spec.to_str().expect("path"), "--wait"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("attempt 1 no_metric: exited 0 but never reported the metric \"loss\""), "{err}");
+    assert!(
+        err.contains("attempt 1 no_metric: exited 0 but never reported the metric \"loss\""),
+        "{err}"
+    );
     let out = c.cli(&["jobs", "strict", "-o", "json"]);
     let js: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(js[0]["state"], "failed", "{js}");
     assert_eq!(js[0]["attempt"], 1, "not retried: {js}");
-    assert!(js[0]["worker_id"].as_str().is_some_and(|w| w.starts_with("wk-")), "{js}");
-    assert!(js[0]["reason"].as_str().is_some_and(|r| r.starts_with("no_metric: exited 0")), "{js}");
+    assert!(
+        js[0]["worker_id"]
+            .as_str()
+            .is_some_and(|w| w.starts_with("wk-")),
+        "{js}"
+    );
+    assert!(
+        js[0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("no_metric: exited 0")),
+        "{js}"
+    );
 }

@@ -89,10 +89,17 @@ fn the_example_sweep_runs_and_results_match_the_jobs_metrics() {
     let out = c.cli(&["plot", &sweep, "--param", "depth"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(64), "{err}");
-    assert!(err.contains("--param depth: the sweep has no such hyperparameter; its hyperparameters: "), "{err}");
+    assert!(
+        err.contains("--param depth: the sweep has no such hyperparameter; its hyperparameters: "),
+        "{err}"
+    );
     let svg = c.dir.path().join("demo.svg");
     let out = c.cli(&["plot", &sweep, "-o", "svg", "--file", svg.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let size = std::fs::metadata(&svg).unwrap().len();
     assert!((10_000..300_000).contains(&size), "an SVG of {size} bytes");
 }

@@ -139,7 +139,12 @@ fn a_coordinator_collects_orphaned_checkpoint_files_at_start() {
     assert!(!root.join("jb-0000000000000000").exists());
     assert!(kept[0].exists(), "the stored checkpoint stays");
     let out_path = c.dir.path().join("got.ckpt");
-    let out = c.cli(&["download", &job, "--file", out_path.to_str().expect("utf-8")]);
+    let out = c.cli(&[
+        "download",
+        &job,
+        "--file",
+        out_path.to_str().expect("utf-8"),
+    ]);
     assert!(
         out.status.success(),
         "{}",

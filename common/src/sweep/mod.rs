@@ -8,7 +8,9 @@ pub mod spec;
 pub mod yaml11;
 
 pub use expand::{adaptive_trial, canonical_json, expand, ExpandError, Expansion, Job, Trial};
-pub use spec::{did_you_mean, parse, Format, Goal, Method, Invalid, Param, Parsed, SpecError, SweepSpec};
+pub use spec::{
+    did_you_mean, parse, Format, Goal, Invalid, Method, Param, Parsed, SpecError, SweepSpec,
+};
 
 #[cfg(test)]
 mod tests;

@@ -870,10 +870,15 @@ fn every_error_of_a_file_is_told_at_once_in_file_order_with_suggestions() {
     assert!(text.contains("(did you mean `seeds`?)"), "{text}");
     // A word near nothing known gets no suggestion.
     assert_eq!(did_you_mean("zzzz", &["grid", "random"]), "");
-    let e = yaml_err("method: gird\nprogram: t.py\nparameters:\n  a: {distribution: unifrom, min: 0, max: 1}\n");
+    let e = yaml_err(
+        "method: gird\nprogram: t.py\nparameters:\n  a: {distribution: unifrom, min: 0, max: 1}\n",
+    );
     assert_eq!(e.errors.len(), 2, "{e}");
     assert!(e.errors[0].message.contains("did you mean `grid`"), "{e}");
-    assert!(e.errors[1].message.contains("did you mean `uniform`"), "{e}");
+    assert!(
+        e.errors[1].message.contains("did you mean `uniform`"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -915,8 +920,15 @@ fn an_error_is_told_once_even_when_its_line_is_unknown() {
     // Missing keys have no line, and TOML errors never do: each is told once.
     let e = yaml_err("program: t.py\n");
     assert_eq!(e.errors.len(), 2, "{e}");
-    let e = parse("methd = \"grid\"\nprogram = \"t.py\"\n[parameters]\na = {values = [1]}\n", Format::Toml)
-        .unwrap_err();
+    let e = parse(
+        "methd = \"grid\"\nprogram = \"t.py\"\n[parameters]\na = {values = [1]}\n",
+        Format::Toml,
+    )
+    .unwrap_err();
     assert_eq!(e.errors.len(), 2, "{e}");
-    assert_eq!(e.errors.iter().filter(|x| x.path == "methd").count(), 1, "{e}");
+    assert_eq!(
+        e.errors.iter().filter(|x| x.path == "methd").count(),
+        1,
+        "{e}"
+    );
 }
