@@ -943,25 +943,19 @@ impl Core {
             .store
             .read(move |c| {
                 use rusqlite::OptionalExtension;
-                let mut st = c.prepare_cached("SELECT worker_id, state, started_at, ended_at, exit_code, signal, message FROM attempts WHERE job_id=?1 AND attempt=?2")?;
+                let mut st = c.prepare_cached("SELECT attempt, worker_id, state, started_at, ended_at, exit_code, signal, message FROM attempts WHERE job_id=?1 AND attempt=?2")?;
                 let mut out = Vec::with_capacity(keys.len());
                 for (i, job, attempt) in keys {
                     let a = st
                         .query_row(rusqlite::params![job, attempt], |r| {
-                            let mut message = r.get::<_, Option<String>>(6)?.unwrap_or_default();
-                            if let Some((cut, _)) = message.char_indices().nth(LISTED_MESSAGE_CHARS) {
-                                message.truncate(cut);
+                            let mut a = attempt_row(r)?;
+                            // Cut by bytes (on a character boundary): the page reserved them.
+                            let mut cut = a.message.len().min(LISTED_MESSAGE_BYTES);
+                            while !a.message.is_char_boundary(cut) {
+                                cut -= 1;
                             }
-                            Ok(pb::Attempt {
-                                attempt: attempt as u64,
-                                worker_id: r.get(0)?,
-                                state: r.get(1)?,
-                                started_at: r.get(2)?,
-                                ended_at: r.get::<_, Option<f64>>(3)?.unwrap_or(0.0),
-                                exit_code: r.get::<_, Option<i32>>(4)?.unwrap_or(0),
-                                signal: r.get::<_, Option<i32>>(5)?.unwrap_or(0),
-                                message,
-                            })
+                            a.message.truncate(cut);
+                            Ok(a)
                         })
                         .optional()?;
                     if let Some(a) = a {
@@ -1354,18 +1348,7 @@ impl Core {
             .store
             .read(move |c| {
                 let mut st = c.prepare_cached("SELECT attempt, worker_id, state, started_at, ended_at, exit_code, signal, message FROM attempts WHERE job_id=?1 ORDER BY attempt")?;
-                let rows = st.query_map([key], |r| {
-                    Ok(pb::Attempt {
-                        attempt: r.get::<_, i64>(0)? as u64,
-                        worker_id: r.get(1)?,
-                        state: r.get(2)?,
-                        started_at: r.get(3)?,
-                        ended_at: r.get::<_, Option<f64>>(4)?.unwrap_or(0.0),
-                        exit_code: r.get::<_, Option<i32>>(5)?.unwrap_or(0),
-                        signal: r.get::<_, Option<i32>>(6)?.unwrap_or(0),
-                        message: r.get::<_, Option<String>>(7)?.unwrap_or_default(),
-                    })
-                })?;
+                let rows = st.query_map([key], attempt_row)?;
                 rows.collect()
             })
             .await?;
@@ -3107,8 +3090,23 @@ fn job_info(id: &JobId, m: &JobMem) -> pb::Job {
 /// after the page is cut, from the store).
 const LAST_ATTEMPT_BYTES: usize = 320;
 
-/// Characters of an attempt's message a listing carries.
-const LISTED_MESSAGE_CHARS: usize = 200;
+/// Bytes of an attempt's message a listing carries.
+const LISTED_MESSAGE_BYTES: usize = 200;
+
+/// An `attempts` row (`attempt, worker_id, state, started_at, ended_at,
+/// exit_code, signal, message`) as the wire's Attempt.
+fn attempt_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<pb::Attempt> {
+    Ok(pb::Attempt {
+        attempt: r.get::<_, i64>(0)? as u64,
+        worker_id: r.get(1)?,
+        state: r.get(2)?,
+        started_at: r.get(3)?,
+        ended_at: r.get::<_, Option<f64>>(4)?.unwrap_or(0.0),
+        exit_code: r.get::<_, Option<i32>>(5)?.unwrap_or(0),
+        signal: r.get::<_, Option<i32>>(6)?.unwrap_or(0),
+        message: r.get::<_, Option<String>>(7)?.unwrap_or_default(),
+    })
+}
 
 fn worker_info(id: &WorkerId, w: &WorkerMem) -> pb::Worker {
     let mut running: Vec<String> = w.running.iter().map(|j| j.to_string()).collect();
