@@ -36,6 +36,26 @@ see() {
   fi
 }
 
+# see_re CODE REGEX CMD...: as see, with a bash regular expression.
+see_re() {
+  local want=$1 re=$2
+  shift 2
+  step=$((step + 1))
+  local out code
+  out=$("$@" 2>&1)
+  code=$?
+  if [[ $code -ne $want ]] || ! [[ $out =~ $re ]]; then
+    echo "FAIL $step: $* exited $code (want $want), expected to match: $re"
+    echo "$out" | sed 's/^/    | /' | head -40
+    failures=$((failures + 1))
+  else
+    echo "ok   $step: $*  ->  $code, /$re/"
+  fi
+}
+
+# An RFC 3339 time in UTC to the microsecond, as CSV and JSON give times.
+ISO='20[0-9]{2}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z'
+
 liandan() { "$BIN/liandan" "$@"; }
 
 start_coordinator() {
@@ -117,11 +137,17 @@ see 0 "never reported \"loss\"" liandan jobs quiet -o wide
 # Ages and durations for people; RFC 3339 and seconds for scripts.
 see 0 "AGE" liandan status -o wide
 see 0 ",created" liandan status -o csv
+see_re 0 ",$ISO" liandan status quiet -o csv
+see_re 0 "\"created_at_iso\": \"$ISO\"" liandan status quiet -o json
+see 0 "\"succeeded_without_metric\": 4" liandan status quiet -o json
 see 0 "TOOK" liandan jobs quiet -o wide
 see 0 "no trial has a value for the metric \"loss\"" liandan results quiet
 see 0 "already exists with this spec; nothing was added" liandan submit "$T/quiet.yaml"
 sed 's/^name: quiet/name: strict/; s/^liandan:/liandan:\n  require_metric: true/' "$T/quiet.yaml" >"$T/strict.yaml"
 see 1 "no_metric: exited 0 but never reported the metric \"loss\"" liandan submit "$T/strict.yaml" --wait
+# A metric printed as nan is a diverged run, not a pattern that never matched.
+sed 's/^name: strict/name: diverged/; s/loss: 0.5/loss=nan/; s/\[0-9.\]+/[0-9.a-z]+/' "$T/strict.yaml" >"$T/diverged.yaml"
+see 1 "reported the metric \"loss\" only as NaN or infinity" liandan submit "$T/diverged.yaml" --wait
 
 # --- A done sweep's history stays; control commands say why not. ---
 see 65 "finished" liandan pause quiet
@@ -169,6 +195,12 @@ cjob=$(liandan jobs ckpt -o csv | sed -n 2p | cut -d, -f1)
 see 0 "53.8 KiB" liandan checkpoints "$cjob" -o wide
 see 0 ",55117," liandan checkpoints "$cjob" -o csv
 see 0 "Z " liandan metrics "$cjob" -o wide
+see_re 0 ",$ISO," liandan metrics "$cjob" -o csv
+see_re 0 "\"ts_iso\": \"$ISO\"" liandan metrics "$cjob" -o json
+see_re 0 "\"created_at_iso\": \"$ISO\"" liandan checkpoints "$cjob" -o json
+see_re 0 ",55117,[^,]*,$ISO," liandan checkpoints "$cjob" -o csv
+see_re 0 "\"started_at_iso\": \"$ISO\"" liandan jobs ckpt -o json
+see_re 0 "\"ended_at_iso\": \"$ISO\"" liandan describe "$cjob" -o json
 see 0 "wrote $T/c.ckpt (55117 bytes, step 50, blake3 verified)" liandan download "$cjob" --file "$T/c.ckpt"
 see 64 "possible values: text, json" liandan download "$cjob" -o "$T/c.ckpt"
 # Usage lines do not make --coordinator look required.
@@ -177,12 +209,19 @@ see 0 "Usage: liandan completions [OPTIONS] <SHELL>" liandan completions --help
 # --- Output: one meaning of -o, and files with --file. ---
 see 64 "give the file as --file x.jpg" liandan plot quiet -o x.jpg
 see 64 "plot draws PNG or SVG" liandan plot quiet --file "$T/x.jpg"
+# -o decides the format whatever the file is called.
+see 0 "wrote $T/ckpt-plot" liandan plot ckpt --file "$T/ckpt-plot" -o svg
+see 0 "<svg" head -c 300 "$T/ckpt-plot"
+see 64 "choose one format" liandan plot ckpt --file "$T/x.png" -o svg
+see 64 "--param nope: the sweep has no such hyperparameter; its hyperparameters: x" liandan plot ckpt --param nope
 see 64 "unexpected argument '--bogus'" liandan status --bogus
 see 64 "unrecognized subcommand 'frobnicate'" liandan frobnicate
 see 67 "not found" liandan describe job-ffffffffffff
 
 # --- Workers by a short id; ids complete on Tab. ---
 wid=$(liandan workers -o csv | sed -n 2p | cut -d, -f1)
+see_re 0 ",[0-9]+,[0-9]+,$ISO," liandan workers -o csv
+see_re 0 "\"last_seen_iso\": \"$ISO\"" liandan workers -o json
 see 0 "is draining" liandan drain "${wid:0:6}"
 see 0 "takes jobs again" liandan drain "${wid:0:6}" --undo
 see 0 "$job" env COMPLETE=fish "$BIN/liandan" -- liandan logs job-

@@ -565,7 +565,7 @@ async fn tokens(url: &Target, cmd: TokensCmd) -> Result<i32, Fail> {
                 .await?
                 .into_inner();
             let info = r.info.unwrap_or_default();
-            let js = json!({"name": info.name, "role": info.role, "token": r.token, "created_at": info.created_at});
+            let js = json!({"name": info.name, "role": info.role, "token": r.token, "created_at": info.created_at, "created_at_iso": json_time(info.created_at)});
             say(
                 output,
                 format!(
@@ -588,17 +588,17 @@ async fn tokens(url: &Target, cmd: TokensCmd) -> Result<i32, Fail> {
                         t.name.clone(),
                         t.role.clone(),
                         t.source.clone(),
-                        if t.created_at > 0.0 {
-                            num(t.created_at)
+                        if output == Format::Csv {
+                            exact_time(t.created_at)
                         } else {
-                            "-".into()
+                            iso_time(t.created_at)
                         },
                     ]
                 })
                 .collect();
             let json = json!(ts
                 .iter()
-                .map(|t| json!({"name": t.name, "role": t.role, "source": t.source, "created_at": t.created_at}))
+                .map(|t| json!({"name": t.name, "role": t.role, "source": t.source, "created_at": t.created_at, "created_at_iso": json_time(t.created_at)}))
                 .collect::<Vec<_>>());
             print(render(
                 &Listing {
@@ -675,7 +675,7 @@ fn sweep_listing(sweeps: &[pb::Sweep], exact: bool) -> Listing {
                 c.cancelled.to_string(),
                 c.pruned.to_string(),
                 if exact {
-                    iso_time(s.created_at)
+                    exact_time(s.created_at)
                 } else {
                     human_age(now, s.created_at)
                 },
@@ -687,7 +687,7 @@ fn sweep_listing(sweeps: &[pb::Sweep], exact: bool) -> Listing {
         .map(|s| {
             let c = counts(s);
             json!({"id": s.id, "name": s.name, "owner": s.owner, "state": s.state, "method": s.method, "metric": s.metric_name, "goal": s.metric_goal, "trials": s.trials, "jobs": s.jobs, "unbounded": s.unbounded,
-                   "succeeded": c.succeeded, "running": c.running, "queued": c.queued, "failed": c.failed, "cancelled": c.cancelled, "pruned": c.pruned, "created_at": s.created_at})
+                   "succeeded": c.succeeded, "running": c.running, "queued": c.queued, "failed": c.failed, "cancelled": c.cancelled, "pruned": c.pruned, "succeeded_without_metric": c.succeeded_without_metric, "created_at": s.created_at, "created_at_iso": json_time(s.created_at)})
         })
         .collect::<Vec<_>>());
     Listing {
@@ -978,8 +978,9 @@ async fn run(cli: Cli) -> R<i32> {
             output,
         } => {
             let (text, fmt) = read_spec(&file)?;
-            // Validate locally first: the same message as `validate`, without a round trip.
-            sweep::parse(&text, fmt)
+            // The check `validate` makes (parse, name, expansion) locally first:
+            // the same messages, every problem at once, without a round trip.
+            sweep::check(&text, fmt, name.as_deref().unwrap_or(""))
                 .map_err(|e| Fail(exit::DATAERR, format!("{}: {e}", file.display())))?;
             let mut c = connect(&url).await?;
             let format = if fmt == SpecFormat::Toml {
@@ -1102,7 +1103,7 @@ async fn run(cli: Cli) -> R<i32> {
                 .iter()
                 .map(|j| json!({"id": j.id, "trial_id": j.trial_id, "seed": j.seed, "state": j.state, "attempt": j.attempt, "retries_used": j.retries_used,
                                "worker_id": worker(j), "final_metric": j.final_metric, "best_metric": j.best_metric, "reason": job_reason(j, &s.metric_name),
-                               "last_attempt": j.last_attempt.as_ref().map(|a| json!({"attempt": a.attempt, "worker_id": a.worker_id, "outcome": a.state, "started_at": a.started_at, "ended_at": a.ended_at, "exit_code": a.exit_code, "signal": a.signal, "message": a.message})),
+                               "last_attempt": j.last_attempt.as_ref().map(|a| json!({"attempt": a.attempt, "worker_id": a.worker_id, "outcome": a.state, "started_at": a.started_at, "started_at_iso": json_time(a.started_at), "ended_at": a.ended_at, "ended_at_iso": json_time(a.ended_at), "exit_code": a.exit_code, "signal": a.signal, "message": a.message})),
                                "params": serde_json::from_str::<serde_json::Value>(&j.params_json).unwrap_or_default()}))
                 .collect::<Vec<_>>());
             print(render(
@@ -1219,9 +1220,9 @@ async fn run(cli: Cli) -> R<i32> {
                     vec![
                         r.attempt.to_string(),
                         r.step.map(|s| s.to_string()).unwrap_or_default(),
-                        // A time in tables; the exact seconds in CSV.
+                        // A time to the second in tables; to the microsecond in CSV.
                         if output == Format::Csv {
-                            r.ts.to_string()
+                            exact_time(r.ts)
                         } else {
                             iso_time(r.ts)
                         },
@@ -1231,7 +1232,7 @@ async fn run(cli: Cli) -> R<i32> {
                 .collect();
             let json = json!(recs
                 .iter()
-                .map(|r| json!({"attempt": r.attempt, "step": r.step, "ts": r.ts, "values": serde_json::from_str::<serde_json::Value>(&r.json).unwrap_or_default()}))
+                .map(|r| json!({"attempt": r.attempt, "step": r.step, "ts": r.ts, "ts_iso": json_time(r.ts), "values": serde_json::from_str::<serde_json::Value>(&r.json).unwrap_or_default()}))
                 .collect::<Vec<_>>());
             print(render(
                 &Listing {
@@ -1288,14 +1289,17 @@ async fn run(cli: Cli) -> R<i32> {
                 let mut points = Vec::new();
                 for rec in recs {
                     let v: serde_json::Value = serde_json::from_str(&rec.json).unwrap_or_default();
-                    if let (Some(step), Some(x)) = (
-                        v.get("step")
-                            .and_then(|s| s.as_f64())
-                            .or(rec.step.map(|s| s as f64)),
-                        v.get(&metric).and_then(|x| x.as_f64()),
-                    ) {
-                        points.push((step, x));
-                    }
+                    let Some(x) = v.get(&metric).and_then(|x| x.as_f64()) else {
+                        continue;
+                    };
+                    // A value reported without a step is placed at its ordinal
+                    // (as W&B counts `_step` per logged record).
+                    let step = v
+                        .get("step")
+                        .and_then(|s| s.as_f64())
+                        .or(rec.step.map(|s| s as f64))
+                        .unwrap_or(points.len() as f64);
+                    points.push((step, x));
                 }
                 let final_value = if metric == s.metric_name {
                     j.final_metric
@@ -1422,6 +1426,10 @@ async fn run(cli: Cli) -> R<i32> {
                 .await?
                 .into_inner()
                 .workers;
+            // Human sizes and ages in tables; exact bytes and times in CSV.
+            let csv = output == Format::Csv;
+            let now = now_secs();
+            let bytes = |b: u64| if csv { b.to_string() } else { human_bytes(b) };
             let rows = ws
                 .iter()
                 .map(|w| {
@@ -1441,11 +1449,16 @@ async fn run(cli: Cli) -> R<i32> {
                         format!("{}/{}", w.free_gpus, r.gpus.len()),
                         w.running_jobs.len().to_string(),
                         w.disk
-                            .map(|d| human_bytes(d.jobs_bytes))
+                            .map(|d| bytes(d.jobs_bytes))
                             .unwrap_or_else(|| "-".into()),
                         w.disk
-                            .map(|d| human_bytes(d.free_bytes))
+                            .map(|d| bytes(d.free_bytes))
                             .unwrap_or_else(|| "-".into()),
+                        if csv {
+                            exact_time(w.last_seen)
+                        } else {
+                            human_age(now, w.last_seen)
+                        },
                         r.labels.join(","),
                     ]
                 })
@@ -1456,7 +1469,7 @@ async fn run(cli: Cli) -> R<i32> {
                     let r = w.resources.clone().unwrap_or_default();
                     json!({"id": w.id, "hostname": w.hostname, "connected": w.connected, "draining": w.draining, "cpu_slots": r.cpu_slots, "free_cpu_slots": w.free_cpu_slots,
                            "gpus": r.gpus.iter().map(|g| json!({"index": g.index, "uuid": g.uuid, "name": g.name, "memory_bytes": g.memory_bytes})).collect::<Vec<_>>(),
-                           "free_gpus": w.free_gpus, "running_jobs": w.running_jobs, "labels": r.labels, "last_seen": w.last_seen,
+                           "free_gpus": w.free_gpus, "running_jobs": w.running_jobs, "labels": r.labels, "last_seen": w.last_seen, "last_seen_iso": json_time(w.last_seen),
                            "disk": w.disk.map(|d| json!({"jobs_bytes": d.jobs_bytes, "free_bytes": d.free_bytes, "attempt_dirs": d.attempt_dirs}))})
                 })
                 .collect::<Vec<_>>());
@@ -1471,6 +1484,7 @@ async fn run(cli: Cli) -> R<i32> {
                         "jobs",
                         "job dirs",
                         "disk free",
+                        "seen",
                         "labels",
                     ],
                     rows,
@@ -1521,14 +1535,18 @@ async fn run(cli: Cli) -> R<i32> {
                             human_bytes(c.size)
                         },
                         opt_num(c.metric),
-                        iso_time(c.created_at),
+                        if output == Format::Csv {
+                            exact_time(c.created_at)
+                        } else {
+                            iso_time(c.created_at)
+                        },
                         c.blake3.clone(),
                     ]
                 })
                 .collect();
             let json = json!(cs
                 .iter()
-                .map(|c| json!({"step": c.step, "attempt": c.attempt, "size": c.size, "metric": c.metric, "created_at": c.created_at, "blake3": c.blake3}))
+                .map(|c| json!({"step": c.step, "attempt": c.attempt, "size": c.size, "metric": c.metric, "created_at": c.created_at, "created_at_iso": json_time(c.created_at), "blake3": c.blake3}))
                 .collect::<Vec<_>>());
             print(render(
                 &Listing {
@@ -1895,27 +1913,22 @@ fn main() {
 /// format in every command) or a file whose extension disagrees is a usage
 /// error, told before anything is fetched.
 fn plot_format(output: Option<&str>, file: Option<&std::path::Path>) -> R<plot::ImageFormat> {
-    let from_file = match file {
-        None => None,
-        Some(f) => {
-            let ext = f
-                .extension()
-                .and_then(|e| e.to_str())
-                .unwrap_or("")
-                .to_ascii_lowercase();
-            Some(plot::ImageFormat::parse(&ext).ok_or_else(|| {
-                Fail(
-                    exit::USAGE,
-                    format!(
-                        "cannot write {}: plot draws PNG or SVG; name the file .png or .svg",
-                        f.display()
-                    ),
-                )
-            })?)
-        }
-    };
+    // The file's extension, when it names a format plot draws.
+    let from_file = file.and_then(|f| {
+        let ext = f.extension()?.to_str()?.to_ascii_lowercase();
+        plot::ImageFormat::parse(&ext)
+    });
     let Some(o) = output else {
-        return Ok(from_file.unwrap_or(plot::ImageFormat::Png));
+        return match (file, from_file) {
+            (Some(f), None) => Err(Fail(
+                exit::USAGE,
+                format!(
+                    "cannot write {}: plot draws PNG or SVG; name the file .png or .svg, or give the format with -o png|svg",
+                    f.display()
+                ),
+            )),
+            _ => Ok(from_file.unwrap_or(plot::ImageFormat::Png)),
+        };
     };
     let Some(fmt) = plot::ImageFormat::parse(&o.to_ascii_lowercase()) else {
         let hint = if o.contains('.') || o.contains('/') {
@@ -1928,6 +1941,8 @@ fn plot_format(output: Option<&str>, file: Option<&std::path::Path>) -> R<plot::
             format!("-o {o:?}: plot draws png or svg{hint}"),
         ));
     };
+    // -o decides; a file named for the other format is refused rather than
+    // written with content its name belies.
     match from_file {
         Some(f) if f != fmt => Err(Fail(
             exit::USAGE,
@@ -1957,16 +1972,17 @@ fn plot_param_ok(r: &pb::GetResultsResponse, p: &str) -> R<()> {
     if numeric {
         return Ok(());
     }
-    let list = names.into_iter().collect::<Vec<_>>().join(", ");
-    let what = if r
-        .jobs
-        .iter()
-        .any(|j| j.params_json.contains(&format!("\"{p}\"")))
-    {
+    let list = names.iter().cloned().collect::<Vec<_>>().join(", ");
+    let what = if r.jobs.is_empty() {
+        format!("--param {p}: the sweep has no jobs with results yet, so there is nothing to draw against it")
+    } else if names.contains(p) {
         format!("--param {p}: its values are not numbers, so it cannot be an axis")
     } else {
         format!("--param {p}: the sweep has no such hyperparameter")
     };
+    if list.is_empty() {
+        return Err(Fail(exit::USAGE, what));
+    }
     Err(Fail(
         exit::USAGE,
         format!("{what}; its hyperparameters: {list}"),
@@ -2033,6 +2049,25 @@ fn iso_time(secs: f64) -> String {
     }
     let t = std::time::UNIX_EPOCH + Duration::from_secs_f64(secs.min(1e12));
     humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// A time to the microsecond as RFC 3339 in UTC, for CSV: exact, and read
+/// as a time by pandas and spreadsheets; empty when the time is unset.
+fn exact_time(secs: f64) -> String {
+    if !(secs.is_finite() && secs > 0.0) {
+        return String::new();
+    }
+    let t = std::time::UNIX_EPOCH + Duration::from_secs_f64(secs.min(1e12));
+    humantime::format_rfc3339_micros(t).to_string()
+}
+
+/// A time for JSON, beside the seconds since the epoch: RFC 3339 to the
+/// microsecond, or null when the time is unset.
+fn json_time(secs: f64) -> serde_json::Value {
+    match exact_time(secs) {
+        t if t.is_empty() => serde_json::Value::Null,
+        t => serde_json::Value::String(t),
+    }
 }
 
 /// Seconds since the epoch, now.
@@ -2111,7 +2146,7 @@ async fn describe(url: &Target, job: &str, output: TextFormat) -> R<i32> {
         Vec::new()
     };
     if output == TextFormat::Json {
-        let attempts: Vec<_> = j.attempts.iter().map(|a| json!({"attempt": a.attempt, "worker_id": a.worker_id, "state": a.state, "started_at": a.started_at, "ended_at": a.ended_at, "exit_code": a.exit_code, "signal": a.signal, "message": a.message})).collect();
+        let attempts: Vec<_> = j.attempts.iter().map(|a| json!({"attempt": a.attempt, "worker_id": a.worker_id, "state": a.state, "started_at": a.started_at, "started_at_iso": json_time(a.started_at), "ended_at": a.ended_at, "ended_at_iso": json_time(a.ended_at), "exit_code": a.exit_code, "signal": a.signal, "message": a.message})).collect();
         let js = json!({"id": j.id, "sweep_id": j.sweep_id, "sweep": s.name, "owner": s.owner, "trial_id": j.trial_id, "seed": j.seed, "params": params, "state": j.state,
                         "attempt": j.attempt, "retries_used": j.retries_used, "worker_id": j.worker_id, "argv": argv, "final_metric": j.final_metric, "best_metric": j.best_metric,
                         "attempts": attempts, "log_tail": tail.iter().map(|l| json!({"line": l.line, "stream": l.stream, "text": l.text})).collect::<Vec<_>>()});
@@ -2264,6 +2299,37 @@ mod tests {
         assert!(check_url("http://").is_err());
         assert!(check_url("http://127.0.0.1:7477").is_ok());
         assert!(check_url("https://c.example:7477").is_ok());
+    }
+
+    #[test]
+    fn plot_takes_its_format_from_o_else_from_the_file_name() {
+        use plot::ImageFormat::{Png, Svg};
+        use std::path::Path;
+        let f = |o: Option<&str>, file: Option<&str>| plot_format(o, file.map(Path::new));
+        assert_eq!(f(None, None).ok(), Some(Png));
+        assert_eq!(f(None, Some("a.SVG")).ok(), Some(Svg));
+        // -o decides; a file without a known extension is written as told.
+        assert_eq!(f(Some("svg"), Some("out")).ok(), Some(Svg));
+        assert_eq!(f(Some("png"), Some("out.dat")).ok(), Some(Png));
+        for (o, file, says) in [
+            (None, Some("out"), "name the file .png or .svg"),
+            (Some("svg"), Some("a.png"), "choose one format"),
+            (Some("x.jpg"), None, "--file x.jpg"),
+        ] {
+            let Err(Fail(code, msg)) = f(o, file) else {
+                panic!("{o:?} {file:?} accepted");
+            };
+            assert_eq!(code, exit::USAGE);
+            assert!(msg.contains(says), "{msg}");
+        }
+    }
+
+    #[test]
+    fn times_for_scripts_are_rfc3339_to_the_microsecond() {
+        assert_eq!(exact_time(1_796_000_000.25), "2026-11-30T00:53:20.250000Z");
+        assert_eq!(exact_time(0.0), "");
+        assert_eq!(json_time(0.0), serde_json::Value::Null);
+        assert_eq!(iso_time(1_796_000_000.9), "2026-11-30T00:53:20Z");
     }
 
     #[test]

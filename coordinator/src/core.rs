@@ -219,6 +219,10 @@ struct JobMem {
     stop: StopRequest,
     final_metric: Option<f64>,
     best_metric: Option<f64>,
+    /// The job reported its metric as NaN or an infinity (dropped: not a
+    /// result), so a missing final value means divergence, not a pattern
+    /// that never matched. Kept in memory only: it words a message.
+    metric_not_finite: bool,
     result_recorded: bool,
     params_json: Arc<str>,
     /// Resources reserved on `worker` while running.
@@ -287,6 +291,7 @@ impl JobMem {
             stop: StopRequest::None,
             final_metric: None,
             best_metric: None,
+            metric_not_finite: false,
             result_recorded: false,
             params_json,
             gpus: Vec::new(),
@@ -2032,6 +2037,12 @@ impl Core {
             .and_then(|x| x.as_f64())
             .filter(|x| x.is_finite())
         else {
+            // A NaN or infinity arrives as null (JSON has no such numbers).
+            if v.get(&metric.name).is_some_and(|x| x.is_null()) {
+                if let Some(job) = st.jobs.get_mut(jid) {
+                    job.metric_not_finite = true;
+                }
+            }
             return false;
         };
         let goal = metric.goal;
@@ -2385,10 +2396,17 @@ impl Core {
             .and_then(|s| s.spec.metric.as_ref());
         let outcome = match required {
             Some(m) if outcome == Outcome::Succeeded && job.final_metric.is_none() => {
-                message = format!(
-                    "exited 0 but never reported the metric {:?}, which the sweep requires (liandan.require_metric): check liandan.metric_pattern against what the program prints, or write the metric to LIANDAN_METRICS_FILE",
-                    m.name
-                )
+                message = if job.metric_not_finite {
+                    format!(
+                        "exited 0 but reported the metric {:?} only as NaN or infinity (did the training diverge?), and the sweep requires a value (liandan.require_metric)",
+                        m.name
+                    )
+                } else {
+                    format!(
+                        "exited 0 but never reported the metric {:?}, which the sweep requires (liandan.require_metric): check liandan.metric_pattern against what the program prints, or write the metric to LIANDAN_METRICS_FILE",
+                        m.name
+                    )
+                }
                 .into();
                 Outcome::NoMetric
             }
@@ -3458,6 +3476,7 @@ fn load(store: &Store, cfg: &CoordinatorConfig) -> Result<State, CoreError> {
                             stop: StopRequest::from_db(j.cancel_requested),
                             final_metric: j.final_metric,
                             best_metric: j.best_metric,
+                            metric_not_finite: false,
                             result_recorded: j.result_recorded,
                             params_json,
                             gpus: Vec::new(),

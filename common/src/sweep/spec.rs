@@ -898,7 +898,7 @@ fn from_value(root: &Value, ctx: &Ctx) -> Result<SweepSpec, SpecError> {
         }
     };
     if let (Some(Method::Grid), Some(params)) = (method, &parameters) {
-        ctx.keep(check_grid(ctx, "parameters", params));
+        check_grid(ctx, "parameters", params);
     }
     let run_cap = ctx.keep(get_u64(ctx, "", map, "run_cap")).flatten();
     if run_cap == Some(0) {
@@ -1709,24 +1709,26 @@ fn parse_early_terminate(ctx: &Ctx, v: &Value) -> Result<EarlyTerminate, SpecErr
 
 /// A grid enumerates constants, values, int_uniform and q_uniform only (W&B's
 /// engine refuses the rest when it proposes the first run).
-fn check_grid(ctx: &Ctx, path: &str, params: &[(String, Param)]) -> Result<(), SpecError> {
+fn check_grid(ctx: &Ctx, path: &str, params: &[(String, Param)]) {
+    // Every parameter grid search cannot enumerate is recorded, not just the first.
     for (name, p) in params {
         let here = join(path, name);
         match p {
-            Param::Nested { parameters } => check_grid(ctx, &join(&here, "parameters"), parameters)?,
+            Param::Nested { parameters } => {
+                check_grid(ctx, &join(&here, "parameters"), parameters)
+            }
             Param::Constant { .. }
             | Param::Categorical { .. }
             | Param::IntUniform { .. }
             | Param::QUniform { .. } => {}
             Param::CategoricalWProbabilities { .. } => {
-                return Err(ctx.err(&join(&here, "probabilities"), "grid search takes no probabilities (W&B refuses them too); drop `probabilities` or use method random"))
+                ctx.record(ctx.err(&join(&here, "probabilities"), "grid search takes no probabilities (W&B refuses them too); drop `probabilities` or use method random"))
             }
             other => {
-                return Err(ctx.err(&here, format!("grid search cannot enumerate the continuous distribution `{}`; use `values`, int_uniform or q_uniform, or method random", other.name())))
+                ctx.record(ctx.err(&here, format!("grid search cannot enumerate the continuous distribution `{}`; use `values`, int_uniform or q_uniform, or method random", other.name())))
             }
         }
     }
-    Ok(())
 }
 
 /// W&B files sweep seeds as an ordinary parameter (`seed: {values: [1, 2, 3]}`).

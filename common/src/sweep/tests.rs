@@ -882,6 +882,26 @@ fn every_error_of_a_file_is_told_at_once_in_file_order_with_suggestions() {
 }
 
 #[test]
+fn a_grid_names_every_parameter_it_cannot_enumerate() {
+    // Two continuous distributions, one of them nested, and probabilities:
+    // each told, in file order, not just the first.
+    let e = yaml_err(
+        "method: grid\nprogram: t.py\nparameters:\n  lr: {min: 0.1, max: 1.0}\n  opt:\n    parameters:\n      mom: {distribution: normal, mu: 0, sigma: 1}\n  act: {values: [relu, tanh], probabilities: [0.5, 0.5]}\n  depth: {values: [1, 2]}\n",
+    );
+    let told: Vec<&str> = e.errors.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        told,
+        [
+            "parameters.lr",
+            "parameters.opt.parameters.mom",
+            "parameters.act.probabilities"
+        ],
+        "{e}"
+    );
+    assert!(e.to_string().starts_with("3 problems:"), "{e}");
+}
+
+#[test]
 fn what_a_submit_refuses_the_check_refuses() {
     // A grid over a continuous distribution, and a grid past the job limit:
     // `check` (validate's and submit's) refuses both.
