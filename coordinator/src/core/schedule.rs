@@ -1,0 +1,262 @@
+//! The clock and the scheduler: leases and stalls on every tick, and dispatch
+//! of queued jobs to workers with room.
+
+use super::*;
+
+impl Core {
+    /// Expires leases, releases delayed retries and dispatches. Called by a
+    /// timer every [`TICK`]; time comes from tokio so tests can pause it.
+    ///
+    /// A lease measures how long the coordinator has been running without
+    /// hearing from a worker. When ticks stop for longer than [`STALL`], the
+    /// coordinator itself did not run (SIGSTOP, a VM or swap stall, a suspended
+    /// laptop): no worker could renew its lease meanwhile, and the heartbeats
+    /// sent during the stall are still queued. So every lease moves on by the
+    /// stall instead of expiring at once and restarting every running job of
+    /// the cluster (the chaos suite found that: seed 1795805961348097836).
+    pub async fn tick(&self) -> Result<(), CoreError> {
+        let (fut, sends) = {
+            let mut st = self.lock();
+            let now = Instant::now();
+            if let Some(prev) = st.last_tick {
+                let gap = now.saturating_duration_since(prev);
+                if gap > STALL {
+                    let stalled = gap - TICK;
+                    for w in st.workers.values_mut() {
+                        w.lease_deadline += stalled;
+                    }
+                    tracing::warn!(
+                        secs = gap.as_secs_f64(),
+                        "the coordinator did not run for a while (stopped or stalled); every lease is extended by that time, since no worker could renew it"
+                    );
+                }
+            }
+            st.last_tick = Some(now);
+            let mut ops = Vec::new();
+            self.expire_workers(&mut st, &mut ops);
+            let expired: Vec<WorkerId> = st
+                .workers
+                .iter()
+                .filter(|(_, w)| {
+                    w.lease_deadline <= now && (!w.running.is_empty() || w.session.is_some())
+                })
+                .map(|(k, _)| k.clone())
+                .collect();
+            for wid in expired {
+                let running: Vec<JobId> = st
+                    .workers
+                    .get(&wid)
+                    .map(|w| w.running.iter().cloned().collect())
+                    .unwrap_or_default();
+                if !running.is_empty() {
+                    tracing::warn!(worker = %wid, jobs = running.len(), "lease expired; requeueing its attempts");
+                }
+                for jid in running {
+                    self.lose_attempt(
+                        &mut st,
+                        &jid,
+                        "the worker stopped heartbeating (lease expired)",
+                        &mut ops,
+                    );
+                }
+                if let Some(w) = st.workers.get_mut(&wid) {
+                    // A silent stream is as good as gone; the worker reconnects with a fresh hello.
+                    w.session = None;
+                }
+            }
+            while let Some(Reverse((at, _))) = st.delayed.peek() {
+                if *at > now {
+                    break;
+                }
+                let Some(Reverse((_, jid))) = st.delayed.pop() else {
+                    break;
+                };
+                let sweep = st
+                    .jobs
+                    .get(&jid)
+                    .filter(|j| j.state == JobState::Queued)
+                    .map(|j| j.sweep.clone());
+                if let Some(s) = sweep.and_then(|s| st.sweeps.get_mut(&s)) {
+                    s.ready.push_back(jid);
+                }
+            }
+            let mut sends = Vec::new();
+            self.dispatch(&mut st, &mut ops, &mut sends);
+            if ops.is_empty() {
+                return Ok(());
+            }
+            (self.store.enqueue(ops), sends)
+        };
+        self.finish(fut, sends).await
+    }
+
+    /// Matches ready jobs to free capacity: whole GPUs on one worker, CPU slots
+    /// otherwise, required labels; fair between sweeps (fewest running first,
+    /// then priority), within each sweep's concurrency cap.
+    pub(super) fn dispatch(&self, st: &mut State, ops: &mut Vec<Op>, sends: &mut Sends) {
+        let workers: Vec<WorkerId> = st
+            .workers
+            .iter()
+            .filter(|(_, w)| {
+                w.session.is_some()
+                    && w.known
+                    && !w.draining
+                    && !w.stopping
+                    && w.disk_full_until.is_none_or(|t| t <= Instant::now())
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for wid in workers {
+            while let Some(w) = st.workers.get(&wid) {
+                if w.free_cpus == 0 && w.free_gpus.is_empty() {
+                    break;
+                }
+                // max_running_jobs_per_user: a user at the quota waits.
+                let quota = self.cfg.max_running_jobs_per_user;
+                let mut running_by_owner: HashMap<&str, u32> = HashMap::new();
+                if quota > 0 {
+                    for s in st.sweeps.values().filter(|s| !s.owner.is_empty()) {
+                        *running_by_owner.entry(s.owner.as_str()).or_default() += s.running;
+                    }
+                }
+                let mut candidates: Vec<(i32, u32, f64, SweepId)> = st
+                    .sweeps
+                    .iter()
+                    .filter(|(_, s)| {
+                        s.state == SweepState::Active
+                            && (!s.ready.is_empty()
+                                || s.search.as_ref().is_some_and(|x| x.can_propose()))
+                            && s.spec.liandan.concurrency.is_none_or(|c| s.running < c)
+                            && running_by_owner
+                                .get(s.owner.as_str())
+                                .is_none_or(|r| *r < quota)
+                    })
+                    .map(|(k, s)| (-s.spec.liandan.priority, s.running, s.created_at, k.clone()))
+                    .collect();
+                if candidates.is_empty() {
+                    return;
+                }
+                candidates
+                    .sort_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)).then(a.2.total_cmp(&b.2)));
+                let mut assigned = false;
+                for (_, _, _, sid) in candidates {
+                    let (need_gpus, need_cpus, labels) = {
+                        let r = &st.sweeps[&sid].spec.liandan.resources;
+                        (
+                            r.gpus,
+                            if r.gpus == 0 { r.cpus } else { 0 },
+                            r.labels.clone(),
+                        )
+                    };
+                    let fits = st.workers.get(&wid).is_some_and(|w| {
+                        w.free_gpus.len() as u32 >= need_gpus
+                            && w.free_cpus >= need_cpus
+                            && labels.iter().all(|l| w.resources.labels.contains(l))
+                    });
+                    if !fits {
+                        continue;
+                    }
+                    // Pop the next job that is still queued (cancelled ones are skipped
+                    // lazily); an adaptive sweep with nothing queued proposes a trial now,
+                    // when a slot is free, so it learns from every result so far.
+                    let mut next = None;
+                    for _ in 0..2 {
+                        if let Some(s) = st.sweeps.get_mut(&sid) {
+                            while let Some(j) = s.ready.pop_front() {
+                                if st.jobs.get(&j).is_some_and(|m| m.state == JobState::Queued) {
+                                    next = Some(j);
+                                    break;
+                                }
+                            }
+                        }
+                        if next.is_some() || !self.propose_trial(st, &sid, ops) {
+                            break;
+                        }
+                    }
+                    let Some(jid) = next else { continue };
+                    self.assign(st, &sid, &jid, &wid, need_gpus, need_cpus, ops, sends);
+                    assigned = true;
+                    break;
+                }
+                if !assigned {
+                    break;
+                }
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn assign(
+        &self,
+        st: &mut State,
+        sid: &SweepId,
+        jid: &JobId,
+        wid: &WorkerId,
+        gpus: u32,
+        cpus: u32,
+        ops: &mut Vec<Op>,
+        sends: &mut Sends,
+    ) {
+        let Some(w) = st.workers.get_mut(wid) else {
+            return;
+        };
+        let taken: Vec<String> = w.free_gpus.drain(..gpus as usize).collect();
+        w.free_cpus -= cpus;
+        w.running.insert(jid.clone());
+        let tx = w.session.as_ref().map(|s| s.tx.clone());
+        let Some(job) = st.jobs.get_mut(jid) else {
+            return;
+        };
+        let Some(next) = job.state.on(JobEvent::Assign) else {
+            return;
+        };
+        job.state = next;
+        job.attempt += 1;
+        job.worker = Some(wid.clone());
+        job.gpus = taken.clone();
+        job.cpus = cpus;
+        job.assigned_at = Some(Instant::now());
+        ops.push(Op::InsertAttempt {
+            job_id: jid.to_string(),
+            attempt: job.attempt,
+            worker_id: wid.to_string(),
+            started_at: now_secs(),
+        });
+        ops.push(Op::UpdateJob(job.update()));
+        let (attempt, seed, params_json, trial) = (
+            job.attempt,
+            job.seed,
+            job.params_json.to_string(),
+            job.trial.to_string(),
+        );
+        let resume_from = st
+            .checkpoints
+            .get(jid)
+            .and_then(|v| v.iter().max_by_key(|c| c.step))
+            .map(checkpoint_info);
+        let Some(s) = st.sweeps.get_mut(sid) else {
+            return;
+        };
+        s.running += 1;
+        s.moved(JobState::Queued, JobState::Running);
+        if let Some(tx) = tx {
+            sends.push((
+                tx,
+                pb::CoordinatorMessage {
+                    msg: Some(pb::coordinator_message::Msg::Assign(pb::Assignment {
+                        job_id: jid.to_string(),
+                        attempt,
+                        sweep_id: sid.to_string(),
+                        trial_id: trial,
+                        seed,
+                        params_json,
+                        spec_json: s.run_spec_json.to_string(),
+                        gpu_uuids: taken,
+                        resume_from,
+                        cpu_slots: cpus,
+                    })),
+                },
+            ));
+        }
+    }
+}
