@@ -22,24 +22,19 @@ async fn read_page(
     let key = job.to_string();
     let rows = core
         .store()
-        .read(move |c| {
-            let mut st = c.prepare_cached(
-                "SELECT line, stream, ts, text FROM logs WHERE job_id=?1 AND attempt=?2 AND line>=?3 AND (?4 IS NULL OR stream=?4) ORDER BY line LIMIT ?5",
-            )?;
-            let rows = st.query_map(rusqlite::params![key, attempt as i64, from as i64, stream, PAGE], |r| {
-                Ok(pb::LogLine {
-                    job_id: String::new(),
-                    attempt,
-                    line: r.get::<_, i64>(0)? as u64,
-                    stream: if r.get::<_, u8>(1)? == 1 { "stderr".into() } else { "stdout".into() },
-                    ts: r.get(2)?,
-                    text: r.get(3)?,
-                })
-            })?;
-            rows.collect::<Result<Vec<_>, _>>()
-        })
+        .read(move |c| c.log_lines(&key, attempt, from, stream, PAGE))
         .await?;
-    Ok(rows)
+    Ok(rows
+        .into_iter()
+        .map(|r| pb::LogLine {
+            job_id: String::new(),
+            attempt,
+            line: r.line,
+            stream: if r.stream == 1 { "stderr" } else { "stdout" }.into(),
+            ts: r.ts,
+            text: r.text,
+        })
+        .collect())
 }
 
 async fn last_line(
@@ -51,14 +46,8 @@ async fn last_line(
     let key = job.to_string();
     Ok(core
         .store()
-        .read(move |c| {
-            c.query_row(
-                "SELECT COALESCE(MAX(line), 0) FROM logs WHERE job_id=?1 AND attempt=?2 AND (?3 IS NULL OR stream=?3)",
-                rusqlite::params![key, attempt as i64, stream],
-                |r| r.get::<_, i64>(0),
-            )
-        })
-        .await? as u64)
+        .read(move |c| c.last_log_line(&key, attempt, stream))
+        .await?)
 }
 
 /// Sends a job's log lines from `from` (or the last `tail`), then, with
@@ -158,25 +147,19 @@ pub async fn metrics(
     let (rows, last, more) = core
         .store()
         .read(move |c| {
-            let mut st = c.prepare_cached("SELECT id, attempt, step, ts, json FROM metrics WHERE job_id=?1 AND (?2 = 0 OR attempt=?2) AND id > ?3 ORDER BY id LIMIT ?4")?;
-            let rows = st.query_map(
-                rusqlite::params![key, attempt as i64, after, size as i64 + 1],
-                |r| {
-                    Ok((
-                        r.get::<_, i64>(0)?,
-                        pb::MetricRecord {
-                            attempt: r.get::<_, i64>(1)? as u64,
-                            step: r.get(2)?,
-                            ts: r.get(3)?,
-                            json: r.get(4)?,
-                        },
-                    ))
-                },
-            )?;
+            let rows = c.metrics_after(&key, attempt, after, size as i64 + 1)?;
             let mut out = Vec::new();
             let (mut bytes, mut last, mut more) = (0, after, false);
             for row in rows {
-                let (id, rec) = row?;
+                let (id, rec) = (
+                    row.id,
+                    pb::MetricRecord {
+                        attempt: row.attempt,
+                        step: row.step,
+                        ts: row.ts,
+                        json: row.json,
+                    },
+                );
                 if out.len() >= size || bytes >= max_bytes {
                     more = true;
                     break;

@@ -10,9 +10,7 @@ use crate::model::{JobEvent, JobState, Outcome, StopRequest, SweepState};
 use crate::results::Outcomes;
 use crate::search::sweep::SweepSearch;
 use crate::search::{TrialData, TrialStatus};
-use crate::store::{
-    CheckpointRow, JobRow, JobUpdate, LogRow, MetricRow, NewJobs, Op, Store, StoreError,
-};
+use crate::store::{CheckpointRow, JobUpdate, LogRow, MetricRow, NewJobs, Op, Store, StoreError};
 use liandan_common::config::CoordinatorConfig;
 use liandan_common::ids::{JobId, SweepId, TrialId, WorkerId};
 use liandan_common::sweep::{self, Format, Goal, SweepSpec};

@@ -145,11 +145,11 @@ impl Core {
     /// job, the attempt it is retried after), which `liandan jobs` shows (one
     /// indexed lookup per job, off the lock).
     pub async fn fill_last_attempts(&self, jobs: &mut [pb::Job]) -> Result<(), CoreError> {
-        let keys: Vec<(usize, String, i64)> = jobs
+        let keys: Vec<(usize, String, u64)> = jobs
             .iter()
             .enumerate()
             .filter(|(_, j)| j.attempt > 0)
-            .map(|(i, j)| (i, j.id.clone(), j.attempt as i64))
+            .map(|(i, j)| (i, j.id.clone(), j.attempt))
             .collect();
         if keys.is_empty() {
             return Ok(());
@@ -157,23 +157,16 @@ impl Core {
         let found = self
             .store
             .read(move |c| {
-                use rusqlite::OptionalExtension;
-                let mut st = c.prepare_cached("SELECT attempt, worker_id, state, started_at, ended_at, exit_code, signal, message FROM attempts WHERE job_id=?1 AND attempt=?2")?;
                 let mut out = Vec::with_capacity(keys.len());
                 for (i, job, attempt) in keys {
-                    let a = st
-                        .query_row(rusqlite::params![job, attempt], |r| {
-                            let mut a = attempt_row(r)?;
-                            // Cut by bytes (on a character boundary): the page reserved them.
-                            let mut cut = a.message.len().min(LISTED_MESSAGE_BYTES);
-                            while !a.message.is_char_boundary(cut) {
-                                cut -= 1;
-                            }
-                            a.message.truncate(cut);
-                            Ok(a)
-                        })
-                        .optional()?;
-                    if let Some(a) = a {
+                    if let Some(r) = c.attempt(&job, attempt)? {
+                        let mut a = attempt_info(r);
+                        // Cut by bytes (on a character boundary): the page reserved them.
+                        let mut cut = a.message.len().min(LISTED_MESSAGE_BYTES);
+                        while !a.message.is_char_boundary(cut) {
+                            cut -= 1;
+                        }
+                        a.message.truncate(cut);
                         out.push((i, a));
                     }
                 }
@@ -229,11 +222,7 @@ impl Core {
         let key = jid.to_string();
         info.attempts = self
             .store
-            .read(move |c| {
-                let mut st = c.prepare_cached("SELECT attempt, worker_id, state, started_at, ended_at, exit_code, signal, message FROM attempts WHERE job_id=?1 ORDER BY attempt")?;
-                let rows = st.query_map([key], attempt_row)?;
-                rows.collect()
-            })
+            .read(move |c| Ok(c.attempts(&key)?.into_iter().map(attempt_info).collect()))
             .await?;
         Ok(info)
     }
@@ -412,19 +401,18 @@ const LAST_ATTEMPT_BYTES: usize = 320;
 /// Bytes of an attempt's message a listing carries.
 const LISTED_MESSAGE_BYTES: usize = 200;
 
-/// An `attempts` row (`attempt, worker_id, state, started_at, ended_at,
-/// exit_code, signal, message`) as the wire's Attempt.
-fn attempt_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<pb::Attempt> {
-    Ok(pb::Attempt {
-        attempt: r.get::<_, i64>(0)? as u64,
-        worker_id: r.get(1)?,
-        state: r.get(2)?,
-        started_at: r.get(3)?,
-        ended_at: r.get::<_, Option<f64>>(4)?.unwrap_or(0.0),
-        exit_code: r.get::<_, Option<i32>>(5)?.unwrap_or(0),
-        signal: r.get::<_, Option<i32>>(6)?.unwrap_or(0),
-        message: r.get::<_, Option<String>>(7)?.unwrap_or_default(),
-    })
+/// A stored attempt as the wire's Attempt (unset times and codes as 0).
+fn attempt_info(r: crate::store::AttemptRecord) -> pb::Attempt {
+    pb::Attempt {
+        attempt: r.attempt,
+        worker_id: r.worker_id,
+        state: r.state,
+        started_at: r.started_at,
+        ended_at: r.ended_at.unwrap_or(0.0),
+        exit_code: r.exit_code.unwrap_or(0),
+        signal: r.signal.unwrap_or(0),
+        message: r.message.unwrap_or_default(),
+    }
 }
 
 pub(super) fn worker_info(id: &WorkerId, w: &WorkerMem) -> pb::Worker {

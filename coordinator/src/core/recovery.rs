@@ -1,6 +1,7 @@
 //! Recovery: memory rebuilt from the store at start, searches included.
 
 use super::*;
+use crate::store::{Reader, SweepRecord, TrialRecord, WorkerRecord};
 
 /// Rebuilds memory from the database.
 pub(super) fn load(store: &Store, cfg: &CoordinatorConfig) -> Result<State, CoreError> {
@@ -9,10 +10,8 @@ pub(super) fn load(store: &Store, cfg: &CoordinatorConfig) -> Result<State, Core
         .read_now(|c| {
             let mut st = State::default();
             {
-                let mut q = c.prepare("SELECT id, name, spec_json, spec_hash, state, algorithm, created_at, owner FROM sweeps")?;
-                let rows = q.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?, r.get::<_, String>(4)?, r.get::<_, String>(5)?, r.get::<_, f64>(6)?, r.get::<_, String>(7)?)))?;
-                for row in rows {
-                    let (id, name, spec_json, spec_hash, state, algorithm, created_at, owner) = row?;
+                for row in c.sweeps()? {
+                    let SweepRecord { id, name, spec_json, spec_hash, state, algorithm, created_at, owner } = row;
                     let (Ok(sid), Ok(spec)) = (SweepId::parse(&id), serde_json::from_str::<SweepSpec>(&spec_json)) else {
                         tracing::error!(sweep = %id, "stored sweep cannot be read; skipping it");
                         continue;
@@ -44,15 +43,12 @@ pub(super) fn load(store: &Store, cfg: &CoordinatorConfig) -> Result<State, Core
                 }
             }
             {
-                let mut q = c.prepare("SELECT id, max_attempt FROM deleted_sweeps")?;
-                let rows = q.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
-                for row in rows {
-                    let (id, max) = row?;
+                for (id, max) in c.deleted_sweeps()? {
                     if let Ok(sid) = SweepId::parse(&id) {
                         if let Some(s) = st.sweeps.get_mut(&sid) {
-                            s.attempt_floor = max as u64;
+                            s.attempt_floor = max;
                         }
-                        st.attempt_floors.insert(sid, max as u64);
+                        st.attempt_floors.insert(sid, max);
                     }
                 }
             }
@@ -60,10 +56,8 @@ pub(super) fn load(store: &Store, cfg: &CoordinatorConfig) -> Result<State, Core
             // Trials of sweeps with search state, by sweep, in index order.
             let mut trial_order: HashMap<SweepId, Vec<(i64, TrialId)>> = HashMap::new();
             {
-                let mut q = c.prepare("SELECT id, sweep_id, params_json, idx FROM trials")?;
-                let rows = q.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, i64>(3)?)))?;
-                for row in rows {
-                    let (id, sweep, p, idx) = row?;
+                c.each_trial(|t| {
+                    let TrialRecord { id, sweep_id: sweep, params_json: p, idx } = t;
                     if let Some((sid, s)) = SweepId::parse(&sweep).ok().and_then(|sid| st.sweeps.get_mut(&sid).map(|s| (sid, s))) {
                         s.trials += 1;
                         if s.spec.has_search() {
@@ -73,41 +67,20 @@ pub(super) fn load(store: &Store, cfg: &CoordinatorConfig) -> Result<State, Core
                         }
                     }
                     params.insert(id, p.into());
-                }
+                })?;
             }
             {
-                let mut q = c.prepare("SELECT id, sweep_id, trial_id, ord, seed, state, attempt, retries_used, worker_id, cancel_requested, final_metric, best_metric, result_recorded, seq, worker_deaths FROM jobs ORDER BY seq")?;
-                let rows = q.query_map([], |r| {
-                    Ok(JobRow {
-                        id: r.get(0)?,
-                        sweep_id: r.get(1)?,
-                        trial_id: r.get(2)?,
-                        ord: r.get(3)?,
-                        seed: r.get(4)?,
-                        state: r.get(5)?,
-                        attempt: r.get::<_, i64>(6)? as u64,
-                        retries_used: r.get(7)?,
-                        worker_id: r.get(8)?,
-                        cancel_requested: r.get::<_, i64>(9)?,
-                        final_metric: r.get(10)?,
-                        best_metric: r.get(11)?,
-                        result_recorded: r.get(12)?,
-                        seq: r.get(13)?,
-                        worker_deaths: r.get(14)?,
-                    })
-                })?;
-                for row in rows {
-                    let j = row?;
+                c.each_job(|j| {
                     st.next_seq = st.next_seq.max(j.seq + 1);
                     let (Ok(jid), Ok(sid), Ok(tid), Some(state)) = (JobId::parse(&j.id), SweepId::parse(&j.sweep_id), TrialId::parse(&j.trial_id), JobState::parse(&j.state)) else {
                         // Only this binary writes these rows; say so loudly rather than drop a job quietly.
                         tracing::error!(job = %j.id, state = %j.state, "stored job cannot be read; it is not scheduled (is the database from a newer liandan?)");
-                        continue;
+                        return;
                     };
                     let worker = j.worker_id.as_deref().and_then(|w| WorkerId::parse(w).ok());
                     let Some(s) = st.sweeps.get_mut(&sid) else {
                         tracing::error!(job = %jid, sweep = %sid, "stored job belongs to a sweep that cannot be read; it is not scheduled");
-                        continue;
+                        return;
                     };
                     s.jobs.push(jid.clone());
                     s.counts[state_index(state)] += 1;
@@ -159,33 +132,27 @@ pub(super) fn load(store: &Store, cfg: &CoordinatorConfig) -> Result<State, Core
                             assigned_at: (state == JobState::Running).then(Instant::now),
                         },
                     );
-                }
+                })?;
             }
             {
-                let mut q = c.prepare("SELECT name, role, hash, created_at FROM tokens")?;
-                let rows = q.query_map([], |r| {
-                    Ok(IssuedToken {
-                        name: r.get(0)?,
-                        admin: r.get::<_, String>(1)? == "admin",
-                        hash: r.get(2)?,
-                        created_at: r.get(3)?,
-                    })
-                })?;
-                for t in rows {
-                    let t = t?;
+                for t in c.tokens()? {
+                    let t = IssuedToken {
+                        admin: t.role == "admin",
+                        name: t.name,
+                        hash: t.hash,
+                        created_at: t.created_at,
+                    };
                     st.tokens.insert(t.name.clone(), t);
                 }
             }
             {
-                let mut q = c.prepare("SELECT id, hostname, resources_json, acked_seq, draining, last_seen, cert_bound, secret_hash FROM workers")?;
-                let rows = q.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, i64>(3)?, r.get::<_, bool>(4)?, r.get::<_, f64>(5)?, r.get::<_, bool>(6)?, r.get::<_, Option<String>>(7)?)))?;
-                for row in rows {
-                    let (id, hostname, res, acked, draining, last_seen, cert_bound, secret_hash) = row?;
+                for row in c.workers()? {
+                    let WorkerRecord { id, hostname, resources_json: res, acked_seq, draining, last_seen, cert_bound, secret_hash } = row;
                     let Ok(wid) = WorkerId::parse(&id) else { continue };
                     let w = st.workers.entry(wid).or_insert_with(|| WorkerMem::unknown(grace_deadline));
                     w.hostname = hostname;
                     w.resources = resources_from_json(&res);
-                    w.acked_seq = acked as u64;
+                    w.acked_seq = acked_seq;
                     w.draining = draining;
                     w.last_seen = last_seen;
                     w.cert_bound = cert_bound;
@@ -194,28 +161,14 @@ pub(super) fn load(store: &Store, cfg: &CoordinatorConfig) -> Result<State, Core
                 }
             }
             {
-                let mut q = c.prepare("SELECT job_id, attempt, step, size, blake3, metric, created_at, file FROM checkpoints ORDER BY job_id, step")?;
-                let rows = q.query_map([], |r| {
-                    Ok(CheckpointRow {
-                        job_id: r.get(0)?,
-                        attempt: r.get::<_, i64>(1)? as u64,
-                        step: r.get(2)?,
-                        size: r.get::<_, i64>(3)? as u64,
-                        blake3: r.get(4)?,
-                        metric: r.get(5)?,
-                        created_at: r.get(6)?,
-                        file: r.get(7)?,
-                    })
-                })?;
-                for row in rows {
-                    let row = row?;
+                c.each_checkpoint(|row| {
                     if let Ok(jid) = JobId::parse(&row.job_id) {
                         st.checkpoints.entry(jid).or_default().push(row);
                     }
-                }
+                })?;
             }
             load_search(c, &mut st, trial_order)?;
-            st.refused_stale = crate::store::counter(c, REFUSED_STALE)? as u64;
+            st.refused_stale = c.counter(REFUSED_STALE)? as u64;
             Ok(st)
         })
         .map_err(CoreError::from)
@@ -225,10 +178,10 @@ pub(super) fn load(store: &Store, cfg: &CoordinatorConfig) -> Result<State, Core
 /// index order with their jobs, metric histories from the stored metric rows,
 /// and whether metric.target was already reached.
 fn load_search(
-    c: &rusqlite::Connection,
+    c: &Reader<'_>,
     st: &mut State,
     mut trial_order: HashMap<SweepId, Vec<(i64, TrialId)>>,
-) -> Result<(), rusqlite::Error> {
+) -> Result<(), StoreError> {
     let sids: Vec<SweepId> = st
         .sweeps
         .iter()
@@ -277,16 +230,10 @@ fn load_search(
             s.counts[state_index(JobState::Queued)] + s.counts[state_index(JobState::Running)] > 0
                 || (search.can_propose() && s.state != SweepState::Cancelled);
         if let (true, Some(_), Some(metric)) = (live, &s.spec.early_terminate, &s.spec.metric) {
-            let mut q =
-                c.prepare("SELECT step, json FROM metrics WHERE job_id = ?1 ORDER BY id")?;
             for t in 0..search.trials.len() {
                 let (tid, jobs) = (search.trials[t].id.clone(), search.trials[t].jobs.clone());
                 for j in jobs {
-                    let rows = q.query_map([j.to_string()], |r| {
-                        Ok((r.get::<_, Option<i64>>(0)?, r.get::<_, String>(1)?))
-                    })?;
-                    for row in rows {
-                        let (step, json) = row?;
+                    c.each_metric_of(j.as_str(), |step, json| {
                         let value = serde_json::from_str::<serde_json::Value>(&json)
                             .ok()
                             .and_then(|v| v.get(&metric.name).and_then(|x| x.as_f64()))
@@ -295,7 +242,7 @@ fn load_search(
                             let step = step.unwrap_or_else(|| search.next_step(&tid, &j));
                             search.record(&tid, &j, step, x);
                         }
-                    }
+                    })?;
                 }
             }
             search.settle_loaded();
