@@ -91,7 +91,7 @@ see 0 "no sweeps yet; submit one with \`liandan submit FILE\`" liandan status
 see 78 "slots = 0 and no GPU was found" env CUDA_VISIBLE_DEVICES= \
   "$BIN/liandan-worker" --coordinator "$LIANDAN_COORDINATOR" --state-dir "$T/idle-worker" --slots 0 --gpus visible
 # Jobs see the worker's environment through ${envvar:...} (used below).
-export FIRST_HOUR_MARKER="$T/marker"
+export FIRST_HOUR_MARKER="$T/marker" FIRST_HOUR_RELAPSE="$T/relapse-marker"
 "$BIN/liandan-worker" --coordinator "$LIANDAN_COORDINATOR" --state-dir "$T/worker" --slots 2 \
   --gpus none --labels cpu,first-hour 2>"$T/worker.log" &
 pids+=($!)
@@ -148,6 +148,26 @@ see 1 "no_metric: exited 0 but never reported the metric \"loss\"" liandan submi
 # A metric printed as nan is a diverged run, not a pattern that never matched.
 sed 's/^name: strict/name: diverged/; s/loss: 0.5/loss=nan/; s/\[0-9.\]+/[0-9.a-z]+/' "$T/strict.yaml" >"$T/diverged.yaml"
 see 1 "reported the metric \"loss\" only as NaN or infinity" liandan submit "$T/diverged.yaml" --wait
+
+# A retried job is judged by its new attempt alone: the failed attempt's
+# value is not the result of one that reports nothing.
+cat >"$T/relapse.yaml" <<'EOF'
+name: relapse
+method: grid
+metric: {name: loss}
+command: [sh, -c, 'test -e "$MARKER" && exit 0; echo "loss=0.3"; exit 1']
+parameters:
+  x: {value: 1}
+liandan:
+  retries: 0
+  require_metric: true
+  metric_pattern: 'loss=(?P<loss>[0-9.]+)'
+  env: {MARKER: '${envvar:FIRST_HOUR_RELAPSE}'}
+EOF
+see 1 "0 succeeded, 1 failed" liandan submit "$T/relapse.yaml" --wait
+touch "$T/relapse-marker"
+see 0 "queued 1 job(s)" liandan retry relapse
+see 1 "no_metric: exited 0 but never reported the metric \"loss\"" liandan wait relapse
 
 # --- A done sweep's history stays; control commands say why not. ---
 see 65 "finished" liandan pause quiet

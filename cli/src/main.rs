@@ -17,7 +17,7 @@ use clap_complete::engine::ArgValueCompleter;
 use liandan_common::exit;
 use liandan_common::sweep::{self, command, Format as SpecFormat, Method as SpecMethod};
 use liandan_proto::v1 as pb;
-use output::{num, opt_num, printable, render, Format, Listing};
+use output::{num, num_cell, opt_num, printable, render, Format, Listing};
 use pb::user_service_client::UserServiceClient;
 use serde_json::json;
 use std::io::{IsTerminal, Write};
@@ -1092,7 +1092,7 @@ async fn run(cli: Cli) -> R<i32> {
                         j.state.clone(),
                         j.attempt.to_string(),
                         worker(j),
-                        opt_num(j.final_metric),
+                        num_cell(j.final_metric, output == Format::Csv),
                         took(j, now, output == Format::Csv),
                         job_reason(j, &s.metric_name),
                         j.params_json.clone(),
@@ -1254,7 +1254,7 @@ async fn run(cli: Cli) -> R<i32> {
             let mut c = connect(&url).await?;
             let r = fetch_trial_results(&mut c, &sweep, best, limit).await?;
             let a = results::analyze(&r);
-            print(render(&results::listing(&a), output));
+            print(render(&results::listing(&a, output == Format::Csv), output));
             if matches!(output, Format::Table | Format::Wide) {
                 print(results::footer(&a));
             }
@@ -1534,7 +1534,7 @@ async fn run(cli: Cli) -> R<i32> {
                         } else {
                             human_bytes(c.size)
                         },
-                        opt_num(c.metric),
+                        num_cell(c.metric, output == Format::Csv),
                         if output == Format::Csv {
                             exact_time(c.created_at)
                         } else {
@@ -1719,19 +1719,41 @@ async fn sweep_riding_restarts(c: &mut Client, sweep: &str) -> R<Option<pb::Swee
 
 /// The first failed jobs of a sweep, each with how its last attempt ended,
 /// and the commands to see more.
+/// The first `n` jobs of a sweep in `state` that `pick` takes, following
+/// pages (a page of one state may come back short, even empty, and not be
+/// the last); fewer when the coordinator cannot be asked.
+async fn first_jobs(
+    c: &mut Client,
+    sweep: &str,
+    state: &str,
+    n: usize,
+    pick: impl Fn(&pb::Job) -> bool,
+) -> Vec<pb::Job> {
+    let mut out = Vec::new();
+    let mut token = String::new();
+    loop {
+        let Ok(r) = c
+            .list_jobs(pb::ListJobsRequest {
+                sweep_id: sweep.into(),
+                state: state.into(),
+                page_size: 0,
+                page_token: token,
+            })
+            .await
+        else {
+            return out;
+        };
+        let r = r.into_inner();
+        out.extend(r.jobs.into_iter().filter(|j| pick(j)).take(n - out.len()));
+        if out.len() >= n || r.next_page_token.is_empty() {
+            return out;
+        }
+        token = r.next_page_token;
+    }
+}
+
 async fn name_failures(c: &mut Client, sweep: &str, failed: u64) {
-    let Ok(r) = c
-        .list_jobs(pb::ListJobsRequest {
-            sweep_id: sweep.into(),
-            state: "failed".into(),
-            page_size: 3,
-            page_token: String::new(),
-        })
-        .await
-    else {
-        return;
-    };
-    let jobs = r.into_inner().jobs;
+    let jobs = first_jobs(c, sweep, "failed", 3, |_| true).await;
     for j in &jobs {
         let how = match c
             .get_job(pb::JobRef {
@@ -1771,21 +1793,10 @@ async fn silent_metric(c: &mut Client, s: &pb::Sweep) {
     if silent == 0 {
         return;
     }
-    // One of them, for the pointer to its log (the first page of succeeded jobs).
-    let example = c
-        .list_jobs(pb::ListJobsRequest {
-            sweep_id: s.id.clone(),
-            state: "succeeded".into(),
-            ..Default::default()
-        })
+    // One of them, for the pointer to its log.
+    let example = first_jobs(c, &s.id, "succeeded", 1, |j| j.final_metric.is_none())
         .await
-        .ok()
-        .and_then(|r| {
-            r.into_inner()
-                .jobs
-                .into_iter()
-                .find(|j| j.final_metric.is_none())
-        })
+        .first()
         .map(|j| format!(" (`liandan logs {}`)", j.id))
         .unwrap_or_default();
     eprintln!(
@@ -2236,7 +2247,11 @@ async fn describe(url: &Target, job: &str, output: TextFormat) -> R<i32> {
         }
     }
     let mut next = format!("\nmore: `liandan logs {}`", j.id);
-    if j.state == "failed" || j.state == "cancelled" {
+    // The hint only where retry would take the job (see SweepSpec::why_no_retry).
+    let retry_takes = s.state != "cancelled"
+        && serde_json::from_str::<sweep::SweepSpec>(&s.spec_json)
+            .is_ok_and(|spec| spec.why_no_retry().is_none());
+    if (j.state == "failed" || j.state == "cancelled") && retry_takes {
         next.push_str(&format!(
             "; run it again: `liandan retry {} --job {}`",
             s.id, j.id

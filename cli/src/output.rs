@@ -255,9 +255,30 @@ pub fn opt_num(x: Option<f64>) -> String {
     x.map(num).unwrap_or_else(|| "-".into())
 }
 
+/// A number for a cell: rounded for people ([`opt_num`]), or, with `exact`
+/// (CSV), the shortest text that reads back as the same f64, and an empty
+/// cell for no value (so pandas reads the column as numbers).
+pub fn num_cell(x: Option<f64>, exact: bool) -> String {
+    match (x, exact) {
+        (Some(x), true) => x.to_string(),
+        (None, true) => String::new(),
+        (x, false) => opt_num(x),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn csv_numbers_read_back_exactly() {
+        for x in [0.1 + 0.2, 1.0 / 3.0, 1.796e9 + 0.123456, -2.5e-7, 42.0] {
+            assert_eq!(num_cell(Some(x), true).parse::<f64>().ok(), Some(x));
+        }
+        assert_eq!(num_cell(None, true), "");
+        assert_eq!(num_cell(None, false), "-");
+        assert_eq!(num_cell(Some(1.0 / 3.0), false), "0.3333");
+    }
 
     #[test]
     fn table_fits_width_and_truncates_long_cells() {

@@ -3,7 +3,7 @@
 //! whether the winner is within seed noise, Welch's one-sided p-value of the
 //! winner against each trial, the variance shares, and each trial's seed luck.
 
-use crate::output::{num, opt_num, Listing};
+use crate::output::{num, num_cell, Listing};
 use liandan_common::stats::{self, Summary};
 use liandan_proto::v1 as pb;
 use serde_json::{json, Value};
@@ -131,7 +131,10 @@ fn varying_keys(rows: &[TrialRow]) -> std::collections::BTreeSet<String> {
     out
 }
 
-pub fn listing(a: &Analysis) -> Listing {
+/// The ranked trials; `exact` (CSV) gives numbers that read back exactly and
+/// empty cells for missing values.
+pub fn listing(a: &Analysis, exact: bool) -> Listing {
+    let n = |x: Option<f64>| num_cell(x, exact);
     let varying = varying_keys(&a.rows);
     let columns = vec![
         "rank",
@@ -155,37 +158,50 @@ pub fn listing(a: &Analysis) -> Listing {
         .map(|(i, r)| {
             let s = r.summary.as_ref();
             vec![
-                if r.values.is_empty() {
-                    "-".into()
-                } else {
+                if !r.values.is_empty() {
                     (i + 1).to_string()
+                } else if exact {
+                    String::new()
+                } else {
+                    "-".into()
                 },
                 r.trial_id.clone(),
                 s.map(|s| s.n.to_string()).unwrap_or_else(|| "0".into()),
-                opt_num(s.map(|s| s.mean)),
-                opt_num(s.and_then(|s| s.std)),
+                n(s.map(|s| s.mean)),
+                n(s.and_then(|s| s.std)),
                 s.and_then(|s| s.ci95)
-                    .map(|(lo, hi)| format!("[{}, {}]", num(lo), num(hi)))
+                    .map(|(lo, hi)| {
+                        if exact {
+                            format!("[{lo}, {hi}]")
+                        } else {
+                            format!("[{}, {}]", num(lo), num(hi))
+                        }
+                    })
                     .unwrap_or_else(|| {
-                        if s.is_some() {
+                        if exact {
+                            String::new()
+                        } else if s.is_some() {
                             "n=1: none".into()
                         } else {
                             "-".into()
                         }
                     }),
-                opt_num(s.map(|s| s.median)),
-                opt_num(s.map(|s| s.iqm)),
-                opt_num(s.map(|s| s.min)),
-                opt_num(s.map(|s| s.max)),
-                opt_num(r.seed_luck),
+                n(s.map(|s| s.median)),
+                n(s.map(|s| s.iqm)),
+                n(s.map(|s| s.min)),
+                n(s.map(|s| s.max)),
+                n(r.seed_luck),
                 if i == 0 && !r.values.is_empty() {
                     "top".into()
                 } else if r.values.is_empty() {
                     "no value".into()
                 } else {
-                    r.p_vs_top
-                        .map(|p| format!("{p:.3}"))
-                        .unwrap_or_else(|| "-".into())
+                    match (r.p_vs_top, exact) {
+                        (Some(p), true) => p.to_string(),
+                        (Some(p), false) => format!("{p:.3}"),
+                        (None, true) => String::new(),
+                        (None, false) => "-".into(),
+                    }
                 },
                 params_short(&r.params, &varying),
             ]
@@ -371,13 +387,13 @@ mod tests {
     #[test]
     fn table_json_and_csv_snapshots() {
         let a = analyze(&response());
-        let l = listing(&a);
+        let l = listing(&a, false);
         snapshot(
             "results-table.txt",
             &format!("{}{}", render(&l, Format::Table), footer(&a)),
         );
         snapshot("results-json.txt", &render(&l, Format::Json));
-        snapshot("results-csv.txt", &render(&l, Format::Csv));
+        snapshot("results-csv.txt", &render(&listing(&a, true), Format::Csv));
     }
 
     #[test]
@@ -387,7 +403,11 @@ mod tests {
             t.values.retain(|v| v.seed == 0);
         }
         let a = analyze(&r);
-        let text = format!("{}{}", render(&listing(&a), Format::Table), footer(&a));
+        let text = format!(
+            "{}{}",
+            render(&listing(&a, false), Format::Table),
+            footer(&a)
+        );
         assert!(text.contains("n=1: none"), "{text}");
         assert!(
             text.contains("cannot tell (needs at least two seeds in each)"),

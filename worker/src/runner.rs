@@ -458,10 +458,21 @@ impl MetricsTail {
 
 /// Parses `step-<N>.ckpt`, the published checkpoint name.
 pub fn checkpoint_step(name: &str) -> Option<i64> {
-    name.strip_prefix("step-")?
-        .strip_suffix(".ckpt")?
-        .parse()
-        .ok()
+    // Steps count up from 0: a name the job chose with a sign is no checkpoint.
+    let digits = name.strip_prefix("step-")?.strip_suffix(".ckpt")?;
+    if !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// Checkpoint files of an attempt the worker will not read: refused for good
+/// (a link, not a regular file), or busy for now (more than one link), told
+/// once each.
+#[derive(Default)]
+struct Refused {
+    never: std::collections::HashSet<i64>,
+    busy_told: std::collections::HashSet<i64>,
 }
 
 async fn scan_checkpoints(
@@ -470,7 +481,7 @@ async fn scan_checkpoints(
     attempt: u64,
     dir: &Path,
     last: &Mutex<Option<f64>>,
-    refused: &mut std::collections::HashSet<i64>,
+    refused: &mut Refused,
 ) {
     // The directory as the job left it: never through a link it planted.
     let d = dir.to_path_buf();
@@ -487,7 +498,7 @@ async fn scan_checkpoints(
         let Some(step) = checkpoint_step(&name) else {
             continue;
         };
-        if known.contains(&step) || refused.contains(&step) {
+        if known.contains(&step) || refused.never.contains(&step) {
             continue;
         }
         let (d, n) = (dir.to_path_buf(), name.clone());
@@ -500,14 +511,14 @@ async fn scan_checkpoints(
             // Gone again, or (hard links) maybe only for now: look next time.
             Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Ok(Err(e)) if e.kind() == std::io::ErrorKind::ResourceBusy => {
-                if refused.insert(-step - 1) {
+                if refused.busy_told.insert(step) {
                     tracing::warn!(job, attempt, file = %name, error = %e, "not reading a checkpoint with more than one link; looking again later");
                 }
                 continue;
             }
             Ok(Err(e)) => {
                 tracing::warn!(job, attempt, file = %name, error = %e, "not a checkpoint the worker will read (a link or not a regular file); ignored");
-                refused.insert(step);
+                refused.never.insert(step);
                 continue;
             }
             Err(_) => continue,
@@ -792,7 +803,7 @@ pub async fn run_attempt(
     };
     let mut poll = tokio::time::interval(Duration::from_millis(200));
     // Checkpoint files refused (links, FIFOs): not looked at again.
-    let mut refused = std::collections::HashSet::new();
+    let mut refused = Refused::default();
     let grace = Duration::from_secs_f64(ctx.cfg.grace_period_secs);
     let mut reason: Option<StopReason> = *stop.borrow();
     let mut term_deadline: Option<tokio::time::Instant> = None;
@@ -1005,6 +1016,11 @@ mod tests {
             ("step-0.ckpt", Some(0)),
             (".step-5.ckpt.tmp", None),
             ("step-x.ckpt", None),
+            // A sign is refused (it overflowed the worker once: -i64::MIN).
+            ("step--1.ckpt", None),
+            ("step--9223372036854775808.ckpt", None),
+            ("step-+5.ckpt", None),
+            ("step-99999999999999999999.ckpt", None),
             ("model.pt", None),
         ];
         for (name, want) in cases {

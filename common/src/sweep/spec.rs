@@ -562,6 +562,19 @@ impl SweepSpec {
         self.is_lazy() || self.early_terminate.is_some()
     }
 
+    /// Why `liandan retry` cannot run this sweep's jobs again, if it cannot:
+    /// its search has judged their trials (early stopping) or decides what
+    /// runs next (trials proposed as it runs).
+    pub fn why_no_retry(&self) -> Option<&'static str> {
+        if self.early_terminate.is_some() {
+            Some("it stops trials early (early_terminate), and its search has already judged the trials of those jobs")
+        } else if self.is_lazy() {
+            Some("its search proposes trials as it runs (bayes, tpe, or random without run_cap) and decides itself what runs next")
+        } else {
+            None
+        }
+    }
+
     /// Whether the program is given the seed as an argument.
     pub fn passes_seed(&self) -> bool {
         self.liandan.seed_source != SeedSource::None || self.liandan.trainer

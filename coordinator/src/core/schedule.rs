@@ -212,6 +212,11 @@ impl Core {
         };
         job.state = next;
         job.attempt += 1;
+        // A job's values are its current attempt's: one that failed after
+        // reporting does not lend the next attempt a result.
+        job.final_metric = None;
+        job.best_metric = None;
+        job.metric_not_finite = false;
         job.worker = Some(wid.clone());
         job.gpus = taken.clone();
         job.cpus = cpus;

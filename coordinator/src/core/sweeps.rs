@@ -277,8 +277,14 @@ impl Core {
                 } else {
                     "cancel"
                 };
+                let again = match st.sweeps.get(&sid) {
+                    Some(m) if c.failed > 0 && m.spec.why_no_retry().is_none() => {
+                        format!("`liandan retry {sid}` runs its failed jobs again, ")
+                    }
+                    _ => String::new(),
+                };
                 return Err(CoreError::FailedPrecondition(format!(
-                    "sweep {sid} is {} ({} succeeded, {} failed): there is nothing left to {verb}; `liandan delete {sid}` removes it",
+                    "sweep {sid} is {} ({} succeeded, {} failed): there is nothing left to {verb}; {again}`liandan delete {sid}` removes it",
                     info.state, c.succeeded, c.failed
                 )));
             }
@@ -366,9 +372,9 @@ impl Core {
                     "sweep {sid} was cancelled: its jobs do not run again; submit it under a new name"
                 )));
             }
-            if s.spec.has_search() {
+            if let Some(why) = s.spec.why_no_retry() {
                 return Err(CoreError::FailedPrecondition(format!(
-                    "sweep {sid} searches adaptively (its search decides what runs next); retry is for grid and random sweeps"
+                    "sweep {sid} cannot run jobs again: {why}; submit the file again under a new name (`liandan submit FILE --name NEW`)"
                 )));
             }
             let targets: Vec<JobId> = match job {
