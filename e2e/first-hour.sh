@@ -190,6 +190,10 @@ see 0 "\"state\": \"failed\"" liandan status fails -o json
 see 0 "failed, exit 3" liandan jobs fails -o wide
 see 0 "job,trial,seed,state,attempt,worker,metric,took,reason,lr" liandan jobs fails -o csv
 job=$(liandan jobs fails -o csv | sed -n 2p | cut -d, -f1)
+if [[ $job != job-* ]]; then
+  echo "FAIL: jobs fails -o csv gave no job id (got ${job@Q})"
+  failures=$((failures + 1))
+fi
 short=${job:0:10}
 see 0 "usage: train.py [--lr LR]" liandan describe "$short"
 see 0 "exit status: 3" liandan describe "$short"
@@ -223,6 +227,8 @@ see_re 0 "\"started_at_iso\": \"$ISO\"" liandan jobs ckpt -o json
 see_re 0 "\"ended_at_iso\": \"$ISO\"" liandan describe "$cjob" -o json
 see 0 "wrote $T/c.ckpt (55117 bytes, step 50, blake3 verified)" liandan download "$cjob" --file "$T/c.ckpt"
 see 64 "possible values: text, json" liandan download "$cjob" -o "$T/c.ckpt"
+# A job named by a short id downloads under its whole id.
+see 0 "wrote $cjob-step-50.ckpt" bash -c "cd '$T' && '$BIN/liandan' download '${cjob:0:10}'"
 # Usage lines do not make --coordinator look required.
 see 0 "Usage: liandan completions [OPTIONS] <SHELL>" liandan completions --help
 
@@ -237,6 +243,13 @@ see 64 "--param nope: the sweep has no such hyperparameter; its hyperparameters:
 see 64 "unexpected argument '--bogus'" liandan status --bogus
 see 64 "unrecognized subcommand 'frobnicate'" liandan frobnicate
 see 67 "not found" liandan describe job-ffffffffffff
+
+# --- A sweep deleted and submitted again numbers its attempts above the old ones. ---
+see 0 "deleted sweep" liandan delete quiet
+see 0 "4 succeeded" liandan submit "$T/quiet.yaml" --wait
+qjob=$(liandan jobs quiet -o csv | sed -n 2p | cut -d, -f1)
+see 67 "has no attempt 1: its one attempt is 2" liandan logs "$qjob" --attempt 1
+see 0 "loss: 0.5" liandan logs "$qjob"
 
 # --- Workers by a short id; ids complete on Tab. ---
 wid=$(liandan workers -o csv | sed -n 2p | cut -d, -f1)

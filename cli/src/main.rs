@@ -588,11 +588,7 @@ async fn tokens(url: &Target, cmd: TokensCmd) -> Result<i32, Fail> {
                         t.name.clone(),
                         t.role.clone(),
                         t.source.clone(),
-                        if output == Format::Csv {
-                            exact_time(t.created_at)
-                        } else {
-                            iso_time(t.created_at)
-                        },
+                        time_cell(t.created_at, output == Format::Csv),
                     ]
                 })
                 .collect();
@@ -831,9 +827,7 @@ async fn run(cli: Cli) -> R<i32> {
                     eprintln!("warning: {w}");
                 }
             }
-            // As the job will see it: the worker's private variables are not there.
-            let env = |k: &str| command::job_envvar(k).or_else(|| Some(format!("${{envvar:{k}}}")));
-            let ctx = command::offline_context(&env);
+            let ctx = command::offline_context(&offline_envvar);
             let mut rows = Vec::new();
             let mut js = Vec::new();
             for j in &e.jobs {
@@ -922,7 +916,7 @@ async fn run(cli: Cli) -> R<i32> {
                     })
                     .await?
                     .into_inner();
-                if matches!(s.state.as_str(), "queued" | "running" | "paused") {
+                if !sweep::shown_state_has_ended(&s.state) {
                     c.cancel_sweep(pb::SweepRef {
                         sweep_id: s.id.clone(),
                     })
@@ -1165,6 +1159,10 @@ async fn run(cli: Cli) -> R<i32> {
                 let r = match c.read_logs(req.clone()).await {
                     Ok(r) => r,
                     Err(e) if follow && coordinator_away(&e) => {
+                        if !std::mem::replace(&mut away, true) {
+                            let _ = out.flush();
+                            follow_notice(&e);
+                        }
                         tokio::time::sleep(Duration::from_secs(1)).await;
                         continue;
                     }
@@ -1194,10 +1192,7 @@ async fn run(cli: Cli) -> R<i32> {
                     Ok(()) => break,
                     Err(e) if follow && coordinator_away(&e) => {
                         let _ = out.flush();
-                        eprintln!(
-                            "the coordinator cannot be reached ({}); retrying (Ctrl-C stops following)",
-                            e.message().chars().take(200).collect::<String>()
-                        );
+                        follow_notice(&e);
                         away = true;
                         tokio::time::sleep(Duration::from_secs(1)).await;
                     }
@@ -1221,11 +1216,7 @@ async fn run(cli: Cli) -> R<i32> {
                         r.attempt.to_string(),
                         r.step.map(|s| s.to_string()).unwrap_or_default(),
                         // A time to the second in tables; to the microsecond in CSV.
-                        if output == Format::Csv {
-                            exact_time(r.ts)
-                        } else {
-                            iso_time(r.ts)
-                        },
+                        time_cell(r.ts, output == Format::Csv),
                         r.json.clone(),
                     ]
                 })
@@ -1535,11 +1526,7 @@ async fn run(cli: Cli) -> R<i32> {
                             human_bytes(c.size)
                         },
                         num_cell(c.metric, output == Format::Csv),
-                        if output == Format::Csv {
-                            exact_time(c.created_at)
-                        } else {
-                            iso_time(c.created_at)
-                        },
+                        time_cell(c.created_at, output == Format::Csv),
                         c.blake3.clone(),
                     ]
                 })
@@ -1596,8 +1583,13 @@ async fn run(cli: Cli) -> R<i32> {
                     "the downloaded checkpoint does not match its hash; try again".into(),
                 ));
             }
+            // Named by the job's whole id (the user may have typed a prefix);
+            // the id comes off the wire, so only a well-formed one names a file.
+            let id = liandan_common::ids::JobId::parse(&meta.job_id)
+                .map(|j| j.to_string())
+                .unwrap_or_else(|_| job.clone());
             let path =
-                file.unwrap_or_else(|| PathBuf::from(format!("{job}-step-{}.ckpt", meta.step)));
+                file.unwrap_or_else(|| PathBuf::from(format!("{id}-step-{}.ckpt", meta.step)));
             std::fs::write(&path, &data)
                 .map_err(|e| Fail(exit::IOERR, format!("cannot write {}: {e}", path.display())))?;
             say(
@@ -1719,6 +1711,21 @@ async fn sweep_riding_restarts(c: &mut Client, sweep: &str) -> R<Option<pb::Swee
 
 /// The first failed jobs of a sweep, each with how its last attempt ended,
 /// and the commands to see more.
+/// `${envvar:K}` in a command line shown here, offline: the job's own
+/// variables as the worker sets them, and the worker's private ones left as
+/// written (they are not known here).
+fn offline_envvar(k: &str) -> Option<String> {
+    command::job_envvar(k).or_else(|| Some(format!("${{envvar:{k}}}")))
+}
+
+/// `logs -f` lost the coordinator: it says so once and retries.
+fn follow_notice(e: &tonic::Status) {
+    eprintln!(
+        "the coordinator cannot be reached ({}); retrying (Ctrl-C stops following)",
+        e.message().chars().take(200).collect::<String>()
+    );
+}
+
 /// The first `n` jobs of a sweep in `state` that `pick` takes, following
 /// pages (a page of one state may come back short, even empty, and not be
 /// the last); fewer when the coordinator cannot be asked.
@@ -1837,7 +1844,7 @@ async fn wait_for(c: &mut Client, sweep: &str) -> R<i32> {
             "running {}  queued {}  failed {}",
             k.running, k.queued, k.failed
         );
-        let over = matches!(s.state.as_str(), "finished" | "failed" | "cancelled");
+        let over = sweep::shown_state_has_ended(&s.state);
         match &bar {
             Some(b) => {
                 b.set_length(s.jobs);
@@ -2072,6 +2079,16 @@ fn exact_time(secs: f64) -> String {
     humantime::format_rfc3339_micros(t).to_string()
 }
 
+/// A time for a cell: to the second for people ([`iso_time`]), to the
+/// microsecond with `exact` (CSV; [`exact_time`]).
+fn time_cell(secs: f64, exact: bool) -> String {
+    if exact {
+        exact_time(secs)
+    } else {
+        iso_time(secs)
+    }
+}
+
 /// A time for JSON, beside the seconds since the epoch: RFC 3339 to the
 /// microsecond, or null when the time is unset.
 fn json_time(secs: f64) -> serde_json::Value {
@@ -2131,8 +2148,7 @@ async fn describe(url: &Target, job: &str, output: TextFormat) -> R<i32> {
     let argv = serde_json::from_str::<sweep::SweepSpec>(&s.spec_json)
         .ok()
         .and_then(|spec| {
-            let env = |k: &str| command::job_envvar(k).or_else(|| Some(format!("${{envvar:{k}}}")));
-            let ctx = command::offline_context(&env);
+            let ctx = command::offline_context(&offline_envvar);
             command::build_argv(&spec, &params, j.seed, &ctx).ok()
         })
         .unwrap_or_default();

@@ -233,7 +233,7 @@ impl UserService for Api {
                 )))
             }
         };
-        let (current, _) = core.job_progress(&jid).ok_or_else(|| {
+        let (first, current) = core.attempt_range(&jid).ok_or_else(|| {
             Status::not_found(format!(
                 "job {jid} not found; list them with `liandan jobs SWEEP`"
             ))
@@ -242,12 +242,19 @@ impl UserService for Api {
         let attempt = match r.attempt {
             // The latest; for a queued job followed, the one it waits to start.
             0 if queued && r.follow => current + 1,
-            0 => current.max(1),
-            n if n <= current || (queued && r.follow && n == current + 1) => n,
+            0 => current.max(first),
+            n if (first..=current).contains(&n) || (queued && r.follow && n == current + 1) => n,
             n => {
+                let had = if current < first {
+                    "it has not run yet".to_string()
+                } else if first == current {
+                    format!("its one attempt is {first}")
+                } else {
+                    format!("its attempts are {first} to {current}")
+                };
                 return Err(Status::not_found(format!(
-                "job {jid} has no attempt {n}: it has had {current} (see `liandan describe {jid}`)"
-            )))
+                    "job {jid} has no attempt {n}: {had} (see `liandan describe {jid}`)"
+                )));
             }
         };
         let (tx, rx) = mpsc::channel(1024);

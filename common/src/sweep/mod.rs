@@ -15,6 +15,18 @@ pub use spec::{
 #[cfg(test)]
 mod tests;
 
+/// Whether a sweep in the state the coordinator shows (`queued`, `running`,
+/// `paused`, `finished`, `failed`: done with nothing succeeded, `cancelled`)
+/// is done: every job ended and nothing more will be proposed.
+pub fn shown_state_is_done(state: &str) -> bool {
+    matches!(state, "finished" | "failed")
+}
+
+/// Whether a sweep in a shown state has ended: done, or cancelled.
+pub fn shown_state_has_ended(state: &str) -> bool {
+    shown_state_is_done(state) || state == "cancelled"
+}
+
 /// The canonical stored form of a spec and its hash (identity of a submission).
 pub fn spec_identity(spec: &SweepSpec) -> (String, String) {
     let json = serde_json::to_string(spec).unwrap_or_default();

@@ -942,6 +942,19 @@ fn from_value(root: &Value, ctx: &Ctx) -> Result<SweepSpec, SpecError> {
         }
     }
     let description = ctx.keep(get_str(ctx, "", map, "description")).flatten();
+    // The metric's extensions, checked whatever else failed.
+    if let Some((ext, _)) = &liandan {
+        if let Some(pattern) = &ext.metric_pattern {
+            let m = metric.as_ref().and_then(|m| m.as_ref());
+            ctx.keep(check_metric_pattern(ctx, pattern, m));
+        }
+        if ext.require_metric && matches!(metric, Some(None)) {
+            ctx.record(ctx.err(
+                "liandan.require_metric",
+                "needs metric.name: the metric every job must report",
+            ));
+        }
+    }
     // What follows needs the parts above.
     let (
         Some(method),
@@ -975,15 +988,6 @@ fn from_value(root: &Value, ctx: &Ctx) -> Result<SweepSpec, SpecError> {
         ctx.warn(format!(
             "one seed ({}): results will show no seed-to-seed spread; give several seeds to see it",
             liandan.seeds[0]
-        ));
-    }
-    if let Some(pattern) = &liandan.metric_pattern {
-        ctx.keep(check_metric_pattern(ctx, pattern, metric.as_ref()));
-    }
-    if liandan.require_metric && metric.is_none() {
-        ctx.record(ctx.err(
-            "liandan.require_metric",
-            "needs metric.name: the metric every job must report",
         ));
     }
     if method == Method::Random && run_cap.is_none() {

@@ -882,6 +882,21 @@ fn every_error_of_a_file_is_told_at_once_in_file_order_with_suggestions() {
 }
 
 #[test]
+fn the_metric_extensions_are_checked_past_other_errors() {
+    // A misspelt method stops the spec being built; the bad pattern and the
+    // metric-less require_metric are still told in the same run.
+    let e = yaml_err(
+        "method: gird\nprogram: t.py\nparameters:\n  a: {values: [1]}\nliandan:\n  metric_pattern: 'loss=(?P<loss'\n  require_metric: true\n",
+    );
+    let told: Vec<&str> = e.errors.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        told,
+        ["method", "liandan.metric_pattern", "liandan.require_metric"],
+        "{e}"
+    );
+}
+
+#[test]
 fn a_grid_names_every_parameter_it_cannot_enumerate() {
     // Two continuous distributions, one of them nested, and probabilities:
     // each told, in file order, not just the first.

@@ -233,6 +233,16 @@ impl Core {
         st.jobs.get(id).map(|m| (m.attempt, m.state.is_terminal()))
     }
 
+    /// The numbers a job's attempts have had: its first (one above its
+    /// sweep's floor, since a sweep resubmitted after a delete numbers above
+    /// the old one's) and its current (below the first until it has run).
+    pub fn attempt_range(&self, id: &JobId) -> Option<(u64, u64)> {
+        let st = self.lock();
+        let m = st.jobs.get(id)?;
+        let floor = st.sweeps.get(&m.sweep).map_or(0, |s| s.attempt_floor);
+        Some((floor + 1, m.attempt))
+    }
+
     /// Whether a job waits in the queue for its next attempt.
     pub fn job_queued(&self, id: &JobId) -> bool {
         let st = self.lock();

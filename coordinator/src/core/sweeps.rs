@@ -270,7 +270,7 @@ impl Core {
             // A sweep that is done keeps its history: pausing or cancelling
             // it would relabel finished work.
             let info = sweep_info(&st, &sid);
-            if matches!(info.state.as_str(), "finished" | "failed") && new != SweepState::Active {
+            if sweep::shown_state_is_done(&info.state) && new != SweepState::Active {
                 let c = info.counts.unwrap_or_default();
                 let verb = if new == SweepState::Paused {
                     "pause"
