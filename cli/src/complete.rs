@@ -5,7 +5,7 @@
 //! (`LIANDAN_COORDINATOR`, `LIANDAN_TOKEN(_FILE)`, `LIANDAN_CA_CERT`); when it
 //! cannot be reached within two seconds nothing is offered.
 
-use super::{all_sweeps, connect, Target};
+use crate::client::{all_sweeps, connect, Target};
 use clap_complete::engine::CompletionCandidate;
 use liandan_proto::v1 as pb;
 use std::ffi::OsStr;
@@ -26,7 +26,7 @@ fn target() -> Target {
 /// Runs `ask` against the coordinator, giving up (nothing) after two seconds.
 fn ask<F, Fut>(current: &OsStr, ask: F) -> Vec<CompletionCandidate>
 where
-    F: FnOnce(super::Client) -> Fut,
+    F: FnOnce(crate::client::Client) -> Fut,
     Fut: std::future::Future<Output = Vec<(String, String)>>,
 {
     let prefix = current.to_string_lossy().to_string();
@@ -54,7 +54,7 @@ where
         .collect()
 }
 
-async fn sweeps(c: &super::Client) -> Vec<pb::Sweep> {
+async fn sweeps(c: &crate::client::Client) -> Vec<pb::Sweep> {
     let mut s = all_sweeps(c).await.unwrap_or_default();
     s.sort_by(|a, b| b.created_at.total_cmp(&a.created_at));
     s
@@ -71,7 +71,7 @@ fn sweep_candidates(s: &[pb::Sweep]) -> Vec<(String, String)> {
     out
 }
 
-async fn job_candidates(c: &super::Client) -> Vec<(String, String)> {
+async fn job_candidates(c: &crate::client::Client) -> Vec<(String, String)> {
     let mut out = Vec::new();
     for s in sweeps(c).await {
         if out.len() >= MAX_JOBS {
@@ -130,7 +130,7 @@ pub fn worker(current: &OsStr) -> Vec<CompletionCandidate> {
                 r.into_inner()
                     .workers
                     .into_iter()
-                    .map(|w| (w.id, super::printable(&w.hostname)))
+                    .map(|w| (w.id, crate::output::printable(&w.hostname)))
                     .collect()
             })
             .unwrap_or_default()

@@ -2,6 +2,7 @@
 
 use serde_json::Value;
 use std::io::IsTerminal;
+use std::time::Duration;
 
 /// Output format of a listing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -263,6 +264,89 @@ pub fn num_cell(x: Option<f64>, exact: bool) -> String {
         (Some(x), true) => x.to_string(),
         (None, true) => String::new(),
         (x, false) => opt_num(x),
+    }
+}
+
+/// A time (seconds since the epoch) as RFC 3339 in UTC, to the second.
+pub fn iso_time(secs: f64) -> String {
+    if !(secs.is_finite() && secs > 0.0) {
+        return "-".into();
+    }
+    let t = std::time::UNIX_EPOCH + Duration::from_secs_f64(secs.min(1e12));
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// A time to the microsecond as RFC 3339 in UTC, for CSV: exact, and read
+/// as a time by pandas and spreadsheets; empty when the time is unset.
+pub fn exact_time(secs: f64) -> String {
+    if !(secs.is_finite() && secs > 0.0) {
+        return String::new();
+    }
+    let t = std::time::UNIX_EPOCH + Duration::from_secs_f64(secs.min(1e12));
+    humantime::format_rfc3339_micros(t).to_string()
+}
+
+/// A time for a cell: to the second for people ([`iso_time`]), to the
+/// microsecond with `exact` (CSV; [`exact_time`]).
+pub fn time_cell(secs: f64, exact: bool) -> String {
+    if exact {
+        exact_time(secs)
+    } else {
+        iso_time(secs)
+    }
+}
+
+/// A time for JSON, beside the seconds since the epoch: RFC 3339 to the
+/// microsecond, or null when the time is unset.
+pub fn json_time(secs: f64) -> serde_json::Value {
+    match exact_time(secs) {
+        t if t.is_empty() => serde_json::Value::Null,
+        t => serde_json::Value::String(t),
+    }
+}
+
+/// Seconds since the epoch, now.
+pub fn now_secs() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// How long ago `then` was, to its largest two units (`3m 12s`, `2d 4h`).
+pub fn human_age(now: f64, then: f64) -> String {
+    if !(then.is_finite() && then > 0.0) {
+        return "-".into();
+    }
+    two_units(human_duration((now - then).max(0.0)))
+}
+
+/// The largest two units of a humantime duration (`1h 2m 3s` → `1h 2m`).
+pub fn two_units(d: String) -> String {
+    d.split(' ').take(2).collect::<Vec<_>>().join(" ")
+}
+
+/// A duration to the second, as `1h 2m 3s`.
+pub fn human_duration(secs: f64) -> String {
+    if !(secs.is_finite() && secs >= 0.0) {
+        return "-".into();
+    }
+    humantime::format_duration(Duration::from_secs(secs.round().min(1e12) as u64)).to_string()
+}
+
+/// Bytes for people: `512 B`, `3.2 MiB`, `1.5 TiB`.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
     }
 }
 

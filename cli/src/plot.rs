@@ -366,6 +366,194 @@ fn font_style(svg: &str, embed: bool) -> String {
     }
 }
 
+// ---------------------------------------------------------------- the command
+
+use crate::client::*;
+use crate::complete;
+use clap_complete::engine::ArgValueCompleter;
+use liandan_common::exit;
+use liandan_proto::v1 as pb;
+use std::path::PathBuf;
+
+/// The image format `plot` writes: `-o` if given (png or svg), else the
+/// file's extension, else png. A file name given to `-o` (which is the
+/// format in every command) or a file whose extension disagrees is a usage
+/// error, told before anything is fetched.
+pub fn plot_format(output: Option<&str>, file: Option<&std::path::Path>) -> R<ImageFormat> {
+    // The file's extension, when it names a format plot draws.
+    let from_file = file.and_then(|f| {
+        let ext = f.extension()?.to_str()?.to_ascii_lowercase();
+        ImageFormat::parse(&ext)
+    });
+    let Some(o) = output else {
+        return match (file, from_file) {
+            (Some(f), None) => Err(Fail(
+                exit::USAGE,
+                format!(
+                    "cannot write {}: plot draws PNG or SVG; name the file .png or .svg, or give the format with -o png|svg",
+                    f.display()
+                ),
+            )),
+            _ => Ok(from_file.unwrap_or(ImageFormat::Png)),
+        };
+    };
+    let Some(fmt) = ImageFormat::parse(&o.to_ascii_lowercase()) else {
+        let hint = if o.contains('.') || o.contains('/') {
+            format!("; -o is the output format in every command, so give the file as --file {o}")
+        } else {
+            String::new()
+        };
+        return Err(Fail(
+            exit::USAGE,
+            format!("-o {o:?}: plot draws png or svg{hint}"),
+        ));
+    };
+    // -o decides; a file named for the other format is refused rather than
+    // written with content its name belies.
+    match from_file {
+        Some(f) if f != fmt => Err(Fail(
+            exit::USAGE,
+            format!(
+                "-o {} but --file ends in .{}: choose one format",
+                fmt.extension(),
+                f.extension()
+            ),
+        )),
+        _ => Ok(fmt),
+    }
+}
+
+/// `plot --param P`: P must be a hyperparameter of the sweep with numbers
+/// for values (the chart's x axis), else a usage error naming the choices.
+pub fn plot_param_ok(r: &pb::GetResultsResponse, p: &str) -> R<()> {
+    let mut names = std::collections::BTreeSet::new();
+    let mut numeric = false;
+    for j in &r.jobs {
+        if let Ok(serde_json::Value::Object(m)) = serde_json::from_str(&j.params_json) {
+            if m.get(p).is_some_and(|v| v.as_f64().is_some()) {
+                numeric = true;
+            }
+            names.extend(m.keys().cloned());
+        }
+    }
+    if numeric {
+        return Ok(());
+    }
+    let list = names.iter().cloned().collect::<Vec<_>>().join(", ");
+    let what = if r.jobs.is_empty() {
+        format!("--param {p}: the sweep has no jobs with results yet, so there is nothing to draw against it")
+    } else if names.contains(p) {
+        format!("--param {p}: its values are not numbers, so it cannot be an axis")
+    } else {
+        format!("--param {p}: the sweep has no such hyperparameter")
+    };
+    if list.is_empty() {
+        return Err(Fail(exit::USAGE, what));
+    }
+    Err(Fail(
+        exit::USAGE,
+        format!("{what}; its hyperparameters: {list}"),
+    ))
+}
+
+/// The arguments of `liandan plot`.
+#[derive(clap::Args, Debug)]
+pub struct PlotArgs {
+    #[arg(add = ArgValueCompleter::new(complete::sweep))]
+    pub sweep: String,
+    /// Metric to draw (default: the sweep's metric).
+    #[arg(long)]
+    pub metric: Option<String>,
+    /// Hyperparameter of the second chart (default: the first numeric one that varies).
+    #[arg(long)]
+    pub param: Option<String>,
+    /// The image format, png or svg (default: --file's extension, else png).
+    #[arg(short = 'o', long, value_name = "FORMAT")]
+    pub output: Option<String>,
+    /// The file to write (default: SWEEP.png or SWEEP.svg).
+    #[arg(long, value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// Embed the font in an SVG (about 1 MB) so its text renders the same
+    /// everywhere; without it the SVG names DejaVu Sans and its look-alikes.
+    #[arg(long)]
+    pub embed_font: bool,
+}
+
+/// `liandan plot`.
+pub async fn plot(url: &Target, args: PlotArgs) -> R<i32> {
+    let PlotArgs {
+        sweep,
+        metric,
+        param,
+        output,
+        file,
+        embed_font,
+    } = args;
+    // The format and the file are checked before anything is fetched.
+    let format = plot_format(output.as_deref(), file.as_deref())?;
+    let mut c = connect(url).await?;
+    let r = fetch_results(&mut c, &sweep).await?;
+    let s = r.sweep.clone().unwrap_or_default();
+    let metric = metric.unwrap_or_else(|| s.metric_name.clone());
+    if metric.is_empty() {
+        return Err(Fail(
+            exit::USAGE,
+            "the sweep names no metric; choose one with --metric".into(),
+        ));
+    }
+    if let Some(p) = &param {
+        plot_param_ok(&r, p)?;
+    }
+    let mut jobs = Vec::new();
+    for j in &r.jobs {
+        let recs = all_metrics(&c, &j.job_id, 0).await?;
+        let mut points = Vec::new();
+        for rec in recs {
+            let v: serde_json::Value = serde_json::from_str(&rec.json).unwrap_or_default();
+            let Some(x) = v.get(&metric).and_then(|x| x.as_f64()) else {
+                continue;
+            };
+            // A value reported without a step is placed at its ordinal
+            // (as W&B counts `_step` per logged record).
+            let step = v
+                .get("step")
+                .and_then(|s| s.as_f64())
+                .or(rec.step.map(|s| s as f64))
+                .unwrap_or(points.len() as f64);
+            points.push((step, x));
+        }
+        let final_value = if metric == s.metric_name {
+            j.final_metric
+        } else {
+            points.last().map(|p| p.1)
+        };
+        jobs.push(crate::plot::JobSeries {
+            trial: j.trial_id.clone(),
+            params: serde_json::from_str(&j.params_json).unwrap_or_default(),
+            points,
+            final_value,
+        });
+    }
+    if jobs.iter().all(|j| j.points.is_empty()) {
+        return Err(Fail(exit::DATAERR, format!("no job of {} reported the metric {metric:?}; check the name with `liandan metrics JOB`", s.id)));
+    }
+    let path = file.unwrap_or_else(|| PathBuf::from(format!("{}.{}", s.name, format.extension())));
+    crate::plot::render(
+        &crate::plot::PlotInput {
+            title: s.name.clone(),
+            metric,
+            param,
+            jobs,
+        },
+        &path,
+        format,
+        embed_font,
+    )
+    .map_err(|e| Fail(exit::IOERR, e))?;
+    println!("wrote {}", path.display());
+    Ok(exit::OK)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -284,6 +284,45 @@ pub fn footer(a: &Analysis) -> String {
     out
 }
 
+use crate::client::*;
+use crate::complete;
+use crate::output::{render, Format};
+use clap_complete::engine::ArgValueCompleter;
+use liandan_common::exit;
+
+/// The arguments of `liandan results`.
+#[derive(clap::Args, Debug)]
+pub struct ResultsArgs {
+    #[arg(add = ArgValueCompleter::new(complete::sweep))]
+    pub sweep: String,
+    /// Use the best value over training instead of the final one.
+    #[arg(long)]
+    pub best: bool,
+    /// Show the best N trials (0: all); the coordinator ranks every trial.
+    #[arg(long, default_value_t = 50)]
+    pub limit: u32,
+    #[arg(short = 'o', long, value_enum, default_value = "table")]
+    pub output: Format,
+}
+
+/// `liandan results`.
+pub async fn results(url: &Target, args: ResultsArgs) -> R<i32> {
+    let ResultsArgs {
+        sweep,
+        best,
+        limit,
+        output,
+    } = args;
+    let mut c = connect(url).await?;
+    let r = fetch_trial_results(&mut c, &sweep, best, limit).await?;
+    let a = analyze(&r);
+    print(render(&listing(&a, output == Format::Csv), output));
+    if matches!(output, Format::Table | Format::Wide) {
+        print(footer(&a));
+    }
+    Ok(exit::OK)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
