@@ -54,15 +54,17 @@ impl Core {
                 outcome
             }
         };
-        // A sweep that requires its metric fails a job that exited 0 without
-        // ever reporting it, rather than count a result with no value.
+        // A sweep that requires its metric fails an attempt that exited 0
+        // without reporting it itself (an earlier attempt's value, from a
+        // run that failed, is no result of this one), rather than count a
+        // result with no value.
         let required = st
             .sweeps
             .get(&job.sweep)
             .filter(|s| s.spec.liandan.require_metric)
             .and_then(|s| s.spec.metric.as_ref());
         let outcome = match required {
-            Some(m) if outcome == Outcome::Succeeded && job.final_metric.is_none() => {
+            Some(m) if outcome == Outcome::Succeeded && !job.reported => {
                 message = if job.metric_not_finite {
                     format!(
                         "exited 0 but reported the metric {:?} only as NaN or infinity (did the training diverge?), and the sweep requires a value (liandan.require_metric)",

@@ -223,6 +223,7 @@ impl Core {
         });
         if let Some(job) = st.jobs.get_mut(jid) {
             job.final_metric = Some(x);
+            job.reported = true;
             if job.best_metric.is_none_or(|b| goal.better(x, b)) {
                 job.best_metric = Some(x);
             }

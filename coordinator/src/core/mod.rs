@@ -239,6 +239,10 @@ struct JobMem {
     /// result), so a missing final value means divergence, not a pattern
     /// that never matched. Kept in memory only: it words a message.
     metric_not_finite: bool,
+    /// The current attempt reported a finite value of the sweep's metric
+    /// (what `liandan.require_metric` asks of an attempt that exits 0). Set
+    /// at start-up from the stored records of running attempts.
+    reported: bool,
     result_recorded: bool,
     params_json: Arc<str>,
     /// Resources reserved on `worker` while running.
@@ -308,6 +312,7 @@ impl JobMem {
             final_metric: None,
             best_metric: None,
             metric_not_finite: false,
+            reported: false,
             result_recorded: false,
             params_json,
             gpus: Vec::new(),

@@ -125,6 +125,7 @@ pub(super) fn load(store: &Store, cfg: &CoordinatorConfig) -> Result<State, Core
                             final_metric: j.final_metric,
                             best_metric: j.best_metric,
                             metric_not_finite: false,
+                            reported: false,
                             result_recorded: j.result_recorded,
                             params_json,
                             gpus: Vec::new(),
@@ -167,11 +168,37 @@ pub(super) fn load(store: &Store, cfg: &CoordinatorConfig) -> Result<State, Core
                     }
                 })?;
             }
+            attempts_reported(c, &mut st)?;
             load_search(c, &mut st, trial_order)?;
             st.refused_stale = c.counter(REFUSED_STALE)? as u64;
             Ok(st)
         })
         .map_err(CoreError::from)
+}
+
+/// Whether each running attempt of a sweep that requires its metric has
+/// reported it already (before the restart); see `JobMem::reported`.
+fn attempts_reported(c: &Reader<'_>, st: &mut State) -> Result<(), StoreError> {
+    for (jid, job) in st.jobs.iter_mut() {
+        if job.state != JobState::Running {
+            continue;
+        }
+        let Some(metric) = st
+            .sweeps
+            .get(&job.sweep)
+            .filter(|s| s.spec.liandan.require_metric)
+            .and_then(|s| s.spec.metric.as_ref())
+        else {
+            continue;
+        };
+        job.reported = c.attempt_reported(jid.as_str(), job.attempt, |json| {
+            serde_json::from_str::<serde_json::Value>(json)
+                .ok()
+                .and_then(|v| v.get(&metric.name).and_then(|x| x.as_f64()))
+                .is_some_and(|x| x.is_finite())
+        })?;
+    }
+    Ok(())
 }
 
 /// Rebuilds the search state of sweeps that adapt or stop early: trials in

@@ -212,10 +212,9 @@ impl Core {
         };
         job.state = next;
         job.attempt += 1;
-        // A job's values are its current attempt's: one that failed after
-        // reporting does not lend the next attempt a result.
-        job.final_metric = None;
-        job.best_metric = None;
+        // The job's final and best values span its attempts (a resumed run
+        // goes on from its checkpoint); what this attempt reports is its own.
+        job.reported = false;
         job.metric_not_finite = false;
         job.worker = Some(wid.clone());
         job.gpus = taken.clone();

@@ -215,6 +215,26 @@ impl<'c> Reader<'c> {
         Ok(())
     }
 
+    /// Whether any metric record of one attempt of a job passes `is_value`
+    /// (read in the order stored, up to the first that does).
+    pub fn attempt_reported(
+        &self,
+        job: &str,
+        attempt: u64,
+        is_value: impl Fn(&str) -> bool,
+    ) -> Result<bool, StoreError> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT json FROM metrics WHERE job_id = ?1 AND attempt = ?2 ORDER BY id",
+        )?;
+        let mut rows = st.query(params![job, attempt as i64])?;
+        while let Some(r) = rows.next()? {
+            if is_value(&r.get::<_, String>(0)?) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// Every stored sweep.
     pub fn sweeps(&self) -> Result<Vec<SweepRecord>, StoreError> {
         let mut q = self.conn.prepare(
