@@ -60,7 +60,7 @@ async fn a_metric_reported_before_a_coordinator_restart_counts() {
     // The coordinator restarts; the worker says hello holding the attempt
     // and reports its end.
     let c = core(dir.path());
-    let mut w = hello(&c, 1, held(&[a.clone()]), seq).await;
+    let mut w = hello(&c, 1, held(std::slice::from_ref(&a)), seq).await;
     exit(&c, &mut w, &a, "succeeded").await;
     let j = c.get_job(&a.job_id).await.expect("job");
     assert_eq!(j.state, "succeeded", "{j:?}");

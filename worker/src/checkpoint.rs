@@ -3,7 +3,7 @@
 //! of the checkpoint a requeued attempt resumes from (verified by hash; a local
 //! copy with the right hash is used without downloading).
 
-use crate::WorkerCtx;
+use crate::ctx::WorkerCtx;
 pub use liandan_common::hash::{hash_file, CHUNK};
 use liandan_proto::v1 as pb;
 use std::path::{Path, PathBuf};
@@ -12,7 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 /// Uploads one checkpoint, resuming a partial upload. Ok(true) when accepted,
 /// Ok(false) when the coordinator refused it for good (stale attempt).
 pub async fn upload(
-    client: &mut crate::Client,
+    client: &mut crate::ctx::Client,
     ctx: &WorkerCtx,
     u: &crate::spool::UploadEntry,
 ) -> Result<(), tonic::Status> {
@@ -121,7 +121,7 @@ async fn local_copy(job_dir: &Path, step: i64, hash: &str) -> Option<PathBuf> {
 
 /// Makes the checkpoint `c` available locally and returns its path.
 pub async fn fetch(
-    client: &mut crate::Client,
+    client: &mut crate::ctx::Client,
     job_dir: &Path,
     c: &pb::Checkpoint,
 ) -> Result<PathBuf, String> {

@@ -4,8 +4,8 @@
 //! checkpoint directory watched, and a typed stop: SIGTERM to the group, then
 //! SIGKILL after the grace period. The ending is classified for the coordinator.
 
+use crate::ctx::WorkerCtx;
 use crate::spool::{JournalEntry, UploadEntry};
-use crate::WorkerCtx;
 use liandan_common::sweep::command::{
     args_json, build_argv, expand_envvars, job_envvar, private_var, CommandContext,
 };
@@ -20,16 +20,7 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::sync::{mpsc, watch};
 
-/// Why the worker stops a job.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StopReason {
-    /// The user cancelled it.
-    Cancel,
-    /// Drain or worker shutdown: it should checkpoint and resume elsewhere.
-    Preempt,
-    /// The coordinator says this attempt is no longer current.
-    Stale,
-}
+pub use crate::ctx::StopReason;
 
 /// Longest line stored as one record; longer lines are split.
 const MAX_LINE: usize = 64 * 1024;
@@ -946,7 +937,7 @@ async fn finish(ctx: &WorkerCtx, job: &str, attempt: u64, mut exited: pb::JobExi
         .spool
         .journal_set_exit(job.to_string(), attempt, seq)
         .await;
-    ctx.remove_running(job, attempt);
+    ctx.mark_ended(job, attempt);
 }
 
 /// Journals an attempt before its process exists, so a crash right after
