@@ -113,14 +113,9 @@ impl Core {
                 .min(self.cfg.retry_backoff_max_secs);
             delay = Some(secs(backoff));
         }
-        if next == JobState::Succeeded {
-            // Invariant 3: a result is recorded at most once per job.
-            job.result_recorded = true;
-        }
         ops.push(Op::UpdateJob(job.update()));
         let sweep_id = job.sweep.clone();
         if let Some(s) = st.sweeps.get_mut(&sweep_id) {
-            s.running = s.running.saturating_sub(1);
             s.moved(JobState::Running, next);
             if next == JobState::Succeeded {
                 if job.final_metric.is_none() && s.spec.metric.is_some() {

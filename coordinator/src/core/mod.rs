@@ -28,7 +28,9 @@ mod ingest;
 mod proposals;
 mod query;
 mod recovery;
+mod retention;
 mod schedule;
+mod scheduler;
 mod stored_checkpoints;
 mod sweeps;
 mod tokens;
@@ -188,9 +190,8 @@ struct SweepMem {
     trials: u64,
     jobs: Vec<JobId>,
     ready: VecDeque<JobId>,
-    running: u32,
     /// Jobs per state, kept with every transition (so status is O(1) at a million jobs).
-    counts: [u64; 6],
+    counts: StateCounts,
     /// Succeeded jobs that never reported the sweep's metric (kept likewise).
     silent: u64,
     /// Trials, metric histories and stop decisions, for sweeps that adapt or stop early.
@@ -201,21 +202,41 @@ struct SweepMem {
     proposing: bool,
 }
 
-fn state_index(s: JobState) -> usize {
-    match s {
-        JobState::Queued => 0,
-        JobState::Running => 1,
-        JobState::Succeeded => 2,
-        JobState::Failed => 3,
-        JobState::Cancelled => 4,
-        JobState::Pruned => 5,
+/// A sweep's jobs counted by state.
+#[derive(Clone, Copy, Debug, Default)]
+struct StateCounts([u64; 6]);
+
+impl StateCounts {
+    fn slot(s: JobState) -> usize {
+        match s {
+            JobState::Queued => 0,
+            JobState::Running => 1,
+            JobState::Succeeded => 2,
+            JobState::Failed => 3,
+            JobState::Cancelled => 4,
+            JobState::Pruned => 5,
+        }
+    }
+
+    fn get(&self, s: JobState) -> u64 {
+        self.0[Self::slot(s)]
+    }
+
+    fn add(&mut self, s: JobState, n: u64) {
+        self.0[Self::slot(s)] += n;
     }
 }
 
 impl SweepMem {
     fn moved(&mut self, from: JobState, to: JobState) {
-        self.counts[state_index(from)] = self.counts[state_index(from)].saturating_sub(1);
-        self.counts[state_index(to)] += 1;
+        let from = StateCounts::slot(from);
+        self.counts.0[from] = self.counts.0[from].saturating_sub(1);
+        self.counts.add(to, 1);
+    }
+
+    /// Its running jobs (what `concurrency` caps).
+    fn running(&self) -> u64 {
+        self.counts.get(JobState::Running)
     }
 }
 
@@ -224,7 +245,6 @@ struct JobMem {
     seq: i64,
     sweep: SweepId,
     trial: TrialId,
-    ord: i64,
     seed: i64,
     state: JobState,
     attempt: u64,
@@ -243,7 +263,6 @@ struct JobMem {
     /// (what `liandan.require_metric` asks of an attempt that exits 0). Set
     /// at start-up from the stored records of running attempts.
     reported: bool,
-    result_recorded: bool,
     params_json: Arc<str>,
     /// Resources reserved on `worker` while running.
     gpus: Vec<String>,
@@ -293,7 +312,6 @@ impl JobMem {
         seq: i64,
         sweep: SweepId,
         trial: TrialId,
-        ord: i64,
         seed: i64,
         params_json: Arc<str>,
     ) -> JobMem {
@@ -301,7 +319,6 @@ impl JobMem {
             seq,
             sweep,
             trial,
-            ord,
             seed,
             state: JobState::Queued,
             attempt: 0,
@@ -313,7 +330,6 @@ impl JobMem {
             best_metric: None,
             metric_not_finite: false,
             reported: false,
-            result_recorded: false,
             params_json,
             gpus: Vec::new(),
             cpus: 0,
@@ -332,7 +348,8 @@ impl JobMem {
             cancel_requested: self.stop.to_db(),
             final_metric: self.final_metric,
             best_metric: self.best_metric,
-            result_recorded: self.result_recorded,
+            // Invariant 3: a result is recorded at most once per job, when it succeeds.
+            result_recorded: self.state == JobState::Succeeded,
             worker_deaths: self.worker_deaths,
         }
     }

@@ -221,7 +221,6 @@ impl Core {
                 first_seq + k as i64,
                 sid.clone(),
                 trial.id.clone(),
-                base + k as i64,
                 j.seed,
                 pj.clone(),
             );
@@ -241,7 +240,7 @@ impl Core {
                 .collect(),
         }));
         s.trials += 1;
-        s.counts[state_index(JobState::Queued)] += ids.len() as u64;
+        s.counts.add(JobState::Queued, ids.len() as u64);
         s.jobs.extend(ids.iter().cloned());
         s.ready.extend(ids.iter().cloned());
         if let Some(search) = s.search.as_mut() {

@@ -448,12 +448,12 @@ pub(super) fn sweep_info(st: &State, id: &SweepId) -> pb::Sweep {
     };
     let k = s.counts;
     let c = pb::JobCounts {
-        queued: k[0],
-        running: k[1],
-        succeeded: k[2],
-        failed: k[3],
-        cancelled: k[4],
-        pruned: k[5],
+        queued: k.get(JobState::Queued),
+        running: k.get(JobState::Running),
+        succeeded: k.get(JobState::Succeeded),
+        failed: k.get(JobState::Failed),
+        cancelled: k.get(JobState::Cancelled),
+        pruned: k.get(JobState::Pruned),
         succeeded_without_metric: s.silent,
     };
     let search_done = s.search.as_ref().is_none_or(|x| !x.can_propose());

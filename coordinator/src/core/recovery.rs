@@ -32,8 +32,7 @@ pub(super) fn load(store: &Store, cfg: &CoordinatorConfig) -> Result<State, Core
                             trials: 0,
                             jobs: Vec::new(),
                             ready: VecDeque::new(),
-                            running: 0,
-                            counts: [0; 6],
+                            counts: StateCounts::default(),
                             silent: 0,
                             search: None,
                             outcomes: Outcomes::default(),
@@ -83,7 +82,7 @@ pub(super) fn load(store: &Store, cfg: &CoordinatorConfig) -> Result<State, Core
                         return;
                     };
                     s.jobs.push(jid.clone());
-                    s.counts[state_index(state)] += 1;
+                    s.counts.add(state, 1);
                     let params_json = params.get(&j.trial_id).cloned().unwrap_or_else(|| "{}".into());
                     let mut cpus = 0;
                     match state {
@@ -95,7 +94,6 @@ pub(super) fn load(store: &Store, cfg: &CoordinatorConfig) -> Result<State, Core
                             s.outcomes.record(&tid, &params_json, j.seed, j.final_metric, j.best_metric)
                         }
                         JobState::Running => {
-                            s.running += 1;
                             let r = &s.spec.liandan.resources;
                             cpus = if r.gpus == 0 { r.cpus } else { 0 };
                         }
@@ -114,7 +112,6 @@ pub(super) fn load(store: &Store, cfg: &CoordinatorConfig) -> Result<State, Core
                             seq: j.seq,
                             sweep: sid,
                             trial: tid,
-                            ord: j.ord,
                             seed: j.seed,
                             state,
                             attempt: j.attempt,
@@ -126,7 +123,6 @@ pub(super) fn load(store: &Store, cfg: &CoordinatorConfig) -> Result<State, Core
                             best_metric: j.best_metric,
                             metric_not_finite: false,
                             reported: false,
-                            result_recorded: j.result_recorded,
                             params_json,
                             gpus: Vec::new(),
                             cpus,
@@ -229,12 +225,13 @@ fn load_search(
             continue;
         };
         let mut by_trial: HashMap<TrialId, Vec<(i64, JobId)>> = HashMap::new();
-        for j in &s.jobs {
+        // A sweep's jobs are kept in their order (`ord`) in it.
+        for (ord, j) in s.jobs.iter().enumerate() {
             if let Some(m) = st.jobs.get(j) {
                 by_trial
                     .entry(m.trial.clone())
                     .or_default()
-                    .push((m.ord, j.clone()));
+                    .push((ord as i64, j.clone()));
             }
         }
         for (_, tid) in order {
@@ -253,9 +250,8 @@ fn load_search(
         }
         // Histories matter only while something may still be judged: a sweep with
         // no queued or running job and no trial left to propose skips its metric rows.
-        let live =
-            s.counts[state_index(JobState::Queued)] + s.counts[state_index(JobState::Running)] > 0
-                || (search.can_propose() && s.state != SweepState::Cancelled);
+        let live = s.counts.get(JobState::Queued) + s.counts.get(JobState::Running) > 0
+            || (search.can_propose() && s.state != SweepState::Cancelled);
         if let (true, Some(_), Some(metric)) = (live, &s.spec.early_terminate, &s.spec.metric) {
             for t in 0..search.trials.len() {
                 let (tid, jobs) = (search.trials[t].id.clone(), search.trials[t].jobs.clone());

@@ -111,48 +111,50 @@ impl Core {
                 if w.free_cpus == 0 && w.free_gpus.is_empty() {
                     break;
                 }
-                // max_running_jobs_per_user: a user at the quota waits.
-                let quota = self.cfg.max_running_jobs_per_user;
-                let mut running_by_owner: HashMap<&str, u32> = HashMap::new();
-                if quota > 0 {
-                    for s in st.sweeps.values().filter(|s| !s.owner.is_empty()) {
-                        *running_by_owner.entry(s.owner.as_str()).or_default() += s.running;
-                    }
-                }
-                let mut candidates: Vec<(i32, u32, f64, SweepId)> = st
-                    .sweeps
+                // Which sweeps may place a job, in order (scheduler::candidates).
+                let ids: Vec<&SweepId> = st.sweeps.keys().collect();
+                let views: Vec<scheduler::SweepView> = ids
                     .iter()
-                    .filter(|(_, s)| {
-                        s.state == SweepState::Active
-                            && (!s.ready.is_empty()
-                                || s.search.as_ref().is_some_and(|x| x.can_propose()))
-                            && s.spec.liandan.concurrency.is_none_or(|c| s.running < c)
-                            && running_by_owner
-                                .get(s.owner.as_str())
-                                .is_none_or(|r| *r < quota)
+                    .map(|k| {
+                        let s = &st.sweeps[*k];
+                        scheduler::SweepView {
+                            active: s.state == SweepState::Active,
+                            has_work: !s.ready.is_empty()
+                                || s.search.as_ref().is_some_and(|x| x.can_propose()),
+                            priority: s.spec.liandan.priority,
+                            running: s.running(),
+                            concurrency: s.spec.liandan.concurrency,
+                            created_at: s.created_at,
+                            owner: &s.owner,
+                        }
                     })
-                    .map(|(k, s)| (-s.spec.liandan.priority, s.running, s.created_at, k.clone()))
                     .collect();
-                if candidates.is_empty() {
+                let order = scheduler::candidates(&views, self.cfg.max_running_jobs_per_user);
+                if order.is_empty() {
                     return;
                 }
-                candidates
-                    .sort_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)).then(a.2.total_cmp(&b.2)));
+                let candidates: Vec<SweepId> = order.into_iter().map(|i| ids[i].clone()).collect();
                 let mut assigned = false;
-                for (_, _, _, sid) in candidates {
-                    let (need_gpus, need_cpus, labels) = {
+                for sid in candidates {
+                    let (need_gpus, need_cpus, fits) = {
                         let r = &st.sweeps[&sid].spec.liandan.resources;
-                        (
-                            r.gpus,
-                            if r.gpus == 0 { r.cpus } else { 0 },
-                            r.labels.clone(),
-                        )
+                        let need = scheduler::Need {
+                            gpus: r.gpus,
+                            cpus: if r.gpus == 0 { r.cpus } else { 0 },
+                            labels: &r.labels,
+                        };
+                        let fits = st.workers.get(&wid).is_some_and(|w| {
+                            scheduler::fits(
+                                &scheduler::Room {
+                                    free_gpus: w.free_gpus.len() as u32,
+                                    free_cpus: w.free_cpus,
+                                    labels: &w.resources.labels,
+                                },
+                                &need,
+                            )
+                        });
+                        (need.gpus, need.cpus, fits)
                     };
-                    let fits = st.workers.get(&wid).is_some_and(|w| {
-                        w.free_gpus.len() as u32 >= need_gpus
-                            && w.free_cpus >= need_cpus
-                            && labels.iter().all(|l| w.resources.labels.contains(l))
-                    });
                     if !fits {
                         continue;
                     }
@@ -241,7 +243,6 @@ impl Core {
         let Some(s) = st.sweeps.get_mut(sid) else {
             return;
         };
-        s.running += 1;
         s.moved(JobState::Queued, JobState::Running);
         if let Some(tx) = tx {
             sends.push((

@@ -48,29 +48,9 @@ impl Core {
                 list.retain(|c| c.step != row.step);
                 list.push(row.clone());
                 list.sort_by_key(|c| c.step);
-                let mut keep: HashSet<i64> =
-                    list.iter().rev().take(keep_last).map(|c| c.step).collect();
-                if keep_best {
-                    if let Some(goal) = goal {
-                        let best = list.iter().filter(|c| c.metric.is_some()).fold(
-                            None::<&CheckpointRow>,
-                            |b, c| match b {
-                                Some(b)
-                                    if !goal.better(
-                                        c.metric.unwrap_or(f64::NAN),
-                                        b.metric.unwrap_or(f64::NAN),
-                                    ) =>
-                                {
-                                    Some(b)
-                                }
-                                _ => Some(c),
-                            },
-                        );
-                        if let Some(b) = best {
-                            keep.insert(b.step);
-                        }
-                    }
-                }
+                let steps: Vec<(i64, Option<f64>)> =
+                    list.iter().map(|c| (c.step, c.metric)).collect();
+                let keep = retention::keep_steps(&steps, keep_last, goal.filter(|_| keep_best));
                 let mut ops = vec![Op::InsertCheckpoint(row)];
                 let mut removed = Vec::new();
                 list.retain(|c| {

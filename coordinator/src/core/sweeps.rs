@@ -129,7 +129,7 @@ impl Core {
                         .sweeps
                         .values()
                         .filter(|s| s.owner == owner)
-                        .map(|s| s.counts[state_index(JobState::Queued)])
+                        .map(|s| s.counts.get(JobState::Queued))
                         .sum();
                     if queued + new_jobs.len() as u64 > quota {
                         return Err(CoreError::ResourceExhausted(format!(
@@ -587,7 +587,6 @@ fn build_sweep(
             first_seq + ord as i64,
             sweep_id.clone(),
             j.trial.clone(),
-            ord as i64,
             j.seed,
             params,
         );
@@ -634,10 +633,13 @@ fn build_sweep(
         created_at,
         trials: expansion.trials.len() as u64,
         ready: job_ids.iter().cloned().collect(),
-        counts: [job_ids.len() as u64, 0, 0, 0, 0, 0],
+        counts: {
+            let mut c = StateCounts::default();
+            c.add(JobState::Queued, job_ids.len() as u64);
+            c
+        },
         silent: 0,
         jobs: job_ids,
-        running: 0,
         outcomes: Outcomes::default(),
         proposing: false,
     };
