@@ -258,16 +258,15 @@ impl UserService for Api {
             }
         };
         let (tx, rx) = mpsc::channel(1024);
-        tokio::spawn(crate::logs::follow(
-            core,
-            jid,
+        let read = crate::logs::LogRead {
+            job: jid,
             attempt,
-            r.from_line.max(1),
-            r.tail,
-            r.follow,
-            stream_filter,
-            tx,
-        ));
+            from: r.from_line.max(1),
+            tail: r.tail,
+            follow: r.follow,
+            stream: stream_filter,
+        };
+        tokio::spawn(crate::logs::follow(core, read, tx));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 

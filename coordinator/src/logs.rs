@@ -50,19 +50,31 @@ async fn last_line(
         .await?)
 }
 
+/// What of a job's log to send ([`follow`]).
+pub struct LogRead {
+    pub job: JobId,
+    pub attempt: u64,
+    /// The first line (from 1).
+    pub from: u64,
+    /// Or the last this many (0 for from `from`).
+    pub tail: u64,
+    /// Go on with new lines until the attempt ends.
+    pub follow: bool,
+    /// 0 = stdout, 1 = stderr, None for both.
+    pub stream: Option<u8>,
+}
+
 /// Sends a job's log lines from `from` (or the last `tail`), then, with
 /// `follow`, new lines until the attempt ends. Ends when the client goes away.
-#[allow(clippy::too_many_arguments)]
-pub async fn follow(
-    core: Arc<Core>,
-    job: JobId,
-    attempt: u64,
-    from: u64,
-    tail: u64,
-    follow: bool,
-    stream: Option<u8>,
-    tx: mpsc::Sender<Result<pb::LogLine, Status>>,
-) {
+pub async fn follow(core: Arc<Core>, req: LogRead, tx: mpsc::Sender<Result<pb::LogLine, Status>>) {
+    let LogRead {
+        job,
+        attempt,
+        from,
+        tail,
+        follow,
+        stream,
+    } = req;
     let mut updates = core.log_updates();
     let mut next = from;
     if tail > 0 {

@@ -5,7 +5,7 @@
 use tch::{Device, Kind, Tensor};
 
 /// Hidden-layer activation.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug)]
 pub enum Activation {
     Relu,
     Tanh,
@@ -77,21 +77,47 @@ fn init_weight(
     (w.set_requires_grad(true), b.set_requires_grad(true))
 }
 
+/// A model's shape and initialisation, from the run's parameters.
+#[derive(Clone, Copy, Debug)]
+pub struct Arch<'a> {
+    /// `mlp` or `cnn`.
+    pub kind: &'a str,
+    pub depth: usize,
+    pub width: i64,
+    pub act: Activation,
+    pub init: &'a str,
+    pub dropout: f64,
+}
+
+/// An optimiser's kind and hyperparameters.
+#[derive(Clone, Copy, Debug)]
+pub struct OptSettings {
+    pub kind: OptKind,
+    pub momentum: f64,
+    pub nesterov: bool,
+    pub weight_decay: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+}
+
 impl Model {
-    /// Builds an MLP or CNN for samples of `shape` and `classes` outputs. The
-    /// caller seeds libtorch's generator first.
-    #[allow(clippy::too_many_arguments)]
+    /// Builds an MLP or CNN of `arch` for samples of `shape` and `classes`
+    /// outputs. The caller seeds libtorch's generator first.
     pub fn new(
-        kind: &str,
+        arch: &Arch<'_>,
         shape: &[i64],
         classes: i64,
-        depth: usize,
-        width: i64,
-        act: Activation,
-        init: &str,
-        dropout: f64,
         device: Device,
     ) -> Result<Model, String> {
+        let Arch {
+            kind,
+            depth,
+            width,
+            act,
+            init,
+            dropout,
+        } = *arch;
         let mut m = Model {
             params: Vec::new(),
             names: Vec::new(),
@@ -186,7 +212,7 @@ pub fn cross_entropy(logits: &Tensor, y: &Tensor, smoothing: f64) -> Tensor {
 }
 
 /// Which update rule.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OptKind {
     Sgd,
     Adam,
@@ -211,17 +237,16 @@ pub struct Optimizer {
 }
 
 impl Optimizer {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        kind: OptKind,
-        params: &[Tensor],
-        momentum: f64,
-        nesterov: bool,
-        weight_decay: f64,
-        beta1: f64,
-        beta2: f64,
-        eps: f64,
-    ) -> Optimizer {
+    pub fn new(settings: OptSettings, params: &[Tensor]) -> Optimizer {
+        let OptSettings {
+            kind,
+            momentum,
+            nesterov,
+            weight_decay,
+            beta1,
+            beta2,
+            eps,
+        } = settings;
         let n = match kind {
             OptKind::Sgd => 1,
             _ => 2,
@@ -436,7 +461,16 @@ mod tests {
         let run = |k: Kind| {
             // A copy: to_kind to the same kind would alias p0.
             let mut params = vec![p0.to_kind(k).copy()];
-            let mut opt = Optimizer::new(kind, &params, 0.0, false, weight_decay, 0.9, 0.999, 1e-8);
+            let settings = OptSettings {
+                kind,
+                momentum: 0.0,
+                nesterov: false,
+                weight_decay,
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+            };
+            let mut opt = Optimizer::new(settings, &params);
             for g in &grads {
                 opt.step(&mut params, &[g.to_kind(k)], 0.01);
             }

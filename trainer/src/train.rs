@@ -14,7 +14,8 @@
 
 use crate::data::Dataset;
 use crate::model::{
-    clip_grad_norm, cross_entropy, gradients, Activation, Model, OptKind, Optimizer,
+    clip_grad_norm, cross_entropy, gradients, Activation, Arch, Model, OptKind, OptSettings,
+    Optimizer,
 };
 use crate::params::Params;
 use liandan_common::rng::Rng;
@@ -211,32 +212,31 @@ pub fn setup(p: &Params, data: Dataset, overfit: Option<usize>) -> TrainResult<S
     } else {
         (f(p.f64("dropout"))?, f(p.f64("weight_decay"))?)
     };
-    let model = Model::new(
-        &p.str("model"),
-        &shape,
-        classes,
-        e(p.usize("depth"))?,
-        e(p.usize("width"))? as i64,
-        Activation::parse(&p.str("activation")),
-        &p.str("init"),
+    let (kind, init) = (p.str("model"), p.str("init"));
+    let arch = Arch {
+        kind: &kind,
+        depth: e(p.usize("depth"))?,
+        width: e(p.usize("width"))? as i64,
+        act: Activation::parse(&p.str("activation")),
+        init: &init,
         dropout,
-        device,
-    )?;
+    };
+    let model = Model::new(&arch, &shape, classes, device)?;
     let kind = match p.str("optimizer").as_str() {
         "sgd" => OptKind::Sgd,
         "adamw" => OptKind::AdamW,
         _ => OptKind::Adam,
     };
-    let opt = Optimizer::new(
+    let settings = OptSettings {
         kind,
-        &model.params,
-        f(p.f64("momentum"))?,
-        p.bool("nesterov").map_err(|e| e.to_string())?,
-        wd,
-        f(p.f64("beta1"))?,
-        f(p.f64("beta2"))?,
-        f(p.f64("eps"))?,
-    );
+        momentum: f(p.f64("momentum"))?,
+        nesterov: p.bool("nesterov").map_err(|e| e.to_string())?,
+        weight_decay: wd,
+        beta1: f(p.f64("beta1"))?,
+        beta2: f(p.f64("beta2"))?,
+        eps: f(p.f64("eps"))?,
+    };
+    let opt = Optimizer::new(settings, &model.params);
     Ok(Setup {
         model,
         opt,

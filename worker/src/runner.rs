@@ -140,19 +140,32 @@ fn interpreter() -> &'static str {
     }
 }
 
-/// Sends output lines to the spool in batches, numbering them per attempt,
-/// and picks metrics out of stdout with the sweep's `metric_pattern`.
-#[allow(clippy::too_many_arguments)]
-async fn sink(
+/// Where an attempt's output goes and what is picked out of it ([`sink`]).
+struct Sink {
     ctx: Arc<WorkerCtx>,
     job: String,
     attempt: u64,
+    /// The sweep's `metric_pattern`, applied to stdout.
     pattern: Option<regex::Regex>,
-    mut rx: mpsc::Receiver<(bool, String)>,
+    /// The last value of the sweep's metric, for the checkpoint it goes with.
     last_metric: Arc<Mutex<Option<f64>>>,
     metric_name: Option<String>,
+    /// Set when the job says its disk is full.
     enospc: Arc<std::sync::atomic::AtomicBool>,
-) {
+}
+
+/// Sends output lines to the spool in batches, numbering them per attempt,
+/// and picks metrics out of stdout with the sweep's `metric_pattern`.
+async fn sink(to: Sink, mut rx: mpsc::Receiver<(bool, String)>) {
+    let Sink {
+        ctx,
+        job,
+        attempt,
+        pattern,
+        last_metric,
+        metric_name,
+        enospc,
+    } = to;
     let mut line_no = 0u64;
     let mut buf = Vec::with_capacity(1024);
     while rx.recv_many(&mut buf, 2048).await > 0 {
@@ -764,16 +777,16 @@ pub async fn run_attempt(
     let (line_tx, line_rx) = mpsc::channel(8192);
     // The job said its disk is full (ENOSPC's message on stderr).
     let enospc = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let sink_task = tokio::spawn(sink(
-        ctx.clone(),
-        job.clone(),
+    let to = Sink {
+        ctx: ctx.clone(),
+        job: job.clone(),
         attempt,
         pattern,
-        line_rx,
-        last_metric.clone(),
-        metric_name.clone(),
-        enospc.clone(),
-    ));
+        last_metric: last_metric.clone(),
+        metric_name: metric_name.clone(),
+        enospc: enospc.clone(),
+    };
+    let sink_task = tokio::spawn(sink(to, line_rx));
     ctx.register_notices(&job, attempt, line_tx.clone());
     let out = child
         .stdout

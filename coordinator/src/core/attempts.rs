@@ -2,27 +2,46 @@
 
 use super::*;
 
+/// How an attempt ended, as its worker (or the lease) told it.
+pub(super) struct AttemptEnd<'a> {
+    pub attempt: u64,
+    pub outcome: Outcome,
+    /// The exit code, unless a signal ended it.
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+    pub message: &'a str,
+}
+
 impl Core {
     /// Ends a job's current attempt as lost (its worker is gone or forgot it).
     pub(super) fn lose_attempt(&self, st: &mut State, jid: &JobId, why: &str, ops: &mut Vec<Op>) {
         let attempt = st.jobs.get(jid).map(|j| j.attempt).unwrap_or(0);
-        self.end_attempt(st, jid, attempt, Outcome::Lost, None, None, why, ops);
+        let end = AttemptEnd {
+            attempt,
+            outcome: Outcome::Lost,
+            code: None,
+            signal: None,
+            message: why,
+        };
+        self.end_attempt(st, jid, end, ops);
     }
 
     /// Ends the current attempt of a job: records how, frees its resources and
     /// moves the job on through the transition function.
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn end_attempt(
         &self,
         st: &mut State,
         jid: &JobId,
-        attempt: u64,
-        outcome: Outcome,
-        code: Option<i32>,
-        signal: Option<i32>,
-        message: &str,
+        end: AttemptEnd<'_>,
         ops: &mut Vec<Op>,
     ) {
+        let AttemptEnd {
+            attempt,
+            outcome,
+            code,
+            signal,
+            message,
+        } = end;
         let Some(job) = st.jobs.get_mut(jid) else {
             return;
         };

@@ -113,16 +113,14 @@ impl Core {
                         }
                         let code = (outcome != Outcome::Signalled).then_some(e.exit_code);
                         let signal = (e.signal != 0).then_some(e.signal);
-                        self.end_attempt(
-                            &mut st,
-                            &jid,
-                            rec.attempt,
+                        let end = AttemptEnd {
+                            attempt: rec.attempt,
                             outcome,
                             code,
                             signal,
-                            &e.message,
-                            &mut ops,
-                        );
+                            message: &e.message,
+                        };
+                        self.end_attempt(&mut st, &jid, end, &mut ops);
                     }
                 }
             }
@@ -177,7 +175,6 @@ impl Core {
     /// Feeds a metric record to the job's final/best values and its sweep's
     /// search; returns whether it set them (then the caller persists them in
     /// the same batch as the record).
-    #[allow(clippy::too_many_arguments)]
     fn observe_metric(
         &self,
         st: &mut State,

@@ -35,6 +35,7 @@ mod stored_checkpoints;
 mod sweeps;
 mod tokens;
 
+use attempts::AttemptEnd;
 use fleet::resources_from_json;
 use proposals::reached_target;
 pub(crate) use query::checkpoint_info;

@@ -176,7 +176,14 @@ impl Core {
                         }
                     }
                     let Some(jid) = next else { continue };
-                    self.assign(st, &sid, &jid, &wid, need_gpus, need_cpus, ops, sends);
+                    let placement = scheduler::Placement {
+                        sweep: sid,
+                        job: jid,
+                        worker: wid.clone(),
+                        gpus: need_gpus,
+                        cpus: need_cpus,
+                    };
+                    self.assign(st, &placement, ops, sends);
                     assigned = true;
                     break;
                 }
@@ -187,18 +194,14 @@ impl Core {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn assign(
         &self,
         st: &mut State,
-        sid: &SweepId,
-        jid: &JobId,
-        wid: &WorkerId,
-        gpus: u32,
-        cpus: u32,
+        p: &scheduler::Placement,
         ops: &mut Vec<Op>,
         sends: &mut Sends,
     ) {
+        let (sid, jid, wid, gpus, cpus) = (&p.sweep, &p.job, &p.worker, p.gpus, p.cpus);
         let Some(w) = st.workers.get_mut(wid) else {
             return;
         };

@@ -4,7 +4,19 @@
 //! views under the lock and carries out what these decide; nothing here
 //! touches the core.
 
+use liandan_common::ids::{JobId, SweepId, WorkerId};
 use std::collections::HashMap;
+
+/// A job placed on a worker, with the resources it takes there.
+#[derive(Clone, Debug)]
+pub(super) struct Placement {
+    pub sweep: SweepId,
+    pub job: JobId,
+    pub worker: WorkerId,
+    /// Whole GPUs (a GPU job takes no CPU slot).
+    pub gpus: u32,
+    pub cpus: u32,
+}
 
 /// What one job of a sweep needs of a worker.
 #[derive(Clone, Copy, Debug)]

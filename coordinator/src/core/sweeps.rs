@@ -96,9 +96,14 @@ impl Core {
             let gate = self.build_gate.clone();
             tokio::task::spawn_blocking(move || {
                 gate.wait_open();
-                build_sweep(
-                    spec, sweep_id, name, owner, spec_json, spec_hash, expansion, first_seq, floor,
-                )
+                let who = NewSweep {
+                    sweep_id,
+                    name,
+                    owner,
+                    spec_json,
+                    spec_hash,
+                };
+                build_sweep(spec, who, expansion, first_seq, floor)
             })
             .await
             .map_err(|e| CoreError::FailedPrecondition(format!("building the sweep: {e}")))?
@@ -540,19 +545,30 @@ struct Built {
     sweep: SweepMem,
 }
 
-/// Builds a new sweep's batch and memory from its expansion (no lock held).
-#[allow(clippy::too_many_arguments)]
-fn build_sweep(
-    spec: Arc<SweepSpec>,
+/// Who a new sweep is: its id, name, owner and stored spec.
+struct NewSweep {
     sweep_id: SweepId,
     name: String,
     owner: String,
     spec_json: String,
     spec_hash: String,
+}
+
+/// Builds a new sweep's batch and memory from its expansion (no lock held).
+fn build_sweep(
+    spec: Arc<SweepSpec>,
+    who: NewSweep,
     expansion: sweep::Expansion,
     first_seq: i64,
     floor: u64,
 ) -> Built {
+    let NewSweep {
+        sweep_id,
+        name,
+        owner,
+        spec_json,
+        spec_hash,
+    } = who;
     let created_at = now_secs();
     let mut ops = Vec::with_capacity(expansion.trials.len() + 2);
     ops.push(Op::InsertSweep {
