@@ -254,19 +254,7 @@ impl Core {
         let grace = secs(self.cfg.lease_timeout_secs.max(RECONCILE_GRACE_SECS));
         let (fut, sends) = {
             let mut st = self.lock();
-            let Some(w) = st.workers.get_mut(wid) else {
-                // Forgotten while its stream was open: it must say hello again.
-                return Err(CoreError::FailedPrecondition(
-                    "unknown worker; say hello first".into(),
-                ));
-            };
-            if w.session.as_ref().is_none_or(|s| s.id != session) {
-                // A newer stream of this worker replaced this one: it ends
-                // here (kept open, it would look alive and hold nothing).
-                return Err(CoreError::FailedPrecondition(
-                    "this stream was replaced by a newer one from the same worker".into(),
-                ));
-            }
+            let w = session_worker(&mut st, wid, session)?;
             w.lease_deadline = Instant::now() + secs(self.cfg.lease_timeout_secs);
             w.last_seen = now_secs();
             if hb.disk.is_some() {
@@ -485,4 +473,26 @@ pub(super) fn resources_from_json(s: &str) -> pb::Resources {
             })
             .unwrap_or_default(),
     }
+}
+
+/// The worker whose session `session` is: its memory, or why the stream
+/// ends (forgotten while its stream was open, it must say hello again; a
+/// newer stream of it replaced this one, which kept open would look alive
+/// and hold nothing).
+pub(super) fn session_worker<'a>(
+    st: &'a mut State,
+    wid: &WorkerId,
+    session: u64,
+) -> Result<&'a mut WorkerMem, CoreError> {
+    let Some(w) = st.workers.get_mut(wid) else {
+        return Err(CoreError::FailedPrecondition(
+            "unknown worker; say hello first".into(),
+        ));
+    };
+    if w.session.as_ref().is_none_or(|s| s.id != session) {
+        return Err(CoreError::FailedPrecondition(
+            "this stream was replaced by a newer one from the same worker".into(),
+        ));
+    }
+    Ok(w)
 }

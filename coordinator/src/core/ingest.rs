@@ -16,16 +16,7 @@ impl Core {
     ) -> Result<pb::Ack, CoreError> {
         let (fut, sends, ack, had_logs) = {
             let mut st = self.lock();
-            let Some(w) = st.workers.get_mut(wid) else {
-                return Err(CoreError::FailedPrecondition(
-                    "unknown worker; say hello first".into(),
-                ));
-            };
-            if w.session.as_ref().is_none_or(|s| s.id != session) {
-                return Err(CoreError::FailedPrecondition(
-                    "this stream was replaced by a newer one from the same worker".into(),
-                ));
-            }
+            let w = session_worker(&mut st, wid, session)?;
             // A worker's numbers grow by at most one reserved block per
             // restart; one far past what is stored is no record of this
             // worker's (taking it would make every later record a "duplicate").

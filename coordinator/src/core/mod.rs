@@ -36,7 +36,7 @@ mod sweeps;
 mod tokens;
 
 use attempts::AttemptEnd;
-use fleet::resources_from_json;
+use fleet::{resources_from_json, session_worker};
 use proposals::reached_target;
 pub(crate) use query::checkpoint_info;
 use query::{sweep_info, worker_info};

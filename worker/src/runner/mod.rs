@@ -1,0 +1,513 @@
+//! Running one attempt: a child process in its own process group, in its own
+//! directory, with its argv built from the sweep (never through a shell), its
+//! output captured line by line into the spool, its metrics file tailed, its
+//! checkpoint directory watched, and a typed stop: SIGTERM to the group, then
+//! SIGKILL after the grace period. The ending is classified for the coordinator.
+
+use crate::ctx::WorkerCtx;
+use crate::spool::{JournalEntry, UploadEntry};
+use liandan_common::sweep::command::{
+    args_json, build_argv, expand_envvars, job_envvar, private_var, CommandContext,
+};
+use liandan_common::sweep::{spec::TRAINER_PROGRAM, SweepSpec};
+use liandan_common::time::now_secs;
+use liandan_proto::v1 as pb;
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::sync::{mpsc, watch};
+
+pub use crate::ctx::StopReason;
+
+mod launch;
+mod output;
+mod scan;
+
+use launch::{interpreter, setup, Setup};
+pub use output::metrics_from_line;
+use output::{read_lines, sink, MetricsTail, Sink};
+pub use scan::checkpoint_step;
+use scan::{scan_checkpoints, Refused};
+
+fn record(job: &str, attempt: u64, body: pb::record::Body) -> pb::Record {
+    pb::Record {
+        seq: 0,
+        job_id: job.to_string(),
+        attempt,
+        body: Some(body),
+    }
+}
+
+/// Start time of a process in clock ticks since boot (/proc/PID/stat field 22),
+/// used to tell our process from a later one that reused its pid.
+pub fn process_start_ticks(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 2..];
+    after.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Everything needed to start an attempt.
+pub struct Launch {
+    pub assignment: pb::Assignment,
+    pub spec: SweepSpec,
+    pub dir: PathBuf,
+    pub resume: Option<(PathBuf, i64)>,
+}
+
+/// Runs an attempt to its end and appends its exit record.
+pub async fn run_attempt(
+    ctx: Arc<WorkerCtx>,
+    launch: Launch,
+    mut stop: watch::Receiver<Option<StopReason>>,
+) {
+    let a = &launch.assignment;
+    let job = a.job_id.clone();
+    let attempt = a.attempt;
+    let ckpt_dir = launch.dir.join("checkpoints");
+    let metrics_path = launch.dir.join("metrics.jsonl");
+    let params_path = launch.dir.join("params.json");
+    let exit = |outcome: &str, code: i32, signal: i32, message: String| pb::JobExited {
+        outcome: outcome.into(),
+        exit_code: code,
+        signal,
+        message,
+    };
+
+    // Setup errors (a missing workdir or program) end the attempt before it
+    // starts and are not retried: the next attempt would find the same.
+    let Setup {
+        workdir,
+        program,
+        env: job_env,
+    } = match setup(&ctx, &launch.spec) {
+        Ok(x) => x,
+        Err(msg) => {
+            finish(&ctx, &job, attempt, exit("setup_failed", -1, 0, msg)).await;
+            return;
+        }
+    };
+    let prepared = (|| -> Result<Vec<String>, String> {
+        std::fs::create_dir_all(&ckpt_dir)
+            .map_err(|e| format!("cannot create {}: {e}", ckpt_dir.display()))?;
+        let params: serde_json::Value = serde_json::from_str(&a.params_json)
+            .map_err(|e| format!("bad params from coordinator: {e}"))?;
+        // What `${args_json_file}` names: the arguments as W&B's agent writes them.
+        std::fs::write(&params_path, args_json(&launch.spec, &params, a.seed))
+            .map_err(|e| format!("cannot write {}: {e}", params_path.display()))?;
+        let env_lookup = job_envvar;
+        let params_file = params_path.display().to_string();
+        let cctx = CommandContext {
+            env: "/usr/bin/env",
+            interpreter: interpreter(),
+            program: program.as_deref(),
+            args_json_file: &params_file,
+            envvar: &env_lookup,
+        };
+        build_argv(&launch.spec, &params, a.seed, &cctx).map_err(|e| e.to_string())
+    })();
+    let argv = match prepared {
+        Ok(v) => v,
+        Err(msg) => {
+            finish(&ctx, &job, attempt, exit("spawn_failed", -1, 0, msg)).await;
+            return;
+        }
+    };
+
+    // The checkpoint to resume from, lent to the job user in its own directory.
+    let resume_path = match (&launch.resume, &ctx.job_user) {
+        (Some((p, _)), Some(u)) => match u.lend(p, &launch.dir) {
+            Ok(lent) => Some(lent),
+            Err(e) => {
+                let msg = format!("cannot lend {} to job_user {}: {e}", p.display(), u.name);
+                finish(&ctx, &job, attempt, exit("spawn_failed", -1, 0, msg)).await;
+                return;
+            }
+        },
+        (Some((p, _)), None) => Some(p.clone()),
+        (None, _) => None,
+    };
+    // Only now, with everything the worker puts there written, is the
+    // attempt's directory handed to the job user.
+    if let (Some(u), Some(job_dir)) = (&ctx.job_user, launch.dir.parent()) {
+        if let Err(e) = u.give(job_dir, &launch.dir) {
+            let msg = format!(
+                "cannot hand {} to job_user {}: {e}",
+                launch.dir.display(),
+                u.name
+            );
+            finish(&ctx, &job, attempt, exit("spawn_failed", -1, 0, msg)).await;
+            return;
+        }
+    }
+    // Its own cgroup, where the system allows it: what leaves the process
+    // group (setsid) is still found and killed with the job.
+    let cgroup = match ctx.cgroups.as_ref().map(|c| c.create(&job, attempt)) {
+        Some(Ok(g)) => Some(g),
+        Some(Err(e)) => {
+            tracing::warn!(job, attempt, error = %e, "cannot create the attempt's cgroup; tracking its process group only");
+            None
+        }
+        None => None,
+    };
+
+    let mut cmd = tokio::process::Command::new(&argv[0]);
+    // A job sees none of the worker's own settings and secrets: every
+    // inherited LIANDAN_* variable (LIANDAN_TOKEN, LIANDAN_TOKEN_FILE, the
+    // worker's TLS key path ...) and systemd's credentials directory are
+    // removed; the job's own LIANDAN_* variables are set below.
+    for (k, _) in std::env::vars_os() {
+        if private_var(&k.to_string_lossy()) {
+            cmd.env_remove(&k);
+        }
+    }
+    cmd.args(&argv[1..])
+        .current_dir(workdir.as_deref().unwrap_or(&launch.dir))
+        .envs(job_env.iter().map(|(k, v)| (k, v)))
+        .process_group(0)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_USEC")
+        .env_remove("WATCHDOG_PID")
+        .env_remove("LISTEN_FDS")
+        .env_remove("LISTEN_PID")
+        .env("LIANDAN_JOB_ID", &job)
+        .env("LIANDAN_ATTEMPT", attempt.to_string())
+        .env("LIANDAN_SEED", a.seed.to_string())
+        .env("LIANDAN_PARAMS", &a.params_json)
+        .env("LIANDAN_METRICS_FILE", &metrics_path)
+        .env("LIANDAN_CHECKPOINT_DIR", &ckpt_dir)
+        .env("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
+        .env("CUDA_VISIBLE_DEVICES", a.gpu_uuids.join(","));
+    if let Some(path) = &resume_path {
+        cmd.env("LIANDAN_RESUME_FROM", path);
+    }
+    if let Some(u) = &ctx.job_user {
+        cmd.env("HOME", &u.home)
+            .env("USER", &u.name)
+            .env("LOGNAME", &u.name);
+    }
+    let pre =
+        crate::jail::PreExec::new(cgroup.as_ref().map(|g| g.procs_fd()), ctx.job_user.as_ref());
+    // SAFETY: PreExec::run makes only async-signal-safe system calls (write,
+    // prctl, setgroups, setgid, setuid, capset) and allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || pre.run());
+    }
+    let spawned = cmd.spawn();
+    let mut child = match spawned {
+        Ok(c) => c,
+        Err(e) => {
+            finish(
+                &ctx,
+                &job,
+                attempt,
+                exit(
+                    "spawn_failed",
+                    -1,
+                    0,
+                    match &ctx.job_user {
+                        Some(u) if e.kind() == std::io::ErrorKind::PermissionDenied => format!(
+                            "cannot start {:?}: {e} (jobs run as job_user {}: it needs to read and run the program and enter its workdir)",
+                            argv[0], u.name
+                        ),
+                        _ => format!("cannot start {:?}: {e}", argv[0]),
+                    },
+                ),
+            )
+            .await;
+            if let Some(g) = cgroup {
+                g.remove().await;
+            }
+            return;
+        }
+    };
+    let started = std::time::Instant::now();
+    let pid = child.id().map(|p| p as i32).unwrap_or(0);
+    let _ = ctx
+        .spool
+        .journal_set_pid(job.clone(), attempt, pid, process_start_ticks(pid))
+        .await;
+    let resumed = launch.resume.as_ref().map(|(_, s)| *s).unwrap_or(-1);
+    ctx.spool
+        .append(vec![record(
+            &job,
+            attempt,
+            pb::record::Body::Started(pb::JobStarted {
+                pid: pid as u32,
+                resumed_from_step: resumed,
+            }),
+        )])
+        .await;
+    tracing::info!(job, attempt, pid, argv = ?argv, "job started");
+
+    let metric_name = launch.spec.metric.as_ref().map(|m| m.name.clone());
+    let last_metric = Arc::new(Mutex::new(None));
+    let pattern = launch
+        .spec
+        .liandan
+        .metric_pattern
+        .as_deref()
+        .and_then(|p| regex::Regex::new(p).ok());
+    let (line_tx, line_rx) = mpsc::channel(8192);
+    // The job said its disk is full (ENOSPC's message on stderr).
+    let enospc = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let to = Sink {
+        ctx: ctx.clone(),
+        job: job.clone(),
+        attempt,
+        pattern,
+        last_metric: last_metric.clone(),
+        metric_name: metric_name.clone(),
+        enospc: enospc.clone(),
+    };
+    let sink_task = tokio::spawn(sink(to, line_rx));
+    ctx.register_notices(&job, attempt, line_tx.clone());
+    let out = child
+        .stdout
+        .take()
+        .map(|s| tokio::spawn(read_lines(s, false, line_tx.clone())));
+    let err = child
+        .stderr
+        .take()
+        .map(|s| tokio::spawn(read_lines(s, true, line_tx.clone())));
+    drop(line_tx);
+
+    let mut tail = MetricsTail {
+        skipping: false,
+        path: metrics_path,
+        offset: 0,
+        partial: Vec::new(),
+        line: 0,
+    };
+    let mut poll = tokio::time::interval(Duration::from_millis(200));
+    // Checkpoint files refused (links, FIFOs): not looked at again.
+    let mut refused = Refused::default();
+    let grace = Duration::from_secs_f64(ctx.cfg.grace_period_secs);
+    let mut reason: Option<StopReason> = *stop.borrow();
+    let mut term_deadline: Option<tokio::time::Instant> = None;
+    let mut killed_by_us = false;
+    // Signals go to the job's process group and, with a cgroup, to every
+    // process in it (those that left the group too).
+    let signal = |sig: Signal| {
+        let _ = killpg(Pid::from_raw(pid), sig);
+        if let Some(g) = &cgroup {
+            g.signal(sig);
+        }
+    };
+    if reason.is_some() {
+        signal(Signal::SIGTERM);
+        term_deadline = Some(tokio::time::Instant::now() + grace);
+    }
+    let status = loop {
+        tokio::select! {
+            s = child.wait() => break s,
+            changed = stop.changed(), if reason.is_none() => {
+                if changed.is_ok() {
+                    reason = *stop.borrow();
+                    if reason.is_some() {
+                        tracing::info!(job, attempt, ?reason, "stopping job: SIGTERM to its processes");
+                        signal(Signal::SIGTERM);
+                        term_deadline = Some(tokio::time::Instant::now() + grace);
+                    }
+                }
+            }
+            _ = async { match term_deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => {
+                tracing::warn!(job, attempt, "grace period over: SIGKILL to its processes");
+                signal(Signal::SIGKILL);
+                killed_by_us = true;
+                term_deadline = None;
+            }
+            _ = poll.tick() => {
+                tail.poll(&ctx, &job, attempt, &last_metric, metric_name.as_deref()).await;
+                scan_checkpoints(&ctx, &job, attempt, &ckpt_dir, &last_metric, &mut refused).await;
+            }
+        }
+    };
+    // Whatever the job left behind in its group or cgroup (grandchildren,
+    // daemons it started) goes with it.
+    let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+    if let Some(g) = cgroup {
+        g.remove().await;
+    }
+    for t in [out, err].into_iter().flatten() {
+        let _ = t.await;
+    }
+    // Everything the job wrote, a bounded read at a time.
+    while tail
+        .poll(&ctx, &job, attempt, &last_metric, metric_name.as_deref())
+        .await
+    {}
+    ctx.unregister_notices(&job, attempt);
+    let _ = sink_task.await;
+    scan_checkpoints(&ctx, &job, attempt, &ckpt_dir, &last_metric, &mut refused).await;
+    // Give published checkpoints a chance to reach the coordinator before the
+    // exit record makes this attempt stale there.
+    ctx.wait_uploads(&job, attempt, Duration::from_secs(60))
+        .await;
+
+    let (code, signal) = match &status {
+        Ok(s) => {
+            use std::os::unix::process::ExitStatusExt;
+            (s.code().unwrap_or(-1), s.signal().unwrap_or(0))
+        }
+        Err(_) => (-1, 0),
+    };
+    let quick = started.elapsed() < Duration::from_secs(1);
+    let outcome = match (reason, code, signal) {
+        (Some(StopReason::Preempt), _, _) => "preempted",
+        // The worker's disk filled up under the job: the worker's trouble, not
+        // the job's (it is requeued without spending a retry).
+        (None, c, s) if (c != 0 || s != 0) && enospc.load(std::sync::atomic::Ordering::SeqCst) => {
+            "disk_full"
+        }
+        // argparse's (and getopt's) usage error, before any work was done.
+        (None, 2, 0) if quick => "usage_error",
+        (Some(StopReason::Cancel), _, _) | (Some(StopReason::Stale), _, _) => "cancelled",
+        (None, 0, 0) => "succeeded",
+        // SIGKILL that we did not send is what the kernel's OOM killer sends.
+        (None, _, 9) if !killed_by_us => "oom_killed",
+        (None, _, s) if s != 0 => "signalled",
+        _ => "failed",
+    };
+    let message = match status {
+        Ok(_) if outcome == "usage_error" => format!(
+            "exit status 2 within a second of starting: a command-line usage error (see `liandan logs {job}`); every attempt would end the same, so none is retried"
+        ),
+        Ok(s) => format!("{s}"),
+        Err(e) => format!("wait failed: {e}"),
+    };
+    finish(&ctx, &job, attempt, exit(outcome, code, signal, message)).await;
+}
+
+/// An attempt the worker could not even set up because its own disk is full
+/// (ENOSPC creating the attempt's directory or files) ends `disk_full`, not
+/// as the job's failure: the next attempt, elsewhere or later, can run.
+fn worker_disk_full(outcome: &str, message: &str) -> bool {
+    outcome == "spawn_failed"
+        && (message.contains("(os error 28)") || message.contains("No space left on device"))
+}
+
+async fn finish(ctx: &WorkerCtx, job: &str, attempt: u64, mut exited: pb::JobExited) {
+    if worker_disk_full(&exited.outcome, &exited.message) {
+        exited.outcome = "disk_full".into();
+    }
+    tracing::info!(job, attempt, outcome = %exited.outcome, code = exited.exit_code, signal = exited.signal, message = %exited.message, "job ended");
+    let mut recs = Vec::new();
+    if matches!(exited.outcome.as_str(), "spawn_failed" | "setup_failed") {
+        // The job never ran: its log says why, where the user looks.
+        let text = format!(
+            "liandan-worker: the job could not start: {}",
+            exited.message
+        );
+        recs.push(record(
+            job,
+            attempt,
+            pb::record::Body::Log(pb::LogRecord {
+                line: 1,
+                stream: "stderr".into(),
+                ts: now_secs(),
+                text,
+            }),
+        ));
+    }
+    let dir = ctx.attempt_dir(job, attempt);
+    if ctx.job_user.is_some() {
+        // Nothing of an ended attempt stays open to later jobs; and what the
+        // worker writes next in it is written where no job can reach.
+        crate::jail::JobUser::take_back(&dir);
+    }
+    // Before the exit record: retention reads it once the exit is acknowledged.
+    crate::retention::write_outcome(&dir, &exited.outcome);
+    recs.push(record(job, attempt, pb::record::Body::Exited(exited)));
+    let seq = ctx.spool.append(recs).await;
+    let _ = ctx
+        .spool
+        .journal_set_exit(job.to_string(), attempt, seq)
+        .await;
+    ctx.mark_ended(job, attempt);
+}
+
+/// Journals an attempt before its process exists, so a crash right after
+/// spawning still finds it.
+pub async fn journal(
+    ctx: &WorkerCtx,
+    a: &pb::Assignment,
+    dir: &Path,
+) -> Result<(), crate::spool::SpoolError> {
+    ctx.spool
+        .journal_insert(JournalEntry {
+            job_id: a.job_id.clone(),
+            attempt: a.attempt,
+            pid: None,
+            start_ticks: None,
+            gpus: a.gpu_uuids.clone(),
+            cpus: a.cpu_slots,
+            dir: dir.display().to_string(),
+            exit_seq: None,
+        })
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_set_up_failing_on_a_full_disk_is_the_workers_trouble() {
+        let e = std::io::Error::from_raw_os_error(28);
+        let msg = format!("cannot create /state/jobs/j/1/checkpoints: {e}");
+        assert!(worker_disk_full("spawn_failed", &msg), "{msg}");
+        assert!(!worker_disk_full(
+            "spawn_failed",
+            "cannot start \"python9\": No such file or directory (os error 2)"
+        ));
+        assert!(
+            !worker_disk_full("setup_failed", &msg),
+            "a missing workdir stays the job's"
+        );
+    }
+
+    #[test]
+    fn metric_pattern_picks_named_numbers_from_stdout() {
+        let re = regex::Regex::new(r"step=(?P<step>\d+) loss=(?P<loss>[0-9.eE+-]+)").unwrap();
+        let cases: &[(&str, Option<serde_json::Value>)] = &[
+            (
+                "step=10 loss=0.25",
+                Some(serde_json::json!({"step": 10, "loss": 0.25})),
+            ),
+            (
+                "epoch done: step=3 loss=1e-3 ok",
+                Some(serde_json::json!({"step": 3, "loss": 0.001})),
+            ),
+            ("nothing to see", None),
+            ("step=4 loss=abc", None),
+        ];
+        for (line, want) in cases {
+            assert_eq!(&metrics_from_line(&re, line), want, "{line}");
+        }
+    }
+
+    #[test]
+    fn checkpoint_names() {
+        let cases = [
+            ("step-100.ckpt", Some(100)),
+            ("step-0.ckpt", Some(0)),
+            (".step-5.ckpt.tmp", None),
+            ("step-x.ckpt", None),
+            // A sign is refused (it overflowed the worker once: -i64::MIN).
+            ("step--1.ckpt", None),
+            ("step--9223372036854775808.ckpt", None),
+            ("step-+5.ckpt", None),
+            ("step-99999999999999999999.ckpt", None),
+            ("model.pt", None),
+        ];
+        for (name, want) in cases {
+            assert_eq!(checkpoint_step(name), want, "{name}");
+        }
+    }
+}
