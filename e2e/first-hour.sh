@@ -250,6 +250,8 @@ see 0 "4 succeeded" liandan submit "$T/quiet.yaml" --wait
 qjob=$(liandan jobs quiet -o csv | sed -n 2p | cut -d, -f1)
 see 67 "has no attempt 1: its one attempt is 2" liandan logs "$qjob" --attempt 1
 see 0 "loss: 0.5" liandan logs "$qjob"
+see 67 "has no attempt 1: its one attempt is 2" liandan metrics "$qjob" --attempt 1
+see 0 "attempt" liandan metrics "$qjob" --attempt 2 -o csv
 
 # --- Workers by a short id; ids complete on Tab. ---
 wid=$(liandan workers -o csv | sed -n 2p | cut -d, -f1)

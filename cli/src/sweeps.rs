@@ -100,23 +100,15 @@ pub fn sweep_json(s: &pb::Sweep) -> serde_json::Value {
 pub async fn name_failures(c: &mut Client, sweep: &str, failed: u64) {
     let jobs = first_jobs(c, sweep, "failed", 3, |_| true).await;
     for j in &jobs {
-        let how = match c
-            .get_job(pb::JobRef {
-                job_id: j.id.clone(),
+        // The listing carries each job's last attempt: no call per job.
+        let how = j
+            .last_attempt
+            .as_ref()
+            .map(|a| {
+                let msg: String = a.message.chars().take(160).collect();
+                format!("attempt {} {}: {}", a.attempt, a.state, printable(&msg))
             })
-            .await
-        {
-            Ok(full) => full
-                .into_inner()
-                .attempts
-                .last()
-                .map(|a| {
-                    let msg: String = a.message.chars().take(160).collect();
-                    format!("attempt {} {}: {}", a.attempt, a.state, printable(&msg))
-                })
-                .unwrap_or_default(),
-            Err(_) => String::new(),
-        };
+            .unwrap_or_default();
         eprintln!("  failed: {} {how}", j.id);
     }
     if let Some(j) = jobs.first() {

@@ -244,18 +244,7 @@ impl UserService for Api {
             0 if queued && r.follow => current + 1,
             0 => current.max(first),
             n if (first..=current).contains(&n) || (queued && r.follow && n == current + 1) => n,
-            n => {
-                let had = if current < first {
-                    "it has not run yet".to_string()
-                } else if first == current {
-                    format!("its one attempt is {first}")
-                } else {
-                    format!("its attempts are {first} to {current}")
-                };
-                return Err(Status::not_found(format!(
-                    "job {jid} has no attempt {n}: {had} (see `liandan describe {jid}`)"
-                )));
-            }
+            n => return Err(no_attempt(&jid, n, first, current)),
         };
         let (tx, rx) = mpsc::channel(1024);
         let read = crate::logs::LogRead {
@@ -277,11 +266,15 @@ impl UserService for Api {
         let r = req.into_inner();
         let core = self.core()?;
         let jid = job_id(&core.resolve_job(&r.job_id)?)?;
-        core.job_progress(&jid).ok_or_else(|| {
+        let (first, current) = core.attempt_range(&jid).ok_or_else(|| {
             Status::not_found(format!(
                 "job {jid} not found; list them with `liandan jobs SWEEP`"
             ))
         })?;
+        // 0 is every attempt; another is one the job has had.
+        if r.attempt != 0 && !(first..=current).contains(&r.attempt) {
+            return Err(no_attempt(&jid, r.attempt, first, current));
+        }
         let (records, next_page_token) =
             crate::logs::metrics(&core, &jid, r.attempt, r.page_size, &r.page_token).await?;
         Ok(Response::new(pb::GetMetricsResponse {
@@ -729,4 +722,19 @@ impl From<CoreError> for Status {
             CoreError::Store(s) => Status::internal(s.to_string()),
         }
     }
+}
+
+/// A job has no attempt `n`: which it has had (`first..=current`, numbered
+/// above its sweep's floor; none while `current < first`).
+fn no_attempt(jid: &JobId, n: u64, first: u64, current: u64) -> Status {
+    let had = if current < first {
+        "it has not run yet".to_string()
+    } else if first == current {
+        format!("its one attempt is {first}")
+    } else {
+        format!("its attempts are {first} to {current}")
+    };
+    Status::not_found(format!(
+        "job {jid} has no attempt {n}: {had} (see `liandan describe {jid}`)"
+    ))
 }

@@ -66,3 +66,28 @@ async fn a_metric_reported_before_a_coordinator_restart_counts() {
     assert_eq!(j.state, "succeeded", "{j:?}");
     assert_eq!(j.final_metric, Some(0.5));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nan_reported_before_a_restart_is_told_as_divergence() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = core(dir.path());
+    c.submit(SPEC, "yaml", "").await.expect("submit");
+    let mut w = hello(&c, 1, vec![], 0).await;
+    let a = next_attempt(&c, &mut w).await;
+    // A NaN travels as null (JSON has no NaN).
+    metric(&c, &mut w, &a, 10, f64::NAN).await;
+    let seq = w.seq;
+    drop(w);
+    drop(c);
+    let c = core(dir.path());
+    let mut w = hello(&c, 1, held(std::slice::from_ref(&a)), seq).await;
+    exit(&c, &mut w, &a, "succeeded").await;
+    let j = c.get_job(&a.job_id).await.expect("job");
+    let last = j.attempts.last().expect("attempts");
+    assert_eq!(last.state, "no_metric", "{j:?}");
+    assert!(
+        last.message.contains("only as NaN or infinity"),
+        "{}",
+        last.message
+    );
+}

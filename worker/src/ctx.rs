@@ -66,7 +66,7 @@ pub struct WorkerCtx {
     /// Woken when the coordinator acknowledged an attempt's end.
     pub(crate) retention: Notify,
     /// Jobs whose directories retention is removing: a new attempt of one
-    /// waits before creating its directories (see [`retention::collect`]).
+    /// waits before creating its directories (see [`crate::retention::collect`]).
     pub(crate) retiring: Mutex<std::collections::HashSet<String>>,
     pub(crate) retired: Notify,
     /// The disk as of the last retention pass, for heartbeats.

@@ -22,7 +22,8 @@ mod session;
 pub mod spool;
 mod supervisor;
 
-pub use ctx::{Client, StopReason, WorkerCtx};
+use ctx::StopReason;
+pub use ctx::{Client, WorkerCtx};
 pub use error::WorkerError;
 pub use recovery::prepare;
 use session::connect_loop;

@@ -13,9 +13,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 
-pub(crate) fn lock_state_dir(
-    dir: &std::path::Path,
-) -> Result<liandan_common::lockdir::DirLock, WorkerError> {
+fn lock_state_dir(dir: &std::path::Path) -> Result<liandan_common::lockdir::DirLock, WorkerError> {
     use liandan_common::lockdir::{lock_dir, LockError};
     lock_dir(dir, "worker.lock").map_err(|e| match e {
         LockError::Io(_, e) => WorkerError::StateDir(dir.to_path_buf(), e),

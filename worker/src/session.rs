@@ -60,7 +60,7 @@ pub(crate) async fn connect_loop(
     }
 }
 
-pub(crate) async fn session(
+async fn session(
     ctx: &Arc<WorkerCtx>,
     channel: Channel,
     stop: &mut watch::Receiver<bool>,
@@ -200,7 +200,7 @@ pub(crate) async fn session(
     }
 }
 
-pub(crate) async fn send_pending(
+async fn send_pending(
     ctx: &WorkerCtx,
     out: &mpsc::Sender<pb::WorkerMessage>,
 ) -> Result<(), String> {

@@ -1,8 +1,8 @@
 //! Supervision: an assignment started as an attempt, job directories
 //! retained or removed, checkpoints uploaded.
 
-use crate::ctx::Running;
 use crate::ctx::WorkerCtx;
+use crate::ctx::{Running, StopReason};
 use crate::{checkpoint, retention, runner};
 use liandan_proto::v1 as pb;
 use std::sync::atomic::Ordering;
@@ -58,67 +58,78 @@ pub(crate) fn start(ctx: &Arc<WorkerCtx>, a: pb::Assignment) {
     }
     let ctx = ctx.clone();
     tokio::spawn(async move {
-        // Retention may be removing this job's old directories right now.
-        ctx.wait_not_retiring(&a.job_id).await;
-        let job_dir = ctx.jobs_dir.join(&a.job_id);
-        let dir = ctx.attempt_dir(&a.job_id, a.attempt);
-        if let Err(e) = runner::journal(&ctx, &a, &dir).await {
-            tracing::error!(error = %e, "cannot journal the attempt");
-        }
-        let spec = match serde_json::from_str::<liandan_common::sweep::SweepSpec>(&a.spec_json) {
-            Ok(s) => s,
-            Err(e) => {
-                let rec = pb::Record {
-                    seq: 0,
-                    job_id: a.job_id.clone(),
-                    attempt: a.attempt,
-                    body: Some(pb::record::Body::Exited(pb::JobExited {
-                        outcome: "spawn_failed".into(),
-                        exit_code: -1,
-                        signal: 0,
-                        message: format!("bad spec from coordinator: {e}"),
-                    })),
-                };
-                let seq = ctx.spool.append(vec![rec]).await;
-                let _ = ctx
-                    .spool
-                    .journal_set_exit(a.job_id.clone(), a.attempt, seq)
-                    .await;
-                ctx.mark_ended(&a.job_id, a.attempt);
-                return;
-            }
-        };
-        let mut resume = None;
-        if let Some(c) = a.resume_from.clone() {
-            let channel = ctx
-                .channel
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone();
-            let fetched = match channel {
-                Some(ch) => checkpoint::fetch(&mut ctx.client(ch), &job_dir, &c).await,
-                None => Err("not connected".into()),
-            };
-            match fetched {
-                Ok(p) => resume = Some((p, c.step)),
-                Err(e) => {
-                    tracing::error!(job = %a.job_id, error = %e, "cannot get the checkpoint to resume from; starting from scratch")
-                }
-            }
-        }
-        runner::run_attempt(
-            ctx.clone(),
-            runner::Launch {
-                assignment: a.clone(),
-                spec,
-                dir,
-                resume,
-            },
-            stop_rx,
-        )
-        .await;
+        attempt_task(&ctx, &a, stop_rx).await;
+        // However the task ended: the attempt is no longer this worker's.
         ctx.running().remove(&(a.job_id.clone(), a.attempt));
     });
+}
+
+/// An assigned attempt from its directory to its end: journal, spec,
+/// resume checkpoint, run.
+async fn attempt_task(
+    ctx: &Arc<WorkerCtx>,
+    a: &pb::Assignment,
+    stop_rx: watch::Receiver<Option<StopReason>>,
+) {
+    // Retention may be removing this job's old directories right now.
+    ctx.wait_not_retiring(&a.job_id).await;
+    let job_dir = ctx.jobs_dir.join(&a.job_id);
+    let dir = ctx.attempt_dir(&a.job_id, a.attempt);
+    if let Err(e) = runner::journal(ctx, a, &dir).await {
+        tracing::error!(error = %e, "cannot journal the attempt");
+    }
+    let spec = match serde_json::from_str::<liandan_common::sweep::SweepSpec>(&a.spec_json) {
+        Ok(s) => s,
+        Err(e) => {
+            let rec = pb::Record {
+                seq: 0,
+                job_id: a.job_id.clone(),
+                attempt: a.attempt,
+                body: Some(pb::record::Body::Exited(pb::JobExited {
+                    outcome: "spawn_failed".into(),
+                    exit_code: -1,
+                    signal: 0,
+                    message: format!("bad spec from coordinator: {e}"),
+                })),
+            };
+            let seq = ctx.spool.append(vec![rec]).await;
+            let _ = ctx
+                .spool
+                .journal_set_exit(a.job_id.clone(), a.attempt, seq)
+                .await;
+            ctx.mark_ended(&a.job_id, a.attempt);
+            return;
+        }
+    };
+    let mut resume = None;
+    if let Some(c) = a.resume_from.clone() {
+        let channel = ctx
+            .channel
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let fetched = match channel {
+            Some(ch) => checkpoint::fetch(&mut ctx.client(ch), &job_dir, &c).await,
+            None => Err("not connected".into()),
+        };
+        match fetched {
+            Ok(p) => resume = Some((p, c.step)),
+            Err(e) => {
+                tracing::error!(job = %a.job_id, error = %e, "cannot get the checkpoint to resume from; starting from scratch")
+            }
+        }
+    }
+    runner::run_attempt(
+        ctx.clone(),
+        runner::Launch {
+            assignment: a.clone(),
+            spec,
+            dir,
+            resume,
+        },
+        stop_rx,
+    )
+    .await;
 }
 
 /// Removes job directories nothing is owed from (see [`retention`]): at
@@ -137,7 +148,7 @@ pub(crate) async fn retention_loop(ctx: Arc<WorkerCtx>) {
     }
 }
 
-pub(crate) async fn retention_pass(ctx: &Arc<WorkerCtx>, keep_failed: Duration) {
+async fn retention_pass(ctx: &Arc<WorkerCtx>, keep_failed: Duration) {
     let dir = ctx.jobs_dir.clone();
     // Listed before the journal is read (the order the module docs explain).
     let Ok(listed) = tokio::task::spawn_blocking(move || retention::list(&dir)).await else {

@@ -172,8 +172,9 @@ pub(super) fn load(store: &Store, cfg: &CoordinatorConfig) -> Result<State, Core
         .map_err(CoreError::from)
 }
 
-/// Whether each running attempt of a sweep that requires its metric has
-/// reported it already (before the restart); see `JobMem::reported`.
+/// What each running attempt of a sweep that requires its metric reported
+/// before the restart: a finite value (`JobMem::reported`), or only NaN or
+/// infinities (`metric_not_finite`, which words its failure).
 fn attempts_reported(c: &Reader<'_>, st: &mut State) -> Result<(), StoreError> {
     for (jid, job) in st.jobs.iter_mut() {
         if job.state != JobState::Running {
@@ -187,12 +188,19 @@ fn attempts_reported(c: &Reader<'_>, st: &mut State) -> Result<(), StoreError> {
         else {
             continue;
         };
-        job.reported = c.attempt_reported(jid.as_str(), job.attempt, |json| {
-            serde_json::from_str::<serde_json::Value>(json)
-                .ok()
-                .and_then(|v| v.get(&metric.name).and_then(|x| x.as_f64()))
-                .is_some_and(|x| x.is_finite())
+        let (mut reported, mut not_finite) = (false, false);
+        c.scan_attempt_metrics(jid.as_str(), job.attempt, |json| {
+            let v = serde_json::from_str::<serde_json::Value>(json).ok();
+            // A NaN or infinity arrives as null, as `observe_metric` reads it.
+            match v.as_ref().and_then(|v| v.get(&metric.name)) {
+                Some(x) if x.as_f64().is_some_and(|x| x.is_finite()) => reported = true,
+                Some(x) if x.is_null() => not_finite = true,
+                _ => {}
+            }
+            reported
         })?;
+        job.reported = reported;
+        job.metric_not_finite = not_finite;
     }
     Ok(())
 }

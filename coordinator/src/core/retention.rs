@@ -7,7 +7,8 @@ use std::collections::HashSet;
 /// The steps to keep of a job's checkpoints (`steps`: each one's step and
 /// the metric it was taken at): the last `keep_last` by step, and with
 /// `best` (the sweep's goal, when `keep_best` is set) the one with the best
-/// metric, the earliest of equals. Every other step is removed.
+/// metric, the earliest of equals (a NaN metric is none). Every other step
+/// is removed.
 pub(super) fn keep_steps(
     steps: &[(i64, Option<f64>)],
     keep_last: usize,
@@ -19,7 +20,8 @@ pub(super) fn keep_steps(
     if let Some(goal) = best {
         let mut ordered: Vec<(i64, f64)> = steps
             .iter()
-            .filter_map(|(s, m)| m.filter(|m| m.is_finite()).map(|m| (*s, m)))
+            // A NaN compares with nothing; an infinity is a value like any other.
+            .filter_map(|(s, m)| m.filter(|m| !m.is_nan()).map(|m| (*s, m)))
             .collect();
         ordered.sort_by_key(|(s, _)| *s);
         let top = ordered
@@ -83,5 +85,14 @@ mod tests {
         let steps = [(1, None), (2, None), (3, None)];
         assert_eq!(sorted(keep_steps(&steps, 1, Some(Goal::Maximize))), [3]);
         assert!(keep_steps(&[], 3, Some(Goal::Minimize)).is_empty());
+        // A NaN first does not stand as the best; an infinity can be the best.
+        let steps = [
+            (1, Some(f64::NAN)),
+            (2, Some(0.3)),
+            (3, Some(f64::INFINITY)),
+            (4, None),
+        ];
+        assert_eq!(sorted(keep_steps(&steps, 0, Some(Goal::Minimize))), [2]);
+        assert_eq!(sorted(keep_steps(&steps, 0, Some(Goal::Maximize))), [3]);
     }
 }

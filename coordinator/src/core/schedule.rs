@@ -91,8 +91,9 @@ impl Core {
     }
 
     /// Matches ready jobs to free capacity: whole GPUs on one worker, CPU slots
-    /// otherwise, required labels; fair between sweeps (fewest running first,
-    /// then priority), within each sweep's concurrency cap.
+    /// otherwise, required labels; sweeps in `scheduler::candidates` order
+    /// (priority, then fewest running, then oldest), within each sweep's
+    /// concurrency cap and its owner's quota.
     pub(super) fn dispatch(&self, st: &mut State, ops: &mut Vec<Op>, sends: &mut Sends) {
         let workers: Vec<WorkerId> = st
             .workers

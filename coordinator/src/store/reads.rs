@@ -215,24 +215,24 @@ impl<'c> Reader<'c> {
         Ok(())
     }
 
-    /// Whether any metric record of one attempt of a job passes `is_value`
-    /// (read in the order stored, up to the first that does).
-    pub fn attempt_reported(
+    /// Each metric record (its JSON) of one attempt of a job, in the order
+    /// stored, until `f` says it has seen enough (returns true).
+    pub fn scan_attempt_metrics(
         &self,
         job: &str,
         attempt: u64,
-        is_value: impl Fn(&str) -> bool,
-    ) -> Result<bool, StoreError> {
+        mut f: impl FnMut(&str) -> bool,
+    ) -> Result<(), StoreError> {
         let mut st = self.conn.prepare_cached(
             "SELECT json FROM metrics WHERE job_id = ?1 AND attempt = ?2 ORDER BY id",
         )?;
         let mut rows = st.query(params![job, attempt as i64])?;
         while let Some(r) = rows.next()? {
-            if is_value(&r.get::<_, String>(0)?) {
-                return Ok(true);
+            if f(&r.get::<_, String>(0)?) {
+                break;
             }
         }
-        Ok(false)
+        Ok(())
     }
 
     /// Every stored sweep.
