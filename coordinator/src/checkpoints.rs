@@ -356,24 +356,7 @@ impl CheckpointStore {
         let h = first.header.clone().ok_or_else(|| {
             Status::invalid_argument("the first upload message must carry a header")
         })?;
-        let job = JobId::parse(&h.job_id).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        if !is_hex64(&h.blake3) {
-            return Err(Status::invalid_argument(
-                "blake3 must be 64 lowercase hex digits",
-            ));
-        }
-        if h.size > MAX_SIZE {
-            return Err(Status::invalid_argument(format!(
-                "checkpoint of {} bytes is larger than the limit of {MAX_SIZE}",
-                h.size
-            )));
-        }
-        if h.worker_id != caller {
-            return Err(Status::permission_denied(format!(
-                "this upload comes from worker {caller}, not {:?}",
-                h.worker_id
-            )));
-        }
+        let job = check_header(&h, &caller)?;
         // Only the worker that holds the job's current attempt may store its checkpoints.
         if !core.holds(&job, h.attempt, &h.worker_id) {
             core.refuse_stale("checkpoint upload", &h.job_id, h.attempt, &h.worker_id)
@@ -387,79 +370,12 @@ impl CheckpointStore {
         // Bounded: each upload holds a blocking thread, and those are shared
         // with everything else the coordinator does off its runtime threads.
         let place = self.upload_place(&part, &h.worker_id)?;
-        let mut len = tokio::fs::metadata(&part)
+        let len = tokio::fs::metadata(&part)
             .await
             .map(|m| m.len())
             .unwrap_or(0);
-        // One blocking thread writes and hashes as bytes arrive (no re-read,
-        // no per-chunk hop); it first hashes what an interrupted upload left.
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(8);
-        let wpart = part.clone();
-        let size = h.size;
-        let writer = tokio::task::spawn_blocking(move || -> std::io::Result<(u64, String)> {
-            use std::io::Write;
-            let _place = place;
-            let mut hasher = blake3::Hasher::new();
-            let mut file = std::fs::OpenOptions::new()
-                .create(true)
-                .read(true)
-                .append(true)
-                .open(&wpart)?;
-            let mut have = 0u64;
-            {
-                let mut buf = vec![0u8; CHUNK];
-                let mut r = std::fs::File::open(&wpart)?;
-                loop {
-                    let k = r.read(&mut buf)?;
-                    if k == 0 {
-                        break;
-                    }
-                    hasher.update(&buf[..k]);
-                    have += k as u64;
-                }
-            }
-            while let Some(chunk) = rx.blocking_recv() {
-                file.write_all(&chunk)?;
-                hasher.update(&chunk);
-                have += chunk.len() as u64;
-            }
-            if have < size {
-                file.sync_data()?;
-            } else {
-                file.sync_all()?;
-            }
-            Ok((have, hasher.finalize().to_hex().to_string()))
-        });
-        let mut msg = Some(first);
-        let mut failure = None;
-        while let Some(m) = msg.take() {
-            if !m.data.is_empty() {
-                if m.offset != len {
-                    failure = Some(Status::invalid_argument(format!(
-                        "upload chunk at offset {} but {len} bytes are stored; resume from {len}",
-                        m.offset
-                    )));
-                    break;
-                }
-                if len + m.data.len() as u64 > h.size {
-                    failure = Some(Status::invalid_argument(
-                        "upload is longer than the size in its header",
-                    ));
-                    break;
-                }
-                len += m.data.len() as u64;
-                if tx.send(m.data).await.is_err() {
-                    break;
-                }
-            }
-            msg = match self.next_message(&mut stream, len).await {
-                Ok(m) => m,
-                Err(e) => {
-                    failure = Some(e);
-                    None
-                }
-            };
-        }
+        let (tx, writer) = spawn_writer(part.clone(), place, h.size);
+        let failure = self.receive(&mut stream, first, &tx, len, h.size).await;
         drop(tx);
         let written = writer.await.map_err(|e| Status::internal(e.to_string()))?;
         let (have, hash) = written.map_err(|e| io(e, "writing the checkpoint"))?;
@@ -482,9 +398,64 @@ impl CheckpointStore {
                 h.blake3
             )));
         }
+        self.keep(&core, &h, &job, &part).await
+    }
+
+    /// Receives the chunks after `len` stored bytes into the writer; the
+    /// failure that cut the upload short, if one did.
+    async fn receive(
+        &self,
+        stream: &mut Streaming<pb::CheckpointUpload>,
+        first: pb::CheckpointUpload,
+        tx: &tokio::sync::mpsc::Sender<Vec<u8>>,
+        mut len: u64,
+        size: u64,
+    ) -> Option<Status> {
+        let mut msg = Some(first);
+        let mut failure = None;
+        while let Some(m) = msg.take() {
+            if !m.data.is_empty() {
+                if m.offset != len {
+                    failure = Some(Status::invalid_argument(format!(
+                        "upload chunk at offset {} but {len} bytes are stored; resume from {len}",
+                        m.offset
+                    )));
+                    break;
+                }
+                if len + m.data.len() as u64 > size {
+                    failure = Some(Status::invalid_argument(
+                        "upload is longer than the size in its header",
+                    ));
+                    break;
+                }
+                len += m.data.len() as u64;
+                if tx.send(m.data).await.is_err() {
+                    break;
+                }
+            }
+            msg = match self.next_message(stream, len).await {
+                Ok(m) => m,
+                Err(e) => {
+                    failure = Some(e);
+                    None
+                }
+            };
+        }
+        failure
+    }
+
+    /// Moves a complete, verified upload into place and records it; older
+    /// checkpoints the retention policy lets go are removed once it is durable.
+    async fn keep(
+        &self,
+        core: &Core,
+        h: &pb::CheckpointUploadHeader,
+        job: &JobId,
+        part: &Path,
+    ) -> Result<pb::UploadCheckpointResponse, Status> {
         let dir = self.root.join(job.as_str());
         let final_path = dir.join(format!("{}-{}.ckpt", h.step, &h.blake3[..16]));
-        let (d, p, f) = (dir.clone(), part.clone(), final_path.clone());
+        let (d, p, f) = (dir.clone(), part.to_path_buf(), final_path.clone());
         *self.inflight().entry(final_path.clone()).or_default() += 1;
         let _inflight = InFlight(self, final_path.clone());
         let moved = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
@@ -501,10 +472,7 @@ impl CheckpointStore {
             .unwrap_or(&final_path)
             .to_string_lossy()
             .to_string();
-        match core
-            .add_checkpoint(row(&h, rel.clone()), &h.worker_id)
-            .await
-        {
+        match core.add_checkpoint(row(h, rel.clone()), &h.worker_id).await {
             Ok(removed) => {
                 // Older checkpoints go only now that the newer one is durable.
                 for f in removed {
@@ -646,4 +614,76 @@ fn row(h: &pb::CheckpointUploadHeader, file: String) -> CheckpointRow {
         created_at: liandan_common::time::now_secs(),
         file,
     }
+}
+
+/// The header's own checks: a job id, a content hash, a size under the limit,
+/// and the uploading worker's own name.
+fn check_header(h: &pb::CheckpointUploadHeader, caller: &str) -> Result<JobId, Status> {
+    let job = JobId::parse(&h.job_id).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    if !is_hex64(&h.blake3) {
+        return Err(Status::invalid_argument(
+            "blake3 must be 64 lowercase hex digits",
+        ));
+    }
+    if h.size > MAX_SIZE {
+        return Err(Status::invalid_argument(format!(
+            "checkpoint of {} bytes is larger than the limit of {MAX_SIZE}",
+            h.size
+        )));
+    }
+    if h.worker_id != caller {
+        return Err(Status::permission_denied(format!(
+            "this upload comes from worker {caller}, not {:?}",
+            h.worker_id
+        )));
+    }
+    Ok(job)
+}
+
+type Writer = tokio::task::JoinHandle<std::io::Result<(u64, String)>>;
+
+/// One blocking thread writes and hashes as bytes arrive (no re-read, no
+/// per-chunk hop); it first hashes what an interrupted upload left. It ends
+/// with the bytes stored and their hash.
+fn spawn_writer(
+    wpart: PathBuf,
+    place: UploadPlace,
+    size: u64,
+) -> (tokio::sync::mpsc::Sender<Vec<u8>>, Writer) {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(8);
+    let writer = tokio::task::spawn_blocking(move || -> std::io::Result<(u64, String)> {
+        use std::io::Write;
+        let _place = place;
+        let mut hasher = blake3::Hasher::new();
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(&wpart)?;
+        let mut have = 0u64;
+        {
+            let mut buf = vec![0u8; CHUNK];
+            let mut r = std::fs::File::open(&wpart)?;
+            loop {
+                let k = r.read(&mut buf)?;
+                if k == 0 {
+                    break;
+                }
+                hasher.update(&buf[..k]);
+                have += k as u64;
+            }
+        }
+        while let Some(chunk) = rx.blocking_recv() {
+            file.write_all(&chunk)?;
+            hasher.update(&chunk);
+            have += chunk.len() as u64;
+        }
+        if have < size {
+            file.sync_data()?;
+        } else {
+            file.sync_all()?;
+        }
+        Ok((have, hasher.finalize().to_hex().to_string()))
+    });
+    (tx, writer)
 }

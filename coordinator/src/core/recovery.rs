@@ -9,67 +9,123 @@ pub(super) fn load(store: &Store, cfg: &CoordinatorConfig) -> Result<State, Core
     store
         .read_now(|c| {
             let mut st = State::default();
-            {
-                for row in c.sweeps()? {
-                    let SweepRecord { id, name, spec_json, spec_hash, state, algorithm, created_at, owner } = row;
-                    let (Ok(sid), Ok(spec)) = (SweepId::parse(&id), serde_json::from_str::<SweepSpec>(&spec_json)) else {
-                        tracing::error!(sweep = %id, "stored sweep cannot be read; skipping it");
-                        continue;
-                    };
-                    st.sweeps.insert(
-                        sid,
-                        SweepMem {
-                            name,
-                            owner,
-                            attempt_floor: 0,
-                            run_spec_json: run_spec_json(&spec),
-                            spec: Arc::new(spec),
-                            spec_json: spec_json.into(),
-                            spec_hash,
-                            state: SweepState::parse(&state).unwrap_or(SweepState::Active),
-                            algorithm,
-                            created_at,
-                            trials: 0,
-                            jobs: Vec::new(),
-                            ready: VecDeque::new(),
-                            counts: StateCounts::default(),
-                            silent: 0,
-                            search: None,
-                            outcomes: Outcomes::default(),
-                        proposing: false,
-                        },
-                    );
+            load_sweeps(c, &mut st)?;
+            let (params, trial_order) = load_trials(c, &mut st)?;
+            load_jobs(c, &mut st, &params, grace_deadline)?;
+            load_tokens(c, &mut st)?;
+            load_workers(c, &mut st, grace_deadline)?;
+            c.each_checkpoint(|row| {
+                if let Ok(jid) = JobId::parse(&row.job_id) {
+                    st.checkpoints.entry(jid).or_default().push(row);
+                }
+            })?;
+            attempts_reported(c, &mut st)?;
+            load_search(c, &mut st, trial_order)?;
+            st.refused_stale = c.counter(REFUSED_STALE)? as u64;
+            Ok(st)
+        })
+        .map_err(CoreError::from)
+}
+
+/// Sweeps, and the attempt floors of deleted ones.
+fn load_sweeps(c: &Reader<'_>, st: &mut State) -> Result<(), StoreError> {
+    for row in c.sweeps()? {
+        let SweepRecord {
+            id,
+            name,
+            spec_json,
+            spec_hash,
+            state,
+            algorithm,
+            created_at,
+            owner,
+        } = row;
+        let (Ok(sid), Ok(spec)) = (
+            SweepId::parse(&id),
+            serde_json::from_str::<SweepSpec>(&spec_json),
+        ) else {
+            tracing::error!(sweep = %id, "stored sweep cannot be read; skipping it");
+            continue;
+        };
+        st.sweeps.insert(
+            sid,
+            SweepMem {
+                name,
+                owner,
+                attempt_floor: 0,
+                run_spec_json: run_spec_json(&spec),
+                spec: Arc::new(spec),
+                spec_json: spec_json.into(),
+                spec_hash,
+                state: SweepState::parse(&state).unwrap_or(SweepState::Active),
+                algorithm,
+                created_at,
+                trials: 0,
+                jobs: Vec::new(),
+                ready: VecDeque::new(),
+                counts: StateCounts::default(),
+                silent: 0,
+                search: None,
+                outcomes: Outcomes::default(),
+                proposing: false,
+            },
+        );
+    }
+    for (id, max) in c.deleted_sweeps()? {
+        if let Ok(sid) = SweepId::parse(&id) {
+            if let Some(s) = st.sweeps.get_mut(&sid) {
+                s.attempt_floor = max;
+            }
+            st.attempt_floors.insert(sid, max);
+        }
+    }
+    Ok(())
+}
+
+/// The trials of each sweep with search state, as (index, id).
+type TrialOrder = HashMap<SweepId, Vec<(i64, TrialId)>>;
+
+/// Trials whose sweep is known: each trial's parameters by id, and the
+/// trials of searching sweeps in index order.
+fn load_trials(
+    c: &Reader<'_>,
+    st: &mut State,
+) -> Result<(HashMap<String, Arc<str>>, TrialOrder), StoreError> {
+    let mut params: HashMap<String, Arc<str>> = HashMap::new();
+    // Trials of sweeps with search state, by sweep, in index order.
+    let mut trial_order: TrialOrder = HashMap::new();
+    c.each_trial(|t| {
+        let TrialRecord {
+            id,
+            sweep_id: sweep,
+            params_json: p,
+            idx,
+        } = t;
+        if let Some((sid, s)) = SweepId::parse(&sweep)
+            .ok()
+            .and_then(|sid| st.sweeps.get_mut(&sid).map(|s| (sid, s)))
+        {
+            s.trials += 1;
+            if s.spec.has_search() {
+                if let Ok(tid) = TrialId::parse(&id) {
+                    trial_order.entry(sid).or_default().push((idx, tid));
                 }
             }
-            {
-                for (id, max) in c.deleted_sweeps()? {
-                    if let Ok(sid) = SweepId::parse(&id) {
-                        if let Some(s) = st.sweeps.get_mut(&sid) {
-                            s.attempt_floor = max;
-                        }
-                        st.attempt_floors.insert(sid, max);
-                    }
-                }
-            }
-            let mut params: HashMap<String, Arc<str>> = HashMap::new();
-            // Trials of sweeps with search state, by sweep, in index order.
-            let mut trial_order: HashMap<SweepId, Vec<(i64, TrialId)>> = HashMap::new();
-            {
-                c.each_trial(|t| {
-                    let TrialRecord { id, sweep_id: sweep, params_json: p, idx } = t;
-                    if let Some((sid, s)) = SweepId::parse(&sweep).ok().and_then(|sid| st.sweeps.get_mut(&sid).map(|s| (sid, s))) {
-                        s.trials += 1;
-                        if s.spec.has_search() {
-                            if let Ok(tid) = TrialId::parse(&id) {
-                                trial_order.entry(sid).or_default().push((idx, tid));
-                            }
-                        }
-                    }
-                    params.insert(id, p.into());
-                })?;
-            }
-            {
-                c.each_job(|j| {
+        }
+        params.insert(id, p.into());
+    })?;
+    Ok((params, trial_order))
+}
+
+/// Jobs, with their sweep's counts, ready queue and outcomes, and the
+/// workers their running attempts are on (known once they say hello).
+fn load_jobs(
+    c: &Reader<'_>,
+    st: &mut State,
+    params: &HashMap<String, Arc<str>>,
+    grace_deadline: Instant,
+) -> Result<(), StoreError> {
+    c.each_job(|j| {
                     st.next_seq = st.next_seq.max(j.seq + 1);
                     let (Ok(jid), Ok(sid), Ok(tid), Some(state)) = (JobId::parse(&j.id), SweepId::parse(&j.sweep_id), TrialId::parse(&j.trial_id), JobState::parse(&j.state)) else {
                         // Only this binary writes these rows; say so loudly rather than drop a job quietly.
@@ -130,46 +186,52 @@ pub(super) fn load(store: &Store, cfg: &CoordinatorConfig) -> Result<State, Core
                         },
                     );
                 })?;
-            }
-            {
-                for t in c.tokens()? {
-                    let t = IssuedToken {
-                        admin: t.role == "admin",
-                        name: t.name,
-                        hash: t.hash,
-                        created_at: t.created_at,
-                    };
-                    st.tokens.insert(t.name.clone(), t);
-                }
-            }
-            {
-                for row in c.workers()? {
-                    let WorkerRecord { id, hostname, resources_json: res, acked_seq, draining, last_seen, cert_bound, secret_hash } = row;
-                    let Ok(wid) = WorkerId::parse(&id) else { continue };
-                    let w = st.workers.entry(wid).or_insert_with(|| WorkerMem::unknown(grace_deadline));
-                    w.hostname = hostname;
-                    w.resources = resources_from_json(&res);
-                    w.acked_seq = acked_seq;
-                    w.draining = draining;
-                    w.last_seen = last_seen;
-                    w.cert_bound = cert_bound;
-                    w.secret_hash = secret_hash;
-                    w.lease_deadline = grace_deadline;
-                }
-            }
-            {
-                c.each_checkpoint(|row| {
-                    if let Ok(jid) = JobId::parse(&row.job_id) {
-                        st.checkpoints.entry(jid).or_default().push(row);
-                    }
-                })?;
-            }
-            attempts_reported(c, &mut st)?;
-            load_search(c, &mut st, trial_order)?;
-            st.refused_stale = c.counter(REFUSED_STALE)? as u64;
-            Ok(st)
-        })
-        .map_err(CoreError::from)
+    Ok(())
+}
+
+fn load_tokens(c: &Reader<'_>, st: &mut State) -> Result<(), StoreError> {
+    for t in c.tokens()? {
+        let t = IssuedToken {
+            admin: t.role == "admin",
+            name: t.name,
+            hash: t.hash,
+            created_at: t.created_at,
+        };
+        st.tokens.insert(t.name.clone(), t);
+    }
+    Ok(())
+}
+
+/// Workers as last stored; each gets the restart grace to reconnect.
+fn load_workers(c: &Reader<'_>, st: &mut State, grace_deadline: Instant) -> Result<(), StoreError> {
+    for row in c.workers()? {
+        let WorkerRecord {
+            id,
+            hostname,
+            resources_json: res,
+            acked_seq,
+            draining,
+            last_seen,
+            cert_bound,
+            secret_hash,
+        } = row;
+        let Ok(wid) = WorkerId::parse(&id) else {
+            continue;
+        };
+        let w = st
+            .workers
+            .entry(wid)
+            .or_insert_with(|| WorkerMem::unknown(grace_deadline));
+        w.hostname = hostname;
+        w.resources = resources_from_json(&res);
+        w.acked_seq = acked_seq;
+        w.draining = draining;
+        w.last_seen = last_seen;
+        w.cert_bound = cert_bound;
+        w.secret_hash = secret_hash;
+        w.lease_deadline = grace_deadline;
+    }
+    Ok(())
 }
 
 /// What each running attempt of a sweep that requires its metric reported
@@ -211,7 +273,7 @@ fn attempts_reported(c: &Reader<'_>, st: &mut State) -> Result<(), StoreError> {
 fn load_search(
     c: &Reader<'_>,
     st: &mut State,
-    mut trial_order: HashMap<SweepId, Vec<(i64, TrialId)>>,
+    mut trial_order: TrialOrder,
 ) -> Result<(), StoreError> {
     let sids: Vec<SweepId> = st
         .sweeps

@@ -192,43 +192,12 @@ fn apply(tx: &rusqlite::Transaction, op: &Op) -> Result<(), rusqlite::Error> {
             )?
             .execute(params![id, sweep_id, idx, params_json])?;
         }
-        Op::InsertJobs(n) => {
-            let mut st = tx.prepare_cached(
-                "INSERT INTO jobs(seq,id,sweep_id,trial_id,ord,seed,state,attempt,retries_used,cancel_requested,result_recorded,updated_at)
-                 VALUES(?1,?2,?3,?4,?5,?6,'queued',?8,0,0,0,?7)",
-            )?;
-            let now = liandan_common::time::now_secs();
-            for (i, (id, trial, seed)) in n.jobs.iter().enumerate() {
-                st.execute(params![
-                    n.first_seq + i as i64,
-                    id.as_str(),
-                    n.sweep_id.as_str(),
-                    trial.as_str(),
-                    n.first_ord + i as i64,
-                    seed,
-                    now,
-                    n.first_attempt as i64
-                ])?;
-            }
-        }
+        Op::InsertJobs(n) => insert_jobs(tx, n)?,
         Op::SetSweepState { id, state } => {
             tx.prepare_cached("UPDATE sweeps SET state=?2 WHERE id=?1")?
                 .execute(params![id, state])?;
         }
-        Op::FinishCancels => {
-            let n = tx.execute(
-                "UPDATE jobs SET state='cancelled' WHERE state='queued' AND sweep_id IN (SELECT id FROM sweeps WHERE state='cancelled')",
-                [],
-            )?;
-            // Running ones are asked to stop (their workers hear it at hello).
-            tx.execute(
-                "UPDATE jobs SET cancel_requested=1 WHERE state='running' AND sweep_id IN (SELECT id FROM sweeps WHERE state='cancelled')",
-                [],
-            )?;
-            if n > 0 {
-                tracing::info!(jobs = n, "finished an interrupted cancel");
-            }
-        }
+        Op::FinishCancels => finish_cancels(tx)?,
         Op::UpdateJob(j) => {
             tx.prepare_cached(
                 "UPDATE jobs SET state=?2, attempt=?3, retries_used=?4, worker_id=?5, cancel_requested=?6, final_metric=?7, best_metric=?8, result_recorded=?9, updated_at=?10, worker_deaths=?11 WHERE seq=?1",
@@ -267,27 +236,8 @@ fn apply(tx: &rusqlite::Transaction, op: &Op) -> Result<(), rusqlite::Error> {
             tx.prepare_cached("UPDATE attempts SET state=?3, ended_at=?4, exit_code=?5, signal=?6, message=?7 WHERE job_id=?1 AND attempt=?2")?
                 .execute(params![job_id, *attempt as i64, state, ended_at, exit_code, signal, message])?;
         }
-        Op::Logs(rows) => {
-            let mut st = tx.prepare_cached("INSERT OR IGNORE INTO logs(job_id,attempt,line,stream,ts,text) VALUES(?1,?2,?3,?4,?5,?6)")?;
-            for r in rows {
-                st.execute(params![
-                    r.job_id,
-                    r.attempt as i64,
-                    r.line as i64,
-                    r.stream,
-                    r.ts,
-                    r.text
-                ])?;
-            }
-        }
-        Op::Metrics(rows) => {
-            let mut st = tx.prepare_cached(
-                "INSERT INTO metrics(job_id,attempt,step,ts,json) VALUES(?1,?2,?3,?4,?5)",
-            )?;
-            for r in rows {
-                st.execute(params![r.job_id, r.attempt as i64, r.step, r.ts, r.json])?;
-            }
-        }
+        Op::Logs(rows) => insert_logs(tx, rows)?,
+        Op::Metrics(rows) => insert_metrics(tx, rows)?,
         Op::UpsertWorker {
             id,
             hostname,
@@ -318,23 +268,7 @@ fn apply(tx: &rusqlite::Transaction, op: &Op) -> Result<(), rusqlite::Error> {
             tx.prepare_cached("INSERT INTO tokens(name,role,hash,created_at) VALUES(?1,?2,?3,?4)")?
                 .execute(params![name, role, hash, created_at])?;
         }
-        Op::DeleteSweep { id, max_attempt } => {
-            tx.prepare_cached(
-                "INSERT INTO deleted_sweeps(id,max_attempt) VALUES(?1,?2) ON CONFLICT(id) DO UPDATE SET max_attempt=max(max_attempt, ?2)",
-            )?
-            .execute(params![id, *max_attempt as i64])?;
-            for sql in [
-                "DELETE FROM logs WHERE job_id IN (SELECT id FROM jobs WHERE sweep_id=?1)",
-                "DELETE FROM metrics WHERE job_id IN (SELECT id FROM jobs WHERE sweep_id=?1)",
-                "DELETE FROM attempts WHERE job_id IN (SELECT id FROM jobs WHERE sweep_id=?1)",
-                "DELETE FROM checkpoints WHERE job_id IN (SELECT id FROM jobs WHERE sweep_id=?1)",
-                "DELETE FROM jobs WHERE sweep_id=?1",
-                "DELETE FROM trials WHERE sweep_id=?1",
-                "DELETE FROM sweeps WHERE id=?1",
-            ] {
-                tx.prepare_cached(sql)?.execute(params![id])?;
-            }
-        }
+        Op::DeleteSweep { id, max_attempt } => delete_sweep(tx, id, *max_attempt)?,
         Op::DeleteToken { name } => {
             tx.prepare_cached("DELETE FROM tokens WHERE name=?1")?
                 .execute(params![name])?;
@@ -354,6 +288,100 @@ fn apply(tx: &rusqlite::Transaction, op: &Op) -> Result<(), rusqlite::Error> {
             tx.prepare_cached("DELETE FROM checkpoints WHERE job_id=?1 AND step=?2")?
                 .execute(params![job_id, step])?;
         }
+    }
+    Ok(())
+}
+
+fn insert_jobs(tx: &rusqlite::Transaction, n: &super::NewJobs) -> Result<(), rusqlite::Error> {
+    let mut st = tx.prepare_cached(
+        "INSERT INTO jobs(seq,id,sweep_id,trial_id,ord,seed,state,attempt,retries_used,cancel_requested,result_recorded,updated_at)
+         VALUES(?1,?2,?3,?4,?5,?6,'queued',?8,0,0,0,?7)",
+    )?;
+    let now = liandan_common::time::now_secs();
+    for (i, (id, trial, seed)) in n.jobs.iter().enumerate() {
+        st.execute(params![
+            n.first_seq + i as i64,
+            id.as_str(),
+            n.sweep_id.as_str(),
+            trial.as_str(),
+            n.first_ord + i as i64,
+            seed,
+            now,
+            n.first_attempt as i64
+        ])?;
+    }
+    Ok(())
+}
+
+/// Finishes a cancel a crash cut short: queued jobs of cancelled sweeps end
+/// cancelled, running ones are asked to stop.
+fn finish_cancels(tx: &rusqlite::Transaction) -> Result<(), rusqlite::Error> {
+    let n = tx.execute(
+        "UPDATE jobs SET state='cancelled' WHERE state='queued' AND sweep_id IN (SELECT id FROM sweeps WHERE state='cancelled')",
+        [],
+    )?;
+    // Running ones are asked to stop (their workers hear it at hello).
+    tx.execute(
+        "UPDATE jobs SET cancel_requested=1 WHERE state='running' AND sweep_id IN (SELECT id FROM sweeps WHERE state='cancelled')",
+        [],
+    )?;
+    if n > 0 {
+        tracing::info!(jobs = n, "finished an interrupted cancel");
+    }
+    Ok(())
+}
+
+fn insert_logs(tx: &rusqlite::Transaction, rows: &[super::LogRow]) -> Result<(), rusqlite::Error> {
+    let mut st = tx.prepare_cached(
+        "INSERT OR IGNORE INTO logs(job_id,attempt,line,stream,ts,text) VALUES(?1,?2,?3,?4,?5,?6)",
+    )?;
+    for r in rows {
+        st.execute(params![
+            r.job_id,
+            r.attempt as i64,
+            r.line as i64,
+            r.stream,
+            r.ts,
+            r.text
+        ])?;
+    }
+    Ok(())
+}
+
+fn insert_metrics(
+    tx: &rusqlite::Transaction,
+    rows: &[super::MetricRow],
+) -> Result<(), rusqlite::Error> {
+    let mut st = tx.prepare_cached(
+        "INSERT INTO metrics(job_id,attempt,step,ts,json) VALUES(?1,?2,?3,?4,?5)",
+    )?;
+    for r in rows {
+        st.execute(params![r.job_id, r.attempt as i64, r.step, r.ts, r.json])?;
+    }
+    Ok(())
+}
+
+/// Removes a sweep and everything of its jobs, remembering its highest
+/// attempt so a sweep submitted again under the id numbers above it.
+fn delete_sweep(
+    tx: &rusqlite::Transaction,
+    id: &str,
+    max_attempt: u64,
+) -> Result<(), rusqlite::Error> {
+    tx.prepare_cached(
+        "INSERT INTO deleted_sweeps(id,max_attempt) VALUES(?1,?2) ON CONFLICT(id) DO UPDATE SET max_attempt=max(max_attempt, ?2)",
+    )?
+    .execute(params![id, max_attempt as i64])?;
+    for sql in [
+        "DELETE FROM logs WHERE job_id IN (SELECT id FROM jobs WHERE sweep_id=?1)",
+        "DELETE FROM metrics WHERE job_id IN (SELECT id FROM jobs WHERE sweep_id=?1)",
+        "DELETE FROM attempts WHERE job_id IN (SELECT id FROM jobs WHERE sweep_id=?1)",
+        "DELETE FROM checkpoints WHERE job_id IN (SELECT id FROM jobs WHERE sweep_id=?1)",
+        "DELETE FROM jobs WHERE sweep_id=?1",
+        "DELETE FROM trials WHERE sweep_id=?1",
+        "DELETE FROM sweeps WHERE id=?1",
+    ] {
+        tx.prepare_cached(sql)?.execute(params![id])?;
     }
     Ok(())
 }
