@@ -14,7 +14,7 @@ pub(super) struct AttemptEnd<'a> {
 
 impl Core {
     /// Ends a job's current attempt as lost (its worker is gone or forgot it).
-    pub(super) fn lose_attempt(&self, st: &mut State, jid: &JobId, why: &str, ops: &mut Vec<Op>) {
+    pub(super) fn lose_attempt(&self, st: &mut State, jid: &JobId, why: &str) -> Effects {
         let attempt = st.jobs.get(jid).map(|j| j.attempt).unwrap_or(0);
         let end = AttemptEnd {
             attempt,
@@ -23,18 +23,12 @@ impl Core {
             signal: None,
             message: why,
         };
-        self.end_attempt(st, jid, end, ops);
+        self.end_attempt(st, jid, end)
     }
 
     /// Ends the current attempt of a job: records how, frees its resources and
     /// moves the job on through the transition function.
-    pub(super) fn end_attempt(
-        &self,
-        st: &mut State,
-        jid: &JobId,
-        end: AttemptEnd<'_>,
-        ops: &mut Vec<Op>,
-    ) {
+    pub(super) fn end_attempt(&self, st: &mut State, jid: &JobId, end: AttemptEnd<'_>) -> Effects {
         let AttemptEnd {
             attempt,
             outcome,
@@ -42,11 +36,12 @@ impl Core {
             signal,
             message,
         } = end;
+        let mut fx = Effects::default();
         let Some(job) = st.jobs.get_mut(jid) else {
-            return;
+            return fx;
         };
         if job.state != JobState::Running || job.attempt != attempt {
-            return;
+            return fx;
         }
         // A job whose worker dies under it attempt after attempt is what
         // kills it (`kill -9 $PPID`): from max_worker_deaths in a row on,
@@ -111,9 +106,9 @@ impl Core {
             stop: job.stop,
             retries_left,
         }) else {
-            return;
+            return fx;
         };
-        ops.push(Op::EndAttempt {
+        fx.op(Op::EndAttempt {
             job_id: jid.to_string(),
             attempt,
             state: outcome.as_str().into(),
@@ -132,7 +127,7 @@ impl Core {
                 .min(self.cfg.retry_backoff_max_secs);
             delay = Some(secs(backoff));
         }
-        ops.push(Op::UpdateJob(job.update()));
+        fx.op(Op::UpdateJob(job.update()));
         let sweep_id = job.sweep.clone();
         if let Some(s) = st.sweeps.get_mut(&sweep_id) {
             s.moved(JobState::Running, next);
@@ -173,5 +168,6 @@ impl Core {
         } else {
             tracing::info!(job = %jid, attempt, outcome = outcome.as_str(), state = next.as_str(), "attempt ended");
         }
+        fx
     }
 }

@@ -7,7 +7,7 @@ impl Core {
     /// Drains a worker (no new jobs; running ones finish), or lifts the drain (`undo`).
     pub async fn drain(&self, id: &str, undo: bool) -> Result<pb::Worker, CoreError> {
         let wid = WorkerId::parse(id).map_err(|e| CoreError::InvalidArgument(e.to_string()))?;
-        let (fut, sends) = {
+        let pending = {
             let mut st = self.lock();
             let w = st
                 .workers
@@ -18,22 +18,16 @@ impl Core {
                     hint: "workers",
                 })?;
             w.draining = !undo;
-            let mut sends = Vec::new();
+            let mut fx = Effects::of(worker_upsert(&wid, w));
             if let (false, Some(s)) = (undo, &w.session) {
-                sends.push((
-                    s.tx.clone(),
-                    pb::CoordinatorMessage {
-                        msg: Some(pb::coordinator_message::Msg::Drain(pb::Drain {})),
-                    },
-                ));
+                fx.send(s.tx.clone(), drain_msg());
             }
-            let mut ops = vec![worker_upsert(&wid, w)];
             if undo {
-                self.dispatch(&mut st, &mut ops, &mut sends);
+                fx.absorb(self.dispatch(&mut st));
             }
-            (self.store.enqueue(ops), sends)
+            self.enqueue(fx)
         };
-        self.finish(fut, sends).await?;
+        self.finish(pending).await?;
         let info = self
             .lock()
             .workers
@@ -47,7 +41,7 @@ impl Core {
     /// (`liandan workers --forget`); it is registered again if it comes back.
     pub async fn forget_worker(&self, id: &str) -> Result<pb::Worker, CoreError> {
         let wid = WorkerId::parse(id).map_err(|e| CoreError::InvalidArgument(e.to_string()))?;
-        let (fut, info) = {
+        let (pending, info) = {
             let mut st = self.lock();
             let w = st.workers.get(&wid).ok_or_else(|| CoreError::NotFound {
                 kind: "worker",
@@ -71,9 +65,9 @@ impl Core {
             let op = Op::DeleteWorker {
                 id: wid.to_string(),
             };
-            (self.store.enqueue(vec![op]), info)
+            (self.enqueue(Effects::of(op)), info)
         };
-        self.finish(fut, Vec::new()).await?;
+        self.finish(pending).await?;
         Ok(info)
     }
 
@@ -93,7 +87,7 @@ impl Core {
             liandan_common::names::validate("label", l)
                 .map_err(|e| CoreError::InvalidArgument(e.to_string()))?;
         }
-        let (fut, sends, session, wid) = {
+        let (pending, session, wid) = {
             let mut st = self.lock();
             let (wid, issued) =
                 identify(&st, &hello.worker_id, &hello.worker_secret, cert.as_ref())?;
@@ -131,8 +125,7 @@ impl Core {
             let acked_seq = w.acked_seq;
             let previously_running: Vec<JobId> = w.running.iter().cloned().collect();
 
-            let mut ops = Vec::new();
-            let mut sends = Vec::new();
+            let mut fx = Effects::default();
             let mut keep = Vec::new();
             let mut kill = Vec::new();
             let mut kept: HashSet<JobId> = HashSet::new();
@@ -150,12 +143,11 @@ impl Core {
             // Attempts we believed ran there that the worker no longer has are lost.
             for jid in previously_running {
                 if !kept.contains(&jid) {
-                    self.lose_attempt(
+                    fx.absorb(self.lose_attempt(
                         &mut st,
                         &jid,
                         "the worker restarted without this attempt",
-                        &mut ops,
-                    );
+                    ));
                 }
             }
             // Recompute free capacity from what it really runs.
@@ -176,7 +168,7 @@ impl Core {
                 }
             }
             if let Some(w) = st.workers.get(&wid) {
-                ops.push(worker_upsert(&wid, w));
+                fx.op(worker_upsert(&wid, w));
             }
             let welcome = pb::CoordinatorMessage {
                 msg: Some(pb::coordinator_message::Msg::Welcome(pb::Welcome {
@@ -188,19 +180,14 @@ impl Core {
                     worker_secret: issued_secret,
                 })),
             };
-            sends.push((tx.clone(), welcome));
+            fx.send(tx.clone(), welcome);
             if st.workers.get(&wid).is_some_and(|w| w.draining) {
-                sends.push((
-                    tx,
-                    pb::CoordinatorMessage {
-                        msg: Some(pb::coordinator_message::Msg::Drain(pb::Drain {})),
-                    },
-                ));
+                fx.send(tx, drain_msg());
             }
-            self.dispatch(&mut st, &mut ops, &mut sends);
-            (self.store.enqueue(ops), sends, session, wid)
+            fx.absorb(self.dispatch(&mut st));
+            (self.enqueue(fx), session, wid)
         };
-        self.finish(fut, sends).await?;
+        self.finish(pending).await?;
         tracing::info!(worker = %wid, session, "worker connected");
         Ok((wid, session))
     }
@@ -229,16 +216,14 @@ impl Core {
         })
     }
 
-    /// A heartbeat renews the worker's lease.
-    /// A heartbeat renews the worker's lease; `stopping` says it is shutting
-    /// down (SIGTERM): it gets no new jobs until it says hello again.
     /// A heartbeat: renews the worker's lease and reconciles what it holds
     /// with what the coordinator believes (a Kubernetes-style controller; no
     /// single lost message can leave the two apart for good). An attempt the
     /// coordinator has running on the worker that the worker does not hold,
     /// once its assignment had time to arrive, is lost: the job is requeued
     /// without spending a retry. An attempt the worker holds that is not
-    /// current is told to stop.
+    /// current is told to stop. `stopping` says the worker is shutting down
+    /// (SIGTERM): it gets no new jobs until it says hello again.
     pub async fn heartbeat(
         &self,
         wid: &WorkerId,
@@ -252,7 +237,7 @@ impl Core {
         // assignment is rare and a slow repair harmless; a wrong repair runs
         // the job twice.
         let grace = secs(self.cfg.lease_timeout_secs.max(RECONCILE_GRACE_SECS));
-        let (fut, sends) = {
+        let pending = {
             let mut st = self.lock();
             let w = session_worker(&mut st, wid, session)?;
             w.lease_deadline = Instant::now() + secs(self.cfg.lease_timeout_secs);
@@ -278,8 +263,7 @@ impl Core {
                 .iter()
                 .map(|h| (h.job_id.as_str(), h.attempt))
                 .collect();
-            let mut ops = Vec::new();
-            let mut sends = Vec::new();
+            let mut fx = Effects::default();
             for jid in believed {
                 let Some(j) = st.jobs.get(&jid) else { continue };
                 let settled = j.assigned_at.is_none_or(|t| t.elapsed() >= grace);
@@ -288,31 +272,30 @@ impl Core {
                     && !held.contains(&(jid.as_str(), j.attempt))
                 {
                     tracing::warn!(worker = %wid, job = %jid, attempt = j.attempt, "the worker does not hold an attempt it was given; requeued without spending a retry");
-                    self.lose_attempt(
+                    fx.absorb(self.lose_attempt(
                         &mut st,
                         &jid,
                         "the worker does not hold this attempt (its assignment was lost)",
-                        &mut ops,
-                    );
+                    ));
                 }
             }
             for h in &hb.held {
                 if let (Some(c), Some(tx)) = (held_verdict(&st, wid, h).1, &tx) {
-                    sends.push((
+                    fx.send(
                         tx.clone(),
                         pb::CoordinatorMessage {
                             msg: Some(pb::coordinator_message::Msg::Cancel(c)),
                         },
-                    ));
+                    );
                 }
             }
-            if ops.is_empty() && sends.is_empty() {
+            if fx.is_empty() {
                 return Ok(());
             }
-            self.dispatch(&mut st, &mut ops, &mut sends);
-            (self.store.enqueue(ops), sends)
+            fx.absorb(self.dispatch(&mut st));
+            self.enqueue(fx)
         };
-        self.finish(fut, sends).await
+        self.finish(pending).await
     }
 
     /// The worker's stream ended. Its lease keeps running down.
@@ -332,10 +315,11 @@ impl Core {
 
     /// Forgets workers gone for `worker_expiry_days` that hold nothing and
     /// are not drained (the registrations of machines that never came back).
-    pub(super) fn expire_workers(&self, st: &mut State, ops: &mut Vec<Op>) {
+    pub(super) fn expire_workers(&self, st: &mut State) -> Effects {
+        let mut fx = Effects::default();
         let days = self.cfg.worker_expiry_days;
         if days <= 0.0 {
-            return;
+            return fx;
         }
         // A check measured in days need not run on every 200 ms tick.
         let every = Duration::from_secs_f64((days * 86_400.0 / 2.0).min(60.0));
@@ -344,7 +328,7 @@ impl Core {
             .last_expiry
             .is_some_and(|t| now.saturating_duration_since(t) < every)
         {
-            return;
+            return fx;
         }
         st.last_expiry = Some(now);
         let before = now_secs() - days * 86_400.0;
@@ -360,10 +344,17 @@ impl Core {
         for wid in gone {
             tracing::info!(worker = %wid, days, "forgetting a worker not seen for worker_expiry_days");
             st.workers.remove(&wid);
-            ops.push(Op::DeleteWorker {
+            fx.op(Op::DeleteWorker {
                 id: wid.to_string(),
             });
         }
+        fx
+    }
+}
+
+fn drain_msg() -> pb::CoordinatorMessage {
+    pb::CoordinatorMessage {
+        msg: Some(pb::coordinator_message::Msg::Drain(pb::Drain {})),
     }
 }
 

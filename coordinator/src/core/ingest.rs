@@ -14,7 +14,7 @@ impl Core {
         session: u64,
         records: Vec<pb::Record>,
     ) -> Result<pb::Ack, CoreError> {
-        let (fut, sends, ack, had_logs) = {
+        let (pending, ack, had_logs) = {
             let mut st = self.lock();
             let w = session_worker(&mut st, wid, session)?;
             // A worker's numbers grow by at most one reserved block per
@@ -35,8 +35,7 @@ impl Core {
             let mut refused = 0u64;
             let mut logs = Vec::new();
             let mut metrics = Vec::new();
-            let mut ops = Vec::new();
-            let mut sends = Vec::new();
+            let mut fx = Effects::default();
             // Jobs whose final/best value changed in this batch: written once each.
             let mut metric_changed: Vec<JobId> = Vec::new();
             let mut metric_seen: HashSet<JobId> = HashSet::new();
@@ -71,9 +70,9 @@ impl Core {
                         text: l.text,
                     }),
                     Some(pb::record::Body::Metric(m)) => {
-                        if self.observe_metric(&mut st, &jid, &m.json, m.step, &mut ops, &mut sends)
-                            && metric_seen.insert(jid.clone())
-                        {
+                        let (changed, pruned) = self.observe_metric(&mut st, &jid, &m.json, m.step);
+                        fx.absorb(pruned);
+                        if changed && metric_seen.insert(jid.clone()) {
                             metric_changed.push(jid.clone());
                         }
                         metrics.push(MetricRow {
@@ -88,10 +87,10 @@ impl Core {
                     Some(pb::record::Body::Exited(e)) => {
                         // Rows queued so far belong before the attempt's end.
                         if !logs.is_empty() {
-                            ops.push(Op::Logs(std::mem::take(&mut logs)));
+                            fx.op(Op::Logs(std::mem::take(&mut logs)));
                         }
                         if !metrics.is_empty() {
-                            ops.push(Op::Metrics(std::mem::take(&mut metrics)));
+                            fx.op(Op::Metrics(std::mem::take(&mut metrics)));
                         }
                         let outcome = Outcome::parse(&e.outcome).unwrap_or(Outcome::Failed);
                         if outcome == Outcome::DiskFull {
@@ -111,20 +110,20 @@ impl Core {
                             signal,
                             message: &e.message,
                         };
-                        self.end_attempt(&mut st, &jid, end, &mut ops);
+                        fx.absorb(self.end_attempt(&mut st, &jid, end));
                     }
                 }
             }
-            let had_logs = !logs.is_empty() || ops.iter().any(|o| matches!(o, Op::Logs(_)));
+            let had_logs = !logs.is_empty() || fx.ops.iter().any(|o| matches!(o, Op::Logs(_)));
             if !logs.is_empty() {
-                ops.push(Op::Logs(logs));
+                fx.op(Op::Logs(logs));
             }
             if !metrics.is_empty() {
-                ops.push(Op::Metrics(metrics));
+                fx.op(Op::Metrics(metrics));
             }
             for jid in &metric_changed {
                 if let Some(j) = st.jobs.get(jid) {
-                    ops.push(Op::JobMetrics {
+                    fx.op(Op::JobMetrics {
                         seq: j.seq,
                         final_metric: j.final_metric,
                         best_metric: j.best_metric,
@@ -134,21 +133,20 @@ impl Core {
             if let Some(w) = st.workers.get_mut(wid) {
                 w.acked_seq = acked;
             }
-            ops.push(Op::WorkerAcked {
+            fx.op(Op::WorkerAcked {
                 id: wid.to_string(),
                 acked_seq: acked,
             });
             if refused > 0 {
                 st.refused_stale += refused;
-                ops.push(Op::AddCounter {
+                fx.op(Op::AddCounter {
                     name: REFUSED_STALE.into(),
                     delta: refused as i64,
                 });
             }
-            self.dispatch(&mut st, &mut ops, &mut sends);
+            fx.absorb(self.dispatch(&mut st));
             (
-                self.store.enqueue(ops),
-                sends,
+                self.enqueue(fx),
                 pb::Ack {
                     seq: acked,
                     refused,
@@ -156,7 +154,7 @@ impl Core {
                 had_logs,
             )
         };
-        self.finish(fut, sends).await?;
+        self.finish(pending).await?;
         if had_logs {
             self.log_generation.send_modify(|g| *g += 1);
         }
@@ -165,28 +163,27 @@ impl Core {
 
     /// Feeds a metric record to the job's final/best values and its sweep's
     /// search; returns whether it set them (then the caller persists them in
-    /// the same batch as the record).
+    /// the same batch as the record), and the prune early stopping decided.
     fn observe_metric(
         &self,
         st: &mut State,
         jid: &JobId,
         json: &str,
         step: Option<i64>,
-        ops: &mut Vec<Op>,
-        sends: &mut Sends,
-    ) -> bool {
+    ) -> (bool, Effects) {
+        let none = || (false, Effects::default());
         let Some(job) = st.jobs.get(jid) else {
-            return false;
+            return none();
         };
         let (sid, tid) = (job.sweep.clone(), job.trial.clone());
         let Some(sweep) = st.sweeps.get_mut(&sid) else {
-            return false;
+            return none();
         };
         let Some(metric) = sweep.spec.metric.as_ref() else {
-            return false;
+            return none();
         };
         let Ok(v) = serde_json::from_str::<serde_json::Value>(json) else {
-            return false;
+            return none();
         };
         let Some(x) = v
             .get(&metric.name)
@@ -199,7 +196,7 @@ impl Core {
                     job.metric_not_finite = true;
                 }
             }
-            return false;
+            return none();
         };
         let goal = metric.goal;
         // Early stopping decides on every reported value. The reporting job is
@@ -218,9 +215,9 @@ impl Core {
         }
         if let Some((t, d)) = decision {
             tracing::info!(sweep = %sid, trial = %tid, rule = ?d.rule, band = d.band, value = d.value, "early stopping prunes the trial");
-            self.prune_trial(st, &sid, t, ops, sends);
+            return (true, self.prune_trial(st, &sid, t));
         }
-        true
+        (true, Effects::default())
     }
 
     /// Whether `worker` holds `attempt`, the current attempt of a running job.

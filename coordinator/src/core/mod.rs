@@ -422,6 +422,56 @@ type Sends = Vec<(
     pb::CoordinatorMessage,
 )>;
 
+/// What a decision made under the lock leads to, as a value: the rows to
+/// persist, in order, and the messages to deliver once they are durable.
+/// Domain calls return it; the RPC's entry point queues the rows while it
+/// still holds the lock (queue order is decision order) and [`Core::finish`]
+/// delivers after the commit.
+#[derive(Default)]
+#[must_use = "decided effects must be persisted and delivered"]
+pub(super) struct Effects {
+    ops: Vec<Op>,
+    sends: Sends,
+}
+
+impl Effects {
+    fn of(op: Op) -> Effects {
+        Effects {
+            ops: vec![op],
+            sends: Vec::new(),
+        }
+    }
+
+    fn op(&mut self, op: Op) {
+        self.ops.push(op);
+    }
+
+    fn send(
+        &mut self,
+        tx: mpsc::UnboundedSender<pb::CoordinatorMessage>,
+        msg: pb::CoordinatorMessage,
+    ) {
+        self.sends.push((tx, msg));
+    }
+
+    /// Adds what a nested decision returned, after what is here.
+    fn absorb(&mut self, other: Effects) {
+        self.ops.extend(other.ops);
+        self.sends.extend(other.sends);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.ops.is_empty() && self.sends.is_empty()
+    }
+}
+
+/// Effects whose rows are queued to the store: the commit to wait for, and
+/// what to deliver after it.
+struct Pending<F> {
+    commit: F,
+    sends: Sends,
+}
+
 /// What the coordinator makes of an attempt a worker says it holds (at hello
 /// and in every heartbeat): the job, when it is that job's current attempt on
 /// this worker; and the stop to send while its process runs: the user's
@@ -547,6 +597,18 @@ impl Core {
         Ok(v)
     }
 
+    /// Queues the rows of `fx` to the store, in decision order: called with
+    /// the lock held, then [`Core::finish`] once it is released.
+    fn enqueue(
+        &self,
+        fx: Effects,
+    ) -> Pending<impl std::future::Future<Output = Result<(), StoreError>> + Send + 'static> {
+        Pending {
+            commit: self.store.enqueue(fx.ops),
+            sends: fx.sends,
+        }
+    }
+
     /// Subscribes to "new log lines are durable" notifications.
     pub fn log_updates(&self) -> watch::Receiver<u64> {
         self.log_generation.subscribe()
@@ -561,9 +623,11 @@ impl Core {
     /// spawns nothing (the dispatch benchmark lost a third with a spawn per call).
     async fn finish(
         &self,
-        fut: impl std::future::Future<Output = Result<(), StoreError>> + Send + 'static,
-        sends: Sends,
+        pending: Pending<
+            impl std::future::Future<Output = Result<(), StoreError>> + Send + 'static,
+        >,
     ) -> Result<(), CoreError> {
+        let Pending { commit: fut, sends } = pending;
         type Commit =
             std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), StoreError>> + Send>>;
         struct Deliver {

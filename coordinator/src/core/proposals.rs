@@ -7,14 +7,7 @@ impl Core {
     /// Stops every job of a trial that early stopping pruned: queued ones
     /// become pruned now, running ones are asked to stop (SIGTERM, so they
     /// checkpoint) and become pruned when their attempt ends.
-    pub(super) fn prune_trial(
-        &self,
-        st: &mut State,
-        sid: &SweepId,
-        t: usize,
-        ops: &mut Vec<Op>,
-        sends: &mut Sends,
-    ) {
+    pub(super) fn prune_trial(&self, st: &mut State, sid: &SweepId, t: usize) -> Effects {
         let jobs: Vec<JobId> = st
             .sweeps
             .get(sid)
@@ -22,9 +15,11 @@ impl Core {
             .and_then(|s| s.trials.get(t))
             .map(|t| t.jobs.clone())
             .unwrap_or_default();
+        let mut fx = Effects::default();
         for jid in jobs {
-            self.stop_job_locked(st, &jid, StopRequest::Prune, ops, sends);
+            fx.absorb(self.stop_job_locked(st, &jid, StopRequest::Prune));
         }
+        fx
     }
 
     /// The search's view of a sweep's trials, in index order.
@@ -67,17 +62,14 @@ impl Core {
     }
 
     /// Proposes the next trial of an adaptive sweep and queues its jobs (all
-    /// seeds together, so they run side by side). False when it may not.
-    pub(super) fn propose_trial(&self, st: &mut State, sid: &SweepId, ops: &mut Vec<Op>) -> bool {
+    /// seeds together, so they run side by side). None when it may not, or
+    /// when the proposal is computed off the lock (it is added when ready).
+    pub(super) fn propose_trial(&self, st: &mut State, sid: &SweepId) -> Option<Effects> {
         let (params, index) = {
-            let Some(s) = st.sweeps.get(sid) else {
-                return false;
-            };
-            let Some(search) = s.search.as_ref().filter(|x| x.can_propose()) else {
-                return false;
-            };
+            let s = st.sweeps.get(sid)?;
+            let search = s.search.as_ref().filter(|x| x.can_propose())?;
             if s.proposing {
-                return false;
+                return None;
             }
             if search.learns() {
                 // Fitting a model takes milliseconds to tens of them: done on a
@@ -111,7 +103,7 @@ impl Core {
                         core.proposals
                             .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
                     });
-                    return false;
+                    return None;
                 }
             }
             let data = if search.learns() {
@@ -121,17 +113,16 @@ impl Core {
             };
             (search.propose(&data), search.trials.len())
         };
-        self.add_proposed_trial(st, sid, index, params, ops)
+        self.add_proposed_trial(st, sid, index, params)
     }
 
     /// Applies a proposal computed off the lock: the trial is added if the
     /// search still wants trial `index` (not cancelled, paused or closed
     /// meanwhile), then the sweep is dispatched.
     async fn apply_proposal(&self, sid: &SweepId, index: u64, params: Option<serde_json::Value>) {
-        let (fut, sends) = {
+        let pending = {
             let mut st = self.lock();
-            let mut ops = Vec::new();
-            let mut sends = Vec::new();
+            let mut fx = Effects::default();
             if let Some(s) = st.sweeps.get_mut(sid) {
                 s.proposing = false;
                 let wanted = s.state == SweepState::Active
@@ -140,7 +131,11 @@ impl Core {
                         .is_some_and(|x| x.can_propose() && x.trials.len() as u64 == index);
                 match params {
                     Some(p) if wanted => {
-                        self.add_proposed_trial(&mut st, sid, index as usize, p, &mut ops);
+                        if let Some(added) =
+                            self.add_proposed_trial(&mut st, sid, index as usize, p)
+                        {
+                            fx.absorb(added);
+                        }
                     }
                     Some(_) => {}
                     None => {
@@ -148,10 +143,10 @@ impl Core {
                     }
                 }
             }
-            self.dispatch(&mut st, &mut ops, &mut sends);
-            (self.store.enqueue(ops), sends)
+            fx.absorb(self.dispatch(&mut st));
+            self.enqueue(fx)
         };
-        if let Err(e) = self.finish(fut, sends).await {
+        if let Err(e) = self.finish(pending).await {
             tracing::error!(sweep = %sid, error = %e, "storing a proposed trial failed");
         }
     }
@@ -189,30 +184,25 @@ impl Core {
         sid: &SweepId,
         index: usize,
         params: serde_json::Value,
-        ops: &mut Vec<Op>,
-    ) -> bool {
-        let Some(seeds) = st.sweeps.get(sid).map(|s| s.spec.liandan.seeds.clone()) else {
-            return false;
-        };
+    ) -> Option<Effects> {
+        let seeds = st.sweeps.get(sid).map(|s| s.spec.liandan.seeds.clone())?;
         let (trial, jobs) = sweep::adaptive_trial(sid, index, params, &seeds);
         if jobs.iter().any(|j| st.jobs.contains_key(&j.id)) {
             tracing::error!(sweep = %sid, trial = %trial.id, "a proposed job's id exists already (a hash collision); the search stops");
             if let Some(search) = st.sweeps.get_mut(sid).and_then(|s| s.search.as_mut()) {
                 search.closed = true;
             }
-            return false;
+            return None;
         }
         let pj: Arc<str> = trial.params.to_string().into();
-        ops.push(Op::InsertTrial {
+        let mut fx = Effects::of(Op::InsertTrial {
             id: trial.id.to_string(),
             sweep_id: sid.to_string(),
             idx: index as i64,
             params_json: pj.to_string(),
         });
         let first_seq = st.next_seq;
-        let Some(s) = st.sweeps.get_mut(sid) else {
-            return false;
-        };
+        let s = st.sweeps.get_mut(sid)?;
         let base = s.jobs.len() as i64;
         let floor = s.attempt_floor;
         let mut ids = Vec::with_capacity(jobs.len());
@@ -229,7 +219,7 @@ impl Core {
             ids.push(j.id.clone());
         }
         st.next_seq += jobs.len() as i64;
-        ops.push(Op::InsertJobs(NewJobs {
+        fx.op(Op::InsertJobs(NewJobs {
             sweep_id: sid.clone(),
             first_seq,
             first_ord: base,
@@ -247,7 +237,7 @@ impl Core {
             search.add_trial(trial.id.clone(), &trial.params, ids);
         }
         tracing::info!(sweep = %sid, trial = %trial.id, index, params = %trial.params, "adaptive search proposed a trial");
-        true
+        Some(fx)
     }
 
     /// After a job of an adaptive sweep ended: whether its trial, now finished,

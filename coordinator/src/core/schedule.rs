@@ -15,7 +15,7 @@ impl Core {
     /// stall instead of expiring at once and restarting every running job of
     /// the cluster (the chaos suite found that: seed 1795805961348097836).
     pub async fn tick(&self) -> Result<(), CoreError> {
-        let (fut, sends) = {
+        let pending = {
             let mut st = self.lock();
             let now = Instant::now();
             if let Some(prev) = st.last_tick {
@@ -32,8 +32,7 @@ impl Core {
                 }
             }
             st.last_tick = Some(now);
-            let mut ops = Vec::new();
-            self.expire_workers(&mut st, &mut ops);
+            let mut fx = self.expire_workers(&mut st);
             let expired: Vec<WorkerId> = st
                 .workers
                 .iter()
@@ -52,12 +51,11 @@ impl Core {
                     tracing::warn!(worker = %wid, jobs = running.len(), "lease expired; requeueing its attempts");
                 }
                 for jid in running {
-                    self.lose_attempt(
+                    fx.absorb(self.lose_attempt(
                         &mut st,
                         &jid,
                         "the worker stopped heartbeating (lease expired)",
-                        &mut ops,
-                    );
+                    ));
                 }
                 if let Some(w) = st.workers.get_mut(&wid) {
                     // A silent stream is as good as gone; the worker reconnects with a fresh hello.
@@ -80,21 +78,21 @@ impl Core {
                     s.ready.push_back(jid);
                 }
             }
-            let mut sends = Vec::new();
-            self.dispatch(&mut st, &mut ops, &mut sends);
-            if ops.is_empty() {
+            fx.absorb(self.dispatch(&mut st));
+            if fx.ops.is_empty() {
                 return Ok(());
             }
-            (self.store.enqueue(ops), sends)
+            self.enqueue(fx)
         };
-        self.finish(fut, sends).await
+        self.finish(pending).await
     }
 
     /// Matches ready jobs to free capacity: whole GPUs on one worker, CPU slots
     /// otherwise, required labels; sweeps in `scheduler::candidates` order
     /// (priority, then fewest running, then oldest), within each sweep's
     /// concurrency cap and its owner's quota.
-    pub(super) fn dispatch(&self, st: &mut State, ops: &mut Vec<Op>, sends: &mut Sends) {
+    pub(super) fn dispatch(&self, st: &mut State) -> Effects {
+        let mut fx = Effects::default();
         let workers: Vec<WorkerId> = st
             .workers
             .iter()
@@ -132,7 +130,7 @@ impl Core {
                     .collect();
                 let order = scheduler::candidates(&views, self.cfg.max_running_jobs_per_user);
                 if order.is_empty() {
-                    return;
+                    return fx;
                 }
                 let candidates: Vec<SweepId> = order.into_iter().map(|i| ids[i].clone()).collect();
                 let mut assigned = false;
@@ -172,8 +170,12 @@ impl Core {
                                 }
                             }
                         }
-                        if next.is_some() || !self.propose_trial(st, &sid, ops) {
+                        if next.is_some() {
                             break;
+                        }
+                        match self.propose_trial(st, &sid) {
+                            Some(proposed) => fx.absorb(proposed),
+                            None => break,
                         }
                     }
                     let Some(jid) = next else { continue };
@@ -184,7 +186,7 @@ impl Core {
                         gpus: need_gpus,
                         cpus: need_cpus,
                     };
-                    self.assign(st, &placement, ops, sends);
+                    fx.absorb(self.assign(st, &placement));
                     assigned = true;
                     break;
                 }
@@ -193,28 +195,26 @@ impl Core {
                 }
             }
         }
+        fx
     }
 
-    fn assign(
-        &self,
-        st: &mut State,
-        p: &scheduler::Placement,
-        ops: &mut Vec<Op>,
-        sends: &mut Sends,
-    ) {
+    /// Carries out a placement: the worker's room is taken, the job's next
+    /// attempt starts and its assignment goes to the worker.
+    fn assign(&self, st: &mut State, p: &scheduler::Placement) -> Effects {
+        let mut fx = Effects::default();
         let (sid, jid, wid, gpus, cpus) = (&p.sweep, &p.job, &p.worker, p.gpus, p.cpus);
         let Some(w) = st.workers.get_mut(wid) else {
-            return;
+            return fx;
         };
         let taken: Vec<String> = w.free_gpus.drain(..gpus as usize).collect();
         w.free_cpus -= cpus;
         w.running.insert(jid.clone());
         let tx = w.session.as_ref().map(|s| s.tx.clone());
         let Some(job) = st.jobs.get_mut(jid) else {
-            return;
+            return fx;
         };
         let Some(next) = job.state.on(JobEvent::Assign) else {
-            return;
+            return fx;
         };
         job.state = next;
         job.attempt += 1;
@@ -226,13 +226,13 @@ impl Core {
         job.gpus = taken.clone();
         job.cpus = cpus;
         job.assigned_at = Some(Instant::now());
-        ops.push(Op::InsertAttempt {
+        fx.op(Op::InsertAttempt {
             job_id: jid.to_string(),
             attempt: job.attempt,
             worker_id: wid.to_string(),
             started_at: now_secs(),
         });
-        ops.push(Op::UpdateJob(job.update()));
+        fx.op(Op::UpdateJob(job.update()));
         let (attempt, seed, params_json, trial) = (
             job.attempt,
             job.seed,
@@ -245,11 +245,11 @@ impl Core {
             .and_then(|v| v.iter().max_by_key(|c| c.step))
             .map(checkpoint_info);
         let Some(s) = st.sweeps.get_mut(sid) else {
-            return;
+            return fx;
         };
         s.moved(JobState::Queued, JobState::Running);
         if let Some(tx) = tx {
-            sends.push((
+            fx.send(
                 tx,
                 pb::CoordinatorMessage {
                     msg: Some(pb::coordinator_message::Msg::Assign(pb::Assignment {
@@ -265,7 +265,8 @@ impl Core {
                         cpu_slots: cpus,
                     })),
                 },
-            ));
+            );
         }
+        fx
     }
 }

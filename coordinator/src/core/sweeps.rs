@@ -109,7 +109,7 @@ impl Core {
             .map_err(|e| CoreError::FailedPrecondition(format!("building the sweep: {e}")))?
         };
         let Built {
-            mut ops,
+            ops,
             jobs: new_jobs,
             sweep: new_sweep,
         } = built;
@@ -146,12 +146,15 @@ impl Core {
                 st.jobs.reserve(new_jobs.len());
                 st.jobs.extend(new_jobs);
                 st.sweeps.insert(sweep_id.clone(), new_sweep);
-                let mut sends = Vec::new();
-                self.dispatch(&mut st, &mut ops, &mut sends);
-                Ok((self.store.enqueue(ops), sends))
+                let mut fx = Effects {
+                    ops,
+                    sends: Vec::new(),
+                };
+                fx.absorb(self.dispatch(&mut st));
+                Ok(self.enqueue(fx))
             }
         };
-        let (fut, sends) = match decided {
+        let pending = match decided {
             Ok(v) => v,
             Err(info) => return self.committed((info, false, warnings)).await,
         };
@@ -159,7 +162,7 @@ impl Core {
             secs = t0.elapsed().as_secs_f64(),
             "sweep in memory; committing"
         );
-        self.finish(fut, sends).await?;
+        self.finish(pending).await?;
         tracing::debug!(secs = t0.elapsed().as_secs_f64(), "sweep committed");
         let info = sweep_info(&self.lock(), &sweep_id);
         self.committed((info, true, warnings)).await
@@ -204,7 +207,7 @@ impl Core {
         force: bool,
         permit: Permit<'_>,
     ) -> Result<(pb::Sweep, u64), CoreError> {
-        let (fut, info, n) = {
+        let (pending, info, n) = {
             let mut st = self.lock();
             let sid = self.sweep_id(&st, id)?;
             permit(&st.sweeps[&sid].owner)?;
@@ -244,9 +247,9 @@ impl Core {
                 id: sid.to_string(),
                 max_attempt,
             };
-            (self.store.enqueue(vec![op]), info, sweep.jobs.len() as u64)
+            (self.enqueue(Effects::of(op)), info, sweep.jobs.len() as u64)
         };
-        self.finish(fut, Vec::new()).await?;
+        self.finish(pending).await?;
         Ok((info, n))
     }
 
@@ -262,7 +265,7 @@ impl Core {
         new: SweepState,
         permit: Permit<'_>,
     ) -> Result<pb::Sweep, CoreError> {
-        let (fut, sends, sid) = {
+        let (pending, sid) = {
             let mut st = self.lock();
             let sid = self.sweep_id(&st, id)?;
             permit(&st.sweeps[&sid].owner)?;
@@ -293,18 +296,17 @@ impl Core {
                     info.state, c.succeeded, c.failed
                 )));
             }
-            let mut ops = vec![Op::SetSweepState {
+            let mut fx = Effects::of(Op::SetSweepState {
                 id: sid.to_string(),
                 state: new.as_str().into(),
-            }];
-            let mut sends = Vec::new();
+            });
             if let Some(s) = st.sweeps.get_mut(&sid) {
                 s.state = new;
             }
-            self.dispatch(&mut st, &mut ops, &mut sends);
-            (self.store.enqueue(ops), sends, sid)
+            fx.absorb(self.dispatch(&mut st));
+            (self.enqueue(fx), sid)
         };
-        self.finish(fut, sends).await?;
+        self.finish(pending).await?;
         if new == SweepState::Cancelled {
             // The sweep is cancelled (nothing more starts); its jobs end in
             // chunks, each under the lock for a moment, so a million-job
@@ -335,19 +337,19 @@ impl Core {
             let sid = sid.clone();
             let mut from = 0;
             loop {
-                let (fut, sends, next, total) = {
+                let (pending, next, total) = {
                     let mut st = self.lock();
                     let Some(s) = st.sweeps.get(&sid) else { break };
                     let total = s.jobs.len();
                     let end = (from + CANCEL_CHUNK).min(total);
                     let ids: Vec<JobId> = s.jobs[from.min(end)..end].to_vec();
-                    let (mut ops, mut sends) = (Vec::new(), Vec::new());
+                    let mut fx = Effects::default();
                     for j in ids {
-                        self.cancel_job_locked(&mut st, &j, &mut ops, &mut sends);
+                        fx.absorb(self.stop_job_locked(&mut st, &j, StopRequest::Cancel));
                     }
-                    (self.store.enqueue(ops), sends, end, total)
+                    (self.enqueue(fx), end, total)
                 };
-                self.finish(fut, sends).await?;
+                self.finish(pending).await?;
                 if next >= total {
                     break;
                 }
@@ -367,7 +369,7 @@ impl Core {
         job: Option<&str>,
         permit: Permit<'_>,
     ) -> Result<(u64, pb::Sweep), CoreError> {
-        let (fut, sends, sid, n) = {
+        let (pending, sid, n) = {
             let mut st = self.lock();
             let sid = self.sweep_id(&st, sweep)?;
             let s = &st.sweeps[&sid];
@@ -412,7 +414,7 @@ impl Core {
                     .cloned()
                     .collect(),
             };
-            let mut ops = Vec::with_capacity(targets.len());
+            let mut fx = Effects::default();
             for jid in &targets {
                 let Some(m) = st.jobs.get_mut(jid) else {
                     continue;
@@ -425,42 +427,31 @@ impl Core {
                 m.retries_used = 0;
                 m.worker_deaths = 0;
                 m.stop = StopRequest::None;
-                ops.push(Op::UpdateJob(m.update()));
+                fx.op(Op::UpdateJob(m.update()));
                 if let Some(s) = st.sweeps.get_mut(&sid) {
                     s.moved(from, next);
                     s.ready.push_back(jid.clone());
                 }
             }
             tracing::info!(sweep = %sid, jobs = targets.len(), "jobs queued again (retry)");
-            let mut sends = Vec::new();
-            self.dispatch(&mut st, &mut ops, &mut sends);
-            (self.store.enqueue(ops), sends, sid, targets.len() as u64)
+            fx.absorb(self.dispatch(&mut st));
+            (self.enqueue(fx), sid, targets.len() as u64)
         };
-        self.finish(fut, sends).await?;
+        self.finish(pending).await?;
         let info = sweep_info(&self.lock(), &sid);
         Ok((n, info))
-    }
-
-    fn cancel_job_locked(&self, st: &mut State, id: &JobId, ops: &mut Vec<Op>, sends: &mut Sends) {
-        self.stop_job_locked(st, id, StopRequest::Cancel, ops, sends);
     }
 
     /// Cancels or prunes a job: a queued one ends now; a running one is asked
     /// to stop (its worker sends SIGTERM, then SIGKILL after the grace period)
     /// and ends when its attempt does. A cancel overrides an earlier prune.
-    pub(super) fn stop_job_locked(
-        &self,
-        st: &mut State,
-        id: &JobId,
-        why: StopRequest,
-        ops: &mut Vec<Op>,
-        sends: &mut Sends,
-    ) {
+    pub(super) fn stop_job_locked(&self, st: &mut State, id: &JobId, why: StopRequest) -> Effects {
+        let mut fx = Effects::default();
         let Some(job) = st.jobs.get_mut(id) else {
-            return;
+            return fx;
         };
         let (event, reason) = match why {
-            StopRequest::None => return,
+            StopRequest::None => return fx,
             StopRequest::Cancel => (JobEvent::Cancel, "cancelled"),
             StopRequest::Prune => (JobEvent::Prune, "pruned"),
         };
@@ -468,7 +459,7 @@ impl Core {
             JobState::Queued => {
                 if let Some(next) = job.state.on(event) {
                     job.state = next;
-                    ops.push(Op::UpdateJob(job.update()));
+                    fx.op(Op::UpdateJob(job.update()));
                     let sid = job.sweep.clone();
                     if let Some(s) = st.sweeps.get_mut(&sid) {
                         s.moved(JobState::Queued, next);
@@ -480,7 +471,7 @@ impl Core {
                     || (why == StopRequest::Cancel && job.stop != StopRequest::Cancel) =>
             {
                 job.stop = why;
-                ops.push(Op::UpdateJob(job.update()));
+                fx.op(Op::UpdateJob(job.update()));
                 let attempt = job.attempt;
                 if let Some(tx) = job
                     .worker
@@ -489,11 +480,12 @@ impl Core {
                     .and_then(|w| w.session.as_ref())
                     .map(|s| s.tx.clone())
                 {
-                    sends.push((tx, cancel_msg(id, attempt, reason)));
+                    fx.send(tx, cancel_msg(id, attempt, reason));
                 }
             }
             _ => {}
         }
+        fx
     }
 
     pub async fn cancel_job(&self, id: &str) -> Result<pb::Job, CoreError> {
@@ -503,7 +495,7 @@ impl Core {
     /// [`Core::cancel_job`] if `permit` allows it for the job's sweep's owner.
     pub async fn cancel_job_as(&self, id: &str, permit: Permit<'_>) -> Result<pb::Job, CoreError> {
         let jid = JobId::parse(id).map_err(|e| CoreError::InvalidArgument(e.to_string()))?;
-        let (fut, sends) = {
+        let pending = {
             let mut st = self.lock();
             let Some(job) = st.jobs.get(&jid) else {
                 return Err(CoreError::NotFound {
@@ -518,12 +510,10 @@ impl Core {
                     .map(|s| s.owner.as_str())
                     .unwrap_or(""),
             )?;
-            let mut ops = Vec::new();
-            let mut sends = Vec::new();
-            self.cancel_job_locked(&mut st, &jid, &mut ops, &mut sends);
-            (self.store.enqueue(ops), sends)
+            let fx = self.stop_job_locked(&mut st, &jid, StopRequest::Cancel);
+            self.enqueue(fx)
         };
-        self.finish(fut, sends).await?;
+        self.finish(pending).await?;
         self.get_job(id).await
     }
 }

@@ -10,7 +10,7 @@ impl Core {
 
     /// Stores a newly issued token (its hash); refused if the name is taken.
     pub async fn issue_token(&self, t: IssuedToken) -> Result<IssuedToken, CoreError> {
-        let fut = {
+        let pending = {
             let mut st = self.lock();
             if st.tokens.contains_key(&t.name) {
                 return Err(CoreError::FailedPrecondition(format!(
@@ -19,20 +19,20 @@ impl Core {
                 )));
             }
             st.tokens.insert(t.name.clone(), t.clone());
-            self.store.enqueue(vec![Op::PutToken {
+            self.enqueue(Effects::of(Op::PutToken {
                 name: t.name.clone(),
                 role: if t.admin { "admin" } else { "user" }.into(),
                 hash: t.hash.clone(),
                 created_at: t.created_at,
-            }])
+            }))
         };
-        self.finish(fut, Vec::new()).await?;
+        self.finish(pending).await?;
         Ok(t)
     }
 
     /// Removes an issued token: it is refused from then on.
     pub async fn revoke_token(&self, name: &str) -> Result<IssuedToken, CoreError> {
-        let (fut, t) = {
+        let (pending, t) = {
             let mut st = self.lock();
             let t = st.tokens.remove(name).ok_or_else(|| CoreError::NotFound {
                 kind: "token",
@@ -42,9 +42,9 @@ impl Core {
             let op = Op::DeleteToken {
                 name: name.to_string(),
             };
-            (self.store.enqueue(vec![op]), t)
+            (self.enqueue(Effects::of(op)), t)
         };
-        self.finish(fut, Vec::new()).await?;
+        self.finish(pending).await?;
         Ok(t)
     }
 }
