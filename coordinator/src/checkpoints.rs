@@ -8,7 +8,7 @@
 use crate::core::Core;
 use crate::store::CheckpointRow;
 pub use liandan_common::hash::{hash_file, CHUNK};
-use liandan_common::ids::JobId;
+use liandan_common::ids::{AttemptNo, JobId};
 use liandan_proto::v1 as pb;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -337,10 +337,7 @@ impl CheckpointStore {
             .await
             .map(|m| m.len())
             .unwrap_or(0);
-        Ok(pb::CheckpointUploadStatusResponse {
-            received,
-            complete: false,
-        })
+        Ok(pb::CheckpointUploadStatusResponse { received })
     }
 
     pub async fn upload(
@@ -358,7 +355,7 @@ impl CheckpointStore {
         })?;
         let job = check_header(&h, &caller)?;
         // Only the worker that holds the job's current attempt may store its checkpoints.
-        if !core.holds(&job, h.attempt, &h.worker_id) {
+        if !core.holds(&job, AttemptNo(h.attempt), &h.worker_id) {
             core.refuse_stale("checkpoint upload", &h.job_id, h.attempt, &h.worker_id)
                 .await;
             return Err(Status::failed_precondition(format!(

@@ -613,7 +613,7 @@ impl WorkerService for Api {
                         Ok(ack) => {
                             if tx
                                 .send(pb::CoordinatorMessage {
-                                    msg: Some(pb::coordinator_message::Msg::Ack(ack)),
+                                    msg: Some(pb::coordinator_message::Msg::Ack(ack.into())),
                                 })
                                 .is_err()
                             {
@@ -663,7 +663,7 @@ impl WorkerService for Api {
         let r = req.into_inner();
         // Only the attempt's holder learns how much of its upload arrived.
         let job = job_id(&r.job_id)?;
-        if !core.holds(&job, r.attempt, &caller) {
+        if !core.holds(&job, liandan_common::AttemptNo(r.attempt), &caller) {
             return Err(Status::failed_precondition(format!(
                 "attempt {} of {job} is not held by worker {caller}",
                 r.attempt

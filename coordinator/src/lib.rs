@@ -21,6 +21,7 @@ pub mod results;
 pub mod search;
 pub mod security;
 pub mod store;
+pub mod wire;
 
 use liandan_common::config::CoordinatorConfig;
 use liandan_proto::v1 as pb;

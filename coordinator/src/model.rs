@@ -412,3 +412,91 @@ mod tests {
         }
     }
 }
+
+/// One durable record from a worker's spool, in the domain's terms (the gRPC
+/// layer converts it from the wire: [`crate::wire`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Record {
+    /// Per-worker sequence number, strictly increasing, never reused.
+    pub seq: u64,
+    /// The job; None when the worker sent something that is no job id (the
+    /// record is refused and counted, like a stale attempt's).
+    pub job: Option<liandan_common::JobId>,
+    /// The fencing token: the attempt that produced the record.
+    pub attempt: liandan_common::AttemptNo,
+    pub body: RecordBody,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum RecordBody {
+    /// The attempt's process started (nothing to store: the assignment
+    /// already made the attempt running).
+    Started,
+    Log {
+        line: u64,
+        stderr: bool,
+        ts: f64,
+        text: String,
+    },
+    Metric {
+        step: Option<i64>,
+        ts: f64,
+        json: String,
+    },
+    Exited {
+        outcome: Outcome,
+        exit_code: i32,
+        signal: i32,
+        message: String,
+    },
+    /// A record with no body (a newer worker's kind this coordinator does not
+    /// know): acknowledged and otherwise ignored.
+    Empty,
+}
+
+/// What the coordinator says of a batch of records once it is durable.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Ack {
+    /// Every record with seq <= this is durable.
+    pub seq: u64,
+    /// How many of them were refused (a stale attempt, or no job id).
+    pub refused: u64,
+}
+
+/// An attempt a worker says it holds (in its hello and every heartbeat).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Held {
+    /// None when what the worker sent is no job id (nothing to reconcile).
+    pub job: Option<liandan_common::JobId>,
+    pub attempt: liandan_common::AttemptNo,
+    /// The process is still alive on the worker.
+    pub running: bool,
+    /// GPUs the attempt holds, so a restarted coordinator can account for them.
+    pub gpu_uuids: Vec<String>,
+}
+
+/// A worker's hello: who it says it is, what it offers and what it holds.
+#[derive(Clone, Debug, Default)]
+pub struct Hello {
+    /// Empty on a join-token worker's first hello (it is issued one).
+    pub worker_id: String,
+    pub hostname: String,
+    pub resources: liandan_proto::v1::Resources,
+    pub held: Vec<Held>,
+    /// The worker's liandan version.
+    pub version: String,
+    /// The secret issued with a join-token worker's id.
+    pub worker_secret: String,
+}
+
+/// A worker's heartbeat.
+#[derive(Clone, Debug, Default)]
+pub struct Heartbeat {
+    /// Every attempt the worker holds; None from a worker that sends no list
+    /// (nothing to reconcile then).
+    pub held: Option<Vec<Held>>,
+    /// The worker is shutting down: assign it nothing more.
+    pub stopping: bool,
+    /// The worker's disk, as of its last retention pass.
+    pub disk: Option<liandan_proto::v1::DiskUsage>,
+}

@@ -163,7 +163,7 @@ async fn hyperband_prunes_a_trial_through_the_stop_path_and_the_decision_survive
     assert_eq!(
         (
             inbox.stops[0].job_id.as_str(),
-            inbox.stops[0].reason.as_str()
+            inbox.stops[0].legacy_reason.as_str()
         ),
         (bad.job_id.as_str(), "pruned")
     );
@@ -260,7 +260,7 @@ async fn asha_judges_a_trial_on_its_seeds_mean_once_every_seed_reached_the_rung(
         2,
         "both running seeds of the trial are stopped"
     );
-    assert!(stops.iter().all(|s| s.reason == "pruned"));
+    assert!(stops.iter().all(|s| s.legacy_reason == "pruned"));
 }
 
 #[tokio::test]
@@ -294,7 +294,7 @@ async fn a_restarted_coordinator_judges_with_the_histories_it_stored() {
         "the stored histories set the band's threshold"
     );
     assert_eq!(
-        (stops[0].job_id.as_str(), stops[0].reason.as_str()),
+        (stops[0].job_id.as_str(), stops[0].legacy_reason.as_str()),
         (bad.job_id.as_str(), "pruned")
     );
     let _ = sweep;

@@ -55,7 +55,7 @@ proptest! {
                 prop_assert!(r.is_err(), "a sequence number far past the stored one is refused");
             }
             // The job's own next record still counts: nothing was poisoned.
-            let exit = pb::record::Body::Exited(pb::JobExited { outcome: "succeeded".into(), ..Default::default() });
+            let exit = pb::record::Body::Exited(pb::JobExited { outcome: pb::Outcome::Succeeded as i32, ..Default::default() });
             let next = if r.is_ok() { seq.saturating_add(1).max(1) } else { 1 };
             if next < u64::MAX {
                 c.records(&w.id, w.session, vec![rec(next, a.attempt, exit)]).await.expect("records");

@@ -123,7 +123,7 @@ proptest! {
         pb::DownloadCheckpointRequest { job_id: format!("job-{id}"), step, offset: n }.encode(&mut buf).unwrap();
         feed(&buf);
         buf.clear();
-        pb::Hello { worker_id: format!("wk-{}", id.to_lowercase()), hostname: id.clone(), resources: None, held: vec![pb::HeldAttempt { job_id: id.clone(), attempt: n, running: true, gpu_uuids: vec![id] }], version: String::new(), last_seq: n, worker_secret: String::new() }.encode(&mut buf).unwrap();
+        pb::Hello { worker_id: format!("wk-{}", id.to_lowercase()), hostname: id.clone(), resources: None, held: vec![pb::HeldAttempt { job_id: id.clone(), attempt: n, running: true, gpu_uuids: vec![id] }], version: String::new(), worker_secret: String::new() }.encode(&mut buf).unwrap();
         feed(&buf);
     }
 }

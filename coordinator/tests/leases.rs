@@ -57,7 +57,6 @@ async fn hello(core: &Core, id: &str, held: Vec<pb::HeldAttempt>) -> Worker {
         }),
         held,
         version: "t".into(),
-        last_seq: 0,
         worker_secret: String::new(),
     };
     // Certificate-bound: the id stays the worker's across reconnects.
@@ -112,13 +111,19 @@ fn wid(w: &Worker) -> liandan_common::WorkerId {
     liandan_common::WorkerId::parse(&w.id).unwrap()
 }
 
-async fn exit(core: &Core, w: &mut Worker, job: &str, attempt: u64, outcome: &str) -> pb::Ack {
+async fn exit(
+    core: &Core,
+    w: &mut Worker,
+    job: &str,
+    attempt: u64,
+    outcome: &str,
+) -> liandan_coordinator::model::Ack {
     w.seq += 1;
+    // Sent as a worker one version behind does: the outcome's name only.
     let body = pb::record::Body::Exited(pb::JobExited {
-        outcome: outcome.into(),
+        legacy_outcome: outcome.into(),
         exit_code: 1,
-        signal: 0,
-        message: String::new(),
+        ..Default::default()
     });
     let rec = pb::Record {
         seq: w.seq,
@@ -129,13 +134,19 @@ async fn exit(core: &Core, w: &mut Worker, job: &str, attempt: u64, outcome: &st
     core.records(&wid(w), w.session, vec![rec]).await.unwrap()
 }
 
-async fn log(core: &Core, w: &mut Worker, job: &str, attempt: u64) -> pb::Ack {
+async fn log(
+    core: &Core,
+    w: &mut Worker,
+    job: &str,
+    attempt: u64,
+) -> liandan_coordinator::model::Ack {
     w.seq += 1;
     let body = pb::record::Body::Log(pb::LogRecord {
         line: 1,
-        stream: "stdout".into(),
+        stream: pb::Stream::Stdout as i32,
         ts: 0.0,
         text: "late".into(),
+        ..Default::default()
     });
     let rec = pb::Record {
         seq: w.seq,
@@ -234,7 +245,7 @@ async fn heartbeats_keep_the_lease_and_silence_loses_it() {
         }
     };
     assert_eq!(welcome.kill.len(), 1);
-    assert_eq!(welcome.kill[0].reason, "stale");
+    assert_eq!(welcome.kill[0].legacy_reason, "stale");
     a.seq = welcome.acked_seq;
     assert_eq!(log(&core, &mut a, &job, 1).await.refused, 1);
     assert_eq!(exit(&core, &mut a, &job, 1, "succeeded").await.refused, 1);
@@ -386,7 +397,6 @@ fn worker_with(id: &str, cpu_slots: u32, gpus: &[&str], labels: &[&str]) -> pb::
         }),
         held: vec![],
         version: "t".into(),
-        last_seq: 0,
         worker_secret: String::new(),
     }
 }
@@ -511,12 +521,12 @@ async fn heartbeats_reconcile_what_the_worker_holds() {
         let mut out = Vec::new();
         while let Ok(m) = w.rx.try_recv() {
             if let Some(Msg::Cancel(c)) = m.msg {
-                out.push((c.attempt, c.reason));
+                out.push((c.attempt, c.reason()));
             }
         }
         out
     };
-    assert_eq!(stops(&mut w), vec![(1, "stale".to_string())]);
+    assert_eq!(stops(&mut w), vec![(1, pb::StopReason::Stale)]);
     // Long past the grace, an attempt that ended with its exit record not yet
     // acknowledged still counts as held: nothing is requeued.
     beats(&core, &w, 34, &|| hb(vec![held(2, false)])).await;
@@ -532,7 +542,7 @@ async fn heartbeats_reconcile_what_the_worker_holds() {
     core.heartbeat(&wid(&w), w.session, hb(vec![held(2, true)]))
         .await
         .unwrap();
-    assert_eq!(stops(&mut w), vec![(2, "cancelled".to_string())]);
+    assert_eq!(stops(&mut w), vec![(2, pb::StopReason::Cancelled)]);
 }
 
 /// A worker that reconnects replaces its stream; the old one (a half-open

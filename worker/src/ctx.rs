@@ -281,3 +281,52 @@ impl WorkerCtx {
             .collect()
     }
 }
+
+/// An attempt's exit record (the Outcome enum; the legacy name stays empty:
+/// coordinators are upgraded before their workers).
+pub(crate) fn exit_record(
+    outcome: pb::Outcome,
+    exit_code: i32,
+    signal: i32,
+    message: String,
+) -> pb::JobExited {
+    pb::JobExited {
+        outcome: outcome as i32,
+        exit_code,
+        signal,
+        message,
+        legacy_outcome: String::new(),
+    }
+}
+
+/// The outcome's stable snake_case name: what the attempt directory's
+/// outcome file holds (retention reads it back) and what logs say.
+pub(crate) fn outcome_name(o: pb::Outcome) -> &'static str {
+    match o {
+        pb::Outcome::Unspecified => "unspecified",
+        pb::Outcome::Succeeded => "succeeded",
+        pb::Outcome::Failed => "failed",
+        pb::Outcome::Signalled => "signalled",
+        pb::Outcome::OomKilled => "oom_killed",
+        pb::Outcome::Cancelled => "cancelled",
+        pb::Outcome::Preempted => "preempted",
+        pb::Outcome::Interrupted => "interrupted",
+        pb::Outcome::SpawnFailed => "spawn_failed",
+        pb::Outcome::SetupFailed => "setup_failed",
+        pb::Outcome::UsageError => "usage_error",
+        pb::Outcome::DiskFull => "disk_full",
+    }
+}
+
+/// How the worker stops an attempt the coordinator cancels: a user's cancel
+/// and an early-stopping prune alike (SIGTERM, so it checkpoints), a stale
+/// attempt the same way. The one mapping, for the welcome's kills and for
+/// cancels in the session.
+pub(crate) fn stop_reason(c: &pb::Cancel) -> StopReason {
+    match c.reason() {
+        pb::StopReason::Stale => StopReason::Stale,
+        pb::StopReason::Cancelled | pb::StopReason::Pruned | pb::StopReason::Unspecified => {
+            StopReason::Cancel
+        }
+    }
+}

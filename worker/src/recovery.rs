@@ -91,7 +91,7 @@ pub async fn prepare(
     let resources = pb::Resources {
         gpus,
         cpu_slots: cfg.slots,
-        memory_bytes: 0,
+        memory_bytes: memory_total(),
         labels: cfg.labels.clone(),
     };
     // The join token: the configured file, else LIANDAN_JOIN_TOKEN, else the
@@ -197,12 +197,12 @@ pub(crate) async fn recover(ctx: &WorkerCtx) -> Result<(), WorkerError> {
             seq: 0,
             job_id: e.job_id.clone(),
             attempt: e.attempt,
-            body: Some(pb::record::Body::Exited(pb::JobExited {
-                outcome: "interrupted".into(),
-                exit_code: -1,
-                signal: 0,
-                message: "the worker restarted while this attempt ran".into(),
-            })),
+            body: Some(pb::record::Body::Exited(crate::ctx::exit_record(
+                pb::Outcome::Interrupted,
+                -1,
+                0,
+                "the worker restarted while this attempt ran".into(),
+            ))),
         };
         let seq = ctx.spool.append(vec![rec]).await;
         ctx.spool
@@ -211,4 +211,38 @@ pub(crate) async fn recover(ctx: &WorkerCtx) -> Result<(), WorkerError> {
         tracing::info!(job = %e.job_id, attempt = e.attempt, "reported an interrupted attempt");
     }
     Ok(())
+}
+
+/// The machine's memory in bytes (MemTotal of /proc/meminfo); 0 where it
+/// cannot be read.
+fn memory_total() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .as_deref()
+        .and_then(mem_total_of)
+        .unwrap_or(0)
+}
+
+fn mem_total_of(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let mut parts = line.split_whitespace().skip(1);
+    let n: u64 = parts.next()?.parse().ok()?;
+    match parts.next() {
+        Some("kB") => n.checked_mul(1024),
+        None => Some(n),
+        Some(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod memory_tests {
+    #[test]
+    fn mem_total_reads_kib_and_refuses_what_it_cannot_read() {
+        let m = "MemTotal:       24554028 kB\nMemFree:         1000 kB\n";
+        assert_eq!(super::mem_total_of(m), Some(24_554_028 * 1024));
+        assert_eq!(super::mem_total_of("MemFree: 1 kB\n"), None);
+        assert_eq!(super::mem_total_of("MemTotal: lots kB\n"), None);
+        assert_eq!(super::mem_total_of("MemTotal: 1 MB\n"), None);
+        assert!(super::memory_total() > 0, "this machine has /proc/meminfo");
+    }
 }

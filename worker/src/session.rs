@@ -1,7 +1,7 @@
 //! The session with the coordinator: connect with backoff, hello, then
 //! heartbeats, assignments, stops and records both ways.
 
-use crate::ctx::{StopReason, WorkerCtx};
+use crate::ctx::WorkerCtx;
 use crate::supervisor::start;
 use liandan_common::ids::WorkerId;
 use liandan_proto::v1 as pb;
@@ -90,7 +90,6 @@ async fn session(
         resources: Some(ctx.resources.clone()),
         held: ctx.held().await,
         version: env!("CARGO_PKG_VERSION").into(),
-        last_seq: ctx.spool.last_seq(),
     };
     out.send(pb::WorkerMessage {
         msg: Some(pb::worker_message::Msg::Hello(hello)),
@@ -132,16 +131,8 @@ async fn session(
         ctx.retention.notify_one();
     }
     for k in &welcome.kill {
-        tracing::warn!(job = %k.job_id, attempt = k.attempt, reason = %k.reason, "coordinator says this attempt must stop");
-        ctx.stop(
-            &k.job_id,
-            k.attempt,
-            if k.reason == "cancelled" {
-                StopReason::Cancel
-            } else {
-                StopReason::Stale
-            },
-        );
+        tracing::warn!(job = %k.job_id, attempt = k.attempt, reason = ?k.reason(), "coordinator says this attempt must stop");
+        ctx.stop(&k.job_id, k.attempt, crate::ctx::stop_reason(k));
     }
     ctx.spool.rewind();
     tracing::info!(worker = %ctx.id(), acked = welcome.acked_seq, unacked = ctx.spool.unacked(), "connected to the coordinator");
@@ -171,8 +162,7 @@ async fn session(
                     }
                     Some(pb::coordinator_message::Msg::Assign(a)) => start(ctx, a),
                     Some(pb::coordinator_message::Msg::Cancel(c)) => {
-                        let reason = match c.reason.as_str() { "preempted" => StopReason::Preempt, "stale" => StopReason::Stale, _ => StopReason::Cancel };
-                        ctx.stop(&c.job_id, c.attempt, reason);
+                        ctx.stop(&c.job_id, c.attempt, crate::ctx::stop_reason(&c));
                     }
                     Some(pb::coordinator_message::Msg::Drain(_)) => {
                         // The coordinator stops assigning; running jobs finish.

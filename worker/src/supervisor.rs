@@ -23,12 +23,12 @@ pub(crate) fn start(ctx: &Arc<WorkerCtx>, a: pb::Assignment) {
     }
     if ctx.stopping.load(Ordering::SeqCst) {
         // Crossed our stop announcement: hand it straight back, no retry spent.
-        let exited = pb::JobExited {
-            outcome: "preempted".into(),
-            exit_code: -1,
-            signal: 0,
-            message: "the worker is shutting down".into(),
-        };
+        let exited = crate::ctx::exit_record(
+            pb::Outcome::Preempted,
+            -1,
+            0,
+            "the worker is shutting down".into(),
+        );
         let rec = pb::Record {
             seq: 0,
             job_id: a.job_id.clone(),
@@ -85,12 +85,12 @@ async fn attempt_task(
                 seq: 0,
                 job_id: a.job_id.clone(),
                 attempt: a.attempt,
-                body: Some(pb::record::Body::Exited(pb::JobExited {
-                    outcome: "spawn_failed".into(),
-                    exit_code: -1,
-                    signal: 0,
-                    message: format!("bad spec from coordinator: {e}"),
-                })),
+                body: Some(pb::record::Body::Exited(crate::ctx::exit_record(
+                    pb::Outcome::SpawnFailed,
+                    -1,
+                    0,
+                    format!("bad spec from coordinator: {e}"),
+                ))),
             };
             let seq = ctx.spool.append(vec![rec]).await;
             let _ = ctx

@@ -153,7 +153,12 @@ async fn until(
 
 fn exited(seen: &[pb::Record], job: &str) -> Option<String> {
     seen.iter().find_map(|r| match &r.body {
-        Some(pb::record::Body::Exited(e)) if r.job_id == job => Some(e.outcome.clone()),
+        Some(pb::record::Body::Exited(e)) if r.job_id == job => Some(
+            e.outcome()
+                .as_str_name()
+                .trim_start_matches("OUTCOME_")
+                .to_lowercase(),
+        ),
         _ => None,
     })
 }

@@ -4,7 +4,7 @@ use super::*;
 
 /// How an attempt ended, as its worker (or the lease) told it.
 pub(super) struct AttemptEnd<'a> {
-    pub attempt: u64,
+    pub attempt: AttemptNo,
     pub outcome: Outcome,
     /// The exit code, unless a signal ended it.
     pub code: Option<i32>,
@@ -15,7 +15,7 @@ pub(super) struct AttemptEnd<'a> {
 impl Core {
     /// Ends a job's current attempt as lost (its worker is gone or forgot it).
     pub(super) fn lose_attempt(&self, st: &mut State, jid: &JobId, why: &str) -> Effects {
-        let attempt = st.jobs.get(jid).map(|j| j.attempt).unwrap_or(0);
+        let attempt = st.jobs.get(jid).map(|j| j.attempt).unwrap_or(AttemptNo(0));
         let end = AttemptEnd {
             attempt,
             outcome: Outcome::Lost,
@@ -110,7 +110,7 @@ impl Core {
         };
         fx.op(Op::EndAttempt {
             job_id: jid.to_string(),
-            attempt,
+            attempt: attempt.0,
             state: outcome.as_str().into(),
             ended_at: now_secs(),
             exit_code: code,
@@ -164,9 +164,9 @@ impl Core {
             self.check_target(st, jid);
         }
         if outcome == Outcome::Succeeded {
-            tracing::debug!(job = %jid, attempt, state = next.as_str(), "attempt succeeded");
+            tracing::debug!(job = %jid, %attempt, state = next.as_str(), "attempt succeeded");
         } else {
-            tracing::info!(job = %jid, attempt, outcome = outcome.as_str(), state = next.as_str(), "attempt ended");
+            tracing::info!(job = %jid, %attempt, outcome = outcome.as_str(), state = next.as_str(), "attempt ended");
         }
         fx
     }

@@ -74,15 +74,16 @@ impl Core {
     /// A worker opened its stream. Returns the session id and the welcome.
     pub async fn hello(
         &self,
-        hello: pb::Hello,
+        hello: impl Into<Hello>,
         tx: mpsc::UnboundedSender<pb::CoordinatorMessage>,
         cert: Option<WorkerId>,
     ) -> Result<(WorkerId, u64), CoreError> {
+        let hello: Hello = hello.into();
         if !hello.worker_id.is_empty() {
             WorkerId::parse(&hello.worker_id)
                 .map_err(|e| CoreError::InvalidArgument(e.to_string()))?;
         }
-        let resources = hello.resources.unwrap_or_default();
+        let resources = hello.resources;
         for l in &resources.labels {
             liandan_common::names::validate("label", l)
                 .map_err(|e| CoreError::InvalidArgument(e.to_string()))?;
@@ -126,7 +127,6 @@ impl Core {
             let previously_running: Vec<JobId> = w.running.iter().cloned().collect();
 
             let mut fx = Effects::default();
-            let mut keep = Vec::new();
             let mut kill = Vec::new();
             let mut kept: HashSet<JobId> = HashSet::new();
             for h in &hello.held {
@@ -136,7 +136,6 @@ impl Core {
                     if let Some(j) = st.jobs.get_mut(&jid) {
                         j.gpus = h.gpu_uuids.clone();
                     }
-                    keep.push(h.clone());
                     kept.insert(jid);
                 }
             }
@@ -175,7 +174,6 @@ impl Core {
                     worker_id: wid.to_string(),
                     acked_seq,
                     heartbeat_interval_ms: (self.cfg.heartbeat_interval_secs * 1000.0) as u32,
-                    keep,
                     kill,
                     worker_secret: issued_secret,
                 })),
@@ -188,7 +186,11 @@ impl Core {
             (self.enqueue(fx), session, wid)
         };
         self.finish(pending).await?;
-        tracing::info!(worker = %wid, session, "worker connected");
+        let version = hello.version.chars().take(64).collect::<String>();
+        tracing::info!(worker = %wid, session, version, "worker connected");
+        if version != env!("CARGO_PKG_VERSION") {
+            tracing::warn!(worker = %wid, worker_version = %version, coordinator_version = env!("CARGO_PKG_VERSION"), "the worker runs another liandan version; upgrade it (the wire stays compatible one version apart)");
+        }
         Ok((wid, session))
     }
 
@@ -228,8 +230,9 @@ impl Core {
         &self,
         wid: &WorkerId,
         session: u64,
-        hb: pb::Heartbeat,
+        hb: impl Into<Heartbeat>,
     ) -> Result<(), CoreError> {
+        let hb: Heartbeat = hb.into();
         // Generous on purpose: an assignment reaches the worker only after
         // its batch commits (behind a big submit, seconds), a heartbeat is
         // judged after the records queued before it, and a loaded machine
@@ -249,19 +252,18 @@ impl Core {
                 tracing::info!(worker = %wid, "worker is shutting down; no new jobs for it");
             }
             w.stopping |= hb.stopping;
-            if !hb.reports_held {
+            let Some(held_now) = hb.held else {
                 // An older worker that sends no list: nothing to reconcile.
                 return Ok(());
-            }
-            if w.running.is_empty() && hb.held.is_empty() {
+            };
+            if w.running.is_empty() && held_now.is_empty() {
                 return Ok(());
             }
             let tx = w.session.as_ref().map(|s| s.tx.clone());
             let believed: Vec<JobId> = w.running.iter().cloned().collect();
-            let held: HashSet<(&str, u64)> = hb
-                .held
+            let held: HashSet<(&JobId, AttemptNo)> = held_now
                 .iter()
-                .map(|h| (h.job_id.as_str(), h.attempt))
+                .filter_map(|h| h.job.as_ref().map(|j| (j, h.attempt)))
                 .collect();
             let mut fx = Effects::default();
             for jid in believed {
@@ -269,9 +271,9 @@ impl Core {
                 let settled = j.assigned_at.is_none_or(|t| t.elapsed() >= grace);
                 if j.accepts(j.attempt, wid.as_str())
                     && settled
-                    && !held.contains(&(jid.as_str(), j.attempt))
+                    && !held.contains(&(&jid, j.attempt))
                 {
-                    tracing::warn!(worker = %wid, job = %jid, attempt = j.attempt, "the worker does not hold an attempt it was given; requeued without spending a retry");
+                    tracing::warn!(worker = %wid, job = %jid, attempt = %j.attempt, "the worker does not hold an attempt it was given; requeued without spending a retry");
                     fx.absorb(self.lose_attempt(
                         &mut st,
                         &jid,
@@ -279,7 +281,7 @@ impl Core {
                     ));
                 }
             }
-            for h in &hb.held {
+            for h in &held_now {
                 if let (Some(c), Some(tx)) = (held_verdict(&st, wid, h).1, &tx) {
                     fx.send(
                         tx.clone(),

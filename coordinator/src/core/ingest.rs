@@ -3,6 +3,33 @@
 
 use super::*;
 
+/// A batch of records as it is ingested: rows are grouped per kind, and
+/// flushed in order before anything that must come after them (an
+/// attempt's end).
+#[derive(Default)]
+struct Batch {
+    fx: Effects,
+    logs: Vec<LogRow>,
+    metrics: Vec<MetricRow>,
+    had_logs: bool,
+    /// Jobs whose final/best value changed in this batch: written once each.
+    metric_changed: Vec<JobId>,
+    metric_seen: HashSet<JobId>,
+}
+
+impl Batch {
+    /// Queues the rows so far, before what comes next.
+    fn flush_rows(&mut self) {
+        if !self.logs.is_empty() {
+            self.had_logs = true;
+            self.fx.op(Op::Logs(std::mem::take(&mut self.logs)));
+        }
+        if !self.metrics.is_empty() {
+            self.fx.op(Op::Metrics(std::mem::take(&mut self.metrics)));
+        }
+    }
+}
+
 impl Core {
     /// Stores a batch of records and returns the acknowledgement to send once
     /// durable. Records at or below the worker's acknowledged sequence number
@@ -12,8 +39,9 @@ impl Core {
         &self,
         wid: &WorkerId,
         session: u64,
-        records: Vec<pb::Record>,
-    ) -> Result<pb::Ack, CoreError> {
+        records: Vec<impl Into<Record>>,
+    ) -> Result<Ack, CoreError> {
+        let records: Vec<Record> = records.into_iter().map(Into::into).collect();
         let (pending, ack, had_logs) = {
             let mut st = self.lock();
             let w = session_worker(&mut st, wid, session)?;
@@ -31,99 +59,24 @@ impl Core {
             }
             w.lease_deadline = Instant::now() + secs(self.cfg.lease_timeout_secs);
             w.last_seen = now_secs();
-            let mut acked = w.acked_seq;
-            let mut refused = 0u64;
-            let mut logs = Vec::new();
-            let mut metrics = Vec::new();
-            let mut fx = Effects::default();
-            // Jobs whose final/best value changed in this batch: written once each.
-            let mut metric_changed: Vec<JobId> = Vec::new();
-            let mut metric_seen: HashSet<JobId> = HashSet::new();
+            let mut ack = Ack {
+                seq: w.acked_seq,
+                refused: 0,
+            };
+            let mut b = Batch::default();
             for rec in records {
-                if rec.seq <= acked {
+                if rec.seq <= ack.seq {
                     continue;
                 }
-                acked = rec.seq;
-                let jid = match JobId::parse(&rec.job_id) {
-                    Ok(j) => j,
-                    Err(_) => {
-                        refused += 1;
-                        continue;
-                    }
-                };
-                let current = st
-                    .jobs
-                    .get(&jid)
-                    .is_some_and(|j| j.accepts(rec.attempt, wid.as_str()));
-                if !current {
-                    refused += 1;
-                    tracing::warn!(worker = %wid, job = %jid, attempt = rec.attempt, "refused a write from a stale attempt");
-                    continue;
-                }
-                match rec.body {
-                    Some(pb::record::Body::Log(l)) => logs.push(LogRow {
-                        job_id: jid.to_string(),
-                        attempt: rec.attempt,
-                        line: l.line,
-                        stream: u8::from(l.stream == "stderr"),
-                        ts: l.ts,
-                        text: l.text,
-                    }),
-                    Some(pb::record::Body::Metric(m)) => {
-                        let (changed, pruned) = self.observe_metric(&mut st, &jid, &m.json, m.step);
-                        fx.absorb(pruned);
-                        if changed && metric_seen.insert(jid.clone()) {
-                            metric_changed.push(jid.clone());
-                        }
-                        metrics.push(MetricRow {
-                            job_id: jid.to_string(),
-                            attempt: rec.attempt,
-                            step: m.step,
-                            ts: m.ts,
-                            json: m.json,
-                        });
-                    }
-                    Some(pb::record::Body::Started(_)) | None => {}
-                    Some(pb::record::Body::Exited(e)) => {
-                        // Rows queued so far belong before the attempt's end.
-                        if !logs.is_empty() {
-                            fx.op(Op::Logs(std::mem::take(&mut logs)));
-                        }
-                        if !metrics.is_empty() {
-                            fx.op(Op::Metrics(std::mem::take(&mut metrics)));
-                        }
-                        let outcome = Outcome::parse(&e.outcome).unwrap_or(Outcome::Failed);
-                        if outcome == Outcome::DiskFull {
-                            // A worker on a full disk would take the job back at once
-                            // and fail it again: it gets nothing new for a while.
-                            if let Some(w) = st.workers.get_mut(wid) {
-                                w.disk_full_until = Some(Instant::now() + DISK_FULL_PAUSE);
-                            }
-                            tracing::warn!(worker = %wid, job = %jid, "the worker's disk is full; no new jobs for it for {} s", DISK_FULL_PAUSE.as_secs());
-                        }
-                        let code = (outcome != Outcome::Signalled).then_some(e.exit_code);
-                        let signal = (e.signal != 0).then_some(e.signal);
-                        let end = AttemptEnd {
-                            attempt: rec.attempt,
-                            outcome,
-                            code,
-                            signal,
-                            message: &e.message,
-                        };
-                        fx.absorb(self.end_attempt(&mut st, &jid, end));
-                    }
+                ack.seq = rec.seq;
+                if !self.ingest(&mut st, wid, rec, &mut b) {
+                    ack.refused += 1;
                 }
             }
-            let had_logs = !logs.is_empty() || fx.ops.iter().any(|o| matches!(o, Op::Logs(_)));
-            if !logs.is_empty() {
-                fx.op(Op::Logs(logs));
-            }
-            if !metrics.is_empty() {
-                fx.op(Op::Metrics(metrics));
-            }
-            for jid in &metric_changed {
+            b.flush_rows();
+            for jid in &b.metric_changed {
                 if let Some(j) = st.jobs.get(jid) {
-                    fx.op(Op::JobMetrics {
+                    b.fx.op(Op::JobMetrics {
                         seq: j.seq,
                         final_metric: j.final_metric,
                         best_metric: j.best_metric,
@@ -131,34 +84,101 @@ impl Core {
                 }
             }
             if let Some(w) = st.workers.get_mut(wid) {
-                w.acked_seq = acked;
+                w.acked_seq = ack.seq;
             }
-            fx.op(Op::WorkerAcked {
+            b.fx.op(Op::WorkerAcked {
                 id: wid.to_string(),
-                acked_seq: acked,
+                acked_seq: ack.seq,
             });
-            if refused > 0 {
-                st.refused_stale += refused;
-                fx.op(Op::AddCounter {
+            if ack.refused > 0 {
+                st.refused_stale += ack.refused;
+                b.fx.op(Op::AddCounter {
                     name: REFUSED_STALE.into(),
-                    delta: refused as i64,
+                    delta: ack.refused as i64,
                 });
             }
+            let mut fx = b.fx;
             fx.absorb(self.dispatch(&mut st));
-            (
-                self.enqueue(fx),
-                pb::Ack {
-                    seq: acked,
-                    refused,
-                },
-                had_logs,
-            )
+            (self.enqueue(fx), ack, b.had_logs)
         };
         self.finish(pending).await?;
         if had_logs {
             self.log_generation.send_modify(|g| *g += 1);
         }
         Ok(ack)
+    }
+
+    /// Takes one new record into the batch; false when it is refused (no
+    /// job id, or not the current attempt on this worker: the one fencing
+    /// predicate, [`JobMem::accepts`]).
+    fn ingest(&self, st: &mut State, wid: &WorkerId, rec: Record, b: &mut Batch) -> bool {
+        let Some(jid) = rec.job else {
+            return false;
+        };
+        let current = st
+            .jobs
+            .get(&jid)
+            .is_some_and(|j| j.accepts(rec.attempt, wid.as_str()));
+        if !current {
+            tracing::warn!(worker = %wid, job = %jid, attempt = %rec.attempt, "refused a write from a stale attempt");
+            return false;
+        }
+        match rec.body {
+            RecordBody::Log {
+                line,
+                stderr,
+                ts,
+                text,
+            } => b.logs.push(LogRow {
+                job_id: jid.to_string(),
+                attempt: rec.attempt.0,
+                line,
+                stream: u8::from(stderr),
+                ts,
+                text,
+            }),
+            RecordBody::Metric { step, ts, json } => {
+                let (changed, pruned) = self.observe_metric(st, &jid, &json, step);
+                b.fx.absorb(pruned);
+                if changed && b.metric_seen.insert(jid.clone()) {
+                    b.metric_changed.push(jid.clone());
+                }
+                b.metrics.push(MetricRow {
+                    job_id: jid.to_string(),
+                    attempt: rec.attempt.0,
+                    step,
+                    ts,
+                    json,
+                });
+            }
+            RecordBody::Started | RecordBody::Empty => {}
+            RecordBody::Exited {
+                outcome,
+                exit_code,
+                signal,
+                message,
+            } => {
+                // Rows queued so far belong before the attempt's end.
+                b.flush_rows();
+                if outcome == Outcome::DiskFull {
+                    // A worker on a full disk would take the job back at once
+                    // and fail it again: it gets nothing new for a while.
+                    if let Some(w) = st.workers.get_mut(wid) {
+                        w.disk_full_until = Some(Instant::now() + DISK_FULL_PAUSE);
+                    }
+                    tracing::warn!(worker = %wid, job = %jid, "the worker's disk is full; no new jobs for it for {} s", DISK_FULL_PAUSE.as_secs());
+                }
+                let end = AttemptEnd {
+                    attempt: rec.attempt,
+                    outcome,
+                    code: (outcome != Outcome::Signalled).then_some(exit_code),
+                    signal: (signal != 0).then_some(signal),
+                    message: &message,
+                };
+                b.fx.absorb(self.end_attempt(st, &jid, end));
+            }
+        }
+        true
     }
 
     /// Feeds a metric record to the job's final/best values and its sweep's
@@ -221,7 +241,7 @@ impl Core {
     }
 
     /// Whether `worker` holds `attempt`, the current attempt of a running job.
-    pub fn holds(&self, jid: &JobId, attempt: u64, worker: &str) -> bool {
+    pub fn holds(&self, jid: &JobId, attempt: AttemptNo, worker: &str) -> bool {
         self.lock()
             .jobs
             .get(jid)

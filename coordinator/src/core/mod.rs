@@ -6,13 +6,17 @@
 //! Memory mirrors the database for scheduling speed; it is rebuilt from the
 //! database at start. A failed commit stops the process (see [`crate::store`]).
 
-use crate::model::{JobEvent, JobState, Outcome, StopRequest, SweepState};
+use crate::model::{
+    Ack, Heartbeat, Held, Hello, JobEvent, JobState, Outcome, Record, RecordBody, StopRequest,
+    SweepState,
+};
 use crate::results::Outcomes;
 use crate::search::sweep::SweepSearch;
 use crate::search::{TrialData, TrialStatus};
 use crate::store::{CheckpointRow, JobUpdate, LogRow, MetricRow, NewJobs, Op, Store, StoreError};
+use crate::wire::StopCause;
 use liandan_common::config::CoordinatorConfig;
-use liandan_common::ids::{JobId, SweepId, TrialId, WorkerId};
+use liandan_common::ids::{AttemptNo, JobId, SweepId, TrialId, WorkerId};
 use liandan_common::sweep::{self, Format, Goal, SweepSpec};
 use liandan_common::time::now_secs;
 use liandan_proto::v1 as pb;
@@ -248,7 +252,8 @@ struct JobMem {
     trial: TrialId,
     seed: i64,
     state: JobState,
-    attempt: u64,
+    /// The current attempt: the fencing token its writes must carry.
+    attempt: AttemptNo,
     retries_used: u32,
     /// Attempts in a row that ended with their worker's death.
     worker_deaths: u32,
@@ -302,7 +307,7 @@ impl JobMem {
     /// The fence, the one predicate every write from a worker passes: the
     /// write's attempt is the current attempt of this running job, on the
     /// worker that holds it. Anything else is a stale attempt's write.
-    fn accepts(&self, attempt: u64, worker: &str) -> bool {
+    fn accepts(&self, attempt: AttemptNo, worker: &str) -> bool {
         self.state == JobState::Running
             && self.attempt == attempt
             && self.worker.as_ref().is_some_and(|w| w.as_str() == worker)
@@ -322,7 +327,7 @@ impl JobMem {
             trial,
             seed,
             state: JobState::Queued,
-            attempt: 0,
+            attempt: AttemptNo(0),
             retries_used: 0,
             worker_deaths: 0,
             worker: None,
@@ -343,7 +348,7 @@ impl JobMem {
         JobUpdate {
             seq: self.seq,
             state: self.state.as_str(),
-            attempt: self.attempt,
+            attempt: self.attempt.0,
             retries_used: self.retries_used,
             worker_id: self.worker.clone(),
             cancel_requested: self.stop.to_db(),
@@ -477,30 +482,23 @@ struct Pending<F> {
 /// this worker; and the stop to send while its process runs: the user's
 /// cancel or a prune not yet carried out, or `stale` for an attempt that is
 /// not current.
-fn held_verdict(
-    st: &State,
-    wid: &WorkerId,
-    h: &pb::HeldAttempt,
-) -> (Option<JobId>, Option<pb::Cancel>) {
-    let Ok(jid) = JobId::parse(&h.job_id) else {
+fn held_verdict(st: &State, wid: &WorkerId, h: &Held) -> (Option<JobId>, Option<pb::Cancel>) {
+    let Some(jid) = &h.job else {
         return (None, None);
     };
     let job = st
         .jobs
-        .get(&jid)
+        .get(jid)
         .filter(|j| j.accepts(h.attempt, wid.as_str()));
-    let reason = match job.map(|j| j.stop) {
-        None => Some("stale"),
+    let cause = match job.map(|j| j.stop) {
+        None => Some(StopCause::Stale),
         Some(StopRequest::None) => None,
-        Some(StopRequest::Prune) => Some("pruned"),
-        Some(StopRequest::Cancel) => Some("cancelled"),
+        Some(r) => Some(StopCause::Requested(r)),
     };
-    let cancel = reason.filter(|_| h.running).map(|r| pb::Cancel {
-        job_id: h.job_id.clone(),
-        attempt: h.attempt,
-        reason: r.into(),
-    });
-    (job.map(|_| jid), cancel)
+    let cancel = cause
+        .filter(|_| h.running)
+        .map(|c| crate::wire::cancel(jid.as_str(), h.attempt, c));
+    (job.map(|_| jid.clone()), cancel)
 }
 
 /// Least time after an assignment before a heartbeat that leaves it out

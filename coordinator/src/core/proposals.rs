@@ -214,7 +214,7 @@ impl Core {
                 j.seed,
                 pj.clone(),
             );
-            mem.attempt = floor;
+            mem.attempt = AttemptNo(floor);
             st.jobs.insert(j.id.clone(), mem);
             ids.push(j.id.clone());
         }

@@ -124,7 +124,7 @@ impl Core {
                 if filter.is_none_or(|f| m.state == f) {
                     let info = job_info(&jobs[i], m);
                     bytes += prost::Message::encoded_len(&info);
-                    if m.attempt > 0 {
+                    if m.attempt.0 > 0 {
                         bytes += LAST_ATTEMPT_BYTES;
                     }
                     out.push(info);
@@ -230,7 +230,9 @@ impl Core {
     /// The current attempt of a job and whether it has ended (for log following).
     pub fn job_progress(&self, id: &JobId) -> Option<(u64, bool)> {
         let st = self.lock();
-        st.jobs.get(id).map(|m| (m.attempt, m.state.is_terminal()))
+        st.jobs
+            .get(id)
+            .map(|m| (m.attempt.0, m.state.is_terminal()))
     }
 
     /// The numbers a job's attempts have had: its first (one above its
@@ -240,7 +242,7 @@ impl Core {
         let st = self.lock();
         let m = st.jobs.get(id)?;
         let floor = st.sweeps.get(&m.sweep).map_or(0, |s| s.attempt_floor);
-        Some((floor + 1, m.attempt))
+        Some((floor + 1, m.attempt.0))
     }
 
     /// Whether a job waits in the queue for its next attempt.
@@ -393,7 +395,7 @@ fn job_info(id: &JobId, m: &JobMem) -> pb::Job {
         trial_id: m.trial.to_string(),
         seed: m.seed,
         state: m.state.as_str().into(),
-        attempt: m.attempt,
+        attempt: m.attempt.0,
         retries_used: m.retries_used as u64,
         params_json: m.params_json.to_string(),
         attempts: Vec::new(),

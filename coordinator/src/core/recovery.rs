@@ -170,7 +170,7 @@ fn load_jobs(
                             trial: tid,
                             seed: j.seed,
                             state,
-                            attempt: j.attempt,
+                            attempt: AttemptNo(j.attempt),
                             retries_used: j.retries_used,
                             worker_deaths: j.worker_deaths,
                             worker,
@@ -251,7 +251,7 @@ fn attempts_reported(c: &Reader<'_>, st: &mut State) -> Result<(), StoreError> {
             continue;
         };
         let (mut reported, mut not_finite) = (false, false);
-        c.scan_attempt_metrics(jid.as_str(), job.attempt, |json| {
+        c.scan_attempt_metrics(jid.as_str(), job.attempt.0, |json| {
             let v = serde_json::from_str::<serde_json::Value>(json).ok();
             // A NaN or infinity arrives as null, as `observe_metric` reads it.
             match v.as_ref().and_then(|v| v.get(&metric.name)) {

@@ -217,7 +217,7 @@ impl Core {
             return fx;
         };
         job.state = next;
-        job.attempt += 1;
+        job.attempt = AttemptNo(job.attempt.0 + 1);
         // The job's final and best values span its attempts (a resumed run
         // goes on from its checkpoint); what this attempt reports is its own.
         job.reported = false;
@@ -228,7 +228,7 @@ impl Core {
         job.assigned_at = Some(Instant::now());
         fx.op(Op::InsertAttempt {
             job_id: jid.to_string(),
-            attempt: job.attempt,
+            attempt: job.attempt.0,
             worker_id: wid.to_string(),
             started_at: now_secs(),
         });
@@ -254,7 +254,7 @@ impl Core {
                 pb::CoordinatorMessage {
                     msg: Some(pb::coordinator_message::Msg::Assign(pb::Assignment {
                         job_id: jid.to_string(),
-                        attempt,
+                        attempt: attempt.0,
                         sweep_id: sid.to_string(),
                         trial_id: trial,
                         seed,

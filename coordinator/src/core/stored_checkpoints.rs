@@ -18,7 +18,7 @@ impl Core {
             let current = st
                 .jobs
                 .get(&jid)
-                .is_some_and(|j| j.accepts(row.attempt, worker));
+                .is_some_and(|j| j.accepts(AttemptNo(row.attempt), worker));
             if !current {
                 st.refused_stale += 1;
                 tracing::warn!(job = %jid, attempt = row.attempt, "refused a checkpoint from a stale attempt");

@@ -237,7 +237,7 @@ impl Core {
             let mut max_attempt = sweep.attempt_floor;
             for jid in &sweep.jobs {
                 if let Some(job) = st.jobs.remove(jid) {
-                    max_attempt = max_attempt.max(job.attempt);
+                    max_attempt = max_attempt.max(job.attempt.0);
                 }
                 st.checkpoints.remove(jid);
             }
@@ -450,10 +450,10 @@ impl Core {
         let Some(job) = st.jobs.get_mut(id) else {
             return fx;
         };
-        let (event, reason) = match why {
+        let event = match why {
             StopRequest::None => return fx,
-            StopRequest::Cancel => (JobEvent::Cancel, "cancelled"),
-            StopRequest::Prune => (JobEvent::Prune, "pruned"),
+            StopRequest::Cancel => JobEvent::Cancel,
+            StopRequest::Prune => JobEvent::Prune,
         };
         match job.state {
             JobState::Queued => {
@@ -480,7 +480,7 @@ impl Core {
                     .and_then(|w| w.session.as_ref())
                     .map(|s| s.tx.clone())
                 {
-                    fx.send(tx, cancel_msg(id, attempt, reason));
+                    fx.send(tx, cancel_msg(id, attempt, why));
                 }
             }
             _ => {}
@@ -518,13 +518,13 @@ impl Core {
     }
 }
 
-fn cancel_msg(id: &JobId, attempt: u64, reason: &str) -> pb::CoordinatorMessage {
+fn cancel_msg(id: &JobId, attempt: AttemptNo, why: StopRequest) -> pb::CoordinatorMessage {
     pb::CoordinatorMessage {
-        msg: Some(pb::coordinator_message::Msg::Cancel(pb::Cancel {
-            job_id: id.to_string(),
+        msg: Some(pb::coordinator_message::Msg::Cancel(crate::wire::cancel(
+            id.as_str(),
             attempt,
-            reason: reason.into(),
-        })),
+            StopCause::Requested(why),
+        ))),
     }
 }
 
@@ -596,7 +596,7 @@ fn build_sweep(
             j.seed,
             params,
         );
-        mem.attempt = floor;
+        mem.attempt = AttemptNo(floor);
         jobs.push((j.id.clone(), mem));
         job_ids.push(j.id.clone());
     }

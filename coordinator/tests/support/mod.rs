@@ -35,7 +35,6 @@ pub async fn hello(core: &Core, slots: u32, held: Vec<pb::HeldAttempt>, last_seq
         }),
         held,
         version: "t".into(),
-        last_seq,
         worker_secret: String::new(),
     };
     // As a certificate-bound worker: the id is its own across reconnects.
@@ -96,11 +95,12 @@ pub async fn metric(core: &Core, w: &mut Worker, a: &pb::Assignment, step: i64, 
 }
 
 pub async fn exit(core: &Core, w: &mut Worker, a: &pb::Assignment, outcome: &str) {
+    let wire = pb::Outcome::from_str_name(&format!("OUTCOME_{}", outcome.to_uppercase()))
+        .unwrap_or_else(|| panic!("{outcome} is no outcome a worker sends"));
     let body = pb::record::Body::Exited(pb::JobExited {
-        outcome: outcome.into(),
+        outcome: wire as i32,
         exit_code: if outcome == "succeeded" { 0 } else { 143 },
-        signal: 0,
-        message: String::new(),
+        ..Default::default()
     });
     send(core, w, a, body).await;
 }

@@ -58,7 +58,6 @@ async fn open_session(
         }),
         held: vec![],
         version: "bench".into(),
-        last_seq: 0,
         worker_secret: String::new(),
     };
     out.send(pb::WorkerMessage {
@@ -99,7 +98,7 @@ async fn sim_worker(url: String, id: String, slots: u32) -> Res<()> {
                     seq += 1;
                     recs.push(pb::Record { seq, job_id: a.job_id.clone(), attempt: a.attempt, body: Some(pb::record::Body::Started(pb::JobStarted { pid: 1, resumed_from_step: -1 })) });
                     seq += 1;
-                    recs.push(pb::Record { seq, job_id: a.job_id, attempt: a.attempt, body: Some(pb::record::Body::Exited(pb::JobExited { outcome: "succeeded".into(), exit_code: 0, signal: 0, message: String::new() })) });
+                    recs.push(pb::Record { seq, job_id: a.job_id, attempt: a.attempt, body: Some(pb::record::Body::Exited(pb::JobExited { outcome: pb::Outcome::Succeeded as i32, ..Default::default() })) });
                 }
                 out.send(pb::WorkerMessage { msg: Some(pb::worker_message::Msg::Records(pb::Records { records: recs })) }).await?;
             }

@@ -69,12 +69,7 @@ pub async fn run_attempt(
     let ckpt_dir = launch.dir.join("checkpoints");
     let metrics_path = launch.dir.join("metrics.jsonl");
     let params_path = launch.dir.join("params.json");
-    let exit = |outcome: &str, code: i32, signal: i32, message: String| pb::JobExited {
-        outcome: outcome.into(),
-        exit_code: code,
-        signal,
-        message,
-    };
+    let exit = crate::ctx::exit_record;
 
     // Setup errors (a missing workdir or program) end the attempt before it
     // starts and are not retried: the next attempt would find the same.
@@ -85,7 +80,13 @@ pub async fn run_attempt(
     } = match setup(&ctx, &launch.spec) {
         Ok(x) => x,
         Err(msg) => {
-            finish(&ctx, &job, attempt, exit("setup_failed", -1, 0, msg)).await;
+            finish(
+                &ctx,
+                &job,
+                attempt,
+                exit(pb::Outcome::SetupFailed, -1, 0, msg),
+            )
+            .await;
             return;
         }
     };
@@ -111,7 +112,13 @@ pub async fn run_attempt(
     let argv = match prepared {
         Ok(v) => v,
         Err(msg) => {
-            finish(&ctx, &job, attempt, exit("spawn_failed", -1, 0, msg)).await;
+            finish(
+                &ctx,
+                &job,
+                attempt,
+                exit(pb::Outcome::SpawnFailed, -1, 0, msg),
+            )
+            .await;
             return;
         }
     };
@@ -122,7 +129,13 @@ pub async fn run_attempt(
             Ok(lent) => Some(lent),
             Err(e) => {
                 let msg = format!("cannot lend {} to job_user {}: {e}", p.display(), u.name);
-                finish(&ctx, &job, attempt, exit("spawn_failed", -1, 0, msg)).await;
+                finish(
+                    &ctx,
+                    &job,
+                    attempt,
+                    exit(pb::Outcome::SpawnFailed, -1, 0, msg),
+                )
+                .await;
                 return;
             }
         },
@@ -138,7 +151,13 @@ pub async fn run_attempt(
                 launch.dir.display(),
                 u.name
             );
-            finish(&ctx, &job, attempt, exit("spawn_failed", -1, 0, msg)).await;
+            finish(
+                &ctx,
+                &job,
+                attempt,
+                exit(pb::Outcome::SpawnFailed, -1, 0, msg),
+            )
+            .await;
             return;
         }
     }
@@ -207,7 +226,7 @@ pub async fn run_attempt(
                 &job,
                 attempt,
                 exit(
-                    "spawn_failed",
+                    pb::Outcome::SpawnFailed,
                     -1,
                     0,
                     match &ctx.job_user {
@@ -359,23 +378,25 @@ pub async fn run_attempt(
     };
     let quick = started.elapsed() < Duration::from_secs(1);
     let outcome = match (reason, code, signal) {
-        (Some(StopReason::Preempt), _, _) => "preempted",
+        (Some(StopReason::Preempt), _, _) => pb::Outcome::Preempted,
         // The worker's disk filled up under the job: the worker's trouble, not
         // the job's (it is requeued without spending a retry).
         (None, c, s) if (c != 0 || s != 0) && enospc.load(std::sync::atomic::Ordering::SeqCst) => {
-            "disk_full"
+            pb::Outcome::DiskFull
         }
         // argparse's (and getopt's) usage error, before any work was done.
-        (None, 2, 0) if quick => "usage_error",
-        (Some(StopReason::Cancel), _, _) | (Some(StopReason::Stale), _, _) => "cancelled",
-        (None, 0, 0) => "succeeded",
+        (None, 2, 0) if quick => pb::Outcome::UsageError,
+        (Some(StopReason::Cancel), _, _) | (Some(StopReason::Stale), _, _) => {
+            pb::Outcome::Cancelled
+        }
+        (None, 0, 0) => pb::Outcome::Succeeded,
         // SIGKILL that we did not send is what the kernel's OOM killer sends.
-        (None, _, 9) if !killed_by_us => "oom_killed",
-        (None, _, s) if s != 0 => "signalled",
-        _ => "failed",
+        (None, _, 9) if !killed_by_us => pb::Outcome::OomKilled,
+        (None, _, s) if s != 0 => pb::Outcome::Signalled,
+        _ => pb::Outcome::Failed,
     };
     let message = match status {
-        Ok(_) if outcome == "usage_error" => format!(
+        Ok(_) if outcome == pb::Outcome::UsageError => format!(
             "exit status 2 within a second of starting: a command-line usage error (see `liandan logs {job}`); every attempt would end the same, so none is retried"
         ),
         Ok(s) => format!("{s}"),
@@ -387,18 +408,22 @@ pub async fn run_attempt(
 /// An attempt the worker could not even set up because its own disk is full
 /// (ENOSPC creating the attempt's directory or files) ends `disk_full`, not
 /// as the job's failure: the next attempt, elsewhere or later, can run.
-fn worker_disk_full(outcome: &str, message: &str) -> bool {
-    outcome == "spawn_failed"
+fn worker_disk_full(outcome: pb::Outcome, message: &str) -> bool {
+    outcome == pb::Outcome::SpawnFailed
         && (message.contains("(os error 28)") || message.contains("No space left on device"))
 }
 
 async fn finish(ctx: &WorkerCtx, job: &str, attempt: u64, mut exited: pb::JobExited) {
-    if worker_disk_full(&exited.outcome, &exited.message) {
-        exited.outcome = "disk_full".into();
+    if worker_disk_full(exited.outcome(), &exited.message) {
+        exited.set_outcome(pb::Outcome::DiskFull);
     }
-    tracing::info!(job, attempt, outcome = %exited.outcome, code = exited.exit_code, signal = exited.signal, message = %exited.message, "job ended");
+    let outcome = crate::ctx::outcome_name(exited.outcome());
+    tracing::info!(job, attempt, outcome, code = exited.exit_code, signal = exited.signal, message = %exited.message, "job ended");
     let mut recs = Vec::new();
-    if matches!(exited.outcome.as_str(), "spawn_failed" | "setup_failed") {
+    if matches!(
+        exited.outcome(),
+        pb::Outcome::SpawnFailed | pb::Outcome::SetupFailed
+    ) {
         // The job never ran: its log says why, where the user looks.
         let text = format!(
             "liandan-worker: the job could not start: {}",
@@ -409,7 +434,8 @@ async fn finish(ctx: &WorkerCtx, job: &str, attempt: u64, mut exited: pb::JobExi
             attempt,
             pb::record::Body::Log(pb::LogRecord {
                 line: 1,
-                stream: "stderr".into(),
+                stream: pb::Stream::Stderr as i32,
+                legacy_stream: String::new(),
                 ts: now_secs(),
                 text,
             }),
@@ -422,7 +448,7 @@ async fn finish(ctx: &WorkerCtx, job: &str, attempt: u64, mut exited: pb::JobExi
         crate::jail::JobUser::take_back(&dir);
     }
     // Before the exit record: retention reads it once the exit is acknowledged.
-    crate::retention::write_outcome(&dir, &exited.outcome);
+    crate::retention::write_outcome(&dir, outcome);
     recs.push(record(job, attempt, pb::record::Body::Exited(exited)));
     let seq = ctx.spool.append(recs).await;
     let _ = ctx
@@ -461,13 +487,13 @@ mod tests {
     fn a_set_up_failing_on_a_full_disk_is_the_workers_trouble() {
         let e = std::io::Error::from_raw_os_error(28);
         let msg = format!("cannot create /state/jobs/j/1/checkpoints: {e}");
-        assert!(worker_disk_full("spawn_failed", &msg), "{msg}");
+        assert!(worker_disk_full(pb::Outcome::SpawnFailed, &msg), "{msg}");
         assert!(!worker_disk_full(
-            "spawn_failed",
+            pb::Outcome::SpawnFailed,
             "cannot start \"python9\": No such file or directory (os error 2)"
         ));
         assert!(
-            !worker_disk_full("setup_failed", &msg),
+            !worker_disk_full(pb::Outcome::SetupFailed, &msg),
             "a missing workdir stays the job's"
         );
     }

@@ -69,7 +69,12 @@ pub(super) async fn sink(to: Sink, mut rx: mpsc::Receiver<(bool, String)>) {
                 attempt,
                 pb::record::Body::Log(pb::LogRecord {
                     line: line_no,
-                    stream: if is_err { "stderr" } else { "stdout" }.into(),
+                    stream: if is_err {
+                        pb::Stream::Stderr
+                    } else {
+                        pb::Stream::Stdout
+                    } as i32,
+                    legacy_stream: String::new(),
                     ts,
                     text,
                 }),
@@ -201,7 +206,8 @@ pub(super) fn stderr_notice(job: &str, attempt: u64, text: String) -> pb::Record
         attempt,
         pb::record::Body::Log(pb::LogRecord {
             line: 0,
-            stream: "stderr".into(),
+            stream: pb::Stream::Stderr as i32,
+            legacy_stream: String::new(),
             ts: now_secs(),
             text,
         }),
