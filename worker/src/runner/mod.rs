@@ -4,7 +4,7 @@
 //! checkpoint directory watched, and a typed stop: SIGTERM to the group, then
 //! SIGKILL after the grace period. The ending is classified for the coordinator.
 
-use crate::ctx::WorkerCtx;
+use crate::ctx::{exit_record, WorkerCtx};
 use crate::spool::{JournalEntry, UploadEntry};
 use liandan_common::sweep::command::{
     args_json, build_argv, expand_envvars, job_envvar, private_var, CommandContext,
@@ -57,110 +57,106 @@ pub struct Launch {
     pub resume: Option<(PathBuf, i64)>,
 }
 
+impl Launch {
+    fn ckpt_dir(&self) -> PathBuf {
+        self.dir.join("checkpoints")
+    }
+    fn metrics_path(&self) -> PathBuf {
+        self.dir.join("metrics.jsonl")
+    }
+    fn params_path(&self) -> PathBuf {
+        self.dir.join("params.json")
+    }
+}
+
+/// An attempt ready to spawn: where, with what environment and argv, and the
+/// checkpoint it resumes from (lent to the job user when there is one).
+struct Prepared {
+    workdir: Option<PathBuf>,
+    env: Vec<(String, String)>,
+    argv: Vec<String>,
+    resume_path: Option<PathBuf>,
+}
+
+/// Signals to the job: its process group and, with a cgroup, every process
+/// in it (those that left the group too).
+struct Killer {
+    pid: i32,
+    cgroup: Option<crate::jail::JobCgroup>,
+}
+
+impl Killer {
+    fn signal(&self, sig: Signal) {
+        let _ = killpg(Pid::from_raw(self.pid), sig);
+        if let Some(g) = &self.cgroup {
+            g.signal(sig);
+        }
+    }
+}
+
+/// What the supervision loop polls: the metrics file and the checkpoint
+/// directory of one attempt.
+struct Watch<'a> {
+    ctx: &'a WorkerCtx,
+    job: &'a str,
+    attempt: u64,
+    ckpt_dir: PathBuf,
+    last_metric: Arc<Mutex<Option<f64>>>,
+    metric_name: Option<String>,
+    tail: MetricsTail,
+    /// Checkpoint files refused (links, FIFOs): not looked at again.
+    refused: Refused,
+}
+
+impl Watch<'_> {
+    /// Reads what is new in the metrics file (a bounded read); true when
+    /// there may be more.
+    async fn metrics(&mut self) -> bool {
+        self.tail
+            .poll(
+                self.ctx,
+                self.job,
+                self.attempt,
+                &self.last_metric,
+                self.metric_name.as_deref(),
+            )
+            .await
+    }
+
+    async fn checkpoints(&mut self) {
+        scan_checkpoints(
+            self.ctx,
+            self.job,
+            self.attempt,
+            &self.ckpt_dir,
+            &self.last_metric,
+            &mut self.refused,
+        )
+        .await;
+    }
+}
+
+/// How the process ended and what the worker had asked of it.
+struct Ended {
+    status: std::io::Result<std::process::ExitStatus>,
+    reason: Option<StopReason>,
+    killed_by_us: bool,
+}
+
 /// Runs an attempt to its end and appends its exit record.
 pub async fn run_attempt(
     ctx: Arc<WorkerCtx>,
     launch: Launch,
     mut stop: watch::Receiver<Option<StopReason>>,
 ) {
-    let a = &launch.assignment;
-    let job = a.job_id.clone();
-    let attempt = a.attempt;
-    let ckpt_dir = launch.dir.join("checkpoints");
-    let metrics_path = launch.dir.join("metrics.jsonl");
-    let params_path = launch.dir.join("params.json");
-    let exit = crate::ctx::exit_record;
-
+    let job = launch.assignment.job_id.clone();
+    let attempt = launch.assignment.attempt;
     // Setup errors (a missing workdir or program) end the attempt before it
     // starts and are not retried: the next attempt would find the same.
-    let Setup {
-        workdir,
-        program,
-        env: job_env,
-    } = match setup(&ctx, &launch.spec) {
-        Ok(x) => x,
-        Err(msg) => {
-            finish(
-                &ctx,
-                &job,
-                attempt,
-                exit(pb::Outcome::SetupFailed, -1, 0, msg),
-            )
-            .await;
-            return;
-        }
+    let prepared = match prepare(&ctx, &launch) {
+        Ok(p) => p,
+        Err(exited) => return finish(&ctx, &job, attempt, exited).await,
     };
-    let prepared = (|| -> Result<Vec<String>, String> {
-        std::fs::create_dir_all(&ckpt_dir)
-            .map_err(|e| format!("cannot create {}: {e}", ckpt_dir.display()))?;
-        let params: serde_json::Value = serde_json::from_str(&a.params_json)
-            .map_err(|e| format!("bad params from coordinator: {e}"))?;
-        // What `${args_json_file}` names: the arguments as W&B's agent writes them.
-        std::fs::write(&params_path, args_json(&launch.spec, &params, a.seed))
-            .map_err(|e| format!("cannot write {}: {e}", params_path.display()))?;
-        let env_lookup = job_envvar;
-        let params_file = params_path.display().to_string();
-        let cctx = CommandContext {
-            env: "/usr/bin/env",
-            interpreter: interpreter(),
-            program: program.as_deref(),
-            args_json_file: &params_file,
-            envvar: &env_lookup,
-        };
-        build_argv(&launch.spec, &params, a.seed, &cctx).map_err(|e| e.to_string())
-    })();
-    let argv = match prepared {
-        Ok(v) => v,
-        Err(msg) => {
-            finish(
-                &ctx,
-                &job,
-                attempt,
-                exit(pb::Outcome::SpawnFailed, -1, 0, msg),
-            )
-            .await;
-            return;
-        }
-    };
-
-    // The checkpoint to resume from, lent to the job user in its own directory.
-    let resume_path = match (&launch.resume, &ctx.job_user) {
-        (Some((p, _)), Some(u)) => match u.lend(p, &launch.dir) {
-            Ok(lent) => Some(lent),
-            Err(e) => {
-                let msg = format!("cannot lend {} to job_user {}: {e}", p.display(), u.name);
-                finish(
-                    &ctx,
-                    &job,
-                    attempt,
-                    exit(pb::Outcome::SpawnFailed, -1, 0, msg),
-                )
-                .await;
-                return;
-            }
-        },
-        (Some((p, _)), None) => Some(p.clone()),
-        (None, _) => None,
-    };
-    // Only now, with everything the worker puts there written, is the
-    // attempt's directory handed to the job user.
-    if let (Some(u), Some(job_dir)) = (&ctx.job_user, launch.dir.parent()) {
-        if let Err(e) = u.give(job_dir, &launch.dir) {
-            let msg = format!(
-                "cannot hand {} to job_user {}: {e}",
-                launch.dir.display(),
-                u.name
-            );
-            finish(
-                &ctx,
-                &job,
-                attempt,
-                exit(pb::Outcome::SpawnFailed, -1, 0, msg),
-            )
-            .await;
-            return;
-        }
-    }
     // Its own cgroup, where the system allows it: what leaves the process
     // group (setsid) is still found and killed with the job.
     let cgroup = match ctx.cgroups.as_ref().map(|c| c.create(&job, attempt)) {
@@ -171,72 +167,23 @@ pub async fn run_attempt(
         }
         None => None,
     };
-
-    let mut cmd = tokio::process::Command::new(&argv[0]);
-    // A job sees none of the worker's own settings and secrets: every
-    // inherited LIANDAN_* variable (LIANDAN_TOKEN, LIANDAN_TOKEN_FILE, the
-    // worker's TLS key path ...) and systemd's credentials directory are
-    // removed; the job's own LIANDAN_* variables are set below.
-    for (k, _) in std::env::vars_os() {
-        if private_var(&k.to_string_lossy()) {
-            cmd.env_remove(&k);
-        }
-    }
-    cmd.args(&argv[1..])
-        .current_dir(workdir.as_deref().unwrap_or(&launch.dir))
-        .envs(job_env.iter().map(|(k, v)| (k, v)))
-        .process_group(0)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .env_remove("NOTIFY_SOCKET")
-        .env_remove("WATCHDOG_USEC")
-        .env_remove("WATCHDOG_PID")
-        .env_remove("LISTEN_FDS")
-        .env_remove("LISTEN_PID")
-        .env("LIANDAN_JOB_ID", &job)
-        .env("LIANDAN_ATTEMPT", attempt.to_string())
-        .env("LIANDAN_SEED", a.seed.to_string())
-        .env("LIANDAN_PARAMS", &a.params_json)
-        .env("LIANDAN_METRICS_FILE", &metrics_path)
-        .env("LIANDAN_CHECKPOINT_DIR", &ckpt_dir)
-        .env("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
-        .env("CUDA_VISIBLE_DEVICES", a.gpu_uuids.join(","));
-    if let Some(path) = &resume_path {
-        cmd.env("LIANDAN_RESUME_FROM", path);
-    }
-    if let Some(u) = &ctx.job_user {
-        cmd.env("HOME", &u.home)
-            .env("USER", &u.name)
-            .env("LOGNAME", &u.name);
-    }
-    let pre =
-        crate::jail::PreExec::new(cgroup.as_ref().map(|g| g.procs_fd()), ctx.job_user.as_ref());
-    // SAFETY: PreExec::run makes only async-signal-safe system calls (write,
-    // prctl, setgroups, setgid, setuid, capset) and allocates nothing.
-    unsafe {
-        cmd.pre_exec(move || pre.run());
-    }
-    let spawned = cmd.spawn();
-    let mut child = match spawned {
+    let mut cmd = command(&ctx, &launch, &prepared, cgroup.as_ref());
+    let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
+            let argv0 = &prepared.argv[0];
+            let msg = match &ctx.job_user {
+                Some(u) if e.kind() == std::io::ErrorKind::PermissionDenied => format!(
+                    "cannot start {argv0:?}: {e} (jobs run as job_user {}: it needs to read and run the program and enter its workdir)",
+                    u.name
+                ),
+                _ => format!("cannot start {argv0:?}: {e}"),
+            };
             finish(
                 &ctx,
                 &job,
                 attempt,
-                exit(
-                    pb::Outcome::SpawnFailed,
-                    -1,
-                    0,
-                    match &ctx.job_user {
-                        Some(u) if e.kind() == std::io::ErrorKind::PermissionDenied => format!(
-                            "cannot start {:?}: {e} (jobs run as job_user {}: it needs to read and run the program and enter its workdir)",
-                            argv[0], u.name
-                        ),
-                        _ => format!("cannot start {:?}: {e}", argv[0]),
-                    },
-                ),
+                exit_record(pb::Outcome::SpawnFailed, -1, 0, msg),
             )
             .await;
             if let Some(g) = cgroup {
@@ -262,7 +209,7 @@ pub async fn run_attempt(
             }),
         )])
         .await;
-    tracing::info!(job, attempt, pid, argv = ?argv, "job started");
+    tracing::info!(job, attempt, pid, argv = ?prepared.argv, "job started");
 
     let metric_name = launch.spec.metric.as_ref().map(|m| m.name.clone());
     let last_metric = Arc::new(Mutex::new(None));
@@ -296,30 +243,191 @@ pub async fn run_attempt(
         .map(|s| tokio::spawn(read_lines(s, true, line_tx.clone())));
     drop(line_tx);
 
-    let mut tail = MetricsTail {
-        skipping: false,
-        path: metrics_path,
-        offset: 0,
-        partial: Vec::new(),
-        line: 0,
+    let mut watch = Watch {
+        ctx: &ctx,
+        job: &job,
+        attempt,
+        ckpt_dir: launch.ckpt_dir(),
+        last_metric,
+        metric_name,
+        tail: MetricsTail {
+            skipping: false,
+            path: launch.metrics_path(),
+            offset: 0,
+            partial: Vec::new(),
+            line: 0,
+        },
+        refused: Refused::default(),
     };
-    let mut poll = tokio::time::interval(Duration::from_millis(200));
-    // Checkpoint files refused (links, FIFOs): not looked at again.
-    let mut refused = Refused::default();
+    let killer = Killer { pid, cgroup };
     let grace = Duration::from_secs_f64(ctx.cfg.grace_period_secs);
+    let ended = supervise(&mut child, &mut stop, &killer, &mut watch, grace).await;
+    // Whatever the job left behind in its group or cgroup (grandchildren,
+    // daemons it started) goes with it.
+    let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+    if let Some(g) = killer.cgroup {
+        g.remove().await;
+    }
+    for t in [out, err].into_iter().flatten() {
+        let _ = t.await;
+    }
+    // Everything the job wrote, a bounded read at a time.
+    while watch.metrics().await {}
+    ctx.unregister_notices(&job, attempt);
+    let _ = sink_task.await;
+    watch.checkpoints().await;
+    // Give published checkpoints a chance to reach the coordinator before the
+    // exit record makes this attempt stale there.
+    ctx.wait_uploads(&job, attempt, Duration::from_secs(60))
+        .await;
+    let quick = started.elapsed() < Duration::from_secs(1);
+    let full = enospc.load(std::sync::atomic::Ordering::SeqCst);
+    finish(&ctx, &job, attempt, classify(&job, ended, quick, full)).await;
+}
+
+/// Everything before the spawn that can fail: the workdir, program and
+/// environment (a setup error), the checkpoint directory, the params file
+/// and the argv, the resume checkpoint lent to the job user and the
+/// attempt's directory handed to it (spawn errors).
+fn prepare(ctx: &WorkerCtx, launch: &Launch) -> Result<Prepared, pb::JobExited> {
+    let a = &launch.assignment;
+    let spawn_failed = |msg: String| exit_record(pb::Outcome::SpawnFailed, -1, 0, msg);
+    let Setup {
+        workdir,
+        program,
+        env,
+    } = setup(ctx, &launch.spec)
+        .map_err(|msg| exit_record(pb::Outcome::SetupFailed, -1, 0, msg))?;
+    let ckpt_dir = launch.ckpt_dir();
+    let params_path = launch.params_path();
+    let argv = (|| -> Result<Vec<String>, String> {
+        std::fs::create_dir_all(&ckpt_dir)
+            .map_err(|e| format!("cannot create {}: {e}", ckpt_dir.display()))?;
+        let params: serde_json::Value = serde_json::from_str(&a.params_json)
+            .map_err(|e| format!("bad params from coordinator: {e}"))?;
+        // What `${args_json_file}` names: the arguments as W&B's agent writes them.
+        std::fs::write(&params_path, args_json(&launch.spec, &params, a.seed))
+            .map_err(|e| format!("cannot write {}: {e}", params_path.display()))?;
+        let env_lookup = job_envvar;
+        let params_file = params_path.display().to_string();
+        let cctx = CommandContext {
+            env: "/usr/bin/env",
+            interpreter: interpreter(),
+            program: program.as_deref(),
+            args_json_file: &params_file,
+            envvar: &env_lookup,
+        };
+        build_argv(&launch.spec, &params, a.seed, &cctx).map_err(|e| e.to_string())
+    })()
+    .map_err(spawn_failed)?;
+    // The checkpoint to resume from, lent to the job user in its own directory.
+    let resume_path = match (&launch.resume, &ctx.job_user) {
+        (Some((p, _)), Some(u)) => Some(u.lend(p, &launch.dir).map_err(|e| {
+            spawn_failed(format!(
+                "cannot lend {} to job_user {}: {e}",
+                p.display(),
+                u.name
+            ))
+        })?),
+        (Some((p, _)), None) => Some(p.clone()),
+        (None, _) => None,
+    };
+    // Only now, with everything the worker puts there written, is the
+    // attempt's directory handed to the job user.
+    if let (Some(u), Some(job_dir)) = (&ctx.job_user, launch.dir.parent()) {
+        u.give(job_dir, &launch.dir).map_err(|e| {
+            spawn_failed(format!(
+                "cannot hand {} to job_user {}: {e}",
+                launch.dir.display(),
+                u.name
+            ))
+        })?;
+    }
+    Ok(Prepared {
+        workdir,
+        env,
+        argv,
+        resume_path,
+    })
+}
+
+/// The job's command: never through a shell, in its own process group, with
+/// none of the worker's own settings and secrets and the job's LIANDAN_*
+/// variables, CUDA_VISIBLE_DEVICES and (with a job user) its identity.
+fn command(
+    ctx: &WorkerCtx,
+    launch: &Launch,
+    prepared: &Prepared,
+    cgroup: Option<&crate::jail::JobCgroup>,
+) -> tokio::process::Command {
+    let a = &launch.assignment;
+    let (job, attempt) = (&a.job_id, a.attempt);
+    let (argv, job_env, workdir) = (&prepared.argv, &prepared.env, &prepared.workdir);
+    let (metrics_path, ckpt_dir) = (launch.metrics_path(), launch.ckpt_dir());
+    let resume_path = &prepared.resume_path;
+    let mut cmd = tokio::process::Command::new(&argv[0]);
+    // A job sees none of the worker's own settings and secrets: every
+    // inherited LIANDAN_* variable (LIANDAN_TOKEN, LIANDAN_TOKEN_FILE, the
+    // worker's TLS key path ...) and systemd's credentials directory are
+    // removed; the job's own LIANDAN_* variables are set below.
+    for (k, _) in std::env::vars_os() {
+        if private_var(&k.to_string_lossy()) {
+            cmd.env_remove(&k);
+        }
+    }
+    cmd.args(&argv[1..])
+        .current_dir(workdir.as_deref().unwrap_or(&launch.dir))
+        .envs(job_env.iter().map(|(k, v)| (k, v)))
+        .process_group(0)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_USEC")
+        .env_remove("WATCHDOG_PID")
+        .env_remove("LISTEN_FDS")
+        .env_remove("LISTEN_PID")
+        .env("LIANDAN_JOB_ID", job)
+        .env("LIANDAN_ATTEMPT", attempt.to_string())
+        .env("LIANDAN_SEED", a.seed.to_string())
+        .env("LIANDAN_PARAMS", &a.params_json)
+        .env("LIANDAN_METRICS_FILE", &metrics_path)
+        .env("LIANDAN_CHECKPOINT_DIR", &ckpt_dir)
+        .env("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
+        .env("CUDA_VISIBLE_DEVICES", a.gpu_uuids.join(","));
+    if let Some(path) = &resume_path {
+        cmd.env("LIANDAN_RESUME_FROM", path);
+    }
+    if let Some(u) = &ctx.job_user {
+        cmd.env("HOME", &u.home)
+            .env("USER", &u.name)
+            .env("LOGNAME", &u.name);
+    }
+    let pre = crate::jail::PreExec::new(cgroup.map(|g| g.procs_fd()), ctx.job_user.as_ref());
+    // SAFETY: PreExec::run makes only async-signal-safe system calls (write,
+    // prctl, setgroups, setgid, setuid, capset) and allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || pre.run());
+    }
+    cmd
+}
+
+/// Waits for the process, carrying out a stop (SIGTERM, then SIGKILL after
+/// the grace period) and polling its metrics and checkpoints meanwhile.
+async fn supervise(
+    child: &mut tokio::process::Child,
+    stop: &mut watch::Receiver<Option<StopReason>>,
+    killer: &Killer,
+    watch: &mut Watch<'_>,
+    grace: Duration,
+) -> Ended {
+    let (job, attempt) = (watch.job, watch.attempt);
+    let mut poll = tokio::time::interval(Duration::from_millis(200));
     let mut reason: Option<StopReason> = *stop.borrow();
     let mut term_deadline: Option<tokio::time::Instant> = None;
     let mut killed_by_us = false;
-    // Signals go to the job's process group and, with a cgroup, to every
-    // process in it (those that left the group too).
-    let signal = |sig: Signal| {
-        let _ = killpg(Pid::from_raw(pid), sig);
-        if let Some(g) = &cgroup {
-            g.signal(sig);
-        }
-    };
     if reason.is_some() {
-        signal(Signal::SIGTERM);
+        killer.signal(Signal::SIGTERM);
         term_deadline = Some(tokio::time::Instant::now() + grace);
     }
     let status = loop {
@@ -330,45 +438,38 @@ pub async fn run_attempt(
                     reason = *stop.borrow();
                     if reason.is_some() {
                         tracing::info!(job, attempt, ?reason, "stopping job: SIGTERM to its processes");
-                        signal(Signal::SIGTERM);
+                        killer.signal(Signal::SIGTERM);
                         term_deadline = Some(tokio::time::Instant::now() + grace);
                     }
                 }
             }
             _ = async { match term_deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => {
                 tracing::warn!(job, attempt, "grace period over: SIGKILL to its processes");
-                signal(Signal::SIGKILL);
+                killer.signal(Signal::SIGKILL);
                 killed_by_us = true;
                 term_deadline = None;
             }
             _ = poll.tick() => {
-                tail.poll(&ctx, &job, attempt, &last_metric, metric_name.as_deref()).await;
-                scan_checkpoints(&ctx, &job, attempt, &ckpt_dir, &last_metric, &mut refused).await;
+                watch.metrics().await;
+                watch.checkpoints().await;
             }
         }
     };
-    // Whatever the job left behind in its group or cgroup (grandchildren,
-    // daemons it started) goes with it.
-    let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
-    if let Some(g) = cgroup {
-        g.remove().await;
+    Ended {
+        status,
+        reason,
+        killed_by_us,
     }
-    for t in [out, err].into_iter().flatten() {
-        let _ = t.await;
-    }
-    // Everything the job wrote, a bounded read at a time.
-    while tail
-        .poll(&ctx, &job, attempt, &last_metric, metric_name.as_deref())
-        .await
-    {}
-    ctx.unregister_notices(&job, attempt);
-    let _ = sink_task.await;
-    scan_checkpoints(&ctx, &job, attempt, &ckpt_dir, &last_metric, &mut refused).await;
-    // Give published checkpoints a chance to reach the coordinator before the
-    // exit record makes this attempt stale there.
-    ctx.wait_uploads(&job, attempt, Duration::from_secs(60))
-        .await;
+}
 
+/// How the attempt ended, for the coordinator: `quick` when it exited within
+/// a second, `disk_full` when it said its disk is full.
+fn classify(job: &str, ended: Ended, quick: bool, disk_full: bool) -> pb::JobExited {
+    let Ended {
+        status,
+        reason,
+        killed_by_us,
+    } = ended;
     let (code, signal) = match &status {
         Ok(s) => {
             use std::os::unix::process::ExitStatusExt;
@@ -376,14 +477,11 @@ pub async fn run_attempt(
         }
         Err(_) => (-1, 0),
     };
-    let quick = started.elapsed() < Duration::from_secs(1);
     let outcome = match (reason, code, signal) {
         (Some(StopReason::Preempt), _, _) => pb::Outcome::Preempted,
         // The worker's disk filled up under the job: the worker's trouble, not
         // the job's (it is requeued without spending a retry).
-        (None, c, s) if (c != 0 || s != 0) && enospc.load(std::sync::atomic::Ordering::SeqCst) => {
-            pb::Outcome::DiskFull
-        }
+        (None, c, s) if (c != 0 || s != 0) && disk_full => pb::Outcome::DiskFull,
         // argparse's (and getopt's) usage error, before any work was done.
         (None, 2, 0) if quick => pb::Outcome::UsageError,
         (Some(StopReason::Cancel), _, _) | (Some(StopReason::Stale), _, _) => {
@@ -402,7 +500,7 @@ pub async fn run_attempt(
         Ok(s) => format!("{s}"),
         Err(e) => format!("wait failed: {e}"),
     };
-    finish(&ctx, &job, attempt, exit(outcome, code, signal, message)).await;
+    exit_record(outcome, code, signal, message)
 }
 
 /// An attempt the worker could not even set up because its own disk is full
