@@ -407,24 +407,7 @@ pub fn random_params(spec: &SweepSpec, draw: u64) -> Value {
 pub fn expand(spec: &SweepSpec, sweep: &SweepId) -> Result<Expansion, ExpandError> {
     let seeds = &spec.liandan.seeds;
     let mut warnings = Vec::new();
-    let mut by_canon: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
     let mut trials: Vec<Trial> = Vec::new();
-    // The trial a parameter point belongs to, added when new. With a seed
-    // axis several grid points (one per seed) share a trial.
-    let mut trial_of = |params: Map<String, Value>, trials: &mut Vec<Trial>| -> Option<usize> {
-        let params = Value::Object(params);
-        let canon = canonical_json(&params);
-        if let Some(&i) = by_canon.get(&canon) {
-            return Some(i);
-        }
-        by_canon.insert(canon.clone(), trials.len());
-        trials.push(Trial {
-            index: trials.len(),
-            id: TrialId::for_params(sweep, &canon),
-            params,
-        });
-        Some(trials.len() - 1)
-    };
     let cap_trials = spec.run_cap.map(|c| (c as usize / seeds.len()).max(1));
     let mut jobs: Option<Vec<Job>> = None;
     match spec.method {
@@ -442,132 +425,12 @@ pub fn expand(spec: &SweepSpec, sweep: &SweepId) -> Result<Expansion, ExpandErro
             warnings.push("method `random` without run_cap draws trials as slots free, until you cancel the sweep or metric.target is met; nothing is expanded up front".into());
         }
         Method::Grid => {
-            // The seed axis of a W&B file is one of W&B's grid parameters, in
-            // its sorted place; liandan.seeds (not a W&B notion) vary fastest
-            // within each trial.
-            let seed_axis = spec.liandan.seed_source == SeedSource::Parameter;
-            let mut all = spec.parameters.clone();
-            if seed_axis {
-                all.push((
-                    spec.liandan.seed_param.clone(),
-                    Param::Categorical {
-                        values: seeds.iter().map(|s| Value::Number((*s).into())).collect(),
-                    },
-                ));
-            }
-            let mut ls = Vec::new();
-            leaves_in(&all, true, &mut Vec::new(), &mut ls);
-            let seed_leaf = ls.iter().position(|l| {
-                seed_axis && l.path.len() == 1 && l.path[0] == spec.liandan.seed_param
-            });
-            let axes: Vec<Vec<Value>> = ls
-                .iter()
-                .map(|l| {
-                    grid_values(
-                        &format!("parameters.{}", l.path.join(".parameters.")),
-                        l.param,
-                    )
-                })
-                .collect::<Result<_, _>>()
-                .map_err(ExpandError::Spec)?;
-            let size = axes
-                .iter()
-                .try_fold(1usize, |acc, a| acc.checked_mul(a.len()))
-                .unwrap_or(usize::MAX);
-            let runs_per_point = if seed_axis { 1 } else { seeds.len() };
-            if size.saturating_mul(runs_per_point) > MAX_JOBS {
-                return Err(ExpandError::TooLarge(
-                    size.saturating_mul(runs_per_point),
-                    MAX_JOBS,
-                ));
-            }
-            // run_cap counts runs: with a seed axis, W&B's first run_cap runs;
-            // otherwise whole trials (every seed of each).
-            let cap_points = if seed_axis {
-                spec.run_cap.map(|c| c as usize)
-            } else {
-                cap_trials
-            };
-            let mut out_jobs = Vec::new();
-            let mut points = 0usize;
-            // Odometer over the axes; the last varies fastest (itertools.product).
-            let mut idx = vec![0usize; axes.len()];
-            if size > 0 {
-                'outer: loop {
-                    let mut obj = Map::new();
-                    let mut seed = None;
-                    for (k, (leaf, (axis, &i))) in ls.iter().zip(axes.iter().zip(&idx)).enumerate()
-                    {
-                        if Some(k) == seed_leaf {
-                            seed = axis[i].as_i64();
-                        } else {
-                            set_path(&mut obj, &leaf.path, axis[i].clone());
-                        }
-                    }
-                    if let Some(t) = trial_of(obj, &mut trials) {
-                        let trial = &trials[t];
-                        let run_seeds: Vec<i64> = match seed {
-                            Some(s) => vec![s],
-                            None => seeds.clone(),
-                        };
-                        for s in run_seeds {
-                            out_jobs.push(Job {
-                                id: JobId::for_trial_seed(&trial.id, s),
-                                trial: trial.id.clone(),
-                                trial_index: trial.index,
-                                seed: s,
-                            });
-                        }
-                        points += 1;
-                    }
-                    if cap_points.is_some_and(|c| points >= c) {
-                        if points < size {
-                            warnings.push(format!(
-                                "run_cap {} stops the grid after {} of its {} {}",
-                                spec.run_cap.unwrap_or(0),
-                                points,
-                                size,
-                                if seed_axis { "runs" } else { "points" }
-                            ));
-                        }
-                        break;
-                    }
-                    for d in (0..axes.len()).rev() {
-                        idx[d] += 1;
-                        if idx[d] < axes[d].len() {
-                            continue 'outer;
-                        }
-                        idx[d] = 0;
-                    }
-                    break;
-                }
-            }
-            jobs = Some(out_jobs);
+            let (t, j) = expand_grid(spec, sweep, cap_trials, &mut warnings)?;
+            trials = t;
+            jobs = Some(j);
         }
         Method::Random => {
-            let want = cap_trials.unwrap_or(1);
-            if want.saturating_mul(seeds.len()) > MAX_JOBS {
-                return Err(ExpandError::TooLarge(want * seeds.len(), MAX_JOBS));
-            }
-            let mut draw = 0u64;
-            let max_draws = (want as u64).saturating_mul(100).max(1000);
-            let mut seen_random = HashSet::new();
-            while trials.len() < want && draw < max_draws {
-                let params = random_params(spec, draw);
-                draw += 1;
-                let canon = canonical_json(&params);
-                if !seen_random.insert(canon.clone()) {
-                    continue;
-                }
-                trials.push(Trial {
-                    index: trials.len(),
-                    id: TrialId::for_params(sweep, &canon),
-                    params,
-                });
-            }
-            if trials.len() < want {
-                warnings.push(format!("the parameter space has only {} distinct points; run_cap asked for {want} trials", trials.len()));
-            }
+            trials = expand_random(spec, sweep, cap_trials.unwrap_or(1), &mut warnings)?;
         }
     }
     let jobs = match jobs {
@@ -590,4 +453,170 @@ pub fn expand(spec: &SweepSpec, sweep: &SweepId) -> Result<Expansion, ExpandErro
         jobs,
         warnings,
     })
+}
+
+/// A grid's trials and jobs, in W&B's order (itertools.product over the
+/// sorted axes, the last varying fastest), up to run_cap.
+fn expand_grid(
+    spec: &SweepSpec,
+    sweep: &SweepId,
+    cap_trials: Option<usize>,
+    warnings: &mut Vec<String>,
+) -> Result<(Vec<Trial>, Vec<Job>), ExpandError> {
+    let seeds = &spec.liandan.seeds;
+    let mut trials: Vec<Trial> = Vec::new();
+    let mut by_canon: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    // The trial a parameter point belongs to, added when new. With a seed
+    // axis several grid points (one per seed) share a trial.
+    let mut trial_of = |params: Map<String, Value>, trials: &mut Vec<Trial>| -> Option<usize> {
+        let params = Value::Object(params);
+        let canon = canonical_json(&params);
+        if let Some(&i) = by_canon.get(&canon) {
+            return Some(i);
+        }
+        by_canon.insert(canon.clone(), trials.len());
+        trials.push(Trial {
+            index: trials.len(),
+            id: TrialId::for_params(sweep, &canon),
+            params,
+        });
+        Some(trials.len() - 1)
+    };
+    // The seed axis of a W&B file is one of W&B's grid parameters, in
+    // its sorted place; liandan.seeds (not a W&B notion) vary fastest
+    // within each trial.
+    let seed_axis = spec.liandan.seed_source == SeedSource::Parameter;
+    let mut all = spec.parameters.clone();
+    if seed_axis {
+        all.push((
+            spec.liandan.seed_param.clone(),
+            Param::Categorical {
+                values: seeds.iter().map(|s| Value::Number((*s).into())).collect(),
+            },
+        ));
+    }
+    let mut ls = Vec::new();
+    leaves_in(&all, true, &mut Vec::new(), &mut ls);
+    let seed_leaf = ls
+        .iter()
+        .position(|l| seed_axis && l.path.len() == 1 && l.path[0] == spec.liandan.seed_param);
+    let axes: Vec<Vec<Value>> = ls
+        .iter()
+        .map(|l| {
+            grid_values(
+                &format!("parameters.{}", l.path.join(".parameters.")),
+                l.param,
+            )
+        })
+        .collect::<Result<_, _>>()
+        .map_err(ExpandError::Spec)?;
+    let size = axes
+        .iter()
+        .try_fold(1usize, |acc, a| acc.checked_mul(a.len()))
+        .unwrap_or(usize::MAX);
+    let runs_per_point = if seed_axis { 1 } else { seeds.len() };
+    if size.saturating_mul(runs_per_point) > MAX_JOBS {
+        return Err(ExpandError::TooLarge(
+            size.saturating_mul(runs_per_point),
+            MAX_JOBS,
+        ));
+    }
+    // run_cap counts runs: with a seed axis, W&B's first run_cap runs;
+    // otherwise whole trials (every seed of each).
+    let cap_points = if seed_axis {
+        spec.run_cap.map(|c| c as usize)
+    } else {
+        cap_trials
+    };
+    let mut out_jobs = Vec::new();
+    let mut points = 0usize;
+    // Odometer over the axes; the last varies fastest (itertools.product).
+    let mut idx = vec![0usize; axes.len()];
+    if size > 0 {
+        'outer: loop {
+            let mut obj = Map::new();
+            let mut seed = None;
+            for (k, (leaf, (axis, &i))) in ls.iter().zip(axes.iter().zip(&idx)).enumerate() {
+                if Some(k) == seed_leaf {
+                    seed = axis[i].as_i64();
+                } else {
+                    set_path(&mut obj, &leaf.path, axis[i].clone());
+                }
+            }
+            if let Some(t) = trial_of(obj, &mut trials) {
+                let trial = &trials[t];
+                let run_seeds: Vec<i64> = match seed {
+                    Some(s) => vec![s],
+                    None => seeds.clone(),
+                };
+                for s in run_seeds {
+                    out_jobs.push(Job {
+                        id: JobId::for_trial_seed(&trial.id, s),
+                        trial: trial.id.clone(),
+                        trial_index: trial.index,
+                        seed: s,
+                    });
+                }
+                points += 1;
+            }
+            if cap_points.is_some_and(|c| points >= c) {
+                if points < size {
+                    warnings.push(format!(
+                        "run_cap {} stops the grid after {} of its {} {}",
+                        spec.run_cap.unwrap_or(0),
+                        points,
+                        size,
+                        if seed_axis { "runs" } else { "points" }
+                    ));
+                }
+                break;
+            }
+            for d in (0..axes.len()).rev() {
+                idx[d] += 1;
+                if idx[d] < axes[d].len() {
+                    continue 'outer;
+                }
+                idx[d] = 0;
+            }
+            break;
+        }
+    }
+    Ok((trials, out_jobs))
+}
+
+/// A random sweep with run_cap: `want` distinct points, drawn in order.
+fn expand_random(
+    spec: &SweepSpec,
+    sweep: &SweepId,
+    want: usize,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<Trial>, ExpandError> {
+    let seeds = &spec.liandan.seeds;
+    let mut trials: Vec<Trial> = Vec::new();
+    if want.saturating_mul(seeds.len()) > MAX_JOBS {
+        return Err(ExpandError::TooLarge(want * seeds.len(), MAX_JOBS));
+    }
+    let mut draw = 0u64;
+    let max_draws = (want as u64).saturating_mul(100).max(1000);
+    let mut seen_random = HashSet::new();
+    while trials.len() < want && draw < max_draws {
+        let params = random_params(spec, draw);
+        draw += 1;
+        let canon = canonical_json(&params);
+        if !seen_random.insert(canon.clone()) {
+            continue;
+        }
+        trials.push(Trial {
+            index: trials.len(),
+            id: TrialId::for_params(sweep, &canon),
+            params,
+        });
+    }
+    if trials.len() < want {
+        warnings.push(format!(
+            "the parameter space has only {} distinct points; run_cap asked for {want} trials",
+            trials.len()
+        ));
+    }
+    Ok(trials)
 }

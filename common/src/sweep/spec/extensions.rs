@@ -108,13 +108,73 @@ pub(super) fn parse_extensions(
             }
         };
     }
-    match m.get("seeds") {
-        None | Some(Value::Null) => {}
-        Some(Value::Number(n)) => match n.as_u64() {
-            Some(c) if (1..=10_000).contains(&c) => {
-                ext.seeds = (0..c as i64).collect();
-                ext.seed_source = SeedSource::Liandan;
+    if let Some(seeds) = parse_seeds(ctx, m.get("seeds"))? {
+        ext.seeds = seeds;
+        ext.seed_source = SeedSource::Liandan;
+    }
+    if let Some(sp) = get_str(ctx, p, m, "seed_param")? {
+        if sp.is_empty() || sp.contains(char::is_whitespace) || sp.contains('=') {
+            return Err(ctx.err(
+                "liandan.seed_param",
+                "must be a non-empty name without spaces or '='",
+            ));
+        }
+        ext.seed_param = sp;
+    }
+    if let Some(r) = m.get("resources") {
+        ext.resources = parse_resources(ctx, r)?;
+    }
+    if let Some(c) = get_u64(ctx, p, m, "concurrency")? {
+        if c == 0 || c > u32::MAX as u64 {
+            return Err(ctx.err("liandan.concurrency", "expected an integer >= 1"));
+        }
+        ext.concurrency = Some(c as u32);
+    }
+    if let Some(r) = get_u64(ctx, p, m, "retries")? {
+        ext.retries = u32::try_from(r.min(1000)).unwrap_or(1000);
+    }
+    if let Some(s) = get_u64(ctx, p, m, "sweep_seed")? {
+        ext.sweep_seed = s;
+    }
+    if let Some(v) = m.get("priority") {
+        ext.priority = v
+            .as_i64()
+            .and_then(|x| i32::try_from(x).ok())
+            .ok_or_else(|| {
+                ctx.err(
+                    "liandan.priority",
+                    format!("expected an integer, found {}", describe(v)),
+                )
+            })?;
+    }
+    if let Some(c) = m.get("checkpoint") {
+        ext.checkpoint = parse_checkpoint(ctx, c)?;
+    }
+    ext.metric_pattern = get_str(ctx, p, m, "metric_pattern")?;
+    for (key, flag) in [
+        ("trainer", &mut ext.trainer),
+        ("require_metric", &mut ext.require_metric),
+    ] {
+        match m.get(key) {
+            None => {}
+            Some(Value::Bool(b)) => *flag = *b,
+            Some(v) => {
+                return Err(ctx.err(
+                    &join(p, key),
+                    format!("expected true or false, found {}", describe(v)),
+                ))
             }
+        }
+    }
+    Ok((ext, seed_axis))
+}
+
+/// `liandan.seeds`: a count (seeds 0..n) or a list of distinct integers.
+fn parse_seeds(ctx: &Ctx, v: Option<&Value>) -> Result<Option<Vec<i64>>, SpecError> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => match n.as_u64() {
+            Some(c) if (1..=10_000).contains(&c) => Ok(Some((0..c as i64).collect())),
             _ => {
                 return Err(ctx.err(
                     "liandan.seeds",
@@ -143,8 +203,7 @@ pub(super) fn parse_extensions(
             if seeds.is_empty() {
                 return Err(ctx.err("liandan.seeds", "empty; give at least one seed"));
             }
-            ext.seeds = seeds;
-            ext.seed_source = SeedSource::Liandan;
+            Ok(Some(seeds))
         }
         Some(v) => {
             return Err(ctx.err(
@@ -156,136 +215,94 @@ pub(super) fn parse_extensions(
             ))
         }
     }
-    if let Some(sp) = get_str(ctx, p, m, "seed_param")? {
-        if sp.is_empty() || sp.contains(char::is_whitespace) || sp.contains('=') {
+}
+
+/// `liandan.resources`: whole GPUs, CPU slots, memory and required labels.
+fn parse_resources(ctx: &Ctx, r: &Value) -> Result<Resources, SpecError> {
+    let mut res = Resources::default();
+    let rp = "liandan.resources";
+    let rm = as_map(ctx, rp, r)?;
+    check_keys(ctx, rp, rm, &["gpus", "cpus", "memory", "labels"])?;
+    let small = |k: &str| -> Result<Option<u32>, SpecError> {
+        get_u64(ctx, rp, rm, k)?
+            .map(|x| u32::try_from(x).map_err(|_| ctx.err(&join(rp, k), "too large")))
+            .transpose()
+    };
+    if let Some(g) = small("gpus")? {
+        res.gpus = g;
+    }
+    if let Some(c) = small("cpus")? {
+        res.cpus = c;
+    }
+    if res.gpus == 0 && res.cpus == 0 {
+        return Err(ctx.err(
+            "liandan.resources.cpus",
+            "a job needs at least one GPU or one CPU slot",
+        ));
+    }
+    res.memory_bytes = match rm.get("memory") {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) => Some(n.as_u64().ok_or_else(|| {
+            ctx.err(
+                "liandan.resources.memory",
+                "expected bytes or a size like \"16GiB\"",
+            )
+        })?),
+        Some(Value::String(s)) => Some(parse_size(s).ok_or_else(|| {
+            ctx.err(
+                "liandan.resources.memory",
+                format!("expected a size like \"16GiB\" or \"512MB\", found {s:?}"),
+            )
+        })?),
+        Some(v) => {
             return Err(ctx.err(
-                "liandan.seed_param",
-                "must be a non-empty name without spaces or '='",
-            ));
+                "liandan.resources.memory",
+                format!("expected a size like \"16GiB\", found {}", describe(v)),
+            ))
         }
-        ext.seed_param = sp;
-    }
-    if let Some(r) = m.get("resources") {
-        let rp = "liandan.resources";
-        let rm = as_map(ctx, rp, r)?;
-        check_keys(ctx, rp, rm, &["gpus", "cpus", "memory", "labels"])?;
-        let small = |k: &str| -> Result<Option<u32>, SpecError> {
-            get_u64(ctx, rp, rm, k)?
-                .map(|x| u32::try_from(x).map_err(|_| ctx.err(&join(rp, k), "too large")))
-                .transpose()
-        };
-        if let Some(g) = small("gpus")? {
-            ext.resources.gpus = g;
-        }
-        if let Some(c) = small("cpus")? {
-            ext.resources.cpus = c;
-        }
-        if ext.resources.gpus == 0 && ext.resources.cpus == 0 {
-            return Err(ctx.err(
-                "liandan.resources.cpus",
-                "a job needs at least one GPU or one CPU slot",
-            ));
-        }
-        ext.resources.memory_bytes = match rm.get("memory") {
-            None | Some(Value::Null) => None,
-            Some(Value::Number(n)) => Some(n.as_u64().ok_or_else(|| {
+    };
+    if let Some(l) = rm.get("labels") {
+        let arr = l
+            .as_array()
+            .ok_or_else(|| ctx.err("liandan.resources.labels", "expected a list of labels"))?;
+        for (i, x) in arr.iter().enumerate() {
+            let s = x.as_str().ok_or_else(|| {
                 ctx.err(
-                    "liandan.resources.memory",
-                    "expected bytes or a size like \"16GiB\"",
-                )
-            })?),
-            Some(Value::String(s)) => Some(parse_size(s).ok_or_else(|| {
-                ctx.err(
-                    "liandan.resources.memory",
-                    format!("expected a size like \"16GiB\" or \"512MB\", found {s:?}"),
-                )
-            })?),
-            Some(v) => {
-                return Err(ctx.err(
-                    "liandan.resources.memory",
-                    format!("expected a size like \"16GiB\", found {}", describe(v)),
-                ))
-            }
-        };
-        if let Some(l) = rm.get("labels") {
-            let arr = l
-                .as_array()
-                .ok_or_else(|| ctx.err("liandan.resources.labels", "expected a list of labels"))?;
-            for (i, x) in arr.iter().enumerate() {
-                let s = x.as_str().ok_or_else(|| {
-                    ctx.err(
-                        &format!("liandan.resources.labels[{i}]"),
-                        "expected a string",
-                    )
-                })?;
-                crate::names::validate("label", s).map_err(|e| {
-                    ctx.err(&format!("liandan.resources.labels[{i}]"), e.to_string())
-                })?;
-                ext.resources.labels.push(s.to_string());
-            }
-        }
-    }
-    if let Some(c) = get_u64(ctx, p, m, "concurrency")? {
-        if c == 0 || c > u32::MAX as u64 {
-            return Err(ctx.err("liandan.concurrency", "expected an integer >= 1"));
-        }
-        ext.concurrency = Some(c as u32);
-    }
-    if let Some(r) = get_u64(ctx, p, m, "retries")? {
-        ext.retries = u32::try_from(r.min(1000)).unwrap_or(1000);
-    }
-    if let Some(s) = get_u64(ctx, p, m, "sweep_seed")? {
-        ext.sweep_seed = s;
-    }
-    if let Some(v) = m.get("priority") {
-        ext.priority = v
-            .as_i64()
-            .and_then(|x| i32::try_from(x).ok())
-            .ok_or_else(|| {
-                ctx.err(
-                    "liandan.priority",
-                    format!("expected an integer, found {}", describe(v)),
+                    &format!("liandan.resources.labels[{i}]"),
+                    "expected a string",
                 )
             })?;
-    }
-    if let Some(c) = m.get("checkpoint") {
-        let cp = "liandan.checkpoint";
-        let cm = as_map(ctx, cp, c)?;
-        check_keys(ctx, cp, cm, &["keep_last", "keep_best"])?;
-        if let Some(k) = get_u64(ctx, cp, cm, "keep_last")? {
-            if k == 0 {
-                return Err(ctx.err("liandan.checkpoint.keep_last", "expected an integer >= 1"));
-            }
-            ext.checkpoint.keep_last = Some(k.min(1000) as u32);
-        }
-        match cm.get("keep_best") {
-            None => {}
-            Some(Value::Bool(b)) => ext.checkpoint.keep_best = *b,
-            Some(v) => {
-                return Err(ctx.err(
-                    "liandan.checkpoint.keep_best",
-                    format!("expected true or false, found {}", describe(v)),
-                ))
-            }
+            crate::names::validate("label", s)
+                .map_err(|e| ctx.err(&format!("liandan.resources.labels[{i}]"), e.to_string()))?;
+            res.labels.push(s.to_string());
         }
     }
-    ext.metric_pattern = get_str(ctx, p, m, "metric_pattern")?;
-    for (key, flag) in [
-        ("trainer", &mut ext.trainer),
-        ("require_metric", &mut ext.require_metric),
-    ] {
-        match m.get(key) {
-            None => {}
-            Some(Value::Bool(b)) => *flag = *b,
-            Some(v) => {
-                return Err(ctx.err(
-                    &join(p, key),
-                    format!("expected true or false, found {}", describe(v)),
-                ))
-            }
+    Ok(res)
+}
+
+/// `liandan.checkpoint`: how many checkpoints a job keeps.
+fn parse_checkpoint(ctx: &Ctx, c: &Value) -> Result<CheckpointPolicy, SpecError> {
+    let mut policy = CheckpointPolicy::default();
+    let cp = "liandan.checkpoint";
+    let cm = as_map(ctx, cp, c)?;
+    check_keys(ctx, cp, cm, &["keep_last", "keep_best"])?;
+    if let Some(k) = get_u64(ctx, cp, cm, "keep_last")? {
+        if k == 0 {
+            return Err(ctx.err("liandan.checkpoint.keep_last", "expected an integer >= 1"));
+        }
+        policy.keep_last = Some(k.min(1000) as u32);
+    }
+    match cm.get("keep_best") {
+        None => {}
+        Some(Value::Bool(b)) => policy.keep_best = *b,
+        Some(v) => {
+            return Err(ctx.err(
+                "liandan.checkpoint.keep_best",
+                format!("expected true or false, found {}", describe(v)),
+            ))
         }
     }
-    Ok((ext, seed_axis))
+    Ok(policy)
 }
 
 /// Parses sizes like "512MB", "16GiB", "1024".

@@ -99,41 +99,172 @@ fn parse_param(ctx: &Ctx, path: &str, v: &Value) -> Result<Param, SpecError> {
             }
             d
         }
-        // W&B's type inference.
-        None => {
-            if map.contains_key("value") {
-                "constant".into()
-            } else if map.contains_key("values") {
-                if map.contains_key("probabilities") {
-                    "categorical_w_probabilities".into()
-                } else {
-                    "categorical".into()
-                }
-            } else if map.contains_key("min") || map.contains_key("max") {
-                if map.contains_key("q") {
-                    "q_uniform".into()
-                } else if is_int(map.get("min")) && is_int(map.get("max")) {
-                    "int_uniform".into()
-                } else {
-                    "uniform".into()
-                }
-            } else if map.contains_key("mu") || map.contains_key("sigma") {
-                "normal".into()
-            } else if map.contains_key("a") || map.contains_key("b") {
-                "beta".into()
-            } else {
-                // A misspelt key is the usual cause: name it.
-                let before = ctx.errors.borrow().len();
-                check_keys(ctx, path, map, PARAM_KEYS)?;
-                if ctx.errors.borrow().len() > before {
-                    return Err(first_recorded_since(ctx, before));
-                }
-                return Err(ctx.err(path, "cannot tell the distribution: give `value`, `values`, `min`/`max`, or `distribution`"));
-            }
-        }
+        None => infer_distribution(ctx, path, map)?.into(),
     };
     let d = dist.as_str();
-    let allowed: &[&str] = match d {
+    check_keys(ctx, path, map, allowed_keys(d))?;
+    if matches!(d, "log_uniform" | "q_log_uniform" | "inv_log_uniform") {
+        ctx.warn(format!("{path}: distribution `{d}` takes exponents as bounds and is deprecated in W&B; prefer `{d}_values`"));
+    }
+    let p = Fields { ctx, path, map, d };
+    Ok(match d {
+        "constant" => Param::Constant {
+            value: map.get("value").cloned().ok_or_else(|| {
+                ctx.err(
+                    &join(path, "value"),
+                    "distribution `constant` needs `value` (use `value: null` for None)",
+                )
+            })?,
+        },
+        "categorical" => Param::Categorical {
+            values: p.values()?,
+        },
+        "categorical_w_probabilities" => {
+            let values = p.values()?;
+            let probabilities = p.probabilities(values.len())?;
+            Param::CategoricalWProbabilities {
+                values,
+                probabilities,
+            }
+        }
+        "int_uniform" => {
+            let (min, max) = p.int_bounds()?;
+            Param::IntUniform { min, max }
+        }
+        "uniform" => {
+            let (min, max) = p.bounds()?;
+            Param::Uniform { min, max }
+        }
+        "q_uniform" => {
+            let (min, max) = p.bounds()?;
+            // W&B's default q is 1.0, a float: without q the values are floats.
+            Param::QUniform {
+                min,
+                max,
+                q: p.q()?,
+                integer: p.integer_q(),
+                int_bounds: is_int(map.get("min")) && is_int(map.get("max")),
+            }
+        }
+        "log_uniform" => {
+            let (min, max) = p.bounds()?;
+            Param::LogUniform { min, max }
+        }
+        "log_uniform_values" => {
+            let (min, max) = p.positive_bounds()?;
+            Param::LogUniformValues { min, max }
+        }
+        "q_log_uniform" => {
+            let (min, max) = p.bounds()?;
+            Param::QLogUniform {
+                min,
+                max,
+                q: p.q()?,
+                integer: p.integer_q(),
+            }
+        }
+        "q_log_uniform_values" => {
+            let (min, max) = p.positive_bounds()?;
+            Param::QLogUniformValues {
+                min,
+                max,
+                q: p.q()?,
+                integer: p.integer_q(),
+            }
+        }
+        "inv_log_uniform" => {
+            let (min, max) = p.bounds()?;
+            Param::InvLogUniform { min, max }
+        }
+        "inv_log_uniform_values" => {
+            let (min, max) = p.positive_bounds()?;
+            Param::InvLogUniformValues { min, max }
+        }
+        "normal" => {
+            let (mu, sigma) = p.normal()?;
+            Param::Normal { mu, sigma }
+        }
+        "q_normal" => {
+            let (mu, sigma) = p.normal()?;
+            Param::QNormal {
+                mu,
+                sigma,
+                q: p.q()?,
+                integer: p.integer_q(),
+            }
+        }
+        "log_normal" => {
+            let (mu, sigma) = p.normal()?;
+            Param::LogNormal { mu, sigma }
+        }
+        "q_log_normal" => {
+            let (mu, sigma) = p.normal()?;
+            Param::QLogNormal {
+                mu,
+                sigma,
+                q: p.q()?,
+                integer: p.integer_q(),
+            }
+        }
+        "beta" => {
+            let (a, b) = p.beta()?;
+            Param::Beta { a, b }
+        }
+        _ => {
+            let (a, b) = p.beta()?;
+            Param::QBeta {
+                a,
+                b,
+                q: p.q()?,
+                integer: p.integer_q(),
+            }
+        }
+    })
+}
+
+/// W&B's type inference, for a parameter without `distribution`.
+fn infer_distribution(
+    ctx: &Ctx,
+    path: &str,
+    map: &Map<String, Value>,
+) -> Result<&'static str, SpecError> {
+    Ok(if map.contains_key("value") {
+        "constant"
+    } else if map.contains_key("values") {
+        if map.contains_key("probabilities") {
+            "categorical_w_probabilities"
+        } else {
+            "categorical"
+        }
+    } else if map.contains_key("min") || map.contains_key("max") {
+        if map.contains_key("q") {
+            "q_uniform"
+        } else if is_int(map.get("min")) && is_int(map.get("max")) {
+            "int_uniform"
+        } else {
+            "uniform"
+        }
+    } else if map.contains_key("mu") || map.contains_key("sigma") {
+        "normal"
+    } else if map.contains_key("a") || map.contains_key("b") {
+        "beta"
+    } else {
+        // A misspelt key is the usual cause: name it.
+        let before = ctx.errors.borrow().len();
+        check_keys(ctx, path, map, PARAM_KEYS)?;
+        if ctx.errors.borrow().len() > before {
+            return Err(first_recorded_since(ctx, before));
+        }
+        return Err(ctx.err(
+            path,
+            "cannot tell the distribution: give `value`, `values`, `min`/`max`, or `distribution`",
+        ));
+    })
+}
+
+/// The keys distribution `d` takes.
+fn allowed_keys(d: &str) -> &'static [&'static str] {
+    match d {
         "constant" => &["distribution", "value"],
         "categorical" => &["distribution", "values"],
         "categorical_w_probabilities" => &["distribution", "values", "probabilities"],
@@ -150,255 +281,156 @@ fn parse_param(ctx: &Ctx, path: &str, v: &Value) -> Result<Param, SpecError> {
         "q_normal" | "q_log_normal" => &["distribution", "mu", "sigma", "q"],
         "beta" => &["distribution", "a", "b"],
         _ => &["distribution", "a", "b", "q"],
-    };
-    check_keys(ctx, path, map, allowed)?;
-    let bounds = |ctx: &Ctx| -> Result<(f64, f64), SpecError> {
-        let lo = req_f64(ctx, path, map, "min", d)?;
-        let hi = req_f64(ctx, path, map, "max", d)?;
+    }
+}
+
+/// One parameter's fields, read and checked for distribution `d`; each
+/// error names the field's path.
+struct Fields<'a, 'c> {
+    ctx: &'a Ctx<'c>,
+    path: &'a str,
+    map: &'a Map<String, Value>,
+    d: &'a str,
+}
+
+impl Fields<'_, '_> {
+    fn err(&self, key: &str, msg: impl Into<String>) -> SpecError {
+        self.ctx.err(&join(self.path, key), msg)
+    }
+
+    fn bounds(&self) -> Result<(f64, f64), SpecError> {
+        let lo = req_f64(self.ctx, self.path, self.map, "min", self.d)?;
+        let hi = req_f64(self.ctx, self.path, self.map, "max", self.d)?;
         if lo >= hi {
-            return Err(ctx.err(
-                &join(path, "max"),
+            return Err(self.err(
+                "max",
                 format!("must be greater than min ({lo}), found {hi}"),
             ));
         }
         Ok((lo, hi))
-    };
-    let q = |ctx: &Ctx| -> Result<f64, SpecError> {
-        let q = get_f64(ctx, path, map, "q")?.unwrap_or(1.0);
-        if q <= 0.0 {
-            return Err(ctx.err(
-                &join(path, "q"),
-                format!("must be greater than 0, found {q}"),
-            ));
-        }
-        Ok(q)
-    };
-    let normal = |ctx: &Ctx| -> Result<(f64, f64), SpecError> {
-        let mu = get_f64(ctx, path, map, "mu")?.unwrap_or(0.0);
-        let sigma = get_f64(ctx, path, map, "sigma")?.unwrap_or(1.0);
-        if sigma <= 0.0 {
-            return Err(ctx.err(
-                &join(path, "sigma"),
-                format!("must be greater than 0, found {sigma}"),
-            ));
-        }
-        Ok((mu, sigma))
-    };
-    let beta = |ctx: &Ctx| -> Result<(f64, f64), SpecError> {
-        let a = get_f64(ctx, path, map, "a")?.unwrap_or(1.0);
-        let b = get_f64(ctx, path, map, "b")?.unwrap_or(1.0);
-        for (k, x) in [("a", a), ("b", b)] {
-            if x <= 0.0 {
-                return Err(ctx.err(&join(path, k), format!("must be greater than 0, found {x}")));
-            }
-        }
-        Ok((a, b))
-    };
-    let positive_bounds = |ctx: &Ctx| -> Result<(f64, f64), SpecError> {
-        let (lo, hi) = bounds(ctx)?;
+    }
+
+    /// Bounds of a distribution that takes values (not exponents): min > 0.
+    fn positive_bounds(&self) -> Result<(f64, f64), SpecError> {
+        let (lo, hi) = self.bounds()?;
         if lo <= 0.0 {
-            return Err(ctx.err(
-                &join(path, "min"),
+            return Err(self.err(
+                "min",
                 format!(
-                    "distribution `{d}` takes values, so min must be greater than 0, found {lo}"
+                    "distribution `{}` takes values, so min must be greater than 0, found {lo}",
+                    self.d
                 ),
             ));
         }
         Ok((lo, hi))
-    };
-    let values = |ctx: &Ctx| -> Result<Vec<Value>, SpecError> {
-        match map.get("values") {
-            Some(Value::Array(a)) if !a.is_empty() => Ok(a.clone()),
-            Some(Value::Array(_)) => {
-                Err(ctx.err(&join(path, "values"), "empty; give at least one value"))
-            }
-            Some(v) => Err(ctx.err(
-                &join(path, "values"),
-                format!("expected a list, found {}", describe(v)),
-            )),
-            None => Err(ctx.err(
-                &join(path, "values"),
-                format!("distribution `{d}` needs `values` (a list)"),
-            )),
-        }
-    };
-    if matches!(d, "log_uniform" | "q_log_uniform" | "inv_log_uniform") {
-        ctx.warn(format!("{path}: distribution `{d}` takes exponents as bounds and is deprecated in W&B; prefer `{d}_values`"));
     }
-    Ok(match d {
-        "constant" => Param::Constant {
-            value: map.get("value").cloned().ok_or_else(|| {
-                ctx.err(
-                    &join(path, "value"),
-                    "distribution `constant` needs `value` (use `value: null` for None)",
-                )
-            })?,
-        },
-        "categorical" => Param::Categorical {
-            values: values(ctx)?,
-        },
-        "categorical_w_probabilities" => {
-            let vals = values(ctx)?;
-            let probs = match map.get("probabilities") {
-                Some(Value::Array(a)) => a
-                    .iter()
-                    .map(|x| {
-                        x.as_f64().filter(|p| *p >= 0.0).ok_or_else(|| {
-                            ctx.err(
-                                &join(path, "probabilities"),
-                                format!("expected non-negative numbers, found {}", describe(x)),
-                            )
-                        })
+
+    /// int_uniform's bounds: integers within ±2^53, min < max.
+    fn int_bounds(&self) -> Result<(i64, i64), SpecError> {
+        let int = |k: &str| -> Result<i64, SpecError> {
+            match self.map.get(k) {
+                Some(Value::Number(n)) if n.is_i64() => Ok(n.as_i64().unwrap_or_default()),
+                Some(v) => Err(self.err(
+                    k,
+                    format!("int_uniform needs an integer, found {}", describe(v)),
+                )),
+                None => Err(self.err(k, "int_uniform needs `min` and `max` (integers)")),
+            }
+        };
+        let (min, max) = (int("min")?, int("max")?);
+        // W&B's backend holds numbers as float64; beyond 2^53 they are not exact.
+        const LIMIT: i64 = 1 << 53;
+        for (k, x) in [("min", min), ("max", max)] {
+            if !(-LIMIT..=LIMIT).contains(&x) {
+                return Err(self.err(
+                    k,
+                    format!("int_uniform bounds must lie within ±2^53, found {x}"),
+                ));
+            }
+        }
+        if min >= max {
+            return Err(self.err(
+                "max",
+                format!("must be greater than min ({min}), found {max} (W&B's rule; for one value use `value`)"),
+            ));
+        }
+        Ok((min, max))
+    }
+
+    fn q(&self) -> Result<f64, SpecError> {
+        let q = get_f64(self.ctx, self.path, self.map, "q")?.unwrap_or(1.0);
+        if q <= 0.0 {
+            return Err(self.err("q", format!("must be greater than 0, found {q}")));
+        }
+        Ok(q)
+    }
+
+    /// An integer q makes the values integers.
+    fn integer_q(&self) -> bool {
+        is_int(self.map.get("q"))
+    }
+
+    fn normal(&self) -> Result<(f64, f64), SpecError> {
+        let mu = get_f64(self.ctx, self.path, self.map, "mu")?.unwrap_or(0.0);
+        let sigma = get_f64(self.ctx, self.path, self.map, "sigma")?.unwrap_or(1.0);
+        if sigma <= 0.0 {
+            return Err(self.err("sigma", format!("must be greater than 0, found {sigma}")));
+        }
+        Ok((mu, sigma))
+    }
+
+    fn beta(&self) -> Result<(f64, f64), SpecError> {
+        let a = get_f64(self.ctx, self.path, self.map, "a")?.unwrap_or(1.0);
+        let b = get_f64(self.ctx, self.path, self.map, "b")?.unwrap_or(1.0);
+        for (k, x) in [("a", a), ("b", b)] {
+            if x <= 0.0 {
+                return Err(self.err(k, format!("must be greater than 0, found {x}")));
+            }
+        }
+        Ok((a, b))
+    }
+
+    fn values(&self) -> Result<Vec<Value>, SpecError> {
+        match self.map.get("values") {
+            Some(Value::Array(a)) if !a.is_empty() => Ok(a.clone()),
+            Some(Value::Array(_)) => Err(self.err("values", "empty; give at least one value")),
+            Some(v) => Err(self.err("values", format!("expected a list, found {}", describe(v)))),
+            None => Err(self.err(
+                "values",
+                format!("distribution `{}` needs `values` (a list)", self.d),
+            )),
+        }
+    }
+
+    /// One non-negative probability per value, summing to 1 (W&B's check:
+    /// numpy's isclose(sum, 1)).
+    fn probabilities(&self, n: usize) -> Result<Vec<f64>, SpecError> {
+        let probs = match self.map.get("probabilities") {
+            Some(Value::Array(a)) => a
+                .iter()
+                .map(|x| {
+                    x.as_f64().filter(|p| *p >= 0.0).ok_or_else(|| {
+                        self.err(
+                            "probabilities",
+                            format!("expected non-negative numbers, found {}", describe(x)),
+                        )
                     })
-                    .collect::<Result<Vec<_>, _>>()?,
-                _ => {
-                    return Err(ctx.err(
-                        &join(path, "probabilities"),
-                        "expected a list of numbers, one per value",
-                    ))
-                }
-            };
-            if probs.len() != vals.len() {
-                return Err(ctx.err(
-                    &join(path, "probabilities"),
-                    format!("has {} entries but values has {}", probs.len(), vals.len()),
-                ));
-            }
-            let sum: f64 = probs.iter().sum();
-            // W&B's check: numpy's isclose(sum, 1).
-            if (sum - 1.0).abs() > 1e-8 + 1e-5 {
-                return Err(ctx.err(
-                    &join(path, "probabilities"),
-                    format!("must sum to 1, found {sum}"),
-                ));
-            }
-            Param::CategoricalWProbabilities {
-                values: vals,
-                probabilities: probs,
-            }
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+            _ => return Err(self.err("probabilities", "expected a list of numbers, one per value")),
+        };
+        if probs.len() != n {
+            return Err(self.err(
+                "probabilities",
+                format!("has {} entries but values has {n}", probs.len()),
+            ));
         }
-        "int_uniform" => {
-            let ints = |k: &str| -> Result<i64, SpecError> {
-                match map.get(k) {
-                    Some(Value::Number(n)) if n.is_i64() => Ok(n.as_i64().unwrap_or_default()),
-                    Some(v) => Err(ctx.err(
-                        &join(path, k),
-                        format!("int_uniform needs an integer, found {}", describe(v)),
-                    )),
-                    None => Err(ctx.err(
-                        &join(path, k),
-                        "int_uniform needs `min` and `max` (integers)",
-                    )),
-                }
-            };
-            let (min, max) = (ints("min")?, ints("max")?);
-            // W&B's backend holds numbers as float64; beyond 2^53 they are not exact.
-            const LIMIT: i64 = 1 << 53;
-            for (k, x) in [("min", min), ("max", max)] {
-                if !(-LIMIT..=LIMIT).contains(&x) {
-                    return Err(ctx.err(
-                        &join(path, k),
-                        format!("int_uniform bounds must lie within ±2^53, found {x}"),
-                    ));
-                }
-            }
-            if min >= max {
-                return Err(ctx.err(
-                    &join(path, "max"),
-                    format!("must be greater than min ({min}), found {max} (W&B's rule; for one value use `value`)"),
-                ));
-            }
-            Param::IntUniform { min, max }
+        let sum: f64 = probs.iter().sum();
+        if (sum - 1.0).abs() > 1e-8 + 1e-5 {
+            return Err(self.err("probabilities", format!("must sum to 1, found {sum}")));
         }
-        "uniform" => {
-            let (min, max) = bounds(ctx)?;
-            Param::Uniform { min, max }
-        }
-        "q_uniform" => {
-            let (min, max) = bounds(ctx)?;
-            // W&B's default q is 1.0, a float: without q the values are floats.
-            Param::QUniform {
-                min,
-                max,
-                q: q(ctx)?,
-                integer: is_int(map.get("q")),
-                int_bounds: is_int(map.get("min")) && is_int(map.get("max")),
-            }
-        }
-        "log_uniform" => {
-            let (min, max) = bounds(ctx)?;
-            Param::LogUniform { min, max }
-        }
-        "log_uniform_values" => {
-            let (min, max) = positive_bounds(ctx)?;
-            Param::LogUniformValues { min, max }
-        }
-        "q_log_uniform" => {
-            let (min, max) = bounds(ctx)?;
-            Param::QLogUniform {
-                min,
-                max,
-                q: q(ctx)?,
-                integer: is_int(map.get("q")),
-            }
-        }
-        "q_log_uniform_values" => {
-            let (min, max) = positive_bounds(ctx)?;
-            Param::QLogUniformValues {
-                min,
-                max,
-                q: q(ctx)?,
-                integer: is_int(map.get("q")),
-            }
-        }
-        "inv_log_uniform" => {
-            let (min, max) = bounds(ctx)?;
-            Param::InvLogUniform { min, max }
-        }
-        "inv_log_uniform_values" => {
-            let (min, max) = positive_bounds(ctx)?;
-            Param::InvLogUniformValues { min, max }
-        }
-        "normal" => {
-            let (mu, sigma) = normal(ctx)?;
-            Param::Normal { mu, sigma }
-        }
-        "q_normal" => {
-            let (mu, sigma) = normal(ctx)?;
-            Param::QNormal {
-                mu,
-                sigma,
-                q: q(ctx)?,
-                integer: is_int(map.get("q")),
-            }
-        }
-        "log_normal" => {
-            let (mu, sigma) = normal(ctx)?;
-            Param::LogNormal { mu, sigma }
-        }
-        "q_log_normal" => {
-            let (mu, sigma) = normal(ctx)?;
-            Param::QLogNormal {
-                mu,
-                sigma,
-                q: q(ctx)?,
-                integer: is_int(map.get("q")),
-            }
-        }
-        "beta" => {
-            let (a, b) = beta(ctx)?;
-            Param::Beta { a, b }
-        }
-        _ => {
-            let (a, b) = beta(ctx)?;
-            Param::QBeta {
-                a,
-                b,
-                q: q(ctx)?,
-                integer: is_int(map.get("q")),
-            }
-        }
-    })
+        Ok(probs)
+    }
 }
 
 pub(super) fn parse_early_terminate(ctx: &Ctx, v: &Value) -> Result<EarlyTerminate, SpecError> {
