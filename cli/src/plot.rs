@@ -149,6 +149,23 @@ where
     root.fill(&WHITE)?;
     let (top, bottom) = root.split_vertically(root.dim_in_pixel().1 * 58 / 100);
     let keys = varying(&input.jobs);
+    let trials = draw_curves(&top, input, &keys)?;
+    if draw_finals(&bottom, input, &keys, &trials)? {
+        root.present()?;
+    }
+    Ok(())
+}
+
+/// The top chart: per trial, the mean over seeds at each step, with a band
+/// from min to max. Returns the trials in drawing (and colour) order.
+fn draw_curves<DB: DrawingBackend>(
+    top: &DrawingArea<DB, plotters::coord::Shift>,
+    input: &PlotInput,
+    keys: &[String],
+) -> Result<Vec<String>, DrawErr>
+where
+    DB::ErrorType: 'static,
+{
     let all: Vec<f64> = input
         .jobs
         .iter()
@@ -167,7 +184,7 @@ where
     for j in &input.jobs {
         let e = trials
             .entry(j.trial.clone())
-            .or_insert_with(|| (label(&j.params, &keys), BTreeMap::new()));
+            .or_insert_with(|| (label(&j.params, keys), BTreeMap::new()));
         for &(s, v) in &j.points {
             e.1.entry(s as i64).or_default().push(tf(v));
         }
@@ -179,7 +196,7 @@ where
     let ys: Vec<f64> = all.iter().map(|v| tf(*v)).collect();
     let (x0, x1) = bounds(&xs);
     let (y0, y1) = bounds(&ys);
-    let mut chart = ChartBuilder::on(&top)
+    let mut chart = ChartBuilder::on(top)
         .caption(
             format!(
                 "{}: {} by step (line: mean over seeds; band: min to max)",
@@ -231,6 +248,21 @@ where
         .label_font((FAMILY, 13))
         .draw()?;
 
+    Ok(trials.into_keys().collect())
+}
+
+/// The bottom chart: the final metric against a hyperparameter, one point
+/// per seed, coloured as its trial's curve. False when no numeric
+/// hyperparameter varies (a note is drawn instead).
+fn draw_finals<DB: DrawingBackend>(
+    bottom: &DrawingArea<DB, plotters::coord::Shift>,
+    input: &PlotInput,
+    keys: &[String],
+    trials: &[String],
+) -> Result<bool, DrawErr>
+where
+    DB::ErrorType: 'static,
+{
     // Final metric against a hyperparameter, one point per seed.
     let param = input.param.clone().or_else(|| {
         keys.iter()
@@ -248,14 +280,14 @@ where
             (20, 30),
             (FAMILY, 16),
         ))?;
-        return Ok(());
+        return Ok(false);
     };
     let pts: Vec<(f64, f64, usize)> = input
         .jobs
         .iter()
         .filter_map(|j| {
             let x = j.params.get(&param)?.as_f64()?;
-            let t = trials.keys().position(|k| *k == j.trial)?;
+            let t = trials.iter().position(|k| *k == j.trial)?;
             Some((x, j.final_value?, t))
         })
         .collect();
@@ -265,7 +297,7 @@ where
     let fy = |v: f64| if ylog { v.log10() } else { v };
     let (a0, a1) = bounds(&pts.iter().map(|p| fx(p.0)).collect::<Vec<_>>());
     let (b0, b1) = bounds(&pts.iter().map(|p| fy(p.1)).collect::<Vec<_>>());
-    let mut c2 = ChartBuilder::on(&bottom)
+    let mut c2 = ChartBuilder::on(bottom)
         .caption(
             format!(
                 "final {} against {param} (one point per seed)",
@@ -299,8 +331,7 @@ where
         pts.iter()
             .map(|(x, y, t)| Circle::new((fx(*x), fy(*y)), 5, Palette99::pick(*t).filled())),
     )?;
-    root.present()?;
-    Ok(())
+    Ok(true)
 }
 
 fn bounds(v: &[f64]) -> (f64, f64) {

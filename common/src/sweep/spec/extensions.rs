@@ -175,12 +175,10 @@ fn parse_seeds(ctx: &Ctx, v: Option<&Value>) -> Result<Option<Vec<i64>>, SpecErr
         None | Some(Value::Null) => Ok(None),
         Some(Value::Number(n)) => match n.as_u64() {
             Some(c) if (1..=10_000).contains(&c) => Ok(Some((0..c as i64).collect())),
-            _ => {
-                return Err(ctx.err(
-                    "liandan.seeds",
-                    format!("expected a count from 1 to 10000 or a list of integers, found {n}"),
-                ))
-            }
+            _ => Err(ctx.err(
+                "liandan.seeds",
+                format!("expected a count from 1 to 10000 or a list of integers, found {n}"),
+            )),
         },
         Some(Value::Array(a)) => {
             let mut seeds = Vec::new();
@@ -205,15 +203,13 @@ fn parse_seeds(ctx: &Ctx, v: Option<&Value>) -> Result<Option<Vec<i64>>, SpecErr
             }
             Ok(Some(seeds))
         }
-        Some(v) => {
-            return Err(ctx.err(
-                "liandan.seeds",
-                format!(
-                    "expected a count or a list of integers, found {}",
-                    describe(v)
-                ),
-            ))
-        }
+        Some(v) => Err(ctx.err(
+            "liandan.seeds",
+            format!(
+                "expected a count or a list of integers, found {}",
+                describe(v)
+            ),
+        )),
     }
 }
 
