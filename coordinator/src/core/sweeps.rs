@@ -24,16 +24,7 @@ impl Core {
         owner: &str,
     ) -> Result<(pb::Sweep, bool, Vec<String>), CoreError> {
         let owner = owner.to_string();
-        let max = self.cfg.max_spec_bytes;
-        if max > 0 && text.len() as u64 > max {
-            return Err(CoreError::ResourceExhausted(format!(
-                "the sweep file is {} bytes, over max_spec_bytes ({max}): listings and every worker carry it; generate long value lists with a distribution or a smaller grid, or raise max_spec_bytes",
-                text.len()
-            )));
-        }
-        let format = Format::parse(format).ok_or_else(|| {
-            CoreError::InvalidArgument(format!("unknown spec format {format:?}; use yaml or toml"))
-        })?;
+        let format = self.admit_spec(text, format)?;
         // Parsing and expanding a big sweep takes seconds of CPU: not on a runtime thread.
         let (text, requested) = (text.to_string(), name.to_string());
         let t0 = std::time::Instant::now();
@@ -128,21 +119,7 @@ impl Core {
                 if let Some((j, _)) = new_jobs.iter().find(|(j, _)| st.jobs.contains_key(j)) {
                     return Err(CoreError::AlreadyExists(format!("job id {j} already belongs to another sweep (a hash collision); submit under another --name")));
                 }
-                let quota = self.cfg.max_queued_jobs_per_user;
-                if quota > 0 && !owner.is_empty() {
-                    let queued: u64 = st
-                        .sweeps
-                        .values()
-                        .filter(|s| s.owner == owner)
-                        .map(|s| s.counts.get(JobState::Queued))
-                        .sum();
-                    if queued + new_jobs.len() as u64 > quota {
-                        return Err(CoreError::ResourceExhausted(format!(
-                            "{owner} has {queued} queued job(s) and this sweep adds {}: over max_queued_jobs_per_user ({quota}); wait for jobs to run, cancel or delete a sweep, or ask an admin to raise the quota",
-                            new_jobs.len()
-                        )));
-                    }
-                }
+                self.check_queue_quota(&st, &owner, new_jobs.len() as u64)?;
                 st.jobs.reserve(new_jobs.len());
                 st.jobs.extend(new_jobs);
                 st.sweeps.insert(sweep_id.clone(), new_sweep);
@@ -166,6 +143,41 @@ impl Core {
         tracing::debug!(secs = t0.elapsed().as_secs_f64(), "sweep committed");
         let info = sweep_info(&self.lock(), &sweep_id);
         self.committed((info, true, warnings)).await
+    }
+
+    /// A sweep file this coordinator takes: within max_spec_bytes, in a
+    /// format it reads.
+    fn admit_spec(&self, text: &str, format: &str) -> Result<Format, CoreError> {
+        let max = self.cfg.max_spec_bytes;
+        if max > 0 && text.len() as u64 > max {
+            return Err(CoreError::ResourceExhausted(format!(
+                "the sweep file is {} bytes, over max_spec_bytes ({max}): listings and every worker carry it; generate long value lists with a distribution or a smaller grid, or raise max_spec_bytes",
+                text.len()
+            )));
+        }
+        Format::parse(format).ok_or_else(|| {
+            CoreError::InvalidArgument(format!("unknown spec format {format:?}; use yaml or toml"))
+        })
+    }
+
+    /// `owner`'s queued jobs plus `adding` stay within max_queued_jobs_per_user.
+    fn check_queue_quota(&self, st: &State, owner: &str, adding: u64) -> Result<(), CoreError> {
+        let quota = self.cfg.max_queued_jobs_per_user;
+        if quota == 0 || owner.is_empty() {
+            return Ok(());
+        }
+        let queued: u64 = st
+            .sweeps
+            .values()
+            .filter(|s| s.owner == owner)
+            .map(|s| s.counts.get(JobState::Queued))
+            .sum();
+        if queued + adding > quota {
+            return Err(CoreError::ResourceExhausted(format!(
+                "{owner} has {queued} queued job(s) and this sweep adds {adding}: over max_queued_jobs_per_user ({quota}); wait for jobs to run, cancel or delete a sweep, or ask an admin to raise the quota"
+            )));
+        }
+        Ok(())
     }
 
     pub(super) fn sweep_id(&self, st: &State, id: &str) -> Result<SweepId, CoreError> {
