@@ -12,22 +12,25 @@
 //! Reads use a second connection on a blocking thread; no SQLite call ever runs
 //! on an async runtime thread.
 //!
-//! The interface is engine-neutral (ops in, typed rows out: [`Reader`]) so that
-//! the same suite can later run against PostgreSQL. This module and its
-//! children are the only place in the coordinator with SQL: `sqlite.rs` holds
-//! the schema, the migrations and the writer; `reads.rs` every query.
+//! The interface is engine-neutral: ops in ([`Engine::commit`]), typed rows
+//! out ([`Reads`]), and the [`Store`] (the writer thread, group commit, the
+//! barrier, reads off the runtime) is written against those two traits. The
+//! suite in `suite.rs` is what any engine must pass: SQLite now, PostgreSQL
+//! next. This module and its children are the only place in the coordinator
+//! with SQL: `sqlite.rs` holds the schema, the migrations and the writes;
+//! `reads.rs` every query.
 
 mod reads;
 mod sqlite;
+#[cfg(test)]
+mod suite;
 
 pub use reads::{
-    AttemptRecord, Reader, StoredLine, StoredMetric, SweepRecord, TokenRecord, TrialRecord,
-    WorkerRecord,
+    AttemptRecord, StoredLine, StoredMetric, SweepRecord, TokenRecord, TrialRecord, WorkerRecord,
 };
 pub use sqlite::SCHEMA_VERSION;
 
 use liandan_common::ids::{JobId, SweepId, TrialId, WorkerId};
-use rusqlite::Connection;
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
 use tokio::sync::oneshot;
@@ -243,35 +246,186 @@ pub enum Op {
     },
 }
 
-pub(super) type Reply = oneshot::Sender<Result<(), StoreError>>;
+type Reply = oneshot::Sender<Result<(), StoreError>>;
+
+/// A storage engine's write side, owned by the writer thread.
+pub trait Engine: Send + 'static {
+    /// Applies `batches`, in order, in one transaction: durable when this
+    /// returns Ok, nothing of them applied when it fails. Empty batches
+    /// (barriers) alone commit nothing.
+    fn commit(&mut self, batches: &[&[Op]]) -> Result<(), StoreError>;
+}
+
+/// Every read the coordinator makes, typed, on an engine's read connection.
+/// Callers hold it as a [`Reader`] and use the closure-taking helpers on it
+/// (`each_job`, `each_trial`, ...).
+pub trait Reads {
+    /// A counter's value (0 when absent).
+    fn counter(&self, name: &str) -> Result<i64, StoreError>;
+    /// One attempt of a job, if it was stored.
+    fn attempt(&self, job: &str, attempt: u64) -> Result<Option<AttemptRecord>, StoreError>;
+    /// A job's attempts, oldest first.
+    fn attempts(&self, job: &str) -> Result<Vec<AttemptRecord>, StoreError>;
+    /// At most `limit` log lines of an attempt from line `from`, of one
+    /// stream (0 stdout, 1 stderr) or both, in line order.
+    fn log_lines(
+        &self,
+        job: &str,
+        attempt: u64,
+        from: u64,
+        stream: Option<u8>,
+        limit: i64,
+    ) -> Result<Vec<StoredLine>, StoreError>;
+    /// The number of an attempt's last log line (of one stream or both; 0 for none).
+    fn last_log_line(&self, job: &str, attempt: u64, stream: Option<u8>)
+        -> Result<u64, StoreError>;
+    /// At most `limit` metric records of a job (one attempt, or all for 0)
+    /// after record `after` (a [`StoredMetric::id`]), in the order stored.
+    fn metrics_after(
+        &self,
+        job: &str,
+        attempt: u64,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<StoredMetric>, StoreError>;
+    /// Each metric record of a job as (step, json), in the order stored.
+    fn for_each_metric_of(
+        &self,
+        job: &str,
+        f: &mut dyn FnMut(Option<i64>, String),
+    ) -> Result<(), StoreError>;
+    /// Each metric record (its JSON) of one attempt, in the order stored,
+    /// until `f` returns true.
+    fn scan_metrics_of_attempt(
+        &self,
+        job: &str,
+        attempt: u64,
+        f: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<(), StoreError>;
+    /// Every stored sweep.
+    fn sweeps(&self) -> Result<Vec<SweepRecord>, StoreError>;
+    /// Deleted sweeps' ids with the highest attempt number they used.
+    fn deleted_sweeps(&self) -> Result<Vec<(String, u64)>, StoreError>;
+    fn for_each_trial(&self, f: &mut dyn FnMut(TrialRecord)) -> Result<(), StoreError>;
+    /// Each stored job, in submission order (its `seq`).
+    fn for_each_job(&self, f: &mut dyn FnMut(JobRow)) -> Result<(), StoreError>;
+    /// Every issued token.
+    fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError>;
+    /// Every stored worker.
+    fn workers(&self) -> Result<Vec<WorkerRecord>, StoreError>;
+    /// Each stored checkpoint, by job and step.
+    fn for_each_checkpoint(&self, f: &mut dyn FnMut(CheckpointRow)) -> Result<(), StoreError>;
+}
+
+/// What a read closure is handed: the engine's reads.
+pub type Reader<'a> = dyn Reads + 'a;
+
+impl Reader<'_> {
+    pub fn each_metric_of(
+        &self,
+        job: &str,
+        mut f: impl FnMut(Option<i64>, String),
+    ) -> Result<(), StoreError> {
+        self.for_each_metric_of(job, &mut f)
+    }
+
+    pub fn scan_attempt_metrics(
+        &self,
+        job: &str,
+        attempt: u64,
+        mut f: impl FnMut(&str) -> bool,
+    ) -> Result<(), StoreError> {
+        self.scan_metrics_of_attempt(job, attempt, &mut f)
+    }
+
+    pub fn each_trial(&self, mut f: impl FnMut(TrialRecord)) -> Result<(), StoreError> {
+        self.for_each_trial(&mut f)
+    }
+
+    pub fn each_job(&self, mut f: impl FnMut(JobRow)) -> Result<(), StoreError> {
+        self.for_each_job(&mut f)
+    }
+
+    pub fn each_checkpoint(&self, mut f: impl FnMut(CheckpointRow)) -> Result<(), StoreError> {
+        self.for_each_checkpoint(&mut f)
+    }
+}
+
+/// Most batches merged into one transaction.
+const MAX_GROUP: usize = 512;
+
+/// The writer thread: takes every batch waiting in the queue, commits them
+/// in one transaction, and only then answers each caller. A failed commit
+/// is fatal: memory may now be ahead of the disk (crash-only recovery).
+fn writer_loop(
+    mut engine: Box<dyn Engine>,
+    rx: mpsc::Receiver<(Vec<Op>, Reply)>,
+    gate: &crate::gate::Gate,
+) {
+    while let Ok(first) = rx.recv() {
+        gate.wait_open();
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(item) => group.push(item),
+                Err(_) => break,
+            }
+        }
+        let batches: Vec<&[Op]> = group.iter().map(|(ops, _)| ops.as_slice()).collect();
+        match engine.commit(&batches) {
+            Ok(()) => {
+                for (_, reply) in group {
+                    let _ = reply.send(Ok(()));
+                }
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                tracing::error!(error = %msg, "database commit failed; the coordinator stops so it can recover from the database");
+                for (_, reply) in group {
+                    let _ = reply.send(Err(StoreError::CommitFailed(msg.clone())));
+                }
+                std::process::exit(liandan_common::exit::IOERR);
+            }
+        }
+    }
+}
 
 /// Handle to the database. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
     tx: mpsc::Sender<(Vec<Op>, Reply)>,
-    reader: Arc<Mutex<Connection>>,
+    reader: Arc<Mutex<Box<dyn Reads + Send>>>,
     gate: Arc<crate::gate::Gate>,
     pub path: PathBuf,
 }
 
 impl Store {
-    /// Opens (creating and migrating) the database at `path` and starts the writer thread.
+    /// Opens (creating and migrating) the SQLite database at `path` and
+    /// starts the writer thread.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let mut writer = sqlite::open(path)?;
-        sqlite::migrate(&mut writer)?;
-        let reader = sqlite::open(path)?;
+        let (engine, reads) = sqlite::open_engine(path)?;
+        Store::with_engine(Box::new(engine), Box::new(reads), path)
+    }
+
+    /// A store over any engine: its write side (moved to the writer thread)
+    /// and its read connection.
+    pub fn with_engine(
+        engine: Box<dyn Engine>,
+        reads: Box<dyn Reads + Send>,
+        path: &Path,
+    ) -> Result<Store, StoreError> {
         let (tx, rx) = mpsc::channel::<(Vec<Op>, Reply)>();
         let gate = Arc::new(crate::gate::Gate::default());
         let writer_gate = gate.clone();
         std::thread::Builder::new()
             .name("liandan-db-writer".into())
-            .spawn(move || sqlite::writer_loop(writer, rx, &writer_gate))
+            .spawn(move || writer_loop(engine, rx, &writer_gate))
             .map_err(|e| {
                 StoreError::CommitFailed(format!("cannot start the writer thread: {e}"))
             })?;
         Ok(Store {
             tx,
-            reader: Arc::new(Mutex::new(reader)),
+            reader: Arc::new(Mutex::new(reads)),
             gate,
             path: path.to_path_buf(),
         })
@@ -324,7 +478,7 @@ impl Store {
         let reader = self.reader.clone();
         tokio::task::spawn_blocking(move || {
             let conn = reader.lock().unwrap_or_else(|p| p.into_inner());
-            f(&Reader::new(&conn))
+            f(&**conn)
         })
         .await
         .map_err(|e| StoreError::CommitFailed(format!("reader task: {e}")))?
@@ -336,6 +490,6 @@ impl Store {
         f: impl FnOnce(&Reader<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let conn = self.reader.lock().unwrap_or_else(|p| p.into_inner());
-        f(&Reader::new(&conn))
+        f(&**conn)
     }
 }

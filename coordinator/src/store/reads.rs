@@ -1,13 +1,20 @@
-//! Every read query, typed: the core and the log and metric readers see rows,
-//! never SQL. Start-up reads stream rows through a callback, so a million
-//! jobs are never held twice in memory.
+//! The SQLite engine's read queries ([`Reads`] on a read connection), and
+//! the typed rows every engine returns: the core and the log and metric
+//! readers see rows, never SQL. Start-up reads stream rows through a
+//! callback, so a million jobs are never held twice in memory.
 
-use super::{CheckpointRow, JobRow, StoreError};
+use super::{CheckpointRow, JobRow, Reads, StoreError};
 use rusqlite::{params, Connection, OptionalExtension};
 
-/// A read connection's queries; see [`super::Store::read`].
-pub struct Reader<'c> {
-    conn: &'c Connection,
+/// SQLite's read connection.
+pub(super) struct SqliteReads {
+    conn: Connection,
+}
+
+impl SqliteReads {
+    pub(super) fn new(conn: Connection) -> SqliteReads {
+        SqliteReads { conn }
+    }
 }
 
 /// A stored sweep, as start-up reads it.
@@ -103,18 +110,14 @@ fn attempt_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<AttemptRecord> {
     })
 }
 
-impl<'c> Reader<'c> {
-    pub(super) fn new(conn: &'c Connection) -> Reader<'c> {
-        Reader { conn }
-    }
-
+impl Reads for SqliteReads {
     /// A counter's value (0 when absent).
-    pub fn counter(&self, name: &str) -> Result<i64, StoreError> {
-        Ok(super::sqlite::counter(self.conn, name)?)
+    fn counter(&self, name: &str) -> Result<i64, StoreError> {
+        Ok(super::sqlite::counter(&self.conn, name)?)
     }
 
     /// One attempt of a job, if it was stored.
-    pub fn attempt(&self, job: &str, attempt: u64) -> Result<Option<AttemptRecord>, StoreError> {
+    fn attempt(&self, job: &str, attempt: u64) -> Result<Option<AttemptRecord>, StoreError> {
         let mut st = self.conn.prepare_cached(&format!(
             "SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE job_id=?1 AND attempt=?2"
         ))?;
@@ -124,7 +127,7 @@ impl<'c> Reader<'c> {
     }
 
     /// A job's attempts, oldest first.
-    pub fn attempts(&self, job: &str) -> Result<Vec<AttemptRecord>, StoreError> {
+    fn attempts(&self, job: &str) -> Result<Vec<AttemptRecord>, StoreError> {
         let mut st = self.conn.prepare_cached(&format!(
             "SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE job_id=?1 ORDER BY attempt"
         ))?;
@@ -134,7 +137,7 @@ impl<'c> Reader<'c> {
 
     /// At most `limit` log lines of an attempt from line `from`, of one
     /// stream or both, in line order.
-    pub fn log_lines(
+    fn log_lines(
         &self,
         job: &str,
         attempt: u64,
@@ -160,7 +163,7 @@ impl<'c> Reader<'c> {
     }
 
     /// The number of an attempt's last log line (of one stream or both; 0 for none).
-    pub fn last_log_line(
+    fn last_log_line(
         &self,
         job: &str,
         attempt: u64,
@@ -176,7 +179,7 @@ impl<'c> Reader<'c> {
 
     /// At most `limit` metric records of a job (one attempt, or all for 0)
     /// after row `after`, in the order they were stored.
-    pub fn metrics_after(
+    fn metrics_after(
         &self,
         job: &str,
         attempt: u64,
@@ -199,10 +202,10 @@ impl<'c> Reader<'c> {
     }
 
     /// Each metric record of a job as (step, json), in the order stored.
-    pub fn each_metric_of(
+    fn for_each_metric_of(
         &self,
         job: &str,
-        mut f: impl FnMut(Option<i64>, String),
+        f: &mut dyn FnMut(Option<i64>, String),
     ) -> Result<(), StoreError> {
         let mut st = self
             .conn
@@ -217,11 +220,11 @@ impl<'c> Reader<'c> {
 
     /// Each metric record (its JSON) of one attempt of a job, in the order
     /// stored, until `f` says it has seen enough (returns true).
-    pub fn scan_attempt_metrics(
+    fn scan_metrics_of_attempt(
         &self,
         job: &str,
         attempt: u64,
-        mut f: impl FnMut(&str) -> bool,
+        f: &mut dyn FnMut(&str) -> bool,
     ) -> Result<(), StoreError> {
         let mut st = self.conn.prepare_cached(
             "SELECT json FROM metrics WHERE job_id = ?1 AND attempt = ?2 ORDER BY id",
@@ -236,7 +239,7 @@ impl<'c> Reader<'c> {
     }
 
     /// Every stored sweep.
-    pub fn sweeps(&self) -> Result<Vec<SweepRecord>, StoreError> {
+    fn sweeps(&self) -> Result<Vec<SweepRecord>, StoreError> {
         let mut q = self.conn.prepare(
             "SELECT id, name, spec_json, spec_hash, state, algorithm, created_at, owner FROM sweeps",
         )?;
@@ -256,7 +259,7 @@ impl<'c> Reader<'c> {
     }
 
     /// Deleted sweeps' ids with the highest attempt number they used.
-    pub fn deleted_sweeps(&self) -> Result<Vec<(String, u64)>, StoreError> {
+    fn deleted_sweeps(&self) -> Result<Vec<(String, u64)>, StoreError> {
         let mut q = self
             .conn
             .prepare("SELECT id, max_attempt FROM deleted_sweeps")?;
@@ -265,7 +268,7 @@ impl<'c> Reader<'c> {
     }
 
     /// Each stored trial.
-    pub fn each_trial(&self, mut f: impl FnMut(TrialRecord)) -> Result<(), StoreError> {
+    fn for_each_trial(&self, f: &mut dyn FnMut(TrialRecord)) -> Result<(), StoreError> {
         let mut q = self
             .conn
             .prepare("SELECT id, sweep_id, params_json, idx FROM trials")?;
@@ -284,7 +287,7 @@ impl<'c> Reader<'c> {
     }
 
     /// Each stored job, in submission order (its `seq`).
-    pub fn each_job(&self, mut f: impl FnMut(JobRow)) -> Result<(), StoreError> {
+    fn for_each_job(&self, f: &mut dyn FnMut(JobRow)) -> Result<(), StoreError> {
         let mut q = self.conn.prepare("SELECT id, sweep_id, trial_id, ord, seed, state, attempt, retries_used, worker_id, cancel_requested, final_metric, best_metric, result_recorded, seq, worker_deaths FROM jobs ORDER BY seq")?;
         let rows = q.query_map([], |r| {
             Ok(JobRow {
@@ -312,7 +315,7 @@ impl<'c> Reader<'c> {
     }
 
     /// Every issued token.
-    pub fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+    fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
         let mut q = self
             .conn
             .prepare("SELECT name, role, hash, created_at FROM tokens")?;
@@ -328,7 +331,7 @@ impl<'c> Reader<'c> {
     }
 
     /// Every stored worker.
-    pub fn workers(&self) -> Result<Vec<WorkerRecord>, StoreError> {
+    fn workers(&self) -> Result<Vec<WorkerRecord>, StoreError> {
         let mut q = self.conn.prepare("SELECT id, hostname, resources_json, acked_seq, draining, last_seen, cert_bound, secret_hash FROM workers")?;
         let rows = q.query_map([], |r| {
             Ok(WorkerRecord {
@@ -346,7 +349,7 @@ impl<'c> Reader<'c> {
     }
 
     /// Each stored checkpoint, by job and step.
-    pub fn each_checkpoint(&self, mut f: impl FnMut(CheckpointRow)) -> Result<(), StoreError> {
+    fn for_each_checkpoint(&self, f: &mut dyn FnMut(CheckpointRow)) -> Result<(), StoreError> {
         let mut q = self.conn.prepare("SELECT job_id, attempt, step, size, blake3, metric, created_at, file FROM checkpoints ORDER BY job_id, step")?;
         let rows = q.query_map([], |r| {
             Ok(CheckpointRow {

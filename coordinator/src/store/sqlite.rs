@@ -1,10 +1,10 @@
-//! The SQLite engine: schema and migrations, the connections, and the writer
-//! thread that applies batches of [`Op`]s in group commits.
+//! The SQLite engine: schema and migrations, the connections, and how a
+//! group of batches of [`Op`]s is applied in one transaction.
 
-use super::{Op, Reply, StoreError};
+use super::reads::SqliteReads;
+use super::{Engine, Op, StoreError};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::Path;
-use std::sync::mpsc;
 
 /// The schema version this binary writes. Older databases are migrated forward;
 /// newer ones are refused.
@@ -115,55 +115,35 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Most batches merged into one transaction.
-const MAX_GROUP: usize = 512;
-
-pub(super) fn writer_loop(
-    mut conn: Connection,
-    rx: mpsc::Receiver<(Vec<Op>, Reply)>,
-    gate: &crate::gate::Gate,
-) {
-    while let Ok(first) = rx.recv() {
-        gate.wait_open();
-        let mut group = vec![first];
-        while group.len() < MAX_GROUP {
-            match rx.try_recv() {
-                Ok(item) => group.push(item),
-                Err(_) => break,
-            }
-        }
-        let result = apply_group(&mut conn, &group);
-        match result {
-            Ok(()) => {
-                for (_, reply) in group {
-                    let _ = reply.send(Ok(()));
-                }
-            }
-            Err(e) => {
-                let msg = e.to_string();
-                tracing::error!(error = %msg, "database commit failed; the coordinator stops so it can recover from the database");
-                for (_, reply) in group {
-                    let _ = reply.send(Err(StoreError::CommitFailed(msg.clone())));
-                }
-                // Memory may now be ahead of the disk: crash-only recovery.
-                std::process::exit(liandan_common::exit::IOERR);
-            }
-        }
-    }
+/// SQLite's write connection (WAL, `synchronous=FULL`).
+pub(super) struct SqliteEngine {
+    conn: Connection,
 }
 
-fn apply_group(conn: &mut Connection, group: &[(Vec<Op>, Reply)]) -> Result<(), rusqlite::Error> {
-    if group.iter().all(|(ops, _)| ops.is_empty()) {
-        // Only barriers: everything before them is already committed.
-        return Ok(());
-    }
-    let tx = conn.transaction()?;
-    for (ops, _) in group {
-        for op in ops {
-            apply(&tx, op)?;
+/// Opens (creating and migrating) the database at `path`: the engine for the
+/// writer thread and a read connection.
+pub(super) fn open_engine(path: &Path) -> Result<(SqliteEngine, SqliteReads), StoreError> {
+    let mut writer = open(path)?;
+    migrate(&mut writer)?;
+    let reader = open(path)?;
+    Ok((SqliteEngine { conn: writer }, SqliteReads::new(reader)))
+}
+
+impl Engine for SqliteEngine {
+    fn commit(&mut self, batches: &[&[Op]]) -> Result<(), StoreError> {
+        if batches.iter().all(|ops| ops.is_empty()) {
+            // Only barriers: everything before them is already committed.
+            return Ok(());
         }
+        let tx = self.conn.transaction()?;
+        for ops in batches {
+            for op in ops.iter() {
+                apply(&tx, op)?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
     }
-    tx.commit()
 }
 
 fn apply(tx: &rusqlite::Transaction, op: &Op) -> Result<(), rusqlite::Error> {
